@@ -1,0 +1,52 @@
+"""Auxiliary memory losses: slot utilization, memory pressure, read entropy.
+
+Each returns an unweighted scalar; `aux_losses` weights them by the config.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .config import MemNetConfig
+
+
+def utilization_loss(mean_weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """log N - H(w_bar), with H(w_bar) = -sum_i w_bar_i log(w_bar_i + eps).
+
+    mean_weight: (N,) mean addressing weight per slot (renormalised to sum to 1 here).
+    Zero when every slot is used equally, log N when one slot takes everything;
+    minimising it maximises the seed's L_util.
+    """
+    w = mean_weight / mean_weight.sum().clamp(min=eps)
+    entropy = -(w * torch.log(w + eps)).sum()
+    return math.log(w.numel()) - entropy
+
+
+def read_entropy(weight: Tensor, valid: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """Mean entropy of the top-k read distributions. weight: (..., K); valid: mask over (...)."""
+    ent = -(weight * torch.log(weight + eps)).sum(-1)
+    if valid is None:
+        return ent.mean()
+    v = valid.to(ent.dtype).expand_as(ent)
+    return (ent * v).sum() / v.sum().clamp(min=1.0)
+
+
+def pressure_loss(retention: Tensor) -> Tensor:
+    """Mean retention gate: the cost of keeping things. retention: (..., N) in (0, 1)."""
+    return retention.mean()
+
+
+def aux_losses(cfg: MemNetConfig, mean_read: Tensor, read_weight: Tensor, read_valid: Tensor,
+               retention: Tensor) -> dict[str, Tensor]:
+    """The weighted auxiliary losses, ready to add to the task loss.
+
+    mean_read: (N,) summed read weight per slot; read_weight: (B, S, L, H, K);
+    read_valid: (B, S, L, 1) mask; retention: (B, S, N).
+    """
+    return {
+        "utilization": cfg.util_weight * utilization_loss(mean_read, cfg.eps),
+        "pressure": cfg.pressure_weight * pressure_loss(retention),
+        "read_entropy": cfg.read_entropy_weight * read_entropy(read_weight, read_valid, cfg.eps),
+    }

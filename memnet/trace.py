@@ -1,0 +1,78 @@
+"""`MemoryTrace`: the recorded memory I/O of one forward pass, segment by segment.
+
+Everything the book plots and every memory metric is computed from a trace, never
+from the model's private attributes. Shapes: B batch, S segments, L segment_len,
+H mem_heads, K top_k, N num_slots, W writes per segment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from .memory import sparse_to_dense
+
+
+@dataclass(frozen=True)
+class MemoryTrace:
+    """Per-segment memory I/O.
+
+    read_index, read_weight: (B, S, L, H, K) top-k read addressing of every token
+    valid: (B, S, L) bool, real (not padding) tokens
+    write_pos: (B, S, W) offset inside the window of the token behind each write
+    write_gate, write_update, write_erase: (B, S, W) gate, update share and mean erase of each write
+    write_alloc: (B, S, W) slot allocated to each write
+    write_strength: (B, S, N) gated write weight received by each slot
+    write_events: (B, S, N) bool, slots whose age was reset (a new content's birth)
+    retention: (B, S, N) retention gate applied before the segment's writes
+    age, usage: (B, S, N) after the segment's writes
+    """
+
+    read_index: Tensor
+    read_weight: Tensor
+    valid: Tensor
+    write_pos: Tensor
+    write_gate: Tensor
+    write_update: Tensor
+    write_erase: Tensor
+    write_alloc: Tensor
+    write_strength: Tensor
+    write_events: Tensor
+    retention: Tensor
+    age: Tensor
+    usage: Tensor
+
+    @property
+    def num_slots(self) -> int:
+        return self.write_strength.shape[-1]
+
+    @property
+    def num_segments(self) -> int:
+        return self.write_strength.shape[1]
+
+    def read_weights_dense(self) -> Tensor:
+        """(B, S, L, H, N) dense read weights (padding tokens are zero)."""
+        w = self.read_weight * self.valid[..., None, None]
+        return sparse_to_dense(self.read_index, w, self.num_slots)
+
+    def read_mass(self) -> Tensor:
+        """(B, S, H, N) mean read weight per slot over the real tokens of each segment."""
+        dense = self.read_weights_dense().sum(2)  # (B, S, H, N)
+        n = self.valid.sum(-1).clamp(min=1)[..., None, None]
+        return dense / n
+
+    def to(self, *args, **kwargs) -> "MemoryTrace":
+        return MemoryTrace(*(getattr(self, f.name).to(*args, **kwargs) for f in fields(self)))
+
+    def detach(self) -> "MemoryTrace":
+        return MemoryTrace(*(getattr(self, f.name).detach() for f in fields(self)))
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """Field name -> tensor (for saving with torch.save / numpy)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def stack(cls, steps: list[dict[str, Tensor]]) -> "MemoryTrace":
+        """Build from one dict of (B, ...) tensors per segment."""
+        return cls(**{f.name: torch.stack([s[f.name] for s in steps], dim=1) for f in fields(cls)})
