@@ -1,0 +1,56 @@
+"""What every experiment shares: seeding, provenance, and writing stored runs under data/."""
+from __future__ import annotations
+
+import json
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO_ROOT / "data"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str:
+    """The current commit (with '+dirty' when the tree has changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device a run used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device, seed: int | list[int], wall_s: float, **extra: Any) -> dict[str, Any]:
+    """Where a stored run came from."""
+    return {"git_commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
+            "python": platform.python_version(), "seed": seed, "wall_s": round(wall_s, 1),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write `obj` as indented JSON (creating folders)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    return path
