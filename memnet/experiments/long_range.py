@@ -123,7 +123,7 @@ def run(profile: str = "laptop", device: str = "auto", amp: str = "auto", seeds:
             model = MODELS[name](cfg)
             tc = TrainConfig(steps=p.steps[name], batch_size=p.batch_size, lr=p.lr, amp=amp,
                              log_every=max(1, p.steps[name] // 20), progress=progress)
-            trainer = Trainer(model, tc, dev, out_dir=None, name=f"{name}/seed{seed}")
+            trainer = Trainer(model, tc, dev, out_dir=out_dir if save else None, name=f"{name}_seed{seed}")
 
             def batch_fn(step: int, seed=seed):
                 b = task.sample(p.batch_size, seq_len, seed=seed * 1_000_003 + step)

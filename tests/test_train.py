@@ -1,0 +1,93 @@
+"""Trainer: losses, learning-rate schedule, AMP selection, checkpoints that resume exactly."""
+import json
+
+import pytest
+import torch
+
+from memnet import MemNet, MemNetConfig
+from memnet.tasks import KeyValueRecall
+from memnet.train import Trainer, TrainConfig, amp_dtype, lr_at, masked_cross_entropy
+
+TASK = KeyValueRecall(n_keys=6, n_values=5, n_distractors=5, n_pairs=2, segment_len=6)
+
+
+def tiny_cfg():
+    return MemNetConfig(vocab_size=TASK.vocab_size, d_model=16, num_slots=8, top_k=2, mem_heads=2,
+                        segment_len=6, n_heads=2)
+
+
+def batch_fn(step):
+    b = TASK.sample(4, 18, seed=step)
+    return b.tokens, b.targets
+
+
+def make_trainer(tmp_path=None, steps=6):
+    torch.manual_seed(0)
+    tc = TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup=2, log_every=1, progress=False)
+    return Trainer(MemNet(tiny_cfg()), tc, "cpu", out_dir=tmp_path, name="tiny")
+
+
+def test_masked_cross_entropy_ignores_non_query_positions():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 1, 2] = 10.0
+    targets = torch.tensor([[-100, 2, -100]])
+    assert masked_cross_entropy(logits, targets).item() < 1e-3
+    logits[0, 0, 0] = 50.0  # a confident wrong answer at an ignored position changes nothing
+    assert masked_cross_entropy(logits, targets).item() < 1e-3
+
+
+def test_lr_schedule_warms_up_then_decays_to_floor():
+    tc = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert lr_at(0, tc) == pytest.approx(0.1)
+    assert lr_at(9, tc) == pytest.approx(1.0)
+    assert lr_at(100, tc) == pytest.approx(0.1)
+    assert lr_at(55, tc) < lr_at(20, tc)
+
+
+def test_amp_dtype_off_on_cpu_by_default():
+    assert amp_dtype(torch.device("cpu"), "auto") is None
+    assert amp_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    assert amp_dtype(torch.device("cpu"), "off") is None
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+
+
+def test_training_writes_jsonl_and_lowers_loss(tmp_path):
+    tr = make_trainer(tmp_path, steps=40)
+    hist = tr.fit(batch_fn)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and json.loads(lines[-1])["step"] == 40
+    first = sum(h["loss"] for h in hist[:5]) / 5
+    last = sum(h["loss"] for h in hist[-5:]) / 5
+    assert last < first
+    assert all("aux/utilization" in h for h in hist)
+
+
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
+    full = make_trainer(steps=6)
+    full.fit(batch_fn)
+
+    part = make_trainer(steps=6)
+    part.fit(batch_fn, steps=3)
+    path = part.save_checkpoint(tmp_path / "ck.pt")
+    state = torch.load(path, weights_only=True)  # everything in it loads without pickle
+    assert state["step"] == 3
+
+    resumed = make_trainer(steps=6)
+    assert resumed.load_checkpoint(path) == 3
+    resumed.fit(batch_fn)
+    for (n, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_nan_loss_is_an_error():
+    tr = make_trainer(steps=1)
+    with torch.no_grad():
+        tr.model.head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss"):
+        tr.fit(batch_fn)
