@@ -24,6 +24,8 @@ from torch import Tensor
 
 from .config import MemNetConfig
 
+RETENTION_LOGIT_MAX = 15.0  # sigmoid(15) = 1 - 3e-7: still < 1 in float32
+
 
 @dataclass(frozen=True)
 class MemoryState:
@@ -118,7 +120,11 @@ def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: 
     q = F.normalize(queries, dim=-1, eps=eps)
     m = F.normalize(slots, dim=-1, eps=eps)
     sim = torch.einsum("bqhd,bnd->bqhn", q, m)  # (B, Q, H, N)
-    top, index = sim.topk(k, dim=-1)  # (B, Q, H, K)
+    # a stable sort rather than topk: slots with identical keys (empty slots, or slots filled by the same
+    # content write) tie exactly, and topk breaks ties differently for differently shaped inputs, so the
+    # same sequence in one call or split in two would address (and count usage for) different slots
+    top, index = sim.sort(dim=-1, descending=True, stable=True)  # ties to the lowest index
+    top, index = top[..., :k], index[..., :k]  # (B, Q, H, K)
     weight = torch.softmax(top * sharpness.view(1, 1, -1, 1), dim=-1)
     return index, weight
 
@@ -161,27 +167,33 @@ class MultiHeadMemoryBank(nn.Module):
         if not isinstance(state, MemoryState):
             raise TypeError(f"{name} must be a MemoryState (from out.memory or initial_state), got {type(state).__name__}")
         N, D = self.cfg.num_slots, self.cfg.slot_dim
-        for f in ("keys", "values"):
+        slots, scalars = ((N, D), f"(B, num_slots={N}, slot_dim={D})"), ((N,), f"(B, num_slots={N})")
+        tails = {"keys": slots, "values": slots, "age": scalars, "usage": scalars}
+        for f, (tail, shape) in tails.items():  # tensors of the right rank and trailing shape, before indexing shapes
             t = getattr(state, f)
-            if t.dim() != 3 or tuple(t.shape[1:]) != (N, D):
-                raise ValueError(f"{name}.{f} must have shape (B, num_slots={N}, slot_dim={D}), got {tuple(t.shape)}")
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name}.{f} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 1 + len(tail) or tuple(t.shape[1:]) != tail:
+                raise ValueError(f"{name}.{f} must have shape {shape}, got {tuple(t.shape)}")
         if state.batch_size != batch_size:
             raise ValueError(f"{name} was made for batch size {state.batch_size}, but tokens have batch size {batch_size}")
         for f in ("values", "age", "usage"):
             t = getattr(state, f)
-            if t.shape[0] != batch_size or t.shape[1] != N:
+            if t.shape[0] != batch_size:
                 raise ValueError(f"{name}.{f} has shape {tuple(t.shape)}, expected batch {batch_size} and {N} slots")
-        for f in ("age", "usage"):
-            if getattr(state, f).dim() != 2:
-                raise ValueError(f"{name}.{f} must have shape ({batch_size}, {N}), got {tuple(getattr(state, f).shape)}")
         for f in ("keys", "values", "age", "usage"):
             t = getattr(state, f)
-            if not t.is_floating_point():
-                raise TypeError(f"{name}.{f} must be a float tensor, got {t.dtype}")
+            if t.dtype != torch.float32:
+                raise TypeError(f"{name}.{f} must be a float32 tensor (as out.memory is, also under autocast), got {t.dtype}")
             if t.device != self.decay_logit.device:
                 raise ValueError(f"{name}.{f} is on {t.device}, the model on {self.decay_logit.device}")
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name}.{f} contains NaN or inf")
+        if (state.age < 0).any():
+            raise ValueError(f"{name}.age must be >= 0 (segments since the last write), got min {state.age.min().item()}")
+        if ((state.usage < 0) | (state.usage > 1)).any():
+            raise ValueError(f"{name}.usage must be in [0, 1], got values in "
+                             f"[{state.usage.min().item()}, {state.usage.max().item()}]")
         return state
 
     # ------------------------------------------------------------------ read
@@ -204,9 +216,14 @@ class MultiHeadMemoryBank(nn.Module):
 
     # ------------------------------------------------------------------ write
     def retention(self, state: MemoryState, decay: Tensor) -> Tensor:
-        """(B, N) retention gate in (0, 1): the slot-wise logit plus the alignment of the slot's key with `decay` (B, D)."""
+        """(B, N) retention gate in (0, 1): the slot-wise logit plus the alignment of the slot's key with `decay` (B, D).
+
+        The logit is clamped to [-15, 15] so the gate stays strictly inside (0, 1) in float32
+        (an unclamped sigmoid rounds to exactly 0 or 1 for large `decay`: a slot wiped or frozen).
+        """
         k = F.normalize(state.keys, dim=-1, eps=self.cfg.eps)
-        return torch.sigmoid(self.decay_logit + torch.einsum("bnd,bd->bn", k, decay.float()))
+        logit = self.decay_logit + torch.einsum("bnd,bd->bn", k, decay.float())
+        return torch.sigmoid(logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX))
 
     def allocate(self, state: MemoryState, n: int) -> Tensor:
         """(B, n) the n stalest slots, stalest first; ties go to the lowest index."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +40,7 @@ class Profile:
     n_pairs: int = 4
     train_windows: int = 10  # training sequences span this many windows
     batch_size: int = 32
-    steps: dict = field(default_factory=lambda: {"memnet": 800, "windowed": 300, "lstm": 300, "full": 300})
+    steps: int = 400  # the same for every model
     lr: float = 2e-3
     multiples: tuple = (0.5, 1, 2, 4, 8, 16)  # eval distances, in windows
     eval_batch: int = 64
@@ -51,11 +51,11 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(d_model=32, segment_len=8, num_slots=32, n_pairs=2, train_windows=5, batch_size=8,
-                     steps={"memnet": 15, "windowed": 10, "lstm": 10, "full": 10}, multiples=(0.5, 1, 2, 4, 8),
+                     steps=15, multiples=(0.5, 1, 2, 4, 8),
                      eval_batch=8, eval_batches=1),
     "laptop": Profile(),
     "gpu": Profile(d_model=128, segment_len=32, num_slots=128, n_pairs=6, train_windows=10, batch_size=64,
-                   steps={"memnet": 3000, "windowed": 1000, "lstm": 1000, "full": 1000}, eval_batch=256,
+                   steps=2000, eval_batch=256,
                    seeds=(0, 1, 2), models=("memnet", "windowed", "lstm", "full")),
 }
 
@@ -121,8 +121,8 @@ def run(profile: str = "laptop", device: str = "auto", amp: str = "auto", seeds:
         for name in models:
             seed_everything(seed)
             model = MODELS[name](cfg)
-            tc = TrainConfig(steps=p.steps[name], batch_size=p.batch_size, lr=p.lr, amp=amp,
-                             log_every=max(1, p.steps[name] // 20), progress=progress)
+            tc = TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, amp=amp,
+                             log_every=max(1, p.steps // 20), progress=progress)
             trainer = Trainer(model, tc, dev, out_dir=out_dir if save else None, name=f"{name}_seed{seed}")
 
             def batch_fn(step: int, seed=seed):
