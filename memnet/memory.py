@@ -57,8 +57,12 @@ class MemoryState:
         return MemoryState(*(getattr(self, f.name).clone() for f in fields(self)))
 
     def staleness(self) -> Tensor:
-        """(B, N) allocation score: old and little-used slots score highest."""
-        return (1.0 - self.usage) * (self.age + 1.0)
+        """(B, N) allocation score: old and little-used slots score highest.
+
+        Age dominates (heavy use can at most halve a slot's staleness), so slots whose usage
+        has saturated are still allocated oldest first.
+        """
+        return (self.age + 1.0) * (1.0 - 0.5 * self.usage)
 
     def nbytes(self) -> int:
         """Size of the state in bytes (constant in sequence length)."""

@@ -63,6 +63,11 @@ class KeyValueRecall:
         """The shortest distance at which every query lands after the pair block."""
         return 2 * self.n_pairs - 1
 
+    @staticmethod
+    def _check_batch(batch: object) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+
     def _prefix(self, rng: np.random.Generator, batch: int, seq_len: int):
         n = self.n_pairs
         tokens = rng.integers(self.n_keys + self.n_values, self.vocab_size, size=(batch, seq_len))
@@ -88,6 +93,7 @@ class KeyValueRecall:
 
     def sample(self, batch: int, seq_len: int, seed: int) -> RecallBatch:
         """Training batch: each key queried once, at a uniformly drawn position after the pairs."""
+        self._check_batch(batch)
         if seq_len < self.segment_len + self.n_pairs:
             raise ValueError(f"seq_len must be >= segment_len + n_pairs = {self.segment_len + self.n_pairs}, got {seq_len}")
         rng = np.random.default_rng(seed)
@@ -101,6 +107,7 @@ class KeyValueRecall:
 
     def sample_at_distance(self, batch: int, distance: int, seed: int) -> RecallBatch:
         """Evaluation batch: every query at exactly `distance` tokens from its value."""
+        self._check_batch(batch)
         if distance < self.min_distance():
             raise ValueError(f"distance must be >= {self.min_distance()} (2 * n_pairs - 1), got {distance}")
         rng = np.random.default_rng(seed)

@@ -1,0 +1,222 @@
+"""Helpers the book's chapters share: setup, showing package source, notes, and the
+"load the stored run or train" pattern.
+
+A chapter's parameters cell sets ``profile``, ``device``, ``seed`` and ``save``; it then
+calls :func:`setup` once, and chapters with an experiment call :func:`load_or_train`.
+"""
+from __future__ import annotations
+
+import html
+import inspect
+import json
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .experiments.common import DATA_DIR, seed_everything
+from .memory import MemoryState, MultiHeadMemoryBank, WriteRequest, sparse_to_dense
+from .trace import MemoryTrace
+from .train import resolve_device
+
+PROFILES = ("smoke", "laptop", "gpu")
+STORED_PREFERENCE = ("gpu", "laptop")  # the stored run a chapter shows, best first
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a chapter resolved from its parameters."""
+
+    profile: str
+    device: torch.device
+    seed: int
+    save: bool = False
+
+
+def setup(profile: str = "smoke", device: str = "auto", seed: int = 0, save: bool = False,
+          threads: int | None = None, quiet: bool = False) -> Settings:
+    """Seed everything, resolve the device and print the resolved settings.
+
+    threads: torch's CPU threads. By default 1 for the quick profiles ("smoke", and "stored",
+    which trains at smoke when nothing is stored): the models there are so small that a second
+    thread mostly spin-waits, and on shared cores it can triple the wall time. Larger profiles
+    keep torch's default.
+    """
+    allowed = ("stored",) + PROFILES
+    if profile not in allowed:
+        raise ValueError(f"profile must be one of {allowed}, got {profile!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if threads is None and profile in ("smoke", "stored"):
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    dev = resolve_device(device)
+    s = Settings(profile, dev, seed, bool(save))
+    if not quiet:
+        amp = "bf16/fp16 autocast (memory kept fp32)" if dev.type == "cuda" else "off (fp32)"
+        print(f"profile={profile}  device={dev}  seed={seed}  save={bool(save)}  AMP={amp}  threads={torch.get_num_threads()}  "
+              f"torch={torch.__version__}")
+    return s
+
+
+# ---------------------------------------------------------------------------- display
+def show_source(obj: Any, dedent: bool = True):
+    """Display the package source of `obj` as a highlighted code block (returns the Markdown object)."""
+    from IPython.display import Markdown, display
+
+    src = inspect.getsource(obj)
+    if dedent:
+        src = textwrap.dedent(src)
+    mod = inspect.getmodule(obj)
+    where = f"`{mod.__name__}`" if mod is not None else ""
+    md = Markdown(f"From {where}:\n\n```python\n{src.rstrip()}\n```")
+    display(md)
+    return None
+
+
+def note(text: str, kind: str = "note", title: str | None = None) -> None:
+    """A visible admonition that renders in JupyterLab and in the book (HTML with Sphinx's classes);
+    the text is also printed so papermill logs show it."""
+    from IPython.display import HTML, display
+
+    title = title or kind.capitalize()
+    print(f"[{title}] {text}")
+    display(HTML(f'<div class="admonition {kind}" style="border-left:4px solid #e6a700;padding:0.4em 0.8em;'
+                 f'background:#fff8e1"><p class="admonition-title" style="font-weight:bold;margin:0">'
+                 f'{html.escape(title)}</p><p style="margin:0.3em 0 0 0">{html.escape(text)}</p></div>'))
+
+
+# ---------------------------------------------------------------------------- the bank, driven by hand
+def run_bank(bank: MultiHeadMemoryBank, queries: torch.Tensor, requests: list[WriteRequest],
+             state: MemoryState | None = None) -> tuple[MemoryState, MemoryTrace]:
+    """Drive a bare memory bank through S segments (read, then write, as MemNet does) and trace it.
+
+    queries: (B, S, L, H, D) read queries; requests: S write requests. Returns the final state
+    and a MemoryTrace with the same fields a MemNet forward pass records.
+    """
+    B, S, L = queries.shape[:3]
+    if len(requests) != S:
+        raise ValueError(f"requests must hold one WriteRequest per segment ({S}), got {len(requests)}")
+    state = bank.initial_state(B, queries.device) if state is None else state
+    N, H = bank.cfg.num_slots, queries.shape[3]
+    valid = torch.ones(B, L, dtype=torch.bool, device=queries.device)
+    steps = []
+    for s in range(S):
+        r = bank.read(state, queries[:, s])
+        mass = sparse_to_dense(r.index, r.weight, N).sum((1, 2)) / (L * H)  # (B, N)
+        req = requests[s]
+        state, wr = bank.write(state, req, mass)
+        Wn = req.gate.shape[1]
+        steps.append(dict(read_index=r.index, read_weight=r.weight, valid=valid,
+                          write_pos=torch.arange(Wn, device=queries.device).expand(B, -1), write_gate=req.gate,
+                          write_update=req.update, write_erase=req.erase.mean(-1), write_alloc=wr.alloc,
+                          write_strength=wr.strength, write_events=wr.events, retention=wr.retention,
+                          age=state.age, usage=state.usage))
+    return state, MemoryTrace.stack(steps).detach()
+
+
+# ---------------------------------------------------------------------------- stored runs
+@dataclass
+class Run:
+    """An experiment's results plus the traces its figures need.
+
+    source: "stored" (loaded from `path`) or "trained" (at `profile`, now);
+    traces: seed -> {"tokens", "targets", "distance", "trace": MemoryTrace}.
+    """
+
+    result: dict
+    traces: dict[int, dict] = field(default_factory=dict)
+    source: str = "stored"
+    profile: str = "smoke"
+    path: Path | None = None
+
+    @property
+    def provenance(self) -> dict:
+        return self.result.get("provenance", {})
+
+    def describe(self) -> str:
+        """One line saying which run made the figures."""
+        p = self.provenance
+        try:
+            path = self.path.relative_to(DATA_DIR.parent) if self.path is not None else None
+        except ValueError:
+            path = self.path
+        where = (f"stored run {path}" if self.source == "stored" else
+                 "a run trained just now (not stored)" if path is None else f"a run trained just now, stored in {path}")
+        seeds = p.get("seed")
+        commit = str(p.get("git_commit", "?"))[:12]
+        return (f"profile {self.profile}, {where}; seeds {seeds}; device {p.get('device', '?')}; "
+                f"torch {p.get('torch', '?')}; commit {commit}; {p.get('date', '?')}; wall {p.get('wall_s', '?')} s")
+
+
+def find_stored_run(experiment: str = "long_range", data_dir: Path | str | None = None,
+                    preference: tuple[str, ...] = STORED_PREFERENCE) -> Path | None:
+    """The folder of the best stored run (gpu before laptop) that has a results.json, or None."""
+    root = Path(data_dir) if data_dir is not None else DATA_DIR
+    for prof in preference:
+        d = root / experiment / prof
+        if (d / "results.json").is_file():
+            return d
+    return None
+
+
+def load_run(path: Path | str) -> Run:
+    """Load results.json and every trace_seed*.pt of a stored run folder."""
+    path = Path(path)
+    result = json.loads((path / "results.json").read_text())
+    traces = {}
+    for f in sorted(path.glob("trace_seed*.pt")):
+        seed = int(f.stem.removeprefix("trace_seed"))
+        d = torch.load(f, map_location="cpu", weights_only=True)
+        d["trace"] = MemoryTrace(**d["trace"])
+        traces[seed] = d
+    return Run(result, traces, "stored", result.get("profile", path.name), path)
+
+
+def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, save: bool = False,
+                  experiment: str = "long_range", data_dir: Path | str | None = None, progress: bool = False) -> Run:
+    """The chapter's run: the stored one for profile "stored" when there is one; otherwise train.
+
+    - profile "stored": load the best stored run under data/<experiment>/ (gpu, then laptop);
+      with none stored, train at "smoke" and show a visible note saying so.
+    - profile "smoke"/"laptop"/"gpu": train now; with save=True store the run under
+      data/<experiment>/<profile>/ (refreshing it), else keep it in a temporary folder.
+    """
+    if experiment != "long_range":
+        raise ValueError(f"only the 'long_range' experiment is wired up, got {experiment!r}")
+    from .experiments import long_range
+
+    root = Path(data_dir) if data_dir is not None else DATA_DIR
+    if profile == "stored":
+        found = find_stored_run(experiment, root)
+        if found is not None:
+            return load_run(found)
+        try:
+            where = (root / experiment).relative_to(DATA_DIR.parent)
+        except ValueError:
+            where = root / experiment
+        note(f"No stored run under {where}/ (looked for {', '.join(STORED_PREFERENCE)}): "
+             "training at the smoke profile now. Figures below show that tiny run, not the effect; "
+             "reproduce a real one with scripts/reproduce.py --chapter 3 --profile laptop.",
+             kind="warning", title="No stored run")
+        profile, save = "smoke", False
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be 'stored' or one of {PROFILES}, got {profile!r}")
+    p = long_range.PROFILES[profile]
+    seeds = [seed] if len(p.seeds) == 1 else None
+    if save:
+        out = root / experiment / profile
+        long_range.run(profile, device, seeds=seeds, out_dir=out, save=True, progress=progress)
+        run = load_run(out)
+        run.source = "trained"
+        return run
+    with tempfile.TemporaryDirectory() as tmp:  # run() records traces only when saving
+        long_range.run(profile, device, seeds=seeds, out_dir=Path(tmp), save=True, progress=progress)
+        run = load_run(tmp)
+    run.source, run.path = "trained", None
+    return run

@@ -1,0 +1,60 @@
+"""Tiny configs and hypothesis strategies shared by the tests (kept small: 2 shared CPU cores)."""
+from __future__ import annotations
+
+import os
+
+import torch
+from hypothesis import strategies as st
+
+from memnet import MemNet, MemNetConfig, MemoryState
+
+V = 20
+# HYPOTHESIS_PROFILE=thorough multiplies every test's example budget (explicit settings override profiles)
+SCALE = 8 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 1
+
+
+def examples(n: int) -> int:
+    return n * SCALE
+
+
+def tiny_cfg(**kw) -> MemNetConfig:
+    base = dict(vocab_size=V, d_model=16, num_slots=16, top_k=2, mem_heads=2, segment_len=4,
+                n_layers=1, n_heads=2, mlp_ratio=2)
+    base.update(kw)
+    return MemNetConfig(**base)
+
+
+def tiny_model(seed: int = 0, **kw) -> MemNet:
+    torch.manual_seed(seed)
+    return MemNet(tiny_cfg(**kw)).eval()
+
+
+def rand_tokens(B: int, T: int, vocab: int = V, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (B, T), generator=g)
+
+
+def states_equal(a: MemoryState, b: MemoryState, atol: float = 0.0) -> bool:
+    return all(torch.allclose(getattr(a, f), getattr(b, f), atol=atol, rtol=0, equal_nan=True)
+               for f in ("keys", "values", "age", "usage"))
+
+
+@st.composite
+def small_configs(draw, max_slots: int = 24) -> MemNetConfig:
+    """Valid tiny configs over the memory-relevant knobs."""
+    n_heads = draw(st.sampled_from([1, 2]))
+    d_model = n_heads * draw(st.sampled_from([8, 12, 16]))
+    L = draw(st.integers(2, 8))
+    wps = draw(st.one_of(st.none(), st.integers(1, L)))
+    writes = L if wps is None else wps
+    N = draw(st.integers(max(writes, 2), max_slots))
+    return MemNetConfig(
+        vocab_size=V, d_model=d_model, n_heads=n_heads, n_layers=1, mlp_ratio=2,
+        num_slots=N, top_k=draw(st.integers(1, min(N, 6))), mem_heads=draw(st.integers(1, 3)),
+        segment_len=L, writes_per_segment=wps,
+        slot_dim=draw(st.sampled_from([None, 4, 8])),
+        write_threshold=draw(st.sampled_from([0.05, 0.3, 0.5, 0.9])),
+        usage_decay=draw(st.sampled_from([0.0, 0.5, 0.9, 1.0])),
+        decay_init=draw(st.sampled_from([-2.0, 0.0, 5.0])),
+        sharpness_init=draw(st.sampled_from([1.0, 10.0, 50.0])),
+    )

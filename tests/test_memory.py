@@ -1,0 +1,324 @@
+"""Property tests of the slot memory's invariants.
+
+Two drivers: `MultiHeadMemoryBank` called directly with random states and requests, and
+`MemNet` traces (the memory as the model actually drives it).
+"""
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+from helpers import examples, rand_tokens, small_configs, states_equal, tiny_cfg
+from memnet import MemNet, MemNetConfig, MemoryState, MultiHeadMemoryBank
+from memnet.memory import WriteRequest, sparse_to_dense
+
+
+# ---------------------------------------------------------------- strategies
+@st.composite
+def bank_and_state(draw, ties: bool = False):
+    """A bank for a random tiny config and a random state for it."""
+    cfg = draw(small_configs())
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    B = draw(st.integers(1, 3))
+    N, D = cfg.num_slots, cfg.slot_dim
+    torch.manual_seed(seed)
+    bank = MultiHeadMemoryBank(cfg)
+    with torch.no_grad():  # a trained bank's sharpness and retention differ per head/slot
+        bank.log_read_sharpness.add_(torch.randn(cfg.mem_heads, generator=g))
+        bank.decay_logit.add_(torch.randn(N, generator=g))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    keys = torch.randn(B, N, D, generator=g) * scale
+    if draw(st.booleans()):  # some empty (all-zero) slots, as after initial_state
+        keys[:, : N // 2] = 0
+    values = torch.randn(B, N, D, generator=g) * scale
+    if ties:  # few distinct staleness values: ties must go to the lowest index
+        age = torch.randint(0, 3, (B, N), generator=g).float()
+        usage = torch.randint(0, 3, (B, N), generator=g).float() / 2
+    else:
+        age = torch.randint(0, 50, (B, N), generator=g).float()
+        usage = torch.rand(B, N, generator=g)
+    return cfg, bank, MemoryState(keys, values, age, usage), g
+
+
+def random_request(B, W, D, g, scale=1.0):
+    return WriteRequest(
+        key=torch.randn(B, W, D, generator=g) * scale,
+        value=torch.randn(B, W, D, generator=g) * scale,
+        gate=torch.rand(B, W, generator=g),
+        erase=torch.rand(B, W, D, generator=g),
+        update=torch.rand(B, W, generator=g),
+        decay=torch.randn(B, D, generator=g) * scale,
+    )
+
+
+def reference_alloc(staleness: torch.Tensor, n: int) -> torch.Tensor:
+    """Stalest first, ties to the lowest index: plain Python sort."""
+    rows = [sorted(range(staleness.shape[1]), key=lambda i: (-staleness[b, i].item(), i))[:n]
+            for b in range(staleness.shape[0])]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def check_read_addressing(index, weight, num_slots, top_k):
+    """index, weight (..., K): top_k distinct slots, weights a distribution."""
+    assert index.shape[-1] == top_k and weight.shape[-1] == top_k
+    assert index.dtype == torch.long
+    assert (index >= 0).all() and (index < num_slots).all()
+    assert (weight >= 0).all()
+    torch.testing.assert_close(weight.sum(-1), torch.ones_like(weight.sum(-1)), atol=1e-5, rtol=0)
+    s, _ = index.sort(-1)
+    assert (s[..., 1:] != s[..., :-1]).all(), "a head read the same slot twice"
+
+
+# ---------------------------------------------------------------- MemoryState
+def test_initial_state_and_helpers():
+    cfg = tiny_cfg(num_slots=8, slot_dim=4)
+    bank = MultiHeadMemoryBank(cfg)
+    s = bank.initial_state(3)
+    assert s.keys.shape == (3, 8, 4) and s.values.shape == (3, 8, 4)
+    assert s.age.shape == (3, 8) and s.usage.shape == (3, 8)
+    assert all(t.dtype == torch.float32 and not t.any() for t in (s.keys, s.values, s.age, s.usage))
+    assert s.batch_size == 3
+    assert s.nbytes() == (2 * 3 * 8 * 4 + 2 * 3 * 8) * 4
+    torch.testing.assert_close(s.staleness(), torch.ones(3, 8))
+    c = s.clone()
+    c.keys.add_(1)
+    assert not s.keys.any(), "clone shares storage"
+    assert s.to(torch.float64).keys.dtype == torch.float64
+    k = torch.randn(1, 8, 4, requires_grad=True)
+    d = MemoryState(k * 2, k * 3, s.age[:1], s.usage[:1]).detach()
+    assert not d.keys.requires_grad and not d.values.requires_grad
+
+
+def test_staleness_formula():
+    s = MemoryState(torch.zeros(1, 3, 2), torch.zeros(1, 3, 2), torch.tensor([[0.0, 4.0, 4.0]]),
+                    torch.tensor([[0.0, 0.5, 1.0]]))
+    # (age + 1) * (1 - usage / 2): age orders slots, usage can at most halve a slot's staleness
+    torch.testing.assert_close(s.staleness(), torch.tensor([[1.0, 3.75, 2.5]]))
+
+
+# ---------------------------------------------------------------- reads
+@given(bank_and_state(), st.integers(1, 5))
+def test_read_is_topk_cosine_softmax(data, L):
+    cfg, bank, state, g = data
+    B, N, D, H, K = state.batch_size, cfg.num_slots, cfg.slot_dim, cfg.mem_heads, cfg.top_k
+    q = torch.randn(B, L, H, D, generator=g)
+    with torch.no_grad():
+        r = bank.read(state, q)
+    assert r.vectors.shape == (B, L, H, D) and r.index.shape == (B, L, H, K)
+    check_read_addressing(r.index, r.weight, N, K)
+    # the kept slots are the k most similar by cosine (dense reference)
+    qn = q / q.norm(dim=-1, keepdim=True).clamp(min=cfg.eps)
+    kn = state.keys / state.keys.norm(dim=-1, keepdim=True).clamp(min=cfg.eps)
+    sim = torch.einsum("blhd,bnd->blhn", qn, kn)
+    kept = sim.gather(-1, r.index)
+    dropped = sim.scatter(-1, r.index, float("-inf"))
+    assert (kept.min(-1).values >= dropped.max(-1).values - 1e-5).all()
+    # softmax over the kept similarities with the head's sharpness
+    sharp = bank.read_sharpness.detach().view(1, 1, H, 1)
+    torch.testing.assert_close(r.weight, torch.softmax(kept * sharp, -1), atol=1e-5, rtol=1e-4)
+    # the read vector is the weighted sum of the kept values (== dense weights @ values)
+    dense = sparse_to_dense(r.index, r.weight, N)  # (B, L, H, N)
+    torch.testing.assert_close(r.vectors, torch.einsum("blhn,bnd->blhd", dense, state.values),
+                               atol=1e-4 * (1 + state.values.abs().max().item()), rtol=1e-4)
+
+
+def test_read_from_empty_memory_is_a_distribution_over_k_distinct_slots():
+    cfg = tiny_cfg(num_slots=8, top_k=3, mem_heads=2)
+    bank = MultiHeadMemoryBank(cfg)
+    s = bank.initial_state(2)
+    r = bank.read(s, torch.randn(2, 4, 2, cfg.slot_dim))
+    check_read_addressing(r.index, r.weight, 8, 3)
+    assert not r.vectors.any()
+
+
+# ---------------------------------------------------------------- allocation
+@given(bank_and_state(ties=True))
+def test_allocation_picks_stalest_distinct_slots_ties_to_lowest_index(data):
+    cfg, bank, state, g = data
+    W = cfg.writes
+    alloc = bank.allocate(state, W)
+    assert alloc.shape == (state.batch_size, W)
+    torch.testing.assert_close(alloc, reference_alloc(state.staleness(), W), atol=0, rtol=0)
+    for row in alloc.tolist():
+        assert len(set(row)) == W, "two writes of a segment allocated the same slot"
+    # the first write gets a slot with maximal staleness, and nothing unallocated is staler
+    st_ = state.staleness()
+    assert (st_.gather(1, alloc[:, :1]).squeeze(1) == st_.max(1).values).all()
+
+
+def test_allocation_ties_on_fresh_memory():
+    bank = MultiHeadMemoryBank(tiny_cfg(num_slots=8))
+    assert bank.allocate(bank.initial_state(2), 3).tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+# ---------------------------------------------------------------- one write
+@given(bank_and_state(ties=True), st.sampled_from([0.0, 1.0, 1e3]))
+def test_write_bookkeeping(data, scale):
+    cfg, bank, state, g = data
+    B, N, D, W = state.batch_size, cfg.num_slots, cfg.slot_dim, cfg.writes
+    req = random_request(B, W, D, g, scale=scale)
+    read_mass = torch.rand(B, N, generator=g) / N
+    before = state.clone()
+    with torch.no_grad():
+        new, wr = bank.write(state, req, read_mass)
+    assert states_equal(state, before), "write modified the state passed in"
+    assert new.keys.shape == state.keys.shape and new.age.shape == state.age.shape
+    # allocation on the state as it was before the write
+    torch.testing.assert_close(wr.alloc, reference_alloc(state.staleness(), W), atol=0, rtol=0)
+    # events are exactly the slots whose write strength reached the threshold
+    assert wr.events.dtype == torch.bool
+    assert torch.equal(wr.events, wr.strength >= cfg.write_threshold)
+    # every write spends exactly its gate over slots
+    torch.testing.assert_close(wr.strength.sum(-1), req.gate.sum(-1), atol=1e-5, rtol=1e-5)
+    assert (wr.strength >= 0).all()
+    # ages: +1 everywhere, 0 exactly at write events
+    torch.testing.assert_close(new.age, torch.where(wr.events, torch.zeros_like(state.age), state.age + 1),
+                               atol=0, rtol=0)
+    # usage: clamped decaying trace of write strength and read mass
+    expect = (cfg.usage_decay * state.usage + wr.strength + read_mass).clamp(0, 1)
+    torch.testing.assert_close(new.usage, expect, atol=1e-6, rtol=0)
+    assert ((new.usage >= 0) & (new.usage <= 1)).all()
+    # retention strictly inside (0, 1)
+    assert ((wr.retention > 0) & (wr.retention < 1)).all()
+    for t in (new.keys, new.values, new.age, new.usage):
+        assert torch.isfinite(t).all()
+
+
+def test_zero_gate_write_only_decays():
+    cfg = tiny_cfg(num_slots=8, slot_dim=4, segment_len=4)
+    bank = MultiHeadMemoryBank(cfg)
+    g = torch.Generator().manual_seed(1)
+    state = MemoryState(torch.randn(2, 8, 4, generator=g), torch.randn(2, 8, 4, generator=g),
+                        torch.full((2, 8), 3.0), torch.full((2, 8), 0.5))
+    req = random_request(2, 4, 4, g)
+    req = WriteRequest(req.key, req.value, torch.zeros(2, 4), req.erase, req.update, req.decay)
+    new, wr = bank.write(state, req)
+    r = wr.retention.unsqueeze(-1)
+    torch.testing.assert_close(new.keys, state.keys * r)
+    torch.testing.assert_close(new.values, state.values * r)
+    assert not wr.events.any() and not wr.strength.any()
+    assert (new.age == 4).all()
+    torch.testing.assert_close(new.usage, torch.full((2, 8), 0.5 * cfg.usage_decay))
+
+
+def test_full_strength_allocation_write_stores_value_in_allocated_slot():
+    """gate 1, update 0, erase 1: the allocated slot holds exactly the written key and value."""
+    cfg = tiny_cfg(num_slots=8, slot_dim=4, segment_len=2)
+    bank = MultiHeadMemoryBank(cfg)
+    g = torch.Generator().manual_seed(2)
+    state = MemoryState(torch.randn(1, 8, 4, generator=g), torch.randn(1, 8, 4, generator=g),
+                        torch.arange(8.0).view(1, 8), torch.zeros(1, 8))
+    key, value = torch.randn(1, 2, 4, generator=g), torch.randn(1, 2, 4, generator=g)
+    req = WriteRequest(key, value, torch.ones(1, 2), torch.ones(1, 2, 4), torch.zeros(1, 2), torch.zeros(1, 4))
+    new, wr = bank.write(state, req)
+    assert wr.alloc.tolist() == [[7, 6]]  # oldest first
+    torch.testing.assert_close(new.keys[0, [7, 6]], key[0])
+    torch.testing.assert_close(new.values[0, [7, 6]], value[0])
+    assert new.age[0, 7] == 0 and new.age[0, 6] == 0 and new.age[0, 0] == 1
+    assert wr.events[0].tolist() == [False] * 6 + [True, True]
+
+
+# ---------------------------------------------------------------- many segments
+@settings(max_examples=examples(10))
+@given(bank_and_state(), st.sampled_from([1.0, 1e3, 1e6]))
+def test_long_random_write_sequence_stays_finite_and_bounded(data, scale):
+    cfg, bank, state, g = data
+    B, N, D, W = state.batch_size, cfg.num_slots, cfg.slot_dim, cfg.writes
+    age0 = state.age.clone()
+    with torch.no_grad():
+        for step in range(200):
+            req = random_request(B, W, D, g, scale=scale)
+            read = bank.read(state, torch.randn(B, 2, cfg.mem_heads, D, generator=g) * scale)
+            check_read_addressing(read.index, read.weight, N, cfg.top_k)
+            assert torch.isfinite(read.vectors).all()
+            state, wr = bank.write(state, req, torch.rand(B, N, generator=g) / N)
+            assert ((wr.retention > 0) & (wr.retention < 1)).all(), f"retention saturated at step {step}"
+            assert ((state.usage >= 0) & (state.usage <= 1)).all()
+            assert torch.isfinite(state.keys).all() and torch.isfinite(state.values).all()
+    # ages stay integers, bounded by the number of segments since the start
+    assert torch.equal(state.age, state.age.round())
+    assert (state.age >= 0).all() and (state.age <= age0 + 200).all()
+
+
+# ---------------------------------------------------------------- through MemNet traces
+def check_trace_invariants(cfg: MemNetConfig, out, memory0: MemoryState | None = None):
+    tr = out.trace
+    B, S = tr.write_alloc.shape[:2]
+    N, W, K, H, L = cfg.num_slots, cfg.writes, cfg.top_k, cfg.mem_heads, cfg.segment_len
+    check_read_addressing(tr.read_index, tr.read_weight, N, K)
+    assert tr.read_index.shape == (B, S, L, H, K)
+    assert ((tr.retention > 0) & (tr.retention < 1)).all()
+    assert ((tr.usage >= 0) & (tr.usage <= 1)).all()
+    assert torch.equal(tr.write_events, tr.write_strength >= cfg.write_threshold)
+    torch.testing.assert_close(tr.write_strength.sum(-1), tr.write_gate.sum(-1), atol=1e-5, rtol=1e-5)
+    # write positions: distinct offsets in the window, only real tokens carry a gate
+    for b in range(B):
+        for s in range(S):
+            assert len(set(tr.write_pos[b, s].tolist())) == W
+    gate_valid = tr.valid.gather(2, tr.write_pos)
+    assert (tr.write_gate[~gate_valid] == 0).all(), "a padding token wrote"
+    prev_age = memory0.age if memory0 is not None else torch.zeros(B, N)
+    prev_usage = memory0.usage if memory0 is not None else torch.zeros(B, N)
+    mass = tr.read_mass().sum(2) / H  # (B, S, N), what the model feeds to usage
+    for s in range(S):
+        stale = MemoryState(torch.zeros(B, N, 1), torch.zeros(B, N, 1), prev_age, prev_usage).staleness()
+        alloc = tr.write_alloc[:, s]
+        torch.testing.assert_close(alloc, reference_alloc(stale, W), atol=0, rtol=0)
+        for row in alloc.tolist():
+            assert len(set(row)) == W
+        ev = tr.write_events[:, s]
+        torch.testing.assert_close(tr.age[:, s], torch.where(ev, torch.zeros_like(prev_age), prev_age + 1),
+                                   atol=0, rtol=0)
+        expect_usage = (cfg.usage_decay * prev_usage + tr.write_strength[:, s] + mass[:, s]).clamp(0, 1)
+        torch.testing.assert_close(tr.usage[:, s], expect_usage, atol=1e-5, rtol=0)
+        prev_age, prev_usage = tr.age[:, s], tr.usage[:, s]
+    assert torch.equal(out.memory.age, tr.age[:, -1])
+    torch.testing.assert_close(out.memory.usage, tr.usage[:, -1], atol=0, rtol=0)
+
+
+@settings(max_examples=examples(25))
+@given(small_configs(), st.integers(1, 3), st.integers(1, 30), st.integers(0, 1000))
+def test_memnet_trace_invariants(cfg, B, T, seed):
+    torch.manual_seed(seed)
+    model = MemNet(cfg).eval()
+    x = rand_tokens(B, T, seed=seed)
+    with torch.no_grad():
+        out = model(x, return_trace=True)
+        check_trace_invariants(cfg, out)
+        # and continuing from the memory it returned
+        out2 = model(rand_tokens(B, T, seed=seed + 1), memory=out.memory, return_trace=True)
+        check_trace_invariants(cfg, out2, out.memory)
+
+
+def test_memnet_200_segments_with_large_inputs_stays_finite():
+    cfg = tiny_cfg(num_slots=8, segment_len=4, top_k=2, mem_heads=2)
+    torch.manual_seed(3)
+    model = MemNet(cfg).eval()
+    with torch.no_grad():  # large-magnitude embeddings and memory interface
+        model.encoder.tok.weight.mul_(1e3)
+        model.interface.decay.weight.normal_(0, 1e3)
+        model.interface.write_key.weight.mul_(1e3)
+        model.bottleneck.net[-1].weight.mul_(1e3)
+        out = model(rand_tokens(2, 200 * 4, seed=4), return_trace=True)
+    assert out.trace.num_segments == 200
+    assert torch.isfinite(out.logits).all()
+    for t in (out.memory.keys, out.memory.values):
+        assert torch.isfinite(t).all()
+    assert out.memory.values.abs().max() > 1.0  # the large writes did land in memory
+    check_trace_invariants(cfg, out)
+
+
+def test_write_event_threshold_is_inclusive():
+    """A write of strength exactly write_threshold is an event; a hair below is not."""
+    cfg = tiny_cfg(num_slots=8, slot_dim=4, segment_len=1, write_threshold=1.0)
+    bank = MultiHeadMemoryBank(cfg)
+    state = MemoryState(torch.randn(1, 8, 4), torch.randn(1, 8, 4), torch.arange(8.0).view(1, 8), torch.zeros(1, 8))
+    for gate, event in ((1.0, True), (0.999, False)):
+        req = WriteRequest(torch.randn(1, 1, 4), torch.randn(1, 1, 4), torch.full((1, 1), gate), torch.ones(1, 1, 4),
+                           torch.zeros(1, 1), torch.zeros(1, 4))
+        new, wr = bank.write(state, req)
+        assert wr.alloc.item() == 7
+        assert wr.strength[0, 7].item() == torch.tensor(gate).item()  # exactly the gate, in float32
+        assert wr.events[0, 7].item() is event
+        assert new.age[0, 7].item() == (0.0 if event else 8.0)
+        assert wr.events.sum().item() == int(event)
