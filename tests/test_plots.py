@@ -1,0 +1,205 @@
+"""memnet.plots, memnet.widgets and memnet.book on a tiny traced model (fast: no training)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+from matplotlib.figure import Figure  # noqa: E402
+
+from helpers import rand_tokens, tiny_model  # noqa: E402
+from memnet import book, plots  # noqa: E402
+from memnet.memory import MultiHeadMemoryBank, WriteRequest  # noqa: E402
+from memnet.trace import MemoryTrace  # noqa: E402
+
+B, T = 2, 22  # tiny_cfg: segment_len 4 -> S = 6 segments (the last padded), 16 slots, 2 heads, top_k 2
+
+
+@pytest.fixture(scope="module")
+def trace() -> MemoryTrace:
+    torch.manual_seed(0)
+    model = tiny_model()
+    with torch.no_grad():
+        return model(rand_tokens(B, T), return_trace=True).trace
+
+
+def image_shape(ax) -> tuple[int, ...]:
+    return ax.get_images()[0].get_array().shape
+
+
+def test_read_matrix_shapes(trace):
+    N = trace.num_slots
+    assert plots.read_matrix(trace).shape == (N, T)  # padding tokens dropped
+    assert plots.read_matrix(trace, per="segment").shape == (N, trace.num_segments)
+    m = plots.read_matrix(trace, head=None)
+    np.testing.assert_allclose(m.sum(0), trace.read_weight.shape[3], rtol=1e-5)  # each head sums to 1
+    np.testing.assert_allclose(plots.read_matrix(trace, head=1).sum(0), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="per"):
+        plots.read_matrix(trace, per="window")
+
+
+def test_heatmaps_have_slot_by_time_axes(trace):
+    N, S = trace.num_slots, trace.num_segments
+    fig = plots.read_heatmap(trace, head=0)
+    assert isinstance(fig, Figure) and image_shape(fig.axes[0]) == (N, T)
+    fig = plots.write_heatmap(trace)
+    assert image_shape(fig.axes[0]) == (N, S)
+    assert fig.axes[0].get_xlabel() == "segment" and fig.axes[0].get_ylabel() == "slot"
+    fig = plots.state_heatmaps(trace)
+    imgs = [ax for ax in fig.axes if ax.get_images() and ax.get_title()]
+    assert [ax.get_title() for ax in imgs] == ["age", "usage", "retention"]
+    assert all(image_shape(ax) == (N, S) for ax in imgs)
+    fig = plots.trace_overview(trace)
+    assert sum(1 for ax in fig.axes if ax.get_images()) == 4
+    assert plots.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_small_multiples_panels(trace):
+    fig = plots.small_multiples(trace, ncols=3, max_panels=6)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == min(6, trace.num_segments)
+    L, N = trace.valid.shape[-1], trace.num_slots
+    assert all(image_shape(ax) == (N, L) for ax in panels)
+    fig = plots.small_multiples(trace, segments=[0, 2], head=1)
+    assert len([ax for ax in fig.axes if ax.get_images()]) == 2
+
+
+def fake_result(seeds=(0, 1), models=("memnet", "windowed", "lstm")) -> dict:
+    dists = [2, 4, 8, 16]
+    rng = np.random.default_rng(0)
+    runs = []
+    for s in seeds:
+        for m in models:
+            acc = {str(d): float(rng.uniform(0, 1)) for d in dists}
+            r = {"model": m, "seed": s, "accuracy": acc, "train_s": 1.0}
+            if m == "memnet":
+                r["slot_reuse"] = {str(d): {"events_per_segment": 2.0, "reuse_rate": 0.1, "distinct_slots": 5.0,
+                                            "overwrites_per_segment": 0.2} for d in dists}
+                r["read_sparsity"] = {str(d): {"entropy": 1.0, "effective_slots": 2.5, "top1_mass": 0.5,
+                                               "max_entropy": 1.38} for d in dists}
+            runs.append(r)
+    return {"distances": dists, "window": 4, "chance": 1 / 16, "runs": runs, "profile": "smoke",
+            "config": {"top_k": 4, "num_slots": 16, "mem_heads": 2},
+            "profile_settings": {"eval_batch": 8, "eval_batches": 1}, "task": {"n_pairs": 2},
+            "provenance": {"seed": list(seeds), "device": "cpu", "torch": torch.__version__}}
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
+def test_accuracy_vs_distance_error_bars(seeds):
+    res = fake_result(seeds)
+    table = plots.accuracy_table(res)
+    assert set(table) == {"memnet", "windowed", "lstm"}
+    assert all(t["mean"].shape == (4,) and t["err"].shape == (4,) for t in table.values())
+    assert all(int(t["n_seeds"]) == len(seeds) for t in table.values())
+    fig = plots.accuracy_vs_distance(res)
+    ax = fig.axes[0]
+    assert len(ax.containers) == 3  # one errorbar container per model
+    assert ax.get_xscale() == "log"
+    assert plots.memory_metrics_vs_distance(res).axes[0].get_xscale() == "log"
+
+
+def test_item_occupancy_follows_value_writes(trace):
+    # a recall-like layout: value at position 1 queried at position 13 (distance 12)
+    targets = torch.full((B, T), -100)
+    distance = torch.zeros(B, T, dtype=torch.long)
+    targets[:, 13], distance[:, 13] = 3, 12
+    occ = plots.item_occupancy(trace, None, targets, distance, batch=0)
+    assert occ["owner"].shape == (trace.num_slots, trace.num_segments)
+    assert len(occ["slots"]) == len(occ["hits"]) == 1
+    slot = occ["slots"][0]
+    assert slot == int(trace.write_alloc[0, 0][trace.write_pos[0, 0] == 1][0])
+    assert occ["owner"][slot, 0] == 0 and occ["signal"][slot, 0] == 1.0
+    assert occ["query_read"].shape == (1, trace.num_slots)
+    fig = plots.item_occupancy_heatmap(occ, L=4)
+    assert fig.axes[0].get_images()[0].get_array().shape == (trace.num_slots, trace.num_segments, 3)
+
+
+def test_explorer_widget(trace):
+    widgets = pytest.importorskip("memnet.widgets")
+    box = widgets.explorer(trace, segment=1, slot=3)
+    sliders = box.children[0].children
+    seg, head, slot = sliders
+    assert (seg.min, seg.max, seg.value) == (0, trace.num_segments - 1, 1)
+    assert (slot.max, slot.value) == (trace.num_slots - 1, 3)
+    assert [v for _, v in head.options] == [-1, 0, 1]
+    fig = widgets.draw_view(trace, segment=2, head=0, slot=5)
+    assert image_shape(fig.axes[0]) == (trace.num_slots, trace.valid.shape[-1])
+    head.value = 1  # redraws without error
+    with pytest.raises(TypeError, match="MemoryTrace"):
+        widgets.explorer({"not": "a trace"})
+
+
+def test_setup_seeds_and_resolves(capsys):
+    s = book.setup("smoke", "cpu", seed=3)
+    assert s.device == torch.device("cpu") and s.seed == 3
+    a = torch.rand(1)
+    book.setup("smoke", "cpu", seed=3, quiet=True)
+    assert torch.equal(a, torch.rand(1))
+    assert "profile=smoke" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="profile"):
+        book.setup("huge")
+
+
+def test_run_bank_trace_matches_memnet_fields(trace):
+    cfg = tiny_model().cfg
+    bank = MultiHeadMemoryBank(cfg)
+    S, L, H, D, W = 3, cfg.segment_len, cfg.mem_heads, cfg.slot_dim, 2
+    g = torch.Generator().manual_seed(0)
+    reqs = [WriteRequest(torch.randn(1, W, D, generator=g), torch.randn(1, W, D, generator=g), torch.full((1, W), 0.9),
+                         torch.full((1, W, D), 0.5), torch.zeros(1, W), torch.zeros(1, D)) for _ in range(S)]
+    state, tr = book.run_bank(bank, torch.randn(1, S, L, H, D, generator=g), reqs)
+    assert set(tr.as_dict()) == set(trace.as_dict())
+    assert tr.write_strength.shape == (1, S, cfg.num_slots) and tr.read_weight.shape == (1, S, L, H, cfg.top_k)
+    assert int(tr.write_events[0, 0].sum()) == W and state.age.shape == (1, cfg.num_slots)
+    with pytest.raises(ValueError, match="one WriteRequest per segment"):
+        book.run_bank(bank, torch.randn(1, S, L, H, D), reqs[:1])
+
+
+def write_stored_run(folder, trace, profile="laptop"):
+    folder.mkdir(parents=True, exist_ok=True)
+    res = fake_result((0,))
+    res["profile"] = profile
+    (folder / "results.json").write_text(json.dumps(res))
+    torch.save({"tokens": torch.zeros(B, T, dtype=torch.long), "targets": torch.full((B, T), -100),
+                "distance": torch.zeros(B, T, dtype=torch.long), "trace": trace.as_dict()}, folder / "trace_seed0.pt")
+
+
+def test_load_or_train_prefers_gpu_then_laptop(tmp_path, trace):
+    assert book.find_stored_run("long_range", tmp_path) is None
+    write_stored_run(tmp_path / "long_range" / "laptop", trace, "laptop")
+    assert book.find_stored_run("long_range", tmp_path).name == "laptop"
+    write_stored_run(tmp_path / "long_range" / "gpu", trace, "gpu")
+    run = book.load_or_train("stored", data_dir=tmp_path)
+    assert run.source == "stored" and run.profile == "gpu" and run.path.name == "gpu"
+    assert isinstance(run.traces[0]["trace"], MemoryTrace)
+    torch.testing.assert_close(run.traces[0]["trace"].write_strength, trace.write_strength)
+    assert "profile gpu" in run.describe()
+    with pytest.raises(ValueError, match="profile"):
+        book.load_or_train("tiny", data_dir=tmp_path)
+
+
+def test_load_or_train_without_stored_run_trains_smoke_and_says_so(tmp_path, monkeypatch, capsys):
+    from memnet.experiments import long_range
+
+    calls = []
+
+    def fake_run(profile, device, seeds=None, out_dir=None, save=True, progress=True, **kw):
+        calls.append((profile, save, out_dir))
+        write_stored_run(out_dir, fake_trace(), profile)
+        return {}
+
+    def fake_trace():
+        model = tiny_model()
+        with torch.no_grad():
+            return model(rand_tokens(1, 8), return_trace=True).trace
+
+    monkeypatch.setattr(long_range, "run", fake_run)
+    run = book.load_or_train("stored", data_dir=tmp_path)
+    assert calls[0][0] == "smoke" and run.source == "trained" and run.path is None
+    assert "No stored run" in capsys.readouterr().out
+    assert not (tmp_path / "long_range").exists()  # nothing stored
+    run = book.load_or_train("smoke", save=True, data_dir=tmp_path)
+    assert (tmp_path / "long_range" / "smoke" / "results.json").is_file() and run.source == "trained"
