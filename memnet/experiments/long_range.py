@@ -40,18 +40,18 @@ class Profile:
     n_pairs: int = 4
     train_windows: int = 10  # training sequences span this many windows
     batch_size: int = 32
-    steps: int = 400  # the same for every model
+    steps: int = 250  # the same for every model
     lr: float = 2e-3
     multiples: tuple = (0.5, 1, 2, 4, 8, 16)  # eval distances, in windows
     eval_batch: int = 64
     eval_batches: int = 2
-    seeds: tuple = (0,)
+    seeds: tuple = (0, 1, 2)
     models: tuple = ("memnet", "windowed", "lstm")
 
 
 PROFILES = {
     "smoke": Profile(d_model=32, segment_len=8, num_slots=32, n_pairs=2, train_windows=5, batch_size=8,
-                     steps=15, multiples=(0.5, 1, 2, 4, 8),
+                     steps=15, multiples=(0.5, 1, 2, 4, 8), seeds=(0,),
                      eval_batch=8, eval_batches=1),
     "laptop": Profile(),
     "gpu": Profile(d_model=128, segment_len=32, num_slots=128, n_pairs=6, train_windows=10, batch_size=64,
@@ -161,13 +161,17 @@ def summary_table(result: dict) -> str:
     L = result["window"]
     dists = result["distances"]
     head = f"{'model':<10}" + "".join(f"{f'{d / L:g}x ({d})':>12}" for d in dists) + f"{'train s':>9}"
-    lines = [f"accuracy (%) vs distance in windows of {L} tokens; chance {100 * result['chance']:.1f}%", head]
+    n_seeds = len({r["seed"] for r in result["runs"]})
+    lines = [f"accuracy (%) vs distance in windows of {L} tokens, mean" + ("±sd over %d seeds" % n_seeds if n_seeds > 1
+             else " (one seed)") + f"; chance {100 * result['chance']:.1f}%", head]
     names = list(dict.fromkeys(r["model"] for r in result["runs"]))
     for name in names:
         rs = [r for r in result["runs"] if r["model"] == name]
-        accs = [sum(r["accuracy"][d] if d in r["accuracy"] else r["accuracy"][str(d)] for r in rs) / len(rs)
-                for d in dists]
-        lines.append(f"{name:<10}" + "".join(f"{100 * a:>12.1f}" for a in accs)
+        acc = torch.tensor([[r["accuracy"][d] if d in r["accuracy"] else r["accuracy"][str(d)] for d in dists]
+                            for r in rs]) * 100  # (seeds, distances)
+        cells = [f"{m:.1f}" + (f"±{s:.1f}" if len(rs) > 1 else "") for m, s in
+                 zip(acc.mean(0).tolist(), acc.std(0, unbiased=len(rs) > 1).tolist())]
+        lines.append(f"{name:<10}" + "".join(f"{c:>12}" for c in cells)
                      + f"{sum(r['train_s'] for r in rs) / len(rs):>9.0f}")
     mem = [r for r in result["runs"] if r["model"] == "memnet"]
     if mem:
