@@ -122,6 +122,8 @@ class MemNet(nn.Module):
         z = z + self.fuse_mlp(z)
         logits = self.head(self.ln_out(z)).view(B, S * L, -1)[:, :T]
 
-        trace = MemoryTrace.stack(steps)
-        aux = aux_losses(cfg, mass_total, trace.read_weight, valid.unsqueeze(-1), trace.retention)
-        return MemNetOutput(logits, state, aux, trace.detach() if return_trace else None)
+        read_weight = torch.stack([st["read_weight"] for st in steps], dim=1)  # (B, S, L, H, K)
+        retention = torch.stack([st["retention"] for st in steps], dim=1)  # (B, S, N)
+        aux = aux_losses(cfg, mass_total, read_weight, valid.unsqueeze(-1), retention)
+        trace = MemoryTrace.stack(steps).detach() if return_trace else None
+        return MemNetOutput(logits, state, aux, trace)
