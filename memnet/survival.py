@@ -1,0 +1,283 @@
+"""Survival analysis of memory contents, from a :class:`~memnet.trace.MemoryTrace`.
+
+A *content* is what a write event puts into a slot. It is born at the segment of the
+event and lives until it is overwritten (the next write event on the same slot) or has
+decayed away (the product of the retention gates applied to its slot since its birth
+falls below a threshold). Contents still alive at the end of the trace are
+right-censored. The lifetimes are then summarised with the Kaplan-Meier estimator.
+
+Shapes: B batch, S segments, L segment_len, H mem_heads, K top_k, N num_slots.
+Everything returned here is numpy; traces may hold tensors on any device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .trace import MemoryTrace
+
+CAUSES = ("overwrite", "decay", "censored")
+
+
+def _np(x: Tensor | np.ndarray | Sequence) -> np.ndarray:
+    """A tensor (any device, any grad state) or array-like as a numpy array."""
+    if isinstance(x, Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------- lifetimes
+@dataclass(frozen=True)
+class Lifetimes:
+    """One entry per content (per write event), all numpy arrays of equal length M.
+
+    batch:    (M,) int, row of the trace
+    slot:     (M,) int, slot the content was written to
+    birth:    (M,) int, segment of the write event
+    duration: (M,) int >= 1, death segment - birth (censored: num_segments - birth)
+    observed: (M,) bool, True if the content died (overwrite or decay), False if censored
+    cause:    (M,) str, 'overwrite' | 'decay' | 'censored'
+    num_segments: S, the length of the trace in segments
+    """
+
+    batch: np.ndarray
+    slot: np.ndarray
+    birth: np.ndarray
+    duration: np.ndarray
+    observed: np.ndarray
+    cause: np.ndarray
+    num_segments: int
+
+    def __len__(self) -> int:
+        return len(self.duration)
+
+    @property
+    def death(self) -> np.ndarray:
+        """(M,) birth + duration: the death segment (num_segments for censored contents)."""
+        return self.birth + self.duration
+
+    def counts(self) -> dict[str, int]:
+        """cause -> number of contents."""
+        return {c: int((self.cause == c).sum()) for c in CAUSES}
+
+
+def content_lifetimes(trace: MemoryTrace, batch: int | None = None, decay_threshold: float = 0.1) -> Lifetimes:
+    """Lifetimes of every content written during the trace.
+
+    A content is born at segment ``s`` on slot ``n`` when ``trace.write_events[b, s, n]``.
+    Its decay factor after segment ``s' > s`` is the product of the retention gates
+    applied to the slot since the birth (retention at ``s'`` is applied *before* the
+    writes of ``s'``, so the birth segment's own gate does not count)::
+
+        P(s') = prod_{u = s+1}^{s'} retention[b, u, n]
+
+    It dies at the first ``s' > s`` where either
+
+    * ``P(s') < decay_threshold``                     -> cause 'decay', or
+    * ``write_events[b, s', n]`` (the next event)       -> cause 'overwrite',
+
+    and ``duration = s' - s``. When both happen at the same ``s'`` the cause is 'decay':
+    the retention gate acts before the segment's writes, so the content had already
+    faded when the new one was written. A content alive after the last segment is
+    censored with ``duration = S - s`` and ``observed = False``. Durations are >= 1.
+
+    Contents held by a memory state passed into the forward pass (born before the trace)
+    are not tracked. ``decay_threshold = 0`` disables decay.
+
+    batch: one row of the trace, or None for all rows (the ``batch`` field keeps the row index).
+    The result is ordered by (batch, birth, slot).
+    """
+    events = _np(trace.write_events).astype(bool)
+    retention = _np(trace.retention).astype(np.float64)
+    if events.ndim != 3 or retention.shape != events.shape:
+        raise ValueError(f"trace.write_events and trace.retention must both be (B, S, N), got "
+                         f"{events.shape} and {retention.shape}")
+    if not 0.0 <= float(decay_threshold) <= 1.0:
+        raise ValueError(f"decay_threshold must be in [0, 1], got {decay_threshold!r}")
+    B, S, N = events.shape
+    rows = np.arange(B)
+    if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not -B <= batch < B:
+            raise ValueError(f"batch must be None or an int in [-{B}, {B}), got {batch!r}")
+        b = int(batch) % B
+        rows, events, retention = rows[b:b + 1], events[b:b + 1], retention[b:b + 1]
+
+    # one pass over segments, vectorised over (rows, slots): each slot holds at most one tracked content
+    R = len(rows)
+    alive = np.zeros((R, N), dtype=bool)
+    born = np.zeros((R, N), dtype=np.int64)
+    decay = np.ones((R, N), dtype=np.float64)  # P: retention product since the birth
+    rr, nn = np.meshgrid(np.arange(R), np.arange(N), indexing="ij")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("batch", "slot", "birth", "death", "cause")}
+
+    def emit(mask: np.ndarray, death: int, cause: str) -> None:
+        out["batch"].append(rows[rr[mask]])
+        out["slot"].append(nn[mask])
+        out["birth"].append(born[mask])
+        out["death"].append(np.full(int(mask.sum()), death, dtype=np.int64))
+        out["cause"].append(np.full(int(mask.sum()), cause, dtype="<U9"))
+
+    for s in range(S):
+        decay = decay * retention[:, s]  # the gate acts first ...
+        faded = alive & (decay < decay_threshold)
+        emit(faded, s, "decay")
+        alive &= ~faded
+        ev = events[:, s]  # ... then the writes
+        emit(alive & ev, s, "overwrite")
+        alive |= ev
+        born = np.where(ev, s, born)
+        decay = np.where(ev, 1.0, decay)
+    emit(alive, S, "censored")
+
+    cat = {k: np.concatenate(v) for k, v in out.items()}
+    order = np.lexsort((cat["slot"], cat["birth"], cat["batch"]))  # last key is the primary one
+    cat = {k: v[order] for k, v in cat.items()}
+    return Lifetimes(batch=cat["batch"].astype(np.int64), slot=cat["slot"].astype(np.int64),
+                     birth=cat["birth"], duration=cat["death"] - cat["birth"],
+                     observed=cat["cause"] != "censored", cause=cat["cause"], num_segments=S)
+
+
+# ---------------------------------------------------------------------------- Kaplan-Meier
+@dataclass(frozen=True)
+class KMResult:
+    """Kaplan-Meier estimate as a right-continuous step function, S(t) = P(T > t).
+
+    times:    (J,) float, 0 followed by the distinct observed event times (increasing)
+    survival: (J,) S(times[j]); survival[0] = 1 unless some durations of 0 were observed
+    at_risk:  (J,) n_j, subjects with duration >= times[j]
+    events:   (J,) d_j, observed deaths at times[j] (0 at the prepended time 0)
+    variance: (J,) Greenwood variance S^2 * sum_{t_i <= t} d_i / (n_i (n_i - d_i)); 0 where S = 0
+    lower, upper: (J,) pointwise 1 - alpha confidence band (log(-log) transform), in [0, 1]
+    alpha: the band's level
+    """
+
+    times: np.ndarray
+    survival: np.ndarray
+    at_risk: np.ndarray
+    events: np.ndarray
+    variance: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    alpha: float
+
+    def __call__(self, t: float | np.ndarray) -> np.ndarray:
+        """S(t) at arbitrary t >= 0 (the step function, right-continuous)."""
+        j = np.searchsorted(self.times, np.asarray(t, dtype=np.float64), side="right") - 1
+        return self.survival[np.clip(j, 0, None)]
+
+
+def _check_km_inputs(duration, observed, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    d = _np(duration)
+    o = _np(observed)
+    if d.ndim != 1:
+        raise ValueError(f"duration must be 1-D, got shape {d.shape}")
+    if o.ndim != 1:
+        raise ValueError(f"observed must be 1-D, got shape {o.shape}")
+    if len(d) != len(o):
+        raise ValueError(f"duration and observed must have the same length, got {len(d)} and {len(o)}")
+    if d.dtype == bool or not np.issubdtype(d.dtype, np.number):
+        raise ValueError(f"duration must be numeric, got dtype {d.dtype}")
+    d = d.astype(np.float64)
+    if not np.isfinite(d).all():
+        raise ValueError("duration must be finite")
+    if (d < 0).any():
+        raise ValueError(f"duration must be non-negative, got min {d.min()}")
+    if o.dtype != bool:
+        if not np.issubdtype(o.dtype, np.number) or not np.isin(o, (0, 1)).all():
+            raise ValueError(f"observed must be bool-like (True/False or 0/1), got dtype {o.dtype}")
+        o = o.astype(bool)
+    if isinstance(alpha, bool) or not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    return d, o
+
+
+def kaplan_meier(duration: np.ndarray | Tensor | Sequence[float], observed: np.ndarray | Tensor | Sequence[bool],
+                 alpha: float = 0.05) -> KMResult:
+    """Kaplan-Meier survival estimate with Greenwood variance and a log(-log) confidence band.
+
+    At each distinct observed event time t_i, with n_i subjects at risk (duration >= t_i)
+    and d_i observed deaths::
+
+        S(t)   = prod_{t_i <= t} (1 - d_i / n_i)
+        Var(t) = S(t)^2 * G(t),          G(t) = sum_{t_i <= t} d_i / (n_i (n_i - d_i))   (Greenwood)
+
+    Band (as lifelines computes it), with z = Phi^{-1}(1 - alpha / 2)::
+
+        exp(-exp(log(-log S) +- z * sqrt(G) / log S))
+
+    Edges are handled without NaN: where S = 1 the band is [1, 1] (and Var = 0), where
+    S = 0 it is [0, 0] (Var = 0, although G is infinite there). Censored subjects count
+    as at risk at their own censoring time (ties: deaths before censorings).
+    """
+    d, o = _check_km_inputs(duration, observed, alpha)
+    event_times = np.unique(d[o])
+    times = event_times if (len(event_times) and event_times[0] == 0.0) else np.concatenate([[0.0], event_times])
+    at_risk = (d[None, :] >= times[:, None]).sum(1).astype(np.int64)
+    deaths = ((d[None, :] == times[:, None]) & o[None, :]).sum(1).astype(np.int64)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(at_risk > 0, deaths / np.maximum(at_risk, 1), 0.0)
+        surv = np.cumprod(1.0 - frac)
+        surv = np.clip(surv, 0.0, 1.0)
+        term = np.where(deaths > 0, deaths / (at_risk * (at_risk - deaths)).astype(np.float64), 0.0)  # inf if n = d
+        gw = np.cumsum(term)
+        variance = np.where(surv > 0, surv ** 2 * gw, 0.0)
+
+        z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+        inner = (surv > 0) & (surv < 1)
+        s_in = np.where(inner, surv, 0.5)  # placeholder outside (0, 1), overwritten below
+        log_s = np.log(s_in)
+        half = z * np.sqrt(np.where(inner, gw, 0.0)) / log_s  # <= 0
+        a = np.exp(-np.exp(np.log(-log_s) + half))
+        b = np.exp(-np.exp(np.log(-log_s) - half))
+    lower = np.where(inner, np.minimum(a, b), surv)
+    upper = np.where(inner, np.maximum(a, b), surv)
+    return KMResult(times=times, survival=surv, at_risk=at_risk, events=deaths, variance=variance,
+                    lower=np.clip(lower, 0.0, 1.0), upper=np.clip(upper, 0.0, 1.0), alpha=float(alpha))
+
+
+def median_survival(km: KMResult) -> float:
+    """Smallest t with S(t) <= 0.5, or inf if the estimate never gets there."""
+    hit = np.nonzero(km.survival <= 0.5)[0]
+    return float(km.times[hit[0]]) if len(hit) else float("inf")
+
+
+# ---------------------------------------------------------------------------- other slot statistics
+def write_frequency(trace: MemoryTrace) -> np.ndarray:
+    """(N,) mean write events per segment for every slot: mean_{b, s} write_events[b, s, n]."""
+    return _np(trace.write_events).astype(np.float64).mean(axis=(0, 1))
+
+
+def age_histogram(trace: MemoryTrace, bins: int | Sequence[float] | np.ndarray | None = None,
+                  density: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram of slot ages (segments since the last write event) over all (b, s, n).
+
+    bins: as for ``np.histogram``; None gives one bin per integer age, edges
+    ``-0.5, 0.5, ..., max_age + 0.5``. Returns (counts or density, edges).
+    """
+    age = _np(trace.age).astype(np.float64).ravel()
+    if bins is None:
+        top = int(np.ceil(age.max())) if age.size else 0
+        bins = np.arange(top + 2) - 0.5
+    return np.histogram(age, bins=bins, density=density)
+
+
+def read_entropy_per_segment(trace: MemoryTrace) -> np.ndarray:
+    """(S,) mean entropy (nats) of the top-k read weights of every segment.
+
+    H(b, s, l, h) = -sum_k w_k log w_k over trace.read_weight (0 log 0 = 0), averaged over
+    heads and over the real tokens (trace.valid) of all rows; NaN for a segment with no
+    real token. Values lie in [0, log K].
+    """
+    w = trace.read_weight.detach().double()  # (B, S, L, H, K)
+    ent = -torch.special.xlogy(w, w).sum(-1).mean(-1)  # (B, S, L): mean over heads
+    valid = trace.valid.detach().to(ent.dtype)  # (B, S, L)
+    total = (ent * valid).sum(dim=(0, 2))
+    n = valid.sum(dim=(0, 2))
+    out = torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, float("nan")))
+    return out.cpu().numpy()
