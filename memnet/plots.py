@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .metrics import IGNORE_INDEX  # noqa: E402
 from .trace import MemoryTrace  # noqa: E402
 
 
@@ -275,7 +276,7 @@ def memory_metrics_vs_distance(result: dict) -> Figure:
 
 
 # ---------------------------------------------------------------------------- where stored items live
-def item_occupancy(trace: MemoryTrace, tokens, targets, distance, batch: int = 0, ignore_index: int = -100) -> dict:
+def item_occupancy(trace: MemoryTrace, tokens, targets, distance, batch: int = 0, ignore_index: int = IGNORE_INDEX) -> dict:
     """Follow each stored key-value item of a recall sequence through the slots.
 
     An item is born when the write issued by its value token lands, by allocation, on a slot;

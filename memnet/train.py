@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from .metrics import IGNORE_INDEX, correct_at_queries
 
 
 @dataclass
@@ -142,8 +142,8 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         with torch.no_grad():
-            mask = targets != IGNORE_INDEX
-            acc = (out.logits.argmax(-1)[mask] == targets[mask]).float().mean().item() if mask.any() else float("nan")
+            mask, ok = correct_at_queries(out.logits, targets)
+            acc = (ok.sum() / mask.sum()).item() if mask.any() else float("nan")
         rec = {"step": self.step, "loss": task.item(), "acc": acc, "grad_norm": float(gnorm),
                "lr": self.optimizer.param_groups[0]["lr"]}
         rec.update({f"aux/{k}": v.item() for k, v in aux.items()})
