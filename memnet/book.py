@@ -178,6 +178,21 @@ def load_run(path: Path | str) -> Run:
     return Run(result, traces, "stored", result.get("profile", path.name), path)
 
 
+EXPERIMENT_CHAPTERS = {"long_range": "03_long_range", "continual": "04_continual", "forgetting": "05_forgetting",
+                       "bench": "06_cost"}  # the chapter that shows each experiment's stored run
+
+
+def experiment_module(experiment: str):
+    """The module ``memnet.experiments.<experiment>``: it has ``PROFILES`` (name -> profile with
+    ``.seeds``) and ``run(profile, device, seeds=, out_dir=, save=, progress=)`` that stores
+    results.json (and optionally trace_seed*.pt) in out_dir when save=True."""
+    import importlib
+
+    if not isinstance(experiment, str) or experiment not in EXPERIMENT_CHAPTERS:
+        raise ValueError(f"experiment must be one of {sorted(EXPERIMENT_CHAPTERS)}, got {experiment!r}")
+    return importlib.import_module(f"memnet.experiments.{experiment}")
+
+
 def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, save: bool = False,
                   experiment: str = "long_range", data_dir: Path | str | None = None, progress: bool = False) -> Run:
     """The chapter's run: the stored one for profile "stored" when there is one; otherwise train.
@@ -187,10 +202,7 @@ def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, 
     - profile "smoke"/"laptop"/"gpu": train now; with save=True store the run under
       data/<experiment>/<profile>/ (refreshing it), else keep it in a temporary folder.
     """
-    if experiment != "long_range":
-        raise ValueError(f"only the 'long_range' experiment is wired up, got {experiment!r}")
-    from .experiments import long_range
-
+    mod = experiment_module(experiment)
     root = Path(data_dir) if data_dir is not None else DATA_DIR
     if profile == "stored":
         found = find_stored_run(experiment, root)
@@ -202,21 +214,21 @@ def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, 
             where = root / experiment
         note(f"No stored run under {where}/ (looked for {', '.join(STORED_PREFERENCE)}): "
              "training at the smoke profile now. Figures below show that tiny run, not the effect; "
-             "reproduce a real one with scripts/reproduce.py --chapter 3 --profile laptop.",
-             kind="warning", title="No stored run")
+             f"reproduce a real one with scripts/reproduce.py --chapter {EXPERIMENT_CHAPTERS[experiment]} "
+             "--profile laptop.", kind="warning", title="No stored run")
         profile, save = "smoke", False
     if profile not in PROFILES:
         raise ValueError(f"profile must be 'stored' or one of {PROFILES}, got {profile!r}")
-    p = long_range.PROFILES[profile]
+    p = mod.PROFILES[profile]
     seeds = [seed] if len(p.seeds) == 1 else None
     if save:
         out = root / experiment / profile
-        long_range.run(profile, device, seeds=seeds, out_dir=out, save=True, progress=progress)
+        mod.run(profile, device, seeds=seeds, out_dir=out, save=True, progress=progress)
         run = load_run(out)
         run.source = "trained"
         return run
-    with tempfile.TemporaryDirectory() as tmp:  # run() records traces only when saving
-        long_range.run(profile, device, seeds=seeds, out_dir=Path(tmp), save=True, progress=progress)
+    with tempfile.TemporaryDirectory() as tmp:  # runs record traces only when saving
+        mod.run(profile, device, seeds=seeds, out_dir=Path(tmp), save=True, progress=progress)
         run = load_run(tmp)
     run.source, run.path = "trained", None
     return run

@@ -21,8 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.py"))
 BUDGET_S = float(os.environ.get("MEMNET_CHAPTER_BUDGET_S", "60"))  # smoke profile: < 60 s on 2 CPU cores
+
+
+def _default_profile(src: Path) -> str | None:
+    nb = jupytext.read(src)
+    for c in nb.cells:
+        if "parameters" in c.metadata.get("tags", []):
+            ns: dict = {}
+            exec(c.source, ns)
+            return ns.get("profile")
+    return None
+
+
 # chapters that would load a stored run by default get -p profile smoke, so they train
-SMOKE_PARAMS = {"03_long_range": {"profile": "smoke"}}
+SMOKE_PARAMS = {src.stem: {"profile": "smoke"} for src in CHAPTERS if _default_profile(src) == "stored"}
 
 
 def _reproduce():
