@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from memnet import MemNet, MemNetConfig
+from memnet.metrics import IGNORE_INDEX
 from memnet.tasks import KeyValueRecall
 from memnet.train import Trainer, TrainConfig, amp_dtype, lr_at, masked_cross_entropy
 
@@ -91,3 +92,89 @@ def test_nan_loss_is_an_error():
         tr.model.head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="loss"):
         tr.fit(batch_fn)
+
+
+# ----------------------------------------------------------------------------- micro-batches, one process
+def uneven_batch_fn(step):
+    """Rows hold different numbers of query positions (the first row keeps one), so per-chunk
+    mean losses would not average to the batch mean."""
+    tokens, targets = batch_fn(step)
+    targets = targets.clone()
+    targets[0, (targets[0] != IGNORE_INDEX).nonzero()[0, 0] + 1:] = IGNORE_INDEX
+    return tokens, targets
+
+
+def make_micro_trainer(micro_batches, util_weight=0.0, steps=4):
+    torch.manual_seed(0)
+    tc = TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup=2, log_every=1, progress=False,
+                     micro_batches=micro_batches)
+    cfg = MemNetConfig(**{**tiny_cfg().to_dict(), "util_weight": util_weight})
+    return Trainer(MemNet(cfg), tc, "cpu", name="tiny")
+
+
+def test_micro_batches_give_the_whole_batch_update():
+    """CE is weighted by the batch's query count, so 2 accumulated halves = 1 whole batch
+    (float summation order aside) when no batch-level auxiliary loss is on."""
+    whole, halves = make_micro_trainer(1), make_micro_trainer(2)
+    whole.fit(uneven_batch_fn)
+    halves.fit(uneven_batch_fn)
+    for (n, a), (_, b) in zip(whole.model.state_dict().items(), halves.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=2e-5, rtol=0), n
+    for h, g in zip(whole.history, halves.history):
+        assert h["loss"] == pytest.approx(g["loss"], abs=1e-5) and h["acc"] == pytest.approx(g["acc"], abs=1e-6)
+
+
+def test_micro_batches_must_divide_the_batch():
+    with pytest.raises(ValueError, match="micro_batches"):
+        TrainConfig(micro_batches=0)
+    tr = make_micro_trainer(3)
+    with pytest.raises(ValueError, match="micro_batches"):
+        tr.fit(batch_fn)  # 4 rows do not split into 3 equal pieces
+
+
+def test_nan_loss_is_an_error_with_micro_batches():
+    tr = make_micro_trainer(2)
+    with torch.no_grad():
+        tr.model.head.weight.fill_(float("nan"))
+    before = {n: p.clone() for n, p in tr.model.named_parameters()}
+    with pytest.raises(FloatingPointError, match="loss"):
+        tr.fit(batch_fn)
+    assert tr.step == 0  # no update was applied
+    assert all(torch.equal(p, before[n]) for n, p in tr.model.named_parameters() if n != "head.weight")
+
+
+def test_single_process_step_is_the_plain_adamw_loop():
+    """Without a process group the trainer is exactly (bit for bit) a plain loop: masked CE +
+    aux, backward, clip, AdamW with the schedule; no DDP wrapper, no sharding."""
+    tr = make_trainer(steps=3)
+    assert tr.ddp is None and tr.is_main
+    torch.manual_seed(0)
+    model = MemNet(tiny_cfg())
+    decays = {n: p.dim() >= 2 and "tok" not in n and "embed" not in n for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([{"params": [p for n, p in model.named_parameters() if decays[n]],
+                              "weight_decay": tr.cfg.weight_decay},
+                             {"params": [p for n, p in model.named_parameters() if not decays[n]],
+                              "weight_decay": 0.0}], lr=tr.cfg.lr)
+    for step in range(3):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tr.cfg)
+        out = model(batch_fn(step)[0])
+        loss = masked_cross_entropy(out.logits, batch_fn(step)[1]) + sum(out.aux_losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tr.cfg.grad_clip)
+        opt.step()
+    tr.fit(batch_fn)
+    for (n, a), (_, b) in zip(model.state_dict().items(), tr.model.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_sharded_batch_fn_gets_rank_and_world_size():
+    seen = []
+
+    def shard_fn(step, rank, world):
+        seen.append((step, rank, world))
+        return batch_fn(step)
+
+    make_trainer(steps=2).fit(shard_fn, sharded=True)
+    assert seen == [(0, 0, 1), (1, 0, 1)]

@@ -7,6 +7,7 @@ table prints accuracy per distance, MemNet's slot reuse and read sparsity; the r
 stored under data/long_range/<profile>/ with its provenance.
 
     python -m memnet.experiments.long_range --profile laptop
+    torchrun --nproc_per_node 2 -m memnet.experiments.long_range --profile laptop  # DDP, rank 0 writes
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed as ddp
 from ..baselines import FullTransformer, LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
 from ..metrics import accuracy_by_distance, read_sparsity, slot_reuse
@@ -111,6 +113,8 @@ def run(profile: str = "laptop", device: str = "auto", amp: str = "auto", seeds:
             raise ValueError(f"models must be among {sorted(MODELS)}, got {m!r}")
     seeds = list(seeds if seeds is not None else p.seeds)
     dev = resolve_device(device)
+    ddp.init_from_env(dev)  # under torchrun: every model trains data-parallel; rank 0 alone writes
+    main = ddp.is_main()
     task = make_task(p)
     cfg = make_config(p, task)
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "long_range" / profile
@@ -136,7 +140,7 @@ def run(profile: str = "laptop", device: str = "auto", amp: str = "auto", seeds:
             ev = evaluate(trainer.model, task, p, dev, amp, seed)
             runs.append({"model": name, "seed": seed, "params": count_params(model), "train_s": round(train_s, 1),
                          "eval_s": round(time.perf_counter() - t0, 1), "steps": tc.steps, "history": history, **ev})
-            if isinstance(model, MemNet) and save:
+            if isinstance(model, MemNet) and save and main:
                 b = task.sample_at_distance(4, eval_distances(p, task)[-2], seed=123).to(dev)
                 with torch.no_grad(), autocast(dev, amp_dtype(dev, amp)):
                     tr = trainer.model(b.tokens, return_trace=True).trace
@@ -149,9 +153,10 @@ def run(profile: str = "laptop", device: str = "auto", amp: str = "auto", seeds:
         "experiment": "long_range", "profile": profile, "profile_settings": asdict(p),
         "config": cfg.to_dict(), "task": asdict(task), "chance": task.chance,
         "distances": eval_distances(p, task), "window": p.segment_len, "train_seq_len": seq_len,
-        "runs": runs, "provenance": provenance(dev, seeds, wall, amp=str(amp_dtype(dev, amp))),
+        "runs": runs, "provenance": provenance(dev, seeds, wall, amp=str(amp_dtype(dev, amp)),
+                                               **({"processes": ddp.world_size()} if ddp.is_distributed() else {})),
     }
-    if save:
+    if save and main:
         write_json(out_dir / "results.json", result)
     return result
 
@@ -197,10 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    res = run(a.profile, a.device, a.amp, a.seeds, a.models, a.out, not a.no_save, not a.no_progress)
-    print(summary_table(res))
-    print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}"
-          + ("" if a.no_save else f"; stored in {(a.out or DATA_DIR / 'long_range' / a.profile)}"))
+    try:
+        res = run(a.profile, a.device, a.amp, a.seeds, a.models, a.out, not a.no_save, not a.no_progress)
+        if ddp.is_main():
+            procs = f" x {ddp.world_size()} processes" if ddp.is_distributed() else ""
+            print(summary_table(res))
+            print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}{procs}"
+                  + ("" if a.no_save else f"; stored in {(a.out or DATA_DIR / 'long_range' / a.profile)}"))
+    finally:
+        ddp.cleanup()
 
 
 if __name__ == "__main__":
