@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+DECAY_MODES = ("learned", "fixed", "none")  # MemNetConfig.decay_mode: how slots forget (see MultiHeadMemoryBank.retention)
+
 
 @dataclass
 class MemNetConfig:
@@ -32,12 +34,14 @@ class MemNetConfig:
     write_threshold: float = 0.5  # write strength that counts as a write event (resets age)
     usage_decay: float = 0.9  # per-segment decay of the usage trace
     decay_init: float = 5.0  # initial logit of the slot-wise retention gate (sigmoid(5) ~ 0.993)
+    decay_mode: str = "learned"  # "learned": slot-wise logit + content direction; "fixed": sigmoid(decay_init); "none": 1
     sharpness_init: float = 10.0  # initial inverse temperature of the top-k softmax
     # auxiliary loss weights (0 disables a loss)
     util_weight: float = 0.01
     pressure_weight: float = 0.0
     read_entropy_weight: float = 0.0
     eps: float = 1e-6
+    tbptt_segments: int | None = None  # truncated backprop: detach the memory every k segments (None: never)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for experiments' bookkeeping
 
     def __post_init__(self) -> None:
@@ -49,7 +53,7 @@ class MemNetConfig:
                 raise TypeError(f"MemNetConfig.{name} must be an int, got {type(v).__name__} ({v!r})")
             if v < 1:
                 raise ValueError(f"MemNetConfig.{name} must be >= 1, got {v}")
-        for name in ["slot_dim", "bottleneck_dim", "writes_per_segment"]:
+        for name in ["slot_dim", "bottleneck_dim", "writes_per_segment", "tbptt_segments"]:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"MemNetConfig.{name} must be None or an int >= 1, got {v!r}")
@@ -81,6 +85,8 @@ class MemNetConfig:
         for name in ["util_weight", "pressure_weight", "read_entropy_weight"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"MemNetConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not isinstance(self.decay_mode, str) or self.decay_mode not in DECAY_MODES:
+            raise ValueError(f"MemNetConfig.decay_mode must be one of {DECAY_MODES}, got {self.decay_mode!r}")
         if self.sharpness_init <= 0:
             raise ValueError(f"MemNetConfig.sharpness_init must be > 0, got {self.sharpness_init}")
         if self.eps <= 0:

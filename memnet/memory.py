@@ -115,20 +115,89 @@ def sparse_to_dense(index: Tensor, weight: Tensor, num_slots: int) -> Tensor:
     return out.scatter_add(-1, index, weight)
 
 
-def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+SORT_MAX_N = 16  # up to this many candidates (or when k is over a quarter of them) a stable sort is used as is
+TOPK_CHUNK = 65536  # slots scored per chunk when a bank is larger: bounds the (..., Q, chunk) similarity block
+
+
+def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The first k entries of a stable descending sort of `scores` (..., N): values and indices (..., k).
+
+    Ties go to the lowest index, as with ``scores.sort(descending=True, stable=True)[..., :k]``, but
+    in O(N) rather than O(N log N). ``topk`` of k+1 decides it when its k+1 values are distinct (then
+    the kept set and its order are unambiguous). Otherwise (a tie inside the top k or at its edge)
+    the k-th largest value v, which is unambiguous even where indices tie, splits the row: every
+    entry above v is kept, and entries equal to v are taken in index order (a running count) until
+    k are kept; the k kept entries are then stably sorted.
+    """
+    N = scores.shape[-1]
+    if N <= SORT_MAX_N or 4 * (k + 1) > N:  # small rows, or most of a row kept: the sort is as fast
+        top, index = scores.sort(dim=-1, descending=True, stable=True)
+        return top[..., :k], index[..., :k]
+    top, index = scores.topk(k + 1, dim=-1, sorted=True)  # (..., k+1)
+    if not bool((top[..., 1:] == top[..., :-1]).any()):  # no tie: topk's answer is the sort's
+        return top[..., :k], index[..., :k]
+    kth = top[..., k - 1:k]  # (..., 1)
+    above = scores > kth
+    at = scores == kth
+    room = k - above.sum(-1, keepdim=True, dtype=torch.int32)  # (..., 1) ties still to take, lowest index first
+    keep = above | (at & (at.cumsum(-1, dtype=torch.int32) <= room))  # exactly k per row unless scores hold NaN
+    if int(keep.sum(dtype=torch.int64)) != keep[..., 0].numel() * k:  # NaN scores: the sort's own order
+        top, index = scores.sort(dim=-1, descending=True, stable=True)
+        return top[..., :k], index[..., :k]
+    index = keep.nonzero()[:, -1].view(*scores.shape[:-1], k)  # ascending index within each row
+    top, order = scores.gather(-1, index).sort(dim=-1, descending=True, stable=True)
+    return top, index.gather(-1, order)
+
+
+def cosine_scores_topk(q: Tensor, m: Tensor, k: int, chunk: int = TOPK_CHUNK,
+                       scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Exact top-k of cosine scores, scoring the bank in chunks of `chunk` slots.
+
+    q: (B, Q, D) unit queries; m: (B, N, D) unit keys (already normalised); scale: optional (B, N)
+    factor applied to each slot's scores. Returns scores and indices (B, Q, K), ties to the lowest
+    index. The bank is read once; at most (B, Q, chunk) scores exist at a time. Per chunk the stable
+    top-k is kept; the union of these candidates holds the global top-k, and because candidates
+    are concatenated in chunk order (lowest indices first) a stable top-k over them keeps the rule.
+    """
+    B, N, _ = m.shape
+    tops, idxs = [], []
+    for start in range(0, N, chunk):
+        mc = m[:, start:start + chunk]  # (B, C, D)
+        sim = torch.einsum("bqd,bnd->bqn", q, mc)  # (B, Q, C)
+        if scale is not None:
+            sim = sim * scale[:, None, start:start + chunk]
+        t, i = stable_topk(sim, min(k, mc.shape[1]))
+        tops.append(t)
+        idxs.append(i + start)
+    if len(tops) == 1:
+        return tops[0], idxs[0]
+    cand, cand_idx = torch.cat(tops, -1), torch.cat(idxs, -1)  # (B, Q, chunks*K)
+    top, pos = stable_topk(cand, k)
+    return top, cand_idx.gather(-1, pos)
+
+
+def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: float,
+                chunk: int = TOPK_CHUNK) -> tuple[Tensor, Tensor]:
     """Top-k cosine addressing.
 
     queries: (B, Q, H, D); slots: (B, N, D); sharpness: (H,).
     Returns index (B, Q, H, K) and softmax weights (B, Q, H, K) over the kept slots.
+
+    Slots with identical keys (empty slots, or slots filled by the same content write) tie exactly;
+    ties go to the lowest index on every path (``stable_topk``), so the same sequence in one call
+    or split in two addresses (and counts usage for) the same slots. Banks of more than `chunk`
+    slots are scored chunk by chunk (``cosine_scores_topk``): the same indices, with the (B, Q, H, N)
+    similarity matrix never held at once.
     """
     q = F.normalize(queries, dim=-1, eps=eps)
     m = F.normalize(slots, dim=-1, eps=eps)
-    sim = torch.einsum("bqhd,bnd->bqhn", q, m)  # (B, Q, H, N)
-    # a stable sort rather than topk: slots with identical keys (empty slots, or slots filled by the same
-    # content write) tie exactly, and topk breaks ties differently for differently shaped inputs, so the
-    # same sequence in one call or split in two would address (and count usage for) different slots
-    top, index = sim.sort(dim=-1, descending=True, stable=True)  # ties to the lowest index
-    top, index = top[..., :k], index[..., :k]  # (B, Q, H, K)
+    B, Q, H, D = q.shape
+    if slots.shape[1] <= chunk:
+        sim = torch.einsum("bqhd,bnd->bqhn", q, m)  # (B, Q, H, N)
+        top, index = stable_topk(sim, k)  # (B, Q, H, K), ties to the lowest index
+    else:
+        top, index = cosine_scores_topk(q.reshape(B, Q * H, D), m, k, chunk)
+        top, index = top.view(B, Q, H, k), index.view(B, Q, H, k)
     weight = torch.softmax(top * sharpness.view(1, 1, -1, 1), dim=-1)
     return index, weight
 
@@ -153,7 +222,11 @@ class MultiHeadMemoryBank(nn.Module):
         H, N = cfg.mem_heads, cfg.num_slots
         self.log_read_sharpness = nn.Parameter(torch.full((H,), math.log(cfg.sharpness_init)))
         self.log_write_sharpness = nn.Parameter(torch.full((1,), math.log(cfg.sharpness_init)))
-        self.decay_logit = nn.Parameter(torch.full((N,), float(cfg.decay_init)))
+        logit = torch.full((N,), float(cfg.decay_init))
+        if cfg.decay_mode == "learned":
+            self.decay_logit = nn.Parameter(logit)
+        else:  # "fixed" / "none": nothing to learn; a buffer of the same name keeps state_dict keys and device
+            self.register_buffer("decay_logit", logit)
 
     # ------------------------------------------------------------------ state
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
@@ -224,15 +297,21 @@ class MultiHeadMemoryBank(nn.Module):
 
         The logit is clamped to [-15, 15] so the gate stays strictly inside (0, 1) in float32
         (an unclamped sigmoid rounds to exactly 0 or 1 for large `decay`: a slot wiped or frozen).
+        With ``cfg.decay_mode`` "fixed" the gate is the constant sigmoid(decay_init) and with "none"
+        exactly 1; both ignore `decay` and learn nothing.
         """
+        B, N = state.age.shape
+        if self.cfg.decay_mode == "none":
+            return torch.ones(B, N, device=state.keys.device)
+        if self.cfg.decay_mode == "fixed":
+            return torch.sigmoid(self.decay_logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX)).expand(B, N)
         k = F.normalize(state.keys, dim=-1, eps=self.cfg.eps)
         logit = self.decay_logit + torch.einsum("bnd,bd->bn", k, decay.float())
         return torch.sigmoid(logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX))
 
     def allocate(self, state: MemoryState, n: int) -> Tensor:
         """(B, n) the n stalest slots, stalest first; ties go to the lowest index."""
-        order = torch.sort(state.staleness(), dim=-1, descending=True, stable=True).indices
-        return order[:, :n]
+        return stable_topk(state.staleness(), n)[1]
 
     def write(self, state: MemoryState, req: WriteRequest, read_mass: Tensor | None = None) -> tuple[MemoryState, WriteResult]:
         """Apply one segment's writes. read_mass: (B, N) read weight this segment (feeds usage)."""
@@ -274,3 +353,147 @@ class MultiHeadMemoryBank(nn.Module):
             usage = usage + read_mass.detach().float()
         new_state = MemoryState(new_keys, new_values, age, usage.clamp(0.0, 1.0))
         return new_state, WriteResult(strength, events, alloc, retention)
+
+
+class StreamingMemory:
+    """The memory of one sequence (B=1) for inference, updated in place where it is written.
+
+    The functional :meth:`MultiHeadMemoryBank.write` builds new (B, N, D) keys and values every
+    segment, since retention scales every slot. Here retention is folded into a per-slot log scale
+    (slot n's true key and value are ``stored[n] * exp(log_scale[n])``; cosine addressing only needs
+    the key's direction, cached as ``unit``), and a segment changes the bank's rows only where it
+    writes (at most W * (K+1) of them). Reads and content-addressed writes score the cached unit
+    keys in one chunked pass (``chunk`` slots at a time), with exact top-k and ties to the lowest
+    index, so a segment reads the bank once whatever its size. The per-slot bookkeeping (age,
+    usage, retention, allocation) stays O(N) per segment, 1/D of the bank. No autograd.
+
+    It computes what :meth:`MultiHeadMemoryBank.read` then :meth:`~MultiHeadMemoryBank.write`
+    compute, up to float rounding (tests/test_memory.py checks the agreement); build it from a
+    :class:`MemoryState` of batch size 1 and get one back with :meth:`to_state`.
+    """
+
+    def __init__(self, bank: MultiHeadMemoryBank, state: MemoryState | None = None, chunk: int = TOPK_CHUNK):
+        if not isinstance(bank, MultiHeadMemoryBank):
+            raise TypeError(f"bank must be a MultiHeadMemoryBank, got {type(bank).__name__}")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+        self.bank, self.chunk, self.segments = bank, chunk, 0
+        state = bank.initial_state(1) if state is None else bank.check_state(state, 1, name="state")
+        with torch.no_grad():
+            self.keys = state.keys[0].clone()  # (N, D) stored keys; true keys are keys * exp(log_scale)
+            self.values = state.values[0].clone()  # (N, D) stored values, same scale
+            self.log_scale = torch.zeros(self.keys.shape[0], dtype=torch.float64, device=self.keys.device)  # (N,)
+            self.norm = self.keys.norm(dim=-1)  # (N,) norm of the stored keys
+            self.unit = self.keys / self.norm.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)  # (N, D)
+            self.age = state.age[0].clone()  # (N,)
+            self.usage = state.usage[0].clone()  # (N,)
+
+    def nbytes(self) -> int:
+        """Bytes held: stored keys and values, unit keys and the per-slot buffers (constant in tokens seen)."""
+        ts = (self.keys, self.values, self.unit, self.log_scale, self.norm, self.age, self.usage)
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def clone(self) -> "StreamingMemory":
+        """An independent copy (same bank), e.g. to branch a stream."""
+        new = object.__new__(StreamingMemory)
+        new.__dict__.update(self.__dict__)
+        for name in ("keys", "values", "log_scale", "norm", "unit", "age", "usage"):
+            setattr(new, name, getattr(self, name).clone())
+        return new
+
+    def to_state(self) -> MemoryState:
+        """The equivalent functional state (batch size 1)."""
+        s = self.log_scale.exp().float().unsqueeze(-1)  # (N, 1)
+        return MemoryState((self.keys * s)[None], (self.values * s)[None], self.age[None].clone(),
+                           self.usage[None].clone())
+
+    def _addressing_scale(self, scale: Tensor) -> Tensor:
+        """(N,) factor turning unit-key cosines into those of F.normalize(true key, eps), for slot
+        scales `scale` (N,): below a norm of eps, normalize shortens the key, so its cosines shrink with it."""
+        return (self.norm * scale / self.bank.cfg.eps).clamp(max=1.0)
+
+    @torch.no_grad()
+    def step(self, queries: Tensor, req: WriteRequest, valid: Tensor | None = None) -> ReadResult:
+        """Read with the memory as it stands, then apply the segment's writes, in place.
+
+        queries: (1, L, H, D); req: a batch-1 WriteRequest of W writes; valid: (1, L) bool mask of
+        real tokens (all when None). Returns the reads, as :meth:`MultiHeadMemoryBank.read`.
+        """
+        bank, cfg = self.bank, self.bank.cfg
+        N, D = self.keys.shape
+        _, L, H, _ = queries.shape
+        W = req.gate.shape[1]
+        k_read, k_write = cfg.top_k, min(cfg.top_k, N)
+        valid = torch.ones(1, L, dtype=torch.bool, device=queries.device) if valid is None else valid
+
+        # retention of every slot (needs only key directions); the write addresses the retained keys
+        scale = self.log_scale.exp().float()  # (N,) slot scale before this segment's write
+        if getattr(cfg, "decay_mode", "learned") == "learned":
+            true_keys = self.keys * scale.unsqueeze(-1)  # (N, D)
+        else:
+            true_keys = self.unit  # retention does not look at the keys
+        retention = bank.retention(MemoryState(true_keys[None], true_keys[None], self.age[None], self.usage[None]),
+                                   req.decay)[0]  # (N,)
+        log_post = self.log_scale + retention.double().log()
+        f_read, f_write = self._addressing_scale(scale), self._addressing_scale(log_post.exp().float())
+
+        # one pass over the unit keys scores the reads' and the content writes' queries together
+        q = torch.cat([F.normalize(queries[0].float(), dim=-1, eps=cfg.eps).reshape(L * H, D),
+                       F.normalize(req.key[0].float(), dim=-1, eps=cfg.eps)], 0)  # (L*H + W, D)
+        LH = L * H
+        tops_r, idx_r, tops_w, idx_w = [], [], [], []
+        # a key shorter than eps (0 < f < 1) scores less than its direction; most chunks have none
+        shrunk = lambda f: f if bool(((f > 0) & (f < 1)).any()) else None
+        for start in range(0, N, self.chunk):
+            sim = q @ self.unit[start:start + self.chunk].T  # (L*H + W, C), rows contiguous for top-k
+            c = sim.shape[1]
+            fr, fw = shrunk(f_read[start:start + c]), shrunk(f_write[start:start + c])
+            t, i = stable_topk(sim[:LH] if fr is None else sim[:LH] * fr, min(k_read, c))
+            tops_r.append(t), idx_r.append(i + start)
+            t, i = stable_topk(sim[LH:] if fw is None else sim[LH:] * fw, min(k_write, c))
+            tops_w.append(t), idx_w.append(i + start)
+        merge = lambda tops, idxs, k: ((tops[0], idxs[0]) if len(tops) == 1 else
+                                       (lambda tp: (tp[0], torch.cat(idxs, -1).gather(-1, tp[1])))(
+                                           stable_topk(torch.cat(tops, -1), k)))
+        top_r, r_index = merge(tops_r, idx_r, k_read)  # (L*H, K)
+        top_w, c_index = merge(tops_w, idx_w, k_write)  # (W, K)
+
+        # the read: values of the kept slots at their current scale
+        r_index = r_index.view(1, L, H, k_read)
+        r_weight = torch.softmax(top_r.view(1, L, H, k_read) * bank.read_sharpness.view(1, 1, -1, 1), dim=-1)
+        vals = self.values[r_index] * scale[r_index].unsqueeze(-1)  # (1, L, H, K, D)
+        vectors = (r_weight.unsqueeze(-1) * vals).sum(-2)  # (1, L, H, D)
+        v = valid.to(r_weight.dtype)  # (1, L)
+        w = (r_weight * v[:, :, None, None]).reshape(1, -1)
+        mass = torch.zeros(1, N, device=self.keys.device).scatter_add(1, r_index.reshape(1, -1), w)
+        mass = mass / v.sum(1, keepdim=True).clamp(min=1.0)  # (1, N)
+
+        # the write: content top-k mixed with the stalest slots, erase then add on the touched rows only
+        key, value, erase = req.key[0].float(), req.value[0].float(), req.erase[0].float()  # (W, D)
+        gate, update = req.gate[0].float(), req.update[0].float()  # (W,)
+        c_weight = torch.softmax(top_w * bank.write_sharpness, dim=-1)  # (W, K)
+        staleness = (self.age + 1.0) * (1.0 - 0.5 * self.usage)
+        alloc = stable_topk(staleness, W)[1]  # (W,)
+        index = torch.cat([c_index, alloc.unsqueeze(-1)], -1)  # (W, K+1)
+        weight = torch.cat([update.unsqueeze(-1) * c_weight, (1 - update).unsqueeze(-1)], -1) * gate.unsqueeze(-1)
+        flat_index, flat_w = index.reshape(-1), weight.reshape(-1)  # (W*(K+1),)
+        spread = lambda x: x.unsqueeze(1).expand(-1, k_write + 1, -1).reshape(-1, D)  # (W, D) -> (W*(K+1), D)
+        rows, inv = torch.unique(flat_index, return_inverse=True)  # (U,) touched slots
+        acc = lambda x: torch.zeros(rows.numel(), D, device=x.device).index_add_(0, inv, flat_w.unsqueeze(-1) * spread(x))
+        keep = 1.0 - acc(erase).clamp(max=1.0)  # (U, D)
+        s_rows = log_post[rows].exp().float().unsqueeze(-1)  # (U, 1)
+        new_keys = self.keys[rows] * s_rows * keep + acc(key)
+        new_values = self.values[rows] * s_rows * keep + acc(value)
+        self.log_scale = log_post
+        self.log_scale[rows] = 0.0
+        self.keys[rows], self.values[rows] = new_keys, new_values
+        self.norm[rows] = new_keys.norm(dim=-1)
+        self.unit[rows] = new_keys / self.norm[rows].clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)
+
+        # bookkeeping, as the functional write does it
+        strength = torch.zeros(N, device=self.keys.device).scatter_add(0, flat_index, flat_w)
+        events = strength >= cfg.write_threshold
+        self.age = torch.where(events, torch.zeros_like(self.age), self.age + 1.0)
+        self.usage = (cfg.usage_decay * self.usage + strength + mass[0] / H).clamp(0.0, 1.0)
+        self.segments += 1
+        return ReadResult(vectors, r_index, r_weight)

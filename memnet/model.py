@@ -19,7 +19,7 @@ from .config import MemNetConfig
 from .controller import MemoryInterface, TransformerController
 from .encoder import Encoder, check_tokens
 from .losses import aux_losses
-from .memory import MemoryState, MultiHeadMemoryBank, WriteRequest
+from .memory import MemoryState, MultiHeadMemoryBank, StreamingMemory, WriteRequest
 from .trace import MemoryTrace
 
 
@@ -78,37 +78,65 @@ class MemNet(nn.Module):
         """An empty memory for `batch_size` sequences."""
         return self.memory.initial_state(batch_size, device)
 
-    def forward(self, tokens: Tensor, memory: MemoryState | None = None, return_trace: bool = False) -> MemNetOutput:
+    def _signals(self, tokens: Tensor) -> tuple:
+        """The controller over every window at once (it never looks past its window) and each window's
+        write requests: its top-W tokens by write score (all tokens by default), strongest first;
+        gate = sigmoid(score), so padding (score -inf) never writes."""
         cfg = self.cfg
-        tokens = check_tokens(tokens, cfg.vocab_size)
-        B, T = tokens.shape
-        state = self.initial_state(B, tokens.device) if memory is None else self.memory.check_state(memory, B)
-        H, L = cfg.mem_heads, cfg.segment_len
-
-        # the controller over every window at once (it never looks past its window)
+        B = tokens.shape[0]
+        L = cfg.segment_len
         windows, valid = segment(tokens, L)  # (B, S, L)
         S = windows.shape[1]
         x = self.encoder(windows)  # (B, S, L, D)
         h = self.controller(x.view(B * S, L, -1)).view(B, S, L, -1)
         sig = self.interface(h, valid)
-
-        # every window issues cfg.writes gated writes: its top-W tokens by write score (all tokens by
-        # default), strongest first; gate = sigmoid(score), so padding (score -inf) never writes
         score, pos = sig.write_score.topk(cfg.writes, dim=-1)  # (B, S, W)
         gate = torch.sigmoid(score)
         value = self.bottleneck(take(h, pos))  # (B, S, W, Dm)
         key, erase, update = take(sig.write_key, pos), take(sig.erase, pos), take(sig.update, pos)
+        return h, valid, sig, pos, gate, key, value, erase, update
 
+    def _logits(self, h: Tensor, reads: list[Tensor], T: int) -> Tensor:
+        """LayerNorm'd reads fused residually into the controller's stream -> logits (B, T, V)."""
+        B, S, L = h.shape[:3]
+        read = torch.stack(reads, dim=1).reshape(B, S, L, -1)  # (B, S, L, H*Dm)
+        z = h + self.fuse(self.read_norm(read.to(h.dtype)))
+        z = z + self.fuse_mlp(z)
+        return self.head(self.ln_out(z)).view(B, S * L, -1)[:, :T]
+
+    def forward(self, tokens: Tensor, memory: MemoryState | None = None, return_trace: bool = False) -> MemNetOutput:
+        """tokens (B, T) -> :class:`MemNetOutput`; continue from `memory` when given.
+
+        With ``cfg.tbptt_segments = k`` the memory state is detached from the graph every k segments
+        (truncated backprop through time): activations for the backward pass are then still kept
+        for the whole call, but gradients flow back through at most k segments of memory. The
+        default (None) backpropagates through every segment of the call.
+        """
+        cfg = self.cfg
+        tokens = check_tokens(tokens, cfg.vocab_size)
+        B, T = tokens.shape
+        state = self.initial_state(B, tokens.device) if memory is None else self.memory.check_state(memory, B)
+        H = cfg.mem_heads
+        h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens)
+        S = h.shape[1]
+        tbptt = getattr(cfg, "tbptt_segments", None)
+
+        # per-segment views made once: unbind's backward stacks the S gradients in one go, where S
+        # slices x[:, s] would each materialise a zero gradient of the whole tensor (O(S^2) in backward)
+        queries, keys, values, gates, erases, updates, decays = (t.unbind(1) for t in (
+            sig.read_query, key, value, gate, erase, update, sig.decay))
         reads, steps = [], []
         mass_total = h.new_zeros(cfg.num_slots, dtype=torch.float32)
         for s in range(S):  # the only loop over time
-            r = self.memory.read(state, sig.read_query[:, s])  # vectors (B, L, H, Dm)
+            if tbptt is not None and s > 0 and s % tbptt == 0:
+                state = state.detach()
+            r = self.memory.read(state, queries[s])  # vectors (B, L, H, Dm)
             v = valid[:, s].to(r.weight.dtype)  # (B, L)
             w = (r.weight * v[:, :, None, None]).reshape(B, -1)
             mass = torch.zeros(B, cfg.num_slots, device=h.device).scatter_add(1, r.index.reshape(B, -1), w)
             mass = mass / v.sum(1, keepdim=True).clamp(min=1.0)  # (B, N) read weight per token, summed over heads
             mass_total = mass_total + mass.sum(0)
-            req = WriteRequest(key[:, s], value[:, s], gate[:, s], erase[:, s], update[:, s], sig.decay[:, s])
+            req = WriteRequest(keys[s], values[s], gates[s], erases[s], updates[s], decays[s])
             state, wr = self.memory.write(state, req, mass / H)
             reads.append(r.vectors)
             steps.append(dict(read_index=r.index, read_weight=r.weight, valid=valid[:, s], write_pos=pos[:, s],
@@ -116,14 +144,72 @@ class MemNet(nn.Module):
                               write_alloc=wr.alloc, write_strength=wr.strength, write_events=wr.events,
                               retention=wr.retention, age=state.age, usage=state.usage))
 
-        # LayerNorm'd reads fused residually into the controller's stream
-        read = torch.stack(reads, dim=1).reshape(B, S, L, -1)  # (B, S, L, H*Dm)
-        z = h + self.fuse(self.read_norm(read.to(h.dtype)))
-        z = z + self.fuse_mlp(z)
-        logits = self.head(self.ln_out(z)).view(B, S * L, -1)[:, :T]
-
+        logits = self._logits(h, reads, T)
         read_weight = torch.stack([st["read_weight"] for st in steps], dim=1)  # (B, S, L, H, K)
         retention = torch.stack([st["retention"] for st in steps], dim=1)  # (B, S, N)
         aux = aux_losses(cfg, mass_total, read_weight, valid.unsqueeze(-1), retention)
         trace = MemoryTrace.stack(steps).detach() if return_trace else None
         return MemNetOutput(logits, state, aux, trace)
+
+    @torch.no_grad()
+    def stream(self, tokens: Tensor, memory: StreamingMemory | None = None) -> tuple[Tensor, StreamingMemory]:
+        """Inference on one sequence as its tokens arrive: tokens (1, T) -> (logits (1, T, V), memory).
+
+        The memory (a :class:`StreamingMemory`, a fresh one when None) is updated in place and
+        returned; pass it back with the next tokens. The same logits as ``forward`` (up to float
+        rounding) when calls split the sequence at multiples of ``segment_len``; the cost of a call
+        depends on T and the bank's size, never on how many tokens came before.
+        """
+        cfg = self.cfg
+        tokens = check_tokens(tokens, cfg.vocab_size)
+        if tokens.shape[0] != 1:
+            raise ValueError(f"tokens must have batch size 1 for stream(), got shape {tuple(tokens.shape)}")
+        if memory is None:
+            memory = StreamingMemory(self.memory)
+        elif not isinstance(memory, StreamingMemory) or memory.bank is not self.memory:
+            raise TypeError("memory must be a StreamingMemory of this model's bank (from a previous stream() call)")
+        h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens)
+        reads = []
+        for s in range(h.shape[1]):  # the only loop over time
+            req = WriteRequest(key[:, s], value[:, s], gate[:, s], erase[:, s], update[:, s], sig.decay[:, s])
+            reads.append(memory.step(sig.read_query[:, s], req, valid[:, s]).vectors)
+        return self._logits(h, reads, tokens.shape[1]), memory
+
+
+def truncated_backward(model: MemNet, tokens: Tensor, targets: Tensor, chunk_segments: int,
+                       memory: MemoryState | None = None) -> tuple[float, MemoryState]:
+    """Forward and backward through a long sequence ``chunk_segments`` segments at a time.
+
+    Truncated backprop through time with bounded memory: each chunk's loss is backpropagated
+    before the next chunk runs, and the memory passes on detached, so autograd holds the
+    activations of one chunk, never of the whole sequence. Gradients accumulate in ``.grad``.
+    The loss is the mean cross-entropy over the targets that are not ignored (as the trainer's)
+    plus each chunk's auxiliary losses weighted by its share of the tokens. Without auxiliary
+    losses the gradients equal those of one call with ``cfg.tbptt_segments = chunk_segments``.
+
+    tokens, targets: (B, T). Returns the loss (a float) and the final memory (detached).
+    """
+    from .metrics import IGNORE_INDEX
+
+    if not isinstance(model, MemNet):
+        raise TypeError(f"model must be a MemNet, got {type(model).__name__}")
+    if isinstance(chunk_segments, bool) or not isinstance(chunk_segments, int) or chunk_segments < 1:
+        raise ValueError(f"chunk_segments must be an int >= 1, got {chunk_segments!r}")
+    tokens = check_tokens(tokens, model.cfg.vocab_size)
+    if not isinstance(targets, Tensor) or targets.shape != tokens.shape:
+        raise ValueError(f"targets must be a tensor of the tokens' shape {tuple(tokens.shape)}, "
+                         f"got {getattr(targets, 'shape', type(targets).__name__)}")
+    T = tokens.shape[1]
+    step = chunk_segments * model.cfg.segment_len
+    n_targets = int((targets != IGNORE_INDEX).sum().clamp(min=1))
+    total = 0.0
+    for start in range(0, T, step):
+        x, y = tokens[:, start:start + step], targets[:, start:start + step]
+        out = model(x, memory=memory)
+        ce = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), y.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="sum") / n_targets
+        loss = ce + sum(out.aux_losses.values()) * (x.shape[1] / T)
+        loss.backward()
+        total += float(loss.detach())
+        memory = out.memory.detach()
+    return total, memory

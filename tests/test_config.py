@@ -61,3 +61,14 @@ def test_from_dict_minimal():
 def test_int_valued_floats_accepted():
     cfg = tiny_cfg(dropout=0, decay_init=3, write_threshold=1)
     assert cfg.dropout == 0 and cfg.decay_init == 3
+
+
+def test_decay_mode_default_and_validation():
+    import pytest
+
+    assert tiny_cfg().decay_mode == "learned"
+    for mode in ("learned", "fixed", "none"):
+        assert MemNetConfig.from_dict(tiny_cfg(decay_mode=mode).to_dict()).decay_mode == mode
+    for bad in ("Learned", "", None, 1):
+        with pytest.raises(ValueError, match="decay_mode"):
+            tiny_cfg(decay_mode=bad)

@@ -322,3 +322,96 @@ def test_write_event_threshold_is_inclusive():
         assert wr.events[0, 7].item() is event
         assert new.age[0, 7].item() == (0.0 if event else 8.0)
         assert wr.events.sum().item() == int(event)
+
+
+# ---------------------------------------------------------------- fast paths agree with the reference
+from memnet.memory import cosine_topk, stable_topk  # noqa: E402
+
+
+@settings(max_examples=examples(60))
+@given(st.integers(1, 1200), st.integers(1, 12), st.sampled_from(["normal", "few_values", "zeros"]),
+       st.integers(0, 2**31 - 1))
+def test_stable_topk_is_the_stable_sort(N, k, kind, seed):
+    """Same values and indices as a full stable descending sort, ties (also +0.0 vs -0.0) to the lowest index."""
+    k = min(k, N)
+    g = torch.Generator().manual_seed(seed)
+    x = {"normal": lambda: torch.randn(3, N, generator=g),
+         "few_values": lambda: torch.randint(-2, 3, (3, N), generator=g).float(),
+         "zeros": lambda: torch.where(torch.rand(3, N, generator=g) < 0.5, 0.0, -0.0)}[kind]()
+    ref = x.sort(dim=-1, descending=True, stable=True)
+    top, index = stable_topk(x, k)
+    assert torch.equal(index, ref.indices[..., :k])
+    assert torch.equal(top, ref.values[..., :k])
+
+
+@settings(max_examples=examples(25))
+@given(st.integers(2, 700), st.integers(1, 6), st.integers(1, 200), st.integers(0, 2**31 - 1))
+def test_chunked_cosine_topk_matches_one_block(N, k, chunk, seed):
+    """Scoring the bank chunk by chunk keeps the same slots (tied empty and duplicated keys included)."""
+    k = min(k, N)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 3, 2, 8, generator=g)
+    slots = torch.randn(2, N, 8, generator=g)
+    slots[:, ::3] = 0  # empty slots tie exactly
+    slots[:, 1::5] = slots[:, 1:2]  # duplicated keys tie exactly
+    sharp = torch.tensor([3.0, 10.0])
+    i1, w1 = cosine_topk(q, slots, k, sharp, 1e-6)
+    i2, w2 = cosine_topk(q, slots, k, sharp, 1e-6, chunk=chunk)
+    assert torch.equal(i1, i2)
+    assert torch.allclose(w1, w2, atol=1e-6)
+
+
+# ---------------------------------------------------------------- decay modes (the forgetting ablation)
+def _decay_request(cfg, B: int = 2, seed: int = 0) -> WriteRequest:
+    g = torch.Generator().manual_seed(seed)
+    W, D = cfg.writes, cfg.slot_dim
+    return WriteRequest(torch.randn(B, W, D, generator=g), torch.randn(B, W, D, generator=g),
+                        torch.rand(B, W, generator=g), torch.rand(B, W, D, generator=g),
+                        torch.rand(B, W, generator=g), torch.randn(B, D, generator=g) * 3)
+
+
+def test_decay_modes_retention():
+    import math
+
+    B = 2
+    for mode, expect in (("none", 1.0), ("fixed", 1 / (1 + math.exp(-2.0)))):
+        cfg = tiny_cfg(decay_mode=mode, decay_init=2.0)
+        bank = MultiHeadMemoryBank(cfg)
+        assert "decay_logit" not in dict(bank.named_parameters())  # nothing to learn
+        assert "decay_logit" in bank.state_dict()
+        state = MemoryState(torch.randn(B, cfg.num_slots, cfg.slot_dim), torch.randn(B, cfg.num_slots, cfg.slot_dim),
+                            torch.zeros(B, cfg.num_slots), torch.zeros(B, cfg.num_slots))
+        req = _decay_request(cfg, B)
+        ret = bank.retention(state, req.decay)
+        assert ret.shape == (B, cfg.num_slots)
+        torch.testing.assert_close(ret, torch.full((B, cfg.num_slots), expect))
+        _, wr = bank.write(state, req)
+        torch.testing.assert_close(wr.retention, ret)
+
+
+def test_no_decay_model_has_retention_one_and_same_params_otherwise():
+    learned, none = tiny_cfg(), tiny_cfg(decay_mode="none")
+    torch.manual_seed(0)
+    m1 = MemNet(learned)
+    torch.manual_seed(0)
+    m2 = MemNet(none)
+    n1 = {k for k, _ in m1.named_parameters()}
+    n2 = {k for k, _ in m2.named_parameters()}
+    assert n1 - n2 == {"memory.decay_logit"} and n2 <= n1
+    tokens = rand_tokens(2, 3 * learned.segment_len)
+    out = m2(tokens, return_trace=True)
+    assert torch.equal(out.trace.retention, torch.ones_like(out.trace.retention))
+    out.logits.sum().backward()  # trains without a decay parameter
+
+
+def test_learned_decay_mode_is_the_default_behaviour():
+    """decay_mode="learned" is what the bank did before the field existed: the content-modulated gate."""
+    cfg = tiny_cfg(decay_mode="learned")
+    bank = MultiHeadMemoryBank(cfg)
+    B = 2
+    state = MemoryState(torch.randn(B, cfg.num_slots, cfg.slot_dim), torch.randn(B, cfg.num_slots, cfg.slot_dim),
+                        torch.zeros(B, cfg.num_slots), torch.zeros(B, cfg.num_slots))
+    decay = torch.randn(B, cfg.slot_dim)
+    k = torch.nn.functional.normalize(state.keys, dim=-1, eps=cfg.eps)
+    expect = torch.sigmoid((bank.decay_logit + torch.einsum("bnd,bd->bn", k, decay)).clamp(-15, 15))
+    torch.testing.assert_close(bank.retention(state, decay), expect)

@@ -469,3 +469,110 @@ def test_adamw_loop_learns_copy_previous_token():
         losses.append(task.item())
     assert losses[0] > 0.8 * math.log(Vc)  # starts near chance
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
+
+
+# ================================================================ streaming inference, truncated BPTT
+from memnet.memory import StreamingMemory  # noqa: E402
+
+
+def _streamed(model, x, chunk, split):
+    mem, logits = StreamingMemory(model.memory, chunk=chunk), []
+    for i in range(0, x.shape[1], split):
+        out, mem = model.stream(x[:, i:i + split], mem)
+        logits.append(out)
+    return torch.cat(logits, 1), mem
+
+
+@settings(max_examples=examples(12), deadline=None)
+@given(small_configs(max_slots=40), st.integers(1, 6), st.integers(1, 3), st.integers(1, 50),
+       st.integers(0, 1000))
+def test_streaming_memory_matches_functional_forward(cfg, segments, per_call, chunk, seed):
+    """MemNet.stream (in-place bank, folded retention, chunked fused scoring) gives forward's logits
+    and state up to float rounding, calls split at multiples of segment_len."""
+    torch.manual_seed(seed)
+    model = MemNet(cfg).eval()
+    with torch.no_grad():  # a content-dependent, uneven retention, as after training
+        model.memory.decay_logit.uniform_(-1.0, 4.0)
+        model.interface.decay.weight.normal_()
+    T = segments * cfg.segment_len + seed % cfg.segment_len  # possibly a partial last segment
+    x = rand_tokens(1, T, seed=seed)
+    with torch.no_grad(), near_tie_watch() as near_ties:  # a near (not exact) tie may resolve differently
+        ref = model(x)
+    if any(near_ties):
+        return
+    logits, mem = _streamed(model, x, chunk, per_call * cfg.segment_len)
+    st_ = mem.to_state()
+    assert torch.allclose(logits, ref.logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(st_.age, ref.memory.age)
+    for f in ("keys", "values", "usage"):
+        assert torch.allclose(getattr(st_, f), getattr(ref.memory, f), atol=1e-5, rtol=1e-4), f
+    assert mem.segments == -(-T // cfg.segment_len)
+
+
+def test_streaming_memory_state_size_is_constant_and_inputs_are_checked():
+    model = MemNet(tiny_cfg()).eval()
+    mem = StreamingMemory(model.memory)
+    size = mem.nbytes()
+    for i in range(5):
+        _, mem = model.stream(rand_tokens(1, 8, seed=i), mem)
+    assert mem.nbytes() == size
+    twin = mem.clone()  # an independent branch of the stream
+    _, twin = model.stream(rand_tokens(1, 8, seed=9), twin)
+    assert twin.segments == mem.segments + 2 and not torch.equal(twin.age, mem.age)
+    with pytest.raises(ValueError, match="batch size 1"):
+        model.stream(rand_tokens(2, 8))
+    with pytest.raises(TypeError, match="StreamingMemory"):
+        model.stream(rand_tokens(1, 8), model.initial_state(1))
+    with pytest.raises(ValueError, match="chunk"):
+        StreamingMemory(model.memory, chunk=0)
+    with pytest.raises(ValueError, match="batch size"):
+        StreamingMemory(model.memory, model.initial_state(2))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_tbptt_keeps_forward_and_cuts_gradient_through_memory(k):
+    """Truncation changes no value; the loss of the last segment then has no gradient into a token
+    seen only in the first segment (the windowed controller reaches it only through memory)."""
+    L, S = 4, 4
+    x = rand_tokens(1, S * L, vocab=V - 1, seed=3) + 1  # token 0 nowhere ...
+    x[:, :L] = 0  # ... except in the first segment
+    grads, logits = {}, {}
+    for tb in (None, k):
+        model = tiny_model(seed=0, segment_len=L, tbptt_segments=tb)
+        out = model(x)
+        out.logits[:, -L:].square().sum().backward()
+        grads[tb], logits[tb] = model.encoder.tok.weight.grad[0].abs().sum().item(), out.logits.detach()
+    assert torch.equal(logits[None], logits[k])
+    assert grads[None] > 0
+    assert grads[k] == 0
+    with pytest.raises(ValueError, match="tbptt_segments"):
+        tiny_cfg(tbptt_segments=0)
+
+
+def test_truncated_backward_matches_tbptt_forward_and_full_backward():
+    """Chunked backward (bounded memory) gives the gradients of one call with tbptt_segments = chunk,
+    and with one chunk those of the untruncated call; auxiliary losses off so the losses coincide."""
+    from memnet.metrics import IGNORE_INDEX
+    from memnet.model import truncated_backward
+
+    L, S = 4, 6
+    x = rand_tokens(2, S * L, seed=5)
+    y = rand_tokens(2, S * L, seed=6)
+    y[:, ::3] = IGNORE_INDEX
+
+    def grads(model):
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for chunk in (2, S):
+        a = tiny_model(seed=0, segment_len=L, util_weight=0.0, tbptt_segments=chunk)
+        out = a(x)
+        F.cross_entropy(out.logits.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE_INDEX).backward()
+        b = tiny_model(seed=0, segment_len=L, util_weight=0.0)
+        loss, mem = truncated_backward(b, x, y, chunk)
+        ga, gb = grads(a), grads(b)
+        assert len(ga) == len(gb) and all(torch.allclose(u, v, atol=1e-5, rtol=1e-4) for u, v in zip(ga, gb))
+        assert not mem.keys.requires_grad
+    with pytest.raises(ValueError, match="chunk_segments"):
+        truncated_backward(b, x, y, 0)
+    with pytest.raises(ValueError, match="targets"):
+        truncated_backward(b, x, y[:, :3], 1)
