@@ -351,3 +351,313 @@ def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str
     ax.set_ylabel("slot")
     ax.set_title(title or "stored items in slots (star: where the query read)", fontsize=9)
     return ax.figure
+
+
+# ---------------------------------------------------------------------------- forgetting (chapter 5)
+CONTENT_COLORS = {"useful": "C2", "distractor": "C3", "expiring": "C1", "other": "C7", "unattributed": "C4"}
+
+
+def survival_curves(kms: dict, ax: Axes | None = None, title: str = "", colors: dict | None = None,
+                    max_time: float | None = None) -> Figure:
+    """Kaplan-Meier step curves with their confidence bands, one per group (name -> KMResult)."""
+    if ax is None:
+        _, axes = new_figure(figsize=(4.6, 3.2))
+        ax = axes[0, 0]
+    colors = colors or CONTENT_COLORS
+    for name, km in kms.items():
+        if km is None:
+            continue
+        t = np.asarray(km.times, dtype=float)
+        end = max_time if max_time is not None else (t[-1] + 1 if len(t) else 1)
+        tt = np.append(t, end)
+        c = colors.get(name, None)
+        ax.step(tt, np.append(km.survival, km.survival[-1]), where="post", color=c,
+                label=f"{name} (n={int(km.at_risk[0])})")
+        ax.fill_between(tt, np.append(km.lower, km.lower[-1]), np.append(km.upper, km.upper[-1]), step="post",
+                        color=c, alpha=0.2, lw=0)
+    ax.axhline(0.5, color="k", lw=0.6, ls=":")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("segments since the write")
+    ax.set_ylabel("S(t): still alive")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def lifetime_histograms(counts: dict, groups: Sequence[str], ax: Axes | None = None, title: str = "",
+                        colors: dict | None = None) -> Figure:
+    """Share of contents per lifetime (segments), one bar series per group; hatched: censored
+    (still alive when the trace ended). counts: group -> {"deaths": [...], "censored": [...]}."""
+    if ax is None:
+        _, axes = new_figure(figsize=(5, 3.2))
+        ax = axes[0, 0]
+    colors = colors or CONTENT_COLORS
+    width = 0.8 / max(len(groups), 1)
+    for i, g in enumerate(groups):
+        d, c = np.asarray(counts[g]["deaths"], float), np.asarray(counts[g]["censored"], float)
+        total = d.sum() + c.sum()
+        if total == 0:
+            continue
+        x = np.arange(len(d)) + (i - (len(groups) - 1) / 2) * width
+        ax.bar(x, d / total, width, color=colors.get(g), label=f"{g} (n={int(total)})")
+        ax.bar(x, c / total, width, bottom=d / total, color=colors.get(g), alpha=0.35, hatch="//", lw=0)
+    ax.set_xlabel("lifetime (segments)")
+    ax.set_ylabel("share of contents")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def content_map(labels, groups: Sequence[str], retention=None, decay_threshold: float = 0.1,
+                ax: Axes | None = None, title: str = "", colors: dict | None = None) -> Figure:
+    """Slot x segment map of contents coloured by type.
+
+    labels: (S, N) int, the group code of the content born at each (segment, slot), -2 where no
+    write event happened, -1 for an unattributed content. A birth is drawn in full colour; the
+    content's life after it (until the next event on the slot, or until the product of the
+    slot's retention gates falls below `decay_threshold`, when `retention` (S, N) is given) is
+    drawn in a pale shade of the same colour.
+    """
+    if ax is None:
+        _, axes = new_figure(figsize=(6, 3.2))
+        ax = axes[0, 0]
+    colors = colors or CONTENT_COLORS
+    lab = np.asarray(_np(labels), dtype=np.int64)
+    S, N = lab.shape
+    ret = np.ones((S, N)) if retention is None else _np(retention).astype(float)
+    rgb = np.ones((N, S, 3))
+    palette = {c: np.array(matplotlib.colors.to_rgb(colors.get(g, "k"))) for c, g in enumerate(groups)}
+    palette[-1] = np.array(matplotlib.colors.to_rgb(colors.get("unattributed", "C4")))
+    for n in range(N):
+        cur, p = None, 1.0
+        for s in range(S):
+            p *= ret[s, n]
+            if cur is not None and p < decay_threshold:
+                cur = None
+            if lab[s, n] >= -1:
+                cur, p = lab[s, n], 1.0
+                rgb[n, s] = palette.get(cur, palette[-1])
+            elif cur is not None:
+                rgb[n, s] = 1 - 0.35 * (1 - palette.get(cur, palette[-1]))
+    ax.imshow(rgb, aspect="auto", origin="lower", interpolation="nearest")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colors.get(g), label=g) for g in groups]
+    handles.append(Patch(color=colors.get("unattributed", "C4"), label="unattributed"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_xlabel("segment")
+    ax.set_ylabel("slot")
+    ax.set_title(title or "contents by type (full: write event, pale: alive)", fontsize=9)
+    return ax.figure
+
+
+def probe_curves(result: dict, key: str = "read_entropy", ax: Axes | None = None, title: str = "",
+                 ablations: Sequence[str] | None = None, ylabel: str | None = None) -> Figure:
+    """A quantity logged during training (`key` of each run's probe_curve), mean over seeds with
+    the min-max range shaded, one line per ablation."""
+    if ax is None:
+        _, axes = new_figure(figsize=(4.8, 3.2))
+        ax = axes[0, 0]
+    names = list(ablations or result["ablations"])
+    for i, name in enumerate(names):
+        rs = [r for r in result["runs"] if r["ablation"] == name]
+        if not rs:
+            continue
+        steps = np.array([c["step"] for c in rs[0]["probe_curve"]])
+        v = np.array([[c[key] for c in r["probe_curve"]] for r in rs])  # (seeds, probes)
+        ax.plot(steps, v.mean(0), color=f"C{i}", label=name)
+        if len(rs) > 1:
+            ax.fill_between(steps, v.min(0), v.max(0), color=f"C{i}", alpha=0.15, lw=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel or key.replace("_", " "))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+# ---------------------------------------------------------------------------- continual learning (chapter 4)
+CONTINUAL_LABELS = {"memnet": "MemNet (carried memory)", "memnet_reset": "MemNet, memory reset per task",
+                    "memnet_rewrite": "MemNet, memory rewritten (diagnostic)", "windowed": "WindowedTransformer, fine-tuned",
+                    "lstm": "LSTM, fine-tuned", "memnet_joint": "MemNet, joint", "windowed_joint": "WindowedTransformer, joint",
+                    "lstm_joint": "LSTM, joint"}
+
+
+def continual_matrices(result: dict, stream: str, model: str) -> np.ndarray:
+    """(seeds, T, T) accuracy matrices of `model` on `stream` in a continual result."""
+    rs = [r for r in result["streams"][stream]["runs"] if r["model"] == model and "R" in r]
+    if not rs:
+        raise ValueError(f"model {model!r} has no accuracy matrix on stream {stream!r}")
+    return np.array([r["R"] for r in rs], dtype=float)
+
+
+def accuracy_matrix_heatmap(R, ax: Axes | None = None, title: str = "", annotate: bool = True) -> Axes:
+    """R[i, j] (accuracy on task j after training on task i) as a heatmap, tasks numbered from 1."""
+    R = _np(R)
+    ax = heatmap(R, ax=ax, title=title, xlabel="evaluated on task j", ylabel="after training on task i",
+                 cmap="magma", vmin=0.0, vmax=1.0, colorbar=False)
+    ax.invert_yaxis()
+    T = R.shape[0]
+    ax.set_xticks(range(T), [str(t + 1) for t in range(T)])
+    ax.set_yticks(range(T), [str(t + 1) for t in range(T)])
+    if annotate:
+        for i in range(T):
+            for j in range(T):
+                ax.text(j, i, f"{100 * R[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if R[i, j] < 0.6 else "black")
+    return ax
+
+
+def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: dict[str, str] | None = None) -> Figure:
+    """One panel per model: accuracy on each task j along the stream (R[i, j] for i >= j, mean over
+    seeds, min-max shaded); dashed: that model's joint-training accuracy on the task, when given."""
+    T = result["streams"][stream]["stream"]["n_tasks"]
+    fig, axes = new_figure(1, len(models), figsize=(3.3 * len(models), 2.9), sharey=True)
+    runs = result["streams"][stream]["runs"]
+    for ax, m in zip(axes.flat, models):
+        Rs = continual_matrices(result, stream, m)
+        for j in range(T):
+            x = np.arange(j, T)
+            v = Rs[:, j:, j]  # (seeds, T - j)
+            ax.plot(x + 1, v.mean(0), marker="o", ms=3, color=f"C{j}", label=f"task {j + 1}")
+            if len(Rs) > 1:
+                ax.fill_between(x + 1, v.min(0), v.max(0), color=f"C{j}", alpha=0.12, lw=0)
+            jm = (joint or {}).get(m)
+            if jm:
+                fin = [r["final"][j] for r in runs if r["model"] == jm]
+                if fin:
+                    ax.axhline(np.mean(fin), color=f"C{j}", ls=":", lw=0.8)
+        ax.set_title(CONTINUAL_LABELS.get(m, m), fontsize=9)
+        ax.set_xlabel("after training on task")
+        ax.set_xticks(range(1, T + 1))
+        ax.set_ylim(-0.03, 1.03)
+    axes[0, 0].set_ylabel("test accuracy")
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return fig
+
+
+def slot_owner_over_time(trace_write_events, segment_task, n_tasks: int) -> np.ndarray:
+    """(S, N) task whose item each slot holds after each segment of a fill stream (-1: none yet), from
+    write events (S, N) and the task of each segment (S,)."""
+    ev = _np(trace_write_events) > 0
+    seg_task = np.asarray(_np(segment_task), dtype=np.int64)
+    S, N = ev.shape
+    if seg_task.shape != (S,):
+        raise ValueError(f"segment_task must have shape ({S},), got {seg_task.shape}")
+    own = np.full((S, N), -1, dtype=np.int64)
+    cur = np.full(N, -1, dtype=np.int64)
+    for s in range(S):
+        cur[ev[s]] = seg_task[s]
+        own[s] = cur
+    return own
+
+
+def slot_owner_map(owner: np.ndarray, n_tasks: int, ax: Axes | None = None, upto: int | None = None,
+                   title: str = "", segment_task=None) -> Axes:
+    """Slot x segment map coloured by the task whose item the slot holds (white: empty); segments after
+    `upto` are greyed out; task boundaries (from `segment_task`) are dashed lines."""
+    if ax is None:
+        _, axes = new_figure(figsize=(6.0, 3.2))
+        ax = axes[0, 0]
+    own = np.asarray(owner)
+    S, N = own.shape
+    rgb = np.ones((N, S, 3))
+    for t in range(n_tasks):
+        rgb[(own == t).T] = matplotlib.colors.to_rgb(f"C{t}")
+    if upto is not None and upto + 1 < S:
+        rgb[:, upto + 1:] = 1 - 0.25 * (1 - rgb[:, upto + 1:].mean(-1, keepdims=True))
+        ax.axvline(upto + 0.5, color="k", lw=1.0)
+    ax.imshow(rgb, aspect="auto", origin="lower", interpolation="nearest")
+    if segment_task is not None:
+        st = np.asarray(_np(segment_task), dtype=np.int64)
+        for s in np.flatnonzero(np.diff(st)) + 1:
+            ax.axvline(s - 0.5, color="gray", ls="--", lw=0.7)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=f"C{t}", label=f"task {t + 1}") for t in range(n_tasks)], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    used = int((own[-1 if upto is None else upto] >= 0).sum())
+    ax.set_title(title or f"which task each slot holds ({used} of {N} slots hold an item)", fontsize=9)
+    ax.set_xlabel("support item streamed into memory (segment)")
+    ax.set_ylabel("slot")
+    return ax
+
+
+# ---------------------------------------------------------------------------- the cost of memory (chapter 6)
+BENCH_METRICS = {"us_per_token": "time per token (us)", "autograd_mb": "autograd memory (MB)",
+                 "tokens_per_s": "tokens per second", "peak_mb": "peak GPU memory (MB)"}
+
+
+def bench_vs_length(result: dict, metric: str = "us_per_token", ax: Axes | None = None,
+                    highlight: int | None = None) -> Figure:
+    """Log-log: a training metric (forward+backward, B=1) against sequence length, one line per model;
+    skipped points are marked on the x axis. `highlight`: a length to mark with a vertical line."""
+    if metric not in BENCH_METRICS:
+        raise ValueError(f"metric must be one of {sorted(BENCH_METRICS)}, got {metric!r}")
+    fig, ax = (new_figure()[0], None) if ax is None else (ax.figure, ax)
+    ax = ax if ax is not None else fig.axes[0]
+    rows = result["seq_len"]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        pts = [(r["T"], r[metric]) for r in rows if r["model"] == name and metric in r]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, "o-", color=MODEL_COLORS.get(name), label=MODEL_LABELS.get(name, name))
+        for r in rows:
+            if r["model"] == name and "skipped" in r:
+                ax.plot([r["T"]], [0.02], marker="x", color=MODEL_COLORS.get(name), transform=ax.get_xaxis_transform(),
+                        clip_on=False)
+    if highlight is not None:
+        ax.axvline(highlight, color="gray", ls="--", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel(BENCH_METRICS[metric])
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def bench_vs_slots(result: dict) -> Figure:
+    """Log-log: MemNet's training time per token and autograd memory against the number of slots,
+    and time per token against top_k."""
+    fig, axes = new_figure(1, 3, figsize=(12, 3.2))
+    rows = result["slots"]
+    n = [r["num_slots"] for r in rows]
+    for ax, metric in zip(axes[0, :2], ("us_per_token", "autograd_mb")):
+        ax.plot(n, [r[metric] for r in rows], "o-", color=MODEL_COLORS["memnet"])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("slots N")
+        ax.set_ylabel(BENCH_METRICS[metric])
+        ax.grid(True, which="both", alpha=0.3)
+    T = result["profile_settings"]["slots_seq_len"]
+    axes[0, 0].set_title(f"MemNet, {T} tokens, B=1", fontsize=9)
+    ax = axes[0, 2]
+    tk = result["top_k"]
+    ax.plot([r["top_k"] for r in tk], [r["us_per_token"] for r in tk], "o-", color=MODEL_COLORS["memnet"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("top_k")
+    ax.set_ylabel(BENCH_METRICS["us_per_token"])
+    ax.set_title(f"N={tk[0]['num_slots']}, {result['profile_settings']['top_k_seq_len']} tokens", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def bench_streaming(result: dict) -> Figure:
+    """Log-log: streaming inference latency per token and state size against tokens seen, MemNet's
+    bank against the FullTransformer's KV cache."""
+    fig, axes = new_figure(1, 2, figsize=(9, 3.2))
+    mem, kv = result["streaming"]["memnet"], result["streaming"]["full_kv"]
+    kv_ok = [r for r in kv if "us_per_token" in r]
+    series = [("memnet", "MemNet (bank)", mem, "state_bytes"), ("full", "FullTransformer (KV cache)", kv_ok, "cache_bytes")]
+    for name, label, rows, size in series:
+        t = [r["tokens_seen"] for r in rows]
+        axes[0, 0].plot(t, [r["us_per_token"] for r in rows], "o-", color=MODEL_COLORS[name], label=label)
+        axes[0, 1].plot(t, [r[size] / 2**20 for r in rows], "o-", color=MODEL_COLORS[name], label=label)
+    for ax, ylabel in zip(axes[0], ("latency per token (us)", "state (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

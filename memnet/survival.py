@@ -281,3 +281,70 @@ def read_entropy_per_segment(trace: MemoryTrace) -> np.ndarray:
     n = valid.sum(dim=(0, 2))
     out = torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, float("nan")))
     return out.cpu().numpy()
+
+
+# ---------------------------------------------------------------------------- who wrote a content
+def content_sources(trace: MemoryTrace, life: Lifetimes, majority: bool = True) -> np.ndarray:
+    """(M,) the sequence position of the token whose write created each content, or -1.
+
+    A write event on slot ``n`` at segment ``s`` mixes the gated writes of that segment. The
+    trace records, for every write ``j``, the slot allocated to it (``write_alloc``) and its
+    allocation weight ``gate_j * (1 - update_j)``; the content-addressed share of the other
+    writes is recorded only in sum (``write_strength``). The source of the content is the write
+    allocated to ``n`` at ``s``; with ``majority`` (default) only when its allocation weight is
+    at least half of the slot's write strength, so that it certainly wrote the most strength
+    into the slot. Otherwise (no write allocated to the slot, or most strength came from
+    content-addressed updates) the source is -1: not attributable.
+
+    Positions are ``s * segment_len + write_pos``, ``segment_len = trace.valid.shape[2]``.
+    """
+    if not isinstance(life, Lifetimes):
+        raise TypeError(f"life must be a Lifetimes (from content_lifetimes), got {type(life).__name__}")
+    alloc = _np(trace.write_alloc).astype(np.int64)  # (B, S, W)
+    pos = _np(trace.write_pos).astype(np.int64)  # (B, S, W)
+    w = _np(trace.write_gate).astype(np.float64) * (1.0 - _np(trace.write_update).astype(np.float64))  # (B, S, W)
+    strength = _np(trace.write_strength).astype(np.float64)  # (B, S, N)
+    L = trace.valid.shape[2]
+    b, s, n = life.batch, life.birth, life.slot
+    if len(b) and (b.max() >= alloc.shape[0] or s.max() >= alloc.shape[1]):
+        raise ValueError("life does not come from this trace (batch or birth out of range)")
+    match = alloc[b, s] == n[:, None]  # (M, W): at most one write is allocated to a slot per segment
+    has = match.any(1)
+    j = match.argmax(1)
+    src = np.where(has, s * L + pos[b, s, j], -1)
+    if majority:
+        share = w[b, s, j]
+        src = np.where(has & (share >= 0.5 * strength[b, s, n]), src, -1)
+    return src.astype(np.int64)
+
+
+def km_by_group(life: Lifetimes, group: np.ndarray, names: Sequence[str], alpha: float = 0.05) -> dict[str, KMResult]:
+    """Kaplan-Meier estimate per group. group: (M,) int code per content, -1 and codes without
+    a name are left out; names[c] names code c. Groups with no content are absent."""
+    group = _np(group)
+    if group.shape != (len(life),):
+        raise ValueError(f"group must have shape ({len(life)},) (one code per content), got {group.shape}")
+    out = {}
+    for c, name in enumerate(names):
+        sel = group == c
+        if sel.any():
+            out[name] = kaplan_meier(life.duration[sel], life.observed[sel], alpha)
+    return out
+
+
+def event_label_matrix(life: Lifetimes, group: np.ndarray, num_slots: int, batch: int = 0) -> np.ndarray:
+    """(S, N) int: the group code of the content born at each (segment, slot) of one row, -2 where
+    no write event happened (and -1 where the content has no group)."""
+    group = _np(group)
+    if group.shape != (len(life),):
+        raise ValueError(f"group must have shape ({len(life)},) (one code per content), got {group.shape}")
+    out = np.full((life.num_segments, num_slots), -2, dtype=np.int64)
+    sel = life.batch == batch
+    out[life.birth[sel], life.slot[sel]] = group[sel]
+    return out
+
+
+def km_curve_dict(km: KMResult) -> dict[str, list[float]]:
+    """A JSON-ready copy of the curve (times, survival, lower, upper, at_risk)."""
+    return {"times": km.times.tolist(), "survival": km.survival.tolist(), "lower": km.lower.tolist(),
+            "upper": km.upper.tolist(), "at_risk": km.at_risk.tolist()}

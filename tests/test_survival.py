@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from memnet import MemNet, MemNetConfig, MemoryTrace
-from memnet.survival import (Lifetimes, age_histogram, content_lifetimes, kaplan_meier, median_survival,
-                             read_entropy_per_segment, write_frequency)
+from memnet.survival import (Lifetimes, age_histogram, content_lifetimes, content_sources, event_label_matrix,
+                             kaplan_meier, km_by_group, km_curve_dict, median_survival, read_entropy_per_segment,
+                             write_frequency)
 
 
 # ---------------------------------------------------------------------------- Kaplan-Meier
@@ -294,3 +295,59 @@ def test_read_entropy_by_hand():
     # segment 0: (log 2 + 0) / 2; segment 1: only the first token, -(0.25 log 0.25 + 0.75 log 0.75)
     expected = [math.log(2) / 2, -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
     np.testing.assert_allclose(read_entropy_per_segment(tr), expected, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- who wrote a content
+def source_trace() -> MemoryTrace:
+    """B=1, S=3 segments of L=4 tokens, N=3 slots, W=2 writes per segment, built by hand."""
+    tr = make_trace([[1, 1, 0], [0, 0, 1], [1, 0, 0]], [[1.0] * 3] * 3, L=4, W=2)
+    return MemoryTrace(**{**tr.as_dict(),
+                          "write_pos": torch.tensor([[[3, 1], [0, 2], [2, 3]]]),  # token offsets in the window
+                          "write_alloc": torch.tensor([[[0, 1], [2, 0], [1, 0]]]),  # slot allocated to each write
+                          "write_gate": torch.tensor([[[1.0, 0.9], [0.8, 0.1], [0.2, 0.3]]]),
+                          "write_update": torch.zeros(1, 3, 2),
+                          "write_strength": torch.tensor([[[1.0, 0.9, 0.0], [0.1, 0.0, 0.8], [1.0, 0.2, 0.0]]])})
+
+
+def test_content_sources_by_hand():
+    tr = source_trace()
+    lt = content_lifetimes(tr)
+    # contents ordered by (birth, slot): (s0, n0), (s0, n1), (s1, n2), (s2, n0)
+    assert [(int(b), int(n)) for b, n in zip(lt.birth, lt.slot)] == [(0, 0), (0, 1), (1, 2), (2, 0)]
+    # (s0, n0): write 0 allocated to slot 0, position 0*4 + 3; (s0, n1): write 1, 0*4 + 1;
+    # (s1, n2): write 0, 1*4 + 0; (s2, n0): write 1 is allocated to slot 0 with weight 0.3 < 1.0 / 2 -> -1
+    np.testing.assert_array_equal(content_sources(tr, lt), [3, 1, 4, -1])
+    # without the majority rule the allocated write is the source whatever its share
+    np.testing.assert_array_equal(content_sources(tr, lt, majority=False), [3, 1, 4, 2 * 4 + 3])
+
+
+def test_content_sources_update_share_and_validation():
+    tr = source_trace()
+    d = tr.as_dict()
+    d["write_update"] = torch.tensor([[[0.6, 0.0], [0.0, 0.0], [0.0, 0.0]]])  # write 0 of s0: 1.0 * 0.4 < 1.0 / 2
+    tr2 = MemoryTrace(**d)
+    np.testing.assert_array_equal(content_sources(tr2, content_lifetimes(tr2)), [-1, 1, 4, -1])
+    with pytest.raises(TypeError, match="life"):
+        content_sources(tr, [1, 2])
+    big = content_lifetimes(make_trace([[1, 0]] * 5, [[1.0, 1.0]] * 5))
+    with pytest.raises(ValueError, match="life"):
+        content_sources(tr, big)
+
+
+def test_km_by_group_and_event_labels():
+    tr = source_trace()
+    lt = content_lifetimes(tr)
+    group = np.array([0, 1, 0, -1])
+    kms = km_by_group(lt, group, ["a", "b", "c"])
+    assert set(kms) == {"a", "b"}  # "c" has no content, -1 is left out
+    ref = kaplan_meier(lt.duration[[0, 2]], lt.observed[[0, 2]])
+    np.testing.assert_array_equal(kms["a"].survival, ref.survival)
+    lab = event_label_matrix(lt, group, num_slots=3)
+    np.testing.assert_array_equal(lab, [[0, 1, -2], [-2, -2, 0], [-1, -2, -2]])
+    with pytest.raises(ValueError, match="group"):
+        km_by_group(lt, group[:2], ["a"])
+    with pytest.raises(ValueError, match="group"):
+        event_label_matrix(lt, group[:2], 3)
+    curve = km_curve_dict(kms["a"])
+    assert set(curve) == {"times", "survival", "lower", "upper", "at_risk"}
+    assert curve["survival"] == kms["a"].survival.tolist()

@@ -1,0 +1,420 @@
+"""Experiment 3: learned forgetting. Does the memory keep what will be needed and let go of the rest?
+
+MemNet trains on :class:`~memnet.tasks.ForgettingStream`: windows of key-value items, each
+useful (queried once, later), expiring (queried within a short horizon) or a distractor
+(never queried), with more items per sequence than slots. After training, every content
+written on a fixed evaluation batch is followed from its write event to its overwrite or
+decay (:mod:`memnet.survival`), attributed to the item whose token wrote it, and the
+lifetimes are summarised per item type with Kaplan-Meier.
+
+Ablations, trained in the same run on the same batches and seeds: learned decay gates
+(the default), a fixed retention sigmoid(decay_init), no decay; the utilization loss off;
+and a sweep of the memory-pressure weight. The table prints medians, their ratio, write
+rates and recall per ablation (mean ± 95% t-interval over seeds); the run is stored under
+data/forgetting/<profile>/ with its provenance.
+
+    python -m memnet.experiments.forgetting --profile laptop
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..baselines import count_params
+from ..config import MemNetConfig
+from ..model import MemNet
+from ..survival import (age_histogram, content_lifetimes, content_sources, event_label_matrix, kaplan_meier, median_survival,
+                        read_entropy_per_segment, write_frequency)
+from ..tasks.forgetting import DISTRACTOR, EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
+from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
+from .common import DATA_DIR, provenance, seed_everything, write_json
+
+# content groups: the three item types, then "other" (written by a filler or query token);
+# contents whose writer cannot be identified (see survival.content_sources) get code -1
+GROUPS = ITEM_TYPES + ("other",)
+OTHER = len(ITEM_TYPES)
+
+
+@dataclass
+class Profile:
+    """Everything a profile fixes: model size, task, budget, ablations."""
+
+    d_model: int = 64
+    segment_len: int = 16
+    num_slots: int = 16
+    top_k: int = 4
+    mem_heads: int = 4
+    writes_per_segment: int = 4
+    items_per_window: int = 3
+    n_windows: int = 12
+    p_useful: float = 0.3
+    p_expiring: float = 0.2
+    horizon: int = 2
+    batch_size: int = 32
+    steps: int = 240
+    lr: float = 3e-3
+    pressure: float = 0.01  # pressure_weight of the main ("learned") configuration
+    pressure_sweep: tuple = (0.0, 0.01, 0.1)  # pressure_weight values trained with learned decay
+    decay_threshold: float = 0.1  # a content has decayed once its retention product falls below this
+    probes: int = 10  # read entropy and write events logged this many times during training
+    probe_batch: int = 8
+    eval_batch: int = 64
+    trace_rows: int = 2  # evaluation sequences whose traces are stored
+    seeds: tuple = (0, 1, 2)
+    workers: int = 2  # processes training jobs side by side on a CPU (one thread each)
+
+
+PROFILES = {
+    "smoke": Profile(d_model=16, num_slots=8, segment_len=8, items_per_window=2, n_windows=6, writes_per_segment=2,
+                     top_k=2, mem_heads=2, batch_size=4, steps=6, probes=2, probe_batch=2, eval_batch=4,
+                     pressure_sweep=(0.0, 0.01), seeds=(0,), workers=1),
+    # d_model 48 and batch 20 (rather than the defaults 64 and 32) keep 6 configurations x 3 seeds within
+    # 10 minutes on 2 CPU cores (2 worker processes); the gpu profile trains the larger model longer
+    "laptop": Profile(d_model=48, batch_size=20),
+    "gpu": Profile(d_model=128, num_slots=32, segment_len=16, items_per_window=3, n_windows=24, writes_per_segment=4,
+                   batch_size=64, steps=1500, eval_batch=256, pressure_sweep=(0.0, 0.003, 0.01, 0.03, 0.1)),
+}
+
+
+def make_task(p: Profile) -> ForgettingStream:
+    n_items = p.items_per_window * (p.n_windows - 1)
+    return ForgettingStream(n_keys=max(8, n_items), segment_len=p.segment_len, items_per_window=p.items_per_window,
+                            n_windows=p.n_windows, p_useful=p.p_useful, p_expiring=p.p_expiring, horizon=p.horizon)
+
+
+def ablations(p: Profile) -> dict[str, dict]:
+    """Ablation name -> MemNetConfig overrides. "learned" is the full model."""
+    base = {"decay_mode": "learned", "util_weight": 0.01, "pressure_weight": p.pressure}
+    out = {"learned": base, "fixed": {**base, "decay_mode": "fixed"}, "none": {**base, "decay_mode": "none"},
+           "no_util": {**base, "util_weight": 0.0}}
+    for w in p.pressure_sweep:
+        if w != p.pressure:
+            out[f"pressure={w:g}"] = {**base, "pressure_weight": float(w)}
+    return out
+
+
+def make_config(p: Profile, task: ForgettingStream, **overrides) -> MemNetConfig:
+    return MemNetConfig(vocab_size=task.vocab_size, d_model=p.d_model, num_slots=p.num_slots, top_k=p.top_k,
+                        mem_heads=p.mem_heads, segment_len=p.segment_len, writes_per_segment=p.writes_per_segment,
+                        **overrides)
+
+
+# ---------------------------------------------------------------------------- analysis of one trace
+def content_groups(trace, life, batch: ForgettingBatch) -> np.ndarray:
+    """(M,) group code of every content: the type of the item whose token wrote it, OTHER for a
+    filler or query token, -1 when the writer cannot be identified."""
+    src = content_sources(trace, life)
+    item_at = batch.item_at.cpu().numpy()
+    item_type = batch.item_type.cpu().numpy()
+    ok = src >= 0
+    item = np.where(ok, item_at[life.batch, np.clip(src, 0, None)], -1)
+    return np.where(~ok, -1, np.where(item >= 0, item_type[life.batch, np.clip(item, 0, None)], OTHER))
+
+
+def lifetime_counts(life, group: np.ndarray) -> dict[str, dict[str, list[int]]]:
+    """Per group: deaths and censorings at every duration 0..S (enough to rebuild Kaplan-Meier), and
+    deaths by cause."""
+    S = life.num_segments
+    out = {}
+    for c, name in enumerate(GROUPS):
+        sel = group == c
+        d, o = life.duration[sel], life.observed[sel]
+        out[name] = {"deaths": np.bincount(d[o], minlength=S + 1).tolist(),
+                     "censored": np.bincount(d[~o], minlength=S + 1).tolist(),
+                     "overwrite": int((life.cause[sel] == "overwrite").sum()),
+                     "decay": int((life.cause[sel] == "decay").sum())}
+    out["unattributed"] = {"count": int((group == -1).sum())}
+    return out
+
+
+def counts_to_km(counts: dict[str, list[int]] | list[dict], alpha: float = 0.05):
+    """Kaplan-Meier from stored death/censoring counts (one dict, or several pooled); None if empty."""
+    items = counts if isinstance(counts, list) else [counts]
+    dur, obs = [], []
+    for c in items:
+        for flag, key in ((True, "deaths"), (False, "censored")):
+            k = np.asarray(c[key])
+            dur.append(np.repeat(np.arange(len(k)), k))
+            obs.append(np.full(int(k.sum()), flag))
+    dur, obs = np.concatenate(dur), np.concatenate(obs)
+    return kaplan_meier(dur, obs, alpha) if len(dur) else None
+
+
+def rmst(km, tau: float) -> float:
+    """Restricted mean survival time: the area under S(t) on [0, tau]."""
+    if km is None:
+        return float("nan")
+    t = np.append(km.times[km.times < tau], tau)
+    return float(np.sum(km.survival[: len(t) - 1] * np.diff(t)))
+
+
+def analyse(trace, batch: ForgettingBatch, logits: torch.Tensor, decay_threshold: float) -> dict:
+    """Every number the table and the chapter need, from one evaluation trace."""
+    life = content_lifetimes(trace, decay_threshold=decay_threshold)
+    group = content_groups(trace, life, batch)
+    counts = lifetime_counts(life, group)
+    S = life.num_segments
+    res: dict = {"contents": len(life), "counts": counts, "median": {}, "rmst": {}}
+    for name in GROUPS:
+        km = counts_to_km(counts[name])
+        res["median"][name] = median_survival(km) if km is not None else float("nan")
+        res["rmst"][name] = rmst(km, S)
+    # write rate: share of the items of each type that wrote at least one content
+    item_type = batch.item_type.cpu().numpy()
+    src = content_sources(trace, life)
+    item_at = batch.item_at.cpu().numpy()
+    written = np.zeros_like(item_type, dtype=bool)
+    ok = src >= 0
+    it = item_at[life.batch[ok], src[ok]]
+    written[life.batch[ok][it >= 0], it[it >= 0]] = True
+    res["write_rate"] = {name: float(written[item_type == c].mean()) if (item_type == c).any() else float("nan")
+                         for c, name in enumerate(ITEM_TYPES)}
+    # recall at the queries of useful and of expiring items
+    pred = logits.argmax(-1).cpu().numpy()
+    tgt = batch.targets.cpu().numpy()
+    qp = batch.query_pos.cpu().numpy()
+    res["accuracy"] = {}
+    for c in (USEFUL, EXPIRING):
+        rows, cols = np.nonzero((qp >= 0) & (item_type == c))
+        q = qp[rows, cols]
+        res["accuracy"][ITEM_TYPES[c]] = float((pred[rows, q] == tgt[rows, q]).mean()) if len(q) else float("nan")
+    res["read_entropy"] = float(np.nanmean(read_entropy_per_segment(trace)))
+    res["write_frequency"] = write_frequency(trace).tolist()
+    res["events_per_segment"] = float(trace.write_events.float().sum(-1).mean())
+    B = trace.write_events.shape[0]
+    res["events_per_segment_by_group"] = {g: float((group == c).sum() / (B * S)) for c, g in enumerate(GROUPS)}
+    res["age_histogram"] = age_histogram(trace, bins=np.arange(S + 2) - 0.5)[0].astype(int).tolist()
+    res["retention_mean"] = float(trace.retention.float().mean())
+    return res
+
+
+def ratio(res: dict) -> float:
+    """Median survival of useful contents over that of distractor contents (inf when the useful
+    median is beyond the trace, nan when a group has no content)."""
+    u, d = res["median"]["useful"], res["median"]["distractor"]
+    if not (u == u and d == d) or d == 0:
+        return float("nan")
+    return u / d
+
+
+# ---------------------------------------------------------------------------- the run
+@torch.no_grad()
+def _probe(model: MemNet, batch: ForgettingBatch, device: torch.device, dtype) -> dict:
+    model.eval()
+    with autocast(device, dtype):
+        tr = model(batch.tokens, return_trace=True).trace
+    return {"read_entropy": float(np.nanmean(read_entropy_per_segment(tr))),
+            "events_per_segment": float(tr.write_events.float().sum(-1).mean()),
+            "retention_mean": float(tr.retention.float().mean())}
+
+
+def _train_one(p: Profile, task: ForgettingStream, seed: int, name: str, over: dict, device: str, amp: str,
+               progress: bool, threads: int | None = None) -> tuple[dict, dict, dict | None]:
+    """Train and analyse one (ablation, seed): a pure function of its arguments, so jobs can run in
+    any order or process. Returns the run record, the stored per-ablation maps, and the trace
+    rows to store (for the "learned" ablation) or None."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    dtype = amp_dtype(dev, amp)
+    chunk = max(1, p.steps // p.probes)
+    probe = task.sample(p.probe_batch, seed=7_000_003 * (seed + 1)).to(dev)
+    ev = task.sample(p.eval_batch, seed=9_000_011 * (seed + 1)).to(dev)
+    seed_everything(seed)
+    cfg = make_config(p, task, **over)
+    model = MemNet(cfg)
+    tc = TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, amp=amp, warmup=min(50, p.steps // 10 + 1),
+                     log_every=chunk, progress=progress)
+    trainer = Trainer(model, tc, dev, name=f"{name}_seed{seed}")
+
+    def batch_fn(step: int):
+        b = task.sample(p.batch_size, seed=seed * 1_000_003 + step)
+        return b.tokens, b.targets
+
+    t0 = time.perf_counter()
+    curve = [{"step": 0, **_probe(trainer.model, probe, dev, dtype)}]
+    while trainer.step < p.steps:
+        trainer.fit(batch_fn, steps=min(p.steps, trainer.step + chunk))
+        curve.append({"step": trainer.step, **_probe(trainer.model, probe, dev, dtype)})
+    train_s = time.perf_counter() - t0
+    trainer.model.eval()
+    with torch.no_grad(), autocast(dev, dtype):
+        out = trainer.model(ev.tokens, return_trace=True)
+    tr = out.trace.to("cpu")
+    ev = ev.to("cpu")
+    res = analyse(tr, ev, out.logits.float().cpu(), p.decay_threshold)
+    hist = [{k: h[k] for k in ("step", "loss", "acc") if k in h} for h in trainer.history]
+    record = {"ablation": name, "seed": seed, "overrides": over, "params": count_params(model),
+              "train_s": round(train_s, 1), "history": hist, "probe_curve": curve, **res}
+    rows = slice(0, p.trace_rows)
+    life = content_lifetimes(tr, decay_threshold=p.decay_threshold)
+    grp = content_groups(tr, life, ev)
+    labels = torch.stack([torch.from_numpy(event_label_matrix(life, grp, cfg.num_slots, b).astype(np.int8))
+                          for b in range(min(p.trace_rows, ev.tokens.shape[0]))])
+    maps = {"labels": labels,  # (rows, S, N) group code of each write event
+            "write_strength": tr.write_strength[rows].half().clone(),
+            "retention": tr.retention[rows].half().clone()}
+    trace = {k: v[rows].clone() for k, v in tr.as_dict().items()}  # clone: a saved view carries its whole storage
+    return record, maps, trace
+
+
+def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None, out_dir: Path | None = None,
+        save: bool = True, progress: bool = True, amp: str = "auto", only: list[str] | None = None,
+        workers: int | None = None) -> dict:
+    """Train every ablation of the profile for every seed, analyse the lifetimes; returns (and stores) the results.
+
+    workers: processes that train (ablation, seed) jobs side by side, each on one CPU thread (default: the
+    profile's ``workers`` on CPU, 1 on CUDA). Every job seeds itself, so the results do not depend on it.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    p = PROFILES[profile]
+    seeds = list(seeds if seeds is not None else p.seeds)
+    abl = ablations(p)
+    if only is not None:
+        unknown = set(only) - set(abl)
+        if unknown:
+            raise ValueError(f"only must name ablations among {sorted(abl)}, got {sorted(unknown)}")
+        abl = {k: v for k, v in abl.items() if k in only}
+    dev = resolve_device(device)
+    dtype = amp_dtype(dev, amp)
+    if workers is None:
+        workers = p.workers if dev.type == "cpu" else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    task = make_task(p)
+    out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "forgetting" / profile
+    t_all = time.perf_counter()
+    jobs = [(seed, name, over) for seed in seeds for name, over in abl.items()]
+    if workers == 1 or len(jobs) == 1:
+        done = [_train_one(p, task, seed, name, over, str(dev), amp, progress) for seed, name, over in jobs]
+    else:  # tiny models: one thread per process beats two threads in one process
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_one, p, task, seed, name, over, str(dev), amp, False, 1)
+                       for seed, name, over in jobs]
+            done = [f.result() for f in futures]
+    runs, stored = [], {}
+    for (seed, name, _), (record, maps, trace) in zip(jobs, done):
+        runs.append(record)
+        if seed not in stored:
+            ev = task.sample(p.eval_batch, seed=9_000_011 * (seed + 1))
+            keep = lambda t: t[: p.trace_rows].cpu().clone()
+            stored[seed] = {"tokens": keep(ev.tokens), "targets": keep(ev.targets), "item_at": keep(ev.item_at),
+                            "item_type": keep(ev.item_type), "query_pos": keep(ev.query_pos), "ablations": {}}
+        stored[seed]["ablations"][name] = maps
+        if name == "learned" or (name == next(iter(abl)) and "trace" not in stored[seed]):
+            stored[seed]["trace"] = trace
+            stored[seed]["trace_ablation"] = name
+    wall = time.perf_counter() - t_all
+    cfg0 = make_config(p, task, **next(iter(abl.values())))
+    result = {
+        "experiment": "forgetting", "profile": profile, "profile_settings": asdict(p), "config": cfg0.to_dict(),
+        "task": asdict(task), "chance": task.chance, "groups": list(GROUPS), "ablations": abl,
+        "num_segments": p.n_windows, "pressure": task.pressure(p.num_slots), "runs": runs,
+        "provenance": provenance(dev, seeds, wall, amp=str(dtype), workers=workers),
+    }
+    if save:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for seed, d in stored.items():
+            torch.save(d, out_dir / f"trace_seed{seed}.pt")
+        write_json(out_dir / "results.json", result)
+    return result
+
+
+# ---------------------------------------------------------------------------- the table
+def interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the t-interval over seeds (half-width nan for one value); non-finite
+    values make the mean non-finite."""
+    v = np.asarray(values, dtype=np.float64)
+    m = float(v.mean()) if len(v) else float("nan")
+    if len(v) < 2 or not np.isfinite(v).all():
+        return m, float("nan")
+    from statistics import NormalDist
+    q = 1 - (1 - level) / 2
+    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(len(v), NormalDist().inv_cdf(q))  # 95% t quantiles
+    return m, float(t * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def fmt(values, digits: int = 1) -> str:
+    """Mean±95% t-interval over seeds; the per-seed values joined by '/' when one is inf or nan."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) and not np.isfinite(v).all():
+        return "/".join(f"{x:g}" if not np.isfinite(x) or x == round(x) else f"{x:.{digits}f}" for x in v)
+    m, h = interval(v)
+    return f"{m:.{digits}f}" + (f"±{h:.{digits}f}" if h == h else "")
+
+
+def ablation_rows(result: dict) -> list[dict]:
+    """One row per ablation: per-seed values of every table column."""
+    rows = []
+    for name in result["ablations"]:
+        rs = [r for r in result["runs"] if r["ablation"] == name]
+        if not rs:
+            continue
+        pooled = {g: counts_to_km([r["counts"][g] for r in rs]) for g in ("useful", "distractor")}
+        rows.append({
+            "ablation": name, "n_seeds": len(rs),
+            "median_useful": [r["median"]["useful"] for r in rs],
+            "median_distractor": [r["median"]["distractor"] for r in rs],
+            "ratio": [ratio(r) for r in rs],
+            "rmst_ratio": [r["rmst"]["useful"] / r["rmst"]["distractor"] for r in rs],
+            "pooled_median": {g: median_survival(km) if km is not None else float("nan") for g, km in pooled.items()},
+            "pooled_ratio": (median_survival(pooled["useful"]) / median_survival(pooled["distractor"])
+                             if all(pooled.values()) else float("nan")),
+            "write_useful": [r["write_rate"]["useful"] for r in rs],
+            "write_distractor": [r["write_rate"]["distractor"] for r in rs],
+            "acc_useful": [r["accuracy"]["useful"] for r in rs],
+            "read_entropy": [r["read_entropy"] for r in rs],
+        })
+    return rows
+
+
+def summary_table(result: dict) -> str:
+    """Per ablation: median lifetime (segments) of useful and distractor contents, their ratio,
+    the RMST ratio, write rates and recall of useful items; mean±95% t-interval over seeds."""
+    rows = ablation_rows(result)
+    n = max((r["n_seeds"] for r in rows), default=0)
+    lines = [f"lifetimes in segments of {result['profile_settings']['segment_len']} tokens over a trace of "
+             f"{result['num_segments']}; {result['pressure']:.1f} items per slot; mean"
+             + (f"±95% t-interval over {n} seeds" if n > 1 else " (one seed)")
+             + "; a/b/c: per-seed values (inf: median beyond the trace; nan: no content of the type)",
+             f"{'ablation':<14}{'med useful':>12}{'med distr':>12}{'ratio':>12}{'RMST ratio':>14}{'pooled u/d':>12}"
+             f"{'wr useful':>11}{'wr distr':>11}{'acc useful':>12}{'read H':>11}"]
+    for r in rows:
+        pm = r["pooled_median"]
+        lines.append(f"{r['ablation']:<14}{fmt(r['median_useful']):>12}{fmt(r['median_distractor']):>12}"
+                     f"{fmt(r['ratio']):>12}{fmt(r['rmst_ratio'], 2):>14}{pm['useful']:>6g}/{pm['distractor']:<5g}"
+                     f"{fmt(r['write_useful'], 2):>11}{fmt(r['write_distractor'], 2):>11}"
+                     f"{fmt(r['acc_useful'], 2):>12}{fmt(r['read_entropy'], 2):>11}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap.add_argument("--only", nargs="*", default=None, help="train only these ablations")
+    ap.add_argument("--out", type=Path, default=None, help="folder for results (default data/forgetting/<profile>)")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--workers", type=int, default=None, help="training processes on a CPU (default: the profile's)")
+    a = ap.parse_args(argv)
+    res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.only, a.workers)
+    print(summary_table(res))
+    print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}"
+          + ("" if a.no_save else f"; stored in {(a.out or DATA_DIR / 'forgetting' / a.profile)}"))
+
+
+if __name__ == "__main__":
+    main()

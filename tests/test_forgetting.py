@@ -1,0 +1,226 @@
+"""The forgetting task (items of known future value), the attribution of contents to items, and the
+experiment's analysis, table and stored run (smoke profile)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memnet import MemoryTrace
+from memnet.book import load_run
+from memnet.experiments import forgetting as fx
+from memnet.metrics import IGNORE_INDEX
+from memnet.survival import content_lifetimes, kaplan_meier, median_survival
+from memnet.tasks import ITEM_TYPES, ForgettingBatch, ForgettingStream
+
+
+
+@st.composite
+def streams(draw):
+    L = draw(st.integers(5, 12))
+    ipw = draw(st.integers(1, (L - 1) // 2))
+    S = draw(st.integers(2, 6))
+    pu = draw(st.floats(0, 1))
+    pe = draw(st.floats(0, 1 - pu))
+    return ForgettingStream(n_keys=ipw * (S - 1) + draw(st.integers(0, 3)), n_values=draw(st.integers(1, 6)),
+                            n_filler=draw(st.integers(1, 4)), segment_len=L, items_per_window=ipw, n_windows=S,
+                            p_useful=pu, p_expiring=pe, horizon=draw(st.integers(1, 3)), min_gap=draw(st.integers(1, 2)))
+
+
+def check_batch(t: ForgettingStream, b: ForgettingBatch) -> None:
+    B, T = b.tokens.shape
+    L, I, K = t.segment_len, t.items_per_window, t.n_keys
+    assert T == t.seq_len and b.item_type.shape == (B, t.n_items)
+    assert int(b.tokens.min()) >= 0 and int(b.tokens.max()) < t.vocab_size
+    for r in range(B):
+        tok, tgt, at = b.tokens[r].tolist(), b.targets[r].tolist(), b.item_at[r].tolist()
+        for i in range(t.n_items):
+            w, kind = i // I, int(b.item_type[r, i])
+            vp = int(b.item_pos[r, i])
+            assert vp == w * L + 2 * (i % I) + 1 and at[vp] == at[vp - 1] == i
+            key, value = tok[vp - 1], tok[vp]
+            assert key // K == kind and 3 * K <= value < 3 * K + t.n_values  # the key says the type
+            q = int(b.query_pos[r, i])
+            if kind == 1:
+                assert q == -1  # distractors are never queried
+            if q >= 0:
+                assert tok[q] == key and tgt[q] == value and at[q] == -1
+                qw = q // L
+                assert q % L >= 2 * I  # queries sit after the item block
+                if kind == 0:
+                    assert qw >= w + t.min_gap
+                else:
+                    assert w + 1 <= qw <= w + t.horizon
+        # keys of a type are distinct within the sequence, so a query is unambiguous
+        keys = [tok[int(p) - 1] for p in b.item_pos[r]]
+        assert len(set(keys)) == len(keys)
+        # every target is a query of an item, and nothing else
+        assert sorted(i for i, v in enumerate(tgt) if v != IGNORE_INDEX) == sorted(
+            int(q) for q in b.query_pos[r] if q >= 0)
+        # the last window holds no items
+        assert all(a == -1 for a in at[(t.n_windows - 1) * L:])
+
+
+@given(streams(), st.integers(1, 3), st.integers(0, 10_000))
+def test_stream_structure(task, B, seed):
+    check_batch(task, task.sample(B, seed))
+
+
+def test_stream_determinism_rates_and_queries():
+    t = ForgettingStream(n_windows=12)
+    a, b = t.sample(8, seed=3), t.sample(8, seed=3)
+    for f in ("tokens", "targets", "item_at", "item_type", "item_pos", "query_pos"):
+        assert torch.equal(getattr(a, f), getattr(b, f))
+    assert not torch.equal(t.sample(8, seed=4).tokens, a.tokens)
+    big = t.sample(64, seed=0)
+    share = [(big.item_type == c).float().mean().item() for c in range(3)]
+    assert share[0] == pytest.approx(t.p_useful, abs=0.05) and share[2] == pytest.approx(t.p_expiring, abs=0.05)
+    queried = big.query_pos[big.item_type != 1] >= 0
+    assert queried.float().mean() > 0.95  # the query positions rarely run out
+    assert t.pressure(16) == t.n_items / 16 and t.chance == 1 / t.n_values
+    assert t.key_type(torch.tensor([0, t.n_keys, 2 * t.n_keys, 3 * t.n_keys])).tolist() == [0, 1, 2, -1]
+    assert ITEM_TYPES == ("useful", "distractor", "expiring")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(n_keys=0), "n_keys"), (dict(n_windows=1), "n_windows"), (dict(items_per_window=8), "items_per_window"),
+    (dict(p_useful=1.5), "p_useful"), (dict(p_useful=0.7, p_expiring=0.5), "p_expiring"),
+    (dict(n_keys=4), "n_keys"), (dict(horizon=True), "horizon"), (dict(p_expiring="a"), "p_expiring")])
+def test_stream_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ForgettingStream(**kw)
+
+
+def test_stream_bad_sample_arguments():
+    t = ForgettingStream()
+    with pytest.raises(ValueError, match="batch"):
+        t.sample(0, 1)
+    with pytest.raises(TypeError, match="seed"):
+        t.sample(2, 1.5)
+
+
+# ---------------------------------------------------------------------------- analysis
+def test_content_groups_by_hand():
+    """Contents written by a useful item's value, a distractor's key, a filler token and an
+    unattributable write get codes 0, 1, OTHER and -1."""
+    t = ForgettingStream(n_keys=8, segment_len=6, items_per_window=2, n_windows=3)
+    b = t.sample(1, seed=0)
+    types = torch.tensor([[0, 1, 2, 1]])
+    b = ForgettingBatch(b.tokens, b.targets, b.item_at, types, b.item_pos, b.query_pos)
+    S, N, W, L = 3, 4, 2, 6
+    ev = torch.zeros(1, S, N, dtype=torch.bool)
+    ev[0, 0, 0] = ev[0, 0, 1] = ev[0, 1, 2] = ev[0, 2, 3] = True
+    strength = ev.float()
+    tr = MemoryTrace(read_index=torch.zeros(1, S, L, 1, 1, dtype=torch.long), read_weight=torch.ones(1, S, L, 1, 1),
+                     valid=torch.ones(1, S, L, dtype=torch.bool),
+                     write_pos=torch.tensor([[[1, 2], [5, 0], [0, 0]]]),  # s0: item 0's value, item 1's key; s1: filler
+                     write_gate=torch.ones(1, S, W), write_update=torch.zeros(1, S, W),
+                     write_erase=torch.zeros(1, S, W),
+                     write_alloc=torch.tensor([[[0, 1], [2, 3], [0, 1]]]),  # s2: nothing allocated to slot 3
+                     write_strength=strength, write_events=ev, retention=torch.ones(1, S, N),
+                     age=torch.zeros(1, S, N), usage=torch.zeros(1, S, N))
+    life = content_lifetimes(tr)
+    np.testing.assert_array_equal(fx.content_groups(tr, life, b), [0, 1, fx.OTHER, -1])
+    counts = fx.lifetime_counts(life, fx.content_groups(tr, life, b))
+    assert counts["useful"]["censored"][3] == 1 and counts["unattributed"]["count"] == 1
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.booleans()), min_size=1, max_size=30))
+def test_counts_to_km_agrees_with_kaplan_meier(pairs):
+    dur = np.array([d for d, _ in pairs])
+    obs = np.array([o for _, o in pairs])
+    counts = {"deaths": np.bincount(dur[obs], minlength=7).tolist(),
+              "censored": np.bincount(dur[~obs], minlength=7).tolist()}
+    a, b = fx.counts_to_km(counts), kaplan_meier(dur, obs)
+    np.testing.assert_allclose(a.survival, b.survival)
+    np.testing.assert_array_equal(a.times, b.times)
+    assert median_survival(a) == median_survival(b)
+    # restricted mean: the area under the step function
+    tau = 7.0
+    grid = np.linspace(0, tau, 7001)[:-1] + tau / 14000
+    assert fx.rmst(a, tau) == pytest.approx(float(b(grid).mean() * tau), abs=2e-3)
+
+
+def test_interval_and_format():
+    m, h = fx.interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-3)
+    assert np.isnan(fx.interval([2.0])[1])
+    assert fx.fmt([1.0, 2.0, 3.0]) == "2.0±2.5" and fx.fmt([4.0]) == "4.0"
+    assert fx.fmt([2.0, float("inf")]) == "2/inf" and fx.fmt([float("inf")]) == "inf"
+    assert fx.fmt([2.5, float("nan")]) == "2.5/nan"
+    assert fx.ratio({"median": {"useful": 8.0, "distractor": 2.0}}) == 4.0
+    assert np.isnan(fx.ratio({"median": {"useful": 8.0, "distractor": float("nan")}}))
+
+
+def test_ablations_and_profiles():
+    for name, p in fx.PROFILES.items():
+        abl = fx.ablations(p)
+        assert {"learned", "fixed", "none", "no_util"} <= set(abl)
+        assert abl["fixed"]["decay_mode"] == "fixed" and abl["none"]["decay_mode"] == "none"
+        assert abl["no_util"]["util_weight"] == 0 and abl["learned"]["pressure_weight"] == p.pressure
+        assert {a["pressure_weight"] for a in abl.values()} >= set(p.pressure_sweep)
+        task = fx.make_task(p)
+        cfg = fx.make_config(p, task, **abl["none"])
+        assert cfg.decay_mode == "none" and task.pressure(p.num_slots) > 1  # more items than slots
+    assert len(fx.PROFILES["laptop"].seeds) >= 3
+    with pytest.raises(ValueError, match="profile"):
+        fx.run("huge", save=False)
+    with pytest.raises(ValueError, match="only"):
+        fx.run("smoke", save=False, only=["nope"])
+
+
+# ---------------------------------------------------------------------------- the stored run (smoke)
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("forgetting")
+    fx.run("smoke", "cpu", out_dir=out, save=True, progress=False, only=["learned", "none"])
+    return out
+
+
+def test_smoke_run_is_stored_and_loads(smoke_run):
+    run = load_run(smoke_run)
+    res = run.result
+    p = fx.PROFILES["smoke"]
+    assert res["experiment"] == "forgetting" and res["provenance"]["seed"] == [0]
+    assert {r["ablation"] for r in res["runs"]} == {"learned", "none"}
+    tr = run.traces[0]["trace"]
+    assert tr.write_strength.shape == (p.trace_rows, p.n_windows, p.num_slots)
+    assert run.traces[0]["trace_ablation"] == "learned"
+    for name in ("learned", "none"):
+        lab = run.traces[0]["ablations"][name]["labels"]
+        assert lab.shape == (p.trace_rows, p.n_windows, p.num_slots)
+        assert int(lab.min()) >= -2 and int(lab.max()) < len(fx.GROUPS)
+    none = next(r for r in res["runs"] if r["ablation"] == "none")
+    assert none["retention_mean"] == 1.0  # no decay: nothing dies by decay
+    assert all(c["decay"] == 0 for g, c in none["counts"].items() if g != "unattributed")
+    for r in res["runs"]:
+        assert len(r["probe_curve"]) == p.probes + 1 and r["probe_curve"][-1]["step"] == p.steps
+        n = sum(sum(r["counts"][g]["deaths"]) + sum(r["counts"][g]["censored"]) for g in fx.GROUPS)
+        assert n + r["counts"]["unattributed"]["count"] == r["contents"]
+    table = fx.summary_table(res)
+    assert "learned" in table and "none" in table and "ratio" in table
+
+
+def test_stored_labels_agree_with_the_stored_trace(smoke_run):
+    """The event labels stored for the learned ablation mark exactly the write events of its trace."""
+    run = load_run(smoke_run)
+    tr = run.traces[0]["trace"]
+    lab = run.traces[0]["ablations"]["learned"]["labels"]
+    assert torch.equal(lab >= -1, tr.write_events)
+    # only the stored rows are saved, not the storage of the whole evaluation batch
+    assert tr.read_index.untyped_storage().nbytes() == tr.read_index.numel() * tr.read_index.element_size()
+    assert run.traces[0]["tokens"].untyped_storage().nbytes() == run.traces[0]["tokens"].numel() * 8
+
+
+def test_two_worker_processes_give_the_same_run(smoke_run):
+    """Jobs seed themselves: training them in 2 spawned processes reproduces the in-process run."""
+    one = load_run(smoke_run).result
+    two = fx.run("smoke", "cpu", save=False, progress=False, only=["learned", "none"], workers=2)
+    assert two["provenance"]["workers"] == 2
+    for a, b in zip(one["runs"], two["runs"]):
+        assert (a["ablation"], a["seed"]) == (b["ablation"], b["seed"])
+        assert a["counts"] == b["counts"] and a["history"] == b["history"]
+    with pytest.raises(ValueError, match="workers"):
+        fx.run("smoke", "cpu", save=False, workers=0)
