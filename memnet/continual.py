@@ -1,4 +1,5 @@
-"""Continual-learning metrics over an accuracy matrix (GEM, Lopez-Paz & Ranzato 2017; Avalanche names).
+"""Continual-learning metrics over an accuracy matrix (GEM, Lopez-Paz & Ranzato 2017; Avalanche names),
+and the MemNet variant the continual experiment streams items into (:func:`stream_memnet`).
 
 The accuracy matrix ``R`` is a ``(T, T)`` array with ``R[i, j]`` the accuracy on task ``j``
 measured after training on tasks ``0..i`` in order: row ``i`` is the state of the model after
@@ -10,14 +11,21 @@ it with :func:`accuracy_matrix`: square, finite, values in ``[0, 1]``.
 """
 from __future__ import annotations
 
+import dataclasses as _dc
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
+from torch import Tensor
+
+from .config import MemNetConfig
+from .controller import MemoryInterface, MemorySignals
+from .model import MemNet
 
 __all__ = [
     "accuracy_matrix", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting",
-    "average_forgetting", "max_drop", "learning_curve", "summarize",
+    "average_forgetting", "max_drop", "learning_curve", "summarize", "SegmentEndWrites", "stream_memnet",
 ]
 
 
@@ -167,3 +175,43 @@ def summarize(R: ArrayLike, baseline: Optional[ArrayLike] = None) -> dict[str, A
         "fwt": None if baseline is None else forward_transfer(R, baseline),
         "forgetting": average_forgetting(R),
     }
+
+
+# ---------------------------------------------------------------------------- a MemNet for item streams
+
+
+class SegmentEndWrites(MemoryInterface):
+    """MemNet's memory interface with writes allowed only at the last token of each window.
+
+    In an item stream every segment is one item followed by its label (or QUERY), so the last
+    token is the one that has seen both: the task's layout says *when* to write. A learned top-W
+    choice of the writing token gets no gradient for tokens it did not pick, so without this
+    prior the model must discover the label position by chance. Same parameters as
+    :class:`~memnet.controller.MemoryInterface` (its state dict loads unchanged).
+    """
+
+    def forward(self, h: Tensor, valid: Tensor) -> MemorySignals:
+        sig = super().forward(h, valid)
+        last = torch.zeros_like(valid)  # (B, S, L) the last real token of every window
+        n = valid.sum(-1, keepdim=True).clamp(min=1) - 1  # (B, S, 1)
+        last.scatter_(-1, n, True)
+        return _dc.replace(sig, write_score=sig.write_score.masked_fill(~(last & valid), float("-inf")))
+
+
+def stream_memnet(cfg: MemNetConfig, tie_query_key: bool = True) -> MemNet:
+    """A :class:`~memnet.MemNet` whose windows write only at their last token (see
+    :class:`SegmentEndWrites`); ``cfg.writes_per_segment`` must be 1.
+
+    tie_query_key: start every read head's query projection equal to the write-key projection
+    (they are still trained separately). A query item then starts by finding the slots whose
+    keys were written by similar items; with independent random projections the first reads are
+    random, no gradient says which slot holds the answer and episodic training stalls at a guess.
+    """
+    if cfg.writes != 1:
+        raise ValueError(f"cfg.writes_per_segment must be 1 for a stream MemNet (one write per item), got {cfg.writes}")
+    model = MemNet(cfg)
+    model.interface = SegmentEndWrites(cfg)
+    if tie_query_key:
+        with torch.no_grad():
+            model.interface.read_query.weight.copy_(model.interface.write_key.weight.repeat(cfg.mem_heads, 1))
+    return model

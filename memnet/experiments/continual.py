@@ -1,0 +1,504 @@
+"""Experiment 2: continual learning under distribution shift (class-incremental streams).
+
+Two streams of five tasks with two new classes each, one shared 10-way label space and no task
+id at test time: Split-Digits (scikit-learn's 8x8 digits) and Shifting-Prototypes (synthetic,
+the token statistics move with every task). Every model is trained on tasks 1..T in order and
+evaluated on every task after each one, filling the accuracy matrix ``R[i, j]``.
+
+What persists across tasks, and what resets:
+
+- ``memnet``: the weights persist; every task gets a fresh AdamW and learning-rate schedule
+  (as every other model). On task t MemNet meta-trains on *episodes of task t only*: support
+  items with labels, then queries, labels freshly permuted per episode (MANN), each episode
+  starting from an empty memory (``train_with_memory=True``: from the carried memory instead).
+  After training on task t, ``support_per_class`` training items of each of its classes (true
+  labels) are streamed into ONE carried memory state, which persists across tasks and is never
+  reset. Every evaluation reads a copy of that carried memory (a query never changes it). Only
+  the last token of a segment writes, and the read queries start tied to the write keys
+  (:func:`memnet.continual.stream_memnet`).
+- ``memnet_reset`` (ablation): the same weights at every step of the stream, but the carried
+  memory is cleared at each task boundary, so it only ever holds the current task.
+- ``memnet_rewrite`` (diagnostic, not a continual method: it re-reads old training data): the
+  same weights with a memory refilled from the support items of tasks 0..i by the *current*
+  weights. The gap to ``memnet`` is the cost of parameter drift (old keys written by an older
+  key encoder); ``key_drift`` also reports the cosine between carried and rewritten keys.
+- ``windowed`` / ``lstm``: WindowedTransformer and LSTMBaseline fine-tuned sequentially as plain
+  classifiers (item tokens then QUERY -> label): the lower bounds; nothing but weights persists.
+- ``*_joint``: the same models trained once on all tasks' data together (MemNet: episodes over all
+  classes and a memory filled from all tasks' support items): the upper bounds, one final row.
+
+Accuracy is argmax over the 10 label tokens (class-incremental). Stored under
+data/continual/<profile>/ with provenance.
+
+    python -m memnet.experiments.continual --profile laptop --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..baselines import LSTMBaseline, WindowedTransformer, count_params
+from ..config import MemNetConfig
+from ..continual import accuracy_matrix, forgetting, max_drop, stream_memnet, summarize
+from ..memory import MemoryState
+from ..model import MemNet
+from ..tasks.digits import SplitDigits
+from ..tasks.shift import ShiftingPrototypes
+from ..tasks.stream import TaskStream
+from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
+from .common import DATA_DIR, provenance, seed_everything, write_json
+
+SEQUENTIAL = ("memnet", "windowed", "lstm")
+JOINT = ("memnet_joint", "windowed_joint", "lstm_joint")
+DERIVED = ("memnet_reset", "memnet_rewrite")  # computed along the memnet run, no extra training
+STREAMS = ("digits", "shift")
+
+
+@dataclass
+class Profile:
+    """Everything a profile fixes: model size, streams, memory budget, training budget."""
+
+    d_model: int = 32
+    n_layers: int = 1
+    n_heads: int = 4
+    num_slots: int = 128
+    top_k: int = 4
+    mem_heads: int = 4
+    decay_init: float = 10.0  # retention sigmoid(10) = 0.99995 per segment: a stream is hundreds of segments
+    train_with_memory: bool = False  # True: MemNet's episodes on task t start from the carried memory
+    restrict_labels: bool = False  # permute task t's labels only among labels no earlier task used
+    write_threshold: float = 0.01  # every item's write claims its slot (see make_config)
+    digits_pool: int = 2  # 2: 4x4 images (16 tokens); 1: the full 8x8 (64 tokens)
+    support_per_class: int = 10  # items per class streamed into the carried memory after each task
+    n_support: int = 6  # meta-training episode: support segments ...
+    n_query: int = 6  # ... then query segments
+    episode_batch: int = 16
+    memnet_steps: tuple = (120, 30)  # MemNet: steps on the first task, on each later task
+    clf_steps: int = 150  # baselines: steps per task (cheap: enough that the joint upper bound is trained,
+    # not left at an easy-to-reach 60-70%)
+    clf_batch: int = 32
+    lr: float = 3e-3
+    seeds: tuple = (0, 1, 2)
+    streams: tuple = STREAMS
+    models: tuple = SEQUENTIAL + JOINT
+    eval_chunk: int = 128
+
+
+PROFILES = {
+    "smoke": Profile(d_model=16, num_slots=64, support_per_class=3, n_support=4, n_query=2, episode_batch=4,
+                     memnet_steps=(3, 2), clf_steps=3, clf_batch=8, seeds=(0,),
+                     models=SEQUENTIAL + ("windowed_joint", "lstm_joint")),
+    "laptop": Profile(models=SEQUENTIAL + ("windowed_joint", "lstm_joint")),  # MemNet joint: gpu profile only
+    "gpu": Profile(d_model=64, n_layers=2, num_slots=256, digits_pool=1, support_per_class=20, n_support=10,
+                   n_query=10, episode_batch=64, memnet_steps=(1500, 500), clf_steps=300, clf_batch=64,
+                   seeds=(0, 1, 2, 3, 4), eval_chunk=512),
+}
+
+
+def make_stream(name: str, p: Profile, seed: int) -> TaskStream:
+    """The stream ``name`` with its train/test split fixed by ``seed``."""
+    if name == "digits":
+        return SplitDigits(n_tasks=5, seed=seed, pool=p.digits_pool)
+    if name == "shift":
+        return ShiftingPrototypes(n_tasks=5, seed=seed)
+    raise ValueError(f"stream must be one of {STREAMS}, got {name!r}")
+
+
+def make_config(p: Profile, stream: TaskStream) -> MemNetConfig:
+    """One config for every model of a stream: one item (+ label/QUERY) per window, one write per window.
+
+    A write whose strength stays below ``write_threshold`` is no write event: its slot keeps its
+    age, stays the stalest, and the next item is allocated to it again. With the default 0.5 and
+    gates that hover around 0.5, a carried memory keeps only a fraction of the items streamed into
+    it; the profile's low threshold makes every item's write claim its own slot."""
+    needed = stream.n_classes * p.support_per_class
+    if needed > p.num_slots:
+        raise ValueError(f"num_slots ({p.num_slots}) must hold every support item of the stream ({needed})")
+    return MemNetConfig(vocab_size=stream.vocab_size, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads,
+                        num_slots=p.num_slots, top_k=p.top_k, mem_heads=p.mem_heads, segment_len=stream.segment_len,
+                        writes_per_segment=1, decay_init=p.decay_init, write_threshold=p.write_threshold)
+
+
+def build(name: str, cfg: MemNetConfig) -> torch.nn.Module:
+    base = name.removesuffix("_joint")
+    if base == "memnet":
+        return stream_memnet(cfg)
+    return {"windowed": WindowedTransformer, "lstm": LSTMBaseline}[base](cfg)
+
+
+# ---------------------------------------------------------------------------- memory
+def expand_state(state: MemoryState, n: int) -> MemoryState:
+    """A (1, ...) memory state copied to n batch rows."""
+    return MemoryState(*(t.expand(n, *t.shape[1:]).contiguous() for t in (state.keys, state.values, state.age,
+                                                                           state.usage)))
+
+
+@torch.no_grad()
+def fill(model: MemNet, stream: TaskStream, x: np.ndarray, y: np.ndarray, memory: MemoryState | None,
+         device: torch.device):
+    """Stream support items (with their labels) into `memory` (a fresh one when None): one segment
+    per item, batch 1. Returns the new state and the trace of the writes."""
+    model.eval()
+    out = model(stream.support_tokens(x, y).to(device), memory=memory, return_trace=True)
+    return out.memory, out.trace
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, stream: TaskStream, task: int, device: torch.device, amp: str,
+             memory: MemoryState | None = None, chunk: int = 128) -> float:
+    """Accuracy on `task`'s test items, argmax over every label token (no task id). MemNet reads a
+    copy of `memory` per query; the memory a query writes is thrown away."""
+    model.eval()
+    x, y = stream.items(task, "test")
+    tok, _ = stream.query_tokens(x, y)
+    labels = stream.label_tokens.to(device)
+    ok = 0
+    with autocast(device, amp_dtype(device, amp)):
+        for i in range(0, tok.shape[0], chunk):
+            t = tok[i:i + chunk].to(device)
+            if isinstance(model, MemNet):
+                mem = expand_state(memory, t.shape[0]) if memory is not None else None
+                logits = model(t, memory=mem).logits
+            else:
+                logits = model(t).logits
+            pred = logits[:, -1, labels].argmax(-1).cpu().numpy()  # (n,) class index
+            ok += int((pred == y[i:i + chunk]).sum())
+    return ok / len(y)
+
+
+def track_items(slot_item: np.ndarray, trace, first_id: int) -> np.ndarray:
+    """Update ``slot_item`` (N,), the id of the item last *allocated* to each slot (-1: none), with a
+    fill's trace, whose segment s carried item ``first_id + s``. An item is lost from the bank when a
+    later item is allocated to its slot (content-addressed updates blend into a slot, they do not
+    take it over)."""
+    slot_item = slot_item.copy()
+    alloc = trace.write_alloc[0].cpu().numpy()  # (S, W) with W = 1
+    for s in range(alloc.shape[0]):
+        slot_item[alloc[s]] = first_id + s
+    return slot_item
+
+
+def key_cosine(a: MemoryState, a_items: np.ndarray, b: MemoryState, b_items: np.ndarray, ids: np.ndarray) -> float:
+    """Mean cosine similarity between the keys that hold the same items in two (1, N, D) states;
+    only items present in both count (NaN when none is)."""
+    sims = []
+    for i in ids:
+        sa, sb = np.flatnonzero(a_items == i), np.flatnonzero(b_items == i)
+        if sa.size and sb.size:
+            sims.append(float(F.cosine_similarity(a.keys[0, sa[-1]], b.keys[0, sb[-1]], dim=0)))
+    return float(np.mean(sims)) if sims else float("nan")
+
+
+# ---------------------------------------------------------------------------- training
+def train_config(p: Profile, steps: int, amp: str, progress: bool) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=p.episode_batch, lr=p.lr, warmup=min(10, steps), amp=amp,
+                       log_every=max(1, steps // 5), progress=progress)
+
+
+class WithMemory(torch.nn.Module):
+    """`model` whose every sequence starts from a copy of a fixed memory state (the carried memory):
+    what MemNet meta-trains through on a later task. Its parameters are the model's."""
+
+    def __init__(self, model: MemNet, memory: MemoryState):
+        super().__init__()
+        self.model, self.state = model, memory.detach()
+
+    def forward(self, tokens: torch.Tensor):
+        return self.model(tokens, memory=expand_state(self.state, tokens.shape[0]))
+
+
+def train_on(model, p: Profile, stream: TaskStream, task: int | None, steps: int, seed: int, device, amp: str,
+             progress: bool, name: str, memory: MemoryState | None = None,
+             label_pool: list[int] | None = None) -> list[dict]:
+    """Train `model` on `task` (all tasks when None) with a fresh optimizer; returns the history.
+    MemNet trains on episodes (starting from `memory` when given, labels permuted within `label_pool`)."""
+    memnet = isinstance(model, MemNet)
+    net = WithMemory(model, memory) if memnet and memory is not None else model
+    trainer = Trainer(net, train_config(p, steps, amp, progress), device, name=name)
+    tag = 99 if task is None else task
+
+    def batch_fn(step: int):
+        s = seed * 1_000_003 + tag * 10_007 + step
+        if memnet:
+            return stream.episodes(task, p.episode_batch, p.n_support, p.n_query, seed=s, label_pool=label_pool)
+        return stream.classifier_batch(task, p.clf_batch, seed=s)
+
+    return trainer.fit(batch_fn)
+
+
+def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
+               progress: bool) -> tuple[dict, dict]:
+    """The continual MemNet run with its reset and rewrite variants; returns (runs, trace record)."""
+    T = stream.n_tasks
+    seed_everything(seed)
+    model = stream_memnet(cfg).to(device)
+    R = {k: np.zeros((T, T)) for k in ("memnet", "memnet_reset", "memnet_rewrite")}
+    drift = np.full((T, T), np.nan)  # drift[i, j]: key cosine, carried vs rewritten, items of task j after task i
+    retained = np.full((T, T), np.nan)  # retained[i, j]: share of task j's items still in a slot after task i
+    carried, traces, seg_task, history = None, [], [], []
+    supports = [stream.support_set(t, p.support_per_class, seed=seed * 7 + t) for t in range(T)]
+    n_items = supports[0][1].shape[0]
+    ids = lambda t: np.arange(t * n_items, (t + 1) * n_items)  # global ids of task t's support items
+    slot_item = np.full(cfg.num_slots, -1)  # the item whose write event each carried slot holds last
+    owners = np.zeros((T, cfg.num_slots), dtype=np.int64)  # owners[i]: task of each slot's item after task i
+    b = np.zeros(T)
+    for j in range(T):  # GEM's b-bar: the untrained model, memory empty
+        b[j] = accuracy(model, stream, j, device, amp, None, p.eval_chunk)
+    t0 = time.perf_counter()
+    for i in range(T):
+        steps = p.memnet_steps[0] if i == 0 else p.memnet_steps[1]
+        # episodes start from the carried memory (old tasks, true labels); with restrict_labels the new
+        # task's labels are permuted only among labels no earlier task used (then the head learns to
+        # never answer an old label: the class-incremental output bias comes back through the targets)
+        old = [c for t in range(i) for c in stream.task_classes(t)]
+        pool = [c for c in range(stream.n_classes) if c not in old] if p.restrict_labels else None
+        history += train_on(model, p, stream, i, steps, seed, device, amp, progress, f"memnet_{stream.name}_s{seed}_t{i}",
+                            memory=carried if p.train_with_memory else None, label_pool=pool)
+        carried, tr = fill(model, stream, *supports[i], carried, device)
+        traces.append(tr)
+        seg_task += [i] * tr.num_segments
+        slot_item = track_items(slot_item, tr, i * n_items)
+        owners[i] = np.where(slot_item >= 0, slot_item // n_items, -1)
+        fresh, _ = fill(model, stream, *supports[i], None, device)
+        rewrite, rewrite_items = None, np.full(cfg.num_slots, -1)
+        for t in range(i + 1):
+            rewrite, rtr = fill(model, stream, *supports[t], rewrite, device)
+            rewrite_items = track_items(rewrite_items, rtr, t * n_items)
+        for j in range(T):
+            R["memnet"][i, j] = accuracy(model, stream, j, device, amp, carried, p.eval_chunk)
+            R["memnet_reset"][i, j] = accuracy(model, stream, j, device, amp, fresh, p.eval_chunk)
+            R["memnet_rewrite"][i, j] = accuracy(model, stream, j, device, amp, rewrite, p.eval_chunk)
+            if j <= i:
+                drift[i, j] = key_cosine(carried, slot_item, rewrite, rewrite_items, ids(j))
+                retained[i, j] = float(np.isin(ids(j), slot_item).mean())
+    train_s = time.perf_counter() - t0
+    runs = {k: {"R": R[k].tolist(), "baseline_b": b.tolist()} for k in R}
+    runs["memnet"].update(key_drift=drift.tolist(), retained=retained.tolist(), history=history, train_s=round(train_s, 1))
+    trace = {f: torch.cat([getattr(t, f) for t in traces], dim=1).cpu() for f in traces[0].as_dict()}
+    record = {"trace": trace, "segment_task": torch.tensor(seg_task), "slot_owner": torch.from_numpy(owners)}
+    return runs, record
+
+
+def run_sequential(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
+                   progress: bool) -> dict:
+    """A baseline fine-tuned on the tasks in order; returns its accuracy matrix."""
+    T = stream.n_tasks
+    seed_everything(seed)
+    model = build(name, cfg).to(device)
+    b = np.array([accuracy(model, stream, j, device, amp, chunk=p.eval_chunk) for j in range(T)])
+    R, history = np.zeros((T, T)), []
+    t0 = time.perf_counter()
+    for i in range(T):
+        history += train_on(model, p, stream, i, p.clf_steps, seed, device, amp, progress, f"{name}_{stream.name}_s{seed}_t{i}")
+        R[i] = [accuracy(model, stream, j, device, amp, chunk=p.eval_chunk) for j in range(T)]
+    return {"R": R.tolist(), "baseline_b": b.tolist(), "history": history,
+            "train_s": round(time.perf_counter() - t0, 1)}
+
+
+def run_joint(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
+              progress: bool) -> dict:
+    """The upper bound: trained on every task at once, for as many steps as the whole stream."""
+    T = stream.n_tasks
+    seed_everything(seed)
+    model = build(name, cfg).to(device)
+    memnet = isinstance(model, MemNet)
+    steps = p.memnet_steps[0] + (T - 1) * p.memnet_steps[1] if memnet else T * p.clf_steps
+    t0 = time.perf_counter()
+    history = train_on(model, p, stream, None, steps, seed, device, amp, progress, f"{name}_{stream.name}_s{seed}")
+    memory = None
+    if memnet:
+        for t in range(T):
+            memory, _ = fill(model, stream, *stream.support_set(t, p.support_per_class, seed=seed * 7 + t), memory, device)
+    final = [accuracy(model, stream, j, device, amp, memory, p.eval_chunk) for j in range(T)]
+    return {"final": final, "acc": float(np.mean(final)), "history": history,
+            "train_s": round(time.perf_counter() - t0, 1)}
+
+
+def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None, out_dir: Path | None = None,
+        save: bool = True, progress: bool = True, amp: str = "auto", streams: list[str] | None = None,
+        models: list[str] | None = None) -> dict:
+    """Run every stream, model and seed of the profile; returns (and with `save`, stores) the results."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    p = PROFILES[profile]
+    streams = list(streams or p.streams)
+    models = list(models or p.models)
+    for s in streams:
+        if s not in STREAMS:
+            raise ValueError(f"streams must be among {STREAMS}, got {s!r}")
+    for m in models:
+        if m not in SEQUENTIAL + JOINT:
+            raise ValueError(f"models must be among {SEQUENTIAL + JOINT}, got {m!r}")
+    seeds = list(seeds if seeds is not None else p.seeds)
+    dev = resolve_device(device)
+    out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "continual" / profile
+    t_all = time.perf_counter()
+    result = {"experiment": "continual", "profile": profile, "profile_settings": asdict(p), "streams": {}}
+    records: dict[int, dict] = {}
+    for sname in streams:
+        entry = {"runs": []}
+        for seed in seeds:
+            stream = make_stream(sname, p, seed)
+            cfg = make_config(p, stream)
+            entry.update(stream=stream.describe(), config=cfg.to_dict(), chance=stream.chance)
+            for m in models:
+                if m == "memnet":
+                    runs, rec = run_memnet(p, stream, cfg, seed, dev, amp, progress)
+                    for k, r in runs.items():
+                        entry["runs"].append({"model": k, "seed": seed, "params": count_params(build("memnet", cfg)), **r})
+                    records.setdefault(seed, {})[sname] = rec
+                elif m in JOINT:
+                    r = run_joint(m, p, stream, cfg, seed, dev, amp, progress)
+                    entry["runs"].append({"model": m, "seed": seed, "params": count_params(build(m, cfg)), **r})
+                else:
+                    r = run_sequential(m, p, stream, cfg, seed, dev, amp, progress)
+                    entry["runs"].append({"model": m, "seed": seed, "params": count_params(build(m, cfg)), **r})
+        for r in entry["runs"]:
+            if "R" in r:
+                R = accuracy_matrix(r["R"])
+                r["summary"] = summarize(R, r["baseline_b"])
+                r["summary"]["max_drop"] = max_drop(R)
+                r["summary"]["forgetting_per_task"] = forgetting(R).tolist()
+        result["streams"][sname] = entry
+    wall = time.perf_counter() - t_all
+    result["provenance"] = provenance(dev, seeds, wall, amp=amp)
+    if save:
+        write_json(out_dir / "results.json", result)
+        for seed, rec in records.items():
+            main = rec.get("digits") or next(iter(rec.values()))
+            torch.save({**main, "streams": {k: {kk: vv for kk, vv in v.items() if kk != "trace"} for k, v in rec.items()}},
+                       out_dir / f"trace_seed{seed}.pt")
+    return result
+
+
+# ---------------------------------------------------------------------------- tables
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval over seeds (0 for a single seed)."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return float(v.mean()), 0.0
+    t = T_95.get(v.size - 1, 1.96)
+    return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def model_summary(result: dict, stream: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """model -> metric -> (mean, 95% half-width) over seeds; joint models have only ``acc``."""
+    runs = result["streams"][stream]["runs"]
+    out: dict = {}
+    for m in dict.fromkeys(r["model"] for r in runs):
+        rs = [r for r in runs if r["model"] == m]
+        if "summary" in rs[0]:
+            out[m] = {k: mean_ci([r["summary"][k] for r in rs]) for k in ("acc", "bwt", "forgetting", "max_drop", "fwt")}
+        else:
+            out[m] = {"acc": mean_ci([r["acc"] for r in rs])}
+        out[m]["n_seeds"] = len(rs)
+    return out
+
+
+def summary_table(result: dict) -> str:
+    """The ACC / BWT / forgetting table of every stream (percent, mean +- 95% interval over seeds)."""
+    lines = []
+    for s in result["streams"]:
+        summ = model_summary(result, s)
+        lines.append(f"\n{s}: class-incremental, {result['streams'][s]['stream']['n_tasks']} tasks, "
+                     f"chance {100 * result['streams'][s]['chance']:.0f}%  (percent, mean +- 95% CI over seeds)")
+        lines.append(f"{'model':<16}{'ACC':>15}{'BWT':>15}{'forgetting':>15}{'max drop':>15}{'seeds':>7}")
+        for m, d in summ.items():
+            f = lambda k: f"{100 * d[k][0]:6.1f} +- {100 * d[k][1]:4.1f}" if k in d else f"{'-':>14}"
+            lines.append(f"{m:<16}{f('acc'):>15}{f('bwt'):>15}{f('forgetting'):>15}{f('max_drop'):>15}{d['n_seeds']:>7}")
+    return "\n".join(lines)
+
+
+def draw_stream_view(result: dict, traces: dict, seed: int, segment: int, stream: str = "digits"):
+    """The explorer's figure: the carried memory's slot map up to `segment` of the fill stream, and
+    accuracy on every task after the task that segment belongs to (MemNet carried vs reset)."""
+    from .. import plots
+
+    rec = traces[seed]
+    T = result["streams"][stream]["stream"]["n_tasks"]
+    seg_task = rec["segment_task"]
+    own = plots.slot_owner_over_time(rec["trace"].write_events[0], seg_task, T)
+    stage = int(seg_task[segment])
+    fig, axes = plots.new_figure(1, 2, figsize=(11, 3.4), width_ratios=[1.7, 1])
+    plots.slot_owner_map(own, T, ax=axes[0, 0], upto=segment, segment_task=seg_task,
+                         title=f"seed {seed}: slots after item {segment + 1} of {len(seg_task)} (task {stage + 1})")
+    ax = axes[0, 1]
+    w = 0.38
+    for k, (m, col) in enumerate((("memnet", "C0"), ("memnet_reset", "C3"))):
+        R = [r for r in result["streams"][stream]["runs"] if r["model"] == m and r["seed"] == seed]
+        if R:
+            ax.bar(np.arange(T) + 1 + (k - 0.5) * w, np.array(R[0]["R"])[stage], width=w, color=col,
+                   label=plots.CONTINUAL_LABELS[m])
+    held = np.array([(own[segment] == t).sum() for t in range(T)], dtype=float)
+    ax.plot(np.arange(T) + 1, held / max(1.0, held.max()), "k_", ms=14, mew=2, label="items held (scaled)")
+    ax.set_ylim(0, 1.05)
+    ax.set_xticks(range(1, T + 1))
+    ax.set_xlabel("task")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"after training on task {stage + 1}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def explorer(result: dict, traces: dict, stream: str = "digits"):
+    """An ipywidgets VBox: a seed dropdown and a slider over the support items streamed into the
+    carried memory, above the redrawn :func:`draw_stream_view`."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    if not traces:
+        raise ValueError("traces must hold at least one seed's stored trace (trace_seed*.pt)")
+    seeds = sorted(traces)
+    S = int(traces[seeds[0]]["segment_task"].shape[0])
+    seed_w = W.Dropdown(options=seeds, value=seeds[0], description="seed")
+    seg_w = W.IntSlider(value=S - 1, min=0, max=S - 1, description="item", continuous_update=False)
+    out = W.Output()
+
+    def redraw(*_):
+        fig = draw_stream_view(result, traces, seed_w.value, seg_w.value, stream)
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+
+    for w in (seed_w, seg_w):
+        w.observe(redraw, names="value")
+    redraw()
+    box = W.VBox([W.HBox([seed_w, seg_w]), out])
+    box.redraw = redraw
+    return box
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap.add_argument("--streams", nargs="*", default=None, choices=STREAMS)
+    ap.add_argument("--models", nargs="*", default=None, choices=SEQUENTIAL + JOINT)
+    ap.add_argument("--out", type=Path, default=None, help="folder for results (default data/continual/<profile>)")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (these models are small: 1 is often faster on shared cores)")
+    a = ap.parse_args(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.streams, a.models)
+    print(summary_table(res))
+    print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}"
+          + ("" if a.no_save else f"; stored in {(a.out or DATA_DIR / 'continual' / a.profile)}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Split-Digits and Shifting-Prototypes: splits, tokens, episodes and input checks."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+from memnet.metrics import IGNORE_INDEX
+from memnet.tasks.digits import SplitDigits, load_digits_arrays
+from memnet.tasks.shift import ShiftingPrototypes
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return SplitDigits(seed=0)
+
+
+def test_digits_data_and_tasks(digits):
+    x, y = load_digits_arrays()
+    assert x.shape == (1797, 64) and x.min() == 0 and x.max() == 16 and x.dtype == np.int64
+    assert digits.vocab_size == 17 + 10 + 1 and digits.segment_len == 65
+    assert [digits.task_classes(t) for t in range(5)] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    seen = 0
+    for t in range(5):
+        xtr, ytr = digits.items(t, "train")
+        xte, yte = digits.items(t, "test")
+        assert set(ytr) == set(yte) == set(digits.task_classes(t))
+        seen += len(ytr) + len(yte)
+        for c in digits.task_classes(t):  # stratified: about 30% of every class is held out
+            n_te, n = (yte == c).sum(), (y == c).sum()
+            assert abs(n_te - 0.3 * n) <= 1
+    assert seen == 1797
+
+
+def test_split_is_fixed_by_seed_and_disjoint():
+    a, b, c = SplitDigits(seed=0), SplitDigits(seed=0), SplitDigits(seed=1)
+    np.testing.assert_array_equal(a._split, b._split)
+    assert (a._split != c._split).any()
+    xtr, _ = a.items(None, "train")
+    xte, _ = a.items(None, "test")
+    assert len(xtr) + len(xte) == 1797
+
+
+def test_pooled_digits_agree_with_block_means():
+    d1, d2 = SplitDigits(pool=1), SplitDigits(pool=2)
+    x1, _ = d1.items(0, "train")
+    x2, _ = d2.items(0, "train")
+    assert x2.shape[1] == 16 and d2.segment_len == 17 and x2.min() >= 0 and x2.max() <= 16
+    # pixel (r, c) of the pooled image is the rounded mean of block (2r..2r+1, 2c..2c+1)
+    blk = x1[:, [0, 1, 8, 9]].mean(1)
+    np.testing.assert_array_equal(x2[:, 0], np.floor(blk + 0.5))
+
+
+def test_support_and_query_tokens(digits):
+    x, y = digits.support_set(2, per_class=3, seed=0)
+    assert sorted(y.tolist()) == [4, 4, 4, 5, 5, 5]
+    tok = digits.support_tokens(x, y)
+    assert tok.shape == (1, 6 * 65)
+    seg = tok.view(6, 65)
+    assert torch.equal(seg[:, :64], torch.from_numpy(x)) and torch.equal(seg[:, 64], torch.from_numpy(y + 17))
+    q, tgt = digits.query_tokens(x, y)
+    assert q.shape == tgt.shape == (6, 65)
+    assert (q[:, -1] == digits.query_token).all() and torch.equal(tgt[:, -1], torch.from_numpy(y + 17))
+    assert (tgt[:, :-1] == IGNORE_INDEX).all()
+    # the support set is drawn from the training split only, and fixed by its seed
+    xtr, _ = digits.items(2, "train")
+    assert all((xtr == row).all(1).any() for row in x)
+    x2, y2 = digits.support_set(2, per_class=3, seed=0)
+    np.testing.assert_array_equal(x, x2)
+
+
+def test_episodes_permute_labels_consistently(digits):
+    tok, tgt = digits.episodes(1, batch=8, n_support=4, n_query=3, seed=5)
+    assert tok.shape == tgt.shape == (8, 7 * 65)
+    seg, tg = tok.view(8, 7, 65), tgt.view(8, 7, 65)
+    assert (tg[:, :4] == IGNORE_INDEX).all() and (seg[:, 4:, -1] == digits.query_token).all()
+    for b in range(8):
+        sup_lab = set(seg[b, :4, -1].tolist())
+        assert len(sup_lab) == 2 and sup_lab <= set(range(17, 27))  # both classes shown, label tokens only
+        assert set(tg[b, 4:, -1].tolist()) <= sup_lab  # every query is answerable from the support
+    # labels are permuted: across episodes the task's classes get other label tokens than 19/20
+    assert set(seg[:, :4, -1].flatten().tolist()) - {19, 20}
+    plain, _ = digits.episodes(1, batch=8, n_support=4, n_query=3, seed=5, permute=False)
+    assert set(plain.view(8, 7, 65)[:, :4, -1].flatten().tolist()) == {19, 20}
+
+
+def test_episodes_over_all_tasks_show_at_most_n_support_classes(digits):
+    tok, _ = digits.episodes(None, batch=16, n_support=4, n_query=2, seed=0, permute=False)
+    seg = tok.view(16, 6, 65)
+    for b in range(16):
+        assert len(set(seg[b, :4, -1].tolist())) == 4
+    assert len(set(seg[:, :4, -1].flatten().tolist())) > 4
+
+
+def test_shift_stream_statistics_shift_per_task():
+    s = ShiftingPrototypes(seed=0)
+    assert s.n_classes == 10 and s.vocab_size == s.n_symbols + 11
+    for t in range(5):
+        x, y = s.items(t, "train")
+        assert x.min() >= 3 * t and x.max() < 3 * t + 6  # task t's window of symbols
+        assert set(y) == set(s.task_classes(t))
+        assert s.items(t, "test")[0].shape[0] == 60
+    x0, _ = s.items(0, "train")
+    x4, _ = s.items(4, "train")
+    assert not set(x0.ravel()) & set(x4.ravel())  # distant tasks share no symbol
+    np.testing.assert_array_equal(ShiftingPrototypes(seed=3)._x, ShiftingPrototypes(seed=3)._x)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(n_tasks=3), "n_tasks"), (dict(n_tasks=0), "n_tasks"), (dict(test_fraction=1.0), "test_fraction"),
+    (dict(pool=3), "pool"), (dict(test_fraction="a"), "test_fraction"),
+])
+def test_bad_digits_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SplitDigits(**kw)
+
+
+def test_bad_stream_calls(digits):
+    with pytest.raises(ValueError, match="task"):
+        digits.items(5, "train")
+    with pytest.raises(ValueError, match="split"):
+        digits.items(0, "val")
+    with pytest.raises(ValueError, match="per_class"):
+        digits.support_set(0, per_class=0, seed=0)
+    with pytest.raises(ValueError, match="per_class"):
+        digits.support_set(0, per_class=10_000, seed=0)
+    with pytest.raises(ValueError, match="n_query"):
+        digits.episodes(0, batch=2, n_support=2, n_query=0, seed=0)
+    with pytest.raises(ValueError, match="noise"):
+        ShiftingPrototypes(noise=1.0)
+    with pytest.raises(ValueError, match="window"):
+        ShiftingPrototypes(window=1)
+
+
+def test_episode_labels_come_from_the_label_pool(digits):
+    tok, _ = digits.episodes(1, batch=16, n_support=4, n_query=2, seed=1, label_pool=[5, 6, 7])
+    labels = set(tok.view(16, 6, 65)[:, :4, -1].flatten().tolist())
+    assert labels <= {22, 23, 24} and len(labels) > 2  # label tokens of classes 5..7, permuted
+    with pytest.raises(ValueError, match="label_pool"):
+        digits.episodes(1, batch=2, n_support=4, n_query=2, seed=1, label_pool=[5])
+    with pytest.raises(ValueError, match="label_pool"):
+        digits.episodes(1, batch=2, n_support=4, n_query=2, seed=1, label_pool=[5, 10])
