@@ -1,0 +1,620 @@
+"""Experiment: the cost of memory. Time, memory and state size of MemNet against the baselines.
+
+Everything is measured in one process, so the ratios between models share the machine's state:
+
+- **training** (forward + backward, B=1) time per token and autograd memory against sequence
+  length, for MemNet, FullTransformer (torch SDPA), WindowedTransformer and LSTM of the same
+  width and parameter budget; MemNet also against the number of slots and against top_k;
+- **streaming inference**: MemNet reads tokens one call at a time through ``MemNet.stream`` (an
+  in-place bank) up to ``stream_tokens`` tokens seen; at checkpoints we record the per-token
+  latency and the state's bytes. The FullTransformer has no KV-cache API, so its side is an
+  incremental-decoding measurement with its own layers: the time to decode one window of new
+  tokens against a KV cache of length t (filled with random keys and values, which do not
+  change the cost), and the cache's size;
+- **the top-k read at a large bank** (``read_slots``, B=1): achieved bandwidth of the chunked
+  exact top-k read (bytes of unit keys read / time) against the machine's copy bandwidth
+  (``dst.copy_(src)``, counted as bytes read + written, the STREAM convention) measured in the
+  same run, for the queries of one token (H heads) and of a whole segment, and the time of a
+  full streaming step (read + write) there;
+- optionally ``torch.compile`` of the controller: compile time and the steady-state speedup.
+
+Memory: on CUDA, ``torch.cuda.max_memory_allocated``. On CPU there is no allocator statistic, so
+we report **autograd memory**: the bytes of the distinct tensors autograd saves for the backward
+pass (``torch.autograd.graph.saved_tensors_hooks``), measured during the forward. It is what grows
+with sequence length; parameters, gradients and transient buffers are not in it.
+
+Times are the minimum over repeats after a warm-up (the least disturbed run on shared cores).
+
+    python -m memnet.bench --profile laptop
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..baselines import FullTransformer, LSTMBaseline, WindowedTransformer, count_params
+from ..config import MemNetConfig
+from ..encoder import sinusoidal_positions
+from ..memory import StreamingMemory, cosine_scores_topk
+from ..model import MemNet, truncated_backward
+from ..train import amp_dtype, autocast, resolve_device
+from .common import DATA_DIR, provenance, seed_everything, write_json
+
+MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
+
+
+@dataclass
+class Profile:
+    """What a profile measures. Lengths are tokens; B=1 throughout."""
+
+    vocab_size: int = 256
+    d_model: int = 64
+    segment_len: int = 32
+    num_slots: int = 64
+    top_k: int = 4
+    mem_heads: int = 4
+    n_layers: int = 2
+    n_heads: int = 4
+    seq_lens: tuple = (1024, 4096, 16384, 65536)
+    models: tuple = ("memnet", "full", "windowed", "lstm")
+    max_len: dict = field(default_factory=lambda: {"full": 16384})  # longer points are skipped (with the reason)
+    slots: tuple = (64, 1024, 16384, 262144, 1_000_000)
+    slots_seq_len: int = 64
+    top_ks: tuple = (1, 4, 16, 64)
+    top_k_slots: int = 4096
+    top_k_seq_len: int = 1024
+    tbptt_chunk: int = 32  # segments per chunk of the bounded-memory truncated backward, timed at the longest length
+    stream_tokens: int = 1_048_576  # MemNet streams this many tokens
+    stream_call: int = 1024  # tokens per stream() call
+    checkpoints: tuple = (1024, 4096, 16384, 65536, 262144, 1_048_576)
+    kv_max: int = 1_048_576  # the FullTransformer's cache is measured up to this length
+    read_slots: int = 1_000_000
+    compile: bool = True
+    repeats: int = 3
+    amp: str = "auto"
+    threads: int | None = 1  # torch CPU threads for every model (None: torch's default)
+    seeds: tuple = (0,)
+
+
+PROFILES = {
+    "smoke": Profile(vocab_size=32, d_model=32, segment_len=8, num_slots=16, top_k=2, mem_heads=2, n_layers=1, tbptt_chunk=8,
+                     n_heads=2, seq_lens=(64, 256), max_len={"full": 256}, slots=(16, 256), slots_seq_len=32,
+                     top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
+                     checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1),
+    "laptop": Profile(),
+    "gpu": Profile(d_model=128, segment_len=64, num_slots=128, seq_lens=(1024, 4096, 16384, 65536, 262144),
+                   max_len={"full": 65536}, slots=(128, 4096, 65536, 1_000_000, 4_000_000), slots_seq_len=1024,
+                   top_k_slots=65536, top_k_seq_len=4096, stream_call=4096, read_slots=4_000_000, repeats=5,
+                   threads=None),
+}
+
+
+def make_config(p: Profile, **over) -> MemNetConfig:
+    kw = dict(vocab_size=p.vocab_size, d_model=p.d_model, num_slots=p.num_slots, top_k=p.top_k, mem_heads=p.mem_heads,
+              segment_len=p.segment_len, n_layers=p.n_layers, n_heads=p.n_heads)
+    kw.update(over)
+    return MemNetConfig(**kw)
+
+
+# ---------------------------------------------------------------------------- timing and memory
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> dict:
+    """Wall time of fn(): min and median seconds over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return {"min_s": ts[0], "median_s": ts[len(ts) // 2], "repeats": repeats}
+
+
+class SavedTensorBytes:
+    """Context manager: bytes of the distinct storages autograd saves for backward while active."""
+
+    def __init__(self):
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, t: torch.Tensor):
+        try:
+            st = t.untyped_storage()
+            self.storages[st.data_ptr()] = st.nbytes()
+        except Exception:  # tensors without storage (e.g. some wrapper subclasses)
+            self.storages[id(t)] = t.numel() * t.element_size()
+        return t
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
+
+
+def train_step(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor, dtype) -> None:
+    """One forward + backward (no optimizer step): cross-entropy, plus MemNet's auxiliary losses."""
+    model.zero_grad(set_to_none=True)
+    with autocast(tokens.device, dtype):
+        out = model(tokens)
+        loss = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1))
+        aux = getattr(out, "aux_losses", None) or {}
+        loss = loss + sum(aux.values()) if aux else loss
+    loss.backward()
+
+
+def measure_training(model: torch.nn.Module, T: int, vocab: int, device: torch.device, repeats: int,
+                     dtype) -> dict:
+    """Time per token and memory of forward + backward on one random sequence of T tokens.
+
+    The first pass records autograd memory and warms up; `repeats` timed passes follow. With
+    repeats=0 (the largest points, where one pass takes tens of seconds) the first pass is timed."""
+    g = torch.Generator().manual_seed(T)
+    x = torch.randint(0, vocab, (1, T), generator=g).to(device)
+    y = torch.randint(0, vocab, (1, T), generator=g).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    with SavedTensorBytes() as saved:
+        train_step(model, x, y, dtype)
+    _sync(device)
+    first = time.perf_counter() - t0
+    t = (time_it(lambda: train_step(model, x, y, dtype), device, repeats, warmup=0) if repeats > 0 else
+         {"min_s": first, "median_s": first, "repeats": 0})
+    rec = {"T": T, "time_s": t["min_s"], "median_s": t["median_s"], "us_per_token": 1e6 * t["min_s"] / T,
+           "tokens_per_s": T / t["min_s"], "autograd_mb": saved.nbytes / 2**20, "repeats": t["repeats"]}
+    if device.type == "cuda":
+        rec["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return rec
+
+
+# ---------------------------------------------------------------------------- sweeps
+def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tuple[list[dict], dict]:
+    cfg = make_config(p)
+    rows, params = [], {}
+    for name in p.models:
+        seed_everything(0)
+        model = MODELS[name](cfg).to(device)
+        params[name] = count_params(model)
+        for T in p.seq_lens:
+            limit = p.max_len.get(name)
+            if limit is not None and T > limit:
+                rows.append({"model": name, "T": T, "skipped": f"over this profile's max_len for {name} ({limit}): "
+                             "its time grows with T^2 and one point would exceed the profile's budget"})
+                continue
+            rec = measure_training(model, T, p.vocab_size, device, p.repeats if T <= 16384 else 1, dtype)
+            rows.append({"model": name, **rec})
+            if progress:
+                print(f"  train {name:<9} T={T:<7} {rec['us_per_token']:9.1f} us/token  autograd {rec['autograd_mb']:9.1f} MB",
+                      flush=True)
+        del model
+    return rows, params
+
+
+def measure_tbptt(p: Profile, device: torch.device, progress: bool) -> dict:
+    """MemNet forward+backward at the longest length with ``truncated_backward`` (one chunk of
+    ``tbptt_chunk`` segments held by autograd at a time): time per token, one timed run after a warm-up
+    at the chunk's length. Autograd then holds one chunk: the training row at the chunk's length."""
+    cfg = make_config(p)
+    seed_everything(0)
+    model = MemNet(cfg).to(device)
+    T, chunk = p.seq_lens[-1], p.tbptt_chunk
+    g = torch.Generator().manual_seed(T)
+    x = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
+    y = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
+    truncated_backward(model, x[:, :chunk * cfg.segment_len], y[:, :chunk * cfg.segment_len], chunk)
+    _sync(device)
+    t0 = time.perf_counter()
+    truncated_backward(model, x, y, chunk)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    with SavedTensorBytes() as saved:  # what one chunk keeps for its backward
+        truncated_backward(model, x[:, :chunk * cfg.segment_len], y[:, :chunk * cfg.segment_len], chunk)
+    rec = {"T": T, "chunk_segments": chunk, "chunk_tokens": chunk * cfg.segment_len, "time_s": dt,
+           "us_per_token": 1e6 * dt / T, "autograd_mb_per_chunk": saved.nbytes / 2**20}
+    if progress:
+        print(f"  truncated backward T={T} chunks of {chunk} segments: {rec['us_per_token']:.1f} us/token, "
+              f"autograd {rec['autograd_mb_per_chunk']:.1f} MB per chunk", flush=True)
+    return rec
+
+
+def sweep_memnet(p: Profile, device: torch.device, dtype, what: str, progress: bool) -> list[dict]:
+    """MemNet training cost against num_slots (what="slots") or top_k (what="top_k")."""
+    rows = []
+    values = p.slots if what == "slots" else p.top_ks
+    for v in values:
+        over = {"num_slots": v, "top_k": min(p.top_k, v)} if what == "slots" else {"num_slots": p.top_k_slots, "top_k": v}
+        cfg = make_config(p, **over)
+        T = p.slots_seq_len if what == "slots" else p.top_k_seq_len
+        seed_everything(0)
+        model = MemNet(cfg).to(device)
+        rec = measure_training(model, T, p.vocab_size, device, p.repeats if cfg.num_slots < 100_000 else 0, dtype)
+        rows.append({"num_slots": cfg.num_slots, "top_k": cfg.top_k, **rec})
+        if progress:
+            print(f"  train memnet N={cfg.num_slots:<8} k={cfg.top_k:<3} T={T:<6} {rec['us_per_token']:9.1f} us/token  "
+                  f"autograd {rec['autograd_mb']:9.1f} MB", flush=True)
+        del model
+    return rows
+
+
+@torch.no_grad()
+def stream_memnet(p: Profile, device: torch.device, dtype, progress: bool) -> list[dict]:
+    """Stream random tokens through MemNet.stream; latency per token and state bytes at checkpoints.
+
+    At each checkpoint, five calls on copies of the current state are timed interleaved with five
+    calls on copies of a state that has seen one call only, on the same tokens: ``us_per_token`` is
+    the minimum of the former, ``vs_start`` the ratio of the two minima, which shared-machine load
+    moves far less than the latencies themselves (both sides see the same load)."""
+    cfg = make_config(p)
+    seed_everything(0)
+    model = MemNet(cfg).to(device).eval()
+    mem = StreamingMemory(model.memory)
+    g = torch.Generator().manual_seed(1)
+    draw = lambda: torch.randint(0, p.vocab_size, (1, p.stream_call), generator=g).to(device)
+
+    def timed(m: StreamingMemory, x: torch.Tensor) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast(device, dtype):
+            model.stream(x, m)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    model.stream(draw(), mem)
+    start = mem.clone()  # the reference: a state after one call
+    seen = p.stream_call
+    rows = []
+    for checkpoint in p.checkpoints:
+        if checkpoint > p.stream_tokens:
+            break
+        while seen < checkpoint:
+            model.stream(draw(), mem)
+            seen += p.stream_call
+        now, ref = [], []
+        for _ in range(5):
+            x = draw()
+            now.append(timed(mem.clone(), x))
+            ref.append(timed(start.clone(), x))
+        rows.append({"tokens_seen": seen, "us_per_token": 1e6 * min(now) / p.stream_call,
+                     "us_per_token_start": 1e6 * min(ref) / p.stream_call, "vs_start": min(now) / min(ref),
+                     "state_bytes": mem.nbytes(), "segments": mem.segments})
+        if progress:
+            print(f"  stream memnet   seen={seen:<8} {rows[-1]['us_per_token']:8.1f} us/token "
+                  f"({rows[-1]['vs_start']:.2f}x a fresh state, interleaved)  state {mem.nbytes() / 2**20:.2f} MB", flush=True)
+    return rows
+
+
+@torch.no_grad()
+def full_decode(model: FullTransformer, cache: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor,
+                t: int, prev: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode L new tokens (1, L) against a KV cache of length t with the FullTransformer's own layers.
+
+    cache: per block (K, V) of shape (1, heads, >= t + L, head_dim); the new keys and values are
+    written at [t, t+L). prev: (1, 1) the token before the new ones (the encoder's token shift
+    reads it), None at the start. Returns logits (1, L, V)."""
+    L = tokens.shape[1]
+    enc = model.encoder
+    e = enc.tok(tokens)
+    before = enc.tok(prev) if prev is not None else torch.zeros_like(e[:, :1])  # (1, 1, D)
+    x = e + enc.shift(torch.cat([before, e[:, :-1]], 1))
+    x = x + sinusoidal_positions(t + L, x.shape[-1], x.device)[t:].to(x.dtype)
+    allowed = torch.ones(L, t + L, dtype=torch.bool, device=x.device).tril(diagonal=t)  # query i sees keys <= t+i
+    for blk, (K, V) in zip(model.controller.blocks, cache):
+        D = x.shape[-1]
+        q, k, v = blk.qkv(blk.ln1(x)).split(D, dim=-1)
+        q, k, v = (z.view(1, L, blk.n_heads, D // blk.n_heads).transpose(1, 2) for z in (q, k, v))
+        K[:, :, t:t + L], V[:, :, t:t + L] = k, v
+        a = F.scaled_dot_product_attention(q, K[:, :, :t + L], V[:, :, :t + L], attn_mask=allowed)
+        x = x + blk.proj(a.transpose(1, 2).reshape(1, L, D))
+        x = x + blk.mlp(blk.ln2(x))
+    return model.head(model.controller.ln_f(x))
+
+
+@torch.no_grad()
+def stream_full_kv(p: Profile, device: torch.device, dtype, progress: bool) -> list[dict]:
+    """FullTransformer incremental decoding: per-token time of one window against a cache of length t."""
+    cfg = make_config(p)
+    seed_everything(0)
+    model = FullTransformer(cfg).to(device).eval()
+    L, D = p.segment_len, p.d_model
+    hd = D // p.n_heads
+    rows = []
+    for t in p.checkpoints:
+        if t > p.kv_max:
+            rows.append({"tokens_seen": t, "skipped": f"over this profile's kv_max ({p.kv_max})",
+                         "cache_bytes": 2 * p.n_layers * t * D * 4})
+            continue
+        cache = [(torch.randn(1, p.n_heads, t + L, hd, device=device), torch.randn(1, p.n_heads, t + L, hd, device=device))
+                 for _ in range(p.n_layers)]
+        x = torch.randint(0, p.vocab_size, (1, L + 1)).to(device)
+
+        def step():
+            with autocast(device, dtype):
+                full_decode(model, cache, x[:, 1:], t, x[:, :1])
+
+        tm = time_it(step, device, p.repeats)
+        rows.append({"tokens_seen": t, "us_per_token": 1e6 * tm["min_s"] / L,
+                     "cache_bytes": sum(k[:, :, :t].nbytes + v[:, :, :t].nbytes for k, v in cache)})
+        if progress:
+            print(f"  stream full-kv  seen={t:<8} {rows[-1]['us_per_token']:8.1f} us/token  "
+                  f"cache {rows[-1]['cache_bytes'] / 2**20:.1f} MB", flush=True)
+        del cache
+    return rows
+
+
+@torch.no_grad()
+def read_bandwidth(p: Profile, device: torch.device, progress: bool) -> dict:
+    """The chunked exact top-k read over `read_slots` unit keys against a measured copy bandwidth."""
+    N, D, H, L = p.read_slots, p.d_model, p.mem_heads, p.segment_len
+    cfg = make_config(p, num_slots=N)
+    seed_everything(0)
+    model = MemNet(cfg).to(device).eval()
+    t0 = time.perf_counter()
+    mem = StreamingMemory(model.memory)
+    g = torch.Generator().manual_seed(2)
+    mem.keys.copy_(torch.randn(N, D, generator=g))  # a full bank: every slot written once
+    mem.values.copy_(torch.randn(N, D, generator=g))
+    mem.norm = mem.keys.norm(dim=-1)
+    mem.unit = mem.keys / mem.norm.unsqueeze(-1)
+    setup_s = time.perf_counter() - t0
+    bank_bytes = mem.unit.numel() * mem.unit.element_size()
+    dst = torch.empty_like(mem.unit)
+    copy = time_it(lambda: dst.copy_(mem.unit), device, max(p.repeats, 3))
+    del dst
+    res = {"num_slots": N, "slot_dim": D, "bank_bytes": bank_bytes, "state_bytes": mem.nbytes(), "setup_s": setup_s,
+           "copy_s": copy["min_s"], "copy_gbps": 2 * bank_bytes / copy["min_s"] / 1e9,
+           "copy_read_gbps": bank_bytes / copy["min_s"] / 1e9}  # counting only the bytes the copy reads
+    for name, Q in (("token", H), ("segment", L * H + cfg.writes)):
+        q = F.normalize(torch.randn(1, Q, D, generator=g), dim=-1).to(device)
+        tm = time_it(lambda: cosine_scores_topk(q, mem.unit[None], p.top_k), device, p.repeats)
+        res[f"read_{name}_queries"] = Q
+        res[f"read_{name}_s"] = tm["min_s"]
+        res[f"read_{name}_gbps"] = bank_bytes / tm["min_s"] / 1e9
+        res[f"read_{name}_vs_copy"] = res[f"read_{name}_gbps"] / res["copy_gbps"]
+        res[f"read_{name}_vs_copy_read"] = res[f"read_{name}_gbps"] / res["copy_read_gbps"]
+    # a full streaming step (read + retention + write + bookkeeping) of one segment at this size
+    x = torch.randint(0, p.vocab_size, (1, L), generator=g).to(device)
+    tm = time_it(lambda: model.stream(x, mem), device, max(1, p.repeats - 1))
+    res["stream_segment_s"] = tm["min_s"]
+    res["stream_us_per_token"] = 1e6 * tm["min_s"] / L
+    if progress:
+        print(f"  read N={N}: copy {res['copy_gbps']:.1f} GB/s; top-k read of one token {res['read_token_gbps']:.1f} GB/s "
+              f"({100 * res['read_token_vs_copy']:.0f}%), of a segment {res['read_segment_gbps']:.2f} GB/s "
+              f"({100 * res['read_segment_vs_copy']:.0f}%); a streamed segment {res['stream_segment_s']:.2f} s", flush=True)
+    return res
+
+
+def measure_compile(p: Profile, device: torch.device, dtype, progress: bool) -> dict:
+    """torch.compile of MemNet's controller: compile time and steady forward+backward time vs eager."""
+    T = p.seq_lens[min(1, len(p.seq_lens) - 1)]
+    cfg = make_config(p)
+    seed_everything(0)
+    model = MemNet(cfg).to(device)
+    eager = measure_training(model, T, p.vocab_size, device, p.repeats, dtype)
+    res = {"T": T, "eager_us_per_token": eager["us_per_token"], "what": "torch.compile(model.controller)"}
+    try:
+        model.controller = torch.compile(model.controller)
+        g = torch.Generator().manual_seed(T)
+        x = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
+        y = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
+        t0 = time.perf_counter()
+        train_step(model, x, y, dtype)
+        _sync(device)
+        res["compile_s"] = time.perf_counter() - t0
+        comp = measure_training(model, T, p.vocab_size, device, p.repeats, dtype)
+        res["compiled_us_per_token"] = comp["us_per_token"]
+        res["speedup"] = eager["us_per_token"] / comp["us_per_token"]
+    except Exception as e:  # no compiler toolchain, unsupported backend: say so rather than fail the benchmark
+        res["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if progress:
+        print(f"  compile: {res}", flush=True)
+    return res
+
+
+# ---------------------------------------------------------------------------- summary
+def _point(rows: list[dict], model: str, T: int) -> dict | None:
+    return next((r for r in rows if r.get("model") == model and r["T"] == T and "skipped" not in r), None)
+
+
+def summarize(result: dict) -> dict:
+    """The ratios and the bars the issue asks for, computed from the measured rows."""
+    rows = result["seq_len"]
+    mem = [r for r in rows if r["model"] == "memnet" and "skipped" not in r]
+    per_tok = [r["us_per_token"] for r in mem]
+    s: dict = {"memnet_us_per_token_range": [min(per_tok), max(per_tok)],
+               "memnet_flatness": max(per_tok) / min(per_tok) - 1.0,
+               "memnet_seq_lens": [r["T"] for r in mem]}
+    s["ratios"] = {}
+    for name in result["params"]:
+        if name == "memnet":
+            continue
+        s["ratios"][name] = {str(r["T"]): _point(rows, name, r["T"])["time_s"] / r["time_s"]
+                             for r in mem if _point(rows, name, r["T"]) is not None}
+    st = result["streaming"]["memnet"]
+    lat = [r["us_per_token"] for r in st]
+    s["stream_latency_spread"] = max(lat) / min(lat) - 1.0
+    s["stream_vs_start_max_dev"] = max(abs(r["vs_start"] - 1.0) for r in st)
+    s["stream_state_bytes"] = sorted({r["state_bytes"] for r in st})
+    kv = [r for r in result["streaming"]["full_kv"] if "skipped" not in r]
+    if kv:
+        s["kv_growth"] = {"from": kv[0]["tokens_seen"], "to": kv[-1]["tokens_seen"],
+                          "cache_ratio": kv[-1]["cache_bytes"] / kv[0]["cache_bytes"],
+                          "latency_ratio": kv[-1]["us_per_token"] / kv[0]["us_per_token"]}
+    s["read_token_vs_copy"] = result["read"]["read_token_vs_copy"]
+    s["read_token_vs_copy_read"] = result["read"]["read_token_vs_copy_read"]
+    s["read_segment_vs_copy"] = result["read"]["read_segment_vs_copy"]
+    return s
+
+
+def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None, out_dir: Path | None = None,
+        save: bool = True, progress: bool = True, parts: tuple[str, ...] | None = None,
+        threads: int | None = None) -> dict:
+    """Run every measurement of the profile in this process; returns (and stores) the results.
+
+    parts: a subset of ("seq_len", "slots", "top_k", "streaming", "read", "compile"), all by default
+    (a partial run is never stored). threads: torch CPU threads for the run (default: the
+    profile's; restored afterwards)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    all_parts = ("seq_len", "slots", "top_k", "streaming", "read", "compile")
+    parts = tuple(parts or all_parts)
+    for part in parts:
+        if part not in all_parts:
+            raise ValueError(f"parts must be among {all_parts}, got {part!r}")
+    p = PROFILES[profile]
+    seeds = list(seeds if seeds is not None else p.seeds)
+    dev = resolve_device(device)
+    dtype = amp_dtype(dev, p.amp)
+    seed_everything(seeds[0])
+    threads_before = torch.get_num_threads()
+    if threads is None:
+        threads = p.threads
+    if threads is not None and dev.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        return _run(p, profile, dev, dtype, seeds, out_dir, save, progress, parts, all_parts)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], out_dir: Path | None, save: bool,
+         progress: bool, parts: tuple[str, ...], all_parts: tuple[str, ...]) -> dict:
+    t_all = time.perf_counter()
+    result: dict = {"experiment": "bench", "profile": profile, "profile_settings": asdict(p),
+                    "config": make_config(p).to_dict(), "threads": torch.get_num_threads()}
+    step_t: dict = {}
+    if "seq_len" in parts:
+        t0 = time.perf_counter()
+        result["seq_len"], result["params"] = sweep_seq_len(p, dev, dtype, progress)
+        if dtype is None:  # truncated_backward runs in fp32
+            result["tbptt"] = measure_tbptt(p, dev, progress)
+        step_t["seq_len"] = time.perf_counter() - t0
+    if "slots" in parts:
+        t0 = time.perf_counter()
+        result["slots"] = sweep_memnet(p, dev, dtype, "slots", progress)
+        step_t["slots"] = time.perf_counter() - t0
+    if "top_k" in parts:
+        t0 = time.perf_counter()
+        result["top_k"] = sweep_memnet(p, dev, dtype, "top_k", progress)
+        step_t["top_k"] = time.perf_counter() - t0
+    if "streaming" in parts:
+        t0 = time.perf_counter()
+        result["streaming"] = {"memnet": stream_memnet(p, dev, dtype, progress),
+                               "full_kv": stream_full_kv(p, dev, dtype, progress)}
+        step_t["streaming"] = time.perf_counter() - t0
+    if "read" in parts:
+        t0 = time.perf_counter()
+        result["read"] = read_bandwidth(p, dev, progress)
+        step_t["read"] = time.perf_counter() - t0
+    if "compile" in parts and p.compile:
+        t0 = time.perf_counter()
+        result["compile"] = measure_compile(p, dev, dtype, progress)
+        step_t["compile"] = time.perf_counter() - t0
+    if set(all_parts) - {"compile"} <= set(parts):
+        result["summary"] = summarize(result)
+    wall = time.perf_counter() - t_all
+    result["part_wall_s"] = {k: round(v, 1) for k, v in step_t.items()}
+    result["provenance"] = provenance(dev, seeds, wall, amp=str(dtype), threads=torch.get_num_threads(),
+                                      note="times: min over repeats after a warm-up; B=1")
+    if save and parts == all_parts:
+        out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "bench" / profile
+        write_json(out_dir / "results.json", result)
+    return result
+
+
+def summary_table(result: dict) -> str:
+    """The training table (us/token and autograd MB per model and length), streaming and read lines."""
+    rows = result.get("seq_len", [])
+    names = list(result.get("params", {}))
+    Ts = sorted({r["T"] for r in rows})
+    lines = [f"training, forward+backward, B=1: microseconds per token (autograd MB); {result['threads']} threads",
+             f"{'model':<10}{'params':>9}" + "".join(f"{T:>20}" for T in Ts)]
+    for name in names:
+        cells = []
+        for T in Ts:
+            r = next(r for r in rows if r["model"] == name and r["T"] == T)
+            cells.append("skipped" if "skipped" in r else f"{r['us_per_token']:.1f} ({r['autograd_mb']:.0f})")
+        lines.append(f"{name:<10}{result['params'][name]:>9}" + "".join(f"{c:>20}" for c in cells))
+    s = result.get("summary")
+    if s:
+        lines.append("")
+        lines.append("time ratio other / MemNet: " + "; ".join(
+            f"{n}: " + ", ".join(f"{T}: {v:.2f}x" for T, v in r.items()) for n, r in s["ratios"].items()))
+        lines.append(f"MemNet per-token time from {s['memnet_seq_lens'][0]} to {s['memnet_seq_lens'][-1]} tokens: "
+                     f"{s['memnet_us_per_token_range'][0]:.1f}..{s['memnet_us_per_token_range'][1]:.1f} us "
+                     f"(max/min - 1 = {100 * s['memnet_flatness']:.0f}%)")
+    if "tbptt" in result:
+        t = result["tbptt"]
+        lines.append(f"MemNet with truncated_backward at T={t['T']} (chunks of {t['chunk_segments']} segments): "
+                     f"{t['us_per_token']:.1f} us/token, autograd {t['autograd_mb_per_chunk']:.1f} MB per chunk")
+    if "slots" in result:
+        lines.append("")
+        lines.append("MemNet vs slots: " + ", ".join(f"N={r['num_slots']}: {r['us_per_token']:.0f} us/tok "
+                                                     f"({r['autograd_mb']:.0f} MB)" for r in result["slots"]))
+    if "top_k" in result:
+        lines.append("MemNet vs top_k: " + ", ".join(f"k={r['top_k']}: {r['us_per_token']:.1f} us/tok"
+                                                     for r in result["top_k"]))
+    if "streaming" in result:
+        lines.append("")
+        lines.append(f"{'tokens seen':>12}{'MemNet us/tok':>15}{'vs start':>10}{'state MB':>10}{'Full us/tok':>13}"
+                     f"{'KV cache MB':>13}")
+        kv = {r["tokens_seen"]: r for r in result["streaming"]["full_kv"]}
+        for r in result["streaming"]["memnet"]:
+            k = kv.get(r["tokens_seen"], {})
+            lines.append(f"{r['tokens_seen']:>12}{r['us_per_token']:>15.1f}{r['vs_start']:>10.2f}{r['state_bytes'] / 2**20:>10.2f}"
+                         + (f"{k['us_per_token']:>13.1f}" if "us_per_token" in k else f"{'skipped':>13}")
+                         + f"{k.get('cache_bytes', float('nan')) / 2**20:>13.1f}")
+    if "read" in result:
+        r = result["read"]
+        lines.append("")
+        lines.append(f"top-k read at N={r['num_slots']} (B=1, bank {r['bank_bytes'] / 2**20:.0f} MB): copy "
+                     f"{r['copy_gbps']:.1f} GB/s; one token ({r['read_token_queries']} queries) "
+                     f"{r['read_token_gbps']:.1f} GB/s = {100 * r['read_token_vs_copy']:.0f}% of copy; one segment "
+                     f"({r['read_segment_queries']} queries) {r['read_segment_gbps']:.2f} GB/s = "
+                     f"{100 * r['read_segment_vs_copy']:.0f}%; streamed segment {r['stream_segment_s']:.2f} s "
+                     f"({r['stream_us_per_token']:.0f} us/token); counting only the copy's reads "
+                     f"({r['copy_read_gbps']:.1f} GB/s) one token's read is {100 * r['read_token_vs_copy_read']:.0f}%")
+    if "compile" in result:
+        c = result["compile"]
+        lines.append(f"torch.compile: {c}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=None, help="folder for results (default data/bench/<profile>)")
+    ap.add_argument("--parts", nargs="*", default=None, help="measure only these parts (not stored)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the profile's)")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    res = run(a.profile, a.device, None, a.out, not a.no_save, not a.no_progress, tuple(a.parts) if a.parts else None,
+              a.threads)
+    print(summary_table(res))
+    print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The cost-of-memory benchmark: the smoke profile runs end to end and stores what chapter 6 reads;
+its measurement helpers measure what they claim."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from memnet import MemNet, MemNetConfig
+from memnet.baselines import FullTransformer
+from memnet.experiments import bench
+from memnet.memory import StreamingMemory
+
+
+@pytest.fixture(scope="module")
+def smoke_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    res = bench.run("smoke", "cpu", out_dir=out, save=True, progress=False)
+    return res, out
+
+
+def test_smoke_run_is_stored_with_every_part(smoke_result):
+    res, out = smoke_result
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["experiment"] == "bench" and stored["profile"] == "smoke"
+    assert {"git_commit", "device", "torch", "wall_s", "seed"} <= set(stored["provenance"])
+    p = bench.PROFILES["smoke"]
+    models = {r["model"] for r in stored["seq_len"]}
+    assert models == set(p.models)
+    assert len(stored["seq_len"]) == len(p.models) * len(p.seq_lens)
+    assert [r["num_slots"] for r in stored["slots"]] == list(p.slots)
+    assert [r["top_k"] for r in stored["top_k"]] == list(p.top_ks)
+    assert [r["tokens_seen"] for r in stored["streaming"]["memnet"]] == list(p.checkpoints)
+    for r in stored["seq_len"]:
+        assert "skipped" in r or (r["us_per_token"] > 0 and r["autograd_mb"] > 0)
+    assert stored["read"]["copy_gbps"] > 0 and stored["read"]["read_token_gbps"] > 0
+    assert "summary" in stored and "ratios" in stored["summary"]
+    assert "training, forward+backward" in bench.summary_table(stored)
+
+
+def test_streaming_state_is_constant_and_kv_cache_grows(smoke_result):
+    res, _ = smoke_result
+    sizes = {r["state_bytes"] for r in res["streaming"]["memnet"]}
+    assert len(sizes) == 1
+    kv = [r["cache_bytes"] for r in res["streaming"]["full_kv"]]
+    assert kv == sorted(kv) and kv[-1] > kv[0]
+    cfg = bench.make_config(bench.PROFILES["smoke"])
+    t = res["streaming"]["full_kv"][-1]["tokens_seen"]
+    assert kv[-1] == 2 * cfg.n_layers * t * cfg.d_model * 4  # K and V, every layer, float32
+
+
+def test_saved_tensor_bytes_counts_autograd_memory_linearly_in_length():
+    """Autograd memory of MemNet grows linearly with T (2x tokens -> about 2x saved bytes)."""
+    cfg = bench.make_config(bench.PROFILES["smoke"])
+    torch.manual_seed(0)
+    model = MemNet(cfg)
+    mb = [bench.measure_training(model, T, cfg.vocab_size, torch.device("cpu"), 1, None)["autograd_mb"]
+          for T in (64, 128)]
+    assert 1.7 < mb[1] / mb[0] < 2.3
+    with bench.SavedTensorBytes() as s:
+        x = torch.randn(1000, requires_grad=True)
+        (x * x).sum().backward()
+    assert s.nbytes == 4000  # x saved once (both operands share one storage)
+
+
+def test_full_decode_matches_the_full_forward():
+    """The KV-cache decoder uses FullTransformer's own layers: decoding the second half against a cache
+    of the first half gives the logits of one forward pass over the whole sequence."""
+    cfg = MemNetConfig(vocab_size=20, d_model=32, n_heads=4, segment_len=8, num_slots=16, top_k=2, mem_heads=2)
+    torch.manual_seed(0)
+    model = FullTransformer(cfg).eval()
+    x = torch.randint(0, 20, (1, 24))
+    with torch.no_grad():
+        ref = model(x).logits
+    hd = cfg.d_model // cfg.n_heads
+    cache = [(torch.zeros(1, cfg.n_heads, 24, hd), torch.zeros(1, cfg.n_heads, 24, hd)) for _ in range(cfg.n_layers)]
+    first = bench.full_decode(model, cache, x[:, :16], 0)
+    assert torch.allclose(first, ref[:, :16], atol=1e-5)
+    second = bench.full_decode(model, cache, x[:, 16:], 16, prev=x[:, 15:16])  # the token shift reads one back
+    assert torch.allclose(second, ref[:, 16:], atol=1e-5)
+
+
+def test_stable_topk_bench_read_agrees_with_streaming_state():
+    """The bandwidth measurement reads the streaming bank's unit keys: they are the normalised keys."""
+    cfg = bench.make_config(bench.PROFILES["smoke"])
+    model = MemNet(cfg).eval()
+    mem = StreamingMemory(model.memory)
+    model.stream(torch.randint(0, cfg.vocab_size, (1, 4 * cfg.segment_len)), mem)
+    k = mem.to_state().keys[0]
+    assert torch.allclose(mem.unit, torch.nn.functional.normalize(k, dim=-1), atol=1e-5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="profile"):
+        bench.run("huge", save=False)
+    with pytest.raises(ValueError, match="parts"):
+        bench.run("smoke", save=False, parts=("nope",))
