@@ -30,7 +30,6 @@ Times are the minimum over repeats after a warm-up (the least disturbed run on s
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -54,3 +54,16 @@ def write_json(path: Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
     return path
+
+
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # by degrees of freedom
+
+
+def t_interval(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval over seeds. The half-width is nan for fewer
+    than two values or when a value is not finite (then the mean is not finite either)."""
+    v = np.asarray(values, dtype=np.float64)
+    m = float(v.mean()) if v.size else float("nan")
+    if v.size < 2 or not np.isfinite(v).all():
+        return m, float("nan")
+    return m, float(T_95.get(v.size - 1, 1.96) * v.std(ddof=1) / np.sqrt(v.size))

@@ -35,7 +35,6 @@ data/continual/<profile>/ with provenance.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ from ..tasks.digits import SplitDigits
 from ..tasks.shift import ShiftingPrototypes
 from ..tasks.stream import TaskStream
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, provenance, seed_everything, write_json
+from .common import DATA_DIR, provenance, seed_everything, t_interval, write_json
 
 SEQUENTIAL = ("memnet", "windowed", "lstm")
 JOINT = ("memnet_joint", "windowed_joint", "lstm_joint")
@@ -379,16 +378,10 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
 
 
 # ---------------------------------------------------------------------------- tables
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
 def mean_ci(values) -> tuple[float, float]:
     """Mean and half-width of the 95% Student-t interval over seeds (0 for a single seed)."""
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return float(v.mean()), 0.0
-    t = T_95.get(v.size - 1, 1.96)
-    return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(v.size))
+    m, h = t_interval(values)
+    return m, (0.0 if len(values) < 2 else h)
 
 
 def model_summary(result: dict, stream: str) -> dict[str, dict[str, tuple[float, float]]]:

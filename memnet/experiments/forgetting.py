@@ -18,7 +18,6 @@ data/forgetting/<profile>/ with its provenance.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,9 +30,9 @@ from ..config import MemNetConfig
 from ..model import MemNet
 from ..survival import (age_histogram, content_lifetimes, content_sources, event_label_matrix, kaplan_meier, median_survival,
                         read_entropy_per_segment, write_frequency)
-from ..tasks.forgetting import DISTRACTOR, EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
+from ..tasks.forgetting import EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, provenance, seed_everything, write_json
+from .common import DATA_DIR, provenance, seed_everything, t_interval, write_json
 
 # content groups: the three item types, then "other" (written by a filler or query token);
 # contents whose writer cannot be identified (see survival.content_sources) get code -1
@@ -331,17 +330,10 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
 
 
 # ---------------------------------------------------------------------------- the table
-def interval(values, level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the t-interval over seeds (half-width nan for one value); non-finite
+def interval(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval over seeds (half-width nan for one value); non-finite
     values make the mean non-finite."""
-    v = np.asarray(values, dtype=np.float64)
-    m = float(v.mean()) if len(v) else float("nan")
-    if len(v) < 2 or not np.isfinite(v).all():
-        return m, float("nan")
-    from statistics import NormalDist
-    q = 1 - (1 - level) / 2
-    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(len(v), NormalDist().inv_cdf(q))  # 95% t quantiles
-    return m, float(t * v.std(ddof=1) / math.sqrt(len(v)))
+    return t_interval(values)
 
 
 def fmt(values, digits: int = 1) -> str:
