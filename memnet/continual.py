@@ -12,20 +12,25 @@ it with :func:`accuracy_matrix`: square, finite, values in ``[0, 1]``.
 from __future__ import annotations
 
 import dataclasses as _dc
+import math
 from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from torch import Tensor
 
 from .config import MemNetConfig
 from .controller import MemoryInterface, MemorySignals
+from .memory import MemoryState
 from .model import MemNet
 
 __all__ = [
     "accuracy_matrix", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting",
     "average_forgetting", "max_drop", "learning_curve", "summarize", "SegmentEndWrites", "stream_memnet",
+    "segment_keys", "fit_key_map", "realign_keys",
 ]
 
 
@@ -188,19 +193,54 @@ class SegmentEndWrites(MemoryInterface):
     choice of the writing token gets no gradient for tokens it did not pick, so without this
     prior the model must discover the label position by chance. Same parameters as
     :class:`~memnet.controller.MemoryInterface` (its state dict loads unchanged).
+
+    address: what the write keys and read queries are computed from.
+
+    - ``"item"`` (default): at position t, a position-aware summary of the window's states
+      before t, ``u_t = sum_{t' < t} A_{t'} h_{t'}`` with one learned (D, D) map ``A_{t'}`` per
+      offset in the window (``u_0 = 0``); keys and queries are the usual projections of ``u_t``.
+      At the last token ``u`` covers the item alone and is the same function of the item whether
+      the last token is its label (a support segment, which writes) or QUERY (a query segment,
+      which reads): a query addresses the slots written by similar items and the label cannot
+      leak into the key. One map per offset keeps *where* each state sits: a plain mean over the
+      window would be a bag of pixel intensities (the encoder's position codes are small) and
+      finds the wrong neighbours. Causal: no position looks at a later one.
+    - ``"token"``: the state of the position itself (the plain MemNet interface; no extra
+      parameters, so a :class:`~memnet.controller.MemoryInterface` state dict loads unchanged).
+      The key of a support item then also carries its label token, which the query lacks; the
+      model has to learn to project it away before reads can find the right slots.
     """
+
+    ADDRESSES = ("item", "token")
+
+    def __init__(self, cfg: MemNetConfig, address: str = "item"):
+        super().__init__(cfg)
+        if address not in self.ADDRESSES:
+            raise ValueError(f"address must be one of {self.ADDRESSES}, got {address!r}")
+        self.address = address
+        if address == "item":
+            L, D = cfg.segment_len, cfg.d_model
+            # (L, D, D) one map per offset; random (not the identity), so offsets stay apart from the start
+            self.item_map = nn.Parameter(torch.randn(L, D, D) / math.sqrt(D * L))
 
     def forward(self, h: Tensor, valid: Tensor) -> MemorySignals:
         sig = super().forward(h, valid)
         last = torch.zeros_like(valid)  # (B, S, L) the last real token of every window
         n = valid.sum(-1, keepdim=True).clamp(min=1) - 1  # (B, S, 1)
         last.scatter_(-1, n, True)
-        return _dc.replace(sig, write_score=sig.write_score.masked_fill(~(last & valid), float("-inf")))
+        sig = _dc.replace(sig, write_score=sig.write_score.masked_fill(~(last & valid), float("-inf")))
+        if self.address == "token":
+            return sig
+        B, S, L, D = h.shape
+        c = torch.einsum("bsld,lde->bsle", h * valid.unsqueeze(-1).to(h.dtype), self.item_map[:L].to(h.dtype))
+        u = F.pad(c.cumsum(2)[:, :, :-1], (0, 0, 1, 0))  # (B, S, L, D) exclusive prefix sums: u_0 = 0
+        return _dc.replace(sig, read_query=self.read_query(u).view(B, S, L, self.H, self.Dm),
+                           write_key=self.write_key(u))
 
 
-def stream_memnet(cfg: MemNetConfig, tie_query_key: bool = True) -> MemNet:
+def stream_memnet(cfg: MemNetConfig, tie_query_key: bool = True, address: str = "item") -> MemNet:
     """A :class:`~memnet.MemNet` whose windows write only at their last token (see
-    :class:`SegmentEndWrites`); ``cfg.writes_per_segment`` must be 1.
+    :class:`SegmentEndWrites`, which also explains ``address``); ``cfg.writes_per_segment`` must be 1.
 
     tie_query_key: start every read head's query projection equal to the write-key projection
     (they are still trained separately). A query item then starts by finding the slots whose
@@ -210,8 +250,65 @@ def stream_memnet(cfg: MemNetConfig, tie_query_key: bool = True) -> MemNet:
     if cfg.writes != 1:
         raise ValueError(f"cfg.writes_per_segment must be 1 for a stream MemNet (one write per item), got {cfg.writes}")
     model = MemNet(cfg)
-    model.interface = SegmentEndWrites(cfg)
+    model.interface = SegmentEndWrites(cfg, address)
     if tie_query_key:
         with torch.no_grad():
             model.interface.read_query.weight.copy_(model.interface.write_key.weight.repeat(cfg.mem_heads, 1))
     return model
+
+
+# ---------------------------------------------------------------------------- key drift compensation
+
+
+@torch.no_grad()
+def segment_keys(model: MemNet, segments: Tensor) -> Tensor:
+    """The write key of each of ``segments`` (n, L) token windows, one window per row: (n, Dm).
+
+    With a stream MemNet (one write per window) that is the key the window's item would be
+    stored under by the current weights."""
+    if segments.dim() != 2 or segments.shape[1] > model.cfg.segment_len:
+        raise ValueError(f"segments must have shape (n, L) with L <= segment_len ({model.cfg.segment_len}), "
+                         f"got {tuple(segments.shape)}")
+    was = model.training
+    model.eval()
+    key = model._signals(segments)[5]  # (n, 1, W, Dm)
+    model.train(was)
+    return key[:, 0, 0].float()
+
+
+def fit_key_map(before: Tensor, after: Tensor, ridge: float = 0.1) -> Tensor:
+    """The linear map (Dm, Dm) that best carries unit keys written by older weights (``before``,
+    (n, Dm)) to the unit keys the current weights write for the same items (``after``):
+
+    ``M = argmin ||B M - A||^2 + ridge * n * ||M - I||^2``, B and A the row-normalised keys,
+
+    so with few items (or items that span few directions) M stays near the identity. A known
+    linear drift (``after = before @ R``) is recovered when the items span the key space.
+    """
+    if before.dim() != 2 or before.shape != after.shape:
+        raise ValueError(f"before and after must be (n, Dm) of the same shape, got {tuple(before.shape)} "
+                         f"and {tuple(after.shape)}")
+    if not (isinstance(ridge, (int, float)) and ridge > 0):
+        raise ValueError(f"ridge must be a positive float, got {ridge!r}")
+    if not (torch.isfinite(before).all() and torch.isfinite(after).all()):
+        raise ValueError("before and after must be finite (no NaN or inf)")
+    B = F.normalize(before.double(), dim=-1)
+    A = F.normalize(after.double(), dim=-1)
+    n, D = B.shape
+    eye = torch.eye(D, dtype=torch.float64, device=B.device)
+    lam = ridge * n
+    return torch.linalg.solve(B.T @ B + lam * eye, B.T @ A + lam * eye).to(before.dtype)
+
+
+def realign_keys(state: MemoryState, key_map: Tensor) -> MemoryState:
+    """A copy of ``state`` with every slot key ``k`` replaced by ``|k| * normalize(k @ key_map)``:
+    directions moved by the drift map, norms (and empty slots, whose keys are zero) kept.
+    Values, ages and usage are unchanged. This is semantic drift compensation (Yu et al. 2020)
+    for a slot memory: the drift is estimated on the current task's items only, and applied to
+    keys written for earlier tasks whose items are gone."""
+    D = state.keys.shape[-1]
+    if key_map.shape != (D, D):
+        raise ValueError(f"key_map must be ({D}, {D}) for this memory, got {tuple(key_map.shape)}")
+    norm = state.keys.norm(dim=-1, keepdim=True)  # (B, N, 1)
+    moved = F.normalize(state.keys @ key_map.to(state.keys.dtype), dim=-1) * norm
+    return MemoryState(moved, state.values.clone(), state.age.clone(), state.usage.clone())

@@ -477,9 +477,10 @@ def probe_curves(result: dict, key: str = "read_entropy", ax: Axes | None = None
 
 # ---------------------------------------------------------------------------- continual learning (chapter 4)
 CONTINUAL_LABELS = {"memnet": "MemNet (carried memory)", "memnet_reset": "MemNet, memory reset per task",
-                    "memnet_rewrite": "MemNet, memory rewritten (diagnostic)", "windowed": "WindowedTransformer, fine-tuned",
-                    "lstm": "LSTM, fine-tuned", "memnet_joint": "MemNet, joint", "windowed_joint": "WindowedTransformer, joint",
-                    "lstm_joint": "LSTM, joint"}
+                    "memnet_rewrite": "MemNet, memory rewritten (diagnostic)",
+                    "memnet_unaligned": "MemNet, carried, no realignment", "memnet_frozen": "MemNet, frozen after task 1",
+                    "windowed": "WindowedTransformer, fine-tuned", "lstm": "LSTM, fine-tuned", "memnet_joint": "MemNet, joint",
+                    "windowed_joint": "WindowedTransformer, joint", "lstm_joint": "LSTM, joint"}
 
 
 def continual_matrices(result: dict, stream: str, model: str) -> np.ndarray:

@@ -33,10 +33,66 @@ def test_stream_memnet_writes_only_at_segment_ends(stream):
     # a ragged last window writes at its last real token
     tr2 = model(tok[:, :-2], return_trace=True).trace
     assert tr2.write_pos[0, -1, 0] == stream.segment_len - 3
-    # same parameters as a plain MemNet: the state dicts load into each other
-    MemNet(cfg_for(stream)).load_state_dict(model.state_dict())
+    # token addressing has the parameters of a plain MemNet: the state dicts load into each other
+    MemNet(cfg_for(stream)).load_state_dict(stream_memnet(cfg_for(stream), address="token").state_dict())
     with pytest.raises(ValueError, match="writes_per_segment"):
         stream_memnet(cfg_for(stream, writes_per_segment=2))
+    with pytest.raises(ValueError, match="address"):
+        stream_memnet(cfg_for(stream), address="pooled")
+
+
+def test_item_address_is_the_same_for_support_and_query_and_causal(stream):
+    torch.manual_seed(0)
+    model = stream_memnet(cfg_for(stream)).eval()
+    x, y = stream.support_set(2, 2, seed=0)
+    sup = stream.support_tokens(x, y).view(len(y), -1)  # (n, L): item then its label
+    qry, _ = stream.query_tokens(x, y)  # (n, L): item then QUERY
+    other = sup.clone()
+    other[:, -1] = torch.from_numpy(stream.label_token((y + 1) % stream.n_classes))  # the same items with wrong labels
+    with torch.no_grad():
+        ks, kq, ko = (model._signals(t)[2] for t in (sup, qry, other))  # MemorySignals
+    # the key an item is written under ignores its label, and equals (tied projections) its query
+    torch.testing.assert_close(ks.write_key[:, 0, -1], ko.write_key[:, 0, -1])
+    torch.testing.assert_close(ks.write_key[:, 0, -1], kq.read_query[:, 0, -1, 0])
+    assert not torch.allclose(ks.write_key[0, 0, -1], ks.write_key[1, 0, -1])  # different items, different keys
+    # causal: changing the token at offset t leaves every address at offsets <= t unchanged
+    t = 2
+    bent = sup.clone()
+    bent[:, t] = (bent[:, t] + 1) % stream.n_symbols
+    with torch.no_grad():
+        kb = model._signals(bent)[2]
+    torch.testing.assert_close(kb.write_key[:, :, : t + 1], ks.write_key[:, :, : t + 1])
+    assert not torch.allclose(kb.write_key[:, :, t + 1:], ks.write_key[:, :, t + 1:])
+
+
+def test_fit_key_map_recovers_a_rotation_and_realign_keeps_norms():
+    from memnet.continual import fit_key_map, realign_keys
+    from memnet.memory import MemoryState
+
+    g = torch.Generator().manual_seed(0)
+    D = 6
+    rot, _ = torch.linalg.qr(torch.randn(D, D, generator=g))
+    before = torch.randn(200, D, generator=g)
+    M = fit_key_map(before, before @ rot, ridge=1e-6)
+    torch.testing.assert_close(M, rot, atol=1e-4, rtol=0)
+    # few items spanning few directions: the ridge keeps the map near the identity elsewhere
+    M1 = fit_key_map(before[:1], before[:1] @ rot, ridge=10.0)
+    assert (M1 - torch.eye(D)).norm() < (rot - torch.eye(D)).norm()
+    keys = torch.randn(1, 4, D, generator=g) * torch.tensor([1.0, 2.0, 0.0, 3.0]).view(1, 4, 1)
+    st = MemoryState(keys, torch.randn(1, 4, D, generator=g), torch.arange(4.0).view(1, 4), torch.zeros(1, 4))
+    new = realign_keys(st, rot)
+    torch.testing.assert_close(new.keys.norm(dim=-1), keys.norm(dim=-1))  # norms kept, the empty slot stays zero
+    torch.testing.assert_close(new.keys[0, 3], keys[0, 3] @ rot)  # a rotation moves a key exactly
+    assert torch.equal(new.values, st.values) and torch.equal(new.age, st.age)
+    assert torch.equal(st.keys, keys)  # the input state is untouched
+    with pytest.raises(ValueError, match="key_map"):
+        realign_keys(st, torch.eye(D + 1))
+    with pytest.raises(ValueError, match="before and after"):
+        fit_key_map(before, before[:, :3])
+    with pytest.raises(ValueError, match="ridge"):
+        fit_key_map(before, before, ridge=0.0)
+    with pytest.raises(ValueError, match="finite"):
+        fit_key_map(before.clone().fill_(float("nan")), before)
 
 
 def test_queries_never_change_the_carried_memory(stream):
@@ -101,8 +157,12 @@ def test_smoke_run_stores_consistent_results(tmp_path):
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["provenance"]["seed"] == [0] and stored["experiment"] == "continual"
     runs = stored["streams"]["shift"]["runs"]
-    assert [r["model"] for r in runs] == ["memnet", "memnet_reset", "memnet_rewrite", "windowed", "lstm_joint",
-                                          "memnet_joint"]
+    assert [r["model"] for r in runs] == ["memnet", "memnet_reset", "memnet_rewrite", "memnet_frozen",
+                                          "memnet_unaligned", "windowed", "lstm_joint", "memnet_joint"]
+    # after the first task every MemNet variant but the reset one is the same weights with the same memory
+    by = {r["model"]: np.array(r["R"]) for r in runs if "R" in r}
+    for m in ("memnet_rewrite", "memnet_frozen", "memnet_unaligned"):
+        np.testing.assert_array_equal(by[m][0], by["memnet"][0])
     for r in runs:
         if "R" in r:  # the stored summary is the metrics module's on the stored matrix
             R = accuracy_matrix(r["R"])
@@ -150,3 +210,20 @@ def test_with_memory_starts_every_sequence_from_the_carried_state(stream):
     b = model(tok, memory=C.expand_state(mem, 3)).logits
     torch.testing.assert_close(a, b)
     assert {n for n, _ in C.WithMemory(model, mem).named_parameters()} == {f"model.{n}" for n, _ in model.named_parameters()}
+
+
+def test_workers_give_the_same_results_as_one_process(tmp_path):
+    kw = dict(profile="smoke", device="cpu", seeds=[0], save=False, progress=False, streams=["shift"],
+              models=["memnet", "lstm"])
+    torch.set_num_threads(1)  # as every worker: the same kernels, the same rounding
+    one = C.run(**kw, workers=1)
+    two = C.run(**kw, workers=2)
+    r1, r2 = one["streams"]["shift"]["runs"], two["streams"]["shift"]["runs"]
+    assert [r["model"] for r in r1] == [r["model"] for r in r2]
+    for a, b in zip(r1, r2):
+        for k in ("R", "key_drift", "retained"):
+            if k in a:
+                np.testing.assert_array_equal(np.array(a[k], dtype=float), np.array(b[k], dtype=float))
+    assert two["provenance"]["workers"] == 2
+    with pytest.raises(ValueError, match="workers"):
+        C.run(**kw, workers=0)

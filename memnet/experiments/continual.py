@@ -10,18 +10,25 @@ What persists across tasks, and what resets:
 - ``memnet``: the weights persist; every task gets a fresh AdamW and learning-rate schedule
   (as every other model). On task t MemNet meta-trains on *episodes of task t only*: support
   items with labels, then queries, labels freshly permuted per episode (MANN), each episode
-  starting from an empty memory (``train_with_memory=True``: from the carried memory instead).
-  After training on task t, ``support_per_class`` training items of each of its classes (true
-  labels) are streamed into ONE carried memory state, which persists across tasks and is never
-  reset. Every evaluation reads a copy of that carried memory (a query never changes it). Only
-  the last token of a segment writes, and the read queries start tied to the write keys
-  (:func:`memnet.continual.stream_memnet`).
+  starting from a copy of the carried memory (``train_with_memory``; False: from an empty one),
+  so new queries learn to pass over the old tasks' slots. After training on task t the carried
+  keys are moved by the drift of the key encoder over task t, a linear map fitted on task t's
+  own training items (``realign``; :func:`memnet.continual.fit_key_map`), and then
+  ``support_per_class`` training items of each of its classes (true labels) are streamed into
+  the carried memory, which persists across tasks and is never reset. Every evaluation reads a
+  copy of it (a query never changes it). Only the last token of a segment writes, and keys and
+  queries address by the item alone (:func:`memnet.continual.stream_memnet`).
 - ``memnet_reset`` (ablation): the same weights at every step of the stream, but the carried
   memory is cleared at each task boundary, so it only ever holds the current task.
+- ``memnet_unaligned`` (ablation, with ``realign``): the same weights, the memory carried as
+  written, with no drift compensation.
+- ``memnet_frozen`` (ablation): the weights as they were after the first task, every later task
+  learned only by writing its support items into the carried memory: no parameter drift at all,
+  and no training on the later classes either.
 - ``memnet_rewrite`` (diagnostic, not a continual method: it re-reads old training data): the
   same weights with a memory refilled from the support items of tasks 0..i by the *current*
-  weights. The gap to ``memnet`` is the cost of parameter drift (old keys written by an older
-  key encoder); ``key_drift`` also reports the cosine between carried and rewritten keys.
+  weights: what perfect drift compensation would reach. ``key_drift`` reports the cosine between
+  carried (realigned) and rewritten keys.
 - ``windowed`` / ``lstm``: WindowedTransformer and LSTMBaseline fine-tuned sequentially as plain
   classifiers (item tokens then QUERY -> label): the lower bounds; nothing but weights persists.
 - ``*_joint``: the same models trained once on all tasks' data together (MemNet: episodes over all
@@ -30,11 +37,12 @@ What persists across tasks, and what resets:
 Accuracy is argmax over the 10 label tokens (class-incremental). Stored under
 data/continual/<profile>/ with provenance.
 
-    python -m memnet.experiments.continual --profile laptop --threads 1
+    python -m memnet.experiments.continual --profile laptop   # 2 worker processes, one thread each
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +53,8 @@ import torch.nn.functional as F
 
 from ..baselines import LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
-from ..continual import accuracy_matrix, forgetting, max_drop, stream_memnet, summarize
+from ..continual import (accuracy_matrix, fit_key_map, forgetting, max_drop, realign_keys, segment_keys,
+                         stream_memnet, summarize)
 from ..memory import MemoryState
 from ..model import MemNet
 from ..tasks.digits import SplitDigits
@@ -56,7 +65,8 @@ from .common import DATA_DIR, provenance, seed_everything, t_interval, write_jso
 
 SEQUENTIAL = ("memnet", "windowed", "lstm")
 JOINT = ("memnet_joint", "windowed_joint", "lstm_joint")
-DERIVED = ("memnet_reset", "memnet_rewrite")  # computed along the memnet run, no extra training
+DERIVED = ("memnet_reset", "memnet_rewrite", "memnet_frozen")  # computed along the memnet run, no extra training
+DERIVED_FROM_MEMNET = ("memnet",) + DERIVED
 STREAMS = ("digits", "shift")
 
 
@@ -71,7 +81,7 @@ class Profile:
     top_k: int = 4
     mem_heads: int = 4
     decay_init: float = 10.0  # retention sigmoid(10) = 0.99995 per segment: a stream is hundreds of segments
-    train_with_memory: bool = False  # True: MemNet's episodes on task t start from the carried memory
+    train_with_memory: bool = True  # MemNet's episodes on task t start from the carried memory (False: empty)
     restrict_labels: bool = False  # permute task t's labels only among labels no earlier task used
     write_threshold: float = 0.01  # every item's write claims its slot (see make_config)
     digits_pool: int = 2  # 2: 4x4 images (16 tokens); 1: the full 8x8 (64 tokens)
@@ -79,7 +89,10 @@ class Profile:
     n_support: int = 6  # meta-training episode: support segments ...
     n_query: int = 6  # ... then query segments
     episode_batch: int = 16
-    memnet_steps: tuple = (120, 30)  # MemNet: steps on the first task, on each later task
+    memnet_steps: tuple = (120, 30)  # MemNet: steps on the first task, on each later task (0: no training)
+    memnet_later_lr: float | None = None  # MemNet's learning rate on tasks after the first (None: lr)
+    realign: bool = True  # after each later task, move the carried keys by the drift measured on that task's items
+    realign_ridge: float = 0.1  # pull of the drift map towards the identity (memnet.continual.fit_key_map)
     clf_steps: int = 150  # baselines: steps per task (cheap: enough that the joint upper bound is trained,
     # not left at an easy-to-reach 60-70%)
     clf_batch: int = 32
@@ -88,13 +101,14 @@ class Profile:
     streams: tuple = STREAMS
     models: tuple = SEQUENTIAL + JOINT
     eval_chunk: int = 128
+    workers: int = 2  # processes running (stream, seed, model) jobs side by side on a CPU (one thread each)
 
 
 PROFILES = {
     "smoke": Profile(d_model=16, num_slots=64, support_per_class=3, n_support=4, n_query=2, episode_batch=4,
                      memnet_steps=(3, 2), clf_steps=3, clf_batch=8, seeds=(0,),
-                     models=SEQUENTIAL + ("windowed_joint", "lstm_joint")),
-    "laptop": Profile(models=SEQUENTIAL + ("windowed_joint", "lstm_joint")),  # MemNet joint: gpu profile only
+                     models=SEQUENTIAL + ("windowed_joint", "lstm_joint"), workers=1),
+    "laptop": Profile(),
     "gpu": Profile(d_model=64, n_layers=2, num_slots=256, digits_pool=1, support_per_class=20, n_support=10,
                    n_query=10, episode_batch=64, memnet_steps=(1500, 500), clf_steps=300, clf_batch=64,
                    seeds=(0, 1, 2, 3, 4), eval_chunk=512),
@@ -196,8 +210,8 @@ def key_cosine(a: MemoryState, a_items: np.ndarray, b: MemoryState, b_items: np.
 
 
 # ---------------------------------------------------------------------------- training
-def train_config(p: Profile, steps: int, amp: str, progress: bool) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=p.episode_batch, lr=p.lr, warmup=min(10, steps), amp=amp,
+def train_config(p: Profile, steps: int, amp: str, progress: bool, lr: float | None = None) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=p.episode_batch, lr=p.lr if lr is None else lr, warmup=min(10, steps), amp=amp,
                        log_every=max(1, steps // 5), progress=progress)
 
 
@@ -215,12 +229,15 @@ class WithMemory(torch.nn.Module):
 
 def train_on(model, p: Profile, stream: TaskStream, task: int | None, steps: int, seed: int, device, amp: str,
              progress: bool, name: str, memory: MemoryState | None = None,
-             label_pool: list[int] | None = None) -> list[dict]:
-    """Train `model` on `task` (all tasks when None) with a fresh optimizer; returns the history.
-    MemNet trains on episodes (starting from `memory` when given, labels permuted within `label_pool`)."""
+             label_pool: list[int] | None = None, lr: float | None = None) -> list[dict]:
+    """Train `model` on `task` (all tasks when None) with a fresh optimizer for `steps` steps (0: not
+    at all) at learning rate `lr` (None: the profile's); returns the history. MemNet trains on
+    episodes (starting from `memory` when given, labels permuted within `label_pool`)."""
+    if steps == 0:
+        return []
     memnet = isinstance(model, MemNet)
     net = WithMemory(model, memory) if memnet and memory is not None else model
-    trainer = Trainer(net, train_config(p, steps, amp, progress), device, name=name)
+    trainer = Trainer(net, train_config(p, steps, amp, progress, lr), device, name=name)
     tag = 99 if task is None else task
 
     def batch_fn(step: int):
@@ -234,14 +251,15 @@ def train_on(model, p: Profile, stream: TaskStream, task: int | None, steps: int
 
 def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
                progress: bool) -> tuple[dict, dict]:
-    """The continual MemNet run with its reset and rewrite variants; returns (runs, trace record)."""
+    """The continual MemNet run with its reset, rewrite and frozen variants; returns (runs, trace record)."""
     T = stream.n_tasks
     seed_everything(seed)
     model = stream_memnet(cfg).to(device)
-    R = {k: np.zeros((T, T)) for k in ("memnet", "memnet_reset", "memnet_rewrite")}
+    names = DERIVED_FROM_MEMNET + (("memnet_unaligned",) if p.realign else ())
+    R = {k: np.zeros((T, T)) for k in names}
     drift = np.full((T, T), np.nan)  # drift[i, j]: key cosine, carried vs rewritten, items of task j after task i
     retained = np.full((T, T), np.nan)  # retained[i, j]: share of task j's items still in a slot after task i
-    carried, traces, seg_task, history = None, [], [], []
+    carried, unaligned, traces, seg_task, history = None, None, [], [], []
     supports = [stream.support_set(t, p.support_per_class, seed=seed * 7 + t) for t in range(T)]
     n_items = supports[0][1].shape[0]
     ids = lambda t: np.arange(t * n_items, (t + 1) * n_items)  # global ids of task t's support items
@@ -258,9 +276,25 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
         # never answer an old label: the class-incremental output bias comes back through the targets)
         old = [c for t in range(i) for c in stream.task_classes(t)]
         pool = [c for c in range(stream.n_classes) if c not in old] if p.restrict_labels else None
+        before = copy.deepcopy(model) if p.realign and i > 0 else None  # the weights that wrote the carried keys
         history += train_on(model, p, stream, i, steps, seed, device, amp, progress, f"memnet_{stream.name}_s{seed}_t{i}",
-                            memory=carried if p.train_with_memory else None, label_pool=pool)
+                            memory=carried if p.train_with_memory else None, label_pool=pool,
+                            lr=None if i == 0 else p.memnet_later_lr)
+        if i == 0:  # memnet_frozen: the weights after the first task, every later task only written
+            frozen = copy.deepcopy(model).eval()
+            frozen_mem = None
+        frozen_mem, _ = fill(frozen, stream, *supports[i], frozen_mem, device)
+        if before is not None:  # drift of the key encoder over this task, measured on this task's items only
+            x_i, y_i = stream.items(i, "train")
+            seg = stream.support_tokens(x_i, y_i).view(len(y_i), -1).to(device)
+            key_map = fit_key_map(segment_keys(before, seg), segment_keys(model, seg), p.realign_ridge)
+            carried = realign_keys(carried, key_map)
+            unaligned, _ = fill(model, stream, *supports[i], unaligned, device)
+        elif p.realign:
+            unaligned = None
         carried, tr = fill(model, stream, *supports[i], carried, device)
+        if p.realign and i == 0:
+            unaligned = carried
         traces.append(tr)
         seg_task += [i] * tr.num_segments
         slot_item = track_items(slot_item, tr, i * n_items)
@@ -274,6 +308,9 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
             R["memnet"][i, j] = accuracy(model, stream, j, device, amp, carried, p.eval_chunk)
             R["memnet_reset"][i, j] = accuracy(model, stream, j, device, amp, fresh, p.eval_chunk)
             R["memnet_rewrite"][i, j] = accuracy(model, stream, j, device, amp, rewrite, p.eval_chunk)
+            R["memnet_frozen"][i, j] = accuracy(frozen, stream, j, device, amp, frozen_mem, p.eval_chunk)
+            if p.realign:
+                R["memnet_unaligned"][i, j] = accuracy(model, stream, j, device, amp, unaligned, p.eval_chunk)
             if j <= i:
                 drift[i, j] = key_cosine(carried, slot_item, rewrite, rewrite_items, ids(j))
                 retained[i, j] = float(np.isin(ids(j), slot_item).mean())
@@ -320,10 +357,31 @@ def run_joint(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed
             "train_s": round(time.perf_counter() - t0, 1)}
 
 
+def _run_job(p: Profile, sname: str, seed: int, m: str, device: str, amp: str, progress: bool,
+             threads: int | None = None) -> tuple[list[dict], dict | None]:
+    """One (stream, seed, model) job: a pure function of its arguments, so jobs can run in any order
+    or process. Returns its run entries (MemNet: one per derived variant) and MemNet's trace record."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    stream = make_stream(sname, p, seed)
+    cfg = make_config(p, stream)
+    params = count_params(build(m, cfg))
+    if m == "memnet":
+        runs, rec = run_memnet(p, stream, cfg, seed, dev, amp, progress)
+        return [{"model": k, "seed": seed, "params": params, **r} for k, r in runs.items()], rec
+    r = (run_joint if m in JOINT else run_sequential)(m, p, stream, cfg, seed, dev, amp, progress)
+    return [{"model": m, "seed": seed, "params": params, **r}], None
+
+
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None, out_dir: Path | None = None,
         save: bool = True, progress: bool = True, amp: str = "auto", streams: list[str] | None = None,
-        models: list[str] | None = None) -> dict:
-    """Run every stream, model and seed of the profile; returns (and with `save`, stores) the results."""
+        models: list[str] | None = None, workers: int | None = None) -> dict:
+    """Run every stream, model and seed of the profile; returns (and with `save`, stores) the results.
+
+    workers: processes that run (stream, seed, model) jobs side by side, each on one CPU thread
+    (default: the profile's ``workers`` on CPU, 1 on CUDA). Every job seeds itself, so the results
+    do not depend on it."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
@@ -337,37 +395,42 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
             raise ValueError(f"models must be among {SEQUENTIAL + JOINT}, got {m!r}")
     seeds = list(seeds if seeds is not None else p.seeds)
     dev = resolve_device(device)
+    if workers is None:
+        workers = p.workers if dev.type == "cpu" else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "continual" / profile
     t_all = time.perf_counter()
+    jobs = [(sname, seed, m) for sname in streams for seed in seeds for m in models]
+    if workers == 1 or len(jobs) == 1:
+        done = [_run_job(p, sname, seed, m, str(dev), amp, progress) for sname, seed, m in jobs]
+    else:  # tiny models: one thread per process beats two threads in one process
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        order = sorted(range(len(jobs)), key=lambda k: not jobs[k][2].startswith("memnet"))  # long jobs first
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            futures = {k: pool.submit(_run_job, p, *jobs[k], str(dev), amp, False, 1) for k in order}
+            done = [futures[k].result() for k in range(len(jobs))]
     result = {"experiment": "continual", "profile": profile, "profile_settings": asdict(p), "streams": {}}
     records: dict[int, dict] = {}
-    for sname in streams:
-        entry = {"runs": []}
-        for seed in seeds:
+    for (sname, seed, m), (entries, rec) in zip(jobs, done):
+        if sname not in result["streams"]:
             stream = make_stream(sname, p, seed)
-            cfg = make_config(p, stream)
-            entry.update(stream=stream.describe(), config=cfg.to_dict(), chance=stream.chance)
-            for m in models:
-                if m == "memnet":
-                    runs, rec = run_memnet(p, stream, cfg, seed, dev, amp, progress)
-                    for k, r in runs.items():
-                        entry["runs"].append({"model": k, "seed": seed, "params": count_params(build("memnet", cfg)), **r})
-                    records.setdefault(seed, {})[sname] = rec
-                elif m in JOINT:
-                    r = run_joint(m, p, stream, cfg, seed, dev, amp, progress)
-                    entry["runs"].append({"model": m, "seed": seed, "params": count_params(build(m, cfg)), **r})
-                else:
-                    r = run_sequential(m, p, stream, cfg, seed, dev, amp, progress)
-                    entry["runs"].append({"model": m, "seed": seed, "params": count_params(build(m, cfg)), **r})
+            result["streams"][sname] = {"runs": [], "stream": stream.describe(),
+                                        "config": make_config(p, stream).to_dict(), "chance": stream.chance}
+        result["streams"][sname]["runs"] += entries
+        if rec is not None:
+            records.setdefault(seed, {})[sname] = rec
+    for entry in result["streams"].values():
         for r in entry["runs"]:
             if "R" in r:
                 R = accuracy_matrix(r["R"])
                 r["summary"] = summarize(R, r["baseline_b"])
                 r["summary"]["max_drop"] = max_drop(R)
                 r["summary"]["forgetting_per_task"] = forgetting(R).tolist()
-        result["streams"][sname] = entry
     wall = time.perf_counter() - t_all
-    result["provenance"] = provenance(dev, seeds, wall, amp=amp)
+    result["provenance"] = provenance(dev, seeds, wall, amp=amp, workers=workers)
     if save:
         write_json(out_dir / "results.json", result)
         for seed, rec in records.items():
@@ -483,11 +546,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (these models are small: 1 is often faster on shared cores)")
+                    help="torch CPU threads of a single worker (these models are small: 1 is often faster)")
+    ap.add_argument("--workers", type=int, default=None, help="processes running jobs side by side on a CPU "
+                    "(default: the profile's), one thread each")
     a = ap.parse_args(argv)
     if a.threads is not None:
         torch.set_num_threads(a.threads)
-    res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.streams, a.models)
+    res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.streams, a.models,
+              a.workers)
     print(summary_table(res))
     print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}"
           + ("" if a.no_save else f"; stored in {(a.out or DATA_DIR / 'continual' / a.profile)}"))
