@@ -140,3 +140,44 @@ def test_episode_labels_come_from_the_label_pool(digits):
         digits.episodes(1, batch=2, n_support=4, n_query=2, seed=1, label_pool=[5])
     with pytest.raises(ValueError, match="label_pool"):
         digits.episodes(1, batch=2, n_support=4, n_query=2, seed=1, label_pool=[5, 10])
+
+
+def test_instance_episodes_query_noisy_copies_of_their_supports(digits):
+    n_s, n_q, P = 5, 7, digits.item_len
+    tok, tgt = digits.instance_episodes(1, batch=3, n_support=n_s, n_query=n_q, seed=4, strength=2)
+    assert tok.shape == tgt.shape == (3, (n_s + n_q) * (P + 1))
+    tok, tgt = tok.view(3, n_s + n_q, P + 1).numpy(), tgt.view(3, n_s + n_q, P + 1).numpy()
+    x_train, _ = digits.items(1, "train")
+    for b in range(3):
+        sup, lab = tok[b, :n_s, :P], tok[b, :n_s, P]
+        assert len(set(lab.tolist())) == n_s  # every support item its own label
+        assert all((x_train == s).all(1).any() for s in sup)  # supports are the task's own training items
+        assert (tgt[b, :n_s] == IGNORE_INDEX).all() and (tok[b, n_s:, P] == digits.query_token).all()
+        for q in range(n_s, n_s + n_q):
+            y = tgt[b, q, P]
+            assert (tgt[b, q, :P] == IGNORE_INDEX).all() and y in lab
+            src = sup[list(lab).index(y)]
+            d = tok[b, q, :P] - src  # intensity jitter within +-2, clipped to 0..16
+            assert np.abs(d).max() <= 2 and tok[b, q, :P].min() >= 0 and tok[b, q, :P].max() <= 16
+    a, _ = digits.instance_episodes(1, 2, n_s, n_q, seed=4, strength=0)
+    a = a.view(2, n_s + n_q, P + 1).numpy()
+    for b in range(2):  # strength 0: each query is an exact copy of a support item
+        assert all((a[b, :n_s, :P] == q).all(1).any() for q in a[b, n_s:, :P])
+    with pytest.raises(ValueError, match="strength"):
+        digits.instance_episodes(1, 2, n_s, n_q, seed=0, strength=-1)
+    with pytest.raises(ValueError, match="n_support"):
+        digits.instance_episodes(1, 2, 11, n_q, seed=0)
+    with pytest.raises(ValueError, match="n_support"):
+        digits.instance_episodes(1, 2, 4, n_q, seed=0, label_pool=[0, 1, 2])
+
+
+def test_token_substitution_perturbs_at_the_stated_rate():
+    s = ShiftingPrototypes(n_tasks=5, seed=0)
+    x, _ = s.items(0, "train")
+    rng = np.random.default_rng(0)
+    big = np.repeat(x, 20, axis=0)
+    changed = (s.perturb(big, 3, rng) != big).mean()
+    # replaced w.p. 0.3, and a replacement equals the old symbol w.p. 1 / n_symbols
+    assert changed == pytest.approx(0.3 * (1 - 1 / s.n_symbols), abs=0.01)
+    assert (s.perturb(big, 0, rng) == big).all()
+    assert s.perturb(big, 3, rng).max() < s.n_symbols

@@ -11,7 +11,11 @@ What persists across tasks, and what resets:
   (as every other model). On task t MemNet meta-trains on *episodes of task t only*: support
   items with labels, then queries, labels freshly permuted per episode (MANN), each episode
   starting from a copy of the carried memory (``train_with_memory``; False: from an empty one),
-  so new queries learn to pass over the old tasks' slots. After training on task t the carried
+  so new queries learn to pass over the old tasks' slots. Half of every batch
+  (``instance_share``) are instead self-supervised *instance* episodes on the same task's items:
+  each support item its own class, the queries perturbed copies of them
+  (:meth:`memnet.tasks.stream.TaskStream.instance_episodes`), which train keys that separate
+  items rather than only the task's two classes. After training on task t the carried
   keys are moved by the drift of the key encoder over task t, a linear map fitted on task t's
   own training items (``realign``; :func:`memnet.continual.fit_key_map`), and then
   ``support_per_class`` training items of each of its classes (true labels) are streamed into
@@ -82,6 +86,8 @@ class Profile:
     mem_heads: int = 4
     decay_init: float = 10.0  # retention sigmoid(10) = 0.99995 per segment: a stream is hundreds of segments
     train_with_memory: bool = True  # MemNet's episodes on task t start from the carried memory (False: empty)
+    instance_share: float = 0.5  # share of MemNet's episodes that are self-supervised instance episodes
+    instance_noise: int = 2  # their perturbation strength (TaskStream.perturb)
     restrict_labels: bool = False  # permute task t's labels only among labels no earlier task used
     write_threshold: float = 0.01  # every item's write claims its slot (see make_config)
     digits_pool: int = 2  # 2: 4x4 images (16 tokens); 1: the full 8x8 (64 tokens)
@@ -243,7 +249,12 @@ def train_on(model, p: Profile, stream: TaskStream, task: int | None, steps: int
     def batch_fn(step: int):
         s = seed * 1_000_003 + tag * 10_007 + step
         if memnet:
-            return stream.episodes(task, p.episode_batch, p.n_support, p.n_query, seed=s, label_pool=label_pool)
+            tok, tgt = stream.episodes(task, p.episode_batch, p.n_support, p.n_query, seed=s, label_pool=label_pool)
+            n_inst = int(round(p.instance_share * p.episode_batch))
+            if n_inst:  # the first rows become instance episodes (same layout, the task's own items)
+                tok[:n_inst], tgt[:n_inst] = stream.instance_episodes(
+                    task, n_inst, p.n_support, p.n_query, seed=s + 500_009, strength=p.instance_noise, label_pool=label_pool)
+            return tok, tgt
         return stream.classifier_batch(task, p.clf_batch, seed=s)
 
     return trainer.fit(batch_fn)

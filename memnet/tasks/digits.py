@@ -58,3 +58,9 @@ class SplitDigits(TaskStream):
         for c in range(self.n_classes):  # stratified: the same share of every class is held out
             idx = rng.permutation(np.flatnonzero(self._y == c))
             self._split[idx[: int(round(test_fraction * idx.size))]] = True
+
+    def perturb(self, x: np.ndarray, strength: int, rng: np.random.Generator) -> np.ndarray:
+        """A noisy copy of images ``x`` (n, P): every pixel intensity moved by an integer drawn
+        uniformly from ``-strength..strength``, clipped to 0..16 (intensities are ordered, so
+        a nearby intensity is a small change, unlike a random symbol)."""
+        return np.clip(x + rng.integers(-strength, strength + 1, x.shape), 0, self.n_symbols - 1)

@@ -173,6 +173,50 @@ class TaskStream:
         targets = np.concatenate([np.full((batch, n_support, P + 1), IGNORE_INDEX), tgt], axis=1)
         return torch.from_numpy(tok.reshape(batch, -1)), torch.from_numpy(targets.reshape(batch, -1))
 
+    def perturb(self, x: np.ndarray, strength: int, rng: np.random.Generator) -> np.ndarray:
+        """A noisy copy of items ``x`` (n, P): each token replaced, with probability
+        ``0.1 * strength``, by a symbol drawn uniformly from ``0..n_symbols-1``. Streams whose
+        symbols are ordered (pixel intensities) override it."""
+        x = x.copy()
+        hit = rng.random(x.shape) < min(1.0, 0.1 * strength)
+        x[hit] = rng.integers(0, self.n_symbols, int(hit.sum()))
+        return x
+
+    def instance_episodes(self, task: int | None, batch: int, n_support: int, n_query: int, seed: int,
+                          strength: int = 2, label_pool: list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """Self-supervised episodes from ``task``'s training items (every task when None), in the
+        layout of :meth:`episodes`: ``n_support`` distinct items, each its own class with a label
+        drawn at random from ``label_pool`` (default: every label), then ``n_query`` queries, each a
+        :meth:`perturb`-ed copy of one support item, whose target is that item's label.
+
+        No class label is used: an episode asks only "which of these items is this one, give or
+        take some noise", so the keys it trains separate items, not just the classes of the task
+        at hand (instance discrimination, as in unsupervised meta-learning).
+        """
+        batch, n_support, n_query = (check_count(v, k) for k, v in
+                                     (("batch", batch), ("n_support", n_support), ("n_query", n_query)))
+        if isinstance(strength, bool) or not isinstance(strength, (int, np.integer)) or strength < 0:
+            raise ValueError(f"strength must be an int >= 0, got {strength!r}")
+        x, _ = self.items(task, "train")
+        pool = np.arange(self.n_classes) if label_pool is None else np.unique(np.asarray(label_pool, dtype=np.int64))
+        if n_support > min(pool.size, x.shape[0]):
+            raise ValueError(f"n_support ({n_support}) must be at most the {pool.size} labels of label_pool and "
+                             f"the {x.shape[0]} training items")
+        rng = np.random.default_rng(seed)
+        P = self.item_len
+        tok = np.empty((batch, n_support + n_query, P + 1), dtype=np.int64)
+        tgt = np.full((batch, n_support + n_query, P + 1), IGNORE_INDEX, dtype=np.int64)
+        for b in range(batch):
+            sup = x[rng.choice(x.shape[0], n_support, replace=False)]  # (n_support, P)
+            lab = rng.permutation(pool)[:n_support]
+            which = rng.integers(0, n_support, n_query)
+            tok[b, :n_support, :P] = sup
+            tok[b, :n_support, P] = self.label_token(lab)
+            tok[b, n_support:, :P] = self.perturb(sup[which], int(strength), rng)
+            tok[b, n_support:, P] = self.query_token
+            tgt[b, n_support:, P] = self.label_token(lab[which])
+        return torch.from_numpy(tok.reshape(batch, -1)), torch.from_numpy(tgt.reshape(batch, -1))
+
     def classifier_batch(self, task: int | None, batch: int, seed: int) -> tuple[Tensor, Tensor]:
         """A batch of query segments (batch, P + 1) from ``task``'s training items, true labels:
         what the plain classifiers (the baselines) are trained on."""
