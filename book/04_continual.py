@@ -209,11 +209,11 @@ plots.forgetting_curves(res, S, seq, joint=joints)
 #
 # MemNet frozen after the first task has nothing to drift: its later tasks are only written into
 # memory. Its backward transfer is {glue:text}`ch4_memnet_frozen_bwt`% (± {glue:text}`ch4_memnet_frozen_bwt_ci`),
-# but it learns little of each new task (just after a task: {glue:text}`ch4_memnet_frozen_diag`%):
-# the keys of the first task's weights separate the later digits only in part, and its final accuracy is
-# {glue:text}`ch4_memnet_frozen_acc`%. Keep the weights still and the memory keeps what it was given,
-# but keys learned on two digits (even with instance episodes) separate the later digits only in
-# part; train the weights on and the new classes are learned, but the old keys go stale.
+# but it learns each new task less well (just after a task: {glue:text}`ch4_memnet_frozen_diag`%,
+# against {glue:text}`ch4_memnet_diag`% for the model that keeps training): keys learned on two
+# digits, even with instance episodes, separate the later digits only in part. Its final accuracy is
+# {glue:text}`ch4_memnet_frozen_acc`%. Keep the weights still and the memory keeps what it was given;
+# train them on and the new classes are learned, but the old keys go stale.
 #
 # ## Accuracy matrices
 
@@ -262,7 +262,7 @@ fig
 # {glue:text}`ch4_kept_last`% of the last task's still hold the slot they were allocated (averaged
 # over seeds): the bank has room for every item of the stream and every write claims its slot, so
 # nothing is evicted. What erases the old tasks is drift. Carried as written (left), the old slots
-# are out of reach once the next task has been trained: final accuracy
+# fall out of reach as the later tasks are trained: final accuracy
 # {glue:text}`ch4_memnet_unaligned_acc`%. The realignment (middle) brings part of them back
 # ({glue:text}`ch4_memnet_acc`%), but a linear map fitted on two classes only extrapolates so far:
 # the realigned keys of the first task's items have a cosine of {glue:text}`ch4_drift_first` with
