@@ -22,6 +22,23 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "NBVAL_CHECK_OUTPUT"
 
 
+def keep_cell_ids(nb, old_path: Path) -> None:
+    """Give every cell of `nb` the id of the cell with the same type and source in the notebook
+    at `old_path` (if any, each old id used once), so re-syncing an edited chapter changes only
+    the cells that changed."""
+    if not old_path.exists():
+        return
+    old = nbformat.read(old_path, as_version=4)
+    free: dict[tuple[str, str], list[str]] = {}
+    for c in old.cells:
+        if "id" in c:
+            free.setdefault((c.cell_type, c.source), []).append(c.id)
+    for c in nb.cells:
+        ids = free.get((c.cell_type, c.source))
+        if ids:
+            c.id = ids.pop(0)
+
+
 def sync(src: Path, timeout: int = 600) -> Path:
     nb = jupytext.read(src)
     nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
@@ -37,6 +54,7 @@ def sync(src: Path, timeout: int = 600) -> Path:
     nb.metadata.pop("widgets", None)
     nb.metadata.pop("papermill", None)
     out = src.with_suffix(".ipynb")
+    keep_cell_ids(nb, out)
     jupytext.write(nb, out, fmt="ipynb")
     nbformat.validate(nbformat.read(out, as_version=4))
     return out
