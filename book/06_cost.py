@@ -140,7 +140,7 @@ fig
 # between {glue:text}`ch6_us_lo` and {glue:text}`ch6_us_hi` microseconds (the largest is
 # {glue:text}`ch6_flat`% above the smallest; our bar is 20%). Timings of many small operations are
 # sensitive to the machine's load: on cores shared with other jobs, the same 4,096-token point
-# measured anywhere from about 260 to 840 microseconds per token in different runs while we
+# measured anywhere from about 170 to 840 microseconds per token in different runs while we
 # developed this chapter, so compare runs made on quiet cores. Its autograd memory grows linearly, about
 # {glue:text}`ch6_mem_mb_per_ktok` MB per thousand tokens: backprop through every segment keeps
 # every segment's activations. Truncated BPTT {cite}`williams1990tbptt` bounds that:

@@ -23,13 +23,15 @@ we report **autograd memory**: the bytes of the distinct tensors autograd saves 
 pass (``torch.autograd.graph.saved_tensors_hooks``), measured during the forward. It is what grows
 with sequence length; parameters, gradients and transient buffers are not in it.
 
-Times are the minimum over repeats after a warm-up (the least disturbed run on shared cores).
+Times are the minimum over repeats after a warm-up (the least disturbed run on shared cores); in
+the sequence-length sweep a short pass is repeated until ``min_time_s`` seconds are timed.
 
     python -m memnet.bench --profile laptop
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +79,7 @@ class Profile:
     read_slots: int = 1_000_000
     compile: bool = True
     repeats: int = 3
+    min_time_s: float = 2.0  # sequence-length sweep: short passes repeat until this much is timed
     amp: str = "auto"
     threads: int | None = 1  # torch CPU threads for every model (None: torch's default)
     seeds: tuple = (0,)
@@ -86,7 +89,8 @@ PROFILES = {
     "smoke": Profile(vocab_size=32, d_model=32, segment_len=8, num_slots=16, top_k=2, mem_heads=2, n_layers=1, tbptt_chunk=8,
                      n_heads=2, seq_lens=(64, 256), max_len={"full": 256}, slots=(16, 256), slots_seq_len=32,
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
-                     checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1),
+                     checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1,
+                     min_time_s=0.0),
     "laptop": Profile(),
     "gpu": Profile(d_model=128, segment_len=64, num_slots=128, seq_lens=(1024, 4096, 16384, 65536, 262144),
                    max_len={"full": 65536}, slots=(128, 4096, 65536, 1_000_000, 4_000_000), slots_seq_len=1024,
@@ -162,11 +166,13 @@ def train_step(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tens
 
 
 def measure_training(model: torch.nn.Module, T: int, vocab: int, device: torch.device, repeats: int,
-                     dtype) -> dict:
+                     dtype, min_time_s: float = 0.0) -> dict:
     """Time per token and memory of forward + backward on one random sequence of T tokens.
 
-    The first pass records autograd memory and warms up; `repeats` timed passes follow. With
-    repeats=0 (the largest points, where one pass takes tens of seconds) the first pass is timed."""
+    The first pass records autograd memory and warms up; `repeats` timed passes follow, or more
+    when a pass is short: as many as fill `min_time_s` seconds (a short pass is the easiest to
+    catch in a slow spell of a shared machine). With repeats=0 (the largest points, where one
+    pass takes tens of seconds) the first pass is timed."""
     g = torch.Generator().manual_seed(T)
     x = torch.randint(0, vocab, (1, T), generator=g).to(device)
     y = torch.randint(0, vocab, (1, T), generator=g).to(device)
@@ -178,7 +184,8 @@ def measure_training(model: torch.nn.Module, T: int, vocab: int, device: torch.d
         train_step(model, x, y, dtype)
     _sync(device)
     first = time.perf_counter() - t0
-    t = (time_it(lambda: train_step(model, x, y, dtype), device, repeats, warmup=0) if repeats > 0 else
+    n = max(repeats, math.ceil(min_time_s / max(first, 1e-6))) if repeats > 0 else 0
+    t = (time_it(lambda: train_step(model, x, y, dtype), device, n, warmup=0) if n > 0 else
          {"min_s": first, "median_s": first, "repeats": 0})
     rec = {"T": T, "time_s": t["min_s"], "median_s": t["median_s"], "us_per_token": 1e6 * t["min_s"] / T,
            "tokens_per_s": T / t["min_s"], "autograd_mb": saved.nbytes / 2**20, "repeats": t["repeats"]}
@@ -201,7 +208,7 @@ def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tu
                 rows.append({"model": name, "T": T, "skipped": f"over this profile's max_len for {name} ({limit}): "
                              "its time grows with T^2 and one point would exceed the profile's budget"})
                 continue
-            rec = measure_training(model, T, p.vocab_size, device, p.repeats if T <= 16384 else 1, dtype)
+            rec = measure_training(model, T, p.vocab_size, device, p.repeats, dtype, p.min_time_s)
             rows.append({"model": name, **rec})
             if progress:
                 print(f"  train {name:<9} T={T:<7} {rec['us_per_token']:9.1f} us/token  autograd {rec['autograd_mb']:9.1f} MB",
