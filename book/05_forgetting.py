@@ -30,10 +30,9 @@ save = False
 import ipywidgets as W
 import numpy as np
 import torch
-from IPython.display import display
 from myst_nb import glue
 
-from memnet import book, plots
+from memnet import book, plots, widgets
 from memnet.experiments import forgetting as fx
 from memnet.survival import Lifetimes, content_lifetimes, content_sources, kaplan_meier, median_survival
 from memnet.tasks import ForgettingStream
@@ -366,20 +365,7 @@ t_w = W.IntSlider(value=S_tr // 2, min=0, max=S_tr - 1, description="segment", c
 abl_w = W.Dropdown(options=list(abl_stored), value="learned" if "learned" in abl_stored else list(abl_stored)[0],
                    description="config")
 row_w = W.Dropdown(options=list(range(abl_stored[shown[0]]["labels"].shape[0])), value=0, description="sequence")
-out = W.Output()
-
-
-def redraw(*_):
-    fig = draw_explorer(abl_w.value, t_w.value, row_w.value)
-    with out:
-        out.clear_output(wait=True)
-        display(fig)
-
-
-for w_ in (t_w, abl_w, row_w):
-    w_.observe(redraw, names="value")
-redraw()
-W.VBox([W.HBox([t_w, abl_w, row_w]), out])
+widgets.live_figure([t_w, abl_w, row_w], lambda t, abl, row: draw_explorer(abl, t, row))
 
 # %% [markdown]
 # Without a kernel, the same maps for every configuration of the stored run (seed

@@ -28,12 +28,10 @@ save = False
 
 # %%
 import ipywidgets as W
-import numpy as np
 import torch
-from IPython.display import display
 from myst_nb import glue
 
-from memnet import MemNet, book, plots
+from memnet import MemNet, book, plots, widgets
 from memnet.experiments import bench
 from memnet.memory import StreamingMemory, stable_topk
 
@@ -297,28 +295,22 @@ lengths = sorted({r["T"] for r in res["seq_len"]})
 metric_w = W.Dropdown(options=[(v, k) for k, v in plots.BENCH_METRICS.items()
                                if any(k in r for r in res["seq_len"])], value="us_per_token", description="metric")
 length_w = W.SelectionSlider(options=lengths, value=lengths[-1], description="tokens")
-out = W.Output()
 
 
-def draw(*_):
+def draw(metric: str, length: int):
     fig, axes = plots.new_figure(1, 2, figsize=(10, 3.2))
-    plots.bench_vs_length(res, metric_w.value, ax=axes[0, 0], highlight=length_w.value)
-    rows = [r for r in res["seq_len"] if r["T"] == length_w.value]
+    plots.bench_vs_length(res, metric, ax=axes[0, 0], highlight=length)
+    rows = [r for r in res["seq_len"] if r["T"] == length]
     names = [plots.MODEL_LABELS.get(r["model"], r["model"]) for r in rows]
-    vals = [r.get(metric_w.value, 0.0) if "skipped" not in r else 0.0 for r in rows]
+    vals = [r.get(metric, 0.0) if "skipped" not in r else 0.0 for r in rows]
     axes[0, 1].bar(names, vals, color=[plots.MODEL_COLORS.get(r["model"]) for r in rows])
-    axes[0, 1].set_title(f"{length_w.value:,} tokens (0: skipped)", fontsize=9)
-    axes[0, 1].set_ylabel(plots.BENCH_METRICS[metric_w.value])
+    axes[0, 1].set_title(f"{length:,} tokens (0: skipped)", fontsize=9)
+    axes[0, 1].set_ylabel(plots.BENCH_METRICS[metric])
     axes[0, 1].tick_params(axis="x", labelsize=7)
-    with out:
-        out.clear_output(wait=True)
-        display(fig)
+    return fig
 
 
-metric_w.observe(draw, "value")
-length_w.observe(draw, "value")
-draw()
-W.VBox([W.HBox([metric_w, length_w]), out])
+widgets.live_figure([metric_w, length_w], draw)
 
 # %% [markdown]
 # Without a kernel, the same comparison at every length:

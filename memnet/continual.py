@@ -271,7 +271,7 @@ def segment_keys(model: MemNet, segments: Tensor) -> Tensor:
                          f"got {tuple(segments.shape)}")
     was = model.training
     model.eval()
-    key = model._signals(segments)[5]  # (n, 1, W, Dm)
+    key = model._signals(segments).key  # (n, 1, W, Dm)
     model.train(was)
     return key[:, 0, 0].float()
 

@@ -8,6 +8,7 @@ only Python loop over time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from .bottleneck import SemanticBottleneck
 from .config import MemNetConfig
-from .controller import MemoryInterface, TransformerController
+from .controller import MemoryInterface, MemorySignals, TransformerController
 from .encoder import Encoder, check_tokens
 from .losses import aux_losses
 from .memory import MemoryState, MultiHeadMemoryBank, StreamingMemory, WriteRequest
@@ -41,6 +42,23 @@ def segment(tokens: Tensor, L: int) -> tuple[Tensor, Tensor]:
     padded = F.pad(tokens, (0, S * L - T))
     valid = (torch.arange(S * L, device=tokens.device) < T).view(1, S, L).expand(B, -1, -1)
     return padded.view(B, S, L), valid
+
+
+class WindowSignals(NamedTuple):
+    """Everything the controller emits for a call, before the loop over segments: states h
+    (B, S, L, D), the validity mask (B, S, L), the per-token :class:`MemorySignals`, and each
+    window's W write requests: positions, gates (B, S, W) and keys, values, erases (B, S, W, Dm),
+    updates (B, S, W)."""
+
+    h: Tensor
+    valid: Tensor
+    sig: MemorySignals
+    pos: Tensor
+    gate: Tensor
+    key: Tensor
+    value: Tensor
+    erase: Tensor
+    update: Tensor
 
 
 def take(x: Tensor, pos: Tensor) -> Tensor:
@@ -78,7 +96,7 @@ class MemNet(nn.Module):
         """An empty memory for `batch_size` sequences."""
         return self.memory.initial_state(batch_size, device)
 
-    def _signals(self, tokens: Tensor) -> tuple:
+    def _signals(self, tokens: Tensor) -> WindowSignals:
         """The controller over every window at once (it never looks past its window) and each window's
         write requests: its top-W tokens by write score (all tokens by default), strongest first;
         gate = sigmoid(score), so padding (score -inf) never writes."""
@@ -94,7 +112,7 @@ class MemNet(nn.Module):
         gate = torch.sigmoid(score)
         value = self.bottleneck(take(h, pos))  # (B, S, W, Dm)
         key, erase, update = take(sig.write_key, pos), take(sig.erase, pos), take(sig.update, pos)
-        return h, valid, sig, pos, gate, key, value, erase, update
+        return WindowSignals(h, valid, sig, pos, gate, key, value, erase, update)
 
     def _logits(self, h: Tensor, reads: list[Tensor], T: int) -> Tensor:
         """LayerNorm'd reads fused residually into the controller's stream -> logits (B, T, V)."""
@@ -119,7 +137,7 @@ class MemNet(nn.Module):
         H = cfg.mem_heads
         h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens)
         S = h.shape[1]
-        tbptt = getattr(cfg, "tbptt_segments", None)
+        tbptt = cfg.tbptt_segments
 
         # per-segment views made once: unbind's backward stacks the S gradients in one go, where S
         # slices x[:, s] would each materialise a zero gradient of the whole tensor (O(S^2) in backward)

@@ -17,6 +17,26 @@ from . import plots
 from .trace import MemoryTrace
 
 
+def live_figure(controls: list, draw) -> W.VBox:
+    """A VBox of `controls` (a row of ipywidgets) above an Output that shows ``draw(*values)``,
+    the controls' current values in order, redrawn whenever one of them changes. The box's
+    ``redraw()`` redraws by hand (for tests and callers that set a control programmatically)."""
+    out = W.Output()
+
+    def redraw(*_):
+        fig = draw(*(c.value for c in controls))
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+
+    for c in controls:
+        c.observe(redraw, names="value")
+    redraw()
+    box = W.VBox([W.HBox(list(controls)), out])
+    box.redraw = redraw
+    return box
+
+
 def draw_view(trace: MemoryTrace, segment: int = 0, head: int | None = None, slot: int = 0, batch: int = 0):
     """The explorer's figure for one (segment, head, slot) choice."""
     fig, axes = plots.new_figure(1, 2, figsize=(10, 3.4), width_ratios=[1.1, 1.6])
@@ -59,18 +79,5 @@ def explorer(trace: MemoryTrace, batch: int = 0, segment: int | None = None, hea
     head_w = W.Dropdown(options=[("all", -1)] + [(str(h), h) for h in range(H)], value=-1 if head is None else head,
                         description="head")
     slot_w = W.IntSlider(value=slot, min=0, max=N - 1, description="slot", continuous_update=False)
-    out = W.Output()
-
-    def redraw(*_):
-        h = None if head_w.value < 0 else head_w.value
-        fig = draw_view(trace, seg_w.value, h, slot_w.value, batch)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-
-    for w in (seg_w, head_w, slot_w):
-        w.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox([seg_w, head_w, slot_w]), out])
-    box.redraw = redraw  # for tests and callers that change a control programmatically
-    return box
+    return live_figure([seg_w, head_w, slot_w],
+                       lambda seg, hd, sl: draw_view(trace, seg, None if hd < 0 else hd, sl, batch))

@@ -509,33 +509,30 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
     result: dict = {"experiment": "bench", "profile": profile, "profile_settings": asdict(p),
                     "config": make_config(p).to_dict(), "threads": torch.get_num_threads()}
     step_t: dict = {}
+
+    def timed(part: str, fn: Callable[[], object]):
+        t0 = time.perf_counter()
+        out = fn()
+        step_t[part] = time.perf_counter() - t0
+        return out
+
     if "seq_len" in parts:
-        t0 = time.perf_counter()
-        result["seq_len"], result["params"] = sweep_seq_len(p, dev, dtype, progress)
-        if dtype is None:  # truncated_backward runs in fp32
-            result["tbptt"] = measure_tbptt(p, dev, progress)
-        step_t["seq_len"] = time.perf_counter() - t0
+        def seq_len_part():
+            result["seq_len"], result["params"] = sweep_seq_len(p, dev, dtype, progress)
+            if dtype is None:  # truncated_backward runs in fp32
+                result["tbptt"] = measure_tbptt(p, dev, progress)
+        timed("seq_len", seq_len_part)
     if "slots" in parts:
-        t0 = time.perf_counter()
-        result["slots"] = sweep_memnet(p, dev, dtype, "slots", progress)
-        step_t["slots"] = time.perf_counter() - t0
+        result["slots"] = timed("slots", lambda: sweep_memnet(p, dev, dtype, "slots", progress))
     if "top_k" in parts:
-        t0 = time.perf_counter()
-        result["top_k"] = sweep_memnet(p, dev, dtype, "top_k", progress)
-        step_t["top_k"] = time.perf_counter() - t0
+        result["top_k"] = timed("top_k", lambda: sweep_memnet(p, dev, dtype, "top_k", progress))
     if "streaming" in parts:
-        t0 = time.perf_counter()
-        result["streaming"] = {"memnet": stream_memnet(p, dev, dtype, progress),
-                               "full_kv": stream_full_kv(p, dev, dtype, progress)}
-        step_t["streaming"] = time.perf_counter() - t0
+        result["streaming"] = timed("streaming", lambda: {"memnet": stream_memnet(p, dev, dtype, progress),
+                                                          "full_kv": stream_full_kv(p, dev, dtype, progress)})
     if "read" in parts:
-        t0 = time.perf_counter()
-        result["read"] = read_bandwidth(p, dev, progress)
-        step_t["read"] = time.perf_counter() - t0
+        result["read"] = timed("read", lambda: read_bandwidth(p, dev, progress))
     if "compile" in parts and p.compile:
-        t0 = time.perf_counter()
-        result["compile"] = measure_compile(p, dev, dtype, progress)
-        step_t["compile"] = time.perf_counter() - t0
+        result["compile"] = timed("compile", lambda: measure_compile(p, dev, dtype, progress))
     if set(all_parts) - {"compile"} <= set(parts):
         result["summary"] = summarize(result)
     wall = time.perf_counter() - t_all

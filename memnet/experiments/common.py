@@ -1,6 +1,7 @@
 """What every experiment shares: seeding, provenance, and writing stored runs under data/."""
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import random
@@ -67,3 +68,23 @@ def t_interval(values) -> tuple[float, float]:
     if v.size < 2 or not np.isfinite(v).all():
         return m, float("nan")
     return m, float(T_95.get(v.size - 1, 1.96) * v.std(ddof=1) / np.sqrt(v.size))
+
+
+def experiment_parser(doc: str, profiles: dict, name: str) -> argparse.ArgumentParser:
+    """The command line every experiment shares: --profile, --device, --amp, --seeds, --out,
+    --no-save and --no-progress (``name``: the experiment's folder under data/)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="laptop", choices=sorted(profiles))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap.add_argument("--out", type=Path, default=None, help=f"folder for results (default data/{name}/<profile>)")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def done_line(result: dict, args: argparse.Namespace, name: str, procs: str = "") -> str:
+    """The last line an experiment prints: wall time, device and where the run was stored."""
+    stored = "" if args.no_save else f"; stored in {args.out or DATA_DIR / name / args.profile}"
+    return f"\nwall time {result['provenance']['wall_s']:.0f} s on {result['provenance']['device']}{procs}{stored}"

@@ -45,7 +45,6 @@ data/continual/<profile>/ with provenance.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from dataclasses import asdict, dataclass
@@ -65,7 +64,7 @@ from ..tasks.digits import SplitDigits
 from ..tasks.shift import ShiftingPrototypes
 from ..tasks.stream import TaskStream
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, provenance, seed_everything, t_interval, write_json
+from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, t_interval, write_json
 
 SEQUENTIAL = ("memnet", "windowed", "lstm")
 JOINT = ("memnet_joint", "windowed_joint", "lstm_joint")
@@ -287,7 +286,10 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
         # never answer an old label: the class-incremental output bias comes back through the targets)
         old = [c for t in range(i) for c in stream.task_classes(t)]
         pool = [c for c in range(stream.n_classes) if c not in old] if p.restrict_labels else None
-        before = copy.deepcopy(model) if p.realign and i > 0 else None  # the weights that wrote the carried keys
+        if p.realign and i > 0:  # this task's items, keyed by the weights that wrote the carried keys
+            x_i, y_i = stream.items(i, "train")
+            seg = stream.support_tokens(x_i, y_i).view(len(y_i), -1).to(device)
+            keys_before = segment_keys(model, seg)
         history += train_on(model, p, stream, i, steps, seed, device, amp, progress, f"memnet_{stream.name}_s{seed}_t{i}",
                             memory=carried if p.train_with_memory else None, label_pool=pool,
                             lr=None if i == 0 else p.memnet_later_lr)
@@ -295,17 +297,12 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
             frozen = copy.deepcopy(model).eval()
             frozen_mem = None
         frozen_mem, _ = fill(frozen, stream, *supports[i], frozen_mem, device)
-        if before is not None:  # drift of the key encoder over this task, measured on this task's items only
-            x_i, y_i = stream.items(i, "train")
-            seg = stream.support_tokens(x_i, y_i).view(len(y_i), -1).to(device)
-            key_map = fit_key_map(segment_keys(before, seg), segment_keys(model, seg), p.realign_ridge)
-            carried = realign_keys(carried, key_map)
+        if p.realign and i > 0:  # drift of the key encoder over this task, measured on this task's items only
+            carried = realign_keys(carried, fit_key_map(keys_before, segment_keys(model, seg), p.realign_ridge))
             unaligned, _ = fill(model, stream, *supports[i], unaligned, device)
-        elif p.realign:
-            unaligned = None
         carried, tr = fill(model, stream, *supports[i], carried, device)
-        if p.realign and i == 0:
-            unaligned = carried
+        if i == 0:
+            unaligned = carried  # the same memory until the first realignment
         traces.append(tr)
         seg_task += [i] * tr.num_segments
         slot_item = track_items(slot_item, tr, i * n_items)
@@ -521,7 +518,8 @@ def explorer(result: dict, traces: dict, stream: str = "digits"):
     """An ipywidgets VBox: a seed dropdown and a slider over the support items streamed into the
     carried memory, above the redrawn :func:`draw_stream_view`."""
     import ipywidgets as W
-    from IPython.display import display
+
+    from ..widgets import live_figure
 
     if not traces:
         raise ValueError("traces must hold at least one seed's stored trace (trace_seed*.pt)")
@@ -529,33 +527,13 @@ def explorer(result: dict, traces: dict, stream: str = "digits"):
     S = int(traces[seeds[0]]["segment_task"].shape[0])
     seed_w = W.Dropdown(options=seeds, value=seeds[0], description="seed")
     seg_w = W.IntSlider(value=S - 1, min=0, max=S - 1, description="item", continuous_update=False)
-    out = W.Output()
-
-    def redraw(*_):
-        fig = draw_stream_view(result, traces, seed_w.value, seg_w.value, stream)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-
-    for w in (seed_w, seg_w):
-        w.observe(redraw, names="value")
-    redraw()
-    box = W.VBox([W.HBox([seed_w, seg_w]), out])
-    box.redraw = redraw
-    return box
+    return live_figure([seed_w, seg_w], lambda sd, seg: draw_stream_view(result, traces, sd, seg, stream))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap = experiment_parser(__doc__, PROFILES, "continual")
     ap.add_argument("--streams", nargs="*", default=None, choices=STREAMS)
     ap.add_argument("--models", nargs="*", default=None, choices=SEQUENTIAL + JOINT)
-    ap.add_argument("--out", type=Path, default=None, help="folder for results (default data/continual/<profile>)")
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads of a single worker (these models are small: 1 is often faster)")
     ap.add_argument("--workers", type=int, default=None, help="processes running jobs side by side on a CPU "
@@ -566,8 +544,7 @@ def main(argv: list[str] | None = None) -> None:
     res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.streams, a.models,
               a.workers)
     print(summary_table(res))
-    print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}"
-          + ("" if a.no_save else f"; stored in {(a.out or DATA_DIR / 'continual' / a.profile)}"))
+    print(done_line(res, a, "continual"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ data/forgetting/<profile>/ with its provenance.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..survival import (age_histogram, content_lifetimes, content_sources, event
                         read_entropy_per_segment, write_frequency)
 from ..tasks.forgetting import EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, provenance, seed_everything, t_interval, write_json
+from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, t_interval, write_json
 
 # content groups: the three item types, then "other" (written by a filler or query token);
 # contents whose writer cannot be identified (see survival.content_sources) get code -1
@@ -391,21 +390,13 @@ def summary_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap = experiment_parser(__doc__, PROFILES, "forgetting")
     ap.add_argument("--only", nargs="*", default=None, help="train only these ablations")
-    ap.add_argument("--out", type=Path, default=None, help="folder for results (default data/forgetting/<profile>)")
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--workers", type=int, default=None, help="training processes on a CPU (default: the profile's)")
     a = ap.parse_args(argv)
     res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.only, a.workers)
     print(summary_table(res))
-    print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}"
-          + ("" if a.no_save else f"; stored in {(a.out or DATA_DIR / 'forgetting' / a.profile)}"))
+    print(done_line(res, a, "forgetting"))
 
 
 if __name__ == "__main__":

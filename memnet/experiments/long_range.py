@@ -11,7 +11,6 @@ stored under data/long_range/<profile>/ with its provenance.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..metrics import accuracy_by_distance, read_sparsity, slot_reuse
 from ..model import MemNet
 from ..tasks import KeyValueRecall
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, provenance, seed_everything, write_json
+from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, write_json
 
 MODELS = {"memnet": MemNet, "windowed": WindowedTransformer, "lstm": LSTMBaseline, "full": FullTransformer}
 
@@ -192,23 +191,15 @@ def summary_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap = experiment_parser(__doc__, PROFILES, "long_range")
     ap.add_argument("--models", nargs="*", default=None, choices=sorted(MODELS))
-    ap.add_argument("--out", type=Path, default=None, help="folder for results (default data/long_range/<profile>)")
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     try:
         res = run(a.profile, a.device, a.amp, a.seeds, a.models, a.out, not a.no_save, not a.no_progress)
         if ddp.is_main():
             procs = f" x {ddp.world_size()} processes" if ddp.is_distributed() else ""
             print(summary_table(res))
-            print(f"\nwall time {res['provenance']['wall_s']:.0f} s on {res['provenance']['device']}{procs}"
-                  + ("" if a.no_save else f"; stored in {(a.out or DATA_DIR / 'long_range' / a.profile)}"))
+            print(done_line(res, a, "long_range", procs))
     finally:
         ddp.cleanup()
 
