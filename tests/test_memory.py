@@ -325,7 +325,7 @@ def test_write_event_threshold_is_inclusive():
 
 
 # ---------------------------------------------------------------- fast paths agree with the reference
-from memnet.memory import cosine_topk, stable_topk  # noqa: E402
+from memnet.memory import BLOCKED_MIN_N, blocked_topk, cosine_topk, stable_topk  # noqa: E402
 
 
 @settings(max_examples=examples(60))
@@ -342,6 +342,34 @@ def test_stable_topk_is_the_stable_sort(N, k, kind, seed):
     top, index = stable_topk(x, k)
     assert torch.equal(index, ref.indices[..., :k])
     assert torch.equal(top, ref.values[..., :k])
+
+
+@settings(max_examples=examples(60))
+@given(st.integers(1, 900), st.integers(1, 12), st.integers(1, 70), st.sampled_from(["normal", "few_values", "zeros", "nan"]),
+       st.integers(0, 2**31 - 1))
+def test_blocked_topk_is_the_stable_sort(N, k, block, kind, seed):
+    """The block-maxima search gives the stable sort's answer: ties inside and across blocks, a
+    padded last block, more blocks kept than there are, NaN rows (the sort's own order)."""
+    k = min(k, N)
+    g = torch.Generator().manual_seed(seed)
+    x = {"normal": lambda: torch.randn(3, N, generator=g),
+         "few_values": lambda: torch.randint(-2, 3, (3, N), generator=g).float(),
+         "zeros": lambda: torch.where(torch.rand(3, N, generator=g) < 0.5, 0.0, -0.0),
+         "nan": lambda: torch.where(torch.rand(3, N, generator=g) < 0.1, float("nan"), torch.randn(3, N, generator=g))}[kind]()
+    ref = x.sort(dim=-1, descending=True, stable=True)
+    top, index = blocked_topk(x, k, block)
+    assert torch.equal(index, ref.indices[..., :k])
+    assert torch.equal(top, ref.values[..., :k]) if kind != "nan" else torch.equal(top.isnan(), ref.values[..., :k].isnan())
+
+
+def test_stable_topk_takes_the_blocked_path_on_long_contiguous_rows():
+    """Rows long enough for blocked_topk (and a transposed view, which is not) give the sort's answer."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 40, (4, BLOCKED_MIN_N + 37), generator=g).float()  # many exact ties
+    ref = x.sort(dim=-1, descending=True, stable=True)
+    for scores in (x, x.T.contiguous().T):
+        top, index = stable_topk(scores, 5)
+        assert torch.equal(index, ref.indices[..., :5]) and torch.equal(top, ref.values[..., :5])
 
 
 @settings(max_examples=examples(25))

@@ -64,6 +64,9 @@ class Profile:
     n_layers: int = 2
     n_heads: int = 4
     seq_lens: tuple = (1024, 4096, 16384, 65536)
+    windows: tuple = (32, 64, 128, 256)  # MemNet (and the windowed model) at window_T with these segment lengths
+    window_T: int = 16384
+    window_writes: int = 32  # writes per segment in the window sweep (every token writes at 32)
     models: tuple = ("memnet", "full", "windowed", "lstm")
     max_len: dict = field(default_factory=lambda: {"full": 16384})  # longer points are skipped (with the reason)
     slots: tuple = (64, 1024, 16384, 262144, 1_000_000)
@@ -87,12 +90,13 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(vocab_size=32, d_model=32, segment_len=8, num_slots=16, top_k=2, mem_heads=2, n_layers=1, tbptt_chunk=8,
-                     n_heads=2, seq_lens=(64, 256), max_len={"full": 256}, slots=(16, 256), slots_seq_len=32,
+                     n_heads=2, seq_lens=(64, 256), windows=(8, 16), window_T=256, window_writes=8, max_len={"full": 256}, slots=(16, 256), slots_seq_len=32,
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
                      checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1,
                      min_time_s=0.0),
     "laptop": Profile(),
     "gpu": Profile(d_model=128, segment_len=64, num_slots=128, seq_lens=(1024, 4096, 16384, 65536, 262144),
+                   windows=(64, 128, 256), window_T=65536, window_writes=64,
                    max_len={"full": 65536}, slots=(128, 4096, 65536, 1_000_000, 4_000_000), slots_seq_len=1024,
                    top_k_slots=65536, top_k_seq_len=4096, stream_call=4096, read_slots=4_000_000, repeats=5,
                    threads=None),
@@ -196,25 +200,99 @@ def measure_training(model: torch.nn.Module, T: int, vocab: int, device: torch.d
 
 # ---------------------------------------------------------------------------- sweeps
 def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tuple[list[dict], dict]:
+    """Every model at every length, timed **interleaved**: after one untimed pass per point (which
+    records autograd memory), `repeats` rounds each time every point once (a short point as many
+    passes as fill its share of `min_time_s`). A slow spell of a shared machine then lands on
+    every point of a round rather than on one point's whole measurement, which is what the
+    flatness and the ratios between models compare."""
     cfg = make_config(p)
-    rows, params = [], {}
+    models, params, points, rows = {}, {}, [], {}
     for name in p.models:
         seed_everything(0)
-        model = MODELS[name](cfg).to(device)
-        params[name] = count_params(model)
+        models[name] = MODELS[name](cfg).to(device)
+        params[name] = count_params(models[name])
         for T in p.seq_lens:
             limit = p.max_len.get(name)
             if limit is not None and T > limit:
-                rows.append({"model": name, "T": T, "skipped": f"over this profile's max_len for {name} ({limit}): "
-                             "its time grows with T^2 and one point would exceed the profile's budget"})
-                continue
-            rec = measure_training(model, T, p.vocab_size, device, p.repeats, dtype, p.min_time_s)
-            rows.append({"model": name, **rec})
+                rows[name, T] = {"model": name, "T": T, "skipped": f"over this profile's max_len for {name} ({limit}): "
+                                 "its time grows with T^2 and one point would exceed the profile's budget"}
+            else:
+                points.append((name, T))
+    inputs, times, passes = {}, {}, {}
+    for name, T in points:  # the untimed first pass: autograd memory, warm-up, and the pass count of a round
+        g = torch.Generator().manual_seed(T)
+        x = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
+        y = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
+        inputs[name, T] = (x, y)
+        _sync(device)
+        t0 = time.perf_counter()
+        with SavedTensorBytes() as saved:
+            train_step(models[name], x, y, dtype)
+        _sync(device)
+        first = time.perf_counter() - t0
+        rows[name, T] = {"model": name, "T": T, "autograd_mb": saved.nbytes / 2**20}
+        passes[name, T] = max(1, math.ceil(p.min_time_s / max(p.repeats, 1) / max(first, 1e-6)))
+        times[name, T] = [] if p.repeats > 0 else [first]
+    for _ in range(p.repeats):
+        for name, T in points:
+            x, y = inputs[name, T]
+            t = time_it(lambda: train_step(models[name], x, y, dtype), device, passes[name, T], warmup=0)
+            times[name, T].append(t["min_s"])
+    for name, T in points:
+        ts = sorted(times[name, T])
+        rows[name, T].update({"time_s": ts[0], "median_s": ts[len(ts) // 2], "us_per_token": 1e6 * ts[0] / T,
+                              "tokens_per_s": T / ts[0], "repeats": len(ts) * (passes[name, T] if p.repeats else 1)})
+        if device.type == "cuda":
+            rows[name, T]["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20  # over the whole sweep
+        if progress:
+            r = rows[name, T]
+            print(f"  train {name:<9} T={T:<7} {r['us_per_token']:9.1f} us/token  autograd {r['autograd_mb']:9.1f} MB",
+                  flush=True)
+    return [rows[name, T] for name in p.models for T in p.seq_lens], params
+
+
+def sweep_windows(p: Profile, device: torch.device, dtype, progress: bool) -> list[dict]:
+    """MemNet and the WindowedTransformer at `window_T` tokens for each segment length in `windows`
+    (`window_writes` writes per segment): the controller's cost grows with the window, the memory's
+    per-token cost shrinks with it (one read and one write per segment)."""
+    rows = []
+    for L in p.windows:
+        cfg = make_config(p, segment_len=L, writes_per_segment=min(p.window_writes, L))
+        for name in ("memnet", "windowed"):
+            seed_everything(0)
+            model = MODELS[name](cfg).to(device)
+            rec = measure_training(model, p.window_T, p.vocab_size, device, p.repeats, dtype, p.min_time_s)
+            rows.append({"model": name, "segment_len": L, "writes_per_segment": cfg.writes, **rec})
             if progress:
-                print(f"  train {name:<9} T={T:<7} {rec['us_per_token']:9.1f} us/token  autograd {rec['autograd_mb']:9.1f} MB",
+                print(f"  window {name:<9} L={L:<5} T={p.window_T:<7} {rec['us_per_token']:9.1f} us/token", flush=True)
+            del model
+    return rows
+
+
+def all_cores(p: Profile, device: torch.device, dtype, threads: int, windows: list[dict], progress: bool) -> dict:
+    """The 16k-token comparison again with `threads` CPU threads (all the machine's cores): the
+    FullTransformer, MemNet at the profile's window and at the fastest window of the sweep."""
+    best = min((r for r in windows if r["model"] == "memnet"), key=lambda r: r["us_per_token"], default=None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = []
+        configs = [("full", make_config(p)), ("memnet", make_config(p))]
+        if best is not None and best["segment_len"] != p.segment_len:
+            configs.append(("memnet", make_config(p, segment_len=best["segment_len"],
+                                                  writes_per_segment=best["writes_per_segment"])))
+        for name, cfg in configs:
+            seed_everything(0)
+            model = MODELS[name](cfg).to(device)
+            rec = measure_training(model, p.window_T, p.vocab_size, device, p.repeats, dtype, p.min_time_s)
+            rows.append({"model": name, "segment_len": cfg.segment_len, "writes_per_segment": cfg.writes, **rec})
+            if progress:
+                print(f"  {threads} threads: {name:<7} L={cfg.segment_len:<4} T={p.window_T} {rec['us_per_token']:9.1f} us/token",
                       flush=True)
-        del model
-    return rows, params
+            del model
+    finally:
+        torch.set_num_threads(before)
+    return {"threads": threads, "T": p.window_T, "rows": rows}
 
 
 def measure_tbptt(p: Profile, device: torch.device, progress: bool) -> dict:
@@ -369,8 +447,9 @@ def stream_full_kv(p: Profile, device: torch.device, dtype, progress: bool) -> l
 
 
 @torch.no_grad()
-def read_bandwidth(p: Profile, device: torch.device, progress: bool) -> dict:
-    """The chunked exact top-k read over `read_slots` unit keys against a measured copy bandwidth."""
+def read_bandwidth(p: Profile, device: torch.device, progress: bool, cores: int | None = None) -> dict:
+    """The chunked exact top-k read over `read_slots` unit keys against a measured copy bandwidth;
+    with `cores`, the copy and one token's read again with that many CPU threads."""
     N, D, H, L = p.read_slots, p.d_model, p.mem_heads, p.segment_len
     cfg = make_config(p, num_slots=N)
     seed_everything(0)
@@ -398,6 +477,21 @@ def read_bandwidth(p: Profile, device: torch.device, progress: bool) -> dict:
         res[f"read_{name}_gbps"] = bank_bytes / tm["min_s"] / 1e9
         res[f"read_{name}_vs_copy"] = res[f"read_{name}_gbps"] / res["copy_gbps"]
         res[f"read_{name}_vs_copy_read"] = res[f"read_{name}_gbps"] / res["copy_read_gbps"]
+        if name == "token":
+            q_token = q
+    if cores is not None:  # the same two measurements on every core: both sides get the same threads
+        before = torch.get_num_threads()
+        torch.set_num_threads(cores)
+        try:
+            dst = torch.empty_like(mem.unit)
+            copy = time_it(lambda: dst.copy_(mem.unit), device, max(p.repeats, 3))
+            del dst
+            tm = time_it(lambda: cosine_scores_topk(q_token, mem.unit[None], p.top_k), device, p.repeats)
+        finally:
+            torch.set_num_threads(before)
+        res["cores"] = {"threads": cores, "copy_gbps": 2 * bank_bytes / copy["min_s"] / 1e9,
+                        "read_token_gbps": bank_bytes / tm["min_s"] / 1e9}
+        res["cores"]["read_token_vs_copy"] = res["cores"]["read_token_gbps"] / res["cores"]["copy_gbps"]
     # a full streaming step (read + retention + write + bookkeeping) of one segment at this size
     x = torch.randint(0, p.vocab_size, (1, L), generator=g).to(device)
     tm = time_it(lambda: model.stream(x, mem), device, max(1, p.repeats - 1))
@@ -407,6 +501,10 @@ def read_bandwidth(p: Profile, device: torch.device, progress: bool) -> dict:
         print(f"  read N={N}: copy {res['copy_gbps']:.1f} GB/s; top-k read of one token {res['read_token_gbps']:.1f} GB/s "
               f"({100 * res['read_token_vs_copy']:.0f}%), of a segment {res['read_segment_gbps']:.2f} GB/s "
               f"({100 * res['read_segment_vs_copy']:.0f}%); a streamed segment {res['stream_segment_s']:.2f} s", flush=True)
+        if "cores" in res:
+            c = res["cores"]
+            print(f"  read N={N} on {c['threads']} threads: copy {c['copy_gbps']:.1f} GB/s; one token "
+                  f"{c['read_token_gbps']:.1f} GB/s ({100 * c['read_token_vs_copy']:.0f}%)", flush=True)
     return res
 
 
@@ -447,8 +545,10 @@ def summarize(result: dict) -> dict:
     rows = result["seq_len"]
     mem = [r for r in rows if r["model"] == "memnet" and "skipped" not in r]
     per_tok = [r["us_per_token"] for r in mem]
+    med = sorted(per_tok)[len(per_tok) // 2]
     s: dict = {"memnet_us_per_token_range": [min(per_tok), max(per_tok)],
-               "memnet_flatness": max(per_tok) / min(per_tok) - 1.0,
+               "memnet_flatness": max(per_tok) / min(per_tok) - 1.0,  # largest over smallest, minus one
+               "memnet_median_dev": max(abs(v / med - 1.0) for v in per_tok),  # "within +-x%" of the median
                "memnet_seq_lens": [r["T"] for r in mem]}
     s["ratios"] = {}
     for name in result["params"]:
@@ -466,6 +566,21 @@ def summarize(result: dict) -> dict:
         s["kv_growth"] = {"from": kv[0]["tokens_seen"], "to": kv[-1]["tokens_seen"],
                           "cache_ratio": kv[-1]["cache_bytes"] / kv[0]["cache_bytes"],
                           "latency_ratio": kv[-1]["us_per_token"] / kv[0]["us_per_token"]}
+    full = {r["T"]: r for r in rows if r["model"] == "full" and "skipped" not in r}
+    if result.get("windows"):
+        wins = [r for r in result["windows"] if r["model"] == "memnet"]
+        best = min(wins, key=lambda r: r["us_per_token"])
+        s["window_best"] = {"segment_len": best["segment_len"], "us_per_token": best["us_per_token"]}
+        if best["T"] in full:
+            s["window_best"]["full_ratio"] = full[best["T"]]["us_per_token"] / best["us_per_token"]
+    if result.get("cores"):
+        c = result["cores"]
+        full_c = next(r for r in c["rows"] if r["model"] == "full")
+        s["cores"] = {"threads": c["threads"], "T": c["T"],
+                      "full_ratio": {str(r["segment_len"]): full_c["us_per_token"] / r["us_per_token"]
+                                     for r in c["rows"] if r["model"] == "memnet"}}
+    if "cores" in result["read"]:
+        s["read_token_vs_copy_cores"] = result["read"]["cores"]["read_token_vs_copy"]
     s["read_token_vs_copy"] = result["read"]["read_token_vs_copy"]
     s["read_token_vs_copy_read"] = result["read"]["read_token_vs_copy_read"]
     s["read_segment_vs_copy"] = result["read"]["read_segment_vs_copy"]
@@ -477,12 +592,14 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         threads: int | None = None) -> dict:
     """Run every measurement of the profile in this process; returns (and stores) the results.
 
-    parts: a subset of ("seq_len", "slots", "top_k", "streaming", "read", "compile"), all by default
-    (a partial run is never stored). threads: torch CPU threads for the run (default: the
-    profile's; restored afterwards)."""
+    parts: a subset of ("seq_len", "windows", "cores", "slots", "top_k", "streaming", "read",
+    "compile"), all by default (a partial run is never stored). threads: torch CPU threads for the
+    run (default: the profile's; restored afterwards). On CPU, when the run uses fewer threads than
+    torch's default (all cores), the "cores" part and the read repeat the 16k comparison and the
+    read with every core."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
-    all_parts = ("seq_len", "slots", "top_k", "streaming", "read", "compile")
+    all_parts = ("seq_len", "windows", "cores", "slots", "top_k", "streaming", "read", "compile")
     parts = tuple(parts or all_parts)
     for part in parts:
         if part not in all_parts:
@@ -498,13 +615,14 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if threads is not None and dev.type == "cpu":
         torch.set_num_threads(threads)
     try:
-        return _run(p, profile, dev, dtype, seeds, out_dir, save, progress, parts, all_parts)
+        cores = threads_before if dev.type == "cpu" and threads_before > torch.get_num_threads() else None
+        return _run(p, profile, dev, dtype, seeds, out_dir, save, progress, parts, all_parts, cores)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], out_dir: Path | None, save: bool,
-         progress: bool, parts: tuple[str, ...], all_parts: tuple[str, ...]) -> dict:
+         progress: bool, parts: tuple[str, ...], all_parts: tuple[str, ...], cores: int | None) -> dict:
     t_all = time.perf_counter()
     result: dict = {"experiment": "bench", "profile": profile, "profile_settings": asdict(p),
                     "config": make_config(p).to_dict(), "threads": torch.get_num_threads()}
@@ -522,6 +640,10 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
             if dtype is None:  # truncated_backward runs in fp32
                 result["tbptt"] = measure_tbptt(p, dev, progress)
         timed("seq_len", seq_len_part)
+    if "windows" in parts:
+        result["windows"] = timed("windows", lambda: sweep_windows(p, dev, dtype, progress))
+    if "cores" in parts and cores is not None:
+        result["cores"] = timed("cores", lambda: all_cores(p, dev, dtype, cores, result.get("windows", []), progress))
     if "slots" in parts:
         result["slots"] = timed("slots", lambda: sweep_memnet(p, dev, dtype, "slots", progress))
     if "top_k" in parts:
@@ -530,10 +652,10 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
         result["streaming"] = timed("streaming", lambda: {"memnet": stream_memnet(p, dev, dtype, progress),
                                                           "full_kv": stream_full_kv(p, dev, dtype, progress)})
     if "read" in parts:
-        result["read"] = timed("read", lambda: read_bandwidth(p, dev, progress))
+        result["read"] = timed("read", lambda: read_bandwidth(p, dev, progress, cores))
     if "compile" in parts and p.compile:
         result["compile"] = timed("compile", lambda: measure_compile(p, dev, dtype, progress))
-    if set(all_parts) - {"compile"} <= set(parts):
+    if set(all_parts) - {"compile", "cores"} <= set(parts):
         result["summary"] = summarize(result)
     wall = time.perf_counter() - t_all
     result["part_wall_s"] = {k: round(v, 1) for k, v in step_t.items()}
@@ -565,11 +687,26 @@ def summary_table(result: dict) -> str:
             f"{n}: " + ", ".join(f"{T}: {v:.2f}x" for T, v in r.items()) for n, r in s["ratios"].items()))
         lines.append(f"MemNet per-token time from {s['memnet_seq_lens'][0]} to {s['memnet_seq_lens'][-1]} tokens: "
                      f"{s['memnet_us_per_token_range'][0]:.1f}..{s['memnet_us_per_token_range'][1]:.1f} us "
-                     f"(max/min - 1 = {100 * s['memnet_flatness']:.0f}%)")
+                     f"(max/min - 1 = {100 * s['memnet_flatness']:.0f}%; within +-{100 * s['memnet_median_dev']:.0f}% "
+                     "of the median)")
     if "tbptt" in result:
         t = result["tbptt"]
         lines.append(f"MemNet with truncated_backward at T={t['T']} (chunks of {t['chunk_segments']} segments): "
                      f"{t['us_per_token']:.1f} us/token, autograd {t['autograd_mb_per_chunk']:.1f} MB per chunk")
+    if result.get("windows"):
+        ws = result["windows"]
+        lines.append("")
+        lines.append(f"at T={ws[0]['T']}, us/token vs window (segment_len, writes per segment): " + ", ".join(
+            f"{r['model']} L={r['segment_len']} (W={r['writes_per_segment']}): {r['us_per_token']:.1f}" for r in ws))
+        if s and "window_best" in s and "full_ratio" in s["window_best"]:
+            lines.append(f"FullTransformer / MemNet at the fastest window (L={s['window_best']['segment_len']}): "
+                         f"{s['window_best']['full_ratio']:.2f}x")
+    if result.get("cores"):
+        c = result["cores"]
+        lines.append(f"on {c['threads']} threads at T={c['T']}: " + ", ".join(
+            f"{r['model']} L={r['segment_len']}: {r['us_per_token']:.1f} us/token" for r in c["rows"]))
+        if s and "cores" in s:
+            lines.append("  FullTransformer / MemNet: " + ", ".join(f"L={L}: {v:.2f}x" for L, v in s["cores"]["full_ratio"].items()))
     if "slots" in result:
         lines.append("")
         lines.append("MemNet vs slots: " + ", ".join(f"N={r['num_slots']}: {r['us_per_token']:.0f} us/tok "
@@ -597,6 +734,10 @@ def summary_table(result: dict) -> str:
                      f"{100 * r['read_segment_vs_copy']:.0f}%; streamed segment {r['stream_segment_s']:.2f} s "
                      f"({r['stream_us_per_token']:.0f} us/token); counting only the copy's reads "
                      f"({r['copy_read_gbps']:.1f} GB/s) one token's read is {100 * r['read_token_vs_copy_read']:.0f}%")
+        if "cores" in r:
+            c = r["cores"]
+            lines.append(f"  on {c['threads']} threads: copy {c['copy_gbps']:.1f} GB/s; one token's read "
+                         f"{c['read_token_gbps']:.1f} GB/s = {100 * c['read_token_vs_copy']:.0f}% of copy")
     if "compile" in result:
         c = result["compile"]
         lines.append(f"torch.compile: {c}")
