@@ -643,6 +643,31 @@ def bench_vs_slots(result: dict) -> Figure:
     return fig
 
 
+def bench_windows(result: dict, ax: Axes | None = None) -> Figure:
+    """Training time per token at one length against the window (segment_len), MemNet and the
+    WindowedTransformer, with the FullTransformer at that length (same thread count) as a line."""
+    fig, ax = (new_figure()[0], None) if ax is None else (ax.figure, ax)
+    ax = ax if ax is not None else fig.axes[0]
+    rows = result["windows"]
+    T = rows[0]["T"]
+    for name in ("memnet", "windowed"):
+        pts = [(r["segment_len"], r["us_per_token"]) for r in rows if r["model"] == name]
+        x, y = zip(*pts)
+        ax.plot(x, y, "o-", color=MODEL_COLORS.get(name), label=MODEL_LABELS.get(name, name))
+    full = next((r for r in result.get("seq_len", []) if r["model"] == "full" and r["T"] == T and "skipped" not in r), None)
+    if full is not None:
+        ax.axhline(full["us_per_token"], color=MODEL_COLORS.get("full"), ls="--", label=f"{MODEL_LABELS.get('full', 'full')}")
+        ax.axhline(full["us_per_token"] / 10, color=MODEL_COLORS.get("full"), ls=":", lw=0.8, label="1/10 of it")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("window (segment_len)")
+    ax.set_ylabel(BENCH_METRICS["us_per_token"])
+    ax.set_title(f"training at {T:,} tokens, B=1", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def bench_streaming(result: dict) -> Figure:
     """Log-log: streaming inference latency per token and state size against tokens seen, MemNet's
     bank against the FullTransformer's KV cache."""

@@ -67,6 +67,7 @@ class Profile:
     windows: tuple = (32, 64, 128, 256)  # MemNet (and the windowed model) at window_T with these segment lengths
     window_T: int = 16384
     window_writes: int = 32  # writes per segment in the window sweep (every token writes at 32)
+    window_repeats: int = 2  # timed passes per point in the window sweep and on every core (after one untimed)
     models: tuple = ("memnet", "full", "windowed", "lstm")
     max_len: dict = field(default_factory=lambda: {"full": 16384})  # longer points are skipped (with the reason)
     slots: tuple = (64, 1024, 16384, 262144, 1_000_000)
@@ -90,7 +91,7 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(vocab_size=32, d_model=32, segment_len=8, num_slots=16, top_k=2, mem_heads=2, n_layers=1, tbptt_chunk=8,
-                     n_heads=2, seq_lens=(64, 256), windows=(8, 16), window_T=256, window_writes=8, max_len={"full": 256}, slots=(16, 256), slots_seq_len=32,
+                     n_heads=2, seq_lens=(64, 256), windows=(8, 16), window_T=256, window_writes=8, window_repeats=1, max_len={"full": 256}, slots=(16, 256), slots_seq_len=32,
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
                      checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1,
                      min_time_s=0.0),
@@ -261,7 +262,7 @@ def sweep_windows(p: Profile, device: torch.device, dtype, progress: bool) -> li
         for name in ("memnet", "windowed"):
             seed_everything(0)
             model = MODELS[name](cfg).to(device)
-            rec = measure_training(model, p.window_T, p.vocab_size, device, p.repeats, dtype, p.min_time_s)
+            rec = measure_training(model, p.window_T, p.vocab_size, device, p.window_repeats, dtype)
             rows.append({"model": name, "segment_len": L, "writes_per_segment": cfg.writes, **rec})
             if progress:
                 print(f"  window {name:<9} L={L:<5} T={p.window_T:<7} {rec['us_per_token']:9.1f} us/token", flush=True)
@@ -284,7 +285,7 @@ def all_cores(p: Profile, device: torch.device, dtype, threads: int, windows: li
         for name, cfg in configs:
             seed_everything(0)
             model = MODELS[name](cfg).to(device)
-            rec = measure_training(model, p.window_T, p.vocab_size, device, p.repeats, dtype, p.min_time_s)
+            rec = measure_training(model, p.window_T, p.vocab_size, device, p.window_repeats, dtype)
             rows.append({"model": name, "segment_len": cfg.segment_len, "writes_per_segment": cfg.writes, **rec})
             if progress:
                 print(f"  {threads} threads: {name:<7} L={cfg.segment_len:<4} T={p.window_T} {rec['us_per_token']:9.1f} us/token",
