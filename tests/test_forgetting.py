@@ -2,6 +2,8 @@
 experiment's analysis, table and stored run (smoke profile)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -102,9 +104,10 @@ def test_stream_bad_sample_arguments():
 
 
 # ---------------------------------------------------------------------------- analysis
-def test_content_groups_by_hand():
-    """Contents written by a useful item's value, a distractor's key, a filler token and an
-    unattributable write get codes 0, 1, OTHER and -1."""
+def _hand_trace():
+    """Items 0..3 of types useful, distractor, expiring, distractor (items 0, 1 in segment 0, items
+    2, 3 in segment 1); contents written by item 0's value and item 1's key at segment 0, by a
+    filler token at segment 1, and an unattributable one at segment 2."""
     t = ForgettingStream(n_keys=8, segment_len=6, items_per_window=2, n_windows=3)
     b = t.sample(1, seed=0)
     types = torch.tensor([[0, 1, 2, 1]])
@@ -121,10 +124,39 @@ def test_content_groups_by_hand():
                      write_alloc=torch.tensor([[[0, 1], [2, 3], [0, 1]]]),  # s2: nothing allocated to slot 3
                      write_strength=strength, write_events=ev, retention=torch.ones(1, S, N),
                      age=torch.zeros(1, S, N), usage=torch.zeros(1, S, N))
+    return tr, b
+
+
+def test_content_groups_by_hand():
+    """Contents written by a useful item's value, a distractor's key, a filler token and an
+    unattributable write get codes 0, 1, OTHER and -1."""
+    tr, b = _hand_trace()
     life = content_lifetimes(tr)
     np.testing.assert_array_equal(fx.content_groups(tr, life, b), [0, 1, fx.OTHER, -1])
     counts = fx.lifetime_counts(life, fx.content_groups(tr, life, b))
     assert counts["useful"]["censored"][3] == 1 and counts["unattributed"]["count"] == 1
+
+
+def test_item_lifetimes_by_hand():
+    """Items 0 and 1 wrote contents alive at the end (censored after 3 segments); items 2 and 3
+    wrote nothing (0 segments, observed). Then a death: item 0's slot overwritten at segment 2."""
+    tr, b = _hand_trace()
+    types, duration, observed = fx.item_lifetimes(tr, content_lifetimes(tr), b)
+    np.testing.assert_array_equal(types, [0, 1, 2, 1])
+    np.testing.assert_array_equal(duration, [3, 3, 0, 0])
+    np.testing.assert_array_equal(observed, [False, False, True, True])
+    counts = fx.item_counts(tr, content_lifetimes(tr), b)
+    assert counts["distractor"] == {"deaths": [1, 0, 0, 0], "censored": [0, 0, 0, 1]}
+    ev, strength, alloc = tr.write_events.clone(), tr.write_strength.clone(), tr.write_alloc.clone()
+    ev[0, 2, 0] = True
+    strength[0, 2, 0] = 1.0
+    alloc[0, 2] = torch.tensor([0, 1])  # slot 0 overwritten at segment 2 by a filler write
+    tr2 = dataclasses.replace(tr, write_events=ev, write_strength=strength, write_alloc=alloc)
+    types, duration, observed = fx.item_lifetimes(tr2, content_lifetimes(tr2), b)
+    assert duration[0] == 2 and observed[0]
+    res = {"item_median": {"useful": 2.0, "distractor": 0.0}}
+    assert fx.item_ratio(res) == float("inf")
+    assert np.isnan(fx.item_ratio({"item_median": {"useful": 0.0, "distractor": 0.0}}))
 
 
 @given(st.lists(st.tuples(st.integers(0, 6), st.booleans()), min_size=1, max_size=30))

@@ -131,6 +131,44 @@ def lifetime_counts(life, group: np.ndarray) -> dict[str, dict[str, list[int]]]:
     return out
 
 
+def item_lifetimes(trace, life, batch: ForgettingBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How long each *item* stays in memory, counted from the end of the segment that shows it.
+
+    An item that wrote no attributable content never entered the memory: duration 0, observed
+    (the write gate forgot it on arrival). An item that did lives as long as its longest-lived
+    content (a content created by the item's own tokens, see :func:`~memnet.survival.content_sources`):
+    observed once all of them died, censored while one is alive at the end of the trace.
+    Returns (type, duration, observed), one entry per item of every row, items of the last
+    window (which writes nothing that a later segment could read) excluded.
+    """
+    src = content_sources(trace, life)
+    item_at = batch.item_at.cpu().numpy()  # (B, T)
+    item_type = batch.item_type.cpu().numpy()  # (B, M)
+    item_pos = batch.item_pos.cpu().numpy()  # (B, M) position of the item's value token
+    B, M = item_type.shape
+    L = trace.valid.shape[2]
+    S = life.num_segments
+    duration = np.zeros((B, M), dtype=np.int64)
+    alive = np.zeros((B, M), dtype=bool)
+    ok = src >= 0
+    items = item_at[life.batch[ok], src[ok]]
+    keep = items >= 0
+    b, m = life.batch[ok][keep], items[keep]
+    np.maximum.at(duration, (b, m), life.duration[ok][keep])
+    np.logical_or.at(alive, (b, m), ~life.observed[ok][keep])
+    inside = (item_pos // L) < S - 1  # (B, M) items whose segment is not the last
+    return item_type[inside], duration[inside], ~alive[inside]
+
+
+def item_counts(trace, life, batch: ForgettingBatch) -> dict[str, dict[str, list[int]]]:
+    """Per item type: deaths and censorings at every duration 0..S, as :func:`lifetime_counts`."""
+    types, duration, observed = item_lifetimes(trace, life, batch)
+    S = life.num_segments
+    return {name: {"deaths": np.bincount(duration[(types == c) & observed], minlength=S + 1).tolist(),
+                   "censored": np.bincount(duration[(types == c) & ~observed], minlength=S + 1).tolist()}
+            for c, name in enumerate(ITEM_TYPES)}
+
+
 def counts_to_km(counts: dict[str, list[int]] | list[dict], alpha: float = 0.05):
     """Kaplan-Meier from stored death/censoring counts (one dict, or several pooled); None if empty."""
     items = counts if isinstance(counts, list) else [counts]
@@ -163,6 +201,11 @@ def analyse(trace, batch: ForgettingBatch, logits: torch.Tensor, decay_threshold
         km = counts_to_km(counts[name])
         res["median"][name] = median_survival(km) if km is not None else float("nan")
         res["rmst"][name] = rmst(km, S)
+    res["item_counts"] = item_counts(trace, life, batch)
+    res["item_median"] = {}
+    for name in ITEM_TYPES:
+        km = counts_to_km(res["item_counts"][name])
+        res["item_median"][name] = median_survival(km) if km is not None else float("nan")
     # write rate: share of the items of each type that wrote at least one content
     item_type = batch.item_type.cpu().numpy()
     src = content_sources(trace, life)
@@ -199,6 +242,15 @@ def ratio(res: dict) -> float:
     if not (u == u and d == d) or d == 0:
         return float("nan")
     return u / d
+
+
+def item_ratio(res: dict) -> float:
+    """Median time in memory of useful items over that of distractor items (inf when distractors'
+    median is 0 and useful items' is not: most distractors were never written)."""
+    u, d = res["item_median"]["useful"], res["item_median"]["distractor"]
+    if not (u == u and d == d):
+        return float("nan")
+    return u / d if d > 0 else (float("inf") if u > 0 else float("nan"))
 
 
 # ---------------------------------------------------------------------------- the run
@@ -361,6 +413,9 @@ def ablation_rows(result: dict) -> list[dict]:
             "pooled_median": {g: median_survival(km) if km is not None else float("nan") for g, km in pooled.items()},
             "pooled_ratio": (median_survival(pooled["useful"]) / median_survival(pooled["distractor"])
                              if all(pooled.values()) else float("nan")),
+            "item_median_useful": [r["item_median"]["useful"] for r in rs],
+            "item_median_distractor": [r["item_median"]["distractor"] for r in rs],
+            "item_ratio": [item_ratio(r) for r in rs],
             "write_useful": [r["write_rate"]["useful"] for r in rs],
             "write_distractor": [r["write_rate"]["distractor"] for r in rs],
             "acc_useful": [r["accuracy"]["useful"] for r in rs],
@@ -386,6 +441,11 @@ def summary_table(result: dict) -> str:
                      f"{fmt(r['ratio']):>12}{fmt(r['rmst_ratio'], 2):>14}{pm['useful']:>6g}/{pm['distractor']:<5g}"
                      f"{fmt(r['write_useful'], 2):>11}{fmt(r['write_distractor'], 2):>11}"
                      f"{fmt(r['acc_useful'], 2):>12}{fmt(r['read_entropy'], 2):>11}")
+    lines += ["", "items (from the end of their segment; an item never written lives 0 segments): median time in memory",
+              f"{'ablation':<14}{'useful':>12}{'distractor':>12}{'ratio':>12}"]
+    for r in rows:
+        lines.append(f"{r['ablation']:<14}{fmt(r['item_median_useful']):>12}{fmt(r['item_median_distractor']):>12}"
+                     f"{fmt(r['item_ratio']):>12}")
     return "\n".join(lines)
 
 
