@@ -35,9 +35,8 @@ import torch
 import torch.nn.functional as F
 from myst_nb import glue
 
-import memnet
 from memnet import MemNetConfig, MemoryState, MultiHeadMemoryBank, book, plots, widgets
-from memnet.memory import WriteRequest, cosine_topk, gather_slots, sparse_to_dense
+from memnet.memory import WriteRequest, cosine_topk, sparse_to_dense
 
 settings = book.setup(profile, device, seed, save)
 torch.set_printoptions(precision=2, sci_mode=False)

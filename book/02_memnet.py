@@ -38,11 +38,11 @@ from myst_nb import glue
 from memnet import MemNet, book, plots, widgets
 from memnet.baselines import count_params
 from memnet.bottleneck import SemanticBottleneck
-from memnet.controller import Block, MemoryInterface, TransformerController
+from memnet.controller import Block, MemoryInterface
 from memnet.encoder import Encoder
 from memnet.experiments import long_range
 from memnet.losses import aux_losses, utilization_loss
-from memnet.train import Trainer, TrainConfig, masked_cross_entropy
+from memnet.train import Trainer, TrainConfig
 
 settings = book.setup("smoke" if profile == "stored" else profile, device, seed, save)
 torch.set_printoptions(precision=3, sci_mode=False)

@@ -28,7 +28,6 @@ save = False
 
 # %%
 import numpy as np
-import torch
 from myst_nb import glue
 
 from memnet import book, plots, widgets

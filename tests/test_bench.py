@@ -36,6 +36,15 @@ def test_smoke_run_is_stored_with_every_part(smoke_result):
         assert "skipped" in r or (r["us_per_token"] > 0 and r["autograd_mb"] > 0)
     assert stored["read"]["copy_gbps"] > 0 and stored["read"]["read_token_gbps"] > 0
     assert "summary" in stored and "ratios" in stored["summary"]
+    wins = stored["windows"]
+    assert [(r["model"], r["segment_len"]) for r in wins] == [(m, L) for L in p.windows for m in ("memnet", "windowed")]
+    assert all(r["writes_per_segment"] == min(p.window_writes, r["segment_len"]) and r["T"] == p.window_T for r in wins)
+    best = stored["summary"]["window_best"]
+    assert best["us_per_token"] == min(r["us_per_token"] for r in wins if r["model"] == "memnet")
+    if "cores" in stored:  # only where torch's default uses more threads than the profile
+        assert stored["cores"]["threads"] > stored["threads"]
+        assert {r["model"] for r in stored["cores"]["rows"]} == {"full", "memnet"}
+        assert stored["read"]["cores"]["threads"] == stored["cores"]["threads"]
     assert "training, forward+backward" in bench.summary_table(stored)
 
 

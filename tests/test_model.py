@@ -136,7 +136,6 @@ def test_pressure_loss_and_weighting():
 
 # ================================================================ trace
 def test_trace_shapes_and_dense_read_weights():
-    cfg = tiny_cfg(num_slots=12, top_k=3, mem_heads=2, segment_len=4, writes_per_segment=2)
     model = tiny_model(num_slots=12, top_k=3, mem_heads=2, segment_len=4, writes_per_segment=2)
     B, T = 2, 10  # 3 segments, the last one partial
     out = model(rand_tokens(B, T), return_trace=True)
