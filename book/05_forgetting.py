@@ -135,7 +135,7 @@ glue("ch5_pressure", f"{res['pressure']:.1f}", display=False)
 glue("ch5_segments", S_max, display=False)
 glue("ch5_seeds", rows["learned"]["n_seeds"], display=False)
 glue("ch5_chance", f"{100 * res['chance']:.1f}", display=False)
-for name in ("learned", "none", "fixed"):
+for name in ("learned", "none", "fixed", "faded"):
     r = rows[name]
     glue(f"ch5_{name}_med_u", fx.fmt(r["median_useful"]), display=False)
     glue(f"ch5_{name}_med_d", fx.fmt(r["median_distractor"]), display=False)
@@ -146,14 +146,18 @@ for name in ("learned", "none", "fixed"):
     glue(f"ch5_{name}_wr_d", f"{100 * mean(r['write_distractor']):.0f}", display=False)
 
 def verdict_for(name: str) -> tuple[str, np.ndarray]:
-    """What the per-seed median ratios of one configuration say, in words (nan: a group had no content)."""
-    r = np.array(rows[name]["ratio"], dtype=float)
+    """What the per-seed median ratios of one configuration say, in words (nan: a group had no
+    content). A useful median beyond the trace gives only a lower bound on the ratio, the trace's
+    length over the distractor median ("at least x"), and that bound is what counts for the bar."""
+    r = np.array(rows[name]["ratio_bound"], dtype=float)
+    censored = np.isinf(np.array(rows[name]["ratio"], dtype=float))
     n, ok = len(r), ~np.isnan(r)
     no_distr = sum(1 for x in rows[name]["median_distractor"] if x != x)
     parts = []
     if ok.any():
-        parts.append(f"the useful/distractor median ratio is {', '.join(f'{x:g}' for x in r[ok])} "
-                     f"in {int(ok.sum())} of {n} seeds")
+        parts.append("the useful/distractor median ratio is " + ", ".join(
+            (f"at least {x:.2g}" if c else f"{x:.2g}") for x, c in zip(r[ok], censored[ok]))
+            + f" in {int(ok.sum())} of {n} seeds")
     if no_distr:
         parts.append(f"in {no_distr} of {n} seeds no distractor content was written at all, so there is no ratio")
     return "; ".join(parts), r
@@ -161,6 +165,7 @@ def verdict_for(name: str) -> tuple[str, np.ndarray]:
 
 learned_text, learned_ratios = verdict_for("learned")
 none_text, none_ratios = verdict_for("none")
+faded_text, faded_ratios = verdict_for("faded")
 met = bool(len(learned_ratios) >= 3 and np.all(learned_ratios >= 10))
 both = np.isfinite(learned_ratios).any() and np.isfinite(none_ratios).any()
 verdict = (("meets" if met else "does not meet") + " the bar (useful content's median lifetime >= 10x that of "
@@ -169,6 +174,9 @@ verdict = (("meets" if met else "does not meet") + " the bar (useful content's m
 if both:
     verdict += ("; the gap is smaller without decay" if np.nanmean(none_ratios) < np.nanmean(learned_ratios)
                 else "; the gap is not smaller without decay")
+faded_met = bool(len(faded_ratios) >= 3 and np.all(faded_ratios >= 10))
+verdict += (f". With faded-first allocation {faded_text or 'there is nothing to compare'}, which "
+            + ("meets" if faded_met else "does not meet") + " the bar")
 glue("ch5_verdict", verdict, display=False)
 glue("ch5_learned_acc_seeds", ", ".join(f"{100 * a:.0f}%" for a in rows["learned"]["acc_useful"]), display=False)
 glue("ch5_none_acc_seeds", ", ".join(f"{100 * a:.0f}%" for a in rows["none"]["acc_useful"]), display=False)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DECAY_MODES = ("learned", "fixed", "none")  # MemNetConfig.decay_mode: how slots forget (see MultiHeadMemoryBank.retention)
+ALLOCATION_MODES = ("lru", "faded")  # MemNetConfig.allocation: which slot a new write takes (MultiHeadMemoryBank.allocate)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class MemNetConfig:
     usage_decay: float = 0.9  # per-segment decay of the usage trace
     decay_init: float = 5.0  # initial logit of the slot-wise retention gate (sigmoid(5) ~ 0.993)
     decay_mode: str = "learned"  # "learned": slot-wise logit + content direction; "fixed": sigmoid(decay_init); "none": 1
+    allocation: str = "lru"  # "lru": stalest by age and usage; "faded": staleness divided by the retained fraction
     sharpness_init: float = 10.0  # initial inverse temperature of the top-k softmax
     # auxiliary loss weights (0 disables a loss)
     util_weight: float = 0.01
@@ -87,6 +89,8 @@ class MemNetConfig:
                 raise ValueError(f"MemNetConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not isinstance(self.decay_mode, str) or self.decay_mode not in DECAY_MODES:
             raise ValueError(f"MemNetConfig.decay_mode must be one of {DECAY_MODES}, got {self.decay_mode!r}")
+        if not isinstance(self.allocation, str) or self.allocation not in ALLOCATION_MODES:
+            raise ValueError(f"MemNetConfig.allocation must be one of {ALLOCATION_MODES}, got {self.allocation!r}")
         if self.sharpness_init <= 0:
             raise ValueError(f"MemNetConfig.sharpness_init must be > 0, got {self.sharpness_init}")
         if self.eps <= 0:

@@ -25,6 +25,7 @@ from torch import Tensor
 from .config import MemNetConfig
 
 RETENTION_LOGIT_MAX = 15.0  # sigmoid(15) = 1 - 3e-7: still < 1 in float32
+FADED_MIN = 1e-6  # "faded" allocation: the retained fraction is floored here before dividing by it
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,19 @@ class MemoryState:
     values: (B, N, D) float32, what a read of the slot returns
     age:    (B, N) float32, segments since the slot's last write event (integer valued)
     usage:  (B, N) float32 in [0, 1], decaying trace of read and write weight
+    retained: (B, N) float32 in [0, 1], product of the retention gates since the slot's last write
+            event (1 for a fresh slot); None when constructed means all ones
     """
 
     keys: Tensor
     values: Tensor
     age: Tensor
     usage: Tensor
+    retained: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.retained is None and isinstance(self.age, Tensor):
+            object.__setattr__(self, "retained", torch.ones_like(self.age))
 
     @property
     def batch_size(self) -> int:
@@ -267,7 +275,7 @@ class MultiHeadMemoryBank(nn.Module):
         N, D = self.cfg.num_slots, self.cfg.slot_dim
         z = torch.zeros(batch_size, N, device=device)
         return MemoryState(torch.zeros(batch_size, N, D, device=device), torch.zeros(batch_size, N, D, device=device),
-                           z, z.clone())
+                           z, z.clone(), torch.ones_like(z))
 
     def check_state(self, state: object, batch_size: int, name: str = "memory") -> MemoryState:
         """Raise a clear error unless `state` fits this bank and batch size."""
@@ -275,7 +283,7 @@ class MultiHeadMemoryBank(nn.Module):
             raise TypeError(f"{name} must be a MemoryState (from out.memory or initial_state), got {type(state).__name__}")
         N, D = self.cfg.num_slots, self.cfg.slot_dim
         slots, scalars = ((N, D), f"(B, num_slots={N}, slot_dim={D})"), ((N,), f"(B, num_slots={N})")
-        tails = {"keys": slots, "values": slots, "age": scalars, "usage": scalars}
+        tails = {"keys": slots, "values": slots, "age": scalars, "usage": scalars, "retained": scalars}
         for f, (tail, shape) in tails.items():  # tensors of the right rank and trailing shape, before indexing shapes
             t = getattr(state, f)
             if not isinstance(t, Tensor):
@@ -284,11 +292,11 @@ class MultiHeadMemoryBank(nn.Module):
                 raise ValueError(f"{name}.{f} must have shape {shape}, got {tuple(t.shape)}")
         if state.batch_size != batch_size:
             raise ValueError(f"{name} was made for batch size {state.batch_size}, but tokens have batch size {batch_size}")
-        for f in ("values", "age", "usage"):
+        for f in ("values", "age", "usage", "retained"):
             t = getattr(state, f)
             if t.shape[0] != batch_size:
                 raise ValueError(f"{name}.{f} has shape {tuple(t.shape)}, expected batch {batch_size} and {N} slots")
-        for f in ("keys", "values", "age", "usage"):
+        for f in ("keys", "values", "age", "usage", "retained"):
             t = getattr(state, f)
             if t.dtype != torch.float32:
                 raise TypeError(f"{name}.{f} must be a float32 tensor (as out.memory is, also under autocast), got {t.dtype}")
@@ -298,9 +306,10 @@ class MultiHeadMemoryBank(nn.Module):
                 raise ValueError(f"{name}.{f} contains NaN or inf")
         if (state.age < 0).any():
             raise ValueError(f"{name}.age must be >= 0 (segments since the last write), got min {state.age.min().item()}")
-        if ((state.usage < 0) | (state.usage > 1)).any():
-            raise ValueError(f"{name}.usage must be in [0, 1], got values in "
-                             f"[{state.usage.min().item()}, {state.usage.max().item()}]")
+        for f in ("usage", "retained"):
+            t = getattr(state, f)
+            if ((t < 0) | (t > 1)).any():
+                raise ValueError(f"{name}.{f} must be in [0, 1], got values in [{t.min().item()}, {t.max().item()}]")
         return state
 
     # ------------------------------------------------------------------ read
@@ -339,9 +348,18 @@ class MultiHeadMemoryBank(nn.Module):
         logit = self.decay_logit + torch.einsum("bnd,bd->bn", k, decay.float())
         return torch.sigmoid(logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX))
 
+    def allocation_score(self, state: MemoryState) -> Tensor:
+        """(B, N) what allocation ranks: the staleness, divided with ``cfg.allocation = "faded"`` by
+        the retained fraction of the slot's content (a slot faded to half its strength looks twice
+        as stale), so that what decay lets go of is reused first."""
+        score = state.staleness()
+        if self.cfg.allocation == "faded":
+            score = score / state.retained.clamp(min=FADED_MIN)
+        return score
+
     def allocate(self, state: MemoryState, n: int) -> Tensor:
-        """(B, n) the n stalest slots, stalest first; ties go to the lowest index."""
-        return stable_topk(state.staleness(), n)[1]
+        """(B, n) the n slots of highest allocation score, highest first; ties go to the lowest index."""
+        return stable_topk(self.allocation_score(state), n)[1]
 
     def write(self, state: MemoryState, req: WriteRequest, read_mass: Tensor | None = None) -> tuple[MemoryState, WriteResult]:
         """Apply one segment's writes. read_mass: (B, N) read weight this segment (feeds usage)."""
@@ -380,10 +398,11 @@ class MultiHeadMemoryBank(nn.Module):
         strength = torch.zeros(B, N, device=keys.device).scatter_add(1, flat_index, flat_w.squeeze(-1))
         events = strength.detach() >= cfg.write_threshold
         age = torch.where(events, torch.zeros_like(state.age), state.age + 1.0)
+        retained = torch.where(events, torch.ones_like(state.retained), state.retained * retention.detach())
         usage = cfg.usage_decay * state.usage + strength.detach()
         if read_mass is not None:
             usage = usage + read_mass.detach().float()
-        new_state = MemoryState(new_keys, new_values, age, usage.clamp(0.0, 1.0))
+        new_state = MemoryState(new_keys, new_values, age, usage.clamp(0.0, 1.0), retained)
         return new_state, WriteResult(strength, events, alloc, retention)
 
 
@@ -419,25 +438,29 @@ class StreamingMemory:
             self.unit = self.keys / self.norm.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)  # (N, D)
             self.age = state.age[0].clone()  # (N,)
             self.usage = state.usage[0].clone()  # (N,)
+            # (N,) retained fraction, kept only where allocation reads it, so an "lru" state stays as small
+            self.retained = state.retained[0].clone() if bank.cfg.allocation == "faded" else None
 
     def nbytes(self) -> int:
         """Bytes held: stored keys and values, unit keys and the per-slot buffers (constant in tokens seen)."""
-        ts = (self.keys, self.values, self.unit, self.log_scale, self.norm, self.age, self.usage)
-        return sum(t.numel() * t.element_size() for t in ts)
+        ts = (self.keys, self.values, self.unit, self.log_scale, self.norm, self.age, self.usage, self.retained)
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
     def clone(self) -> "StreamingMemory":
         """An independent copy (same bank), e.g. to branch a stream."""
         new = object.__new__(StreamingMemory)
         new.__dict__.update(self.__dict__)
-        for name in ("keys", "values", "log_scale", "norm", "unit", "age", "usage"):
-            setattr(new, name, getattr(self, name).clone())
+        for name in ("keys", "values", "log_scale", "norm", "unit", "age", "usage", "retained"):
+            if getattr(self, name) is not None:
+                setattr(new, name, getattr(self, name).clone())
         return new
 
     def to_state(self) -> MemoryState:
-        """The equivalent functional state (batch size 1)."""
+        """The equivalent functional state (batch size 1). With ``allocation = "lru"`` the retained
+        fraction is not kept (nothing reads it) and comes back as ones."""
         s = self.log_scale.exp().float().unsqueeze(-1)  # (N, 1)
         return MemoryState((self.keys * s)[None], (self.values * s)[None], self.age[None].clone(),
-                           self.usage[None].clone())
+                           self.usage[None].clone(), None if self.retained is None else self.retained[None].clone())
 
     def _addressing_scale(self, scale: Tensor) -> Tensor:
         """(N,) factor turning unit-key cosines into those of F.normalize(true key, eps), for slot
@@ -504,8 +527,10 @@ class StreamingMemory:
         key, value, erase = req.key[0].float(), req.value[0].float(), req.erase[0].float()  # (W, D)
         gate, update = req.gate[0].float(), req.update[0].float()  # (W,)
         c_weight = torch.softmax(top_w * bank.write_sharpness, dim=-1)  # (W, K)
-        staleness = (self.age + 1.0) * (1.0 - 0.5 * self.usage)
-        alloc = stable_topk(staleness, W)[1]  # (W,)
+        score = (self.age + 1.0) * (1.0 - 0.5 * self.usage)  # as MultiHeadMemoryBank.allocation_score
+        if self.retained is not None:
+            score = score / self.retained.clamp(min=FADED_MIN)
+        alloc = stable_topk(score, W)[1]  # (W,)
         index = torch.cat([c_index, alloc.unsqueeze(-1)], -1)  # (W, K+1)
         weight = torch.cat([update.unsqueeze(-1) * c_weight, (1 - update).unsqueeze(-1)], -1) * gate.unsqueeze(-1)
         flat_index, flat_w = index.reshape(-1), weight.reshape(-1)  # (W*(K+1),)
@@ -526,6 +551,8 @@ class StreamingMemory:
         strength = torch.zeros(N, device=self.keys.device).scatter_add(0, flat_index, flat_w)
         events = strength >= cfg.write_threshold
         self.age = torch.where(events, torch.zeros_like(self.age), self.age + 1.0)
+        if self.retained is not None:
+            self.retained = torch.where(events, torch.ones_like(self.retained), self.retained * retention)
         self.usage = (cfg.usage_decay * self.usage + strength + mass[0] / H).clamp(0.0, 1.0)
         self.segments += 1
         return ReadResult(vectors, r_index, r_weight)

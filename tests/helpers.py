@@ -36,7 +36,7 @@ def rand_tokens(B: int, T: int, vocab: int = V, seed: int = 0) -> torch.Tensor:
 
 def states_equal(a: MemoryState, b: MemoryState, atol: float = 0.0) -> bool:
     return all(torch.allclose(getattr(a, f), getattr(b, f), atol=atol, rtol=0, equal_nan=True)
-               for f in ("keys", "values", "age", "usage"))
+               for f in ("keys", "values", "age", "usage", "retained"))
 
 
 @st.composite
@@ -57,4 +57,5 @@ def small_configs(draw, max_slots: int = 24) -> MemNetConfig:
         usage_decay=draw(st.sampled_from([0.0, 0.5, 0.9, 1.0])),
         decay_init=draw(st.sampled_from([-2.0, 0.0, 5.0])),
         sharpness_init=draw(st.sampled_from([1.0, 10.0, 50.0])),
+        allocation=draw(st.sampled_from(["lru", "faded"])),
     )

@@ -189,7 +189,8 @@ def test_interval_and_format():
 def test_ablations_and_profiles():
     for name, p in fx.PROFILES.items():
         abl = fx.ablations(p)
-        assert {"learned", "fixed", "none", "no_util"} <= set(abl)
+        assert {"learned", "fixed", "none", "faded", "no_util"} <= set(abl)
+        assert abl["faded"]["allocation"] == "faded" and abl["faded"]["decay_mode"] == "learned"
         assert abl["fixed"]["decay_mode"] == "fixed" and abl["none"]["decay_mode"] == "none"
         assert abl["no_util"]["util_weight"] == 0 and abl["learned"]["pressure_weight"] == p.pressure
         assert {a["pressure_weight"] for a in abl.values()} >= set(p.pressure_sweep)

@@ -4,6 +4,9 @@ Two drivers: `MultiHeadMemoryBank` called directly with random states and reques
 `MemNet` traces (the memory as the model actually drives it).
 """
 
+import dataclasses
+
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -78,7 +81,8 @@ def test_initial_state_and_helpers():
     assert s.age.shape == (3, 8) and s.usage.shape == (3, 8)
     assert all(t.dtype == torch.float32 and not t.any() for t in (s.keys, s.values, s.age, s.usage))
     assert s.batch_size == 3
-    assert s.nbytes() == (2 * 3 * 8 * 4 + 2 * 3 * 8) * 4
+    assert torch.equal(s.retained, torch.ones(3, 8))
+    assert s.nbytes() == (2 * 3 * 8 * 4 + 3 * 3 * 8) * 4
     torch.testing.assert_close(s.staleness(), torch.ones(3, 8))
     c = s.clone()
     c.keys.add_(1)
@@ -387,6 +391,42 @@ def test_chunked_cosine_topk_matches_one_block(N, k, chunk, seed):
     i2, w2 = cosine_topk(q, slots, k, sharp, 1e-6, chunk=chunk)
     assert torch.equal(i1, i2)
     assert torch.allclose(w1, w2, atol=1e-6)
+
+
+# ---------------------------------------------------------------- faded-first allocation
+def test_retained_fraction_and_faded_allocation_by_hand():
+    """retained multiplies the retention gates since the last write event and resets to 1 on one;
+    "faded" allocation divides staleness by it, "lru" ignores it."""
+    N, D = 4, 4
+    lru = MultiHeadMemoryBank(MemNetConfig(vocab_size=8, d_model=D, num_slots=N, top_k=1, mem_heads=1,
+                                           segment_len=1, decay_mode="fixed", decay_init=0.0))
+    faded = MultiHeadMemoryBank(dataclasses.replace(lru.cfg, allocation="faded"))
+    age = torch.tensor([[3.0, 3.0, 1.0, 0.0]])
+    usage = torch.zeros(1, N)
+    retained = torch.tensor([[1.0, 0.5, 0.1, 1.0]])
+    st_ = MemoryState(torch.randn(1, N, D), torch.randn(1, N, D), age, usage, retained)
+    assert lru.allocate(st_, 1).tolist() == [[0]]  # oldest first, the tie at age 3 to the lowest index
+    assert faded.allocate(st_, 1).tolist() == [[2]]  # (1+1)/0.1 = 20 beats (3+1)/0.5 = 8 and 4
+    assert faded.allocate(st_, 3).tolist() == [[2, 1, 0]]
+    gate = torch.tensor([[1.0]])
+    req = WriteRequest(torch.randn(1, 1, D), torch.randn(1, 1, D), gate, torch.zeros(1, 1, D), torch.zeros(1, 1),
+                       torch.zeros(1, D))
+    new, wr = faded.write(st_, req)  # allocation write into slot 2 at full strength: an event there
+    assert wr.alloc.tolist() == [[2]] and wr.events[0].tolist() == [False, False, True, False]
+    torch.testing.assert_close(new.retained, torch.tensor([[0.5, 0.25, 1.0, 0.5]]))  # fixed retention sigmoid(0) = 0.5
+    assert torch.equal(MemoryState(st_.keys, st_.values, age, usage).retained, torch.ones(1, N))  # default: all ones
+
+
+def test_retained_out_of_range_is_rejected():
+    bank = MultiHeadMemoryBank(MemNetConfig(vocab_size=8, d_model=4, num_slots=4, top_k=1, mem_heads=1, segment_len=1))
+    s0 = bank.initial_state(1)
+    for bad in (torch.full((1, 4), 1.5), torch.full((1, 4), -0.1)):
+        with pytest.raises(ValueError, match="retained must be in"):
+            bank.check_state(dataclasses.replace(s0, retained=bad), 1)
+    with pytest.raises(ValueError, match="retained must have shape"):
+        bank.check_state(dataclasses.replace(s0, retained=torch.ones(1, 3)), 1)
+    with pytest.raises(ValueError, match="allocation"):
+        MemNetConfig(vocab_size=8, allocation="oldest")
 
 
 # ---------------------------------------------------------------- decay modes (the forgetting ablation)

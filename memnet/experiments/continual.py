@@ -155,7 +155,7 @@ def build(name: str, cfg: MemNetConfig) -> torch.nn.Module:
 def expand_state(state: MemoryState, n: int) -> MemoryState:
     """A (1, ...) memory state copied to n batch rows."""
     return MemoryState(*(t.expand(n, *t.shape[1:]).contiguous() for t in (state.keys, state.values, state.age,
-                                                                           state.usage)))
+                                                                           state.usage, state.retained)))
 
 
 @torch.no_grad()

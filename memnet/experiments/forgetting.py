@@ -8,8 +8,10 @@ decay (:mod:`memnet.survival`), attributed to the item whose token wrote it, and
 lifetimes are summarised per item type with Kaplan-Meier.
 
 Ablations, trained in the same run on the same batches and seeds: learned decay gates
-(the default), a fixed retention sigmoid(decay_init), no decay; the utilization loss off;
-and a sweep of the memory-pressure weight. The table prints medians, their ratio, write
+(the default), a fixed retention sigmoid(decay_init), no decay; learned decay with "faded"
+allocation (a slot's staleness divided by the retained fraction of its content, so what
+decay lets go of is reused first); the utilization loss off; and a sweep of the
+memory-pressure weight. The table prints medians, their ratio, write
 rates and recall per ablation (mean ± 95% t-interval over seeds); the run is stored under
 data/forgetting/<profile>/ with its provenance.
 
@@ -90,7 +92,7 @@ def ablations(p: Profile) -> dict[str, dict]:
     """Ablation name -> MemNetConfig overrides. "learned" is the full model."""
     base = {"decay_mode": "learned", "util_weight": 0.01, "pressure_weight": p.pressure}
     out = {"learned": base, "fixed": {**base, "decay_mode": "fixed"}, "none": {**base, "decay_mode": "none"},
-           "no_util": {**base, "util_weight": 0.0}}
+           "faded": {**base, "allocation": "faded"}, "no_util": {**base, "util_weight": 0.0}}
     for w in p.pressure_sweep:
         if w != p.pressure:
             out[f"pressure={w:g}"] = {**base, "pressure_weight": float(w)}
@@ -242,6 +244,17 @@ def ratio(res: dict) -> float:
     if not (u == u and d == d) or d == 0:
         return float("nan")
     return u / d
+
+
+def ratio_lower_bound(res: dict, num_segments: int) -> float:
+    """What the trace can vouch for: the median ratio where both medians were observed, and
+    ``num_segments / distractor median`` where the useful median lies beyond the trace (the useful
+    median exceeds anything the trace can show, so the true ratio is at least that); nan as
+    :func:`ratio`."""
+    r = ratio(res)
+    if r == float("inf"):
+        return num_segments / res["median"]["distractor"]
+    return r
 
 
 def item_ratio(res: dict) -> float:
@@ -409,6 +422,7 @@ def ablation_rows(result: dict) -> list[dict]:
             "median_useful": [r["median"]["useful"] for r in rs],
             "median_distractor": [r["median"]["distractor"] for r in rs],
             "ratio": [ratio(r) for r in rs],
+            "ratio_bound": [ratio_lower_bound(r, result["num_segments"]) for r in rs],
             "rmst_ratio": [r["rmst"]["useful"] / r["rmst"]["distractor"] for r in rs],
             "pooled_median": {g: median_survival(km) if km is not None else float("nan") for g, km in pooled.items()},
             "pooled_ratio": (median_survival(pooled["useful"]) / median_survival(pooled["distractor"])
