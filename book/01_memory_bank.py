@@ -162,9 +162,14 @@ fig
 # $$ \text{staleness}_i = (a_i + 1)\,\big(1 - \tfrac{1}{2} u_i\big), $$
 #
 # and the $W$ writes of a segment take the $W$ stalest slots, the strongest write the stalest.
+# With `MemNetConfig(allocation="faded")` the score is also divided by $\rho_i$, the fraction of
+# the slot's content that decay has retained since its last write (`MemoryState.retained`), so
+# that a slot decay has emptied is reused before an old one still holding its content
+# (chapter 5 trains both).
 
 # %%
 book.show_source(MemoryState.staleness)
+book.show_source(MultiHeadMemoryBank.allocation_score)
 book.show_source(MultiHeadMemoryBank.allocate)
 
 # %%

@@ -180,6 +180,19 @@ verdict += (f". With faded-first allocation {faded_text or 'there is nothing to 
 glue("ch5_verdict", verdict, display=False)
 glue("ch5_learned_acc_seeds", ", ".join(f"{100 * a:.0f}%" for a in rows["learned"]["acc_useful"]), display=False)
 glue("ch5_none_acc_seeds", ", ".join(f"{100 * a:.0f}%" for a in rows["none"]["acc_useful"]), display=False)
+glue("ch5_faded_acc_seeds", ", ".join(f"{100 * a:.0f}%" for a in rows["faded"]["acc_useful"]), display=False)
+glue("ch5_learned_acc_seeds_again", ", ".join(f"{100 * a:.0f}%" for a in rows["learned"]["acc_useful"]),
+     display=False)
+decay_share = {}
+for name in ("learned", "faded"):
+    rs_ = [r for r in res["runs"] if r["ablation"] == name]
+    died = sum(r["counts"][g]["overwrite"] + r["counts"][g]["decay"] for r in rs_ for g in fx.GROUPS)
+    decay_share[name] = sum(r["counts"][g]["decay"] for r in rs_ for g in fx.GROUPS) / max(died, 1)
+    glue(f"ch5_{name}_decay_share", f"{100 * decay_share[name]:.0f}", display=False)
+glue("ch5_faded_med_x", fx.fmt([r["median"]["expiring"] for r in res["runs"] if r["ablation"] == "faded"]),
+     display=False)
+glue("ch5_learned_med_x", fx.fmt([r["median"]["expiring"] for r in res["runs"] if r["ablation"] == "learned"]),
+     display=False)
 print(verdict)
 
 # %% [markdown]
@@ -187,8 +200,9 @@ print(verdict)
 # ({glue:text}`ch5_pressure` items per slot) over {glue:text}`ch5_segments` segments. With
 # learned forgetting the median lifetime of useful content is {glue:text}`ch5_learned_med_u`
 # segments against {glue:text}`ch5_learned_med_d` for distractors, a ratio of
-# {glue:text}`ch5_learned_ratio` (mean and 95% t-interval over {glue:text}`ch5_seeds` seeds; `>x`
-# means the useful median lies beyond the trace in some seed, so only a lower bound is known).
+# {glue:text}`ch5_learned_ratio` (mean and 95% t-interval over {glue:text}`ch5_seeds` seeds, or
+# the per-seed values where one is `inf`, a median beyond the trace of which only a lower bound is
+# known, or `nan`, no content of the type).
 # Without decay the medians are {glue:text}`ch5_none_med_u` and {glue:text}`ch5_none_med_d`
 # (ratio {glue:text}`ch5_none_ratio`); with a fixed decay {glue:text}`ch5_fixed_med_u` and
 # {glue:text}`ch5_fixed_med_d`. The run {glue:text}`ch5_verdict`. The restricted mean survival
@@ -202,12 +216,27 @@ print(verdict)
 # write rates with the lifetimes: a model that does not write distractors at all leaves no
 # distractor content to measure.
 #
+# **Faded-first allocation.** With the default allocation a slot is reused when it is the
+# stalest by age and usage, whatever its retention gate did to it: decay can fade a content but
+# cannot free its slot. `MemNetConfig(allocation="faded")` divides each slot's staleness by the
+# fraction of its content that decay has retained since the last write (`MemoryState.retained`),
+# so a faded slot is reused first. The `faded` configuration is learned decay with this
+# allocation, trained on the same batches and seeds: useful content lives
+# {glue:text}`ch5_faded_med_u` segments (median) against {glue:text}`ch5_faded_med_d` for
+# distractors, expiring content {glue:text}`ch5_faded_med_x` (with the default allocation
+# {glue:text}`ch5_learned_med_x`); of the contents that died, {glue:text}`ch5_faded_decay_share`%
+# died by decay (default allocation: {glue:text}`ch5_learned_decay_share`%). Recall of useful
+# items per seed is {glue:text}`ch5_faded_acc_seeds` (default allocation:
+# {glue:text}`ch5_learned_acc_seeds_again`). Decay is differentiable but the choice of a slot is
+# not, so nothing in the loss rewards fading a slot in order to free it; only the memory-pressure
+# term pushes retention down, everywhere.
+#
 # ## Survival curves: useful against distractor content
 
 # %%
 groups = ["useful", "expiring", "distractor"]
 names = list(res["ablations"])
-shown_abl = [n for n in ("learned", "fixed", "none") if n in names]
+shown_abl = [n for n in ("learned", "faded", "fixed", "none") if n in names]
 seeds_run = sorted({r["seed"] for r in res["runs"]})
 fig, axes = plots.new_figure(len(shown_abl), len(seeds_run), figsize=(4.2 * len(seeds_run), 3.0 * len(shown_abl)),
                              sharey=True)
@@ -431,7 +460,7 @@ fig
 # %% tags=["remove-cell"]
 # checks: the run has what the chapter needs, the numbers are consistent, and learning happened for real profiles
 FLOORS = {"smoke": None, "laptop": 3.0, "gpu": 3.0}  # learned-decay recall of useful items, as a multiple of chance
-assert {"learned", "fixed", "none", "no_util"} <= set(res["ablations"]), res["ablations"].keys()
+assert {"learned", "fixed", "none", "faded", "no_util"} <= set(res["ablations"]), res["ablations"].keys()
 for r in res["runs"]:
     n = sum(sum(r["counts"][g]["deaths"]) + sum(r["counts"][g]["censored"]) for g in fx.GROUPS)
     assert n + r["counts"]["unattributed"]["count"] == r["contents"], r["ablation"]
@@ -464,10 +493,11 @@ print(f"chapter 5 checks passed ({run.profile} run)")
 #   {glue:text}`ch5_fixed_acc`% with fixed decay, {glue:text}`ch5_none_acc`% without decay
 #   (chance {glue:text}`ch5_chance`%).
 #
-# What is open: allocation here picks the stalest slot by age and usage, not by retention, so a
-# faded slot is not reused first; letting allocation prefer faded slots would tie decay to
-# reuse. Surprise-driven writing {cite}`behrouz2024titans` and learned write gates are the
-# other half of the question.
+# What is open: faded-first allocation ties decay to reuse, but the choice of a slot gives no
+# gradient, so the model is never told that fading a content would have freed room for a useful
+# one; a differentiable (soft) allocation, or a task whose items' value is revealed only after
+# they are written, would put that question to the decay gates. Surprise-driven writing
+# {cite}`behrouz2024titans` and learned write gates are the other half of the question.
 #
 # ## Exercises
 #
