@@ -158,8 +158,12 @@ def verdict_for(name: str) -> tuple[str, np.ndarray]:
         parts.append("the useful/distractor median ratio is " + ", ".join(
             (f"at least {x:.2g}" if c else f"{x:.2g}") for x, c in zip(r[ok], censored[ok]))
             + f" in {int(ok.sum())} of {n} seeds")
+    both_beyond = sum(1 for u, d in zip(rows[name]["median_useful"], rows[name]["median_distractor"])
+                      if u == float("inf") and d == float("inf"))
     if no_distr:
         parts.append(f"in {no_distr} of {n} seeds no distractor content was written at all, so there is no ratio")
+    if both_beyond:
+        parts.append(f"in {both_beyond} of {n} seeds both medians lie beyond the trace")
     return "; ".join(parts), r
 
 
