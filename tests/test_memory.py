@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from helpers import examples, rand_tokens, small_configs, states_equal, tiny_cfg
 from memnet import MemNet, MemNetConfig, MemoryState, MultiHeadMemoryBank
-from memnet.memory import WriteRequest, sparse_to_dense
+from memnet.memory import FADED_MIN, WriteRequest, sparse_to_dense
 
 
 # ---------------------------------------------------------------- strategies
@@ -263,9 +263,12 @@ def check_trace_invariants(cfg: MemNetConfig, out, memory0: MemoryState | None =
     assert (tr.write_gate[~gate_valid] == 0).all(), "a padding token wrote"
     prev_age = memory0.age if memory0 is not None else torch.zeros(B, N)
     prev_usage = memory0.usage if memory0 is not None else torch.zeros(B, N)
+    prev_retained = memory0.retained if memory0 is not None else torch.ones(B, N)
     mass = tr.read_mass().sum(2) / H  # (B, S, N), what the model feeds to usage
     for s in range(S):
         stale = MemoryState(torch.zeros(B, N, 1), torch.zeros(B, N, 1), prev_age, prev_usage).staleness()
+        if cfg.allocation == "faded":  # the retained fraction, rebuilt from the traced retention and events
+            stale = stale / prev_retained.clamp(min=FADED_MIN)
         alloc = tr.write_alloc[:, s]
         torch.testing.assert_close(alloc, reference_alloc(stale, W), atol=0, rtol=0)
         for row in alloc.tolist():
@@ -276,7 +279,9 @@ def check_trace_invariants(cfg: MemNetConfig, out, memory0: MemoryState | None =
         expect_usage = (cfg.usage_decay * prev_usage + tr.write_strength[:, s] + mass[:, s]).clamp(0, 1)
         torch.testing.assert_close(tr.usage[:, s], expect_usage, atol=1e-5, rtol=0)
         prev_age, prev_usage = tr.age[:, s], tr.usage[:, s]
+        prev_retained = torch.where(ev, torch.ones_like(prev_retained), prev_retained * tr.retention[:, s])
     assert torch.equal(out.memory.age, tr.age[:, -1])
+    torch.testing.assert_close(out.memory.retained, prev_retained, atol=0, rtol=0)
     torch.testing.assert_close(out.memory.usage, tr.usage[:, -1], atol=0, rtol=0)
 
 
