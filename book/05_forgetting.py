@@ -280,6 +280,7 @@ for i, name in enumerate(["learned", "none"]):
         r = next(r for r in res["runs"] if r["ablation"] == name and r["seed"] == sd)
         kms = {g: fx.counts_to_km(r["item_counts"][g]) for g in groups}
         plots.survival_curves(kms, ax=axes[i, j], title=f"{name}, seed {sd}: items", max_time=S_max)
+        axes[i, j].set_xlabel("segments since the item was shown")
 fig.suptitle("Kaplan-Meier survival of items in memory (0: never written), per seed", fontsize=10)
 for name in ("learned", "none"):
     glue(f"ch5_{name}_item_u", fx.fmt(rows[name]["item_median_useful"]), display=False)

@@ -208,7 +208,8 @@ glue("ch6_win_gap1", f"{(mem_w[L1] - win_w[L1]) * L1 / 1000:.1f}", display=False
 cores = res.get("cores")  # absent where the run already used every core
 if cores:
     full_c = next(r["us_per_token"] for r in cores["rows"] if r["model"] == "full")
-    cores_line = (f"On all {cores['threads']} cores the FullTransformer's fused attention uses the extra core well "
+    cores_line = (f"With every core in use ({cores['threads']} threads) the FullTransformer's fused attention uses the "
+                  "extra cores well "
                   f"({full_c:.0f} microseconds per token at this length) and MemNet's small operations much less: "
                   "the FullTransformer then takes " + " and ".join(
                       f"{v:.1f} (window {L})" for L, v in s["cores"]["full_ratio"].items()) + " times MemNet's time.")
@@ -301,7 +302,8 @@ glue("ch6_read_seg_pct", f"{100 * rd['read_segment_vs_copy']:.0f}", display=Fals
 glue("ch6_read_seg_q", rd["read_segment_queries"], display=False)
 glue("ch6_stream_seg_s", f"{rd['stream_segment_s']:.2f}", display=False)
 rc = rd.get("cores")
-glue("ch6_read_cores_line", (f"On all {rc['threads']} cores the copy reaches {rc['copy_gbps']:.1f} GB/s and one token's "
+glue("ch6_read_cores_line", (f"With every core in use ({rc['threads']} threads) the copy reaches {rc['copy_gbps']:.1f} GB/s "
+                             "and one token's "
                              f"read {rc['read_token_gbps']:.1f} GB/s, {100 * rc['read_token_vs_copy']:.0f}% of it."
                              if rc else ""), display=False)
 labels = ["copy (read + write)", f"top-k read, one token ({rd['read_token_queries']} queries)",
