@@ -240,11 +240,16 @@ def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: 
     return index, weight
 
 
+def flat_rows(index: Tensor, num_slots: int) -> Tensor:
+    """Slot indices (B, ...) -> row indices (B * ...,) into the (B * num_slots, D) view of a bank."""
+    B = index.shape[0]
+    return (index.reshape(B, -1) + num_slots * torch.arange(B, device=index.device).unsqueeze(-1)).reshape(-1)
+
+
 def gather_slots(slots: Tensor, index: Tensor) -> Tensor:
     """slots (B, N, D), index (B, Q, H, K) -> (B, Q, H, K, D)."""
     B, N, D = slots.shape
-    rows = (index.reshape(B, -1) + N * torch.arange(B, device=index.device).unsqueeze(-1)).reshape(-1)
-    return slots.reshape(B * N, D).index_select(0, rows).view(*index.shape, D)  # rows copied whole, not per element
+    return slots.reshape(B * N, D).index_select(0, flat_rows(index, N)).view(*index.shape, D)  # whole rows
 
 
 class MultiHeadMemoryBank(nn.Module):
@@ -386,7 +391,7 @@ class MultiHeadMemoryBank(nn.Module):
         # 3. erase then add, all writes at once: M <- M * (1 - sum_j w_j e_j) + sum_j w_j x_j
         flat_index = index.reshape(B, -1)  # (B, W*(K+1))
         flat_w = weight.reshape(B, -1, 1)
-        rows = (flat_index + N * torch.arange(B, device=keys.device).unsqueeze(-1)).reshape(-1)  # into (B*N, D)
+        rows = flat_rows(flat_index, N)  # into (B*N, D)
         # (B, W, D) -> the weighted (B*N, D) sum of its rows at their slots; index_add moves whole rows
         acc = lambda x: keys.new_zeros(B * N, D).index_add(
             0, rows, (flat_w.view(B, W, k + 1, 1) * x.unsqueeze(2)).reshape(-1, D)).view(B, N, D)
@@ -527,10 +532,9 @@ class StreamingMemory:
         key, value, erase = req.key[0].float(), req.value[0].float(), req.erase[0].float()  # (W, D)
         gate, update = req.gate[0].float(), req.update[0].float()  # (W,)
         c_weight = torch.softmax(top_w * bank.write_sharpness, dim=-1)  # (W, K)
-        score = (self.age + 1.0) * (1.0 - 0.5 * self.usage)  # as MultiHeadMemoryBank.allocation_score
-        if self.retained is not None:
-            score = score / self.retained.clamp(min=FADED_MIN)
-        alloc = stable_topk(score, W)[1]  # (W,)
+        slots = MemoryState(self.keys[None], self.values[None], self.age[None], self.usage[None],
+                            None if self.retained is None else self.retained[None])  # allocation reads age, usage, retained
+        alloc = stable_topk(bank.allocation_score(slots)[0], W)[1]  # (W,)
         index = torch.cat([c_index, alloc.unsqueeze(-1)], -1)  # (W, K+1)
         weight = torch.cat([update.unsqueeze(-1) * c_weight, (1 - update).unsqueeze(-1)], -1) * gate.unsqueeze(-1)
         flat_index, flat_w = index.reshape(-1), weight.reshape(-1)  # (W*(K+1),)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -170,30 +171,46 @@ def train_step(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tens
     loss.backward()
 
 
-def measure_training(model: torch.nn.Module, T: int, vocab: int, device: torch.device, repeats: int,
-                     dtype, min_time_s: float = 0.0) -> dict:
-    """Time per token and memory of forward + backward on one random sequence of T tokens.
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` torch CPU threads (None: leave as is), restored afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-    The first pass records autograd memory and warms up; `repeats` timed passes follow, or more
-    when a pass is short: as many as fill `min_time_s` seconds (a short pass is the easiest to
-    catch in a slow spell of a shared machine). With repeats=0 (the largest points, where one
-    pass takes tens of seconds) the first pass is timed."""
+
+def first_pass(model: torch.nn.Module, T: int, vocab: int, device: torch.device, dtype):
+    """One forward + backward on a random sequence of T tokens (seeded by T) that warms up and
+    records autograd memory: returns the tokens, targets, its seconds and the autograd MB."""
     g = torch.Generator().manual_seed(T)
     x = torch.randint(0, vocab, (1, T), generator=g).to(device)
     y = torch.randint(0, vocab, (1, T), generator=g).to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     t0 = time.perf_counter()
     with SavedTensorBytes() as saved:
         train_step(model, x, y, dtype)
     _sync(device)
-    first = time.perf_counter() - t0
-    n = max(repeats, math.ceil(min_time_s / max(first, 1e-6))) if repeats > 0 else 0
-    t = (time_it(lambda: train_step(model, x, y, dtype), device, n, warmup=0) if n > 0 else
+    return x, y, time.perf_counter() - t0, saved.nbytes / 2**20
+
+
+def measure_training(model: torch.nn.Module, T: int, vocab: int, device: torch.device, repeats: int,
+                     dtype) -> dict:
+    """Time per token and memory of forward + backward on one random sequence of T tokens.
+
+    The first pass (:func:`first_pass`) records autograd memory and warms up; `repeats` timed
+    passes follow. With repeats=0 (the largest points, where one pass takes tens of seconds) the
+    first pass is timed."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    x, y, first, autograd_mb = first_pass(model, T, vocab, device, dtype)
+    t = (time_it(lambda: train_step(model, x, y, dtype), device, repeats, warmup=0) if repeats > 0 else
          {"min_s": first, "median_s": first, "repeats": 0})
     rec = {"T": T, "time_s": t["min_s"], "median_s": t["median_s"], "us_per_token": 1e6 * t["min_s"] / T,
-           "tokens_per_s": T / t["min_s"], "autograd_mb": saved.nbytes / 2**20, "repeats": t["repeats"]}
+           "tokens_per_s": T / t["min_s"], "autograd_mb": autograd_mb, "repeats": t["repeats"]}
     if device.type == "cuda":
         rec["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return rec
@@ -221,17 +238,9 @@ def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tu
                 points.append((name, T))
     inputs, times, passes = {}, {}, {}
     for name, T in points:  # the untimed first pass: autograd memory, warm-up, and the pass count of a round
-        g = torch.Generator().manual_seed(T)
-        x = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
-        y = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
+        x, y, first, autograd_mb = first_pass(models[name], T, p.vocab_size, device, dtype)
         inputs[name, T] = (x, y)
-        _sync(device)
-        t0 = time.perf_counter()
-        with SavedTensorBytes() as saved:
-            train_step(models[name], x, y, dtype)
-        _sync(device)
-        first = time.perf_counter() - t0
-        rows[name, T] = {"model": name, "T": T, "autograd_mb": saved.nbytes / 2**20}
+        rows[name, T] = {"model": name, "T": T, "autograd_mb": autograd_mb}
         passes[name, T] = max(1, math.ceil(p.min_time_s / max(p.repeats, 1) / max(first, 1e-6)))
         times[name, T] = [] if p.repeats > 0 else [first]
     for _ in range(p.repeats):
@@ -274,10 +283,8 @@ def all_cores(p: Profile, device: torch.device, dtype, threads: int, windows: li
     """The 16k-token comparison again with `threads` CPU threads (all the machine's cores): the
     FullTransformer, MemNet at the profile's window and at the fastest window of the sweep."""
     best = min((r for r in windows if r["model"] == "memnet"), key=lambda r: r["us_per_token"], default=None)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        rows = []
+    rows = []
+    with torch_threads(threads):
         configs = [("full", make_config(p)), ("memnet", make_config(p))]
         if best is not None and best["segment_len"] != p.segment_len:
             configs.append(("memnet", make_config(p, segment_len=best["segment_len"],
@@ -291,8 +298,6 @@ def all_cores(p: Profile, device: torch.device, dtype, threads: int, windows: li
                 print(f"  {threads} threads: {name:<7} L={cfg.segment_len:<4} T={p.window_T} {rec['us_per_token']:9.1f} us/token",
                       flush=True)
             del model
-    finally:
-        torch.set_num_threads(before)
     return {"threads": threads, "T": p.window_T, "rows": rows}
 
 
@@ -443,7 +448,7 @@ def stream_full_kv(p: Profile, device: torch.device, dtype, progress: bool) -> l
         if progress:
             print(f"  stream full-kv  seen={t:<8} {rows[-1]['us_per_token']:8.1f} us/token  "
                   f"cache {rows[-1]['cache_bytes'] / 2**20:.1f} MB", flush=True)
-        del cache
+        cache = None  # free the cache before the next length
     return rows
 
 
@@ -470,26 +475,22 @@ def read_bandwidth(p: Profile, device: torch.device, progress: bool, cores: int 
     res = {"num_slots": N, "slot_dim": D, "bank_bytes": bank_bytes, "state_bytes": mem.nbytes(), "setup_s": setup_s,
            "copy_s": copy["min_s"], "copy_gbps": 2 * bank_bytes / copy["min_s"] / 1e9,
            "copy_read_gbps": bank_bytes / copy["min_s"] / 1e9}  # counting only the bytes the copy reads
-    for name, Q in (("token", H), ("segment", L * H + cfg.writes)):
-        q = F.normalize(torch.randn(1, Q, D, generator=g), dim=-1).to(device)
+    queries = {name: F.normalize(torch.randn(1, Q, D, generator=g), dim=-1).to(device)
+               for name, Q in (("token", H), ("segment", L * H + cfg.writes))}
+    for name, q in queries.items():
+        Q = q.shape[1]
         tm = time_it(lambda: cosine_scores_topk(q, mem.unit[None], p.top_k), device, p.repeats)
         res[f"read_{name}_queries"] = Q
         res[f"read_{name}_s"] = tm["min_s"]
         res[f"read_{name}_gbps"] = bank_bytes / tm["min_s"] / 1e9
         res[f"read_{name}_vs_copy"] = res[f"read_{name}_gbps"] / res["copy_gbps"]
         res[f"read_{name}_vs_copy_read"] = res[f"read_{name}_gbps"] / res["copy_read_gbps"]
-        if name == "token":
-            q_token = q
     if cores is not None:  # the same two measurements on every core: both sides get the same threads
-        before = torch.get_num_threads()
-        torch.set_num_threads(cores)
-        try:
+        with torch_threads(cores):
             dst = torch.empty_like(mem.unit)
             copy = time_it(lambda: dst.copy_(mem.unit), device, max(p.repeats, 3))
             del dst
-            tm = time_it(lambda: cosine_scores_topk(q_token, mem.unit[None], p.top_k), device, p.repeats)
-        finally:
-            torch.set_num_threads(before)
+            tm = time_it(lambda: cosine_scores_topk(queries["token"], mem.unit[None], p.top_k), device, p.repeats)
         res["cores"] = {"threads": cores, "copy_gbps": 2 * bank_bytes / copy["min_s"] / 1e9,
                         "read_token_gbps": bank_bytes / tm["min_s"] / 1e9}
         res["cores"]["read_token_vs_copy"] = res["cores"]["read_token_gbps"] / res["cores"]["copy_gbps"]
@@ -610,16 +611,12 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     dev = resolve_device(device)
     dtype = amp_dtype(dev, p.amp)
     seed_everything(seeds[0])
-    threads_before = torch.get_num_threads()
+    default_threads = torch.get_num_threads()
     if threads is None:
         threads = p.threads
-    if threads is not None and dev.type == "cpu":
-        torch.set_num_threads(threads)
-    try:
-        cores = threads_before if dev.type == "cpu" and threads_before > torch.get_num_threads() else None
+    with torch_threads(threads if dev.type == "cpu" else None):
+        cores = default_threads if dev.type == "cpu" and default_threads > torch.get_num_threads() else None
         return _run(p, profile, dev, dtype, seeds, out_dir, save, progress, parts, all_parts, cores)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], out_dir: Path | None, save: bool,

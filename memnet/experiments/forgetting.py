@@ -140,35 +140,31 @@ def item_lifetimes(trace, life, batch: ForgettingBatch) -> tuple[np.ndarray, np.
     (the write gate forgot it on arrival). An item that did lives as long as its longest-lived
     content (a content created by the item's own tokens, see :func:`~memnet.survival.content_sources`):
     observed once all of them died, censored while one is alive at the end of the trace.
-    Returns (type, duration, observed), one entry per item of every row, items of the last
-    window (which writes nothing that a later segment could read) excluded.
+    Returns (type, duration, observed), one entry per item of every row (flattened, row-major).
     """
     src = content_sources(trace, life)
     item_at = batch.item_at.cpu().numpy()  # (B, T)
     item_type = batch.item_type.cpu().numpy()  # (B, M)
-    item_pos = batch.item_pos.cpu().numpy()  # (B, M) position of the item's value token
-    B, M = item_type.shape
-    L = trace.valid.shape[2]
-    S = life.num_segments
-    duration = np.zeros((B, M), dtype=np.int64)
-    alive = np.zeros((B, M), dtype=bool)
+    duration = np.zeros(item_type.shape, dtype=np.int64)
+    alive = np.zeros(item_type.shape, dtype=bool)
     ok = src >= 0
     items = item_at[life.batch[ok], src[ok]]
     keep = items >= 0
     b, m = life.batch[ok][keep], items[keep]
     np.maximum.at(duration, (b, m), life.duration[ok][keep])
     np.logical_or.at(alive, (b, m), ~life.observed[ok][keep])
-    inside = (item_pos // L) < S - 1  # (B, M) items whose segment is not the last
-    return item_type[inside], duration[inside], ~alive[inside]
+    return item_type.ravel(), duration.ravel(), ~alive.ravel()
+
+
+def _counts_by_type(types: np.ndarray, duration: np.ndarray, observed: np.ndarray, S: int) -> dict:
+    return {name: {"deaths": np.bincount(duration[(types == c) & observed], minlength=S + 1).tolist(),
+                   "censored": np.bincount(duration[(types == c) & ~observed], minlength=S + 1).tolist()}
+            for c, name in enumerate(ITEM_TYPES)}
 
 
 def item_counts(trace, life, batch: ForgettingBatch) -> dict[str, dict[str, list[int]]]:
     """Per item type: deaths and censorings at every duration 0..S, as :func:`lifetime_counts`."""
-    types, duration, observed = item_lifetimes(trace, life, batch)
-    S = life.num_segments
-    return {name: {"deaths": np.bincount(duration[(types == c) & observed], minlength=S + 1).tolist(),
-                   "censored": np.bincount(duration[(types == c) & ~observed], minlength=S + 1).tolist()}
-            for c, name in enumerate(ITEM_TYPES)}
+    return _counts_by_type(*item_lifetimes(trace, life, batch), life.num_segments)
 
 
 def counts_to_km(counts: dict[str, list[int]] | list[dict], alpha: float = 0.05):
@@ -203,21 +199,16 @@ def analyse(trace, batch: ForgettingBatch, logits: torch.Tensor, decay_threshold
         km = counts_to_km(counts[name])
         res["median"][name] = median_survival(km) if km is not None else float("nan")
         res["rmst"][name] = rmst(km, S)
-    res["item_counts"] = item_counts(trace, life, batch)
+    types, duration, observed = item_lifetimes(trace, life, batch)
+    res["item_counts"] = _counts_by_type(types, duration, observed, S)
     res["item_median"] = {}
     for name in ITEM_TYPES:
         km = counts_to_km(res["item_counts"][name])
         res["item_median"][name] = median_survival(km) if km is not None else float("nan")
-    # write rate: share of the items of each type that wrote at least one content
-    item_type = batch.item_type.cpu().numpy()
-    src = content_sources(trace, life)
-    item_at = batch.item_at.cpu().numpy()
-    written = np.zeros_like(item_type, dtype=bool)
-    ok = src >= 0
-    it = item_at[life.batch[ok], src[ok]]
-    written[life.batch[ok][it >= 0], it[it >= 0]] = True
-    res["write_rate"] = {name: float(written[item_type == c].mean()) if (item_type == c).any() else float("nan")
+    # write rate: share of the items of each type that wrote at least one content (a lifetime >= 1)
+    res["write_rate"] = {name: float((duration[types == c] > 0).mean()) if (types == c).any() else float("nan")
                          for c, name in enumerate(ITEM_TYPES)}
+    item_type = batch.item_type.cpu().numpy()
     # recall at the queries of useful and of expiring items
     pred = logits.argmax(-1).cpu().numpy()
     tgt = batch.targets.cpu().numpy()
