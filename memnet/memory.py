@@ -127,6 +127,11 @@ SORT_MAX_N = 16  # up to this many candidates (or when k is over a quarter of th
 TOPK_BLOCK = 64  # blocked_topk: entries per block
 BLOCKED_MIN_N = 8192  # rows at least this long (and >= 8 k blocks) go through blocked_topk
 TOPK_CHUNK = 65536  # slots scored per chunk when a bank is larger: bounds the (..., Q, chunk) similarity block
+# StreamingMemory takes the compiled scan (memnet.native) from this many slots on by default: a
+# segment's ~160 queries against a bank that fits in cache are about as fast as one matrix product
+# (4096 slots, one core: within the machine's noise either way), against one that does not the
+# scan is about twice as fast (65536 slots)
+NATIVE_MIN_SLOTS = 16384
 
 
 def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -186,7 +191,7 @@ def blocked_topk(scores: Tensor, k: int, block: int = TOPK_BLOCK) -> tuple[Tenso
 
 
 def cosine_scores_topk(q: Tensor, m: Tensor, k: int, chunk: int = TOPK_CHUNK,
-                       scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                       scale: Tensor | None = None, native: bool = True) -> tuple[Tensor, Tensor]:
     """Exact top-k of cosine scores, scoring the bank in chunks of `chunk` slots.
 
     q: (B, Q, D) unit queries; m: (B, N, D) unit keys (already normalised); scale: optional (B, N)
@@ -194,8 +199,17 @@ def cosine_scores_topk(q: Tensor, m: Tensor, k: int, chunk: int = TOPK_CHUNK,
     index. The bank is read once; at most (B, Q, chunk) scores exist at a time. Per chunk the stable
     top-k is kept; the union of these candidates holds the global top-k, and because candidates
     are concatenated in chunk order (lowest indices first) a stable top-k over them keeps the rule.
+
+    With `native` (the default), on CPU in float32 and when no gradient is needed, the compiled
+    kernel of :mod:`memnet.native` answers instead when it is available: one pass over the rows,
+    the same rule, scores equal up to float rounding; its answer is not differentiable.
     """
     B, N, _ = m.shape
+    if native and not (torch.is_grad_enabled() and (q.requires_grad or m.requires_grad)):
+        from . import native as kernel
+        answers = [kernel.topk_rows(q[b], m[b], k, None if scale is None else scale[b]) for b in range(B)]
+        if all(a is not None for a in answers):
+            return torch.stack([a[0] for a in answers]), torch.stack([a[1] for a in answers])
     tops, idxs = [], []
     for start in range(0, N, chunk):
         mc = m[:, start:start + chunk]  # (B, C, D)
@@ -215,7 +229,7 @@ def cosine_scores_topk(q: Tensor, m: Tensor, k: int, chunk: int = TOPK_CHUNK,
 
 
 def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: float,
-                chunk: int = TOPK_CHUNK) -> tuple[Tensor, Tensor]:
+                chunk: int = TOPK_CHUNK, native: bool = True) -> tuple[Tensor, Tensor]:
     """Top-k cosine addressing.
 
     queries: (B, Q, H, D); slots: (B, N, D); sharpness: (H,).
@@ -224,8 +238,9 @@ def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: 
     Slots with identical keys (empty slots, or slots filled by the same content write) tie exactly;
     ties go to the lowest index on every path (``stable_topk``), so the same sequence in one call
     or split in two addresses (and counts usage for) the same slots. Banks of more than `chunk`
-    slots are scored chunk by chunk (``cosine_scores_topk``): the same indices, with the (B, Q, H, N)
-    similarity matrix never held at once.
+    slots are scored chunk by chunk (``cosine_scores_topk``, through the compiled kernel where it
+    applies and `native` allows): the same indices, with the (B, Q, H, N) similarity matrix never
+    held at once.
     """
     q = F.normalize(queries, dim=-1, eps=eps)
     m = F.normalize(slots, dim=-1, eps=eps)
@@ -234,7 +249,7 @@ def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: 
         sim = torch.einsum("bqhd,bnd->bqhn", q, m)  # (B, Q, H, N)
         top, index = stable_topk(sim, k)  # (B, Q, H, K), ties to the lowest index
     else:
-        top, index = cosine_scores_topk(q.reshape(B, Q * H, D), m, k, chunk)
+        top, index = cosine_scores_topk(q.reshape(B, Q * H, D), m, k, chunk, native=native)
         top, index = top.view(B, Q, H, k), index.view(B, Q, H, k)
     weight = torch.softmax(top * sharpness.view(1, 1, -1, 1), dim=-1)
     return index, weight
@@ -419,8 +434,10 @@ class StreamingMemory:
     (slot n's true key and value are ``stored[n] * exp(log_scale[n])``; cosine addressing only needs
     the key's direction, cached as ``unit``), and a segment changes the bank's rows only where it
     writes (at most W * (K+1) of them). Reads and content-addressed writes score the cached unit
-    keys in one chunked pass (``chunk`` slots at a time), with exact top-k and ties to the lowest
-    index, so a segment reads the bank once whatever its size. The per-slot bookkeeping (age,
+    keys in one pass, with exact top-k and ties to the lowest index, so a segment reads the bank
+    once whatever its size: through the compiled kernel of :mod:`memnet.native` when it is
+    available and `native` asks for it (None: for banks of at least ``NATIVE_MIN_SLOTS`` slots),
+    else in torch, ``chunk`` slots at a time. The per-slot bookkeeping (age,
     usage, retention, allocation) stays O(N) per segment, 1/D of the bank. No autograd.
 
     It computes what :meth:`MultiHeadMemoryBank.read` then :meth:`~MultiHeadMemoryBank.write`
@@ -428,12 +445,15 @@ class StreamingMemory:
     :class:`MemoryState` of batch size 1 and get one back with :meth:`to_state`.
     """
 
-    def __init__(self, bank: MultiHeadMemoryBank, state: MemoryState | None = None, chunk: int = TOPK_CHUNK):
+    def __init__(self, bank: MultiHeadMemoryBank, state: MemoryState | None = None, chunk: int = TOPK_CHUNK,
+                 native: bool | None = None):
         if not isinstance(bank, MultiHeadMemoryBank):
             raise TypeError(f"bank must be a MultiHeadMemoryBank, got {type(bank).__name__}")
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
-        self.bank, self.chunk, self.segments = bank, chunk, 0
+        if native is not None and not isinstance(native, bool):
+            raise TypeError(f"native must be a bool or None, got {type(native).__name__}")
+        self.bank, self.chunk, self.native, self.segments = bank, chunk, native, 0
         state = bank.initial_state(1) if state is None else bank.check_state(state, 1, name="state")
         with torch.no_grad():
             self.keys = state.keys[0].clone()  # (N, D) stored keys; true keys are keys * exp(log_scale)
@@ -472,6 +492,21 @@ class StreamingMemory:
         scales `scale` (N,): below a norm of eps, normalize shortens the key, so its cosines shrink with it."""
         return (self.norm * scale / self.bank.cfg.eps).clamp(max=1.0)
 
+    def _native_scores(self, q: Tensor, LH: int, k_read: int, k_write: int, f_read: Tensor | None,
+                       f_write: Tensor | None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+        """The reads' (first LH rows of q) and the writes' top-k over the unit keys from the compiled
+        kernel (:mod:`memnet.native`): one pass over the bank when both sides share k and scale, else
+        two; None when the kernel cannot answer (the chunked torch loop then does)."""
+        from . import native as kernel
+        if not (self.native if self.native is not None else self.keys.shape[0] >= NATIVE_MIN_SLOTS):
+            return None
+        if k_read == k_write and f_read is None and f_write is None:
+            both = kernel.topk_rows(q, self.unit, k_read)
+            return None if both is None else ((both[0][:LH], both[1][:LH]), (both[0][LH:], both[1][LH:]))
+        r = kernel.topk_rows(q[:LH], self.unit, k_read, f_read)
+        w = None if r is None else kernel.topk_rows(q[LH:], self.unit, k_write, f_write)
+        return None if w is None else (r, w)
+
     @torch.no_grad()
     def step(self, queries: Tensor, req: WriteRequest, valid: Tensor | None = None) -> ReadResult:
         """Read with the memory as it stands, then apply the segment's writes, in place.
@@ -504,7 +539,8 @@ class StreamingMemory:
         tops_r, idx_r, tops_w, idx_w = [], [], [], []
         # a key shorter than eps (0 < f < 1) scores less than its direction; most chunks have none
         shrunk = lambda f: f if bool(((f > 0) & (f < 1)).any()) else None
-        for start in range(0, N, self.chunk):
+        answers = self._native_scores(q, LH, k_read, k_write, shrunk(f_read), shrunk(f_write))
+        for start in range(0, N if answers is None else 0, self.chunk):
             sim = q @ self.unit[start:start + self.chunk].T  # (L*H + W, C), rows contiguous for top-k
             c = sim.shape[1]
             fr, fw = shrunk(f_read[start:start + c]), shrunk(f_write[start:start + c])
@@ -515,8 +551,7 @@ class StreamingMemory:
         merge = lambda tops, idxs, k: ((tops[0], idxs[0]) if len(tops) == 1 else
                                        (lambda tp: (tp[0], torch.cat(idxs, -1).gather(-1, tp[1])))(
                                            stable_topk(torch.cat(tops, -1), k)))
-        top_r, r_index = merge(tops_r, idx_r, k_read)  # (L*H, K)
-        top_w, c_index = merge(tops_w, idx_w, k_write)  # (W, K)
+        (top_r, r_index), (top_w, c_index) = answers or (merge(tops_r, idx_r, k_read), merge(tops_w, idx_w, k_write))
 
         # the read: values of the kept slots at their current scale
         r_index = r_index.view(1, L, H, k_read)

@@ -474,8 +474,8 @@ def test_adamw_loop_learns_copy_previous_token():
 from memnet.memory import StreamingMemory  # noqa: E402
 
 
-def _streamed(model, x, chunk, split):
-    mem, logits = StreamingMemory(model.memory, chunk=chunk), []
+def _streamed(model, x, chunk, split, native=True):
+    mem, logits = StreamingMemory(model.memory, chunk=chunk, native=native), []
     for i in range(0, x.shape[1], split):
         out, mem = model.stream(x[:, i:i + split], mem)
         logits.append(out)
@@ -484,10 +484,11 @@ def _streamed(model, x, chunk, split):
 
 @settings(max_examples=examples(12), deadline=None)
 @given(small_configs(max_slots=40), st.integers(1, 6), st.integers(1, 3), st.integers(1, 50),
-       st.integers(0, 1000))
-def test_streaming_memory_matches_functional_forward(cfg, segments, per_call, chunk, seed):
-    """MemNet.stream (in-place bank, folded retention, chunked fused scoring) gives forward's logits
-    and state up to float rounding, calls split at multiples of segment_len."""
+       st.integers(0, 1000), st.booleans())
+def test_streaming_memory_matches_functional_forward(cfg, segments, per_call, chunk, seed, native):
+    """MemNet.stream (in-place bank, folded retention, fused scoring by the compiled kernel or the
+    torch chunk loop) gives forward's logits and state up to float rounding, calls split at
+    multiples of segment_len."""
     torch.manual_seed(seed)
     model = MemNet(cfg).eval()
     with torch.no_grad():  # a content-dependent, uneven retention, as after training
@@ -499,7 +500,7 @@ def test_streaming_memory_matches_functional_forward(cfg, segments, per_call, ch
         ref = model(x)
     if any(near_ties):
         return
-    logits, mem = _streamed(model, x, chunk, per_call * cfg.segment_len)
+    logits, mem = _streamed(model, x, chunk, per_call * cfg.segment_len, native)
     st_ = mem.to_state()
     assert torch.allclose(logits, ref.logits, atol=1e-4, rtol=1e-4)
     assert torch.equal(st_.age, ref.memory.age)
@@ -525,6 +526,8 @@ def test_streaming_memory_state_size_is_constant_and_inputs_are_checked():
         model.stream(rand_tokens(1, 8), model.initial_state(1))
     with pytest.raises(ValueError, match="chunk"):
         StreamingMemory(model.memory, chunk=0)
+    with pytest.raises(TypeError, match="native must be a bool"):
+        StreamingMemory(model.memory, native="yes")
     with pytest.raises(ValueError, match="batch size"):
         StreamingMemory(model.memory, model.initial_state(2))
 

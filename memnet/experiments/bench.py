@@ -11,8 +11,9 @@ Everything is measured in one process, so the ratios between models share the ma
   incremental-decoding measurement with its own layers: the time to decode one window of new
   tokens against a KV cache of length t (filled with random keys and values, which do not
   change the cost), and the cache's size;
-- **the top-k read at a large bank** (``read_slots``, B=1): achieved bandwidth of the chunked
-  exact top-k read (bytes of unit keys read / time) against the machine's copy bandwidth
+- **the top-k read at a large bank** (``read_slots``, B=1): achieved bandwidth of the exact
+  top-k read (bytes of unit keys read / time; the compiled kernel of :mod:`memnet.native` where it
+  is available, and the torch path beside it) against the machine's copy bandwidth
   (``dst.copy_(src)``, counted as bytes read + written, the STREAM convention) measured in the
   same run, for the queries of one token (H heads) and of a whole segment, and the time of a
   full streaming step (read + write) there;
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from ..baselines import FullTransformer, LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
 from ..encoder import sinusoidal_positions
+from .. import native
 from ..memory import StreamingMemory, cosine_scores_topk
 from ..model import MemNet, truncated_backward
 from ..train import amp_dtype, autocast, resolve_device
@@ -477,32 +479,42 @@ def read_bandwidth(p: Profile, device: torch.device, progress: bool, cores: int 
            "copy_read_gbps": bank_bytes / copy["min_s"] / 1e9}  # counting only the bytes the copy reads
     queries = {name: F.normalize(torch.randn(1, Q, D, generator=g), dim=-1).to(device)
                for name, Q in (("token", H), ("segment", L * H + cfg.writes))}
+    # the path the package takes (the compiled kernel where it applies) and, when that is the kernel,
+    # the torch path (chunked matrix product + top-k) on the same queries
+    res["read_path"] = native.status() if device.type == "cpu" else "torch"
+    paths = [("", True)] + ([("torch_", False)] if res["read_path"] == "native" else [])
     for name, q in queries.items():
-        Q = q.shape[1]
-        tm = time_it(lambda: cosine_scores_topk(q, mem.unit[None], p.top_k), device, p.repeats)
-        res[f"read_{name}_queries"] = Q
-        res[f"read_{name}_s"] = tm["min_s"]
-        res[f"read_{name}_gbps"] = bank_bytes / tm["min_s"] / 1e9
-        res[f"read_{name}_vs_copy"] = res[f"read_{name}_gbps"] / res["copy_gbps"]
-        res[f"read_{name}_vs_copy_read"] = res[f"read_{name}_gbps"] / res["copy_read_gbps"]
-    if cores is not None:  # the same two measurements on every core: both sides get the same threads
+        res[f"read_{name}_queries"] = q.shape[1]
+        for prefix, use_native in paths:
+            tm = time_it(lambda: cosine_scores_topk(q, mem.unit[None], p.top_k, native=use_native), device, p.repeats)
+            key = f"read_{prefix}{name}"
+            res[f"{key}_s"] = tm["min_s"]
+            res[f"{key}_gbps"] = bank_bytes / tm["min_s"] / 1e9
+            res[f"{key}_vs_copy"] = res[f"{key}_gbps"] / res["copy_gbps"]
+            res[f"{key}_vs_copy_read"] = res[f"{key}_gbps"] / res["copy_read_gbps"]
+    if cores is not None:  # the same measurements on every core: both sides get the same threads
         with torch_threads(cores):
             dst = torch.empty_like(mem.unit)
             copy = time_it(lambda: dst.copy_(mem.unit), device, max(p.repeats, 3))
             del dst
-            tm = time_it(lambda: cosine_scores_topk(queries["token"], mem.unit[None], p.top_k), device, p.repeats)
-        res["cores"] = {"threads": cores, "copy_gbps": 2 * bank_bytes / copy["min_s"] / 1e9,
-                        "read_token_gbps": bank_bytes / tm["min_s"] / 1e9}
-        res["cores"]["read_token_vs_copy"] = res["cores"]["read_token_gbps"] / res["cores"]["copy_gbps"]
+            res["cores"] = {"threads": cores, "copy_gbps": 2 * bank_bytes / copy["min_s"] / 1e9}
+            for prefix, use_native in paths:
+                tm = time_it(lambda: cosine_scores_topk(queries["token"], mem.unit[None], p.top_k, native=use_native),
+                             device, p.repeats)
+                res["cores"][f"read_{prefix}token_gbps"] = bank_bytes / tm["min_s"] / 1e9
+                res["cores"][f"read_{prefix}token_vs_copy"] = res["cores"][f"read_{prefix}token_gbps"] / res["cores"]["copy_gbps"]
     # a full streaming step (read + retention + write + bookkeeping) of one segment at this size
     x = torch.randint(0, p.vocab_size, (1, L), generator=g).to(device)
     tm = time_it(lambda: model.stream(x, mem), device, max(1, p.repeats - 1))
     res["stream_segment_s"] = tm["min_s"]
     res["stream_us_per_token"] = 1e6 * tm["min_s"] / L
     if progress:
-        print(f"  read N={N}: copy {res['copy_gbps']:.1f} GB/s; top-k read of one token {res['read_token_gbps']:.1f} GB/s "
+        print(f"  read N={N} ({res['read_path']}): copy {res['copy_gbps']:.1f} GB/s; top-k read of one token {res['read_token_gbps']:.1f} GB/s "
               f"({100 * res['read_token_vs_copy']:.0f}%), of a segment {res['read_segment_gbps']:.2f} GB/s "
               f"({100 * res['read_segment_vs_copy']:.0f}%); a streamed segment {res['stream_segment_s']:.2f} s", flush=True)
+        if "read_torch_token_gbps" in res:
+            print(f"  read N={N} (torch): one token {res['read_torch_token_gbps']:.1f} GB/s "
+                  f"({100 * res['read_torch_token_vs_copy']:.0f}%), a segment {res['read_torch_segment_gbps']:.2f} GB/s", flush=True)
         if "cores" in res:
             c = res["cores"]
             print(f"  read N={N} on {c['threads']} threads: copy {c['copy_gbps']:.1f} GB/s; one token "
@@ -586,6 +598,9 @@ def summarize(result: dict) -> dict:
     s["read_token_vs_copy"] = result["read"]["read_token_vs_copy"]
     s["read_token_vs_copy_read"] = result["read"]["read_token_vs_copy_read"]
     s["read_segment_vs_copy"] = result["read"]["read_segment_vs_copy"]
+    s["read_path"] = result["read"].get("read_path", "torch")
+    if "read_torch_token_vs_copy" in result["read"]:
+        s["read_torch_token_vs_copy"] = result["read"]["read_torch_token_vs_copy"]
     return s
 
 
@@ -731,11 +746,17 @@ def summary_table(result: dict) -> str:
                      f"({r['read_segment_queries']} queries) {r['read_segment_gbps']:.2f} GB/s = "
                      f"{100 * r['read_segment_vs_copy']:.0f}%; streamed segment {r['stream_segment_s']:.2f} s "
                      f"({r['stream_us_per_token']:.0f} us/token); counting only the copy's reads "
-                     f"({r['copy_read_gbps']:.1f} GB/s) one token's read is {100 * r['read_token_vs_copy_read']:.0f}%")
+                     f"({r['copy_read_gbps']:.1f} GB/s) one token's read is {100 * r['read_token_vs_copy_read']:.0f}%; "
+                     f"read path: {r.get('read_path', 'torch')}")
+        if "read_torch_token_gbps" in r:
+            lines.append(f"  torch path (chunked matrix product + top-k): one token {r['read_torch_token_gbps']:.1f} GB/s = "
+                         f"{100 * r['read_torch_token_vs_copy']:.0f}% of copy; one segment {r['read_torch_segment_gbps']:.2f} GB/s")
         if "cores" in r:
             c = r["cores"]
             lines.append(f"  on {c['threads']} threads: copy {c['copy_gbps']:.1f} GB/s; one token's read "
-                         f"{c['read_token_gbps']:.1f} GB/s = {100 * c['read_token_vs_copy']:.0f}% of copy")
+                         f"{c['read_token_gbps']:.1f} GB/s = {100 * c['read_token_vs_copy']:.0f}% of copy"
+                         + (f" (torch path {c['read_torch_token_gbps']:.1f} GB/s = {100 * c['read_torch_token_vs_copy']:.0f}%)"
+                            if "read_torch_token_gbps" in c else ""))
     if "compile" in result:
         c = result["compile"]
         lines.append(f"torch.compile: {c}")

@@ -1,0 +1,232 @@
+"""An optional compiled kernel for the one read that is bound by memory bandwidth: exact top-k of
+the dot products of a few queries with a large bank of keys (CPU, float32, no autograd).
+
+``torch``'s matrix product of a tall bank (N, D) with a handful of queries (D, Q) streams the bank
+at well under the machine's copy bandwidth on CPU; the product is memory bound (about 2Q flops per
+4 bytes read) and the BLAS kernel is built for wide products. The kernel here reads each row of
+the bank once, scores it against the queries four at a time in registers and keeps each query's
+top k in a small sorted list, so that neither the (Q, N) score matrix nor a second pass exists.
+It is C, compiled on first use with the system's C compiler into a cache directory
+(``$MEMNET_CACHE``, default ``~/.cache/memnet``) and loaded with ``ctypes``: no build step, no
+dependency. Threads: the bank is cut into contiguous row ranges, one per ``torch.get_num_threads()``
+thread (``ctypes`` releases the GIL), and the per-range candidates are merged in range order.
+
+Semantics are those of :func:`memnet.memory.stable_topk` of the scores: descending, ties to the
+lowest row. Scores are float32 dot products summed in another order than the BLAS product, so
+they may differ from it in the last bits (tests/test_native.py checks the agreement). NaN scores,
+fewer rows than k, no compiler, or ``MEMNET_NATIVE=0`` in the environment: :func:`topk_rows`
+returns None and the caller takes its torch path.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = r"""
+#include <stdint.h>
+
+/* rows ahead of the one being scored whose cache lines are requested: the hardware prefetcher
+   alone leaves a single core's stream well short of its copy bandwidth */
+#define PREFETCH_ROWS 32
+
+/* insert score s of row n into a descending list (v, ix) of k entries; an equal score already
+   in the list stays ahead (it came from a lower row) */
+static void push(float *v, int64_t *ix, int64_t k, float s, int64_t n) {
+    int64_t j = k - 1;
+    while (j > 0 && v[j - 1] < s) { v[j] = v[j - 1]; ix[j] = ix[j - 1]; j--; }
+    v[j] = s; ix[j] = n;
+}
+
+static void offer(float *vals, int64_t *idx, int64_t k, int64_t j, float s, int64_t n, int *nan) {
+    float *v = vals + j * k;
+    if (s > v[k - 1]) push(v, idx + j * k, k, s, n);
+    else if (s != s) *nan = 1;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+/* row n against queries j..j+3 when D is a multiple of 8: two accumulators per query (so the
+   dependent FMA chains are half as long), the four dot products summed horizontally at once and
+   compared with the four lists' thresholds in one instruction */
+static inline void row4_avx2(const float *row, int64_t D, int64_t n, const float *q, int64_t j,
+                             const float *scale, int64_t k, float *vals, int64_t *idx, int *nan) {
+    const float *q0 = q + j * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+    {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int64_t d = 0;
+        for (; d + 16 <= D; d += 16) {
+            const __m256 x = _mm256_loadu_ps(row + d), y = _mm256_loadu_ps(row + d + 8);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q0 + d), a0); b0 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q0 + d + 8), b0);
+            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q1 + d), a1); b1 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q1 + d + 8), b1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q2 + d), a2); b2 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q2 + d + 8), b2);
+            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q3 + d), a3); b3 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q3 + d + 8), b3);
+        }
+        if (d < D) {  /* D = 16m + 8 */
+            const __m256 x = _mm256_loadu_ps(row + d);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q0 + d), a0); a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q1 + d), a1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q2 + d), a2); a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q3 + d), a3);
+        }
+        a0 = _mm256_add_ps(a0, b0); a1 = _mm256_add_ps(a1, b1); a2 = _mm256_add_ps(a2, b2); a3 = _mm256_add_ps(a3, b3);
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));  /* the 4 dot products */
+        if (scale) s = _mm_mul_ps(s, _mm_set1_ps(scale[n]));
+        const __m128 thr = _mm_setr_ps(vals[j * k + k - 1], vals[(j + 1) * k + k - 1],
+                                       vals[(j + 2) * k + k - 1], vals[(j + 3) * k + k - 1]);
+        if (_mm_movemask_ps(_mm_or_ps(_mm_cmpgt_ps(s, thr), _mm_cmpunord_ps(s, s)))) {
+            float a[4];
+            _mm_storeu_ps(a, s);
+            for (int t = 0; t < 4; t++) offer(vals, idx, k, j + t, a[t], n, nan);
+        }
+    }
+}
+#endif
+
+/* Rows [lo, hi) of keys (row-major, D floats per row) against Q queries (Q x D): each query's k
+   largest dot products (times scale[n] when scale is not NULL) in vals/idx (Q x k, which the
+   caller fills with -inf and -1). Returns 1 if a score was NaN, else 0. */
+int memnet_topk_rows(const float *keys, int64_t D, int64_t lo, int64_t hi, const float *q, int64_t Q,
+                     const float *scale, int64_t k, float *vals, int64_t *idx) {
+    int nan = 0;
+    for (int64_t n = lo; n < hi; n++) {  /* each row is read from memory once, for all queries */
+        const float *row = keys + n * D;
+        const float f = scale ? scale[n] : 1.0f;
+        int64_t j = 0;
+        for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(row + PREFETCH_ROWS * D + d);  /* a hint: never faults */
+#if defined(__AVX2__) && defined(__FMA__)
+        if (D % 8 == 0)
+            for (; j + 4 <= Q; j += 4) row4_avx2(row, D, n, q, j, scale, k, vals, idx, &nan);
+#endif
+        for (; j < Q; j++) {
+            const float *qj = q + j * D;
+            float a = 0.0f;
+            #pragma omp simd reduction(+:a)
+            for (int64_t d = 0; d < D; d++) a += row[d] * qj[d];
+            offer(vals, idx, k, j, scale ? a * f : a, n, &nan);
+        }
+    }
+    return nan;
+}
+"""
+
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
+_lib: ctypes.CDLL | None = None
+_tried = False
+_error: str | None = None
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _fingerprint() -> str:
+    """Source, flags and CPU: a library built with -march=native is only reused on the same kind of CPU."""
+    cpu = platform.processor() + platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu += "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
+    except OSError:
+        pass
+    return hashlib.sha256((SOURCE + " ".join(FLAGS) + cpu).encode()).hexdigest()[:16]
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    cache = Path(os.environ.get("MEMNET_CACHE", Path.home() / ".cache" / "memnet"))
+    cache.mkdir(parents=True, exist_ok=True)
+    lib = cache / f"topk_{_fingerprint()}.so"
+    if not lib.exists():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            src, out = Path(tmp) / "topk.c", Path(tmp) / "topk.so"
+            src.write_text(SOURCE)
+            run = subprocess.run([cc, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {run.stderr.strip()[:300]}")
+            os.replace(out, lib)  # atomic: a concurrent build finds a whole library or none
+    dll = ctypes.CDLL(str(lib))
+    f = dll.memnet_topk_rows
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    f.argtypes = [p, i64, i64, i64, p, i64, p, i64, p, p]
+    f.restype = ctypes.c_int
+    return dll
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first call; None when disabled or when it cannot be built
+    (:func:`status` says why)."""
+    global _lib, _tried, _error
+    if os.environ.get("MEMNET_NATIVE", "1") == "0":
+        return None
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                _lib = _build()
+            except Exception as e:  # no compiler, read-only home, ...: the torch path is always there
+                _error = f"{type(e).__name__}: {e}"
+    return _lib
+
+
+def status() -> str:
+    """'native' when the kernel is in use, else why not."""
+    if os.environ.get("MEMNET_NATIVE", "1") == "0":
+        return "disabled (MEMNET_NATIVE=0)"
+    return "native" if library() is not None else f"unavailable ({_error})"
+
+
+def _executor(n: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers < n:
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="memnet-topk")
+        return _pool
+
+
+def topk_rows(q: Tensor, keys: Tensor, k: int, scale: Tensor | None = None,
+              threads: int | None = None) -> tuple[Tensor, Tensor] | None:
+    """Exact top-k of ``q @ keys.T`` (times `scale` per row): q (Q, D), keys (N, D), scale (N,)
+    -> values (Q, k) float32 and row indices (Q, k) int64, descending with ties to the lowest row.
+    None when the kernel cannot answer (see the module's docstring); the caller then computes it."""
+    if k < 1 or keys.shape[0] < k or q.dim() != 2 or keys.dim() != 2 or q.shape[1] != keys.shape[1]:
+        return None
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (q, keys)):
+        return None
+    if scale is not None and (scale.device.type != "cpu" or scale.dtype != torch.float32
+                              or scale.shape != (keys.shape[0],)):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    q, keys = q.detach().contiguous(), keys.detach().contiguous()
+    scale = None if scale is None else scale.detach().contiguous()
+    N, D = keys.shape
+    Q = q.shape[0]
+    parts = max(1, min(threads or torch.get_num_threads(), N // max(k, 4096)))
+    bounds = [N * i // parts for i in range(parts + 1)]
+    vals = torch.full((parts, Q, k), float("-inf"))
+    idx = torch.full((parts, Q, k), -1, dtype=torch.int64)
+    sp = scale.data_ptr() if scale is not None else None
+
+    def part(i: int) -> int:
+        return lib.memnet_topk_rows(keys.data_ptr(), D, bounds[i], bounds[i + 1], q.data_ptr(), Q, sp, k,
+                                    vals[i].data_ptr(), idx[i].data_ptr())
+
+    flags = [part(0)] if parts == 1 else list(_executor(parts).map(part, range(parts)))
+    if any(flags) or bool((idx < 0).any()):  # NaN scores, or a range with fewer than k rows
+        return None
+    if parts == 1:
+        return vals[0], idx[0]
+    from .memory import stable_topk  # candidates in range order (lowest rows first) keep the tie rule
+    cand, cand_idx = vals.permute(1, 0, 2).reshape(Q, -1), idx.permute(1, 0, 2).reshape(Q, -1)
+    top, pos = stable_topk(cand, k)
+    return top, cand_idx.gather(-1, pos)

@@ -1,0 +1,112 @@
+"""The compiled top-k kernel (memnet.native) against the torch paths: same rows, same tie rule,
+scores equal up to float rounding; and the cases where it declines to answer."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import examples
+from memnet import native
+from memnet.memory import cosine_scores_topk, stable_topk
+
+needs_kernel = pytest.mark.skipif(native.library() is None, reason=f"kernel {native.status()}")
+
+
+def reference(q, keys, k, scale=None):
+    """stable_topk of the full score matrix, in float64 so that its order is the exact one."""
+    s = q.double() @ keys.double().T
+    if scale is not None:
+        s = s * scale.double()
+    top, idx = stable_topk(s, k)
+    return top.float(), idx
+
+
+def well_separated(q, keys, k, scale=None, gap=1e-5):
+    """True when no two scores around each row's k-th are within `gap` (float rounding cannot reorder them)."""
+    s = q.double() @ keys.double().T
+    if scale is not None:
+        s = s * scale.double()
+    top = s.topk(min(k + 1, s.shape[1]), dim=-1).values
+    return bool(((top[:, :-1] - top[:, 1:]) > gap).all())
+
+
+def test_status_names_the_path():
+    assert native.status() == "native" or native.status().startswith(("unavailable", "disabled"))
+
+
+@needs_kernel
+@settings(max_examples=examples(40), deadline=None)
+@given(st.integers(1, 3000), st.sampled_from([1, 3, 7, 8, 16, 24, 64]), st.integers(1, 13), st.integers(1, 8),
+       st.booleans(), st.integers(0, 2**31 - 1))
+def test_kernel_matches_float64_reference(N, D, Q, k, scaled, seed):
+    """Every D (the AVX2 path needs D % 8 == 0, the others take the plain loop) and Q (groups of
+    four plus a remainder): the rows of the exact top-k, and their scores to float rounding."""
+    k = min(k, N)
+    g = torch.Generator().manual_seed(seed)
+    keys = F.normalize(torch.randn(N, D, generator=g), dim=-1)
+    q = F.normalize(torch.randn(Q, D, generator=g), dim=-1)
+    scale = torch.rand(N, generator=g) if scaled else None
+    got = native.topk_rows(q, keys, k, scale)
+    assert got is not None
+    top, idx = got
+    assert top.shape == idx.shape == (Q, k) and top.dtype == torch.float32 and idx.dtype == torch.int64
+    ref_top, ref_idx = reference(q, keys, k, scale)
+    assert torch.allclose(top, ref_top, atol=1e-5)
+    if well_separated(q, keys, k, scale):
+        assert torch.equal(idx, ref_idx)
+
+
+@needs_kernel
+@pytest.mark.parametrize("D", [8, 5])
+def test_exact_ties_go_to_the_lowest_row_across_threads(D):
+    """Duplicated and empty rows score exactly alike; the kernel keeps the lowest rows first, as
+    the stable sort does, also when the rows are split between threads."""
+    g = torch.Generator().manual_seed(0)
+    N = 3 * 4096
+    keys = F.normalize(torch.randn(N, D, generator=g), dim=-1)
+    keys[::7] = keys[5]  # a key repeated all over the bank, in every thread's range
+    keys[1::11] = 0.0  # empty slots tie at 0
+    q = torch.cat([keys[5:6], -keys[5:6], F.normalize(torch.randn(3, D, generator=g), dim=-1)])
+    for threads in (1, 2, 3):
+        top, idx = native.topk_rows(q, keys, 6, threads=threads)
+        ref_top, ref_idx = stable_topk(q @ keys.T, 6)
+        assert torch.equal(idx[0], ref_idx[0]) and idx[0].tolist() == [0, 5, 7, 14, 21, 28]
+        assert torch.allclose(top, ref_top, atol=1e-6)
+    one = native.topk_rows(q, keys, 6, threads=1)
+    two = native.topk_rows(q, keys, 6, threads=2)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])  # the same sums, merged in row order
+
+
+@needs_kernel
+def test_cosine_scores_topk_takes_the_kernel_only_without_gradients():
+    g = torch.Generator().manual_seed(1)
+    m = F.normalize(torch.randn(2, 5000, 16, generator=g), dim=-1)
+    q = F.normalize(torch.randn(2, 6, 16, generator=g), dim=-1)
+    top_n, idx_n = cosine_scores_topk(q, m, 4, chunk=1000)
+    top_t, idx_t = cosine_scores_topk(q, m, 4, chunk=1000, native=False)
+    assert torch.equal(idx_n, idx_t) and torch.allclose(top_n, top_t, atol=1e-6)
+    qg = q.clone().requires_grad_()
+    top_g, _ = cosine_scores_topk(qg, m, 4, chunk=1000)
+    assert top_g.requires_grad  # the differentiable torch path
+    top_g.sum().backward()
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()
+
+
+@needs_kernel
+def test_kernel_declines_what_it_cannot_answer(monkeypatch):
+    keys = F.normalize(torch.randn(100, 8), dim=-1)
+    q = F.normalize(torch.randn(3, 8), dim=-1)
+    bad = q.clone()
+    bad[1, 2] = float("nan")
+    assert native.topk_rows(bad, keys, 4) is None  # NaN scores: the sort's own order is the caller's
+    assert native.topk_rows(q, keys[:3], 4) is None  # fewer rows than k
+    assert native.topk_rows(q.double(), keys.double(), 4) is None
+    assert native.topk_rows(q, keys[:, :7], 4) is None  # mismatched widths
+    assert native.topk_rows(q, keys, 4, scale=torch.ones(99)) is None
+    monkeypatch.setenv("MEMNET_NATIVE", "0")
+    assert native.topk_rows(q, keys, 4) is None and native.status().startswith("disabled")
+    # and the caller's answer is then the torch path's
+    top, idx = cosine_scores_topk(bad[None], keys[None], 4)
+    ref_top, ref_idx = cosine_scores_topk(bad[None], keys[None], 4, native=False)
+    assert torch.equal(idx, ref_idx)
