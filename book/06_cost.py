@@ -34,6 +34,7 @@ from myst_nb import glue
 from memnet import MemNet, book, plots, widgets
 from memnet.experiments import bench
 from memnet.memory import StreamingMemory, stable_topk
+from torch.utils._python_dispatch import TorchDispatchMode
 
 settings = book.setup(profile, device, seed, save)
 
@@ -218,6 +219,46 @@ if full_T is not None:  # the memory's budget per segment for 10x: (full / 10 - 
 else:
     budget_line = ""
 glue("ch6_win_budget", budget_line, display=False)
+
+
+class CountCalls(TorchDispatchMode):
+    """Counts the operator calls that reach a kernel (below autograd, views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def calls_per_segment(L: int, W: int, segments: tuple = (2, 6)) -> tuple[float, float]:
+    """Operator calls that one more segment adds to MemNet's forward and to its backward: the
+    difference between two lengths over their segments."""
+    cfg = bench.make_config(bench.Profile(**{k: v for k, v in res["profile_settings"].items()
+                                             if k in bench.Profile.__dataclass_fields__}),
+                            segment_len=L, writes_per_segment=min(W, L))
+    model = MemNet(cfg)
+    counts = []
+    for S in segments:
+        x = torch.randint(0, cfg.vocab_size, (1, S * L), generator=torch.Generator().manual_seed(S))
+        with CountCalls() as fwd:
+            loss = model(x).logits.logsumexp(-1).mean()
+        with CountCalls() as bwd:
+            loss.backward()
+        counts.append((fwd.n, bwd.n))
+    dS = segments[1] - segments[0]
+    return (counts[1][0] - counts[0][0]) / dS, (counts[1][1] - counts[0][1]) / dS
+
+
+count_L = 64 if 64 in mem_w else L0
+calls_f, calls_b = calls_per_segment(count_L, wins[-1]["writes_per_segment"])
+glue("ch6_calls_L", count_L, display=False)
+glue("ch6_calls_f", f"{calls_f:.0f}", display=False)
+glue("ch6_calls_b", f"{calls_b:.0f}", display=False)
+glue("ch6_calls", f"{calls_f + calls_b:.0f}", display=False)
+glue("ch6_us_per_call", f"{(mem_w[count_L] - win_w[count_L]) * count_L / (calls_f + calls_b):.0f}", display=False)
 cores = res.get("cores")  # absent where the run already used every core
 if cores:
     full_c = next(r["us_per_token"] for r in cores["rows"] if r["model"] == "full")
@@ -240,11 +281,15 @@ plots.bench_windows(res)
 # {glue:text}`ch6_win_best_L` tokens, trains at {glue:text}`ch6_win_best_us` microseconds per token,
 # {glue:text}`ch6_win_best_ratio` times faster than the FullTransformer at this length: that
 # {glue:text}`ch6_win_verdict` our bar of 10. What remains is the per-segment loop of small
-# operations: counted with `torch.profiler` at a window of 64, a segment's read and write issue
-# about 460 operator calls forward and 720 backward (views included), each some microseconds on
-# this CPU, against 64 slots whose arithmetic is negligible. {glue:text}`ch6_win_budget` A budget of
-# a fraction of a millisecond for a thousand calls is out of reach of eager PyTorch; it needs the
-# segment's read and write fused into a few kernels. A longer window also means fewer memory
+# operations: counted in the cell above at a window of {glue:text}`ch6_calls_L`, one more segment
+# adds {glue:text}`ch6_calls_f` operator calls to the forward and {glue:text}`ch6_calls_b` to the
+# backward (calls that reach a kernel, views included): the measured overhead at that window is
+# about {glue:text}`ch6_us_per_call` microseconds per call, dispatch and autograd bookkeeping
+# included, while the arithmetic on a few dozen slots is negligible.
+# {glue:text}`ch6_win_budget` The measured overhead is {glue:text}`ch6_win_gap0` to
+# {glue:text}`ch6_win_gap1` ms; a budget of a millisecond or less for some
+# {glue:text}`ch6_calls` calls is out of reach of eager PyTorch, and needs the segment's read and
+# write fused into a few kernels. A longer window also means fewer memory
 # updates per token, which changes the model, not only its cost. {glue:text}`ch6_cores_line`
 #
 # ## Slots and top-k
@@ -333,9 +378,10 @@ glue("ch6_read_cores_line", (f"With every core in use ({rc['threads']} threads) 
                              f"read {rc['read_token_gbps']:.1f} GB/s, {100 * rc['read_token_vs_copy']:.0f}% of it"
                              + (f" (the torch path {100 * rc['read_torch_token_vs_copy']:.0f}%)." if "read_torch_token_vs_copy" in rc else ".")
                              if rc else ""), display=False)
+what = "kernel" if path == "native" else "top-k read"
 bars = [("copy (read + write)", rd["copy_gbps"], "C7"),
-        (f"top-k read, one token ({rd['read_token_queries']} queries)", rd["read_token_gbps"], "C0"),
-        (f"top-k read, one segment ({rd['read_segment_queries']} queries)", rd["read_segment_gbps"], "C0")]
+        (f"{what}, one token ({rd['read_token_queries']} queries)", rd["read_token_gbps"], "C0"),
+        (f"{what}, one segment ({rd['read_segment_queries']} queries)", rd["read_segment_gbps"], "C0")]
 if has_torch:
     bars[2:2] = [("torch path, one token", rd["read_torch_token_gbps"], "C1")]
     bars.append(("torch path, one segment", rd["read_torch_segment_gbps"], "C1"))
@@ -344,8 +390,8 @@ ax = axes[0, 0]
 ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color=[b[2] for b in bars][::-1])
 ax.axvline(rd["copy_gbps"] / 2, color="k", ls="--", lw=0.8, label="50% of copy")
 ax.set_xlabel("GB/s")
-ax.set_title(f"N = {rd['num_slots']:,} slots, B=1 ({rd['bank_bytes'] / 2**20:.0f} MB of unit keys); "
-             f"blue: {'kernel' if path == 'native' else 'torch path'}", fontsize=9)
+ax.set_title(f"exact top-k read, N = {rd['num_slots']:,} slots, B=1 ({rd['bank_bytes'] / 2**20:.0f} MB of unit keys)",
+             fontsize=9)
 ax.legend(fontsize=8)
 fig
 
