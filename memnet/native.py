@@ -125,6 +125,7 @@ _tried = False
 _error: str | None = None
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0  # the process that made _pool: a forked child has the object but not its threads
 
 
 def _fingerprint() -> str:
@@ -185,10 +186,11 @@ def status() -> str:
 
 
 def _executor(n: int) -> ThreadPoolExecutor:
-    global _pool
+    global _pool, _pool_pid
     with _lock:
-        if _pool is None or _pool._max_workers < n:
+        if _pool is None or _pool._max_workers < n or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="memnet-topk")
+            _pool_pid = os.getpid()
         return _pool
 
 

@@ -1,5 +1,7 @@
 """The compiled top-k kernel (memnet.native) against the torch paths: same rows, same tie rule,
 scores equal up to float rounding; and the cases where it declines to answer."""
+import multiprocessing as mp
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,3 +112,25 @@ def test_kernel_declines_what_it_cannot_answer(monkeypatch):
     top, idx = cosine_scores_topk(bad[None], keys[None], 4)
     ref_top, ref_idx = cosine_scores_topk(bad[None], keys[None], 4, native=False)
     assert torch.equal(idx, ref_idx)
+
+
+def _child_topk(conn):
+    keys = F.normalize(torch.randn(3 * 4096, 8, generator=torch.Generator().manual_seed(3)), dim=-1)
+    got = native.topk_rows(keys[:2], keys, 3, threads=2)
+    conn.send(None if got is None else got[1].tolist())
+
+
+@needs_kernel
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="no fork on this platform")
+def test_threads_work_in_a_forked_child():
+    """A child forked after the parent used the thread pool (as DataLoader workers are) gets a pool
+    of its own instead of waiting on threads that did not survive the fork."""
+    keys = F.normalize(torch.randn(3 * 4096, 8, generator=torch.Generator().manual_seed(3)), dim=-1)
+    want = native.topk_rows(keys[:2], keys, 3, threads=2)[1].tolist()  # the parent's pool now exists
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child_topk, args=(child,))
+    proc.start()
+    assert parent.poll(60), "the forked child did not answer"
+    assert parent.recv() == want
+    proc.join(10)
