@@ -360,12 +360,29 @@ class MultiHeadMemoryBank(nn.Module):
         exactly 1; both ignore `decay` and learn nothing.
         """
         B, N = state.age.shape
+        if self.cfg.decay_mode != "learned":
+            return self._gate(None, B, state.keys.device)
+        k = F.normalize(state.keys, dim=-1, eps=self.cfg.eps)
+        return self._gate(torch.einsum("bnd,bd->bn", k, decay.float()), B, state.keys.device)
+
+    def retention_of_directions(self, unit: Tensor, factor: Tensor, decay: Tensor) -> Tensor:
+        """(N,) the retention gate of one sequence's slots given as directions: keys ``unit * length``
+        with unit (N, D) of norm 1 (or 0 for an empty slot), factor (N,) = min(length / eps, 1) and
+        decay (D,). Equal to :meth:`retention` of those keys, since F.normalize(key, eps) is
+        ``unit * factor``, without forming the keys: one pass over `unit`, no (N, D) temporary."""
+        if self.cfg.decay_mode != "learned":
+            return self._gate(None, 1, unit.device)[0]
+        return self._gate((factor * (unit @ decay.float()))[None], 1, unit.device)[0]
+
+    def _gate(self, alignment: Tensor | None, B: int, device: torch.device) -> Tensor:
+        """(B, N) sigmoid of the clamped slot-wise logit plus the keys' `alignment` (B, N) with the
+        decay direction ("learned"); the constant gate ("fixed") or ones ("none") otherwise."""
+        N = self.cfg.num_slots
         if self.cfg.decay_mode == "none":
-            return torch.ones(B, N, device=state.keys.device)
+            return torch.ones(B, N, device=device)
         if self.cfg.decay_mode == "fixed":
             return torch.sigmoid(self.decay_logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX)).expand(B, N)
-        k = F.normalize(state.keys, dim=-1, eps=self.cfg.eps)
-        logit = self.decay_logit + torch.einsum("bnd,bd->bn", k, decay.float())
+        logit = self.decay_logit + alignment
         return torch.sigmoid(logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX))
 
     def allocation_score(self, state: MemoryState) -> Tensor:
@@ -523,14 +540,10 @@ class StreamingMemory:
 
         # retention of every slot (needs only key directions); the write addresses the retained keys
         scale = self.log_scale.exp().float()  # (N,) slot scale before this segment's write
-        if getattr(cfg, "decay_mode", "learned") == "learned":
-            true_keys = self.keys * scale.unsqueeze(-1)  # (N, D)
-        else:
-            true_keys = self.unit  # retention does not look at the keys
-        retention = bank.retention(MemoryState(true_keys[None], true_keys[None], self.age[None], self.usage[None]),
-                                   req.decay)[0]  # (N,)
+        f_read = self._addressing_scale(scale)
+        retention = bank.retention_of_directions(self.unit, f_read, req.decay[0])  # (N,)
         log_post = self.log_scale + retention.double().log()
-        f_read, f_write = self._addressing_scale(scale), self._addressing_scale(log_post.exp().float())
+        f_write = self._addressing_scale(log_post.exp().float())
 
         # one pass over the unit keys scores the reads' and the content writes' queries together
         q = torch.cat([F.normalize(queries[0].float(), dim=-1, eps=cfg.eps).reshape(L * H, D),
