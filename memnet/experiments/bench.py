@@ -86,6 +86,8 @@ class Profile:
     read_slots: int = 1_000_000
     compile: bool = True
     repeats: int = 3
+    seq_len_rounds: int | None = 5  # rounds of the interleaved sequence-length sweep (None: repeats); each
+    # point's time is its fastest round, so more rounds make the flatness check robust to a slow spell
     min_time_s: float = 2.0  # sequence-length sweep: short passes repeat until this much is timed
     amp: str = "auto"
     threads: int | None = 1  # torch CPU threads for every model (None: torch's default)
@@ -96,7 +98,7 @@ PROFILES = {
     "smoke": Profile(vocab_size=32, d_model=32, segment_len=8, num_slots=16, top_k=2, mem_heads=2, n_layers=1, tbptt_chunk=8,
                      n_heads=2, seq_lens=(64, 256), windows=(8, 16), window_T=256, window_writes=8, window_repeats=1, max_len={"full": 256}, slots=(16, 256), slots_seq_len=32,
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
-                     checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1,
+                     checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1, seq_len_rounds=None,
                      min_time_s=0.0),
     "laptop": Profile(),
     "gpu": Profile(d_model=128, segment_len=64, num_slots=128, seq_lens=(1024, 4096, 16384, 65536, 262144),
@@ -224,7 +226,7 @@ def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tu
     records autograd memory), `repeats` rounds each time every point once (a short point as many
     passes as fill its share of `min_time_s`). A slow spell of a shared machine then lands on
     every point of a round rather than on one point's whole measurement, which is what the
-    flatness and the ratios between models compare."""
+    flatness and the ratios between models compare. `seq_len_rounds` rounds (default `repeats`)."""
     cfg = make_config(p)
     models, params, points, rows = {}, {}, [], {}
     for name in p.models:
@@ -239,13 +241,14 @@ def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tu
             else:
                 points.append((name, T))
     inputs, times, passes = {}, {}, {}
+    rounds = p.repeats if p.seq_len_rounds is None else p.seq_len_rounds
     for name, T in points:  # the untimed first pass: autograd memory, warm-up, and the pass count of a round
         x, y, first, autograd_mb = first_pass(models[name], T, p.vocab_size, device, dtype)
         inputs[name, T] = (x, y)
         rows[name, T] = {"model": name, "T": T, "autograd_mb": autograd_mb}
-        passes[name, T] = max(1, math.ceil(p.min_time_s / max(p.repeats, 1) / max(first, 1e-6)))
-        times[name, T] = [] if p.repeats > 0 else [first]
-    for _ in range(p.repeats):
+        passes[name, T] = max(1, math.ceil(p.min_time_s / max(rounds, 1) / max(first, 1e-6)))
+        times[name, T] = [] if rounds > 0 else [first]
+    for _ in range(rounds):
         for name, T in points:
             x, y = inputs[name, T]
             t = time_it(lambda: train_step(models[name], x, y, dtype), device, passes[name, T], warmup=0)
@@ -253,7 +256,7 @@ def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tu
     for name, T in points:
         ts = sorted(times[name, T])
         rows[name, T].update({"time_s": ts[0], "median_s": ts[len(ts) // 2], "us_per_token": 1e6 * ts[0] / T,
-                              "tokens_per_s": T / ts[0], "repeats": len(ts) * (passes[name, T] if p.repeats else 1)})
+                              "tokens_per_s": T / ts[0], "repeats": len(ts) * (passes[name, T] if rounds else 1)})
         if device.type == "cuda":
             rows[name, T]["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20  # over the whole sweep
         if progress:
