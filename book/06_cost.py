@@ -286,10 +286,10 @@ plots.bench_windows(res)
 # backward (calls that reach a kernel, views included): the measured overhead at that window is
 # about {glue:text}`ch6_us_per_call` microseconds per call, dispatch and autograd bookkeeping
 # included, while the arithmetic on a few dozen slots is negligible.
-# {glue:text}`ch6_win_budget` The measured overhead is {glue:text}`ch6_win_gap0` to
-# {glue:text}`ch6_win_gap1` ms; a budget of a millisecond or less for some
-# {glue:text}`ch6_calls` calls is out of reach of eager PyTorch, and needs the segment's read and
-# write fused into a few kernels. A longer window also means fewer memory
+# {glue:text}`ch6_win_budget` Against a measured overhead of {glue:text}`ch6_win_gap0` ms (window
+# {glue:text}`ch6_win_L0`) and {glue:text}`ch6_win_gap1` ms (window {glue:text}`ch6_win_L1`), a
+# budget of a millisecond or less for some {glue:text}`ch6_calls` calls is out of reach of eager
+# PyTorch, and needs the segment's read and write fused into a few kernels. A longer window also means fewer memory
 # updates per token, which changes the model, not only its cost. {glue:text}`ch6_cores_line`
 #
 # ## Slots and top-k
