@@ -31,7 +31,7 @@ import ipywidgets as W
 import torch
 from myst_nb import glue
 
-from memnet import MemNet, book, plots, widgets
+from memnet import MemNet, MemNetConfig, book, plots, widgets
 from memnet.experiments import bench
 from memnet.memory import StreamingMemory, stable_topk
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -236,9 +236,7 @@ class CountCalls(TorchDispatchMode):
 def calls_per_segment(L: int, W: int, segments: tuple = (2, 6)) -> tuple[float, float]:
     """Operator calls that one more segment adds to MemNet's forward and to its backward: the
     difference between two lengths over their segments."""
-    cfg = bench.make_config(bench.Profile(**{k: v for k, v in res["profile_settings"].items()
-                                             if k in bench.Profile.__dataclass_fields__}),
-                            segment_len=L, writes_per_segment=min(W, L))
+    cfg = MemNetConfig.from_dict({**res["config"], "segment_len": L, "writes_per_segment": min(W, L)})
     model = MemNet(cfg)
     counts = []
     for S in segments:

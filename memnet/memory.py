@@ -221,11 +221,16 @@ def cosine_scores_topk(q: Tensor, m: Tensor, k: int, chunk: int = TOPK_CHUNK,
         t, i = stable_topk(sim, min(k, mc.shape[1]))
         tops.append(t)
         idxs.append(i + start)
+    return merge_candidates(tops, idxs, k)
+
+
+def merge_candidates(tops: list[Tensor], idxs: list[Tensor], k: int) -> tuple[Tensor, Tensor]:
+    """The top k of per-part candidates (..., k_i) with their global indices, parts given in index
+    order (lowest first): concatenated in that order, a stable top-k keeps ties at the lowest index."""
     if len(tops) == 1:
         return tops[0], idxs[0]
-    cand, cand_idx = torch.cat(tops, -1), torch.cat(idxs, -1)  # (B, Q, chunks*K)
-    top, pos = stable_topk(cand, k)
-    return top, cand_idx.gather(-1, pos)
+    top, pos = stable_topk(torch.cat(tops, -1), k)
+    return top, torch.cat(idxs, -1).gather(-1, pos)
 
 
 def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: float,
@@ -561,10 +566,8 @@ class StreamingMemory:
             tops_r.append(t), idx_r.append(i + start)
             t, i = stable_topk(sim[LH:] if fw is None else sim[LH:] * fw, min(k_write, c))
             tops_w.append(t), idx_w.append(i + start)
-        merge = lambda tops, idxs, k: ((tops[0], idxs[0]) if len(tops) == 1 else
-                                       (lambda tp: (tp[0], torch.cat(idxs, -1).gather(-1, tp[1])))(
-                                           stable_topk(torch.cat(tops, -1), k)))
-        (top_r, r_index), (top_w, c_index) = answers or (merge(tops_r, idx_r, k_read), merge(tops_w, idx_w, k_write))
+        (top_r, r_index), (top_w, c_index) = answers or (merge_candidates(tops_r, idx_r, k_read),
+                                                         merge_candidates(tops_w, idx_w, k_write))
 
         # the read: values of the kept slots at their current scale
         r_index = r_index.view(1, L, H, k_read)
@@ -582,7 +585,7 @@ class StreamingMemory:
         c_weight = torch.softmax(top_w * bank.write_sharpness, dim=-1)  # (W, K)
         slots = MemoryState(self.keys[None], self.values[None], self.age[None], self.usage[None],
                             None if self.retained is None else self.retained[None])  # allocation reads age, usage, retained
-        alloc = stable_topk(bank.allocation_score(slots)[0], W)[1]  # (W,)
+        alloc = bank.allocate(slots, W)[0]  # (W,)
         index = torch.cat([c_index, alloc.unsqueeze(-1)], -1)  # (W, K+1)
         weight = torch.cat([update.unsqueeze(-1) * c_weight, (1 - update).unsqueeze(-1)], -1) * gate.unsqueeze(-1)
         flat_index, flat_w = index.reshape(-1), weight.reshape(-1)  # (W*(K+1),)

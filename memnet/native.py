@@ -62,32 +62,30 @@ static void offer(float *vals, int64_t *idx, int64_t k, int64_t j, float s, int6
 static inline void row4_avx2(const float *row, int64_t D, int64_t n, const float *q, int64_t j,
                              const float *scale, int64_t k, float *vals, int64_t *idx, int *nan) {
     const float *q0 = q + j * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
-    {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        int64_t d = 0;
-        for (; d + 16 <= D; d += 16) {
-            const __m256 x = _mm256_loadu_ps(row + d), y = _mm256_loadu_ps(row + d + 8);
-            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q0 + d), a0); b0 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q0 + d + 8), b0);
-            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q1 + d), a1); b1 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q1 + d + 8), b1);
-            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q2 + d), a2); b2 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q2 + d + 8), b2);
-            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q3 + d), a3); b3 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q3 + d + 8), b3);
-        }
-        if (d < D) {  /* D = 16m + 8 */
-            const __m256 x = _mm256_loadu_ps(row + d);
-            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q0 + d), a0); a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q1 + d), a1);
-            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q2 + d), a2); a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q3 + d), a3);
-        }
-        a0 = _mm256_add_ps(a0, b0); a1 = _mm256_add_ps(a1, b1); a2 = _mm256_add_ps(a2, b2); a3 = _mm256_add_ps(a3, b3);
-        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));  /* the 4 dot products */
-        if (scale) s = _mm_mul_ps(s, _mm_set1_ps(scale[n]));
-        const __m128 thr = _mm_setr_ps(vals[j * k + k - 1], vals[(j + 1) * k + k - 1],
-                                       vals[(j + 2) * k + k - 1], vals[(j + 3) * k + k - 1]);
-        if (_mm_movemask_ps(_mm_or_ps(_mm_cmpgt_ps(s, thr), _mm_cmpunord_ps(s, s)))) {
-            float a[4];
-            _mm_storeu_ps(a, s);
-            for (int t = 0; t < 4; t++) offer(vals, idx, k, j + t, a[t], n, nan);
-        }
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        const __m256 x = _mm256_loadu_ps(row + d), y = _mm256_loadu_ps(row + d + 8);
+        a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q0 + d), a0); b0 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q0 + d + 8), b0);
+        a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q1 + d), a1); b1 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q1 + d + 8), b1);
+        a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q2 + d), a2); b2 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q2 + d + 8), b2);
+        a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q3 + d), a3); b3 = _mm256_fmadd_ps(y, _mm256_loadu_ps(q3 + d + 8), b3);
+    }
+    if (d < D) {  /* D = 16m + 8 */
+        const __m256 x = _mm256_loadu_ps(row + d);
+        a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q0 + d), a0); a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q1 + d), a1);
+        a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q2 + d), a2); a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(q3 + d), a3);
+    }
+    a0 = _mm256_add_ps(a0, b0); a1 = _mm256_add_ps(a1, b1); a2 = _mm256_add_ps(a2, b2); a3 = _mm256_add_ps(a3, b3);
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));  /* the 4 dot products */
+    if (scale) s = _mm_mul_ps(s, _mm_set1_ps(scale[n]));
+    const __m128 thr = _mm_setr_ps(vals[j * k + k - 1], vals[(j + 1) * k + k - 1],
+                                   vals[(j + 2) * k + k - 1], vals[(j + 3) * k + k - 1]);
+    if (_mm_movemask_ps(_mm_or_ps(_mm_cmpgt_ps(s, thr), _mm_cmpunord_ps(s, s)))) {
+        float a[4];
+        _mm_storeu_ps(a, s);
+        for (int t = 0; t < 4; t++) offer(vals, idx, k, j + t, a[t], n, nan);
     }
 }
 #endif
@@ -226,9 +224,5 @@ def topk_rows(q: Tensor, keys: Tensor, k: int, scale: Tensor | None = None,
     flags = [part(0)] if parts == 1 else list(_executor(parts).map(part, range(parts)))
     if any(flags) or bool((idx < 0).any()):  # NaN scores, or a range with fewer than k rows
         return None
-    if parts == 1:
-        return vals[0], idx[0]
-    from .memory import stable_topk  # candidates in range order (lowest rows first) keep the tie rule
-    cand, cand_idx = vals.permute(1, 0, 2).reshape(Q, -1), idx.permute(1, 0, 2).reshape(Q, -1)
-    top, pos = stable_topk(cand, k)
-    return top, cand_idx.gather(-1, pos)
+    from .memory import merge_candidates  # ranges in row order (lowest first) keep the tie rule
+    return merge_candidates(list(vals.unbind(0)), list(idx.unbind(0)), k)

@@ -474,12 +474,15 @@ def read_bandwidth(p: Profile, device: torch.device, progress: bool, cores: int 
     mem.unit = mem.keys / mem.norm.unsqueeze(-1)
     setup_s = time.perf_counter() - t0
     bank_bytes = mem.unit.numel() * mem.unit.element_size()
-    dst = torch.empty_like(mem.unit)
-    copy = time_it(lambda: dst.copy_(mem.unit), device, max(p.repeats, 3))
-    del dst
+
+    def copy_s() -> float:  # seconds to copy the bank into a fresh buffer
+        dst = torch.empty_like(mem.unit)
+        return time_it(lambda: dst.copy_(mem.unit), device, max(p.repeats, 3))["min_s"]
+
+    copy = copy_s()
     res = {"num_slots": N, "slot_dim": D, "bank_bytes": bank_bytes, "state_bytes": mem.nbytes(), "setup_s": setup_s,
-           "copy_s": copy["min_s"], "copy_gbps": 2 * bank_bytes / copy["min_s"] / 1e9,
-           "copy_read_gbps": bank_bytes / copy["min_s"] / 1e9}  # counting only the bytes the copy reads
+           "copy_s": copy, "copy_gbps": 2 * bank_bytes / copy / 1e9,
+           "copy_read_gbps": bank_bytes / copy / 1e9}  # counting only the bytes the copy reads
     queries = {name: F.normalize(torch.randn(1, Q, D, generator=g), dim=-1).to(device)
                for name, Q in (("token", H), ("segment", L * H + cfg.writes))}
     # the path the package takes (the compiled kernel where it applies) and, when that is the kernel,
@@ -497,10 +500,7 @@ def read_bandwidth(p: Profile, device: torch.device, progress: bool, cores: int 
             res[f"{key}_vs_copy_read"] = res[f"{key}_gbps"] / res["copy_read_gbps"]
     if cores is not None:  # the same measurements on every core: both sides get the same threads
         with torch_threads(cores):
-            dst = torch.empty_like(mem.unit)
-            copy = time_it(lambda: dst.copy_(mem.unit), device, max(p.repeats, 3))
-            del dst
-            res["cores"] = {"threads": cores, "copy_gbps": 2 * bank_bytes / copy["min_s"] / 1e9}
+            res["cores"] = {"threads": cores, "copy_gbps": 2 * bank_bytes / copy_s() / 1e9}
             for prefix, use_native in paths:
                 tm = time_it(lambda: cosine_scores_topk(queries["token"], mem.unit[None], p.top_k, native=use_native),
                              device, p.repeats)
