@@ -173,7 +173,8 @@ def load_run(path: Path | str) -> Run:
     for f in sorted(path.glob("trace_seed*.pt")):
         seed = int(f.stem.removeprefix("trace_seed"))
         d = torch.load(f, map_location="cpu", weights_only=True)
-        d["trace"] = MemoryTrace(**d["trace"])
+        if "trace" in d:  # a full per-segment trace (experiments that store only a few fields have none)
+            d["trace"] = MemoryTrace(**d["trace"])
         traces[seed] = d
     return Run(result, traces, "stored", result.get("profile", path.name), path)
 

@@ -25,12 +25,12 @@ from torch import Tensor
 from .config import MemNetConfig
 from .controller import MemoryInterface, MemorySignals
 from .memory import MemoryState
-from .model import MemNet
+from .model import MemNet, segment, take
 
 __all__ = [
     "accuracy_matrix", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting",
     "average_forgetting", "max_drop", "learning_curve", "summarize", "SegmentEndWrites", "stream_memnet",
-    "segment_keys", "fit_key_map", "realign_keys",
+    "segment_keys", "fit_key_map", "realign_keys", "FixedAddress", "StreamMemNet",
 ]
 
 
@@ -238,7 +238,69 @@ class SegmentEndWrites(MemoryInterface):
                            write_key=self.write_key(u))
 
 
-def stream_memnet(cfg: MemNetConfig, tie_query_key: bool = True, address: str = "item") -> MemNet:
+class FixedAddress(nn.Module):
+    """Keys and queries that are a fixed function of the item: no weight of the model touches them.
+
+    At position t of a window the address is ``a_t = sum_{t' < t} code[x_{t'}] @ P_{t'}``: every
+    earlier token's fixed code (``code``, (V, c), e.g. :meth:`memnet.tasks.stream.TaskStream.symbol_code`)
+    placed by a fixed projection ``P_{t'}`` (c, Dm) of its offset. ``P`` is drawn once from
+    ``seed``; when the ``(L - 1) * c`` coded inputs (the last offset never enters an address) fit
+    into ``Dm`` its rows are orthonormal, so the cosine between two addresses is exactly the cosine
+    between the two items' codes; otherwise it is a random projection that keeps cosines
+    approximately (Johnson–Lindenstrauss). At the last token of a window ``a`` covers the item
+    alone, whether that token is a label or QUERY.
+
+    Addresses that no training step moves cannot drift: an item written on the first task is
+    found by the same items on the last one. What it gives up is learning *which* similarity
+    matters: the memory becomes a nearest-neighbour store under the code's cosine.
+    """
+
+    def __init__(self, code: Tensor, segment_len: int, slot_dim: int, seed: int = 0):
+        super().__init__()
+        if not isinstance(code, Tensor) or code.dim() != 2 or not torch.isfinite(code).all():
+            raise ValueError(f"code must be a finite (vocab_size, c) tensor, got "
+                             f"{tuple(code.shape) if isinstance(code, Tensor) else type(code).__name__}")
+        L, c = segment_len, code.shape[1]
+        n_in = (L - 1) * c  # the last offset never enters an address (the prefix is exclusive)
+        g = torch.Generator().manual_seed(seed)
+        P = torch.randn(n_in, slot_dim, generator=g, dtype=torch.float64)
+        if 0 < n_in <= slot_dim:  # orthonormal rows: inner products (hence cosines) kept exactly
+            P = torch.linalg.qr(P.T)[0].T
+        else:
+            P = P / math.sqrt(slot_dim)
+        proj = torch.cat([P.view(L - 1, c, slot_dim), P.new_zeros(1, c, slot_dim)])
+        self.register_buffer("code", code.float().clone())
+        self.register_buffer("proj", proj.float())
+
+    def forward(self, windows: Tensor) -> Tensor:
+        """windows (B, S, L) token ids -> addresses (B, S, L, Dm), exclusive prefix sums along L."""
+        if windows.shape[-1] > self.proj.shape[0]:
+            raise ValueError(f"windows must be at most {self.proj.shape[0]} tokens long, got {windows.shape[-1]}")
+        L = windows.shape[-1]
+        c = torch.einsum("bslc,lcd->bsld", self.code[windows], self.proj[:L])  # (B, S, L, Dm)
+        return F.pad(c.cumsum(2)[:, :, :-1], (0, 0, 1, 0))
+
+
+class StreamMemNet(MemNet):
+    """The :class:`~memnet.MemNet` of :func:`stream_memnet`: writes at window ends, and optionally
+    keys and queries from a :class:`FixedAddress` (``fixed_address``) instead of learned projections."""
+
+    def __init__(self, cfg: MemNetConfig, fixed_address: FixedAddress | None = None):
+        super().__init__(cfg)
+        self.fixed_address = fixed_address
+
+    def _signals(self, tokens: Tensor):
+        ws = super()._signals(tokens)
+        if self.fixed_address is None:
+            return ws
+        a = self.fixed_address(segment(tokens, self.cfg.segment_len)[0]).to(ws.h.dtype)  # (B, S, L, Dm)
+        B, S, L, Dm = a.shape
+        sig = _dc.replace(ws.sig, read_query=a.unsqueeze(3).expand(B, S, L, self.cfg.mem_heads, Dm), write_key=a)
+        return ws._replace(sig=sig, key=take(a, ws.pos))
+
+
+def stream_memnet(cfg: MemNetConfig, tie_query_key: bool = True, address: str = "item",
+                  code: Tensor | None = None) -> MemNet:
     """A :class:`~memnet.MemNet` whose windows write only at their last token (see
     :class:`SegmentEndWrites`, which also explains ``address``); ``cfg.writes_per_segment`` must be 1.
 
@@ -246,11 +308,21 @@ def stream_memnet(cfg: MemNetConfig, tie_query_key: bool = True, address: str = 
     (they are still trained separately). A query item then starts by finding the slots whose
     keys were written by similar items; with independent random projections the first reads are
     random, no gradient says which slot holds the answer and episodic training stalls at a guess.
+
+    address ``"fixed"``: keys and queries from a :class:`FixedAddress` of the tokens' ``code``
+    (required then; (vocab_size, c)); every read head gets the same query. The learned key and
+    query projections stay in the model, unused.
     """
     if cfg.writes != 1:
         raise ValueError(f"cfg.writes_per_segment must be 1 for a stream MemNet (one write per item), got {cfg.writes}")
-    model = MemNet(cfg)
-    model.interface = SegmentEndWrites(cfg, address)
+    if address == "fixed":
+        if code is None or code.shape[0] != cfg.vocab_size:
+            raise ValueError(f"address='fixed' needs code, a (vocab_size={cfg.vocab_size}, c) tensor, got "
+                             f"{None if code is None else tuple(code.shape)}")
+    elif code is not None:
+        raise ValueError(f"code is only used with address='fixed', got address={address!r}")
+    model = StreamMemNet(cfg, FixedAddress(code, cfg.segment_len, cfg.slot_dim) if address == "fixed" else None)
+    model.interface = SegmentEndWrites(cfg, "token" if address == "fixed" else address)
     if tie_query_key:
         with torch.no_grad():
             model.interface.read_query.weight.copy_(model.interface.write_key.weight.repeat(cfg.mem_heads, 1))

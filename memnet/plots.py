@@ -480,7 +480,9 @@ CONTINUAL_LABELS = {"memnet": "MemNet (carried memory)", "memnet_reset": "MemNet
                     "memnet_rewrite": "MemNet, memory rewritten (diagnostic)",
                     "memnet_unaligned": "MemNet, carried, no realignment", "memnet_frozen": "MemNet, frozen after task 1",
                     "windowed": "WindowedTransformer, fine-tuned", "lstm": "LSTM, fine-tuned", "memnet_joint": "MemNet, joint",
-                    "windowed_joint": "WindowedTransformer, joint", "lstm_joint": "LSTM, joint"}
+                    "windowed_joint": "WindowedTransformer, joint", "lstm_joint": "LSTM, joint",
+                    "memnet_fixed": "MemNet, fixed addresses", "memnet_fixed_reset": "MemNet, fixed addresses, reset",
+                    "memnet_fixed_joint": "MemNet, fixed addresses, joint"}
 
 
 def continual_matrices(result: dict, stream: str, model: str) -> np.ndarray:

@@ -153,12 +153,13 @@ def test_bad_run_arguments():
 def test_smoke_run_stores_consistent_results(tmp_path):
     torch.set_num_threads(1)
     res = C.run("smoke", "cpu", seeds=[0], out_dir=tmp_path, save=True, progress=False, streams=["shift"],
-                models=["memnet", "windowed", "lstm_joint", "memnet_joint"])
+                models=["memnet", "memnet_fixed", "windowed", "lstm_joint", "memnet_joint", "memnet_fixed_joint"])
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["provenance"]["seed"] == [0] and stored["experiment"] == "continual"
     runs = stored["streams"]["shift"]["runs"]
     assert [r["model"] for r in runs] == ["memnet", "memnet_reset", "memnet_rewrite", "memnet_frozen",
-                                          "memnet_unaligned", "windowed", "lstm_joint", "memnet_joint"]
+                                          "memnet_unaligned", "memnet_fixed", "memnet_fixed_reset", "windowed",
+                                          "lstm_joint", "memnet_joint", "memnet_fixed_joint"]
     # after the first task every MemNet variant but the reset one is the same weights with the same memory
     by = {r["model"]: np.array(r["R"]) for r in runs if "R" in r}
     for m in ("memnet_rewrite", "memnet_frozen", "memnet_unaligned"):
@@ -179,13 +180,23 @@ def test_smoke_run_stores_consistent_results(tmp_path):
     assert np.all((kept[np.tril_indices(5)] >= 0) & (kept[np.tril_indices(5)] <= 1))
     # after task 0 the carried and the rewritten memory are the same fill by the same weights
     assert np.isnan(drift[0, 0]) or drift[0, 0] == pytest.approx(1.0, abs=1e-5)
-    rec = torch.load(tmp_path / "trace_seed0.pt", weights_only=True)
+    recs = torch.load(tmp_path / "trace_seed0.pt", weights_only=True)
+    assert sorted(recs) == ["memnet", "memnet_fixed"] and list(recs["memnet"]) == ["shift"]
+    rec = recs["memnet"]["shift"]
     assert rec["slot_owner"].shape == (5, 64)
     owners = rec["slot_owner"][-1]
     counts = torch.bincount(owners[owners >= 0], minlength=5)
     np.testing.assert_allclose(counts.numpy() / 6, kept[-1], atol=1e-9)  # 3 items x 2 classes per task
     assert rec["segment_task"].tolist() == sum([[t] * 6 for t in range(5)], [])
-    assert "shift" in rec["streams"]
+    # the stored fill record rebuilds the write events the owners were computed from
+    from memnet import plots
+    own = plots.slot_owner_over_time(C.slot_events(rec), rec["segment_task"], 5)
+    np.testing.assert_array_equal(own[-1], owners.numpy())
+    # the fixed-address MemNet: a bank sized to the stream, every item kept, nothing evicted
+    fx = next(r for r in runs if r["model"] == "memnet_fixed")
+    assert fx["num_slots"] == 64 and recs["memnet_fixed"]["shift"]["slot_owner"].shape == (5, 64)
+    assert np.allclose(np.array(fx["retained"], dtype=float)[np.tril_indices(5)], 1.0)
+    np.testing.assert_array_equal(np.array(fx["R"])[0], np.array(by["memnet_fixed_reset"])[0])
     table = C.summary_table(res)
     assert "memnet_reset" in table and "lstm_joint" in table and "ACC" in table
 
@@ -227,3 +238,113 @@ def test_workers_give_the_same_results_as_one_process(tmp_path):
     assert two["provenance"]["workers"] == 2
     with pytest.raises(ValueError, match="workers"):
         C.run(**kw, workers=0)
+
+
+# ---------------------------------------------------------------------------- fixed addresses
+def test_fixed_address_keeps_item_cosines_and_ignores_labels_and_weights():
+    from memnet.continual import FixedAddress
+    from memnet.tasks.digits import SplitDigits
+
+    d = SplitDigits(seed=0, pool=2)
+    x, y = d.support_set(None, 2, seed=0)
+    cfg = MemNetConfig(vocab_size=d.vocab_size, d_model=16, n_layers=1, n_heads=2, num_slots=32, top_k=2,
+                       mem_heads=2, segment_len=d.segment_len, writes_per_segment=1)
+    torch.manual_seed(0)
+    a = stream_memnet(cfg, address="fixed", code=d.symbol_code())
+    torch.manual_seed(1)
+    b = stream_memnet(cfg, address="fixed", code=d.symbol_code())  # other weights, same addresses
+    sup = d.support_tokens(x, y).view(len(y), -1)
+    qry, _ = d.query_tokens(x, y)
+    with torch.no_grad():
+        ka, kb, qa = a._signals(sup).key[:, 0, 0], b._signals(sup).key[:, 0, 0], a._signals(qry).sig.read_query
+    torch.testing.assert_close(ka, kb)
+    torch.testing.assert_close(ka, qa[:, 0, -1, 0])  # a query item finds the key its support item was written under
+    torch.testing.assert_close(qa[:, 0, -1, 0], qa[:, 0, -1, 1])  # every head asks the same
+    # 16 pixel offsets x 1 code fit into the 16-dim slots (the label's offset never enters): orthonormal placement, the cosine is the images' cosine
+    px = torch.from_numpy(x).double()
+    want = torch.nn.functional.cosine_similarity(px[:, None], px[None], dim=-1)
+    got = torch.nn.functional.cosine_similarity(ka[:, None].double(), ka[None].double(), dim=-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # when the coded item does not fit, a random projection: close, not exact
+    fa = FixedAddress(torch.eye(5), segment_len=40, slot_dim=8)
+    assert fa.proj.shape == (40, 5, 8)
+    with pytest.raises(ValueError, match="code"):
+        FixedAddress(torch.tensor([[float("nan")]]), 4, 8)
+    with pytest.raises(ValueError, match="code"):
+        stream_memnet(cfg, address="fixed")
+    with pytest.raises(ValueError, match="code"):
+        stream_memnet(cfg, code=d.symbol_code())
+
+
+def test_symbol_codes():
+    from memnet.tasks.digits import SplitDigits
+
+    d = SplitDigits(seed=0, pool=2)
+    code = d.symbol_code()
+    assert code.shape == (d.vocab_size, 1) and code[16, 0] == 1 and code[0, 0] == 0 and code[8, 0] == 0.5
+    assert (code[d.n_symbols:] == 0).all()  # labels and QUERY never enter an address
+    s = ShiftingPrototypes(seed=0)
+    c = s.symbol_code()
+    assert c.shape == (s.vocab_size, s.n_symbols) and torch.equal(c[: s.n_symbols], torch.eye(s.n_symbols))
+    assert (c[s.n_symbols:] == 0).all()
+
+
+def test_support_set_none_takes_every_training_item(stream):
+    x, y = stream.support_set(1, None, seed=3)
+    xt, yt = stream.items(1, "train")
+    assert sorted(map(tuple, x.tolist())) == sorted(map(tuple, xt.tolist())) and len(y) == len(yt)
+
+
+@pytest.mark.parametrize("name", ["memnet", "memnet_fixed"])
+def test_query_logits_agree_with_a_forward_pass_on_copies(name):
+    p = C.PROFILES["smoke"]
+    st = C.make_stream("digits", p, 0)
+    torch.manual_seed(0)
+    model = C.build(name, C.make_config(p, st), st).eval()
+    mem, _ = C.fill(model, st, *st.support_set(None, 3, 0), None, torch.device("cpu"))
+    tok, _ = st.query_tokens(*st.items(1, "test"))
+    with torch.no_grad():
+        want = model(tok, memory=C.expand_state(mem, tok.shape[0])).logits[:, -1]
+    torch.testing.assert_close(C.query_logits(model, tok, mem), want)
+    with pytest.raises(ValueError, match="one window"):
+        C.query_logits(model, tok.repeat(1, 2), mem)
+
+
+def test_fixed_weights_trained_on_a_small_bank_carry_over():
+    p = C.PROFILES["smoke"]
+    st = C.make_stream("shift", p, 0)
+    cfg = C.make_config(p, st)
+    big, small = C.fixed_config(p, st, cfg)
+    assert small.num_slots == p.fixed_train_slots and big.num_slots >= st.n_classes * p.fixed_support_per_class
+    assert big.decay_mode == "none"
+    model, hist = C.trained_fixed(p, st, cfg, 0, 2, 0, torch.device("cpu"), "off", False, "t")
+    assert model.cfg.num_slots == big.num_slots and len(hist) >= 1
+    trainee = C.build("memnet_fixed", small, st)
+    assert set(model.state_dict()) == set(trainee.state_dict())
+
+
+def test_fill_each_agrees_with_one_fill_per_memory(stream):
+    torch.manual_seed(0)
+    model = stream_memnet(cfg_for(stream)).eval()
+    dev = torch.device("cpu")
+    old, _ = C.fill(model, stream, *stream.support_set(0, 3, seed=0), None, dev)
+    x, y = stream.support_set(1, 3, seed=1)
+    (a, b), tr = C.fill_each(model, stream, x, y, [old, None], dev)
+    (want_a, tr_a), (want_b, _) = C.fill(model, stream, x, y, old, dev), C.fill(model, stream, x, y, None, dev)
+    for got, want in ((a, want_a), (b, want_b)):
+        for f in C._STATE_FIELDS:
+            torch.testing.assert_close(getattr(got, f), getattr(want, f), atol=1e-5, rtol=1e-5)
+    assert torch.equal(tr.write_alloc, tr_a.write_alloc) and tr.write_events.shape[0] == 1
+    with pytest.raises(ValueError, match="memories"):
+        C.fill_each(model, stream, x, y, [], dev)
+
+
+def test_nearest_neighbour_reference_by_hand():
+    # noise-free prototypes: every test item equals a stored one, so 1-NN is exact on every task seen
+    s = ShiftingPrototypes(n_tasks=3, item_len=5, noise=0.0, train_per_class=2, test_per_class=2, seed=0)
+    R = C.nearest_neighbour_matrix(s, 1, None, seed=0)
+    np.testing.assert_array_equal(R, np.tril(np.ones((3, 3))))  # unseen classes are never answered
+    # two stored copies of every prototype: the 2-NN vote is the same copies' label
+    np.testing.assert_array_equal(C.nearest_neighbour_matrix(s, 2, None, seed=0), np.tril(np.ones((3, 3))))
+    with pytest.raises(ValueError, match="k"):
+        C.nearest_neighbour_matrix(s, 0, None, seed=0)

@@ -33,10 +33,20 @@ What persists across tasks, and what resets:
   same weights with a memory refilled from the support items of tasks 0..i by the *current*
   weights: what perfect drift compensation would reach. ``key_drift`` reports the cosine between
   carried (realigned) and rewritten keys.
+- ``memnet_fixed``: MemNet whose keys and queries are a fixed function of the item
+  (:class:`memnet.continual.FixedAddress` of the stream's :meth:`~memnet.tasks.stream.TaskStream.symbol_code`:
+  on the digits, the pixel vector itself), so no training step can make an old key stale. It
+  meta-trains on the first task's episodes only (on a small bank: ``fixed_train_slots``), then its
+  weights never change again; every task's training items (``fixed_support_per_class``, default
+  all of them) are streamed into one carried memory sized to hold the whole stream, without decay.
+  Later tasks are learned by writing alone. ``memnet_fixed_reset`` (ablation): the same weights,
+  the memory cleared at every task boundary.
 - ``windowed`` / ``lstm``: WindowedTransformer and LSTMBaseline fine-tuned sequentially as plain
   classifiers (item tokens then QUERY -> label): the lower bounds; nothing but weights persists.
 - ``*_joint``: the same models trained once on all tasks' data together (MemNet: episodes over all
-  classes and a memory filled from all tasks' support items): the upper bounds, one final row.
+  classes and a memory filled from all tasks' support items; ``memnet_fixed_joint``: the same, on
+  its small training bank, then its full memory), each for as many steps as it trains in the
+  stream (``memnet_fixed_joint``: the first task's): the upper bounds, one final row.
 
 Accuracy is argmax over the 10 label tokens (class-incremental). Stored under
 data/continual/<profile>/ with provenance.
@@ -47,12 +57,13 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from ..baselines import LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
@@ -63,13 +74,14 @@ from ..model import MemNet
 from ..tasks.digits import SplitDigits
 from ..tasks.shift import ShiftingPrototypes
 from ..tasks.stream import TaskStream
+from ..trace import MemoryTrace
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
 from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, t_interval, write_json
 
-SEQUENTIAL = ("memnet", "windowed", "lstm")
-JOINT = ("memnet_joint", "windowed_joint", "lstm_joint")
+SEQUENTIAL = ("memnet", "memnet_fixed", "windowed", "lstm")
+JOINT = ("memnet_joint", "memnet_fixed_joint", "windowed_joint", "lstm_joint")
 DERIVED = ("memnet_reset", "memnet_rewrite", "memnet_frozen")  # computed along the memnet run, no extra training
-DERIVED_FROM_MEMNET = ("memnet",) + DERIVED
+MEMNETS = ("memnet", "memnet_fixed")  # the runs that make derived variants (memnet_fixed_reset, ...)
 STREAMS = ("digits", "shift")
 
 
@@ -90,7 +102,9 @@ class Profile:
     restrict_labels: bool = False  # permute task t's labels only among labels no earlier task used
     write_threshold: float = 0.01  # every item's write claims its slot (see make_config)
     digits_pool: int = 2  # 2: 4x4 images (16 tokens); 1: the full 8x8 (64 tokens)
-    support_per_class: int = 10  # items per class streamed into the carried memory after each task
+    support_per_class: int | None = 10  # items per class streamed into the carried memory after each task (None: all)
+    fixed_support_per_class: int | None = None  # the same for the fixed-address MemNet (None: every training item)
+    fixed_train_slots: int = 64  # the fixed-address MemNet trains on episodes with a bank this small
     n_support: int = 6  # meta-training episode: support segments ...
     n_query: int = 6  # ... then query segments
     episode_batch: int = 16
@@ -110,7 +124,8 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile(d_model=16, num_slots=64, support_per_class=3, n_support=4, n_query=2, episode_batch=4,
+    "smoke": Profile(d_model=16, num_slots=64, support_per_class=3, fixed_support_per_class=3, fixed_train_slots=16,
+                     n_support=4, n_query=2, episode_batch=4,
                      memnet_steps=(3, 2), clf_steps=3, clf_batch=8, seeds=(0,),
                      models=SEQUENTIAL + ("windowed_joint", "lstm_joint"), workers=1),
     "laptop": Profile(),
@@ -136,7 +151,8 @@ def make_config(p: Profile, stream: TaskStream) -> MemNetConfig:
     age, stays the stalest, and the next item is allocated to it again. With the default 0.5 and
     gates that hover around 0.5, a carried memory keeps only a fraction of the items streamed into
     it; the profile's low threshold makes every item's write claim its own slot."""
-    needed = stream.n_classes * p.support_per_class
+    needed = (stream.items(None, "train")[1].size if p.support_per_class is None
+              else stream.n_classes * p.support_per_class)
     if needed > p.num_slots:
         raise ValueError(f"num_slots ({p.num_slots}) must hold every support item of the stream ({needed})")
     return MemNetConfig(vocab_size=stream.vocab_size, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads,
@@ -144,10 +160,13 @@ def make_config(p: Profile, stream: TaskStream) -> MemNetConfig:
                         writes_per_segment=1, decay_init=p.decay_init, write_threshold=p.write_threshold)
 
 
-def build(name: str, cfg: MemNetConfig) -> torch.nn.Module:
+def build(name: str, cfg: MemNetConfig, stream: TaskStream) -> torch.nn.Module:
+    """The untrained model ``name`` (``*_joint`` builds the same model) for ``stream``."""
     base = name.removesuffix("_joint")
     if base == "memnet":
         return stream_memnet(cfg)
+    if base == "memnet_fixed":
+        return stream_memnet(cfg, address="fixed", code=stream.symbol_code())
     return {"windowed": WindowedTransformer, "lstm": LSTMBaseline}[base](cfg)
 
 
@@ -168,6 +187,43 @@ def fill(model: MemNet, stream: TaskStream, x: np.ndarray, y: np.ndarray, memory
     return out.memory, out.trace
 
 
+_STATE_FIELDS = ("keys", "values", "age", "usage", "retained")
+
+
+@torch.no_grad()
+def fill_each(model: MemNet, stream: TaskStream, x: np.ndarray, y: np.ndarray, memories: list[MemoryState | None],
+              device: torch.device) -> tuple[list[MemoryState], MemoryTrace]:
+    """:func:`fill` of the same items into several (1, ...) memories (None: a fresh one) in one call,
+    one batch row each: rows never interact, so each state is what its own fill would give (up to
+    float rounding), for the cost of about one fill. Returns the states and the first row's trace."""
+    if not memories:
+        raise ValueError("memories must name at least one memory (None for a fresh one)")
+    model.eval()
+    tok = stream.support_tokens(x, y).to(device)
+    rows = [m if m is not None else model.initial_state(1, device) for m in memories]
+    stacked = MemoryState(*(torch.cat([getattr(m, f) for m in rows]) for f in _STATE_FIELDS))
+    out = model(tok.expand(len(rows), -1), memory=stacked, return_trace=True)
+    states = [MemoryState(*(getattr(out.memory, f)[b:b + 1] for f in _STATE_FIELDS)) for b in range(len(rows))]
+    return states, MemoryTrace(**{k: v[:1] for k, v in out.trace.as_dict().items()})
+
+
+@torch.no_grad()
+def query_logits(model: MemNet, tokens: Tensor, memory: MemoryState) -> Tensor:
+    """Logits (n, V) at the last token of n one-window query sequences (n, L <= segment_len) that
+    all read one (1, N, D) memory: ``model(tokens, memory=expand_state(memory, n)).logits[:, -1]``
+    without copying the memory n times, reading it for the other tokens or computing the writes that
+    call would throw away (a window reads the memory as it stood before the window, so one read of
+    the shared bank by the n last tokens is all the answer needs)."""
+    n, L = tokens.shape
+    if L > model.cfg.segment_len or memory.keys.shape[0] != 1:
+        raise ValueError(f"tokens must be one window per row (L <= {model.cfg.segment_len}) and memory one sequence's "
+                         f"(batch 1); got tokens {tuple(tokens.shape)}, memory batch {memory.keys.shape[0]}")
+    ws = model._signals(tokens)
+    q = ws.sig.read_query[:, 0, -1]  # (n, H, Dm) the last token's queries
+    r = model.memory.read(model.memory.check_state(memory, 1), q.unsqueeze(0))  # vectors (1, n, H, Dm)
+    return model._logits(ws.h[:, :, -1:], [r.vectors.view(n, 1, *q.shape[1:])], 1)[:, -1]
+
+
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, stream: TaskStream, task: int, device: torch.device, amp: str,
              memory: MemoryState | None = None, chunk: int = 128) -> float:
@@ -182,11 +238,10 @@ def accuracy(model: torch.nn.Module, stream: TaskStream, task: int, device: torc
         for i in range(0, tok.shape[0], chunk):
             t = tok[i:i + chunk].to(device)
             if isinstance(model, MemNet):
-                mem = expand_state(memory, t.shape[0]) if memory is not None else None
-                logits = model(t, memory=mem).logits
+                logits = query_logits(model, t, memory if memory is not None else model.initial_state(1, device))
             else:
-                logits = model(t).logits
-            pred = logits[:, -1, labels].argmax(-1).cpu().numpy()  # (n,) class index
+                logits = model(t).logits[:, -1]
+            pred = logits[:, labels].argmax(-1).cpu().numpy()  # (n,) class index
             ok += int((pred == y[i:i + chunk]).sum())
     return ok / len(y)
 
@@ -201,6 +256,16 @@ def track_items(slot_item: np.ndarray, trace, first_id: int) -> np.ndarray:
     for s in range(alloc.shape[0]):
         slot_item[alloc[s]] = first_id + s
     return slot_item
+
+
+def slot_events(rec: dict) -> Tensor:
+    """(S, N) bool write events of a stored fill record (``write_alloc``, ``write_event`` (S,);
+    N from its ``slot_owner`` (T, N)): segment s wrote item s into slot ``write_alloc[s]``, a write
+    event when ``write_event[s]``."""
+    alloc, event = rec["write_alloc"].long(), rec["write_event"].bool()
+    ev = torch.zeros(alloc.shape[0], rec["slot_owner"].shape[1], dtype=torch.bool)
+    ev[torch.arange(alloc.shape[0]), alloc] = event
+    return ev
 
 
 def key_cosine(a: MemoryState, a_items: np.ndarray, b: MemoryState, b_items: np.ndarray, ids: np.ndarray) -> float:
@@ -259,25 +324,59 @@ def train_on(model, p: Profile, stream: TaskStream, task: int | None, steps: int
     return trainer.fit(batch_fn)
 
 
+class CarriedLog:
+    """What a carried memory holds along the stream, from the fills that wrote it: the item each
+    slot holds (``slot_item``; an item is lost when a later one is allocated its slot), the task of
+    every slot's item after each task (``owners`` (T, N)), the share of each task's items still
+    held (``retained[i, j]``, after task i) and the fill record of every streamed item."""
+
+    def __init__(self, supports: list, num_slots: int):
+        T = len(supports)
+        self.first = np.cumsum([0] + [len(y) for _, y in supports])  # task t's items: ids first[t]..first[t+1]-1
+        self.slot_item = np.full(num_slots, -1)
+        self.owners = np.zeros((T, num_slots), dtype=np.int64)
+        self.retained = np.full((T, T), np.nan)
+        self.traces, self.seg_task = [], []
+
+    def ids(self, t: int) -> np.ndarray:
+        return np.arange(self.first[t], self.first[t + 1])
+
+    def add(self, task: int, trace) -> None:
+        """Log the fill of ``task``'s items (its trace) into the carried memory."""
+        self.traces.append(trace)
+        self.seg_task += [task] * trace.num_segments
+        self.slot_item = track_items(self.slot_item, trace, int(self.first[task]))
+        held = self.slot_item >= 0
+        self.owners[task] = np.where(held, np.searchsorted(self.first, self.slot_item, side="right") - 1, -1)
+        for j in range(task + 1):
+            self.retained[task, j] = float(np.isin(self.ids(j), self.slot_item).mean())
+
+    def record(self, model: str) -> dict:
+        """The stored fill record: slot and write event of every streamed item, its task, and ``owners``."""
+        alloc = torch.cat([t.write_alloc[0, :, 0] for t in self.traces]).cpu()  # (S,) the slot each item was given
+        event = torch.cat([t.write_events[0].gather(1, t.write_alloc[0]).squeeze(1) for t in self.traces]).cpu()
+        return {"model": model, "write_alloc": alloc, "write_event": event,
+                "segment_task": torch.tensor(self.seg_task), "slot_owner": torch.from_numpy(self.owners)}
+
+
+def untrained_accuracy(model, p: Profile, stream: TaskStream, device, amp: str) -> np.ndarray:
+    """GEM's b-bar: every task's accuracy under the untrained model, memory empty."""
+    return np.array([accuracy(model, stream, j, device, amp, None, p.eval_chunk) for j in range(stream.n_tasks)])
+
+
 def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
                progress: bool) -> tuple[dict, dict]:
-    """The continual MemNet run with its reset, rewrite and frozen variants; returns (runs, trace record)."""
+    """The continual MemNet run (learned addresses) with its reset, rewrite, frozen and (with
+    ``realign``) unaligned variants; returns (runs, fill record)."""
     T = stream.n_tasks
     seed_everything(seed)
-    model = stream_memnet(cfg).to(device)
-    names = DERIVED_FROM_MEMNET + (("memnet_unaligned",) if p.realign else ())
-    R = {k: np.zeros((T, T)) for k in names}
+    model = build("memnet", cfg, stream).to(device)
+    R = {k: np.zeros((T, T)) for k in ("memnet",) + DERIVED + (("memnet_unaligned",) if p.realign else ())}
     drift = np.full((T, T), np.nan)  # drift[i, j]: key cosine, carried vs rewritten, items of task j after task i
-    retained = np.full((T, T), np.nan)  # retained[i, j]: share of task j's items still in a slot after task i
-    carried, unaligned, traces, seg_task, history = None, None, [], [], []
+    carried, unaligned, history = None, None, []
     supports = [stream.support_set(t, p.support_per_class, seed=seed * 7 + t) for t in range(T)]
-    n_items = supports[0][1].shape[0]
-    ids = lambda t: np.arange(t * n_items, (t + 1) * n_items)  # global ids of task t's support items
-    slot_item = np.full(cfg.num_slots, -1)  # the item whose write event each carried slot holds last
-    owners = np.zeros((T, cfg.num_slots), dtype=np.int64)  # owners[i]: task of each slot's item after task i
-    b = np.zeros(T)
-    for j in range(T):  # GEM's b-bar: the untrained model, memory empty
-        b[j] = accuracy(model, stream, j, device, amp, None, p.eval_chunk)
+    log = CarriedLog(supports, cfg.num_slots)
+    b = untrained_accuracy(model, p, stream, device, amp)
     t0 = time.perf_counter()
     for i in range(T):
         steps = p.memnet_steps[0] if i == 0 else p.memnet_steps[1]
@@ -299,19 +398,15 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
         frozen_mem, _ = fill(frozen, stream, *supports[i], frozen_mem, device)
         if p.realign and i > 0:  # drift of the key encoder over this task, measured on this task's items only
             carried = realign_keys(carried, fit_key_map(keys_before, segment_keys(model, seg), p.realign_ridge))
-            unaligned, _ = fill(model, stream, *supports[i], unaligned, device)
-        carried, tr = fill(model, stream, *supports[i], carried, device)
+        # this task's items into the carried memory, a fresh one (the reset variant) and the unaligned one
+        (carried, fresh, unaligned), tr = fill_each(model, stream, *supports[i], [carried, None, unaligned], device)
         if i == 0:
             unaligned = carried  # the same memory until the first realignment
-        traces.append(tr)
-        seg_task += [i] * tr.num_segments
-        slot_item = track_items(slot_item, tr, i * n_items)
-        owners[i] = np.where(slot_item >= 0, slot_item // n_items, -1)
-        fresh, _ = fill(model, stream, *supports[i], None, device)
+        log.add(i, tr)
         rewrite, rewrite_items = None, np.full(cfg.num_slots, -1)
         for t in range(i + 1):
             rewrite, rtr = fill(model, stream, *supports[t], rewrite, device)
-            rewrite_items = track_items(rewrite_items, rtr, t * n_items)
+            rewrite_items = track_items(rewrite_items, rtr, int(log.first[t]))
         for j in range(T):
             R["memnet"][i, j] = accuracy(model, stream, j, device, amp, carried, p.eval_chunk)
             R["memnet_reset"][i, j] = accuracy(model, stream, j, device, amp, fresh, p.eval_chunk)
@@ -320,14 +415,67 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
             if p.realign:
                 R["memnet_unaligned"][i, j] = accuracy(model, stream, j, device, amp, unaligned, p.eval_chunk)
             if j <= i:
-                drift[i, j] = key_cosine(carried, slot_item, rewrite, rewrite_items, ids(j))
-                retained[i, j] = float(np.isin(ids(j), slot_item).mean())
+                drift[i, j] = key_cosine(carried, log.slot_item, rewrite, rewrite_items, log.ids(j))
     train_s = time.perf_counter() - t0
     runs = {k: {"R": R[k].tolist(), "baseline_b": b.tolist()} for k in R}
-    runs["memnet"].update(key_drift=drift.tolist(), retained=retained.tolist(), history=history, train_s=round(train_s, 1))
-    trace = {f: torch.cat([getattr(t, f) for t in traces], dim=1).cpu() for f in traces[0].as_dict()}
-    record = {"trace": trace, "segment_task": torch.tensor(seg_task), "slot_owner": torch.from_numpy(owners)}
-    return runs, record
+    runs["memnet"].update(key_drift=drift.tolist(), retained=log.retained.tolist(), history=history,
+                          train_s=round(train_s, 1))
+    return runs, log.record("memnet")
+
+
+def fixed_config(p: Profile, stream: TaskStream, cfg: MemNetConfig) -> tuple[MemNetConfig, MemNetConfig]:
+    """The fixed-address MemNet's configs: (the one it streams with: a bank that holds every item
+    of ``fixed_support_per_class``, no decay; the one it trains on: the same with
+    ``fixed_train_slots`` slots). Without decay the bank has no per-slot parameter, so weights
+    trained on the small bank load into the large one unchanged."""
+    n = (stream.items(None, "train")[1].size if p.fixed_support_per_class is None
+         else stream.n_classes * p.fixed_support_per_class)
+    big = replace(cfg, num_slots=-(-n // 64) * 64, decay_mode="none")
+    return big, replace(big, num_slots=p.fixed_train_slots)
+
+
+def trained_fixed(p: Profile, stream: TaskStream, cfg: MemNetConfig, task: int | None, steps: int, seed: int,
+                  device, amp: str, progress: bool, tag: str) -> tuple[MemNet, list[dict]]:
+    """A fixed-address MemNet trained for ``steps`` on ``task``'s episodes (all tasks when None) on the
+    small training bank, returned with the streaming bank (weights copied) and the history."""
+    big, small = fixed_config(p, stream, cfg)
+    trainee = build("memnet_fixed", small, stream).to(device)
+    history = train_on(trainee, p, stream, task, steps, seed, device, amp, progress, tag)
+    model = build("memnet_fixed", big, stream).to(device)
+    weights = {k: v for k, v in trainee.state_dict().items() if k != "memory.decay_logit"}  # (N,) buffer, unused
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing != ["memory.decay_logit"] or unexpected:
+        raise RuntimeError(f"fixed-address weights did not carry over: missing {missing}, unexpected {unexpected}")
+    return model.eval(), history
+
+
+def run_memnet_fixed(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
+                     progress: bool) -> tuple[dict, dict]:
+    """The fixed-address MemNet: trained on the first task's episodes only, then never again; every
+    task's items (``fixed_support_per_class`` per class, None: all) are written into one carried
+    memory, which is all it learns later tasks by. memnet_fixed_reset: the same weights with the
+    memory cleared at every task boundary. Returns (runs, fill record)."""
+    T = stream.n_tasks
+    seed_everything(seed)
+    big, _ = fixed_config(p, stream, cfg)
+    b = untrained_accuracy(build("memnet_fixed", big, stream).to(device), p, stream, device, amp)
+    t0 = time.perf_counter()
+    model, history = trained_fixed(p, stream, cfg, 0, p.memnet_steps[0], seed, device, amp, progress,
+                                   f"memnet_fixed_{stream.name}_s{seed}_t0")
+    supports = [stream.support_set(t, p.fixed_support_per_class, seed=seed * 7 + t) for t in range(T)]
+    log = CarriedLog(supports, big.num_slots)
+    R = {k: np.zeros((T, T)) for k in ("memnet_fixed", "memnet_fixed_reset")}
+    carried = None
+    for i in range(T):
+        (carried, fresh), tr = fill_each(model, stream, *supports[i], [carried, None], device)
+        log.add(i, tr)
+        for j in range(T):
+            R["memnet_fixed"][i, j] = accuracy(model, stream, j, device, amp, carried, p.eval_chunk)
+            R["memnet_fixed_reset"][i, j] = accuracy(model, stream, j, device, amp, fresh, p.eval_chunk)
+    runs = {k: {"R": R[k].tolist(), "baseline_b": b.tolist(), "num_slots": big.num_slots} for k in R}
+    runs["memnet_fixed"].update(retained=log.retained.tolist(), history=history,
+                                train_s=round(time.perf_counter() - t0, 1))
+    return runs, log.record("memnet_fixed")
 
 
 def run_sequential(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
@@ -335,7 +483,7 @@ def run_sequential(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig,
     """A baseline fine-tuned on the tasks in order; returns its accuracy matrix."""
     T = stream.n_tasks
     seed_everything(seed)
-    model = build(name, cfg).to(device)
+    model = build(name, cfg, stream).to(device)
     b = np.array([accuracy(model, stream, j, device, amp, chunk=p.eval_chunk) for j in range(T)])
     R, history = np.zeros((T, T)), []
     t0 = time.perf_counter()
@@ -348,18 +496,26 @@ def run_sequential(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig,
 
 def run_joint(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
               progress: bool) -> dict:
-    """The upper bound: trained on every task at once, for as many steps as the whole stream."""
+    """The upper bound: trained on every task at once, for as many steps as the model trains in the
+    whole stream (the fixed-address MemNet: the first task's steps)."""
     T = stream.n_tasks
     seed_everything(seed)
-    model = build(name, cfg).to(device)
-    memnet = isinstance(model, MemNet)
+    memnet = name.startswith("memnet")
     steps = p.memnet_steps[0] + (T - 1) * p.memnet_steps[1] if memnet else T * p.clf_steps
+    if name == "memnet_fixed_joint":  # in the stream it trains on the first task only
+        steps = p.memnet_steps[0]
+    tag = f"{name}_{stream.name}_s{seed}"
     t0 = time.perf_counter()
-    history = train_on(model, p, stream, None, steps, seed, device, amp, progress, f"{name}_{stream.name}_s{seed}")
+    if name == "memnet_fixed_joint":
+        model, history = trained_fixed(p, stream, cfg, None, steps, seed, device, amp, progress, tag)
+    else:
+        model = build(name, cfg, stream).to(device)
+        history = train_on(model, p, stream, None, steps, seed, device, amp, progress, tag)
     memory = None
     if memnet:
+        per_class = p.fixed_support_per_class if name == "memnet_fixed_joint" else p.support_per_class
         for t in range(T):
-            memory, _ = fill(model, stream, *stream.support_set(t, p.support_per_class, seed=seed * 7 + t), memory, device)
+            memory, _ = fill(model, stream, *stream.support_set(t, per_class, seed=seed * 7 + t), memory, device)
     final = [accuracy(model, stream, j, device, amp, memory, p.eval_chunk) for j in range(T)]
     return {"final": final, "acc": float(np.mean(final)), "history": history,
             "train_s": round(time.perf_counter() - t0, 1)}
@@ -374,9 +530,9 @@ def _run_job(p: Profile, sname: str, seed: int, m: str, device: str, amp: str, p
     dev = resolve_device(device)
     stream = make_stream(sname, p, seed)
     cfg = make_config(p, stream)
-    params = count_params(build(m, cfg))
-    if m == "memnet":
-        runs, rec = run_memnet(p, stream, cfg, seed, dev, amp, progress)
+    params = count_params(build(m, cfg, stream))
+    if m in MEMNETS:
+        runs, rec = (run_memnet if m == "memnet" else run_memnet_fixed)(p, stream, cfg, seed, dev, amp, progress)
         return [{"model": k, "seed": seed, "params": params, **r} for k, r in runs.items()], rec
     r = (run_joint if m in JOINT else run_sequential)(m, p, stream, cfg, seed, dev, amp, progress)
     return [{"model": m, "seed": seed, "params": params, **r}], None
@@ -421,7 +577,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
             futures = {k: pool.submit(_run_job, p, *jobs[k], str(dev), amp, False, 1) for k in order}
             done = [futures[k].result() for k in range(len(jobs))]
     result = {"experiment": "continual", "profile": profile, "profile_settings": asdict(p), "streams": {}}
-    records: dict[int, dict] = {}
+    records: dict[int, dict] = {}  # seed -> model -> stream -> fill record
     for (sname, seed, m), (entries, rec) in zip(jobs, done):
         if sname not in result["streams"]:
             stream = make_stream(sname, p, seed)
@@ -429,7 +585,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
                                         "config": make_config(p, stream).to_dict(), "chance": stream.chance}
         result["streams"][sname]["runs"] += entries
         if rec is not None:
-            records.setdefault(seed, {})[sname] = rec
+            records.setdefault(seed, {}).setdefault(m, {})[sname] = rec
     for entry in result["streams"].values():
         for r in entry["runs"]:
             if "R" in r:
@@ -442,10 +598,39 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if save:
         write_json(out_dir / "results.json", result)
         for seed, rec in records.items():
-            main = rec.get("digits") or next(iter(rec.values()))
-            torch.save({**main, "streams": {k: {kk: vv for kk, vv in v.items() if kk != "trace"} for k, v in rec.items()}},
-                       out_dir / f"trace_seed{seed}.pt")
+            torch.save(rec, out_dir / f"trace_seed{seed}.pt")
     return result
+
+
+# ---------------------------------------------------------------------------- references
+def nearest_neighbour_matrix(stream: TaskStream, k: int, per_class: int | None, seed: int) -> np.ndarray:
+    """The accuracy matrix (T, T) of a plain k-nearest-neighbour classifier on the stream's fixed
+    codes: after task i it holds the support items of tasks 0..i (``per_class`` per class, None:
+    all; drawn as the continual run draws them for ``seed``) and answers a test item by the
+    cosine-weighted vote of its k most cosine-similar items. No learning: what an episodic memory
+    addressed by :class:`~memnet.continual.FixedAddress` would answer if its reads were a vote."""
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    code = stream.symbol_code().numpy()
+    as_vec = lambda x: code[x].reshape(len(x), -1)  # (n, P * c)
+    unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    T = stream.n_tasks
+    R = np.zeros((T, T))
+    bank, labels = [], []
+    for i in range(T):
+        x, y = stream.support_set(i, per_class, seed=seed * 7 + i)
+        bank.append(unit(as_vec(x)))
+        labels.append(y)
+        B, Y = np.concatenate(bank), np.concatenate(labels)
+        for j in range(T):
+            xt, yt = stream.items(j, "test")
+            sim = unit(as_vec(xt)) @ B.T  # (n, M)
+            top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+            votes = np.zeros((len(yt), stream.n_classes))
+            np.add.at(votes, (np.arange(len(yt))[:, None], Y[top]), np.take_along_axis(sim, top, 1))
+            R[i, j] = float((votes.argmax(1) == yt).mean())
+    return R
 
 
 # ---------------------------------------------------------------------------- tables
@@ -476,33 +661,35 @@ def summary_table(result: dict) -> str:
         summ = model_summary(result, s)
         lines.append(f"\n{s}: class-incremental, {result['streams'][s]['stream']['n_tasks']} tasks, "
                      f"chance {100 * result['streams'][s]['chance']:.0f}%  (percent, mean +- 95% CI over seeds)")
-        lines.append(f"{'model':<16}{'ACC':>15}{'BWT':>15}{'forgetting':>15}{'max drop':>15}{'seeds':>7}")
+        lines.append(f"{'model':<20}{'ACC':>15}{'BWT':>15}{'forgetting':>15}{'max drop':>15}{'seeds':>7}")
         for m, d in summ.items():
             f = lambda k: f"{100 * d[k][0]:6.1f} +- {100 * d[k][1]:4.1f}" if k in d else f"{'-':>14}"
-            lines.append(f"{m:<16}{f('acc'):>15}{f('bwt'):>15}{f('forgetting'):>15}{f('max_drop'):>15}{d['n_seeds']:>7}")
+            lines.append(f"{m:<20}{f('acc'):>15}{f('bwt'):>15}{f('forgetting'):>15}{f('max_drop'):>15}{d['n_seeds']:>7}")
     return "\n".join(lines)
 
 
-def draw_stream_view(result: dict, traces: dict, seed: int, segment: int, stream: str = "digits"):
-    """The explorer's figure: the carried memory's slot map up to `segment` of the fill stream, and
-    accuracy on every task after the task that segment belongs to (MemNet carried vs reset)."""
+def draw_stream_view(result: dict, traces: dict, seed: int, segment: int, stream: str = "digits",
+                     model: str = "memnet"):
+    """The explorer's figure: the carried memory's slot map of ``model`` up to `segment` of the fill
+    stream, and accuracy on every task after the task that segment belongs to (carried vs reset)."""
     from .. import plots
 
-    rec = traces[seed]
+    rec = traces[seed][model][stream]
     T = result["streams"][stream]["stream"]["n_tasks"]
     seg_task = rec["segment_task"]
-    own = plots.slot_owner_over_time(rec["trace"].write_events[0], seg_task, T)
+    own = plots.slot_owner_over_time(slot_events(rec), seg_task, T)
     stage = int(seg_task[segment])
     fig, axes = plots.new_figure(1, 2, figsize=(11, 3.4), width_ratios=[1.7, 1])
     plots.slot_owner_map(own, T, ax=axes[0, 0], upto=segment, segment_task=seg_task,
-                         title=f"seed {seed}: slots after item {segment + 1} of {len(seg_task)} (task {stage + 1})")
+                         title=f"{plots.CONTINUAL_LABELS.get(model, model)}, seed {seed}: slots after item "
+                               f"{segment + 1} of {len(seg_task)} (task {stage + 1})")
     ax = axes[0, 1]
     w = 0.38
-    for k, (m, col) in enumerate((("memnet", "C0"), ("memnet_reset", "C3"))):
+    for k, (m, col) in enumerate(((model, "C0"), (f"{model}_reset", "C3"))):
         R = [r for r in result["streams"][stream]["runs"] if r["model"] == m and r["seed"] == seed]
         if R:
             ax.bar(np.arange(T) + 1 + (k - 0.5) * w, np.array(R[0]["R"])[stage], width=w, color=col,
-                   label=plots.CONTINUAL_LABELS[m])
+                   label=plots.CONTINUAL_LABELS.get(m, m))
     held = np.array([(own[segment] == t).sum() for t in range(T)], dtype=float)
     ax.plot(np.arange(T) + 1, held / max(1.0, held.max()), "k_", ms=14, mew=2, label="items held (scaled)")
     ax.set_ylim(0, 1.05)
@@ -510,13 +697,13 @@ def draw_stream_view(result: dict, traces: dict, seed: int, segment: int, stream
     ax.set_xlabel("task")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"after training on task {stage + 1}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="lower left")
     return fig
 
 
 def explorer(result: dict, traces: dict, stream: str = "digits"):
-    """An ipywidgets VBox: a seed dropdown and a slider over the support items streamed into the
-    carried memory, above the redrawn :func:`draw_stream_view`."""
+    """An ipywidgets VBox: seed and model dropdowns and a slider over the support items streamed
+    into the carried memory, above the redrawn :func:`draw_stream_view`."""
     import ipywidgets as W
 
     from ..widgets import live_figure
@@ -524,10 +711,15 @@ def explorer(result: dict, traces: dict, stream: str = "digits"):
     if not traces:
         raise ValueError("traces must hold at least one seed's stored trace (trace_seed*.pt)")
     seeds = sorted(traces)
-    S = int(traces[seeds[0]]["segment_task"].shape[0])
+    models = [m for m in MEMNETS if stream in traces[seeds[0]].get(m, {})]
+    if not models:
+        raise ValueError(f"traces hold no MemNet fill record of stream {stream!r}")
+    S = int(traces[seeds[0]][models[0]][stream]["segment_task"].shape[0])
     seed_w = W.Dropdown(options=seeds, value=seeds[0], description="seed")
+    model_w = W.Dropdown(options=models, value=models[-1], description="model")
     seg_w = W.IntSlider(value=S - 1, min=0, max=S - 1, description="item", continuous_update=False)
-    return live_figure([seed_w, seg_w], lambda sd, seg: draw_stream_view(result, traces, sd, seg, stream))
+    return live_figure([seed_w, model_w, seg_w],
+                       lambda sd, m, seg: draw_stream_view(result, traces, sd, seg, stream, m))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,8 @@ accuracy on the raw pixels drops from about 98% to about 92%).
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from .stream import TaskStream, check_count
 
@@ -58,6 +60,15 @@ class SplitDigits(TaskStream):
         for c in range(self.n_classes):  # stratified: the same share of every class is held out
             idx = rng.permutation(np.flatnonzero(self._y == c))
             self._split[idx[: int(round(test_fraction * idx.size))]] = True
+
+    def symbol_code(self) -> Tensor:
+        """(vocab_size, 1): a pixel token's intensity scaled to [0, 1], zero for labels and QUERY.
+        Intensities are ordered, so an item's address is its pixel vector and the cosine between
+        two addresses is the cosine between the images (a one-hot code would call intensities 7
+        and 8 as different as 0 and 16)."""
+        code = torch.zeros(self.vocab_size, 1)
+        code[: self.n_symbols, 0] = torch.arange(self.n_symbols, dtype=torch.float32) / (self.n_symbols - 1)
+        return code
 
     def perturb(self, x: np.ndarray, strength: int, rng: np.random.Generator) -> np.ndarray:
         """A noisy copy of images ``x`` (n, P): every pixel intensity moved by an integer drawn

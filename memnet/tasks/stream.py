@@ -94,12 +94,16 @@ class TaskStream:
             sel &= np.isin(self._y, self.task_classes(task))
         return self._x[sel], self._y[sel]
 
-    def support_set(self, task: int | None, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def support_set(self, task: int | None, per_class: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """``per_class`` training items of every class of ``task`` (all tasks when None), drawn by
-        ``seed`` and shuffled: what the continual protocol streams into memory."""
-        per_class = check_count(per_class, "per_class")
+        ``seed`` and shuffled: what the continual protocol streams into memory. ``per_class=None``
+        takes every training item of the task (still shuffled)."""
         x, y = self.items(task, "train")
         rng = np.random.default_rng(seed)
+        if per_class is None:
+            order = rng.permutation(y.size)
+            return x[order], y[order]
+        per_class = check_count(per_class, "per_class")
         picks = []
         for c in np.unique(y):
             idx = np.flatnonzero(y == c)
@@ -172,6 +176,16 @@ class TaskStream:
             tgt[b, :, P] = self.label_token(lab[n_support:])
         targets = np.concatenate([np.full((batch, n_support, P + 1), IGNORE_INDEX), tgt], axis=1)
         return torch.from_numpy(tok.reshape(batch, -1)), torch.from_numpy(targets.reshape(batch, -1))
+
+    def symbol_code(self) -> Tensor:
+        """(vocab_size, c) a fixed code of every token for addressing by content: what "similar
+        items" means for this stream, without any learning. Item symbols get one-hot rows (two
+        items are as similar as the positions where their symbols agree); label tokens and QUERY
+        get zero rows, so the label never enters an address. Streams whose symbols are ordered
+        (pixel intensities) override it."""
+        code = torch.zeros(self.vocab_size, self.n_symbols)
+        code[: self.n_symbols] = torch.eye(self.n_symbols)
+        return code
 
     def perturb(self, x: np.ndarray, strength: int, rng: np.random.Generator) -> np.ndarray:
         """A noisy copy of items ``x`` (n, P): each token replaced, with probability
