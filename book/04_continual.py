@@ -213,7 +213,7 @@ for m, v in diag.items():
 seq = [m for m in ("memnet_fixed", "memnet", "memnet_frozen", "windowed", "lstm") if m in summ]
 joints = {"memnet": "memnet_joint", "memnet_frozen": "memnet_joint", "windowed": "windowed_joint", "lstm": "lstm_joint",
           "memnet_fixed": "memnet_fixed_joint"}
-plots.forgetting_curves(res, S, seq, joint=joints)
+plots.forgetting_curves(res, S, seq, joint=joints, ncols=3)
 
 # %% [markdown]
 # The fine-tuned classifiers learn each new pair (their accuracy just after a task averages
@@ -272,7 +272,9 @@ plots.forgetting_curves(res, S, seq, joint=joints)
 # ## Accuracy matrices
 
 # %%
-fig, axes = plots.new_figure(1, len(seq), figsize=(3.0 * len(seq), 3.0))
+fig, axes = plots.new_figure(2, 3, figsize=(9.0, 6.0))
+for ax in axes.flat[len(seq):]:
+    ax.set_visible(False)
 for ax, m in zip(axes.flat, seq):
     plots.accuracy_matrix_heatmap(plots.continual_matrices(res, S, m).mean(0), ax=ax,
                                   title=plots.CONTINUAL_LABELS[m])
@@ -342,7 +344,7 @@ SHIFT_SHOWN = ("memnet", "memnet_frozen", "memnet_unaligned", "memnet_rewrite", 
 if S2 in res["streams"]:
     s2 = experiment.model_summary(res, S2)
     seq2 = [m for m in seq if m in s2]
-    fig2 = plots.forgetting_curves(res, S2, seq2, joint=joints)
+    fig2 = plots.forgetting_curves(res, S2, seq2, joint=joints, ncols=3)
     for m in SHIFT_SHOWN:
         for k in ("acc", "bwt"):
             glue(f"ch4_shift_{m}_{k}", f"{100 * s2[m][k][0]:.1f}" if k in s2.get(m, {}) else "n/a", display=False)
@@ -401,6 +403,8 @@ for t, ax in enumerate(axes.flat):
     plots.slot_owner_map(own, T, ax=ax, upto=ends[t], segment_task=rec["segment_task"], title=f"after task {t + 1}")
     if t < T - 1:
         ax.get_legend().remove()
+    if t:
+        ax.set_xlabel("")
 fig.suptitle(f"which task each slot of the fixed-address MemNet's carried memory holds (seed {seed_shown})",
              fontsize=10)
 fig

@@ -510,11 +510,17 @@ def accuracy_matrix_heatmap(R, ax: Axes | None = None, title: str = "", annotate
     return ax
 
 
-def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: dict[str, str] | None = None) -> Figure:
-    """One panel per model: accuracy on each task j along the stream (R[i, j] for i >= j, mean over
-    seeds, min-max shaded); dashed: that model's joint-training accuracy on the task, when given."""
+def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: dict[str, str] | None = None,
+                      ncols: int | None = None) -> Figure:
+    """One panel per model (``ncols`` per row, default all in one row): accuracy on each task j along
+    the stream (R[i, j] for i >= j, mean over seeds, min-max shaded); dashed: that model's
+    joint-training accuracy on the task, when given."""
     T = result["streams"][stream]["stream"]["n_tasks"]
-    fig, axes = new_figure(1, len(models), figsize=(3.3 * len(models), 2.9), sharey=True)
+    ncols = len(models) if ncols is None else max(1, min(int(ncols), len(models)))
+    nrows = -(-len(models) // ncols)
+    fig, axes = new_figure(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), sharey=True)
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
     runs = result["streams"][stream]["runs"]
     for ax, m in zip(axes.flat, models):
         Rs = continual_matrices(result, stream, m)
@@ -533,7 +539,8 @@ def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: d
         ax.set_xlabel("after training on task")
         ax.set_xticks(range(1, T + 1))
         ax.set_ylim(-0.03, 1.03)
-    axes[0, 0].set_ylabel("test accuracy")
+    for row in axes:
+        row[0].set_ylabel("test accuracy")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
 

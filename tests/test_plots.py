@@ -203,3 +203,15 @@ def test_load_or_train_without_stored_run_trains_smoke_and_says_so(tmp_path, mon
     assert not (tmp_path / "long_range").exists()  # nothing stored
     run = book.load_or_train("smoke", save=True, data_dir=tmp_path)
     assert (tmp_path / "long_range" / "smoke" / "results.json").is_file() and run.source == "trained"
+
+
+def test_forgetting_curves_wrap_into_rows():
+    R = np.tril(np.ones((3, 3))).tolist()
+    runs = [{"model": m, "seed": 0, "R": R} for m in ("a", "b", "c", "d")] + [{"model": "a_joint", "final": [1, 1, 1]}]
+    res = {"streams": {"s": {"stream": {"n_tasks": 3}, "runs": runs}}}
+    fig = plots.forgetting_curves(res, "s", ["a", "b", "c", "d"], joint={"a": "a_joint"}, ncols=3)
+    axes = fig.axes
+    assert len(axes) == 6 and [ax.get_visible() for ax in axes] == [True] * 4 + [False] * 2
+    assert len(axes[0].lines) == 3 + 3  # one curve per task, one dotted joint line per task
+    one_row = plots.forgetting_curves(res, "s", ["a", "b"])
+    assert len(one_row.axes) == 2
