@@ -199,6 +199,14 @@ def test_smoke_run_stores_consistent_results(tmp_path):
     np.testing.assert_array_equal(np.array(fx["R"])[0], np.array(by["memnet_fixed_reset"])[0])
     table = C.summary_table(res)
     assert "memnet_reset" in table and "lstm_joint" in table and "ACC" in table
+    # the stored run loads back into the explorer: one figure per model's carried memory
+    from memnet import book
+    loaded = book.load_run(tmp_path)
+    for m in ("memnet", "memnet_fixed"):
+        fig = C.draw_stream_view(loaded.result, loaded.traces, 0, 7, "shift", m)
+        assert fig.axes[0].get_title().startswith(f"{plots.CONTINUAL_LABELS[m]}, seed 0: slots after item 8")
+    box = C.explorer(loaded.result, loaded.traces, "shift")
+    assert [c.description for c in box.children[0].children] == ["seed", "model", "item"]
 
 
 def test_slot_owner_over_time_by_hand():
