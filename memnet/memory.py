@@ -64,6 +64,15 @@ class MemoryState:
     def clone(self) -> "MemoryState":
         return MemoryState(*(getattr(self, f.name).clone() for f in fields(self)))
 
+    def rows(self, start: int, stop: int) -> "MemoryState":
+        """Batch rows ``start..stop-1`` (views, not copies)."""
+        return MemoryState(*(getattr(self, f.name)[start:stop] for f in fields(self)))
+
+    @staticmethod
+    def cat(states: "list[MemoryState]") -> "MemoryState":
+        """Several states as the rows of one batch, in order."""
+        return MemoryState(*(torch.cat([getattr(s, f.name) for s in states]) for f in fields(MemoryState)))
+
     def staleness(self) -> Tensor:
         """(B, N) allocation score: old and little-used slots score highest.
 

@@ -1,4 +1,5 @@
 """The continual experiment: segment-end writes, the carried memory, the smoke run and its tables."""
+import dataclasses
 import json
 
 import numpy as np
@@ -340,8 +341,8 @@ def test_fill_each_agrees_with_one_fill_per_memory(stream):
     (a, b), tr = C.fill_each(model, stream, x, y, [old, None], dev)
     (want_a, tr_a), (want_b, _) = C.fill(model, stream, x, y, old, dev), C.fill(model, stream, x, y, None, dev)
     for got, want in ((a, want_a), (b, want_b)):
-        for f in C._STATE_FIELDS:
-            torch.testing.assert_close(getattr(got, f), getattr(want, f), atol=1e-5, rtol=1e-5)
+        for f in dataclasses.fields(got):
+            torch.testing.assert_close(getattr(got, f.name), getattr(want, f.name), atol=1e-5, rtol=1e-5)
     assert torch.equal(tr.write_alloc, tr_a.write_alloc) and tr.write_events.shape[0] == 1
     with pytest.raises(ValueError, match="memories"):
         C.fill_each(model, stream, x, y, [], dev)

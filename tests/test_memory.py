@@ -515,3 +515,13 @@ def test_retention_of_directions_agrees_with_retention(mode):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     if mode == "learned":
         assert not torch.allclose(got[0], got[3])  # content-dependent: the test would see a broken alignment
+
+
+def test_state_cat_and_rows_round_trip():
+    a = MemoryState(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.rand(2, 3), torch.rand(2, 3))
+    b = MemoryState(torch.randn(1, 3, 4), torch.randn(1, 3, 4), torch.rand(1, 3), torch.rand(1, 3), torch.rand(1, 3))
+    both = MemoryState.cat([a, b])
+    assert both.batch_size == 3
+    for got, want in ((both.rows(0, 2), a), (both.rows(2, 3), b)):
+        for f in dataclasses.fields(MemoryState):
+            assert torch.equal(getattr(got, f.name), getattr(want, f.name))

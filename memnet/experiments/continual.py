@@ -144,6 +144,11 @@ def make_stream(name: str, p: Profile, seed: int) -> TaskStream:
     raise ValueError(f"stream must be one of {STREAMS}, got {name!r}")
 
 
+def support_count(stream: TaskStream, per_class: int | None) -> int:
+    """How many support items a stream writes with ``per_class`` items per class (None: every training item)."""
+    return stream.items(None, "train")[1].size if per_class is None else stream.n_classes * per_class
+
+
 def make_config(p: Profile, stream: TaskStream) -> MemNetConfig:
     """One config for every model of a stream: one item (+ label/QUERY) per window, one write per window.
 
@@ -151,8 +156,7 @@ def make_config(p: Profile, stream: TaskStream) -> MemNetConfig:
     age, stays the stalest, and the next item is allocated to it again. With the default 0.5 and
     gates that hover around 0.5, a carried memory keeps only a fraction of the items streamed into
     it; the profile's low threshold makes every item's write claim its own slot."""
-    needed = (stream.items(None, "train")[1].size if p.support_per_class is None
-              else stream.n_classes * p.support_per_class)
+    needed = support_count(stream, p.support_per_class)
     if needed > p.num_slots:
         raise ValueError(f"num_slots ({p.num_slots}) must hold every support item of the stream ({needed})")
     return MemNetConfig(vocab_size=stream.vocab_size, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads,
@@ -173,21 +177,15 @@ def build(name: str, cfg: MemNetConfig, stream: TaskStream) -> torch.nn.Module:
 # ---------------------------------------------------------------------------- memory
 def expand_state(state: MemoryState, n: int) -> MemoryState:
     """A (1, ...) memory state copied to n batch rows."""
-    return MemoryState(*(t.expand(n, *t.shape[1:]).contiguous() for t in (state.keys, state.values, state.age,
-                                                                           state.usage, state.retained)))
+    return MemoryState.cat([state] * n)
 
 
-@torch.no_grad()
 def fill(model: MemNet, stream: TaskStream, x: np.ndarray, y: np.ndarray, memory: MemoryState | None,
-         device: torch.device):
+         device: torch.device) -> tuple[MemoryState, MemoryTrace]:
     """Stream support items (with their labels) into `memory` (a fresh one when None): one segment
     per item, batch 1. Returns the new state and the trace of the writes."""
-    model.eval()
-    out = model(stream.support_tokens(x, y).to(device), memory=memory, return_trace=True)
-    return out.memory, out.trace
-
-
-_STATE_FIELDS = ("keys", "values", "age", "usage", "retained")
+    (state,), trace = fill_each(model, stream, x, y, [memory], device)
+    return state, trace
 
 
 @torch.no_grad()
@@ -201,9 +199,8 @@ def fill_each(model: MemNet, stream: TaskStream, x: np.ndarray, y: np.ndarray, m
     model.eval()
     tok = stream.support_tokens(x, y).to(device)
     rows = [m if m is not None else model.initial_state(1, device) for m in memories]
-    stacked = MemoryState(*(torch.cat([getattr(m, f) for m in rows]) for f in _STATE_FIELDS))
-    out = model(tok.expand(len(rows), -1), memory=stacked, return_trace=True)
-    states = [MemoryState(*(getattr(out.memory, f)[b:b + 1] for f in _STATE_FIELDS)) for b in range(len(rows))]
+    out = model(tok.expand(len(rows), -1), memory=MemoryState.cat(rows), return_trace=True)
+    states = [out.memory.rows(b, b + 1) for b in range(len(rows))]
     return states, MemoryTrace(**{k: v[:1] for k, v in out.trace.as_dict().items()})
 
 
@@ -428,8 +425,7 @@ def fixed_config(p: Profile, stream: TaskStream, cfg: MemNetConfig) -> tuple[Mem
     of ``fixed_support_per_class``, no decay; the one it trains on: the same with
     ``fixed_train_slots`` slots). Without decay the bank has no per-slot parameter, so weights
     trained on the small bank load into the large one unchanged."""
-    n = (stream.items(None, "train")[1].size if p.fixed_support_per_class is None
-         else stream.n_classes * p.fixed_support_per_class)
+    n = support_count(stream, p.fixed_support_per_class)
     big = replace(cfg, num_slots=-(-n // 64) * 64, decay_mode="none")
     return big, replace(big, num_slots=p.fixed_train_slots)
 
@@ -500,20 +496,18 @@ def run_joint(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed
     whole stream (the fixed-address MemNet: the first task's steps)."""
     T = stream.n_tasks
     seed_everything(seed)
-    memnet = name.startswith("memnet")
-    steps = p.memnet_steps[0] + (T - 1) * p.memnet_steps[1] if memnet else T * p.clf_steps
-    if name == "memnet_fixed_joint":  # in the stream it trains on the first task only
-        steps = p.memnet_steps[0]
+    memnet, fixed = name.startswith("memnet"), name == "memnet_fixed_joint"
     tag = f"{name}_{stream.name}_s{seed}"
     t0 = time.perf_counter()
-    if name == "memnet_fixed_joint":
-        model, history = trained_fixed(p, stream, cfg, None, steps, seed, device, amp, progress, tag)
+    if fixed:  # in the stream it trains on the first task only
+        model, history = trained_fixed(p, stream, cfg, None, p.memnet_steps[0], seed, device, amp, progress, tag)
     else:
+        steps = p.memnet_steps[0] + (T - 1) * p.memnet_steps[1] if memnet else T * p.clf_steps
         model = build(name, cfg, stream).to(device)
         history = train_on(model, p, stream, None, steps, seed, device, amp, progress, tag)
     memory = None
     if memnet:
-        per_class = p.fixed_support_per_class if name == "memnet_fixed_joint" else p.support_per_class
+        per_class = p.fixed_support_per_class if fixed else p.support_per_class
         for t in range(T):
             memory, _ = fill(model, stream, *stream.support_set(t, per_class, seed=seed * 7 + t), memory, device)
     final = [accuracy(model, stream, j, device, amp, memory, p.eval_chunk) for j in range(T)]
