@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import native
 from .config import MemNetConfig
 
 RETENTION_LOGIT_MAX = 15.0  # sigmoid(15) = 1 - 3e-7: still < 1 in float32
@@ -147,12 +148,22 @@ def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The first k entries of a stable descending sort of `scores` (..., N): values and indices (..., k).
 
     Ties go to the lowest index, as with ``scores.sort(descending=True, stable=True)[..., :k]``, but
-    in O(N) rather than O(N log N). ``topk`` of k+1 decides it when its k+1 values are distinct (then
+    in O(N) rather than O(N log N). On CPU in float32 the compiled :func:`memnet.native.select_rows`
+    picks the indices (the values are gathered from `scores`, so gradients flow as through
+    ``topk``); elsewhere ``topk`` of k+1 decides it when its k+1 values are distinct (then
     the kept set and its order are unambiguous). Otherwise (a tie inside the top k or at its edge)
     the k-th largest value v, which is unambiguous even where indices tie, splits the row: every
     entry above v is kept, and entries equal to v are taken in index order (a running count) until
     k are kept; the k kept entries are then stably sorted.
     """
+    index = native.select_rows(scores, k)  # CPU float32: one pass per row in C (None elsewhere)
+    if index is not None:
+        return scores.gather(-1, index), index
+    return torch_stable_topk(scores, k)
+
+
+def torch_stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`stable_topk` in torch operations only (the path off CPU, or without the compiled kernel)."""
     N = scores.shape[-1]
     if N >= BLOCKED_MIN_N and k * TOPK_BLOCK * 8 <= N and scores.stride(-1) == 1:  # long contiguous rows
         return blocked_topk(scores, k)
@@ -160,16 +171,16 @@ def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         top, index = scores.sort(dim=-1, descending=True, stable=True)
         return top[..., :k], index[..., :k]
     top, index = scores.topk(k + 1, dim=-1, sorted=True)  # (..., k+1)
+    if bool(top[..., 0].isnan().any()):  # topk ranks NaN first: a row holds NaN, take the sort's own order
+        top, index = scores.sort(dim=-1, descending=True, stable=True)
+        return top[..., :k], index[..., :k]
     if not bool((top[..., 1:] == top[..., :-1]).any()):  # no tie: topk's answer is the sort's
         return top[..., :k], index[..., :k]
     kth = top[..., k - 1:k]  # (..., 1)
     above = scores > kth
     at = scores == kth
     room = k - above.sum(-1, keepdim=True, dtype=torch.int32)  # (..., 1) ties still to take, lowest index first
-    keep = above | (at & (at.cumsum(-1, dtype=torch.int32) <= room))  # exactly k per row unless scores hold NaN
-    if int(keep.sum(dtype=torch.int64)) != keep[..., 0].numel() * k:  # NaN scores: the sort's own order
-        top, index = scores.sort(dim=-1, descending=True, stable=True)
-        return top[..., :k], index[..., :k]
+    keep = above | (at & (at.cumsum(-1, dtype=torch.int32) <= room))  # exactly k per row (no NaN here)
     index = keep.nonzero()[:, -1].view(*scores.shape[:-1], k)  # ascending index within each row
     top, order = scores.gather(-1, index).sort(dim=-1, descending=True, stable=True)
     return top, index.gather(-1, order)

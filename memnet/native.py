@@ -1,5 +1,11 @@
-"""An optional compiled kernel for the one read that is bound by memory bandwidth: exact top-k of
-the dot products of a few queries with a large bank of keys (CPU, float32, no autograd).
+"""Optional compiled kernels for the memory's top-k (CPU, float32, no autograd).
+
+:func:`topk_rows` is the one read that is bound by memory bandwidth: exact top-k of the dot
+products of a few queries with a large bank of keys. :func:`select_rows` picks the top k of
+rows of scores already computed: the selection inside every read, write and allocation of
+:mod:`memnet.memory`, where ``torch.topk`` on many short rows (a segment's queries against a
+bank of a hundred slots) costs microseconds per row and its tie handling several more passes;
+one pass per row in C keeps a sorted list of k, ties to the lowest index.
 
 ``torch``'s matrix product of a tall bank (N, D) with a handful of queries (D, Q) streams the bank
 at well under the machine's copy bandwidth on CPU; the product is memory bound (about 2Q flops per
@@ -12,9 +18,10 @@ dependency. Threads: the bank is cut into contiguous row ranges, one per ``torch
 thread (``ctypes`` releases the GIL), and the per-range candidates are merged in range order.
 
 Semantics are those of :func:`memnet.memory.stable_topk` of the scores: descending, ties to the
-lowest row. Scores are float32 dot products summed in another order than the BLAS product, so
+lowest row (:func:`select_rows` gives exactly its indices: it reads the same scores). The scores of
+:func:`topk_rows` are float32 dot products summed in another order than the BLAS product, so
 they may differ from it in the last bits (tests/test_native.py checks the agreement). NaN scores,
-fewer rows than k, no compiler, or ``MEMNET_NATIVE=0`` in the environment: :func:`topk_rows`
+fewer rows than k, no compiler, or ``MEMNET_NATIVE=0`` in the environment: either function
 returns None and the caller takes its torch path.
 """
 from __future__ import annotations
@@ -115,6 +122,30 @@ int memnet_topk_rows(const float *keys, int64_t D, int64_t lo, int64_t hi, const
     }
     return nan;
 }
+
+/* Rows [lo, hi) of a score matrix (row-major, N floats per row): the indices of each row's k
+   largest scores in idx (rows x k), descending, ties to the lowest index, as the first k of a
+   stable descending sort. -inf scores are kept like any other (a row has at least k entries).
+   Returns 1 if a score was NaN (idx is then incomplete), else 0. */
+int memnet_select_rows(const float *scores, int64_t N, int64_t lo, int64_t hi, int64_t k, int64_t *idx) {
+    float v[k];
+    for (int64_t r = lo; r < hi; r++) {
+        const float *row = scores + r * N;
+        int64_t *ix = idx + r * k;
+        int64_t c = 0;  /* entries in the list so far */
+        for (int64_t n = 0; n < N; n++) {
+            const float s = row[n];
+            int64_t j;
+            if (c < k) j = c++;  /* the list is not full: every entry enters */
+            else if (s > v[k - 1]) j = k - 1;  /* beats the smallest kept score (equal ones came first) */
+            else { if (s != s) return 1; continue; }
+            if (s != s) return 1;
+            while (j > 0 && v[j - 1] < s) { v[j] = v[j - 1]; ix[j] = ix[j - 1]; j--; }
+            v[j] = s; ix[j] = n;
+        }
+    }
+    return 0;
+}
 """
 
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
@@ -157,6 +188,9 @@ def _build() -> ctypes.CDLL:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     f.argtypes = [p, i64, i64, i64, p, i64, p, i64, p, p]
     f.restype = ctypes.c_int
+    g = dll.memnet_select_rows
+    g.argtypes = [p, i64, i64, i64, i64, p]
+    g.restype = ctypes.c_int
     return dll
 
 
@@ -226,3 +260,35 @@ def topk_rows(q: Tensor, keys: Tensor, k: int, scale: Tensor | None = None,
         return None
     from .memory import merge_candidates  # ranges in row order (lowest first) keep the tie rule
     return merge_candidates(list(vals.unbind(0)), list(idx.unbind(0)), k)
+
+
+SELECT_PART = 1 << 16  # scores per thread, at least, before select_rows splits the rows over threads
+SELECT_MAX_K = 1024  # select_rows keeps each row's list on the C stack: larger k take the torch path
+
+
+def select_rows(scores: Tensor, k: int, threads: int | None = None) -> Tensor | None:
+    """Indices (..., k) int64 of the k largest entries of each row of `scores` (..., N): descending,
+    ties to the lowest index, the first k of a stable descending sort. No autograd (gather the
+    values from `scores` for that). None when the kernel cannot answer: not CPU float32, k outside
+    [1, min(N, SELECT_MAX_K)], NaN scores, or no kernel; the caller then computes it."""
+    if scores.dim() < 1 or scores.device.type != "cpu" or scores.dtype != torch.float32:
+        return None
+    N = scores.shape[-1]
+    if k < 1 or k > N or k > SELECT_MAX_K:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    s = scores.detach().contiguous()
+    R = s.numel() // N if N else 0
+    idx = torch.empty(*scores.shape[:-1], k, dtype=torch.int64)
+    if R == 0:
+        return idx
+    parts = max(1, min(threads or torch.get_num_threads(), R, s.numel() // SELECT_PART))
+    bounds = [R * i // parts for i in range(parts + 1)]
+
+    def part(i: int) -> int:
+        return lib.memnet_select_rows(s.data_ptr(), N, bounds[i], bounds[i + 1], k, idx.data_ptr())
+
+    flags = [part(0)] if parts == 1 else list(_executor(parts).map(part, range(parts)))
+    return None if any(flags) else idx
