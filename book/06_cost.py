@@ -33,7 +33,7 @@ from myst_nb import glue
 
 from memnet import MemNet, MemNetConfig, book, plots, widgets
 from memnet.experiments import bench
-from memnet.memory import StreamingMemory, stable_topk
+from memnet.memory import StreamingMemory, stable_topk, torch_stable_topk
 from torch.utils._python_dispatch import TorchDispatchMode
 
 settings = book.setup(profile, device, seed, save)
@@ -55,9 +55,13 @@ settings = book.setup(profile, device, seed, save)
 #
 # - **Exact top-k in O(N).** Reads keep the top-k slots with ties to the lowest index (empty slots
 #   tie exactly; the split-versus-whole agreement of chapter 2 depends on that rule). A full stable
-#   sort costs $O(N \log N)$; `stable_topk` finds the k-th value with `topk` and resolves ties at it
-#   in index order, giving the sort's answer, and banks larger than a chunk are scored chunk by chunk.
-#   Sparse reads and writes are what let {cite:t}`rae2016sam` scale a memory-augmented network.
+#   sort costs $O(N \log N)$. On CPU, `stable_topk` hands the selection to a compiled kernel
+#   (`memnet.native.select_rows`) that reads each row once and keeps a sorted list of k: a segment
+#   asks for the top k of thousands of short rows (every token's heads against the slots), and
+#   `torch.topk` pays a fixed cost per row. Elsewhere `torch_stable_topk` finds the k-th value with
+#   `topk` and resolves ties at it in index order. Both give the sort's answer, and banks larger
+#   than a chunk are scored chunk by chunk. Sparse reads and writes are what let
+#   {cite:t}`rae2016sam` scale a memory-augmented network.
 # - **One gradient per segment, not per slice.** The segment loop used to take `x[:, s]` of each
 #   per-segment tensor; autograd's backward of each slice materialises a zero tensor of the whole
 #   sequence, $O(S^2)$ over the loop. Unbinding once makes the backward linear in $S$.
@@ -69,6 +73,7 @@ settings = book.setup(profile, device, seed, save)
 
 # %%
 book.show_source(stable_topk)
+book.show_source(torch_stable_topk)
 
 # %% [markdown]
 # A tiny check that the O(N) top-k gives the stable sort's answer where it matters: scores with
@@ -78,9 +83,11 @@ book.show_source(stable_topk)
 # NBVAL_CHECK_OUTPUT
 scores = torch.tensor([[0.0, 0.5, 0.0, 0.5, -0.0, 0.9, 0.0, 0.5] * 40])  # 320 slots, many exact ties
 top, index = stable_topk(scores, 4)
+top_t, index_t = torch_stable_topk(scores, 4)
 ref = scores.sort(dim=-1, descending=True, stable=True)
-print("stable_topk  :", index[0].tolist(), top[0].tolist())
-print("stable sort  :", ref.indices[0, :4].tolist(), ref.values[0, :4].tolist())
+print("stable_topk       :", index[0].tolist(), top[0].tolist())
+print("torch_stable_topk :", index_t[0].tolist(), top_t[0].tolist())
+print("stable sort       :", ref.indices[0, :4].tolist(), ref.values[0, :4].tolist())
 cfg_demo = bench.make_config(bench.PROFILES["smoke"])
 torch.manual_seed(seed)
 demo = MemNet(cfg_demo).eval()

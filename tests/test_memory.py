@@ -334,7 +334,6 @@ def test_write_event_threshold_is_inclusive():
 
 
 # ---------------------------------------------------------------- fast paths agree with the reference
-from memnet import native  # noqa: E402
 from memnet.memory import BLOCKED_MIN_N, blocked_topk, cosine_topk, stable_topk, torch_stable_topk  # noqa: E402
 
 
@@ -357,30 +356,6 @@ def test_stable_topk_is_the_stable_sort(N, k, kind, path, seed):
     top, index = path(x, k)
     assert torch.equal(index, ref.indices[..., :k])
     assert torch.equal(top, ref.values[..., :k]) if kind != "nan" else torch.equal(top.isnan(), ref.values[..., :k].isnan())
-
-
-@pytest.mark.skipif(native.library() is None, reason="no C compiler: the compiled selection is not built")
-def test_compiled_selection_answers_and_gives_way():
-    """select_rows answers for CPU float32 rows of any layout (a transposed view, several threads)
-    with the sort's indices, and gives way (None) to the torch path on NaN, float64 or k > N; the
-    values stable_topk gathers carry gradients exactly as topk's do."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(0, 5, (300, 257), generator=g).float()  # many ties
-    ref = x.sort(dim=-1, descending=True, stable=True).indices[..., :7]
-    assert torch.equal(native.select_rows(x, 7, threads=2), ref)
-    assert torch.equal(native.select_rows(x.T.contiguous().T, 7), ref)
-    assert native.select_rows(x.double(), 7) is None and native.select_rows(x, 258) is None
-    y = x.clone()
-    y[5, 100] = float("nan")
-    assert native.select_rows(y, 7) is None
-    assert torch.equal(stable_topk(y, 7)[1], y.sort(dim=-1, descending=True, stable=True).indices[..., :7])
-    s = torch.randn(4, 9, 33, generator=g, requires_grad=True)
-    w = torch.randn(4, 9, 3, generator=g)
-    (stable_topk(s, 3)[0] * w).sum().backward()
-    got = s.grad.clone()
-    s.grad = None
-    (s.topk(3, dim=-1)[0] * w).sum().backward()
-    assert torch.equal(got, s.grad)
 
 
 @settings(max_examples=examples(60))

@@ -1,5 +1,6 @@
-"""The compiled top-k kernel (memnet.native) against the torch paths: same rows, same tie rule,
-scores equal up to float rounding; and the cases where it declines to answer."""
+"""The compiled top-k kernels (memnet.native) against the torch paths: same rows, same tie rule,
+scores equal up to float rounding (the scan) or exactly (the selection); and the cases where they
+decline to answer."""
 import multiprocessing as mp
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from helpers import examples
 from memnet import native
+from memnet import MemNet, MemNetConfig
 from memnet.memory import cosine_scores_topk, stable_topk
 
 needs_kernel = pytest.mark.skipif(native.library() is None, reason=f"kernel {native.status()}")
@@ -134,3 +136,55 @@ def test_threads_work_in_a_forked_child():
     assert parent.poll(60), "the forked child did not answer"
     assert parent.recv() == want
     proc.join(10)
+
+
+@needs_kernel
+def test_model_is_bitwise_the_same_without_the_compiled_selection(monkeypatch):
+    """Every top-k of a training step (reads, content writes, allocation) goes through
+    native.select_rows on CPU; with the kernel turned off the torch path gives the same logits,
+    final memory and gradients, bit for bit (both pick the stable sort's indices of the same scores)."""
+    torch.manual_seed(0)
+    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=24, top_k=3, mem_heads=2, segment_len=8,
+                       writes_per_segment=3, n_heads=2)
+    model = MemNet(cfg)
+    x = torch.randint(0, 30, (3, 45))
+
+    def step():
+        model.zero_grad()
+        out = model(x)
+        (out.logits.square().mean() + sum(out.aux_losses.values())).backward()
+        return out.logits.detach(), out.memory.keys.detach(), [p.grad.clone() for p in model.parameters()]
+
+    calls = []
+    real = native.select_rows
+    monkeypatch.setattr(native, "select_rows", lambda s, k, threads=None: calls.append(k) or real(s, k, threads))
+    fast = step()
+    assert calls and all(c is not None for c in calls)  # the kernel answered
+    monkeypatch.setenv("MEMNET_NATIVE", "0")
+    slow = step()
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    assert all(torch.equal(a, b) for a, b in zip(fast[2], slow[2]))
+
+
+@needs_kernel
+def test_compiled_selection_answers_and_gives_way():
+    """select_rows answers for CPU float32 rows of any layout (a transposed view, several threads)
+    with the sort's indices, and gives way (None) to the torch path on NaN, float64 or k > N; the
+    values stable_topk gathers carry gradients exactly as topk's do."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 5, (300, 257), generator=g).float()  # many ties
+    ref = x.sort(dim=-1, descending=True, stable=True).indices[..., :7]
+    assert torch.equal(native.select_rows(x, 7, threads=2), ref)
+    assert torch.equal(native.select_rows(x.T.contiguous().T, 7), ref)
+    assert native.select_rows(x.double(), 7) is None and native.select_rows(x, 258) is None
+    y = x.clone()
+    y[5, 100] = float("nan")
+    assert native.select_rows(y, 7) is None
+    assert torch.equal(stable_topk(y, 7)[1], y.sort(dim=-1, descending=True, stable=True).indices[..., :7])
+    s = torch.randn(4, 9, 33, generator=g, requires_grad=True)
+    w = torch.randn(4, 9, 3, generator=g)
+    (stable_topk(s, 3)[0] * w).sum().backward()
+    got = s.grad.clone()
+    s.grad = None
+    (s.topk(3, dim=-1)[0] * w).sum().backward()
+    assert torch.equal(got, s.grad)
