@@ -86,8 +86,9 @@ class Profile:
     read_slots: int = 1_000_000
     compile: bool = True
     repeats: int = 3
-    seq_len_rounds: int | None = 5  # rounds of the interleaved sequence-length sweep (None: repeats); each
+    seq_len_rounds: int | None = 3  # rounds of the interleaved sequence-length sweep (None: repeats); each
     # point's time is its fastest round, so more rounds make the flatness check robust to a slow spell
+    # (5 rounds took 5.3 of the 11.5 minutes of a laptop run that must fit in 10)
     min_time_s: float = 2.0  # sequence-length sweep: short passes repeat until this much is timed
     amp: str = "auto"
     threads: int | None = 1  # torch CPU threads for every model (None: torch's default)
