@@ -47,17 +47,17 @@ SOURCE = r"""
    alone leaves a single core's stream well short of its copy bandwidth */
 #define PREFETCH_ROWS 32
 
-/* insert score s of row n into a descending list (v, ix) of k entries; an equal score already
-   in the list stays ahead (it came from a lower row) */
-static void push(float *v, int64_t *ix, int64_t k, float s, int64_t n) {
-    int64_t j = k - 1;
+/* insert score s of row n into a descending list (v, ix), starting at position j (the last entry
+   of a full list, which s replaces, or the first free one) and moving up past smaller scores; an
+   equal score already in the list stays ahead (it came from a lower row) */
+static void push(float *v, int64_t *ix, int64_t j, float s, int64_t n) {
     while (j > 0 && v[j - 1] < s) { v[j] = v[j - 1]; ix[j] = ix[j - 1]; j--; }
     v[j] = s; ix[j] = n;
 }
 
 static void offer(float *vals, int64_t *idx, int64_t k, int64_t j, float s, int64_t n, int *nan) {
     float *v = vals + j * k;
-    if (s > v[k - 1]) push(v, idx + j * k, k, s, n);
+    if (s > v[k - 1]) push(v, idx + j * k, k - 1, s, n);
     else if (s != s) *nan = 1;
 }
 
@@ -135,13 +135,9 @@ int memnet_select_rows(const float *scores, int64_t N, int64_t lo, int64_t hi, i
         int64_t c = 0;  /* entries in the list so far */
         for (int64_t n = 0; n < N; n++) {
             const float s = row[n];
-            int64_t j;
-            if (c < k) j = c++;  /* the list is not full: every entry enters */
-            else if (s > v[k - 1]) j = k - 1;  /* beats the smallest kept score (equal ones came first) */
-            else { if (s != s) return 1; continue; }
             if (s != s) return 1;
-            while (j > 0 && v[j - 1] < s) { v[j] = v[j - 1]; ix[j] = ix[j - 1]; j--; }
-            v[j] = s; ix[j] = n;
+            if (c < k) push(v, ix, c++, s, n);  /* the list is not full: every entry enters */
+            else if (s > v[k - 1]) push(v, ix, k - 1, s, n);  /* beats the smallest kept (equal ones came first) */
         }
     }
     return 0;
@@ -226,6 +222,11 @@ def _executor(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _in_parts(part, parts: int) -> list[int]:
+    """``part(i)`` for i in range(parts): inline for one part, else on the thread pool; their flags."""
+    return [part(0)] if parts == 1 else list(_executor(parts).map(part, range(parts)))
+
+
 def topk_rows(q: Tensor, keys: Tensor, k: int, scale: Tensor | None = None,
               threads: int | None = None) -> tuple[Tensor, Tensor] | None:
     """Exact top-k of ``q @ keys.T`` (times `scale` per row): q (Q, D), keys (N, D), scale (N,)
@@ -255,7 +256,7 @@ def topk_rows(q: Tensor, keys: Tensor, k: int, scale: Tensor | None = None,
         return lib.memnet_topk_rows(keys.data_ptr(), D, bounds[i], bounds[i + 1], q.data_ptr(), Q, sp, k,
                                     vals[i].data_ptr(), idx[i].data_ptr())
 
-    flags = [part(0)] if parts == 1 else list(_executor(parts).map(part, range(parts)))
+    flags = _in_parts(part, parts)
     if any(flags) or bool((idx < 0).any()):  # NaN scores, or a range with fewer than k rows
         return None
     from .memory import merge_candidates  # ranges in row order (lowest first) keep the tie rule
@@ -280,15 +281,13 @@ def select_rows(scores: Tensor, k: int, threads: int | None = None) -> Tensor | 
     if lib is None:
         return None
     s = scores.detach().contiguous()
-    R = s.numel() // N if N else 0
+    R = s.numel() // N  # rows (N >= k >= 1)
     idx = torch.empty(*scores.shape[:-1], k, dtype=torch.int64)
-    if R == 0:
-        return idx
     parts = max(1, min(threads or torch.get_num_threads(), R, s.numel() // SELECT_PART))
     bounds = [R * i // parts for i in range(parts + 1)]
 
     def part(i: int) -> int:
         return lib.memnet_select_rows(s.data_ptr(), N, bounds[i], bounds[i + 1], k, idx.data_ptr())
 
-    flags = [part(0)] if parts == 1 else list(_executor(parts).map(part, range(parts)))
+    flags = _in_parts(part, parts)
     return None if any(flags) else idx

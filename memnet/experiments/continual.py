@@ -480,7 +480,7 @@ def run_sequential(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig,
     T = stream.n_tasks
     seed_everything(seed)
     model = build(name, cfg, stream).to(device)
-    b = np.array([accuracy(model, stream, j, device, amp, chunk=p.eval_chunk) for j in range(T)])
+    b = untrained_accuracy(model, p, stream, device, amp)
     R, history = np.zeros((T, T)), []
     t0 = time.perf_counter()
     for i in range(T):
@@ -611,15 +611,16 @@ def nearest_neighbour_matrix(stream: TaskStream, k: int, per_class: int | None, 
     unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     T = stream.n_tasks
     R = np.zeros((T, T))
+    tests = [stream.items(j, "test") for j in range(T)]
+    tests = [(unit(as_vec(xt)), yt) for xt, yt in tests]  # every task's test items, coded once
     bank, labels = [], []
     for i in range(T):
         x, y = stream.support_set(i, per_class, seed=seed * 7 + i)
         bank.append(unit(as_vec(x)))
         labels.append(y)
         B, Y = np.concatenate(bank), np.concatenate(labels)
-        for j in range(T):
-            xt, yt = stream.items(j, "test")
-            sim = unit(as_vec(xt)) @ B.T  # (n, M)
+        for j, (ut, yt) in enumerate(tests):
+            sim = ut @ B.T  # (n, M)
             top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
             votes = np.zeros((len(yt), stream.n_classes))
             np.add.at(votes, (np.arange(len(yt))[:, None], Y[top]), np.take_along_axis(sim, top, 1))
