@@ -267,6 +267,27 @@ def age_histogram(trace: MemoryTrace, bins: int | Sequence[float] | np.ndarray |
     return np.histogram(age, bins=bins, density=density)
 
 
+def retained_at_read(trace: MemoryTrace) -> np.ndarray:
+    """(B, S, N) the retained fraction of every slot's content when segment ``s`` reads it.
+
+    A segment reads before it writes, so the read of segment ``s`` sees the product of the
+    retention gates applied to the slot since its last write event, up to segment ``s - 1``
+    included (the factor :func:`content_lifetimes` compares with its decay threshold):
+    ``R[:, 0] = 1`` and ``R[:, s] = 1`` where segment ``s - 1`` had a write event on the slot,
+    else ``R[:, s - 1] * retention[:, s - 1]``. A slot never written gets the product since
+    the start (it holds nothing either way).
+    """
+    events = _np(trace.write_events).astype(bool)
+    retention = _np(trace.retention).astype(np.float64)
+    if events.ndim != 3 or retention.shape != events.shape:
+        raise ValueError(f"trace.write_events and trace.retention must both be (B, S, N), got "
+                         f"{events.shape} and {retention.shape}")
+    out = np.ones(events.shape, dtype=np.float64)
+    for s in range(1, events.shape[1]):
+        out[:, s] = np.where(events[:, s - 1], 1.0, out[:, s - 1] * retention[:, s - 1])
+    return out
+
+
 def read_entropy_per_segment(trace: MemoryTrace) -> np.ndarray:
     """(S,) mean entropy (nats) of the top-k read weights of every segment.
 

@@ -159,6 +159,40 @@ def test_item_lifetimes_by_hand():
     assert np.isnan(fx.item_ratio({"item_median": {"useful": 0.0, "distractor": 0.0}}))
 
 
+def test_recall_by_retention_by_hand():
+    """Two queries, each reading two slots over two heads: the slot with the larger summed weight
+    decides the bin, through its retained fraction at the query's segment."""
+    t = ForgettingStream(n_keys=8, segment_len=6, items_per_window=2, n_windows=3)
+    b0 = t.sample(1, seed=0)
+    S, L, N, H, K = 3, 6, 4, 2, 2
+    query_pos = torch.tensor([[8, 14, -1, -1]])  # item 0 queried at segment 1 (offset 2), item 1 at segment 2 (offset 2)
+    types = torch.tensor([[0, 2, 1, 1]])  # useful, expiring, distractors
+    targets = torch.full((1, 18), -100)
+    targets[0, 8], targets[0, 14] = 5, 6
+    b = ForgettingBatch(b0.tokens, targets, b0.item_at, types, b0.item_pos, query_pos)
+    ev = torch.zeros(1, S, N, dtype=torch.bool)
+    ev[0, 0, 0] = ev[0, 0, 1] = True  # contents born in slots 0 and 1 at segment 0
+    ret = torch.ones(1, S, N)
+    ret[0, 1, 1] = 0.05  # slot 1 decays at segment 1: retained 0.05 when segment 2 reads
+    index = torch.zeros(1, S, L, H, K, dtype=torch.long)
+    weight = torch.zeros(1, S, L, H, K)
+    index[0, 1, 2] = torch.tensor([[0, 1], [1, 0]])
+    weight[0, 1, 2] = torch.tensor([[0.9, 0.1], [0.4, 0.6]])  # slot 0: 1.5, slot 1: 0.5 -> slot 0 (retained 1)
+    index[0, 2, 2] = torch.tensor([[1, 0], [1, 0]])
+    weight[0, 2, 2] = torch.tensor([[0.7, 0.3], [0.8, 0.2]])  # slot 1 (retained 0.05)
+    tr = MemoryTrace(read_index=index, read_weight=weight, valid=torch.ones(1, S, L, dtype=torch.bool),
+                     write_pos=torch.zeros(1, S, 1, dtype=torch.long), write_gate=torch.ones(1, S, 1),
+                     write_update=torch.zeros(1, S, 1), write_erase=torch.zeros(1, S, 1),
+                     write_alloc=torch.zeros(1, S, 1, dtype=torch.long), write_strength=ev.float(), write_events=ev,
+                     retention=ret, age=torch.zeros(1, S, N), usage=torch.zeros(1, S, N))
+    pred = np.zeros((1, 18), dtype=np.int64)
+    pred[0, 8], pred[0, 14] = 5, 0  # the useful query is right, the expiring one wrong
+    out = fx.recall_by_retention(tr, b, pred)
+    assert fx.RETAINED_BINS[3] == 0.1 and fx.RETAINED_BINS[4] == 0.5
+    assert out["useful"] == {"queries": [0, 0, 0, 0, 1], "correct": [0, 0, 0, 0, 1]}
+    assert out["expiring"] == {"queries": [0, 0, 1, 0, 0], "correct": [0, 0, 0, 0, 0]}
+
+
 @given(st.lists(st.tuples(st.integers(0, 6), st.booleans()), min_size=1, max_size=30))
 def test_counts_to_km_agrees_with_kaplan_meier(pairs):
     dur = np.array([d for d, _ in pairs])

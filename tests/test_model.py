@@ -333,6 +333,24 @@ def test_forward_never_modifies_the_memory_passed_in():
     assert not states_equal(out.memory, m0)
 
 
+def test_a_common_scale_of_the_memory_reaches_reads_only_through_the_layernorm_eps():
+    """Cosine addressing ignores a slot's length and the reads are LayerNorm'd, so scaling every slot
+    by the same factor gives the first segment the same logits as long as the reads stay well above
+    the LayerNorm's eps (1e-5 on their variance): x10 and x100 agree. Faded far enough (x0.01) a read
+    sinks into the eps and loses its weight. The next writes blend old content, at its scale, with
+    new content at full strength, so later segments differ at any scale."""
+    model = tiny_model()
+    L = model.cfg.segment_len
+    m0 = model(rand_tokens(2, 3 * L)).memory
+    x = rand_tokens(2, 3 * L, seed=1)
+    with torch.no_grad():
+        out = {c: model(x, memory=MemoryState(m0.keys * c, m0.values * c, m0.age, m0.usage, m0.retained)).logits
+               for c in (0.01, 10.0, 100.0)}
+    torch.testing.assert_close(out[10.0][:, :L], out[100.0][:, :L], rtol=1e-4, atol=1e-4)
+    assert float((out[0.01][:, :L] - out[100.0][:, :L]).abs().max()) > 1e-2
+    assert float((out[10.0][:, L:] - out[100.0][:, L:]).abs().max()) > 1e-2
+
+
 def test_output_and_memory_types():
     model = tiny_model()
     out = model(rand_tokens(2, 9))

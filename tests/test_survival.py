@@ -1,6 +1,7 @@
 """Survival analysis of memory contents: Kaplan-Meier by hand, content lifetimes on hand-built and real traces."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from statistics import NormalDist
 
@@ -11,7 +12,7 @@ import torch
 from memnet import MemNet, MemNetConfig, MemoryTrace
 from memnet.survival import (Lifetimes, age_histogram, content_lifetimes, content_sources, event_label_matrix,
                              kaplan_meier, km_by_group, km_curve_dict, median_survival, read_entropy_per_segment,
-                             write_frequency)
+                             retained_at_read, write_frequency)
 
 
 # ---------------------------------------------------------------------------- Kaplan-Meier
@@ -285,6 +286,38 @@ def test_slot_statistics_on_a_real_trace(real_trace):
     h = -(w * w.log()).sum(-1).mean(-1)  # (B, S, L)
     v = tr.valid.double()
     np.testing.assert_allclose(ent, ((h * v).sum((0, 2)) / v.sum((0, 2))).numpy(), rtol=1e-9)
+
+
+def test_retained_at_read_by_hand():
+    """Slot 0 written at segments 0 and 2, slot 1 at segment 1, slot 2 never. The read of segment s
+    sees the retention gates of segments birth+1 .. s-1 (the gate of the birth segment acts before
+    the write; the gate of segment s acts after its read)."""
+    tr = make_trace(events=[[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]],
+                    retention=[[0.5, 0.9, 0.8], [0.5, 0.9, 0.8], [0.25, 0.5, 0.8], [1.0, 1.0, 1.0]])
+    expected = [[1.0, 1.0, 1.0],
+                [1.0, 0.9, 0.8],  # slot 0 born at 0: nothing applied since; slot 2: the gate of segment 0
+                [0.5, 1.0, 0.64],  # slot 0: the gate of segment 1; slot 1 born at 1
+                [1.0, 0.5, 0.512]]  # slot 0 rewritten at 2; slot 1: the gate of segment 2
+    np.testing.assert_allclose(retained_at_read(tr)[0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="write_events and trace.retention"):
+        retained_at_read(dataclasses.replace(tr, retention=tr.retention[:, :2]))
+
+
+def test_retained_at_read_agrees_with_the_model_state():
+    """The trace's recursion against the model's own bookkeeping: the memory handed back after a
+    call of s segments carries ``retained``, which must equal what segment s of one long call reads."""
+    torch.manual_seed(0)
+    cfg = MemNetConfig(vocab_size=12, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4, n_heads=2,
+                       decay_init=0.0, writes_per_segment=2)  # retention ~ 0.5: the product moves
+    model = MemNet(cfg).eval()
+    tokens = torch.randint(0, 12, (2, 24), generator=torch.Generator().manual_seed(1))  # 6 segments
+    with torch.no_grad():
+        R = retained_at_read(model(tokens, return_trace=True).trace)
+        memory = None
+        for s in range(1, 6):
+            memory = model(tokens[:, (s - 1) * 4:s * 4], memory=memory).memory
+            np.testing.assert_allclose(R[:, s], memory.retained.double().numpy(), rtol=1e-5, atol=1e-7)
+    assert R.min() < 0.5  # the check covers decayed contents, not only fresh ones
 
 
 def test_read_entropy_by_hand():

@@ -30,7 +30,7 @@ from ..baselines import count_params
 from ..config import MemNetConfig
 from ..model import MemNet
 from ..survival import (age_histogram, content_lifetimes, content_sources, event_label_matrix, kaplan_meier, median_survival,
-                        read_entropy_per_segment, write_frequency)
+                        read_entropy_per_segment, retained_at_read, write_frequency)
 from ..tasks.forgetting import EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
 from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, t_interval, write_json
@@ -39,6 +39,8 @@ from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_eve
 # contents whose writer cannot be identified (see survival.content_sources) get code -1
 GROUPS = ITEM_TYPES + ("other",)
 OTHER = len(ITEM_TYPES)
+# bins of the retained fraction of the slot a query reads most (recall_by_retention); the last edge lets 1 in
+RETAINED_BINS = (0.0, 1e-3, 1e-2, 1e-1, 0.5, 1.0 + 1e-9)
 
 
 @dataclass
@@ -188,6 +190,37 @@ def rmst(km, tau: float) -> float:
     return float(np.sum(km.survival[: len(t) - 1] * np.diff(t)))
 
 
+def recall_by_retention(trace, batch: ForgettingBatch, pred: np.ndarray) -> dict[str, dict[str, list[int]]]:
+    """Does a content that has "decayed" still answer its query?
+
+    For every query of a useful or expiring item: the slot its read weighs most (summed over heads
+    and the top-k) and that slot's retained fraction at the query's segment
+    (:func:`~memnet.survival.retained_at_read`), binned by ``RETAINED_BINS``. Returns, per item
+    type, the number of queries ("queries") and of correct predictions ("correct") in every bin.
+    pred: (B, T) predicted tokens.
+    """
+    R = retained_at_read(trace)  # (B, S, N)
+    L = trace.valid.shape[2]
+    index = trace.read_index.cpu().numpy()  # (B, S, L, H, K)
+    weight = trace.read_weight.float().cpu().numpy()
+    tgt = batch.targets.cpu().numpy()
+    qp = batch.query_pos.cpu().numpy()
+    item_type = batch.item_type.cpu().numpy()
+    out = {}
+    for c in (USEFUL, EXPIRING):
+        rows, cols = np.nonzero((qp >= 0) & (item_type == c))
+        q = qp[rows, cols]
+        s, pos = q // L, q % L
+        idx = index[rows, s, pos].reshape(len(q), -1)  # (Q, H*K)
+        mass = np.zeros((len(q), R.shape[-1]))
+        np.add.at(mass, (np.arange(len(q))[:, None], idx), weight[rows, s, pos].reshape(len(q), -1))
+        kept = R[rows, s, mass.argmax(1)] if len(q) else np.zeros(0)
+        ok = pred[rows, q] == tgt[rows, q]
+        out[ITEM_TYPES[c]] = {"queries": np.histogram(kept, bins=RETAINED_BINS)[0].tolist(),
+                              "correct": np.histogram(kept[ok], bins=RETAINED_BINS)[0].tolist()}
+    return out
+
+
 def analyse(trace, batch: ForgettingBatch, logits: torch.Tensor, decay_threshold: float) -> dict:
     """Every number the table and the chapter need, from one evaluation trace."""
     life = content_lifetimes(trace, decay_threshold=decay_threshold)
@@ -218,6 +251,7 @@ def analyse(trace, batch: ForgettingBatch, logits: torch.Tensor, decay_threshold
         rows, cols = np.nonzero((qp >= 0) & (item_type == c))
         q = qp[rows, cols]
         res["accuracy"][ITEM_TYPES[c]] = float((pred[rows, q] == tgt[rows, q]).mean()) if len(q) else float("nan")
+    res["recall_by_retention"] = recall_by_retention(trace, batch, pred)
     res["read_entropy"] = float(np.nanmean(read_entropy_per_segment(trace)))
     res["write_frequency"] = write_frequency(trace).tolist()
     res["events_per_segment"] = float(trace.write_events.float().sum(-1).mean())
