@@ -266,6 +266,13 @@ def test_smoke_run_is_stored_and_loads(smoke_run):
         assert len(r["probe_curve"]) == p.probes + 1 and r["probe_curve"][-1]["step"] == p.steps
         n = sum(sum(r["counts"][g]["deaths"]) + sum(r["counts"][g]["censored"]) for g in fx.GROUPS)
         assert n + r["counts"]["unattributed"]["count"] == r["contents"]
+        for k in ("useful", "expiring"):  # binned by retained fraction, the same queries as the accuracy
+            rb = r["recall_by_retention"][k]
+            assert len(rb["queries"]) == len(fx.RETAINED_BINS) - 1
+            assert all(0 <= c <= q for c, q in zip(rb["correct"], rb["queries"]))
+            assert sum(rb["queries"]) > 0 and sum(rb["correct"]) / sum(rb["queries"]) == pytest.approx(r["accuracy"][k])
+    none_rb = none["recall_by_retention"]["useful"]["queries"]
+    assert sum(none_rb[:-1]) == 0  # no decay: every read content keeps all its strength
     table = fx.summary_table(res)
     assert "learned" in table and "none" in table and "ratio" in table
 
