@@ -154,8 +154,12 @@ def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     the kept set and its order are unambiguous). Otherwise (a tie inside the top k or at its edge)
     the k-th largest value v, which is unambiguous even where indices tie, splits the row: every
     entry above v is kept, and entries equal to v are taken in index order (a running count) until
-    k are kept; the k kept entries are then stably sorted.
+    k are kept; the k kept entries are then stably sorted. Inside ``torch.compile`` (see
+    :meth:`memnet.MemNet.compile_memory`) it is the stable sort itself, which traces as one operation.
     """
+    if torch.compiler.is_compiling():  # inside torch.compile (MemNet.compile_memory): the sort traces as one op
+        top, index = scores.sort(dim=-1, descending=True, stable=True)
+        return top[..., :k], index[..., :k]
     index = native.select_rows(scores, k)  # CPU float32: one pass per row in C (None elsewhere)
     if index is not None:
         return scores.gather(-1, index), index

@@ -105,3 +105,25 @@ def test_bad_arguments():
         bench.run("huge", save=False)
     with pytest.raises(ValueError, match="parts"):
         bench.run("smoke", save=False, parts=("nope",))
+
+
+def test_compiled_point_and_its_table_lines():
+    """The compile measurement's record (aot_eager keeps it to seconds) and how the table prints it,
+    including a point that could not compile."""
+    p = bench.PROFILES["smoke"]
+    torch.manual_seed(0)
+    model = MemNet(bench.make_config(p))
+    rec = bench._compiled_point(model, lambda m: m.compile_memory(backend="aot_eager"), "model.compile_memory()",
+                                64, p, torch.device("cpu"), None, 1)
+    assert rec["T"] == 64 and rec["segment_len"] == p.segment_len and model._compiled_step is not None
+    assert rec["compiled_us_per_token"] > 0 and rec["speedup"] == pytest.approx(
+        rec["eager_us_per_token"] / rec["compiled_us_per_token"])
+
+    def fail(m):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    bad = bench._compiled_point(MemNet(bench.make_config(p)), fail, "x", 64, p, torch.device("cpu"), None, 1)
+    assert bad["error"] == "RuntimeError: no compiler here" and "compiled_us_per_token" not in bad
+    lines = bench.summary_table({"threads": 1, "compile": {"memory_step": rec, "controller": bad}}).splitlines()
+    assert any(line.startswith("model.compile_memory() at T=64") and f"({rec['speedup']:.2f}x)" in line for line in lines)
+    assert any(line.startswith("x at T=64") and "not compiled: RuntimeError" in line for line in lines)

@@ -597,3 +597,32 @@ def test_truncated_backward_matches_tbptt_forward_and_full_backward():
         truncated_backward(b, x, y, 0)
     with pytest.raises(ValueError, match="targets"):
         truncated_backward(b, x, y[:, :3], 1)
+
+
+def test_compiled_memory_step_agrees_with_the_eager_one():
+    """MemNet.compile_memory: the same logits, memory, trace and gradients as the eager step, up to
+    float rounding. The first segment reads an empty memory (all slots tie exactly), so the
+    compiled selection's tie rule is exercised along with the rest. The "aot_eager" backend traces
+    the step as torch.compile does (graph capture, the sort path of stable_topk, the compiled
+    backward) without generating code, which keeps the test to seconds; the bench times the
+    default backend."""
+    eager = tiny_model(writes_per_segment=2, decay_init=1.0)
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = tiny_model(writes_per_segment=2, decay_init=1.0).compile_memory(backend=counter, fullgraph=True)
+    x = rand_tokens(2, 4 * eager.cfg.segment_len)
+    outs = []
+    for model in (eager, compiled):
+        model.train()
+        out = model(x, return_trace=True)
+        (out.logits.square().mean() + sum(out.aux_losses.values())).backward()
+        outs.append(out)
+    a, b = outs
+    torch.testing.assert_close(b.logits, a.logits, rtol=1e-4, atol=1e-5)
+    assert states_equal(a.memory.detach(), b.memory.detach(), atol=1e-5)
+    assert torch.equal(a.trace.read_index, b.trace.read_index) and torch.equal(a.trace.write_alloc, b.trace.write_alloc)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-6, msg=name)
+    # the step ran compiled, as one graph (fullgraph: no break): the empty first memory, then a graph-carrying one
+    assert 1 <= counter.frame_count <= 2, counter.frame_count

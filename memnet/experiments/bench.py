@@ -17,7 +17,8 @@ Everything is measured in one process, so the ratios between models share the ma
   (``dst.copy_(src)``, counted as bytes read + written, the STREAM convention) measured in the
   same run, for the queries of one token (H heads) and of a whole segment, and the time of a
   full streaming step (read + write) there;
-- optionally ``torch.compile`` of the controller: compile time and the steady-state speedup.
+- optionally ``torch.compile`` of the controller and of the per-segment memory step
+  (:meth:`MemNet.compile_memory`): compile time and the steady-state speedup of each.
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated``. On CPU there is no allocator statistic, so
 we report **autograd memory**: the bytes of the distinct tensors autograd saves for the backward
@@ -84,7 +85,7 @@ class Profile:
     checkpoints: tuple = (1024, 4096, 16384, 65536, 262144, 1_048_576)
     kv_max: int = 1_048_576  # the FullTransformer's cache is measured up to this length
     read_slots: int = 1_000_000
-    compile: bool = True
+    compile: bool = True  # time torch.compile of the controller and of the memory step (three compilations)
     repeats: int = 3
     seq_len_rounds: int | None = 3  # rounds of the interleaved sequence-length sweep (None: repeats); each
     # point's time is its fastest round, so more rounds make the flatness check robust to a slow spell
@@ -526,16 +527,14 @@ def read_bandwidth(p: Profile, device: torch.device, progress: bool, cores: int 
     return res
 
 
-def measure_compile(p: Profile, device: torch.device, dtype, progress: bool) -> dict:
-    """torch.compile of MemNet's controller: compile time and steady forward+backward time vs eager."""
-    T = p.seq_lens[min(1, len(p.seq_lens) - 1)]
-    cfg = make_config(p)
-    seed_everything(0)
-    model = MemNet(cfg).to(device)
-    eager = measure_training(model, T, p.vocab_size, device, p.repeats, dtype)
-    res = {"T": T, "eager_us_per_token": eager["us_per_token"], "what": "torch.compile(model.controller)"}
+def _compiled_point(model: MemNet, compile_fn: Callable[[MemNet], None], what: str, T: int, p: Profile,
+                    device: torch.device, dtype, repeats: int) -> dict:
+    """Forward+backward time per token at T before and after `compile_fn(model)`, and the compile time
+    (the first pass after it, which compiles every graph the pass needs)."""
+    eager = measure_training(model, T, p.vocab_size, device, repeats, dtype)
+    res = {"what": what, "T": T, "segment_len": model.cfg.segment_len, "eager_us_per_token": eager["us_per_token"]}
     try:
-        model.controller = torch.compile(model.controller)
+        compile_fn(model)
         g = torch.Generator().manual_seed(T)
         x = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
         y = torch.randint(0, p.vocab_size, (1, T), generator=g).to(device)
@@ -543,13 +542,37 @@ def measure_compile(p: Profile, device: torch.device, dtype, progress: bool) -> 
         train_step(model, x, y, dtype)
         _sync(device)
         res["compile_s"] = time.perf_counter() - t0
-        comp = measure_training(model, T, p.vocab_size, device, p.repeats, dtype)
+        comp = measure_training(model, T, p.vocab_size, device, repeats, dtype)
         res["compiled_us_per_token"] = comp["us_per_token"]
         res["speedup"] = eager["us_per_token"] / comp["us_per_token"]
     except Exception as e:  # no compiler toolchain, unsupported backend: say so rather than fail the benchmark
         res["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    if progress:
-        print(f"  compile: {res}", flush=True)
+    return res
+
+
+def measure_compile(p: Profile, device: torch.device, dtype, progress: bool, windows: list[dict] | None = None) -> dict:
+    """torch.compile, measured where it could help: the controller (``model.controller``, one call
+    over all windows) and the per-segment memory step (:meth:`MemNet.compile_memory`, the body of
+    the loop over segments), both at the second sequence length with the profile's segment length,
+    and the memory step again at ``window_T`` with the fastest window of the window sweep (when
+    it ran), where it sets the ratio to the FullTransformer. ``compile_s`` is the first pass after
+    compiling: seconds with a cold inductor cache, a few with a warm one (the same shapes
+    compiled before on the machine)."""
+    T = p.seq_lens[min(1, len(p.seq_lens) - 1)]
+    points = [("controller", make_config(p), T, p.repeats,
+               lambda m: setattr(m, "controller", torch.compile(m.controller)), "torch.compile(model.controller)"),
+              ("memory_step", make_config(p), T, p.repeats, lambda m: m.compile_memory(), "model.compile_memory()")]
+    best = min((r for r in windows or [] if r["model"] == "memnet"), key=lambda r: r["us_per_token"], default=None)
+    if best is not None:
+        points.append(("memory_step_best_window", make_config(p, segment_len=best["segment_len"],
+                                                              writes_per_segment=best["writes_per_segment"]),
+                       p.window_T, p.window_repeats, lambda m: m.compile_memory(), "model.compile_memory()"))
+    res = {}
+    for name, cfg, T_, repeats, fn, what in points:
+        seed_everything(0)
+        res[name] = _compiled_point(MemNet(cfg).to(device), fn, what, T_, p, device, dtype, repeats)
+        if progress:
+            print(f"  compile {name}: {res[name]}", flush=True)
     return res
 
 
@@ -591,6 +614,9 @@ def summarize(result: dict) -> dict:
         s["window_best"] = {"segment_len": best["segment_len"], "us_per_token": best["us_per_token"]}
         if best["T"] in full:
             s["window_best"]["full_ratio"] = full[best["T"]]["us_per_token"] / best["us_per_token"]
+    step = result.get("compile", {}).get("memory_step_best_window", {})
+    if "compiled_us_per_token" in step and step["T"] in full:
+        s["compiled_step_full_ratio"] = full[step["T"]]["us_per_token"] / step["compiled_us_per_token"]
     if result.get("cores"):
         c = result["cores"]
         full_c = next(r for r in c["rows"] if r["model"] == "full")
@@ -671,7 +697,7 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
     if "read" in parts:
         result["read"] = timed("read", lambda: read_bandwidth(p, dev, progress, cores))
     if "compile" in parts and p.compile:
-        result["compile"] = timed("compile", lambda: measure_compile(p, dev, dtype, progress))
+        result["compile"] = timed("compile", lambda: measure_compile(p, dev, dtype, progress, result.get("windows")))
     if set(all_parts) - {"compile", "cores"} <= set(parts):
         result["summary"] = summarize(result)
     wall = time.perf_counter() - t_all
@@ -761,9 +787,15 @@ def summary_table(result: dict) -> str:
                          f"{c['read_token_gbps']:.1f} GB/s = {100 * c['read_token_vs_copy']:.0f}% of copy"
                          + (f" (torch path {c['read_torch_token_gbps']:.1f} GB/s = {100 * c['read_torch_token_vs_copy']:.0f}%)"
                             if "read_torch_token_gbps" in c else ""))
-    if "compile" in result:
-        c = result["compile"]
-        lines.append(f"torch.compile: {c}")
+    for c in result.get("compile", {}).values():
+        head = f"{c['what']} at T={c['T']} (L={c['segment_len']}): eager {c['eager_us_per_token']:.1f} us/token"
+        if "error" in c:
+            lines.append(f"{head}; not compiled: {c['error']}")
+        else:
+            lines.append(f"{head}, compiled {c['compiled_us_per_token']:.1f} us/token ({c['speedup']:.2f}x) "
+                         f"after {c['compile_s']:.0f} s of compiling")
+    if s and "compiled_step_full_ratio" in s:
+        lines.append(f"FullTransformer / MemNet with the compiled memory step: {s['compiled_step_full_ratio']:.2f}x")
     return "\n".join(lines)
 
 
