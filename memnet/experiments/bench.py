@@ -52,6 +52,8 @@ from ..model import MemNet, truncated_backward
 from ..train import amp_dtype, autocast, resolve_device
 from .common import DATA_DIR, provenance, seed_everything, write_json
 
+STREAM_REPEATS = 9  # interleaved timed calls per side at every streaming checkpoint
+
 MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 
 
@@ -358,10 +360,12 @@ def sweep_memnet(p: Profile, device: torch.device, dtype, what: str, progress: b
 def stream_memnet(p: Profile, device: torch.device, dtype, progress: bool) -> list[dict]:
     """Stream random tokens through MemNet.stream; latency per token and state bytes at checkpoints.
 
-    At each checkpoint, five calls on copies of the current state are timed interleaved with five
-    calls on copies of a state that has seen one call only, on the same tokens: ``us_per_token`` is
-    the minimum of the former, ``vs_start`` the ratio of the two minima, which shared-machine load
-    moves far less than the latencies themselves (both sides see the same load)."""
+    At each checkpoint, ``STREAM_REPEATS`` calls on copies of the current state are timed interleaved
+    with as many calls on copies of a state that has seen one call only, on the same tokens:
+    ``us_per_token`` is the minimum of the former, ``vs_start`` the ratio of the two minima, which
+    shared-machine load moves far less than the latencies themselves (both sides see the same load;
+    with five repeats a slow spell of a second or two on a shared machine still moved a checkpoint
+    by 40%, so the minima are taken over more calls)."""
     cfg = make_config(p)
     seed_everything(0)
     model = MemNet(cfg).to(device).eval()
@@ -388,7 +392,7 @@ def stream_memnet(p: Profile, device: torch.device, dtype, progress: bool) -> li
             model.stream(draw(), mem)
             seen += p.stream_call
         now, ref = [], []
-        for _ in range(5):
+        for _ in range(STREAM_REPEATS):
             x = draw()
             now.append(timed(mem.clone(), x))
             ref.append(timed(start.clone(), x))
