@@ -127,3 +127,5 @@ def test_compiled_point_and_its_table_lines():
     lines = bench.summary_table({"threads": 1, "compile": {"memory_step": rec, "controller": bad}}).splitlines()
     assert any(line.startswith("model.compile_memory() at T=64") and f"({rec['speedup']:.2f}x)" in line for line in lines)
     assert any(line.startswith("x at T=64") and "not compiled: RuntimeError" in line for line in lines)
+    with pytest.raises(ValueError, match="compile_points"):
+        bench.measure_compile(bench.Profile(compile_points=("nope",)), torch.device("cpu"), None, False)

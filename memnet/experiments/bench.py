@@ -87,7 +87,8 @@ class Profile:
     checkpoints: tuple = (1024, 4096, 16384, 65536, 262144, 1_048_576)
     kv_max: int = 1_048_576  # the FullTransformer's cache is measured up to this length
     read_slots: int = 1_000_000
-    compile: bool = True  # time torch.compile of the controller and of the memory step (three compilations)
+    compile: bool = True  # time torch.compile at compile_points (each compiles for tens of seconds on a CPU)
+    compile_points: tuple = ("controller", "memory_step", "memory_step_best_window")
     repeats: int = 3
     seq_len_rounds: int | None = 3  # rounds of the interleaved sequence-length sweep (None: repeats); each
     # point's time is its fastest round, so more rounds make the flatness check robust to a slow spell
@@ -104,7 +105,9 @@ PROFILES = {
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
                      checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1, seq_len_rounds=None,
                      min_time_s=0.0),
-    "laptop": Profile(),
+    # 10 minutes on a laptop: one compile point (the memory step at the default window, where compiling pays), one
+    # timed pass per window-sweep point after the warm-up, a single segment per point of the slot sweep
+    "laptop": Profile(compile_points=("memory_step",), window_repeats=1, slots_seq_len=32, min_time_s=1.0),
     "gpu": Profile(d_model=128, segment_len=64, num_slots=128, seq_lens=(1024, 4096, 16384, 65536, 262144),
                    windows=(64, 128, 256), window_T=65536, window_writes=64,
                    max_len={"full": 65536}, slots=(128, 4096, 65536, 1_000_000, 4_000_000), slots_seq_len=1024,
@@ -562,6 +565,9 @@ def measure_compile(p: Profile, device: torch.device, dtype, progress: bool, win
     it ran), where it sets the ratio to the FullTransformer. ``compile_s`` is the first pass after
     compiling: seconds with a cold inductor cache, a few with a warm one (the same shapes
     compiled before on the machine)."""
+    known = ("controller", "memory_step", "memory_step_best_window")
+    if not set(p.compile_points) <= set(known):
+        raise ValueError(f"Profile.compile_points must be among {known}, got {p.compile_points!r}")
     T = p.seq_lens[min(1, len(p.seq_lens) - 1)]
     points = [("controller", make_config(p), T, p.repeats,
                lambda m: setattr(m, "controller", torch.compile(m.controller)), "torch.compile(model.controller)"),
@@ -572,7 +578,7 @@ def measure_compile(p: Profile, device: torch.device, dtype, progress: bool, win
                                                               writes_per_segment=best["writes_per_segment"]),
                        p.window_T, p.window_repeats, lambda m: m.compile_memory(), "model.compile_memory()"))
     res = {}
-    for name, cfg, T_, repeats, fn, what in points:
+    for name, cfg, T_, repeats, fn, what in (pt for pt in points if pt[0] in p.compile_points):
         seed_everything(0)
         res[name] = _compiled_point(MemNet(cfg).to(device), fn, what, T_, p, device, dtype, repeats)
         if progress:
