@@ -547,10 +547,12 @@ print(f"chapter 6 checks passed ({run.profile} run)")
 # - The ratios are measured in one process on the same cores; where they fall short of what the
 #   asymptotics promise, the gap is the per-segment Python loop of many small operations, which a
 #   CPU pays for at short lengths and a windowed model does not have. A longer window shares that
-#   loop among more tokens and is the cheapest lever on its cost.
+#   loop among more tokens and is the cheapest lever on its cost; compiling the loop's body
+#   (`model.compile_memory()`) is the other, and pays most at short windows.
 #
-# What is open: fusing the per-segment read and write into one kernel (the loop is overhead-bound
-# at $N = 64$), an in-place differentiable write for training with large banks, and
+# What is open: fusing the per-segment read and write, forward and backward, into a few
+# hand-written kernels (the loop is overhead-bound at $N = 64$, and the generated ones still
+# leave much of it), an in-place differentiable write for training with large banks, and
 # approximate (product-quantised) indices once a bank outgrows a memory-bound exact scan.
 #
 # ## Exercises
