@@ -144,6 +144,13 @@ TOPK_CHUNK = 65536  # slots scored per chunk when a bank is larger: bounds the (
 NATIVE_MIN_SLOTS = 16384
 
 
+def sorted_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The first k entries of ``scores.sort(descending=True, stable=True)`` along the last dim: the
+    reference the faster selections below agree with (ties and NaN in the sort's own order)."""
+    top, index = scores.sort(dim=-1, descending=True, stable=True)
+    return top[..., :k], index[..., :k]
+
+
 def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The first k entries of a stable descending sort of `scores` (..., N): values and indices (..., k).
 
@@ -158,8 +165,7 @@ def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     :meth:`memnet.MemNet.compile_memory`) it is the stable sort itself, which traces as one operation.
     """
     if torch.compiler.is_compiling():  # inside torch.compile (MemNet.compile_memory): the sort traces as one op
-        top, index = scores.sort(dim=-1, descending=True, stable=True)
-        return top[..., :k], index[..., :k]
+        return sorted_topk(scores, k)
     index = native.select_rows(scores, k)  # CPU float32: one pass per row in C (None elsewhere)
     if index is not None:
         return scores.gather(-1, index), index
@@ -172,12 +178,10 @@ def torch_stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if N >= BLOCKED_MIN_N and k * TOPK_BLOCK * 8 <= N and scores.stride(-1) == 1:  # long contiguous rows
         return blocked_topk(scores, k)
     if N <= SORT_MAX_N or 4 * (k + 1) > N:  # small rows, or most of a row kept: the sort is as fast
-        top, index = scores.sort(dim=-1, descending=True, stable=True)
-        return top[..., :k], index[..., :k]
+        return sorted_topk(scores, k)
     top, index = scores.topk(k + 1, dim=-1, sorted=True)  # (..., k+1)
     if bool(top[..., 0].isnan().any()):  # topk ranks NaN first: a row holds NaN, take the sort's own order
-        top, index = scores.sort(dim=-1, descending=True, stable=True)
-        return top[..., :k], index[..., :k]
+        return sorted_topk(scores, k)
     if not bool((top[..., 1:] == top[..., :-1]).any()):  # no tie: topk's answer is the sort's
         return top[..., :k], index[..., :k]
     kth = top[..., k - 1:k]  # (..., 1)
@@ -206,8 +210,7 @@ def blocked_topk(scores: Tensor, k: int, block: int = TOPK_BLOCK) -> tuple[Tenso
     blocks = padded.unflatten(-1, (nb, block))  # (..., nb, block)
     peak = blocks.amax(-1)  # (..., nb)
     if bool(peak.isnan().any()):  # NaN scores: the sort's own order
-        top, index = scores.sort(dim=-1, descending=True, stable=True)
-        return top[..., :k], index[..., :k]
+        return sorted_topk(scores, k)
     chosen = stable_topk(peak, k)[1].sort(dim=-1).values  # (..., k) blocks in index order
     cand_idx = (chosen.unsqueeze(-1) * block + torch.arange(block, device=scores.device)).flatten(-2)  # (..., k*block)
     top, pos = stable_topk(padded.gather(-1, cand_idx), k)  # candidates in index order keep the tie rule
