@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -105,10 +106,11 @@ PROFILES = {
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
                      checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1, seq_len_rounds=None,
                      min_time_s=0.0),
-    # 10 minutes on a laptop: one compile point (the memory step at the default window, where compiling pays), one
-    # timed pass per window-sweep point after the warm-up and three windows, a single segment per point of the slot
-    # sweep, shorter top-k and short sequence-length timings
-    "laptop": Profile(compile_points=("memory_step",), window_repeats=1, slots_seq_len=32, min_time_s=0.5,
+    # 10 minutes on a laptop: two compile points (the memory step at the default window, where compiling pays most,
+    # and at the fastest window, MemNet's best time against the FullTransformer), one timed pass per window-sweep
+    # point after the warm-up and three windows, a single segment per point of the slot sweep, shorter top-k and
+    # short sequence-length timings
+    "laptop": Profile(compile_points=("memory_step", "memory_step_best_window"), window_repeats=1, slots_seq_len=32, min_time_s=0.5,
                       windows=(32, 128, 256), top_k_seq_len=512),
     "gpu": Profile(d_model=128, segment_len=64, num_slots=128, seq_lens=(1024, 4096, 16384, 65536, 262144),
                    windows=(64, 128, 256), window_T=65536, window_writes=64,
@@ -365,13 +367,14 @@ def sweep_memnet(p: Profile, device: torch.device, dtype, what: str, progress: b
 def stream_memnet(p: Profile, device: torch.device, dtype, progress: bool) -> list[dict]:
     """Stream random tokens through MemNet.stream; latency per token and state bytes at checkpoints.
 
-    At each checkpoint, ``STREAM_REPEATS`` calls on copies of the current state are timed interleaved
-    with as many calls on copies of a state that has seen one call only, on the same tokens:
-    ``us_per_token`` is the minimum of the former, ``vs_start`` the ratio of the two minima, which
-    shared-machine load moves far less than the latencies themselves (both sides see the same load;
-    on a shared machine a call's time swings by +-30% within seconds, and the fast phases can be
-    rare: with 5 or 9 calls per side a checkpoint still came out 1.27-1.41x in some runs, and no
-    state-dependent cost showed in 12 back-to-back pairs at 262k and 1M tokens)."""
+    At each checkpoint, ``STREAM_REPEATS`` calls on copies of the current state are timed in pairs
+    with calls on copies of a state that has seen one call only, on the same tokens, the pair's
+    order alternating: ``us_per_token`` is the minimum of the former, ``vs_start`` the median over
+    pairs of the pair's ratio (now / start), ``vs_start_of_minima`` the ratio of the two minima.
+    The two calls of a pair run back to back and see about the same load, so their ratio cancels
+    most of a shared machine's swings (+-30% within seconds), and the median drops the pairs that a
+    swing split; the ratio of minima compares two single calls, the luckiest of each side (with 17
+    calls per side a checkpoint whose two sides are the same state came out 1.21x in one run)."""
     cfg = make_config(p)
     seed_everything(0)
     model = MemNet(cfg).to(device).eval()
@@ -398,16 +401,22 @@ def stream_memnet(p: Profile, device: torch.device, dtype, progress: bool) -> li
             model.stream(draw(), mem)
             seen += p.stream_call
         now, ref = [], []
-        for _ in range(STREAM_REPEATS):
+        for i in range(STREAM_REPEATS):
             x = draw()
-            now.append(timed(mem.clone(), x))
-            ref.append(timed(start.clone(), x))
+            if i % 2 == 0:
+                now.append(timed(mem.clone(), x))
+                ref.append(timed(start.clone(), x))
+            else:
+                ref.append(timed(start.clone(), x))
+                now.append(timed(mem.clone(), x))
         rows.append({"tokens_seen": seen, "us_per_token": 1e6 * min(now) / p.stream_call,
-                     "us_per_token_start": 1e6 * min(ref) / p.stream_call, "vs_start": min(now) / min(ref),
+                     "us_per_token_start": 1e6 * min(ref) / p.stream_call,
+                     "vs_start": statistics.median(a / b for a, b in zip(now, ref)),
+                     "vs_start_of_minima": min(now) / min(ref),
                      "state_bytes": mem.nbytes(), "segments": mem.segments})
         if progress:
             print(f"  stream memnet   seen={seen:<8} {rows[-1]['us_per_token']:8.1f} us/token "
-                  f"({rows[-1]['vs_start']:.2f}x a fresh state, interleaved)  state {mem.nbytes() / 2**20:.2f} MB", flush=True)
+                  f"({rows[-1]['vs_start']:.2f}x a fresh state, median of pairs)  state {mem.nbytes() / 2**20:.2f} MB", flush=True)
     return rows
 
 
@@ -614,6 +623,8 @@ def summarize(result: dict) -> dict:
     lat = [r["us_per_token"] for r in st]
     s["stream_latency_spread"] = max(lat) / min(lat) - 1.0
     s["stream_vs_start_max_dev"] = max(abs(r["vs_start"] - 1.0) for r in st)
+    if all("vs_start_of_minima" in r for r in st):  # runs stored before the paired median lack it
+        s["stream_vs_start_of_minima_max_dev"] = max(abs(r["vs_start_of_minima"] - 1.0) for r in st)
     s["stream_state_bytes"] = sorted({r["state_bytes"] for r in st})
     kv = [r for r in result["streaming"]["full_kv"] if "skipped" not in r]
     if kv:
@@ -627,6 +638,11 @@ def summarize(result: dict) -> dict:
         s["window_best"] = {"segment_len": best["segment_len"], "us_per_token": best["us_per_token"]}
         if best["T"] in full:
             s["window_best"]["full_ratio"] = full[best["T"]]["us_per_token"] / best["us_per_token"]
+            # the same ratio for the memory-free windowed model at that window: the ceiling of any memory's ratio
+            win = next((r for r in result["windows"] if r["model"] == "windowed"
+                        and r["segment_len"] == best["segment_len"]), None)
+            if win is not None:
+                s["window_best"]["windowed_full_ratio"] = full[best["T"]]["us_per_token"] / win["us_per_token"]
     step = result.get("compile", {}).get("memory_step_best_window", {})
     if "compiled_us_per_token" in step and step["T"] in full:
         s["compiled_step_full_ratio"] = full[step["T"]]["us_per_token"] / step["compiled_us_per_token"]
@@ -756,7 +772,9 @@ def summary_table(result: dict) -> str:
             f"{r['model']} L={r['segment_len']} (W={r['writes_per_segment']}): {r['us_per_token']:.1f}" for r in ws))
         if s and "window_best" in s and "full_ratio" in s["window_best"]:
             lines.append(f"FullTransformer / MemNet at the fastest window (L={s['window_best']['segment_len']}): "
-                         f"{s['window_best']['full_ratio']:.2f}x")
+                         f"{s['window_best']['full_ratio']:.2f}x"
+                         + (f" (the windowed model without memory there: {s['window_best']['windowed_full_ratio']:.2f}x)"
+                            if "windowed_full_ratio" in s["window_best"] else ""))
     if result.get("cores"):
         c = result["cores"]
         lines.append(f"on {c['threads']} threads at T={c['T']}: " + ", ".join(
@@ -772,12 +790,13 @@ def summary_table(result: dict) -> str:
                                                      for r in result["top_k"]))
     if "streaming" in result:
         lines.append("")
-        lines.append(f"{'tokens seen':>12}{'MemNet us/tok':>15}{'vs start':>10}{'state MB':>10}{'Full us/tok':>13}"
+        lines.append(f"{'tokens seen':>12}{'MemNet us/tok':>15}{'vs start':>10}{'of minima':>11}{'state MB':>10}{'Full us/tok':>13}"
                      f"{'KV cache MB':>13}")
         kv = {r["tokens_seen"]: r for r in result["streaming"]["full_kv"]}
         for r in result["streaming"]["memnet"]:
             k = kv.get(r["tokens_seen"], {})
-            lines.append(f"{r['tokens_seen']:>12}{r['us_per_token']:>15.1f}{r['vs_start']:>10.2f}{r['state_bytes'] / 2**20:>10.2f}"
+            lines.append(f"{r['tokens_seen']:>12}{r['us_per_token']:>15.1f}{r['vs_start']:>10.2f}"
+                         f"{r.get('vs_start_of_minima', float('nan')):>11.2f}{r['state_bytes'] / 2**20:>10.2f}"
                          + (f"{k['us_per_token']:>13.1f}" if "us_per_token" in k else f"{'skipped':>13}")
                          + f"{k.get('cache_bytes', float('nan')) / 2**20:>13.1f}")
     if "read" in result:
