@@ -312,17 +312,17 @@ cause_rows = []
 for name in names:
     rs = [r for r in res["runs"] if r["ablation"] == name]
     cells = []
-    for g in ("useful", "distractor"):
+    for g in ("useful", "expiring", "distractor"):
         ow = sum(r["counts"][g]["overwrite"] for r in rs)
         de = sum(r["counts"][g]["decay"] for r in rs)
         ce = sum(sum(r["counts"][g]["censored"]) for r in rs)
         tot = max(ow + de + ce, 1)
         cells.append(f"{100 * ow / tot:>9.0f}%{100 * de / tot:>6.0f}%{100 * ce / tot:>6.0f}%")
     un = sum(r["counts"]["unattributed"]["count"] for r in rs) / max(sum(r["contents"] for r in rs), 1)
-    cause_rows.append(f"{name:<14}{cells[0]}  {cells[1]}{100 * un:>13.0f}%")
+    cause_rows.append(f"{name:<14}{cells[0]}  {cells[1]}  {cells[2]}{100 * un:>13.0f}%")
 print("how contents die (share of contents of the type, all seeds pooled)")
-print(f"{'':<14}{'useful':^24}  {'distractor':^24}")
-print(f"{'':<14}" + f"{'overwrite':>10}{'decay':>7}{'cens.':>7}" * 2 + "  unattributed")
+print(f"{'':<14}{'useful':^24}  {'expiring':^24}  {'distractor':^24}")
+print(f"{'':<14}" + f"{'overwrite':>10}{'decay':>7}{'cens.':>7}  " * 3 + "unattributed")
 print("\n".join(cause_rows))
 
 # %%
@@ -353,6 +353,54 @@ fig
 # (allocation reuses the stalest slot whatever it holds), so any difference between useful and
 # distractor lifetimes there can come only from *what is written* and *where*. With learned
 # decay, content can also fade, and the model can choose what fades.
+#
+# **What the decay gates learn to let go of.** Distractors are the wrong place to look for
+# learned decay: the write gate keeps them out. Expiring items cannot be kept out, since they
+# are queried within {glue:text}`ch5_horizon` windows of being shown, but after that they are
+# worth nothing; if the model forgets anything *by decay*, it should be them. Per seed, out of
+# all contents of the type:
+
+# %%
+by_abl = rows  # ablation -> per-seed columns (fx.ablation_rows)
+pct = lambda xs: ", ".join("n/a" if x != x else f"{100 * x:.0f}%" for x in xs)
+for name in [n for n in ("learned", "fixed", "none", "faded") if n in by_abl]:
+    d = by_abl[name]["decay_share"]
+    print(f"{name:<8} died by decay: useful {pct(d['useful']):<16} expiring {pct(d['expiring']):<16} "
+          f"median lifetime of expiring content {fx.fmt(by_abl[name]['median_expiring'])}")
+dl = by_abl["learned"]["decay_share"]
+glue("ch5_horizon", res["task"]["horizon"], display=False)
+glue("ch5_decay_u", pct(dl["useful"]), display=False)
+glue("ch5_decay_x", pct(dl["expiring"]), display=False)
+glue("ch5_med_x_learned", fx.fmt(by_abl["learned"]["median_expiring"]), display=False)
+med_u = by_abl["learned"]["median_useful"]
+glue("ch5_med_u_clause", "while the useful median lay beyond the trace in every seed" if np.all(np.isinf(med_u)) else
+     f"against {fx.fmt(med_u)} for useful content", display=False)
+med_x_none = by_abl["none"]["median_expiring"]
+glue("ch5_med_x_none", "beyond the trace in every seed" if np.all(np.isinf(med_x_none)) else
+     fx.fmt(med_x_none) + " segments (median)", display=False)
+pairs = [(u, x) for u, x in zip(dl["useful"], dl["expiring"]) if u == u and x == x]
+selective = bool(pairs) and all(x > u for u, x in pairs)
+glue("ch5_decay_verdict", (f"In every seed a larger share of expiring than of useful content died by decay ({len(pairs)} "
+                           "of " + str(len(dl["useful"])) + " seeds with both): the decay gates, which read a "
+                           "slot's key, learned to fade what stops being worth keeping (at initialization the "
+                           f"slot-wise gate alone keeps sigmoid({res['config']['decay_init']:g}) = "
+                           f"{1 / (1 + np.exp(-res['config']['decay_init'])):.3f} of a slot per segment, "
+                           f"{(1 / (1 + np.exp(-res['config']['decay_init']))) ** S_max:.2f} over the whole trace)."
+                           if selective else
+                           "The share of expiring content that died by decay is not larger than that of useful "
+                           "content in every seed: the decay gates did not learn which content to let go of."),
+     display=False)
+
+# %% [markdown]
+# With learned decay {glue:text}`ch5_decay_x` of the expiring contents died by decay, against
+# {glue:text}`ch5_decay_u` of the useful ones, and the median expiring content lived
+# {glue:text}`ch5_med_x_learned` segments, {glue:text}`ch5_med_u_clause`. Without
+# decay nothing dies by decay, by construction, and the median expiring content lives
+# {glue:text}`ch5_med_x_none`. {glue:text}`ch5_decay_verdict` The fading is slow, though: it
+# takes most of the trace rather than following the horizon, so on a trace of
+# {glue:text}`ch5_segments` segments it cannot open a tenfold gap in median lifetime; and no
+# loss term asks for more than that (a faded slot is not freed for reuse unless allocation
+# looks at the retained fraction, the `faded` configuration).
 #
 # ## Is a decayed content gone?
 #
@@ -567,6 +615,10 @@ print(f"chapter 5 checks passed ({run.profile} run)")
 #   next to every survival curve. Counted per item, with a never-written item forgotten at once,
 #   the useful/distractor ratio of median time in memory is {glue:text}`ch5_learned_item_ratio`
 #   with learned decay and {glue:text}`ch5_none_item_ratio` without.
+# - Where decay does forget, it is selective: with learned decay {glue:text}`ch5_decay_x` of the
+#   expiring contents (queried within a couple of windows, then worthless) died by decay, against
+#   {glue:text}`ch5_decay_u` of the useful ones; but slowly, over most of the trace rather than
+#   right after the horizon.
 # - A content below the decay threshold is not necessarily gone: reads ignore a common scale
 #   up to the LayerNorm's eps, and with learned decay queries that read such a content were
 #   answered in {glue:text}`ch5_dead_recall`.

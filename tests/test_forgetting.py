@@ -137,6 +137,18 @@ def test_content_groups_by_hand():
     assert counts["useful"]["censored"][3] == 1 and counts["unattributed"]["count"] == 1
 
 
+def test_decay_share_by_hand():
+    """Of five useful contents two died by decay, one was overwritten and two are still alive: 2/5;
+    a type without contents gives nan; the table lists the share per type."""
+    useful = {"deaths": [0, 2, 1], "censored": [0, 0, 2], "overwrite": 1, "decay": 2}
+    empty = {"deaths": [0, 0, 0], "censored": [0, 0, 0], "overwrite": 0, "decay": 0}
+    run = {"counts": {"useful": useful, "distractor": empty, "expiring": {**empty, "censored": [0, 1, 0]},
+                      "other": empty}}
+    assert fx.decay_share(run, "useful") == pytest.approx(0.4)
+    assert fx.decay_share(run, "expiring") == 0.0
+    assert np.isnan(fx.decay_share(run, "distractor"))
+
+
 def test_item_lifetimes_by_hand():
     """Items 0 and 1 wrote contents alive at the end (censored after 3 segments); items 2 and 3
     wrote nothing (0 segments, observed). Then a death: item 0's slot overwritten at segment 2."""

@@ -282,6 +282,16 @@ def ratio_lower_bound(res: dict, num_segments: int) -> float:
     return r
 
 
+def decay_share(res: dict, group: str) -> float:
+    """Share of the contents of `group` (an item type or "other") that died by decay, out of all
+    its contents (overwritten and still alive included); nan when there is none. With decay
+    "none" or "fixed" it is 0 by construction: no retention product falls below the threshold
+    (sigmoid(decay_init) ** num_segments stays above it at the profiles' settings)."""
+    c = res["counts"][group]
+    total = sum(c["deaths"]) + sum(c["censored"])
+    return c["decay"] / total if total else float("nan")
+
+
 def item_ratio(res: dict) -> float:
     """Median time in memory of useful items over that of distractor items (inf when distractors'
     median is 0 and useful items' is not: most distractors were never written)."""
@@ -446,6 +456,8 @@ def ablation_rows(result: dict) -> list[dict]:
             "ablation": name, "n_seeds": len(rs),
             "median_useful": [r["median"]["useful"] for r in rs],
             "median_distractor": [r["median"]["distractor"] for r in rs],
+            "median_expiring": [r["median"]["expiring"] for r in rs],
+            "decay_share": {g: [decay_share(r, g) for r in rs] for g in ITEM_TYPES},
             "ratio": [ratio(r) for r in rs],
             "ratio_bound": [ratio_lower_bound(r, result["num_segments"]) for r in rs],
             "rmst_ratio": [r["rmst"]["useful"] / r["rmst"]["distractor"] for r in rs],
@@ -485,6 +497,12 @@ def summary_table(result: dict) -> str:
     for r in rows:
         lines.append(f"{r['ablation']:<14}{fmt(r['item_median_useful']):>12}{fmt(r['item_median_distractor']):>12}"
                      f"{fmt(r['item_ratio']):>12}")
+    lines += ["", "contents that died by decay (share of the type's contents) and the expiring contents' median lifetime",
+              f"{'ablation':<14}{'useful':>12}{'expiring':>12}{'distractor':>12}{'med expiring':>14}"]
+    for r in rows:
+        d = r["decay_share"]
+        lines.append(f"{r['ablation']:<14}{fmt(d['useful'], 2):>12}{fmt(d['expiring'], 2):>12}"
+                     f"{fmt(d['distractor'], 2):>12}{fmt(r['median_expiring']):>14}")
     return "\n".join(lines)
 
 
