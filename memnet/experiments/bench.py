@@ -106,12 +106,12 @@ PROFILES = {
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
                      checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1, seq_len_rounds=None,
                      min_time_s=0.0),
-    # about 10 minutes on a laptop (10.6 in the stored run, 1.5 of them compiling): two compile points (the memory step at the default window, where compiling pays most,
-    # and at the fastest window, MemNet's best time against the FullTransformer), one timed pass per window-sweep
-    # point after the warm-up and three windows, a single segment per point of the slot sweep, shorter top-k and
-    # short sequence-length timings
-    "laptop": Profile(compile_points=("memory_step", "memory_step_best_window"), window_repeats=1, slots_seq_len=32, min_time_s=0.5,
-                      windows=(32, 128, 256), top_k_seq_len=512),
+    # about 10 minutes on a laptop (10.6 in the stored run, 1.5 of them compiling): two compile points (the memory
+    # step at the default window, where compiling pays most, and at the fastest window, MemNet's best time against
+    # the FullTransformer), one timed pass per window-sweep point after the warm-up and three windows, a single
+    # segment per point of the slot sweep, shorter top-k and short sequence-length timings
+    "laptop": Profile(compile_points=("memory_step", "memory_step_best_window"), window_repeats=1, slots_seq_len=32,
+                      min_time_s=0.5, windows=(32, 128, 256), top_k_seq_len=512),
     "gpu": Profile(d_model=128, segment_len=64, num_slots=128, seq_lens=(1024, 4096, 16384, 65536, 262144),
                    windows=(64, 128, 256), window_T=65536, window_writes=64,
                    max_len={"full": 65536}, slots=(128, 4096, 65536, 1_000_000, 4_000_000), slots_seq_len=1024,
@@ -790,8 +790,8 @@ def summary_table(result: dict) -> str:
                                                      for r in result["top_k"]))
     if "streaming" in result:
         lines.append("")
-        lines.append(f"{'tokens seen':>12}{'MemNet us/tok':>15}{'vs start':>10}{'of minima':>11}{'state MB':>10}{'Full us/tok':>13}"
-                     f"{'KV cache MB':>13}")
+        lines.append(f"{'tokens seen':>12}{'MemNet us/tok':>15}{'vs start':>10}{'of minima':>11}{'state MB':>10}"
+                     f"{'Full us/tok':>13}{'KV cache MB':>13}")
         kv = {r["tokens_seen"]: r for r in result["streaming"]["full_kv"]}
         for r in result["streaming"]["memnet"]:
             k = kv.get(r["tokens_seen"], {})
