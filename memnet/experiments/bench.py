@@ -54,6 +54,11 @@ from ..train import amp_dtype, autocast, resolve_device
 from .common import DATA_DIR, provenance, seed_everything, write_json
 
 STREAM_REPEATS = 17  # interleaved timed calls per side at every streaming checkpoint
+# sequence-length sweep: a point whose pass takes less than this gets one untimed pass before its timed ones in
+# every round. The point before it in a round may be a pass of 65k tokens that freed gigabytes; the next short
+# pass then pays for fresh pages (on this kind of virtual machine the FullTransformer's 1k-token pass measured 2.4x
+# slower right after MemNet's 65k pass than after its own)
+WARMUP_BELOW_S = 2.0
 
 MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 
@@ -235,9 +240,10 @@ def measure_training(model: torch.nn.Module, T: int, vocab: int, device: torch.d
 def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tuple[list[dict], dict]:
     """Every model at every length, timed **interleaved**: after one untimed pass per point (which
     records autograd memory), `repeats` rounds each time every point once (a short point as many
-    passes as fill its share of `min_time_s`). A slow spell of a shared machine then lands on
-    every point of a round rather than on one point's whole measurement, which is what the
-    flatness and the ratios between models compare. `seq_len_rounds` rounds (default `repeats`)."""
+    passes as fill its share of `min_time_s`, after one untimed pass when a pass is shorter than
+    ``WARMUP_BELOW_S``). A slow spell of a shared machine then lands on every point of a round
+    rather than on one point's whole measurement, which is what the flatness and the ratios
+    between models compare. `seq_len_rounds` rounds (default `repeats`)."""
     cfg = make_config(p)
     models, params, points, rows = {}, {}, [], {}
     for name in p.models:
@@ -251,18 +257,19 @@ def sweep_seq_len(p: Profile, device: torch.device, dtype, progress: bool) -> tu
                                  "its time grows with T^2 and one point would exceed the profile's budget"}
             else:
                 points.append((name, T))
-    inputs, times, passes = {}, {}, {}
+    inputs, times, passes, warm = {}, {}, {}, {}
     rounds = p.repeats if p.seq_len_rounds is None else p.seq_len_rounds
     for name, T in points:  # the untimed first pass: autograd memory, warm-up, and the pass count of a round
         x, y, first, autograd_mb = first_pass(models[name], T, p.vocab_size, device, dtype)
         inputs[name, T] = (x, y)
         rows[name, T] = {"model": name, "T": T, "autograd_mb": autograd_mb}
         passes[name, T] = max(1, math.ceil(p.min_time_s / max(rounds, 1) / max(first, 1e-6)))
+        warm[name, T] = 1 if first < WARMUP_BELOW_S else 0
         times[name, T] = [] if rounds > 0 else [first]
     for _ in range(rounds):
         for name, T in points:
             x, y = inputs[name, T]
-            t = time_it(lambda: train_step(models[name], x, y, dtype), device, passes[name, T], warmup=0)
+            t = time_it(lambda: train_step(models[name], x, y, dtype), device, passes[name, T], warmup=warm[name, T])
             times[name, T].append(t["min_s"])
     for name, T in points:
         ts = sorted(times[name, T])
