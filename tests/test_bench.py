@@ -129,3 +129,14 @@ def test_compiled_point_and_its_table_lines():
     assert any(line.startswith("x at T=64") and "not compiled: RuntimeError" in line for line in lines)
     with pytest.raises(ValueError, match="compile_points"):
         bench.measure_compile(bench.Profile(compile_points=("nope",)), torch.device("cpu"), None, False)
+
+
+def test_steady_allocator_pins_glibc_malloc():
+    """On Linux with glibc every mallopt setting is accepted and reported; elsewhere nothing is applied."""
+    import platform
+
+    applied = bench.steady_allocator()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied == bench.STEADY_MALLOC
+    else:
+        assert applied is None

@@ -700,11 +700,44 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         return _run(p, profile, dev, dtype, seeds, out_dir, save, progress, parts, all_parts, cores)
 
 
+# glibc malloc, pinned by steady_allocator(): mallopt parameters and their values
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+STEADY_MALLOC = {"M_MMAP_THRESHOLD": 32 * 2**20, "M_TRIM_THRESHOLD": 2**31 - 1, "M_TOP_PAD": 256 * 2**20}
+
+
+def steady_allocator() -> dict | None:
+    """Pin glibc's malloc for the rest of the process, so that a pass's cost does not depend on the
+    passes before it: allocations under 32 MB come from a heap that is never trimmed (``mallopt``
+    ``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``); by default glibc moves its mmap
+    threshold up after large frees and gives the heap's top back to the system, so a 1k-token pass
+    right after a 65k-token one paid for fresh pages again, pass after pass (MemNet's 1k-token point
+    read 150-180 us/token after its own 65k pass and 190-300 after the LSTM's, on the same machine
+    minutes apart). Every point then measures what repeated passes of its own length cost, as in
+    training. Returns the settings applied, or None where glibc is not the allocator."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    codes = {"M_MMAP_THRESHOLD": M_MMAP_THRESHOLD, "M_TRIM_THRESHOLD": M_TRIM_THRESHOLD, "M_TOP_PAD": M_TOP_PAD}
+    applied = {}
+    for name, value in STEADY_MALLOC.items():
+        if libc.mallopt(ctypes.c_int(codes[name]), ctypes.c_int(value)) == 1:  # 1: accepted
+            applied[name] = value
+    return applied or None
+
+
 def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], out_dir: Path | None, save: bool,
          progress: bool, parts: tuple[str, ...], all_parts: tuple[str, ...], cores: int | None) -> dict:
     t_all = time.perf_counter()
+    malloc = steady_allocator() if dev.type == "cpu" else None
     result: dict = {"experiment": "bench", "profile": profile, "profile_settings": asdict(p),
-                    "config": make_config(p).to_dict(), "threads": torch.get_num_threads()}
+                    "config": make_config(p).to_dict(), "threads": torch.get_num_threads(), "malloc": malloc}
     step_t: dict = {}
 
     def timed(part: str, fn: Callable[[], object]):
@@ -739,7 +772,8 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
     wall = time.perf_counter() - t_all
     result["part_wall_s"] = {k: round(v, 1) for k, v in step_t.items()}
     result["provenance"] = provenance(dev, seeds, wall, amp=str(dtype), threads=torch.get_num_threads(),
-                                      note="times: min over repeats after a warm-up; B=1")
+                                      note="times: min over repeats after a warm-up; B=1"
+                                      + ("; glibc malloc pinned (steady_allocator)" if malloc else ""))
     if save and parts == all_parts:
         out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "bench" / profile
         write_json(out_dir / "results.json", result)
