@@ -151,9 +151,15 @@ fig
 # 170 to 840 microseconds per token in different runs while we developed this chapter. The sweep
 # therefore times its points interleaved, every model at every length once per round, and keeps
 # each point's fastest round, so that a slow spell lands on all points of a round rather than on
-# one point's whole measurement. Its autograd memory grows linearly, about
-# {glue:text}`ch6_mem_mb_per_ktok` MB per thousand tokens: backprop through every segment keeps
-# every segment's activations. Truncated BPTT {cite}`williams1990tbptt` bounds that:
+# one point's whole measurement. Interleaving has a cost of its own: a short pass right after a
+# 65k-token one ran slower for several passes, because glibc's allocator, after the long pass freed
+# gigabytes, had handed pages back to the system and the short pass paid for fresh ones (the
+# FullTransformer's 1k-token point read about 2.4 times its own steady time). The benchmark
+# therefore pins the allocator for its process (`bench.steady_allocator`: a fixed mmap threshold, a
+# heap that is never trimmed) and gives every short point an untimed pass in each round, so that
+# each point measures what repeated passes of its own length cost, as in training. Its autograd
+# memory grows linearly, about {glue:text}`ch6_mem_mb_per_ktok` MB per thousand tokens: backprop
+# through every segment keeps every segment's activations. Truncated BPTT {cite}`williams1990tbptt` bounds that:
 # `memnet.model.truncated_backward(model, tokens, targets, k)` runs k segments at a time, calls
 # `backward` on each chunk and passes the memory on detached, so autograd holds one chunk
 # ({glue:text}`ch6_tbptt_mb` MB here) whatever the length; at {glue:text}`ch6_T1` tokens it ran at

@@ -111,7 +111,7 @@ PROFILES = {
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
                      checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1, seq_len_rounds=None,
                      min_time_s=0.0),
-    # about 10 minutes on a laptop (10.6 in the stored run, 1.5 of them compiling): two compile points (the memory
+    # about 10 minutes on a laptop (11.0 in the stored run, 1.6 of them compiling): two compile points (the memory
     # step at the default window, where compiling pays most, and at the fastest window, MemNet's best time against
     # the FullTransformer), one timed pass per window-sweep point after the warm-up and three windows, a single
     # segment per point of the slot sweep, shorter top-k and short sequence-length timings
