@@ -361,31 +361,30 @@ fig
 # all contents of the type:
 
 # %%
-by_abl = rows  # ablation -> per-seed columns (fx.ablation_rows)
 pct = lambda xs: ", ".join("n/a" if x != x else f"{100 * x:.0f}%" for x in xs)
-for name in [n for n in ("learned", "fixed", "none", "faded") if n in by_abl]:
-    d = by_abl[name]["decay_share"]
+for name in [n for n in ("learned", "fixed", "none", "faded") if n in rows]:
+    d = rows[name]["decay_share"]
     print(f"{name:<8} died by decay: useful {pct(d['useful']):<16} expiring {pct(d['expiring']):<16} "
-          f"median lifetime of expiring content {fx.fmt(by_abl[name]['median_expiring'])}")
-dl = by_abl["learned"]["decay_share"]
+          f"median lifetime of expiring content {fx.fmt(rows[name]['median_expiring'])}")
+dl = rows["learned"]["decay_share"]
 glue("ch5_horizon", res["task"]["horizon"], display=False)
 glue("ch5_decay_u", pct(dl["useful"]), display=False)
 glue("ch5_decay_x", pct(dl["expiring"]), display=False)
-glue("ch5_med_x_learned", fx.fmt(by_abl["learned"]["median_expiring"]), display=False)
-med_u = by_abl["learned"]["median_useful"]
+glue("ch5_med_x_learned", fx.fmt(rows["learned"]["median_expiring"]), display=False)
+med_u = rows["learned"]["median_useful"]
 glue("ch5_med_u_clause", "while the useful median lay beyond the trace in every seed" if np.all(np.isinf(med_u)) else
      f"against {fx.fmt(med_u)} for useful content", display=False)
-med_x_none = by_abl["none"]["median_expiring"]
+med_x_none = rows["none"]["median_expiring"]
 glue("ch5_med_x_none", "beyond the trace in every seed" if np.all(np.isinf(med_x_none)) else
      fx.fmt(med_x_none) + " segments (median)", display=False)
 pairs = [(u, x) for u, x in zip(dl["useful"], dl["expiring"]) if u == u and x == x]
 selective = bool(pairs) and all(x > u for u, x in pairs)
+kept = 1 / (1 + np.exp(-res["config"]["decay_init"]))  # the slot-wise retention gate at initialization
 glue("ch5_decay_verdict", (f"In every seed a larger share of expiring than of useful content died by decay ({len(pairs)} "
                            "of " + str(len(dl["useful"])) + " seeds with both): the decay gates, which read a "
                            "slot's key, learned to fade what stops being worth keeping (at initialization the "
-                           f"slot-wise gate alone keeps sigmoid({res['config']['decay_init']:g}) = "
-                           f"{1 / (1 + np.exp(-res['config']['decay_init'])):.3f} of a slot per segment, "
-                           f"{(1 / (1 + np.exp(-res['config']['decay_init']))) ** S_max:.2f} over the whole trace)."
+                           f"slot-wise gate alone keeps sigmoid({res['config']['decay_init']:g}) = {kept:.3f} of a "
+                           f"slot per segment, {kept ** S_max:.2f} over the whole trace)."
                            if selective else
                            "The share of expiring content that died by decay is not larger than that of useful "
                            "content in every seed: the decay gates did not learn which content to let go of."),

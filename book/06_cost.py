@@ -159,8 +159,8 @@ fig
 # heap that is never trimmed) and gives every short point an untimed pass in each round, so that
 # each point measures what repeated passes of its own length cost, as in training. Its autograd
 # memory grows linearly, about {glue:text}`ch6_mem_mb_per_ktok` MB per thousand tokens: backprop
-# through every segment keeps every segment's activations. Truncated BPTT {cite}`williams1990tbptt` bounds that:
-# `memnet.model.truncated_backward(model, tokens, targets, k)` runs k segments at a time, calls
+# through every segment keeps every segment's activations. Truncated BPTT
+# {cite}`williams1990tbptt` bounds that: `memnet.model.truncated_backward(model, tokens, targets, k)` runs k segments at a time, calls
 # `backward` on each chunk and passes the memory on detached, so autograd holds one chunk
 # ({glue:text}`ch6_tbptt_mb` MB here) whatever the length; at {glue:text}`ch6_T1` tokens it ran at
 # {glue:text}`ch6_tbptt_us` microseconds per token. `MemNetConfig.tbptt_segments = k` cuts the
@@ -295,8 +295,8 @@ plots.bench_windows(res)
 # segment, but is shared by more tokens. The fastest window measured,
 # {glue:text}`ch6_win_best_L` tokens, trains at {glue:text}`ch6_win_best_us` microseconds per token,
 # {glue:text}`ch6_win_best_ratio` times faster than the FullTransformer at this length: that
-# {glue:text}`ch6_win_verdict` our bar of 10. {glue:text}`ch6_win_ceiling` What remains is the per-segment loop of small
-# operations: counted in the cell above at a window of {glue:text}`ch6_calls_L`, one more segment
+# {glue:text}`ch6_win_verdict` our bar of 10. {glue:text}`ch6_win_ceiling` What remains is the
+# per-segment loop of small operations: counted in the cell above at a window of {glue:text}`ch6_calls_L`, one more segment
 # adds {glue:text}`ch6_calls_f` operator calls to the forward and {glue:text}`ch6_calls_b` to the
 # backward (calls that reach a kernel, views included): the measured overhead at that window is
 # about {glue:text}`ch6_us_per_call` microseconds per call, dispatch and autograd bookkeeping

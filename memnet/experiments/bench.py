@@ -60,6 +60,7 @@ STREAM_REPEATS = 17  # interleaved timed calls per side at every streaming check
 # slower right after MemNet's 65k pass than after its own)
 WARMUP_BELOW_S = 2.0
 
+COMPILE_POINTS = ("controller", "memory_step", "memory_step_best_window")  # what measure_compile can time
 MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 
 
@@ -94,7 +95,7 @@ class Profile:
     kv_max: int = 1_048_576  # the FullTransformer's cache is measured up to this length
     read_slots: int = 1_000_000
     compile: bool = True  # time torch.compile at compile_points (each compiles for tens of seconds on a CPU)
-    compile_points: tuple = ("controller", "memory_step", "memory_step_best_window")
+    compile_points: tuple = COMPILE_POINTS
     repeats: int = 3
     seq_len_rounds: int | None = 3  # rounds of the interleaved sequence-length sweep (None: repeats); each
     # point's time is its fastest round, so more rounds make the flatness check robust to a slow spell
@@ -408,14 +409,11 @@ def stream_memnet(p: Profile, device: torch.device, dtype, progress: bool) -> li
             model.stream(draw(), mem)
             seen += p.stream_call
         now, ref = [], []
+        sides = [(mem, now), (start, ref)]
         for i in range(STREAM_REPEATS):
             x = draw()
-            if i % 2 == 0:
-                now.append(timed(mem.clone(), x))
-                ref.append(timed(start.clone(), x))
-            else:
-                ref.append(timed(start.clone(), x))
-                now.append(timed(mem.clone(), x))
+            for state, times in sides if i % 2 == 0 else sides[::-1]:  # which side runs first alternates
+                times.append(timed(state.clone(), x))
         rows.append({"tokens_seen": seen, "us_per_token": 1e6 * min(now) / p.stream_call,
                      "us_per_token_start": 1e6 * min(ref) / p.stream_call,
                      "vs_start": statistics.median(a / b for a, b in zip(now, ref)),
@@ -584,9 +582,8 @@ def measure_compile(p: Profile, device: torch.device, dtype, progress: bool, win
     it ran), where it sets the ratio to the FullTransformer. ``compile_s`` is the first pass after
     compiling: seconds with a cold inductor cache, a few with a warm one (the same shapes
     compiled before on the machine)."""
-    known = ("controller", "memory_step", "memory_step_best_window")
-    if not set(p.compile_points) <= set(known):
-        raise ValueError(f"Profile.compile_points must be among {known}, got {p.compile_points!r}")
+    if not set(p.compile_points) <= set(COMPILE_POINTS):
+        raise ValueError(f"Profile.compile_points must be among {COMPILE_POINTS}, got {p.compile_points!r}")
     T = p.seq_lens[min(1, len(p.seq_lens) - 1)]
     points = [("controller", make_config(p), T, p.repeats,
                lambda m: setattr(m, "controller", torch.compile(m.controller)), "torch.compile(model.controller)"),
@@ -700,8 +697,8 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         return _run(p, profile, dev, dtype, seeds, out_dir, save, progress, parts, all_parts, cores)
 
 
-# glibc malloc, pinned by steady_allocator(): mallopt parameters and their values
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+# glibc malloc, pinned by steady_allocator(): mallopt's parameter codes (malloc.h) and the values set
+MALLOPT_CODES = {"M_TRIM_THRESHOLD": -1, "M_TOP_PAD": -2, "M_MMAP_THRESHOLD": -3}
 STEADY_MALLOC = {"M_MMAP_THRESHOLD": 32 * 2**20, "M_TRIM_THRESHOLD": 2**31 - 1, "M_TOP_PAD": 256 * 2**20}
 
 
@@ -724,10 +721,9 @@ def steady_allocator() -> dict | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-    codes = {"M_MMAP_THRESHOLD": M_MMAP_THRESHOLD, "M_TRIM_THRESHOLD": M_TRIM_THRESHOLD, "M_TOP_PAD": M_TOP_PAD}
     applied = {}
     for name, value in STEADY_MALLOC.items():
-        if libc.mallopt(ctypes.c_int(codes[name]), ctypes.c_int(value)) == 1:  # 1: accepted
+        if libc.mallopt(ctypes.c_int(MALLOPT_CODES[name]), ctypes.c_int(value)) == 1:  # 1: accepted
             applied[name] = value
     return applied or None
 
