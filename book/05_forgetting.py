@@ -265,7 +265,7 @@ print(verdict)
 # a content will still be read, and faded-first allocation only turns whatever fading results
 # into room for the next write.
 #
-# ## Survival curves: useful against distractor content
+# ## Survival curves by content type
 
 # %%
 groups = ["useful", "expiring", "distractor"]
