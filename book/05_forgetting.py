@@ -138,8 +138,10 @@ glue("ch5_chance", f"{100 * res['chance']:.1f}", display=False)
 for name in ("learned", "none", "fixed", "faded"):
     r = rows[name]
     glue(f"ch5_{name}_med_u", fx.fmt(r["median_useful"]), display=False)
-    glue(f"ch5_{name}_med_d", fx.fmt(r["median_distractor"]), display=False)
-    glue(f"ch5_{name}_ratio", fx.fmt(r["ratio"]), display=False)
+    no_d = all(d != d for d in r["median_distractor"])  # nan in every seed: no distractor content at all
+    glue(f"ch5_{name}_vs", f"{fx.fmt(r['median_useful'])} segments, " + (
+        "and no seed wrote any distractor content" if no_d else
+        f"against {fx.fmt(r['median_distractor'])} for distractors (ratio {fx.fmt(r['ratio'])})"), display=False)
     glue(f"ch5_{name}_rmst", fx.fmt(r["rmst_ratio"], 2), display=False)
     glue(f"ch5_{name}_acc", f"{100 * mean(r['acc_useful']):.0f}", display=False)
     glue(f"ch5_{name}_wr_u", f"{100 * mean(r['write_useful']):.0f}", display=False)
@@ -231,17 +233,14 @@ print(verdict)
 # %% [markdown]
 # A sequence holds {glue:text}`ch5_items` items for {glue:text}`ch5_slots` slots
 # ({glue:text}`ch5_pressure` items per slot) over {glue:text}`ch5_segments` segments. With
-# learned forgetting the median lifetime of useful content is {glue:text}`ch5_learned_med_u`
-# segments against {glue:text}`ch5_learned_med_d` for distractors, a ratio of
-# {glue:text}`ch5_learned_ratio` (mean and 95% t-interval over {glue:text}`ch5_seeds` seeds, or
-# the per-seed values where one is `inf`, a median beyond the trace of which only a lower bound is
-# known, or `nan`, no content of the type).
-# Without decay the medians are {glue:text}`ch5_none_med_u` and {glue:text}`ch5_none_med_d`
-# (ratio {glue:text}`ch5_none_ratio`); with a fixed decay {glue:text}`ch5_fixed_med_u` and
-# {glue:text}`ch5_fixed_med_d`. The run {glue:text}`ch5_verdict`. The restricted mean survival
-# time (area under the curve up to the end of the trace) is finite even when a median is not;
-# its ratio is {glue:text}`ch5_learned_rmst` with learned decay and {glue:text}`ch5_none_rmst`
-# without.
+# learned forgetting the median lifetime of useful content is {glue:text}`ch5_learned_vs` (mean
+# and 95% t-interval over {glue:text}`ch5_seeds` seeds, or the per-seed values where one is
+# `inf`, a median beyond the trace of which only a lower bound is known, or `nan`, no content of
+# the type). Without decay it is {glue:text}`ch5_none_vs`; with a fixed decay
+# {glue:text}`ch5_fixed_vs`. The run {glue:text}`ch5_verdict`. The restricted mean survival time
+# (area under the curve up to the end of the trace) is finite even when a median is not; its
+# useful/distractor ratio is {glue:text}`ch5_learned_rmst` with learned decay and
+# {glue:text}`ch5_none_rmst` without (`nan` where there is no distractor content).
 #
 # Recall of useful items per seed is {glue:text}`ch5_learned_acc_seeds` with learned decay and
 # {glue:text}`ch5_none_acc_seeds` without: {glue:text}`ch5_seed_spread` Read the write rates with
@@ -253,11 +252,11 @@ print(verdict)
 # cannot free its slot. `MemNetConfig(allocation="faded")` divides each slot's staleness by the
 # fraction of its content that decay has retained since the last write (`MemoryState.retained`),
 # so a faded slot is reused first. The `faded` configuration is learned decay with this
-# allocation, trained on the same batches and seeds: useful content lives
-# {glue:text}`ch5_faded_med_u` segments (median) against {glue:text}`ch5_faded_med_d` for
-# distractors, expiring content {glue:text}`ch5_faded_med_x` (with the default allocation
-# {glue:text}`ch5_learned_med_x`); of the contents that died, {glue:text}`ch5_faded_decay_share`%
-# died by decay (default allocation: {glue:text}`ch5_learned_decay_share`%). Recall of useful
+# allocation, trained on the same batches and seeds: the median useful content lives
+# {glue:text}`ch5_faded_vs`; the median expiring content lives {glue:text}`ch5_faded_med_x`
+# segments (with the default allocation {glue:text}`ch5_learned_med_x`); of the contents that
+# died, {glue:text}`ch5_faded_decay_share`% died by decay (default allocation:
+# {glue:text}`ch5_learned_decay_share`%). Recall of useful
 # items per seed is {glue:text}`ch5_faded_acc_seeds` (default allocation:
 # {glue:text}`ch5_learned_acc_seeds_again`): {glue:text}`ch5_faded_gain`. Decay is
 # differentiable but the choice of a slot is not, so nothing in the loss rewards fading a slot in
