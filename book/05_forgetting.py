@@ -137,9 +137,10 @@ glue("ch5_seeds", rows["learned"]["n_seeds"], display=False)
 glue("ch5_chance", f"{100 * res['chance']:.1f}", display=False)
 for name in ("learned", "none", "fixed", "faded"):
     r = rows[name]
-    glue(f"ch5_{name}_med_u", fx.fmt(r["median_useful"]), display=False)
+    med_u = fx.fmt(r["median_useful"])
+    glue(f"ch5_{name}_med_u", med_u, display=False)
     no_d = all(d != d for d in r["median_distractor"])  # nan in every seed: no distractor content at all
-    glue(f"ch5_{name}_vs", f"{fx.fmt(r['median_useful'])} segments, " + (
+    glue(f"ch5_{name}_vs", f"{med_u} segments, " + (
         "and no seed wrote any distractor content" if no_d else
         f"against {fx.fmt(r['median_distractor'])} for distractors (ratio {fx.fmt(r['ratio'])})"), display=False)
     glue(f"ch5_{name}_acc", f"{100 * mean(r['acc_useful']):.0f}", display=False)
@@ -260,8 +261,8 @@ print(verdict)
 # {glue:text}`ch5_faded_vs`; the median expiring content lives {glue:text}`ch5_faded_med_x`
 # segments (with the default allocation {glue:text}`ch5_learned_med_x`); of the contents that
 # died, {glue:text}`ch5_faded_decay_share`% died by decay (default allocation:
-# {glue:text}`ch5_learned_decay_share`%). Recall of useful
-# items per seed is {glue:text}`ch5_faded_acc_seeds` (default allocation:
+# {glue:text}`ch5_learned_decay_share`%). Recall of useful items per seed is
+# {glue:text}`ch5_faded_acc_seeds` (default allocation:
 # {glue:text}`ch5_learned_acc_seeds_again`): {glue:text}`ch5_faded_gain`. Decay is
 # differentiable but the choice of a slot is not, so nothing in the loss rewards fading a slot in
 # order to free it: the pressure term pushes retention down everywhere, recall holds it up where
@@ -341,7 +342,7 @@ for ax, name in zip(axes.flat, ["learned", "none"]):
 fig
 
 # %%
-cause_rows = []
+cause_rows, cause_share = [], {}  # cause_share[name, group]: shares overwritten, decayed, censored
 for name in names:
     rs = [r for r in res["runs"] if r["ablation"] == name]
     cells = []
@@ -350,6 +351,7 @@ for name in names:
         de = sum(r["counts"][g]["decay"] for r in rs)
         ce = sum(sum(r["counts"][g]["censored"]) for r in rs)
         tot = max(ow + de + ce, 1)
+        cause_share[name, g] = (ow / tot, de / tot, ce / tot)
         cells.append(f"{100 * ow / tot:>9.0f}%{100 * de / tot:>6.0f}%{100 * ce / tot:>6.0f}%")
     un = sum(r["counts"]["unattributed"]["count"] for r in rs) / max(sum(r["contents"] for r in rs), 1)
     cause_rows.append(f"{name:<14}{cells[0]}  {cells[1]}  {cells[2]}{100 * un:>13.0f}%")
@@ -410,10 +412,7 @@ glue("ch5_med_u_clause", "while the useful median lay beyond the trace in every 
 med_x_none = rows["none"]["median_expiring"]
 glue("ch5_med_x_none", "beyond the trace in every seed" if np.all(np.isinf(med_x_none)) else
      fx.fmt(med_x_none) + " segments", display=False)
-rs_l = [r for r in res["runs"] if r["ablation"] == "learned"]
-n_x = sum(sum(r["counts"]["expiring"]["deaths"]) + sum(r["counts"]["expiring"]["censored"]) for r in rs_l)
-glue("ch5_x_overwritten", f"{100 * sum(r['counts']['expiring']['overwrite'] for r in rs_l) / max(n_x, 1):.0f}%",
-     display=False)
+glue("ch5_x_overwritten", f"{100 * cause_share['learned', 'expiring'][0]:.0f}%", display=False)
 pairs = [(u, x) for u, x in zip(dl["useful"], dl["expiring"]) if u == u and x == x]
 selective = bool(pairs) and all(x > u for u, x in pairs)
 kept = 1 / (1 + np.exp(-res["config"]["decay_init"]))  # the slot-wise retention gate at initialization
@@ -435,9 +434,10 @@ glue("ch5_decay_verdict", (f"In every seed a larger share of expiring than of us
 # {glue:text}`ch5_med_x_none`. {glue:text}`ch5_decay_verdict` Fading is slower than reuse,
 # though: with learned decay {glue:text}`ch5_x_overwritten` of the expiring contents were
 # overwritten before they faded (the rest faded or outlived the trace), by an allocation that
-# takes the stalest slot whatever decay has done to it; and no loss term asks for faster fading. Where allocation looks at the retained fraction (the
-# `faded` configuration) the median expiring content lives {glue:text}`ch5_faded_med_x`
-# segments and the median useful one {glue:text}`ch5_faded_med_u`.
+# takes the stalest slot whatever decay has done to it; and no loss term asks for faster
+# fading. Where allocation looks at the retained fraction (the `faded` configuration) the median
+# expiring content lives {glue:text}`ch5_faded_med_x` segments and the median useful one
+# {glue:text}`ch5_faded_med_u`.
 #
 # ## Is a decayed content gone?
 #
