@@ -32,6 +32,10 @@ class MemNetConfig:
     slot_dim: int | None = None  # defaults to d_model
     bottleneck_dim: int | None = None  # defaults to d_model // 2
     writes_per_segment: int | None = None  # None: every token proposes a gated write; else the top-W tokens by gate
+    # None: the learned write gate decides what is written. (lo, hi): a fixed write schedule that ablates
+    # the gate: exactly the tokens with ids in [lo, hi) write (the top-W of them by write score), at gate 1,
+    # each into the slot allocation gives it (update 0), so only decay and allocation decide what is kept
+    write_tokens: tuple[int, int] | None = None
     write_threshold: float = 0.5  # write strength that counts as a write event (resets age)
     usage_decay: float = 0.9  # per-segment decay of the usage trace
     decay_init: float = 5.0  # initial logit of the slot-wise retention gate (sigmoid(5) ~ 0.993)
@@ -63,6 +67,14 @@ class MemNetConfig:
             self.slot_dim = self.d_model
         if self.bottleneck_dim is None:
             self.bottleneck_dim = max(1, self.d_model // 2)
+        if self.write_tokens is not None:
+            wt = self.write_tokens
+            if (not isinstance(wt, (tuple, list)) or len(wt) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, int) for v in wt)
+                    or not 0 <= wt[0] < wt[1] <= self.vocab_size):
+                raise ValueError(f"MemNetConfig.write_tokens must be None or a pair of ints (lo, hi) with "
+                                 f"0 <= lo < hi <= vocab_size ({self.vocab_size}), got {wt!r}")
+            self.write_tokens = (wt[0], wt[1])
         if self.top_k > self.num_slots:
             raise ValueError(f"MemNetConfig.top_k ({self.top_k}) must be <= num_slots ({self.num_slots})")
         if self.writes > self.num_slots:

@@ -134,7 +134,9 @@ class MemNet(nn.Module):
     def _signals(self, tokens: Tensor) -> WindowSignals:
         """The controller over every window at once (it never looks past its window) and each window's
         write requests: its top-W tokens by write score (all tokens by default), strongest first;
-        gate = sigmoid(score), so padding (score -inf) never writes."""
+        gate = sigmoid(score), so padding (score -inf) never writes. With ``cfg.write_tokens`` only
+        the tokens of that id range are candidates, and they write at gate 1 with update 0 (each
+        takes the slot that allocation gives it): what is written is fixed, what is kept is not."""
         cfg = self.cfg
         B = tokens.shape[0]
         L = cfg.segment_len
@@ -143,10 +145,18 @@ class MemNet(nn.Module):
         x = self.encoder(windows)  # (B, S, L, D)
         h = self.controller(x.view(B * S, L, -1)).view(B, S, L, -1)
         sig = self.interface(h, valid)
-        score, pos = sig.write_score.topk(cfg.writes, dim=-1)  # (B, S, W)
-        gate = torch.sigmoid(score)
+        if cfg.write_tokens is None:
+            score, pos = sig.write_score.topk(cfg.writes, dim=-1)  # (B, S, W)
+            gate = torch.sigmoid(score)
+        else:  # a fixed write schedule: the chosen tokens write at gate 1, the rest not at all
+            lo, hi = cfg.write_tokens
+            chosen = (windows >= lo) & (windows < hi) & valid  # (B, S, L)
+            pos = sig.write_score.masked_fill(~chosen, float("-inf")).topk(cfg.writes, dim=-1).indices
+            gate = chosen.gather(2, pos).to(h.dtype)  # (B, S, W): 0 where a window has fewer chosen tokens than W
         value = self.bottleneck(take(h, pos))  # (B, S, W, Dm)
         key, erase, update = take(sig.write_key, pos), take(sig.erase, pos), take(sig.update, pos)
+        if cfg.write_tokens is not None:  # and each into a slot of its own: allocation only, no residual update
+            update = torch.zeros_like(update)
         return WindowSignals(h, valid, sig, pos, gate, key, value, erase, update)
 
     def _logits(self, h: Tensor, reads: list[Tensor], T: int) -> Tensor:

@@ -48,6 +48,8 @@ def small_configs(draw, max_slots: int = 24) -> MemNetConfig:
     wps = draw(st.one_of(st.none(), st.integers(1, L)))
     writes = L if wps is None else wps
     N = draw(st.integers(max(writes, 2), max_slots))
+    lo = draw(st.integers(0, V - 1))
+    write_tokens = draw(st.one_of(st.none(), st.integers(lo + 1, V).map(lambda hi: (lo, hi))))
     return MemNetConfig(
         vocab_size=V, d_model=d_model, n_heads=n_heads, n_layers=1, mlp_ratio=2,
         num_slots=N, top_k=draw(st.integers(1, min(N, 6))), mem_heads=draw(st.integers(1, 3)),
@@ -58,4 +60,5 @@ def small_configs(draw, max_slots: int = 24) -> MemNetConfig:
         decay_init=draw(st.sampled_from([-2.0, 0.0, 5.0])),
         sharpness_init=draw(st.sampled_from([1.0, 10.0, 50.0])),
         allocation=draw(st.sampled_from(["lru", "faded"])),
+        write_tokens=write_tokens,
     )

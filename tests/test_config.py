@@ -72,3 +72,16 @@ def test_decay_mode_default_and_validation():
     for bad in ("Learned", "", None, 1):
         with pytest.raises(ValueError, match="decay_mode"):
             tiny_cfg(decay_mode=bad)
+
+
+def test_write_tokens_default_validation_and_json_round_trip():
+    import pytest
+
+    assert tiny_cfg().write_tokens is None
+    cfg = tiny_cfg(write_tokens=[3, 7])  # a list (as JSON gives it back) is kept as a tuple
+    assert cfg.write_tokens == (3, 7)
+    assert MemNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert tiny_cfg(write_tokens=(0, tiny_cfg().vocab_size)).write_tokens == (0, 20)
+    for bad in ((5, 5), (6, 2), (-1, 3), (0, 21), (1.0, 3), (True, 3), (1, 2, 3), "0:3", 4):
+        with pytest.raises(ValueError, match="write_tokens"):
+            tiny_cfg(write_tokens=bad)

@@ -243,6 +243,15 @@ def test_ablations_and_profiles():
         task = fx.make_task(p)
         cfg = fx.make_config(p, task, **abl["none"])
         assert cfg.decay_mode == "none" and task.pressure(p.num_slots) > 1  # more items than slots
+        assert abl["forced_none"]["decay_mode"] == "none" and len(p.forced_pressures) >= 1
+        for w in p.forced_pressures:
+            a = abl[f"forced_p={w:g}"]
+            assert (a["decay_mode"], a["allocation"], a["pressure_weight"]) == ("learned", "faded", w)
+        lo, hi = abl["forced_none"]["write_tokens"]
+        b = task.sample(3, seed=1)
+        is_value = (b.tokens >= lo) & (b.tokens < hi)
+        # the value tokens are exactly the items' value positions: one writer per item
+        assert torch.equal(is_value.nonzero()[:, 1].view(3, -1), b.item_pos)
     assert len(fx.PROFILES["laptop"].seeds) >= 3
     with pytest.raises(ValueError, match="profile"):
         fx.run("huge", save=False)

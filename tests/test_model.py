@@ -376,6 +376,32 @@ def test_dropout_train_vs_eval():
 
 
 # ================================================================ gradient through memory
+def test_write_tokens_fix_what_is_written_at_full_strength_into_allocated_slots():
+    """cfg.write_tokens ablates the write gate: exactly the tokens in the id range write (at most W
+    a window, by write score), at gate 1 and update 0, so each is one write event at its own
+    allocated slot; a window without such a token writes nothing."""
+    lo, hi, W = 10, 14, 2
+    model = tiny_model(num_slots=16, segment_len=4, writes_per_segment=W, write_tokens=(lo, hi), decay_mode="none")
+    B, S, L = 3, 5, 4
+    x = rand_tokens(B, S * L, seed=3)
+    x[:, :L] = 0  # no chosen token in the first window
+    x[:, L:2 * L] = torch.tensor([10, 11, 12, 0])  # more chosen tokens than W in the second
+    with torch.no_grad():
+        tr = model(x, return_trace=True).trace
+        first = model(x[:, :L]).memory
+    chosen = ((x >= lo) & (x < hi)).view(B, S, L)
+    n = chosen.sum(-1).clamp(max=W)  # (B, S) writes that happen
+    assert torch.equal(tr.write_gate, chosen.gather(2, tr.write_pos).float())
+    assert torch.equal((tr.write_gate > 0).sum(-1), n)
+    assert (tr.write_update == 0).all()
+    assert torch.equal(tr.write_events.sum(-1), n)  # one event per write: strength 1 at the allocated slot
+    strength_at_alloc = tr.write_strength.gather(2, tr.write_alloc)
+    torch.testing.assert_close(strength_at_alloc, tr.write_gate)
+    assert torch.equal(tr.write_strength.sum(-1), n.float())
+    empty = model.initial_state(B)
+    assert torch.equal(first.keys, empty.keys) and torch.equal(first.values, empty.values)
+
+
 def test_gradient_flows_back_through_memory_over_64_segments():
     L, S = 4, 64
     cfg = tiny_cfg(num_slots=16, top_k=2, mem_heads=2, segment_len=L)

@@ -10,8 +10,10 @@ lifetimes are summarised per item type with Kaplan-Meier.
 Ablations, trained in the same run on the same batches and seeds: learned decay gates
 (the default), a fixed retention sigmoid(decay_init), no decay; learned decay with "faded"
 allocation (a slot's staleness divided by the retained fraction of its content, so what
-decay lets go of is reused first); the utilization loss off; and a sweep of the
-memory-pressure weight. The table prints medians, their ratio, write
+decay lets go of is reused first); the utilization loss off; a sweep of the
+memory-pressure weight; and a fixed write schedule ("forced_*": every item is written, so
+decay and allocation alone decide what is kept), with no decay and with learned decay
+and faded allocation at a few pressure weights. The table prints medians, their ratio, write
 rates and recall per ablation (mean ± 95% t-interval over seeds); the run is stored under
 data/forgetting/<profile>/ with its provenance.
 
@@ -69,6 +71,10 @@ class Profile:
     min_lr_ratio: float = 1.0
     pressure: float = 0.01  # pressure_weight of the main ("learned") configuration
     pressure_sweep: tuple = (0.0, 0.01, 0.1)  # pressure_weight values trained with learned decay
+    # a fixed write schedule (MemNetConfig.write_tokens = the value tokens: every item is written, each
+    # into a slot of its own, so the write gate cannot refuse a distractor): learned decay with "faded"
+    # allocation at these pressure weights, and no decay ("forced_none")
+    forced_pressures: tuple = (0.1, 0.3)
     decay_threshold: float = 0.1  # a content has decayed once its retention product falls below this
     probes: int = 10  # read entropy and write events logged this many times during training
     probe_batch: int = 8
@@ -81,7 +87,7 @@ class Profile:
 PROFILES = {
     "smoke": Profile(d_model=16, num_slots=8, segment_len=8, items_per_window=2, n_windows=6, writes_per_segment=2,
                      top_k=2, mem_heads=2, batch_size=4, steps=6, probes=2, probe_batch=2, eval_batch=4,
-                     pressure_sweep=(0.0, 0.01), seeds=(0,), workers=1),
+                     pressure_sweep=(0.0, 0.01), forced_pressures=(0.1,), seeds=(0,), workers=1),
     # d_model 48, batch 18 and 6 probes (rather than the defaults 64, 32 and 10) keep 7 configurations x 3
     # seeds, 360 steps each, within 10 minutes on 2 CPU cores (2 worker processes); 360 steps at a constant
     # learning rate bring every seed of the main configurations past the jump in recall. The gpu profile
@@ -106,7 +112,19 @@ def ablations(p: Profile) -> dict[str, dict]:
     for w in p.pressure_sweep:
         if w != p.pressure:
             out[f"pressure={w:g}"] = {**base, "pressure_weight": float(w)}
+    if p.forced_pressures:
+        forced = {**base, "write_tokens": value_tokens(make_task(p))}
+        out["forced_none"] = {**forced, "decay_mode": "none"}
+        for w in p.forced_pressures:
+            out[f"forced_p={w:g}"] = {**forced, "allocation": "faded", "pressure_weight": float(w)}
     return out
+
+
+def value_tokens(task: ForgettingStream) -> tuple[int, int]:
+    """The id range [lo, hi) of the task's value tokens: they sit only at the items' value
+    positions, one per item, so as ``write_tokens`` they write every item (its key is visible to
+    the value token through the encoder's token shift)."""
+    return (3 * task.n_keys, 3 * task.n_keys + task.n_values)
 
 
 def make_config(p: Profile, task: ForgettingStream, **overrides) -> MemNetConfig:
