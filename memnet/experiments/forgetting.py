@@ -73,8 +73,9 @@ class Profile:
     pressure_sweep: tuple = (0.0, 0.01, 0.1)  # pressure_weight values trained with learned decay
     # a fixed write schedule (MemNetConfig.write_tokens = the value tokens: every item is written, each
     # into a slot of its own, so the write gate cannot refuse a distractor): learned decay with "faded"
-    # allocation at these pressure weights, and no decay ("forced_none")
-    forced_pressures: tuple = (0.1, 0.3)
+    # allocation at these pressure weights, and no decay ("forced_none"); at 1.0 decay also takes most
+    # useful content in a trial run, so the sweep brackets the best weight
+    forced_pressures: tuple = (0.1, 0.3, 1.0)
     decay_threshold: float = 0.1  # a content has decayed once its retention product falls below this
     probes: int = 10  # read entropy and write events logged this many times during training
     probe_batch: int = 8
@@ -88,7 +89,7 @@ PROFILES = {
     "smoke": Profile(d_model=16, num_slots=8, segment_len=8, items_per_window=2, n_windows=6, writes_per_segment=2,
                      top_k=2, mem_heads=2, batch_size=4, steps=6, probes=2, probe_batch=2, eval_batch=4,
                      pressure_sweep=(0.0, 0.01), forced_pressures=(0.1,), seeds=(0,), workers=1),
-    # d_model 48, batch 18 and 6 probes (rather than the defaults 64, 32 and 10) keep 7 configurations x 3
+    # d_model 48, batch 18 and 6 probes (rather than the defaults 64, 32 and 10) keep 11 configurations x 3
     # seeds, 360 steps each, within 10 minutes on 2 CPU cores (2 worker processes); 360 steps at a constant
     # learning rate bring every seed of the main configurations past the jump in recall. The gpu profile
     # trains the larger model longer, with as many useful or expiring items per slot
