@@ -228,6 +228,9 @@ CONFIG_CASES = [
      r"segment_len.*\(12\).*num_slots \(8\)"),
     ("writes_per_segment > num_slots", dict(num_slots=4, top_k=2, segment_len=8, writes_per_segment=6), ValueError,
      r"writes_per_segment \(6\).*num_slots \(4\)"),
+    ("write_tokens empty range", dict(write_tokens=(3, 3)), ValueError, r"write_tokens.*0 <= lo < hi"),
+    ("write_tokens past the vocabulary", dict(write_tokens=(0, 10_000)), ValueError, r"write_tokens.*vocab_size"),
+    ("write_tokens not a pair", dict(write_tokens=5), ValueError, "write_tokens"),
 ]
 
 
