@@ -801,7 +801,7 @@ print(f"chapter 5 checks passed ({run.profile} run)")
 #   answered in {glue:text}`ch5_dead_recall`.
 # - Take the write gate's choice away (every item written, each into a slot of its own) and
 #   decay is what is left to forget with. {glue:text}`ch5_forced_verdict` The pressure weight
-#   matters there: {glue:text}`ch5_forced_optimum`
+#   matters there. {glue:text}`ch5_forced_optimum`
 # - Recall of useful items: {glue:text}`ch5_learned_acc`% with learned decay,
 #   {glue:text}`ch5_fixed_acc`% with fixed decay, {glue:text}`ch5_none_acc`% without decay,
 #   {glue:text}`ch5_faded_acc`% with learned decay and faded-first allocation (chance
