@@ -244,6 +244,7 @@ def test_ablations_and_profiles():
         cfg = fx.make_config(p, task, **abl["none"])
         assert cfg.decay_mode == "none" and task.pressure(p.num_slots) > 1  # more items than slots
         assert abl["forced_none"]["decay_mode"] == "none" and len(p.forced_pressures) >= 1
+        assert p.only is None or set(p.only) <= set(abl), (name, p.only)
         for w in p.forced_pressures:
             a = abl[f"forced_p={w:g}"]
             assert (a["decay_mode"], a["allocation"], a["pressure_weight"]) == ("learned", "faded", w)

@@ -18,6 +18,7 @@ rates and recall per ablation (mean ± 95% t-interval over seeds); the run is st
 data/forgetting/<profile>/ with its provenance.
 
     python -m memnet.experiments.forgetting --profile laptop
+    python -m memnet.experiments.forgetting --profile long   # forced writes, twice the trace and bank
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class Profile:
     trace_rows: int = 2  # evaluation sequences whose traces are stored
     seeds: tuple = (0, 1, 2)
     workers: int = 2  # processes training jobs side by side on a CPU (one thread each)
+    only: tuple | None = None  # the ablations this profile trains (None: all of them)
 
 
 PROFILES = {
@@ -94,6 +96,11 @@ PROFILES = {
     # learning rate bring every seed of the main configurations past the jump in recall. The gpu profile
     # trains the larger model longer, with as many useful or expiring items per slot
     "laptop": Profile(d_model=48, batch_size=18, probes=6, steps=360),
+    # the laptop model and budget on the gpu profile's task shape (twice the trace and the bank, as many
+    # items per slot), forced-write configurations only: how far the ratio of median lifetimes moves when
+    # useful content has room to stay (4 configurations x 3 seeds of twice the laptop's sequence length)
+    "long": Profile(d_model=48, batch_size=18, probes=6, steps=360, n_windows=24, num_slots=16,
+                    only=("forced_none", "forced_p=0.1", "forced_p=0.3", "forced_p=1")),
     "gpu": Profile(d_model=128, num_slots=16, segment_len=16, items_per_window=3, n_windows=24, writes_per_segment=4,
                    batch_size=64, steps=1500, eval_batch=256, pressure_sweep=(0.0, 0.003, 0.01, 0.03, 0.1)),
 }
@@ -403,6 +410,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     p = PROFILES[profile]
     seeds = list(seeds if seeds is not None else p.seeds)
     abl = ablations(p)
+    only = only if only is not None else p.only
     if only is not None:
         unknown = set(only) - set(abl)
         if unknown:
