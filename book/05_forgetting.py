@@ -27,6 +27,8 @@ seed = 0
 save = False
 
 # %%
+from typing import NamedTuple
+
 import ipywidgets as W
 import numpy as np
 import torch
@@ -589,94 +591,124 @@ fig
 # most, and of the highest pressure tried.
 
 # %%
-forced = [n for n in res["ablations"] if n.startswith("forced_p=")]
-forced_top = max(forced, key=lambda n: res["ablations"][n]["pressure_weight"])
-fnames = ["forced_none"] + forced
-fr = {n: np.array(rows[n]["ratio_bound"], dtype=float) for n in fnames}
-f_met = {n: bool(len(v) >= 3 and np.all(v >= 10)) for n, v in fr.items()}
-best = max(forced, key=lambda n: np.nanmean(fr[n]))  # the pressure that separates the types most
-fshown = ["forced_none", best] + ([forced_top] if forced_top != best else [])
-fig, axes = plots.new_figure(len(fshown), len(seeds_run), figsize=(4.2 * len(seeds_run), 3.0 * len(fshown)),
-                             sharey=True)
-for i, name in enumerate(fshown):
-    for j, sd in enumerate(seeds_run):
-        r = next(r for r in res["runs"] if r["ablation"] == name and r["seed"] == sd)
-        kms = {g: fx.counts_to_km(r["counts"][g]) for g in groups}
-        plots.survival_curves(kms, ax=axes[i, j], max_time=S_max,
-                              title=f"{name}, seed {sd} (recall {100 * r['accuracy']['useful']:.0f}%)")
-fig.suptitle("every item written: survival of contents by item type (95% bands), per seed", fontsize=10)
-ftab = []
-for name in fnames:
-    r = rows[name]
-    ftab.append(f"{name:<14}{fx.fmt(r['median_useful']):>12}{fx.fmt(r['median_distractor']):>12}"
-                f"{fx.fmt(r['ratio']):>14}{fx.fmt(r['rmst_ratio'], 2):>12}"
-                f"{fx.fmt(r['decay_share']['distractor'], 2):>12}{fx.fmt(r['write_distractor'], 2):>10}"
-                f"{fx.fmt(r['acc_useful'], 2):>10}")
-print(f"{'':<14}{'med useful':>12}{'med distr':>12}{'median ratio':>14}{'RMST ratio':>12}"
-      f"{'distr decay':>12}{'wr distr':>10}{'recall':>10}")
-print("\n".join(ftab))
-pw_best = f"pressure {res['ablations'][best]['pressure_weight']:g}"
-vs = lambda r: (f"{fx.fmt(r['median_useful'])} segments against {fx.fmt(r['median_distractor'])} for "
-                f"distractors (ratio {fx.fmt(r['ratio'])})")
-glue("ch5_forced_none_vs", vs(rows["forced_none"]), display=False)
-glue("ch5_forced_none_acc", fx.fmt([100 * a for a in rows["forced_none"]["acc_useful"]], 0) + "%", display=False)
-glue("ch5_forced_sentence", "; ".join(
-    f"at pressure {res['ablations'][n]['pressure_weight']:g} the median useful content lives {vs(rows[n])}, "
-    f"{100 * mean(rows[n]['decay_share']['distractor']):.0f}% of the distractor contents die by decay and "
-    f"recall of useful items is {fx.fmt([100 * a for a in rows[n]['acc_useful']], 0)}%" for n in forced) + ".",
-     display=False)
-glue("ch5_forced_wr_d", f"{100 * mean(rows['forced_none']['write_distractor']):.0f}%", display=False)
-glue("ch5_forced_names", ", ".join(forced), display=False)
-glue("ch5_forced_best", best, display=False)
-glue("ch5_forced_verdict", (
-    f"With every item written and learned decay the useful/distractor median ratio reaches "
-    f"{fx.fmt(fr[best])} at best ({best}): "
-    + ("at least 10 in every seed, so the bar is met here" if f_met[best] else
-       "not 10 in every seed, so the bar is not met here either")
-    + f"; without decay it is {fx.fmt(fr['forced_none'])}, "
-    + ("a smaller gap, as the bar asks" if np.nanmean(fr["forced_none"]) < np.nanmean(fr[best])
-       else "not a smaller gap")
-    + "."), display=False)
-mu, mx, md = (mean(rows[best][k]) for k in ("median_useful", "median_expiring", "median_distractor"))
-glue("ch5_forced_order", (
-    f"At {pw_best}, expiring contents live {fx.fmt(rows[best]['median_expiring'])} segments (median), "
-    + ("between the two: the decay gates order the three types by how long each stays worth reading."
-       if md < mx < mu else "not between distractors and useful content.")) if np.isfinite([mu, mx, md]).all() else "",
-     display=False)
-acc_by = {n: mean(rows[n]["acc_useful"]) for n in forced}
-peak = max(forced, key=acc_by.get)
-pw = lambda n: f"{res['ablations'][n]['pressure_weight']:g}"
-glue("ch5_forced_optimum", f"Of the weights tried, recall is highest at {pw(peak)} ({100 * acc_by[peak]:.0f}%)" + (
-    f"; at {pw(forced_top)} decay takes useful content as well "
-    f"({100 * mean(rows[forced_top]['decay_share']['useful']):.0f}% of it dies by decay) and recall falls to "
-    f"{100 * acc_by[forced_top]:.0f}%" if forced_top != peak and acc_by[forced_top] < acc_by[peak] else "") + ".",
-     display=False)
-acc_gain = 100 * (np.array(rows[best]["acc_useful"]) - np.array(rows["forced_none"]["acc_useful"]))
-glue("ch5_forced_gain", ("higher than without decay in every seed" if np.all(acc_gain > 0) else
-                         "lower than without decay in every seed" if np.all(acc_gain < 0) else
-                         "not higher than without decay in every seed")
-     + " (" + ", ".join(f"{d:+.1f}" for d in acc_gain) + " points, seed by seed)", display=False)
-fig
+class Forced(NamedTuple):
+    """The forced-write configurations of a run: their table rows, names, per-seed ratio bounds,
+    the pressure that separates the types most (best) and the highest pressure (top)."""
+    res: dict
+    rows: dict
+    forced: list
+    names: list
+    ratios: dict
+    best: str
+    top: str
+
+
+def forced_view(result: dict) -> Forced:
+    rows_ = {r["ablation"]: r for r in fx.ablation_rows(result)}
+    forced_ = [n for n in result["ablations"] if n.startswith("forced_p=")]
+    names_ = ["forced_none"] + forced_
+    ratios = {n: np.array(rows_[n]["ratio_bound"], dtype=float) for n in names_}
+    best_ = max(forced_, key=lambda n: np.nanmean(ratios[n]))
+    top_ = max(forced_, key=lambda n: result["ablations"][n]["pressure_weight"])
+    return Forced(result, rows_, forced_, names_, ratios, best_, top_)
+
+
+def forced_survival(fv: Forced, title: str):
+    """Survival of contents by item type: no decay, the best-separating pressure and the highest one."""
+    shown_ = ["forced_none", fv.best] + ([fv.top] if fv.top != fv.best else [])
+    seeds_ = sorted({r["seed"] for r in fv.res["runs"]})
+    fig_, axes_ = plots.new_figure(len(shown_), len(seeds_), figsize=(4.2 * len(seeds_), 3.0 * len(shown_)),
+                                   sharey=True)
+    for i, name in enumerate(shown_):
+        for j, sd in enumerate(seeds_):
+            r = next(r for r in fv.res["runs"] if r["ablation"] == name and r["seed"] == sd)
+            kms = {g: fx.counts_to_km(r["counts"][g]) for g in groups}
+            plots.survival_curves(kms, ax=axes_[i, j], max_time=fv.res["num_segments"],
+                                  title=f"{name}, seed {sd} (recall {100 * r['accuracy']['useful']:.0f}%)")
+    fig_.suptitle(title, fontsize=10)
+    return fig_
+
+
+def forced_sweep(fv: Forced):
+    """Median lifetime ratio, recall and death by decay against the pressure weight, one dot per seed."""
+    fig_, axes_ = plots.new_figure(1, 3, figsize=(13.5, 3.2))
+    x_ = np.arange(len(fv.names))
+    panels = (("ratio_bound", axes_[0, 0], "median lifetime, useful / distractor"),
+              ("acc_useful", axes_[0, 1], "recall of useful items"),
+              ("decay", axes_[0, 2], "share of contents that died by decay"))
+    for key, ax, label in panels:
+        for g, color in ([("useful", "C0"), ("distractor", "C3")] if key == "decay" else [(None, "C0")]):
+            vals = [fv.rows[n]["decay_share"][g] if key == "decay" else fv.rows[n][key] for n in fv.names]
+            for xi, v in zip(x_, vals):
+                ax.scatter([xi] * len(v), v, color=color, s=14, alpha=0.6)
+            ax.plot(x_, [np.nanmean(v) for v in vals], color=color, marker="o", label=g)
+        ax.set_xticks(x_, ["no decay"] + [f"{fv.res['ablations'][n]['pressure_weight']:g}" for n in fv.forced])
+        ax.set_xlabel("pressure_weight (every item written)")
+        ax.set_title(label, fontsize=9)
+    axes_[0, 1].axhline(fv.res["chance"], color="k", ls=":", lw=0.8)
+    axes_[0, 2].legend(fontsize=7)
+    return fig_
+
+
+def forced_glue(fv: Forced, prefix: str) -> None:
+    """The forced-write configurations in words: per-pressure lifetimes, the verdict on the bar,
+    the recall gain over no decay and the pressure with the best recall."""
+    rw, pw = fv.rows, lambda n: f"{fv.res['ablations'][n]['pressure_weight']:g}"
+    vs = lambda r: (f"{fx.fmt(r['median_useful'])} segments against {fx.fmt(r['median_distractor'])} for "
+                    f"distractors (ratio {fx.fmt(r['ratio'])})")
+    print(f"{'':<14}{'med useful':>12}{'med distr':>12}{'median ratio':>14}{'RMST ratio':>12}"
+          f"{'distr decay':>12}{'wr distr':>10}{'recall':>10}")
+    for name in fv.names:
+        r = rw[name]
+        print(f"{name:<14}{fx.fmt(r['median_useful']):>12}{fx.fmt(r['median_distractor']):>12}"
+              f"{fx.fmt(r['ratio']):>14}{fx.fmt(r['rmst_ratio'], 2):>12}"
+              f"{fx.fmt(r['decay_share']['distractor'], 2):>12}{fx.fmt(r['write_distractor'], 2):>10}"
+              f"{fx.fmt(r['acc_useful'], 2):>10}")
+    glue(f"{prefix}_none_vs", vs(rw["forced_none"]), display=False)
+    glue(f"{prefix}_none_acc", fx.fmt([100 * a for a in rw["forced_none"]["acc_useful"]], 0) + "%", display=False)
+    glue(f"{prefix}_sentence", "; ".join(
+        f"at pressure {pw(n)} the median useful content lives {vs(rw[n])}, "
+        f"{100 * mean(rw[n]['decay_share']['distractor']):.0f}% of the distractor contents die by decay and "
+        f"recall of useful items is {fx.fmt([100 * a for a in rw[n]['acc_useful']], 0)}%" for n in fv.forced) + ".",
+         display=False)
+    glue(f"{prefix}_wr_d", f"{100 * mean(rw['forced_none']['write_distractor']):.0f}%", display=False)
+    glue(f"{prefix}_names", ", ".join(fv.forced), display=False)
+    glue(f"{prefix}_best", fv.best, display=False)
+    r_best, r_none = fv.ratios[fv.best], fv.ratios["forced_none"]
+    glue(f"{prefix}_verdict", (
+        f"With every item written and learned decay the useful/distractor median ratio reaches "
+        f"{fx.fmt(r_best)} at best ({fv.best}; per seed {', '.join(f'{x:.3g}' for x in r_best)}): "
+        + (f"at least 10 in every one of {len(r_best)} seeds, which meets the bar" if len(r_best) >= 3 and np.all(r_best >= 10)
+           else f"at least 10 in {int(np.sum(r_best >= 10))} of {len(r_best)} seeds, so the bar (every seed) is not met")
+        + f"; without decay it is {fx.fmt(r_none)}, "
+        + ("a smaller gap, as the bar asks" if np.nanmean(r_none) < np.nanmean(r_best) else "not a smaller gap")
+        + "."), display=False)
+    mu, mx, md = (mean(rw[fv.best][k]) for k in ("median_useful", "median_expiring", "median_distractor"))
+    glue(f"{prefix}_order", (
+        f"At pressure {pw(fv.best)}, expiring contents live {fx.fmt(rw[fv.best]['median_expiring'])} segments "
+        "(median), " + ("between the two: the decay gates order the three types by how long each stays worth reading."
+                        if md < mx < mu else "not between distractors and useful content."))
+         if np.isfinite([mu, mx, md]).all() else "", display=False)
+    acc_by = {n: mean(rw[n]["acc_useful"]) for n in fv.forced}
+    peak = max(fv.forced, key=acc_by.get)
+    glue(f"{prefix}_optimum", f"Of the weights tried, recall is highest at {pw(peak)} ({100 * acc_by[peak]:.0f}%)" + (
+        f"; at {pw(fv.top)} decay takes useful content as well "
+        f"({100 * mean(rw[fv.top]['decay_share']['useful']):.0f}% of it dies by decay) and recall falls to "
+        f"{100 * acc_by[fv.top]:.0f}%" if fv.top != peak and acc_by[fv.top] < acc_by[peak] else "") + ".",
+         display=False)
+    gain = 100 * (np.array(rw[fv.best]["acc_useful"]) - np.array(rw["forced_none"]["acc_useful"]))
+    glue(f"{prefix}_gain", ("higher than without decay in every seed" if np.all(gain > 0) else
+                            "lower than without decay in every seed" if np.all(gain < 0) else
+                            "not higher than without decay in every seed")
+         + " (" + ", ".join(f"{d:+.1f}" for d in gain) + " points, seed by seed)", display=False)
+
+
+fv_main = forced_view(res)
+forced_glue(fv_main, "ch5_forced")
+forced_survival(fv_main, "every item written: survival of contents by item type (95% bands), per seed")
 
 # %%
-fig, axes = plots.new_figure(1, 3, figsize=(13.5, 3.2))
-x = np.arange(len(fnames))
-panels = (("ratio_bound", axes[0, 0], "median lifetime, useful / distractor"),
-          ("acc_useful", axes[0, 1], "recall of useful items"),
-          ("decay", axes[0, 2], "share of contents that died by decay"))
-for key, ax, label in panels:
-    series = ([("useful", "C0"), ("distractor", "C3")] if key == "decay" else [(None, "C0")])
-    for g, color in series:
-        vals = [rows[n]["decay_share"][g] if key == "decay" else rows[n][key] for n in fnames]
-        for xi, v in zip(x, vals):
-            ax.scatter([xi] * len(v), v, color=color, s=14, alpha=0.6)
-        ax.plot(x, [np.nanmean(v) for v in vals], color=color, marker="o", label=g)
-    ax.set_xticks(x, ["no decay"] + [f"{res['ablations'][n]['pressure_weight']:g}" for n in forced])
-    ax.set_xlabel("pressure_weight (every item written)")
-    ax.set_title(label, fontsize=9)
-axes[0, 1].axhline(res["chance"], color="k", ls=":", lw=0.8)
-axes[0, 2].legend(fontsize=7)
-fig
+forced_sweep(fv_main)
 
 # %% [markdown]
 # Every item is written: the distractors' write rate without decay is
@@ -698,6 +730,38 @@ fig
 # {glue:text}`ch5_pressure` items per slot: its content survives until a newer item needs the
 # slot, and the distractors fading first only delays that. A tenfold gap would need useful
 # content to stay for most of the trace while distractors go at once.
+#
+# ## A longer trace and a larger bank
+#
+# Both caps belong to the task's shape, so the `long` profile
+# (`python -m memnet.experiments.forgetting --profile long`) moves them: the same model, budget
+# and forced-write configurations on twice the trace and twice the bank
+# ({glue:text}`ch5_long_shape`, the shape of the `gpu` profile), as many items per slot as
+# before. Run: {glue:text}`ch5_long_run`.
+
+# %%
+long_dir = fx.DATA_DIR / "forgetting" / "long"
+if profile == "stored" and (long_dir / "results.json").exists():
+    long_run = book.load_run(long_dir)
+    fv_long = forced_view(long_run.result)
+    glue("ch5_long_run", long_run.describe(), display=False)
+else:  # a chapter that trains its own run has no long counterpart: the main run stands in, and says so
+    fv_long = fv_main
+    glue("ch5_long_run", "none loaded (the chapter trained its own run, which stands in here)", display=False)
+glue("ch5_long_shape", f"{fv_long.res['num_segments']} segments and {fv_long.res['config']['num_slots']} slots, "
+     f"{fv_long.res['pressure']:.1f} items per slot", display=False)
+forced_glue(fv_long, "ch5_long")
+forced_survival(fv_long, "twice the trace and the bank, every item written: survival of contents by item type, per seed")
+
+# %%
+forced_sweep(fv_long)
+
+# %% [markdown]
+# Without decay the median useful content now lives {glue:text}`ch5_long_none_vs`. With learned
+# decay, {glue:text}`ch5_long_sentence` {glue:text}`ch5_long_verdict` Recall of useful items
+# is {glue:text}`ch5_long_none_acc` without decay; at the best-separating pressure
+# ({glue:text}`ch5_long_best`) it is {glue:text}`ch5_long_gain`. {glue:text}`ch5_long_order`
+# {glue:text}`ch5_long_optimum`
 #
 # ## Explore the stored traces
 #
@@ -768,6 +832,7 @@ for r in res["runs"]:
         n_q = sum(rb["queries"])
         assert (abs(sum(rb["correct"]) / n_q - r["accuracy"][k]) < 1e-9 if n_q else np.isnan(r["accuracy"][k])), k
     assert n_items == ps["eval_batch"] * res["task"]["items_per_window"] * (res["task"]["n_windows"] - 1)
+for r in res["runs"] + (fv_long.res["runs"] if fv_long is not fv_main else []):
     if r["overrides"].get("write_tokens") is not None:  # a fixed write schedule writes every item
         assert all(r["write_rate"][g] == 1.0 for g in fx.ITEM_TYPES), (r["ablation"], r["write_rate"])
 tr = stored["trace"]
@@ -801,7 +866,8 @@ print(f"chapter 5 checks passed ({run.profile} run)")
 #   answered in {glue:text}`ch5_dead_recall`.
 # - Take the write gate's choice away (every item written, each into a slot of its own) and
 #   decay is what is left to forget with. {glue:text}`ch5_forced_verdict` The pressure weight
-#   matters there. {glue:text}`ch5_forced_optimum`
+#   matters there. {glue:text}`ch5_forced_optimum` On twice the trace and the bank:
+#   {glue:text}`ch5_long_verdict`
 # - Recall of useful items: {glue:text}`ch5_learned_acc`% with learned decay,
 #   {glue:text}`ch5_fixed_acc`% with fixed decay, {glue:text}`ch5_none_acc`% without decay,
 #   {glue:text}`ch5_faded_acc`% with learned decay and faded-first allocation (chance
