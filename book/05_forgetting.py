@@ -27,8 +27,6 @@ seed = 0
 save = False
 
 # %%
-from typing import NamedTuple
-
 import ipywidgets as W
 import numpy as np
 import torch
@@ -591,69 +589,10 @@ fig
 # most, and of the highest pressure tried.
 
 # %%
-class Forced(NamedTuple):
-    """The forced-write configurations of a run: their table rows, names, per-seed ratio bounds,
-    the pressure that separates the types most (best) and the highest pressure (top)."""
-    res: dict
-    rows: dict
-    forced: list
-    names: list
-    ratios: dict
-    best: str
-    top: str
-
-
-def forced_view(result: dict) -> Forced:
-    rows_ = {r["ablation"]: r for r in fx.ablation_rows(result)}
-    forced_ = [n for n in result["ablations"] if n.startswith("forced_p=")]
-    names_ = ["forced_none"] + forced_
-    ratios = {n: np.array(rows_[n]["ratio_bound"], dtype=float) for n in names_}
-    best_ = max(forced_, key=lambda n: np.nanmean(ratios[n]))
-    top_ = max(forced_, key=lambda n: result["ablations"][n]["pressure_weight"])
-    return Forced(result, rows_, forced_, names_, ratios, best_, top_)
-
-
-def forced_survival(fv: Forced, title: str):
-    """Survival of contents by item type: no decay, the best-separating pressure and the highest one."""
-    shown_ = ["forced_none", fv.best] + ([fv.top] if fv.top != fv.best else [])
-    seeds_ = sorted({r["seed"] for r in fv.res["runs"]})
-    fig_, axes_ = plots.new_figure(len(shown_), len(seeds_), figsize=(4.2 * len(seeds_), 3.0 * len(shown_)),
-                                   sharey=True)
-    for i, name in enumerate(shown_):
-        for j, sd in enumerate(seeds_):
-            r = next(r for r in fv.res["runs"] if r["ablation"] == name and r["seed"] == sd)
-            kms = {g: fx.counts_to_km(r["counts"][g]) for g in groups}
-            plots.survival_curves(kms, ax=axes_[i, j], max_time=fv.res["num_segments"],
-                                  title=f"{name}, seed {sd} (recall {100 * r['accuracy']['useful']:.0f}%)")
-    fig_.suptitle(title, fontsize=10)
-    return fig_
-
-
-def forced_sweep(fv: Forced):
-    """Median lifetime ratio, recall and death by decay against the pressure weight, one dot per seed."""
-    fig_, axes_ = plots.new_figure(1, 3, figsize=(13.5, 3.2))
-    x_ = np.arange(len(fv.names))
-    panels = (("ratio_bound", axes_[0, 0], "median lifetime, useful / distractor"),
-              ("acc_useful", axes_[0, 1], "recall of useful items"),
-              ("decay", axes_[0, 2], "share of contents that died by decay"))
-    for key, ax, label in panels:
-        for g, color in ([("useful", "C0"), ("distractor", "C3")] if key == "decay" else [(None, "C0")]):
-            vals = [fv.rows[n]["decay_share"][g] if key == "decay" else fv.rows[n][key] for n in fv.names]
-            for xi, v in zip(x_, vals):
-                ax.scatter([xi] * len(v), v, color=color, s=14, alpha=0.6)
-            ax.plot(x_, [np.nanmean(v) for v in vals], color=color, marker="o", label=g)
-        ax.set_xticks(x_, ["no decay"] + [f"{fv.res['ablations'][n]['pressure_weight']:g}" for n in fv.forced])
-        ax.set_xlabel("pressure_weight (every item written)")
-        ax.set_title(label, fontsize=9)
-    axes_[0, 1].axhline(fv.res["chance"], color="k", ls=":", lw=0.8)
-    axes_[0, 2].legend(fontsize=7)
-    return fig_
-
-
-def forced_glue(fv: Forced, prefix: str) -> None:
+def forced_glue(res_: dict, fv: fx.ForcedView, prefix: str) -> None:
     """The forced-write configurations in words: per-pressure lifetimes, the verdict on the bar,
     the recall gain over no decay and the pressure with the best recall."""
-    rw, pw = fv.rows, lambda n: f"{fv.res['ablations'][n]['pressure_weight']:g}"
+    rw, pw = fv.rows, lambda n: f"{res_['ablations'][n]['pressure_weight']:g}"
     vs = lambda r: (f"{fx.fmt(r['median_useful'])} segments against {fx.fmt(r['median_distractor'])} for "
                     f"distractors (ratio {fx.fmt(r['ratio'])})")
     print(f"{'':<14}{'med useful':>12}{'med distr':>12}{'median ratio':>14}{'RMST ratio':>12}"
@@ -703,12 +642,18 @@ def forced_glue(fv: Forced, prefix: str) -> None:
          + " (" + ", ".join(f"{d:+.1f}" for d in gain) + " points, seed by seed)", display=False)
 
 
-fv_main = forced_view(res)
-forced_glue(fv_main, "ch5_forced")
-forced_survival(fv_main, "every item written: survival of contents by item type (95% bands), per seed")
+def forced_shown(fv: fx.ForcedView) -> list:
+    """No decay, the pressure that separates the types most and the highest pressure."""
+    return ["forced_none", fv.best] + ([fv.top] if fv.top != fv.best else [])
+
+
+fv_main = fx.forced_view(res)
+forced_glue(res, fv_main, "ch5_forced")
+plots.survival_grid(res, forced_shown(fv_main), title="every item written: survival of contents by item type "
+                    "(95% bands), per seed")
 
 # %%
-forced_sweep(fv_main)
+plots.forced_pressure_panels(res, fv_main.rows, fv_main.names)
 
 # %% [markdown]
 # Every item is written: the distractors' write rate without decay is
@@ -743,18 +688,20 @@ forced_sweep(fv_main)
 long_dir = fx.DATA_DIR / "forgetting" / "long"
 if profile == "stored" and (long_dir / "results.json").exists():
     long_run = book.load_run(long_dir)
-    fv_long = forced_view(long_run.result)
+    lres = long_run.result
     glue("ch5_long_run", long_run.describe(), display=False)
 else:  # a chapter that trains its own run has no long counterpart: the main run stands in, and says so
-    fv_long = fv_main
+    lres = res
     glue("ch5_long_run", "none loaded (the chapter trained its own run, which stands in here)", display=False)
-glue("ch5_long_shape", f"{fv_long.res['num_segments']} segments and {fv_long.res['config']['num_slots']} slots, "
-     f"{fv_long.res['pressure']:.1f} items per slot", display=False)
-forced_glue(fv_long, "ch5_long")
-forced_survival(fv_long, "twice the trace and the bank, every item written: survival of contents by item type, per seed")
+fv_long = fx.forced_view(lres)
+glue("ch5_long_shape", f"{lres['num_segments']} segments and {lres['config']['num_slots']} slots, "
+     f"{lres['pressure']:.1f} items per slot", display=False)
+forced_glue(lres, fv_long, "ch5_long")
+plots.survival_grid(lres, forced_shown(fv_long), title="twice the trace and the bank, every item written: survival "
+                    "of contents by item type, per seed")
 
 # %%
-forced_sweep(fv_long)
+plots.forced_pressure_panels(lres, fv_long.rows, fv_long.names)
 
 # %% [markdown]
 # Without decay the median useful content now lives {glue:text}`ch5_long_none_vs`. With learned
@@ -832,7 +779,7 @@ for r in res["runs"]:
         n_q = sum(rb["queries"])
         assert (abs(sum(rb["correct"]) / n_q - r["accuracy"][k]) < 1e-9 if n_q else np.isnan(r["accuracy"][k])), k
     assert n_items == ps["eval_batch"] * res["task"]["items_per_window"] * (res["task"]["n_windows"] - 1)
-for r in res["runs"] + (fv_long.res["runs"] if fv_long is not fv_main else []):
+for r in res["runs"] + (lres["runs"] if lres is not res else []):
     if r["overrides"].get("write_tokens") is not None:  # a fixed write schedule writes every item
         assert all(r["write_rate"][g] == 1.0 for g in fx.ITEM_TYPES), (r["ablation"], r["write_rate"])
 tr = stored["trace"]

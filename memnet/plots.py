@@ -384,6 +384,50 @@ def survival_curves(kms: dict, ax: Axes | None = None, title: str = "", colors: 
     return ax.figure
 
 
+def survival_grid(result: dict, names: Sequence[str], groups: Sequence[str] = ("useful", "expiring", "distractor"),
+                  title: str = "") -> Figure:
+    """A forgetting run's content survival curves: one row per configuration in `names`, one
+    column per seed, the groups' Kaplan-Meier curves in each panel (recall of useful items in
+    its title)."""
+    from .experiments.forgetting import counts_to_km
+
+    seeds = sorted({r["seed"] for r in result["runs"]})
+    fig, axes = new_figure(len(names), len(seeds), figsize=(4.2 * len(seeds), 3.0 * len(names)), sharey=True)
+    for i, name in enumerate(names):
+        for j, sd in enumerate(seeds):
+            r = next(r for r in result["runs"] if r["ablation"] == name and r["seed"] == sd)
+            kms = {g: counts_to_km(r["counts"][g]) for g in groups}
+            survival_curves(kms, ax=axes[i, j], max_time=result["num_segments"],
+                            title=f"{name}, seed {sd} (recall {100 * r['accuracy']['useful']:.0f}%)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def forced_pressure_panels(result: dict, rows: dict, names: Sequence[str]) -> Figure:
+    """Forced-write configurations (`names`: "forced_none" first, then learned decay by pressure
+    weight) side by side: the useful/distractor median ratio, the recall of useful items and the
+    share of useful and distractor contents that died by decay, one dot per seed and the mean.
+    rows: :func:`memnet.experiments.forgetting.ablation_rows` by name."""
+    fig, axes = new_figure(1, 3, figsize=(13.5, 3.2))
+    x = np.arange(len(names))
+    panels = (("ratio_bound", axes[0, 0], "median lifetime, useful / distractor"),
+              ("acc_useful", axes[0, 1], "recall of useful items"),
+              ("decay", axes[0, 2], "share of contents that died by decay"))
+    labels = ["no decay" if n == "forced_none" else f"{result['ablations'][n]['pressure_weight']:g}" for n in names]
+    for key, ax, label in panels:
+        for g, color in ([("useful", "C0"), ("distractor", "C3")] if key == "decay" else [(None, "C0")]):
+            vals = [rows[n]["decay_share"][g] if key == "decay" else rows[n][key] for n in names]
+            for xi, v in zip(x, vals):
+                ax.scatter([xi] * len(v), v, color=color, s=14, alpha=0.6)
+            ax.plot(x, [np.nanmean(v) for v in vals], color=color, marker="o", label=g)
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("pressure_weight (every item written)")
+        ax.set_title(label, fontsize=9)
+    axes[0, 1].axhline(result["chance"], color="k", ls=":", lw=0.8)
+    axes[0, 2].legend(fontsize=7)
+    return fig
+
+
 def lifetime_histograms(counts: dict, groups: Sequence[str], ax: Axes | None = None, title: str = "",
                         colors: dict | None = None) -> Figure:
     """Share of contents per lifetime (segments), one bar series per group; hatched: censored

@@ -320,3 +320,25 @@ def test_two_worker_processes_give_the_same_run(smoke_run):
         assert a["counts"] == b["counts"] and a["history"] == b["history"]
     with pytest.raises(ValueError, match="workers"):
         fx.run("smoke", "cpu", save=False, workers=0)
+
+
+def test_forced_run_writes_every_item_and_its_view_and_figures(tmp_path):
+    """A forced-write smoke run: every item of every type is written, the view names its
+    configurations, and the chapter's two figures have one panel per (configuration, seed) and
+    three panels."""
+    p = fx.PROFILES["smoke"]
+    only = ["forced_none"] + [f"forced_p={w:g}" for w in p.forced_pressures]
+    res = fx.run("smoke", "cpu", out_dir=tmp_path, save=False, progress=False, only=only)
+    for r in res["runs"]:
+        assert r["write_rate"] == {g: 1.0 for g in fx.ITEM_TYPES}, (r["ablation"], r["write_rate"])
+        assert r["overrides"]["write_tokens"] == fx.value_tokens(fx.make_task(p))
+    fv = fx.forced_view(res)
+    assert fv.names == only and fv.forced == only[1:] and fv.best in fv.forced and fv.top == only[-1]
+    assert all(len(fv.ratios[n]) == len(p.seeds) for n in fv.names)
+    from memnet import plots
+
+    fig = plots.survival_grid(res, ["forced_none", fv.best], title="t")
+    assert len(fig.axes) == 2 * len(p.seeds)
+    assert len(plots.forced_pressure_panels(res, fv.rows, fv.names).axes) == 3
+    with pytest.raises(ValueError, match="forced_none"):
+        fx.forced_view({**res, "runs": [r for r in res["runs"] if r["ablation"] != "forced_none"]})

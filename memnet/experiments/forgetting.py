@@ -335,6 +335,35 @@ def item_ratio(res: dict) -> float:
     return u / d if d > 0 else (float("inf") if u > 0 else float("nan"))
 
 
+@dataclass
+class ForcedView:
+    """The forced-write configurations of a run (those with a fixed write schedule, see
+    :func:`ablations`): their :func:`ablation_rows` by name, the learned-decay names in run order,
+    all names with "forced_none" first, the per-seed lower bounds on the useful/distractor median
+    ratio (:func:`ratio_lower_bound`), the pressure that separates the types most (highest mean
+    ratio) and the highest pressure trained."""
+
+    rows: dict
+    forced: list
+    names: list
+    ratios: dict
+    best: str
+    top: str
+
+
+def forced_view(result: dict) -> ForcedView:
+    """:class:`ForcedView` of a run; ValueError when it has no "forced_none" or no "forced_p=w" runs."""
+    rows = {r["ablation"]: r for r in ablation_rows(result)}
+    forced = [n for n in result["ablations"] if n.startswith("forced_p=") and n in rows]
+    if "forced_none" not in rows or not forced:
+        raise ValueError(f"result must hold forced_none and forced_p=w runs, got ablations {sorted(rows)}")
+    names = ["forced_none"] + forced
+    ratios = {n: np.array(rows[n]["ratio_bound"], dtype=float) for n in names}
+    best = max(forced, key=lambda n: np.nanmean(ratios[n]) if np.isfinite(ratios[n]).any() else -np.inf)
+    top = max(forced, key=lambda n: result["ablations"][n]["pressure_weight"])
+    return ForcedView(rows, forced, names, ratios, best, top)
+
+
 # ---------------------------------------------------------------------------- the run
 @torch.no_grad()
 def _probe(model: MemNet, batch: ForgettingBatch, device: torch.device, dtype) -> dict:
