@@ -108,8 +108,9 @@ print("median survival:", median_survival(km))
 # for each seed: **learned** decay (slot-wise retention logit plus a content-dependent
 # direction from the controller, the default), **fixed** decay (a constant retention
 # sigmoid(decay_init), nothing learned), **none** (retention exactly 1), the utilization loss
-# off, and the memory-pressure weight swept (the pressure loss is the mean retention gate: the
-# price of keeping). After training, each model runs on the same evaluation streams and every
+# off, the memory-pressure weight swept (the pressure loss is the mean retention gate: the
+# price of keeping), and the forced-write configurations of *When every item is written*
+# below. After training, each model runs on the same evaluation streams and every
 # content it writes is followed to its death. By default the figures come from the stored run
 # under `data/forgetting/`; `python -m memnet.experiments.forgetting --profile laptop` trains
 # again and refreshes it.
