@@ -181,12 +181,12 @@ def verdict_for(name: str) -> tuple[str, np.ndarray]:
 learned_text, learned_ratios = verdict_for("learned")
 none_text, none_ratios = verdict_for("none")
 faded_text, faded_ratios = verdict_for("faded")
-met = bool(len(learned_ratios) >= 3 and np.all(learned_ratios >= 10))
+met = fx.meets_bar(learned_ratios)
 both = np.isfinite(learned_ratios).any() and np.isfinite(none_ratios).any()
 if np.isnan(learned_ratios).all() and np.isnan(none_ratios).all():
     # no seed has a content ratio: say what the items show instead, and what that does and does not settle
     item_r = {n: np.array(rows[n]["item_ratio"], dtype=float) for n in ("learned", "none")}
-    item_met = {n: bool(len(v) >= 3 and np.all(v >= 10)) for n, v in item_r.items()}
+    item_met = {n: fx.meets_bar(v) for n, v in item_r.items()}
     verdict = ("cannot be judged on contents, since no seed has both a useful and a distractor content median "
                f"(with learned decay {learned_text or 'nothing to compare'}). Per item, with a never-written "
                f"distractor forgotten at once, useful items stay {fx.fmt(rows['learned']['item_median_useful'])} "
@@ -205,7 +205,7 @@ else:
     if both:
         verdict += ("; the gap is smaller without decay" if np.nanmean(none_ratios) < np.nanmean(learned_ratios)
                     else "; the gap is not smaller without decay")
-    faded_met = bool(len(faded_ratios) >= 3 and np.all(faded_ratios >= 10))
+    faded_met = fx.meets_bar(faded_ratios)
     verdict += (f". With faded-first allocation {faded_text or 'there is nothing to compare'}, which "
                 + ("meets" if faded_met else "does not meet") + " the bar")
 glue("ch5_verdict", verdict, display=False)
@@ -278,17 +278,8 @@ groups = ["useful", "expiring", "distractor"]
 names = list(res["ablations"])
 shown_abl = [n for n in ("learned", "faded", "fixed", "none") if n in names]
 seeds_run = sorted({r["seed"] for r in res["runs"]})
-fig, axes = plots.new_figure(len(shown_abl), len(seeds_run), figsize=(4.2 * len(seeds_run), 3.0 * len(shown_abl)),
-                             sharey=True)
-for i, name in enumerate(shown_abl):
-    for j, sd in enumerate(seeds_run):
-        r = next(r for r in res["runs"] if r["ablation"] == name and r["seed"] == sd)
-        kms = {g: fx.counts_to_km(r["counts"][g]) for g in groups}
-        plots.survival_curves(kms, ax=axes[i, j], title=f"{name}, seed {sd} (recall {100 * r['accuracy']['useful']:.0f}%)",
-                              max_time=S_max)
-fig.suptitle("Kaplan-Meier survival of contents by the type of the item that wrote them (95% bands), per seed",
-             fontsize=10)
-fig
+plots.survival_grid(res, shown_abl, groups, title="Kaplan-Meier survival of contents by the type of the item that "
+                    "wrote them (95% bands), per seed")
 
 # %% [markdown]
 # One panel per configuration (rows) and seed (columns): a curve that stays high means that
@@ -596,14 +587,6 @@ def forced_glue(res_: dict, fv: fx.ForcedView, prefix: str) -> None:
     rw, pw = fv.rows, lambda n: f"{res_['ablations'][n]['pressure_weight']:g}"
     vs = lambda r: (f"{fx.fmt(r['median_useful'])} segments against {fx.fmt(r['median_distractor'])} for "
                     f"distractors (ratio {fx.fmt(r['ratio'])})")
-    print(f"{'':<14}{'med useful':>12}{'med distr':>12}{'median ratio':>14}{'RMST ratio':>12}"
-          f"{'distr decay':>12}{'wr distr':>10}{'recall':>10}")
-    for name in fv.names:
-        r = rw[name]
-        print(f"{name:<14}{fx.fmt(r['median_useful']):>12}{fx.fmt(r['median_distractor']):>12}"
-              f"{fx.fmt(r['ratio']):>14}{fx.fmt(r['rmst_ratio'], 2):>12}"
-              f"{fx.fmt(r['decay_share']['distractor'], 2):>12}{fx.fmt(r['write_distractor'], 2):>10}"
-              f"{fx.fmt(r['acc_useful'], 2):>10}")
     glue(f"{prefix}_none_vs", vs(rw["forced_none"]), display=False)
     glue(f"{prefix}_none_acc", fx.fmt([100 * a for a in rw["forced_none"]["acc_useful"]], 0) + "%", display=False)
     glue(f"{prefix}_sentence", "; ".join(
@@ -618,7 +601,7 @@ def forced_glue(res_: dict, fv: fx.ForcedView, prefix: str) -> None:
     glue(f"{prefix}_verdict", (
         f"With every item written and learned decay the useful/distractor median ratio reaches "
         f"{fx.fmt(r_best)} at best ({fv.best}; per seed {', '.join(f'{x:.3g}' for x in r_best)}): "
-        + (f"at least 10 in every one of {len(r_best)} seeds, which meets the bar" if len(r_best) >= 3 and np.all(r_best >= 10)
+        + (f"at least 10 in every one of {len(r_best)} seeds, which meets the bar" if fx.meets_bar(r_best)
            else f"at least 10 in {int(np.sum(r_best >= 10))} of {len(r_best)} seeds, so the bar (every seed) is not met")
         + f"; without decay it is {fx.fmt(r_none)}, "
         + ("a smaller gap, as the bar asks" if np.nanmean(r_none) < np.nanmean(r_best) else "not a smaller gap")
@@ -695,6 +678,8 @@ else:  # a chapter that trains its own run has no long counterpart: the main run
     lres = res
     glue("ch5_long_run", "none loaded (the chapter trained its own run, which stands in here)", display=False)
 fv_long = fx.forced_view(lres)
+if lres is not res:
+    print(fx.summary_table(lres))
 glue("ch5_long_shape", f"{lres['num_segments']} segments and {lres['config']['num_slots']} slots, "
      f"{lres['pressure']:.1f} items per slot", display=False)
 forced_glue(lres, fv_long, "ch5_long")

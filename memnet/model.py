@@ -154,9 +154,9 @@ class MemNet(nn.Module):
             pos = sig.write_score.masked_fill(~chosen, float("-inf")).topk(cfg.writes, dim=-1).indices
             gate = chosen.gather(2, pos).to(h.dtype)  # (B, S, W): 0 where a window has fewer chosen tokens than W
         value = self.bottleneck(take(h, pos))  # (B, S, W, Dm)
-        key, erase, update = take(sig.write_key, pos), take(sig.erase, pos), take(sig.update, pos)
-        if cfg.write_tokens is not None:  # and each into a slot of its own: allocation only, no residual update
-            update = torch.zeros_like(update)
+        key, erase = take(sig.write_key, pos), take(sig.erase, pos)
+        # a fixed schedule writes each chosen token into a slot of its own: allocation only, no residual update
+        update = take(sig.update, pos) if cfg.write_tokens is None else torch.zeros_like(gate)
         return WindowSignals(h, valid, sig, pos, gate, key, value, erase, update)
 
     def _logits(self, h: Tensor, reads: list[Tensor], T: int) -> Tensor:

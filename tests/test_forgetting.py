@@ -331,7 +331,7 @@ def test_forced_run_writes_every_item_and_its_view_and_figures(tmp_path):
     res = fx.run("smoke", "cpu", out_dir=tmp_path, save=False, progress=False, only=only)
     for r in res["runs"]:
         assert r["write_rate"] == {g: 1.0 for g in fx.ITEM_TYPES}, (r["ablation"], r["write_rate"])
-        assert r["overrides"]["write_tokens"] == fx.value_tokens(fx.make_task(p))
+        assert r["overrides"]["write_tokens"] == fx.make_task(p).value_tokens
     fv = fx.forced_view(res)
     assert fv.names == only and fv.forced == only[1:] and fv.best in fv.forced and fv.top == only[-1]
     assert all(len(fv.ratios[n]) == len(p.seeds) for n in fv.names)
@@ -342,3 +342,10 @@ def test_forced_run_writes_every_item_and_its_view_and_figures(tmp_path):
     assert len(plots.forced_pressure_panels(res, fv.rows, fv.names).axes) == 3
     with pytest.raises(ValueError, match="forced_none"):
         fx.forced_view({**res, "runs": [r for r in res["runs"] if r["ablation"] != "forced_none"]})
+
+
+def test_meets_bar_needs_every_seed_and_enough_seeds():
+    assert fx.meets_bar([10.0, 11.0, float("inf")])
+    assert not fx.meets_bar([11.0, 10.0, 5.0])  # one seed short of the factor
+    assert not fx.meets_bar([20.0, 30.0])  # too few seeds
+    assert not fx.meets_bar([12.0, float("nan"), 15.0])  # a seed without a ratio

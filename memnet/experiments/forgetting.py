@@ -121,18 +121,11 @@ def ablations(p: Profile) -> dict[str, dict]:
         if w != p.pressure:
             out[f"pressure={w:g}"] = {**base, "pressure_weight": float(w)}
     if p.forced_pressures:
-        forced = {**base, "write_tokens": value_tokens(make_task(p))}
+        forced = {**base, "write_tokens": make_task(p).value_tokens}
         out["forced_none"] = {**forced, "decay_mode": "none"}
         for w in p.forced_pressures:
             out[f"forced_p={w:g}"] = {**forced, "allocation": "faded", "pressure_weight": float(w)}
     return out
-
-
-def value_tokens(task: ForgettingStream) -> tuple[int, int]:
-    """The id range [lo, hi) of the task's value tokens: they sit only at the items' value
-    positions, one per item, so as ``write_tokens`` they write every item (its key is visible to
-    the value token through the encoder's token shift)."""
-    return (3 * task.n_keys, 3 * task.n_keys + task.n_values)
 
 
 def make_config(p: Profile, task: ForgettingStream, **overrides) -> MemNetConfig:
@@ -314,6 +307,13 @@ def ratio_lower_bound(res: dict, num_segments: int) -> float:
     if r == float("inf"):
         return num_segments / res["median"]["distractor"]
     return r
+
+
+def meets_bar(ratios, factor: float = 10.0, min_seeds: int = 3) -> bool:
+    """The issue's bar on per-seed useful/distractor ratios: at least `min_seeds` seeds, and at
+    least `factor` in every one of them (nan fails)."""
+    r = np.asarray(ratios, dtype=float)
+    return bool(len(r) >= min_seeds and np.all(r >= factor))
 
 
 def decay_share(res: dict, group: str) -> float:

@@ -105,6 +105,13 @@ class ForgettingStream:
         return 3 * self.n_keys + self.n_values + self.n_filler
 
     @property
+    def value_tokens(self) -> tuple[int, int]:
+        """The id range [lo, hi) of the value tokens. They sit only at the items' value positions,
+        one per item, so as ``MemNetConfig.write_tokens`` they write every item (its key is visible
+        to the value token through the encoder's token shift)."""
+        return (3 * self.n_keys, 3 * self.n_keys + self.n_values)
+
+    @property
     def chance(self) -> float:
         """Accuracy of guessing a value uniformly."""
         return 1.0 / self.n_values
@@ -128,7 +135,7 @@ class ForgettingStream:
         rng = np.random.default_rng(int(seed))
         L, I, S, M, K = self.segment_len, self.items_per_window, self.n_windows, self.n_items, self.n_keys
         T = S * L
-        first_value, first_filler = 3 * K, 3 * K + self.n_values
+        first_value, first_filler = self.value_tokens
         tokens = rng.integers(first_filler, first_filler + self.n_filler, size=(batch, T))
         targets = np.full((batch, T), IGNORE, dtype=np.int64)
         item_at = np.full((batch, T), -1, dtype=np.int64)
