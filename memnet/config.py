@@ -42,6 +42,13 @@ class MemNetConfig:
     decay_mode: str = "learned"  # "learned": slot-wise logit + content direction; "fixed": sigmoid(decay_init); "none": 1
     allocation: str = "lru"  # "lru": stalest by age and usage; "faded": staleness divided by the retained fraction
     sharpness_init: float = 10.0  # initial inverse temperature of the top-k softmax
+    # a slot addresses (is read, or updated by content) at its full cosine when its key is at least this
+    # long, and in proportion to its length below: written keys have unit direction times the write's
+    # weight, so a weak or faded write is found less; eps gives plain cosine addressing
+    full_key_norm: float = 1.0
+    # learned codes that tell the controller which window of a stream it is in: windows 0 .. n-2 each
+    # have their own, every later window shares the last (0: none). The memory counts the windows it has seen.
+    segment_codes: int = 4
     # auxiliary loss weights (0 disables a loss)
     util_weight: float = 0.01
     pressure_weight: float = 0.0
@@ -59,6 +66,8 @@ class MemNetConfig:
                 raise TypeError(f"MemNetConfig.{name} must be an int, got {type(v).__name__} ({v!r})")
             if v < 1:
                 raise ValueError(f"MemNetConfig.{name} must be >= 1, got {v}")
+        if isinstance(self.segment_codes, bool) or not isinstance(self.segment_codes, int) or self.segment_codes < 0:
+            raise ValueError(f"MemNetConfig.segment_codes must be an int >= 0, got {self.segment_codes!r}")
         for name in ["slot_dim", "bottleneck_dim", "writes_per_segment", "tbptt_segments"]:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -90,7 +99,7 @@ class MemNetConfig:
                 raise TypeError(f"MemNetConfig.{name} must be a float, got {type(v).__name__}")
             if not (lo <= v <= hi) or (name == "dropout" and v == 1.0):
                 raise ValueError(f"MemNetConfig.{name} must be in [{lo}, {hi}{')' if name == 'dropout' else ']'}, got {v}")
-        for name in ["decay_init", "sharpness_init", "util_weight", "pressure_weight", "read_entropy_weight", "eps"]:
+        for name in ["decay_init", "sharpness_init", "full_key_norm", "util_weight", "pressure_weight", "read_entropy_weight", "eps"]:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"MemNetConfig.{name} must be a float, got {type(v).__name__}")
@@ -105,6 +114,8 @@ class MemNetConfig:
             raise ValueError(f"MemNetConfig.allocation must be one of {ALLOCATION_MODES}, got {self.allocation!r}")
         if self.sharpness_init <= 0:
             raise ValueError(f"MemNetConfig.sharpness_init must be > 0, got {self.sharpness_init}")
+        if self.full_key_norm <= 0:
+            raise ValueError(f"MemNetConfig.full_key_norm must be > 0, got {self.full_key_norm}")
         if self.eps <= 0:
             raise ValueError(f"MemNetConfig.eps must be > 0, got {self.eps}")
 

@@ -289,8 +289,8 @@ class StreamMemNet(MemNet):
         super().__init__(cfg)
         self.fixed_address = fixed_address
 
-    def _signals(self, tokens: Tensor):
-        ws = super()._signals(tokens)
+    def _signals(self, tokens: Tensor, seen: Tensor | None = None):
+        ws = super()._signals(tokens, seen)
         if self.fixed_address is None:
             return ws
         a = self.fixed_address(segment(tokens, self.cfg.segment_len)[0]).to(ws.h.dtype)  # (B, S, L, Dm)

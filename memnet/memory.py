@@ -39,6 +39,8 @@ class MemoryState:
     usage:  (B, N) float32 in [0, 1], decaying trace of read and write weight
     retained: (B, N) float32 in [0, 1], product of the retention gates since the slot's last write
             event (1 for a fresh slot); None when constructed means all ones
+    segments: (B,) float32, windows this memory has seen (integer valued; what MemNet's segment
+            codes are counted from); None when constructed means zeros
     """
 
     keys: Tensor
@@ -46,10 +48,13 @@ class MemoryState:
     age: Tensor
     usage: Tensor
     retained: Tensor | None = None
+    segments: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.retained is None and isinstance(self.age, Tensor):
             object.__setattr__(self, "retained", torch.ones_like(self.age))
+        if self.segments is None and isinstance(self.age, Tensor) and self.age.dim() >= 1:
+            object.__setattr__(self, "segments", self.age.new_zeros(self.age.shape[:1]))
 
     @property
     def batch_size(self) -> int:
@@ -261,11 +266,16 @@ def merge_candidates(tops: list[Tensor], idxs: list[Tensor], k: int) -> tuple[Te
 
 
 def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: float,
-                chunk: int = TOPK_CHUNK, native: bool = True) -> tuple[Tensor, Tensor]:
-    """Top-k cosine addressing.
+                chunk: int = TOPK_CHUNK, native: bool = True, full_norm: float | None = None) -> tuple[Tensor, Tensor]:
+    """Top-k cosine addressing, weighted by the strength of each slot's key.
 
     queries: (B, Q, H, D); slots: (B, N, D); sharpness: (H,).
     Returns index (B, Q, H, K) and softmax weights (B, Q, H, K) over the kept slots.
+
+    A slot scores ``cos(q, key) * min(|key| / full_norm, 1)``: a key at least `full_norm` long
+    addresses at its full cosine, a shorter one (written weakly, or faded by decay) in proportion
+    to its length, and an empty slot scores 0. That is ``q_hat . key / max(|key|, full_norm)``, the
+    cosine of ``F.normalize(key, eps=full_norm)``; `full_norm` None means `eps` (plain cosine).
 
     Slots with identical keys (empty slots, or slots filled by the same content write) tie exactly;
     ties go to the lowest index on every path (``stable_topk``), so the same sequence in one call
@@ -275,7 +285,7 @@ def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: 
     held at once.
     """
     q = F.normalize(queries, dim=-1, eps=eps)
-    m = F.normalize(slots, dim=-1, eps=eps)
+    m = F.normalize(slots, dim=-1, eps=eps if full_norm is None else full_norm)
     B, Q, H, D = q.shape
     if slots.shape[1] <= chunk:
         sim = torch.einsum("bqhd,bnd->bqhn", q, m)  # (B, Q, H, N)
@@ -327,7 +337,7 @@ class MultiHeadMemoryBank(nn.Module):
         N, D = self.cfg.num_slots, self.cfg.slot_dim
         z = torch.zeros(batch_size, N, device=device)
         return MemoryState(torch.zeros(batch_size, N, D, device=device), torch.zeros(batch_size, N, D, device=device),
-                           z, z.clone(), torch.ones_like(z))
+                           z, z.clone(), torch.ones_like(z), torch.zeros(batch_size, device=device))
 
     def check_state(self, state: object, batch_size: int, name: str = "memory") -> MemoryState:
         """Raise a clear error unless `state` fits this bank and batch size."""
@@ -335,7 +345,8 @@ class MultiHeadMemoryBank(nn.Module):
             raise TypeError(f"{name} must be a MemoryState (from out.memory or initial_state), got {type(state).__name__}")
         N, D = self.cfg.num_slots, self.cfg.slot_dim
         slots, scalars = ((N, D), f"(B, num_slots={N}, slot_dim={D})"), ((N,), f"(B, num_slots={N})")
-        tails = {"keys": slots, "values": slots, "age": scalars, "usage": scalars, "retained": scalars}
+        tails = {"keys": slots, "values": slots, "age": scalars, "usage": scalars, "retained": scalars,
+                 "segments": ((), "(B,)")}
         for f, (tail, shape) in tails.items():  # tensors of the right rank and trailing shape, before indexing shapes
             t = getattr(state, f)
             if not isinstance(t, Tensor):
@@ -344,11 +355,11 @@ class MultiHeadMemoryBank(nn.Module):
                 raise ValueError(f"{name}.{f} must have shape {shape}, got {tuple(t.shape)}")
         if state.batch_size != batch_size:
             raise ValueError(f"{name} was made for batch size {state.batch_size}, but tokens have batch size {batch_size}")
-        for f in ("values", "age", "usage", "retained"):
+        for f in ("values", "age", "usage", "retained", "segments"):
             t = getattr(state, f)
             if t.shape[0] != batch_size:
                 raise ValueError(f"{name}.{f} has shape {tuple(t.shape)}, expected batch {batch_size} and {N} slots")
-        for f in ("keys", "values", "age", "usage", "retained"):
+        for f in ("keys", "values", "age", "usage", "retained", "segments"):
             t = getattr(state, f)
             if t.dtype != torch.float32:
                 raise TypeError(f"{name}.{f} must be a float32 tensor (as out.memory is, also under autocast), got {t.dtype}")
@@ -356,6 +367,8 @@ class MultiHeadMemoryBank(nn.Module):
                 raise ValueError(f"{name}.{f} is on {t.device}, the model on {self.decay_logit.device}")
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name}.{f} contains NaN or inf")
+        if (state.segments < 0).any():
+            raise ValueError(f"{name}.segments must be >= 0 (windows seen), got min {state.segments.min().item()}")
         if (state.age < 0).any():
             raise ValueError(f"{name}.age must be >= 0 (segments since the last write), got min {state.age.min().item()}")
         for f in ("usage", "retained"):
@@ -378,7 +391,8 @@ class MultiHeadMemoryBank(nn.Module):
     def read(self, state: MemoryState, queries: Tensor) -> ReadResult:
         """queries (B, L, H, D) -> read vectors (B, L, H, D): values of the top-k slots by key cosine."""
         queries = queries.float()
-        index, weight = cosine_topk(queries, state.keys, self.cfg.top_k, self.read_sharpness, self.cfg.eps)
+        index, weight = cosine_topk(queries, state.keys, self.cfg.top_k, self.read_sharpness, self.cfg.eps,
+                                    full_norm=self.cfg.full_key_norm)
         vectors = (weight.unsqueeze(-1) * gather_slots(state.values, index)).sum(-2)  # (B, L, H, D)
         return ReadResult(vectors, index, weight)
 
@@ -435,7 +449,8 @@ class MultiHeadMemoryBank(nn.Module):
         cfg = self.cfg
         B, N, D = state.keys.shape
         W = req.gate.shape[1]
-        key, value, erase = req.key.float(), req.value.float(), req.erase.float()
+        key = F.normalize(req.key.float(), dim=-1, eps=cfg.eps)  # unit keys: a slot's key length is its write strength
+        value, erase = req.value.float(), req.erase.float()
         gate, update = req.gate.float(), req.update.float()
 
         # 1. forgetting: every slot is scaled by its retention gate
@@ -445,7 +460,8 @@ class MultiHeadMemoryBank(nn.Module):
 
         # 2. addressing: content top-k on keys (residual update) mixed with the stalest slot (allocation)
         k = min(cfg.top_k, N)
-        c_index, c_weight = cosine_topk(key.unsqueeze(1), keys, k, self.write_sharpness, cfg.eps)
+        c_index, c_weight = cosine_topk(key.unsqueeze(1), keys, k, self.write_sharpness, cfg.eps,
+                                        full_norm=cfg.full_key_norm)
         c_index, c_weight = c_index[:, 0], c_weight[:, 0]  # (B, W, K)
         alloc = self.allocate(state, W)  # (B, W): the strongest write gets the stalest slot
         index = torch.cat([c_index, alloc.unsqueeze(-1)], dim=-1)  # (B, W, K+1)
@@ -471,7 +487,7 @@ class MultiHeadMemoryBank(nn.Module):
         usage = cfg.usage_decay * state.usage + strength.detach()
         if read_mass is not None:
             usage = usage + read_mass.detach().float()
-        new_state = MemoryState(new_keys, new_values, age, usage.clamp(0.0, 1.0), retained)
+        new_state = MemoryState(new_keys, new_values, age, usage.clamp(0.0, 1.0), retained, state.segments + 1.0)
         return new_state, WriteResult(strength, events, alloc, retention)
 
 
@@ -502,8 +518,9 @@ class StreamingMemory:
             raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
         if native is not None and not isinstance(native, bool):
             raise TypeError(f"native must be a bool or None, got {type(native).__name__}")
-        self.bank, self.chunk, self.native, self.segments = bank, chunk, native, 0
+        self.bank, self.chunk, self.native = bank, chunk, native
         state = bank.initial_state(1) if state is None else bank.check_state(state, 1, name="state")
+        self.segments = int(state.segments[0])  # windows seen
         with torch.no_grad():
             self.keys = state.keys[0].clone()  # (N, D) stored keys; true keys are keys * exp(log_scale)
             self.values = state.values[0].clone()  # (N, D) stored values, same scale
@@ -534,12 +551,13 @@ class StreamingMemory:
         fraction is not kept (nothing reads it) and comes back as ones."""
         s = self.log_scale.exp().float().unsqueeze(-1)  # (N, 1)
         return MemoryState((self.keys * s)[None], (self.values * s)[None], self.age[None].clone(),
-                           self.usage[None].clone(), None if self.retained is None else self.retained[None].clone())
+                           self.usage[None].clone(), None if self.retained is None else self.retained[None].clone(),
+                           torch.full((1,), float(self.segments), device=self.keys.device))
 
-    def _addressing_scale(self, scale: Tensor) -> Tensor:
-        """(N,) factor turning unit-key cosines into those of F.normalize(true key, eps), for slot
-        scales `scale` (N,): below a norm of eps, normalize shortens the key, so its cosines shrink with it."""
-        return (self.norm * scale / self.bank.cfg.eps).clamp(max=1.0)
+    def _addressing_scale(self, scale: Tensor, full_norm: float) -> Tensor:
+        """(N,) factor turning unit-key cosines into those of F.normalize(true key, full_norm), for
+        slot scales `scale` (N,): a key shorter than `full_norm` scores in proportion to its length."""
+        return (self.norm * scale / full_norm).clamp(max=1.0)
 
     def _native_scores(self, q: Tensor, LH: int, k_read: int, k_write: int, f_read: Tensor | None,
                        f_write: Tensor | None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
@@ -572,17 +590,17 @@ class StreamingMemory:
 
         # retention of every slot (needs only key directions); the write addresses the retained keys
         scale = self.log_scale.exp().float()  # (N,) slot scale before this segment's write
-        f_read = self._addressing_scale(scale)
-        retention = bank.retention_of_directions(self.unit, f_read, req.decay[0])  # (N,)
+        f_read = self._addressing_scale(scale, cfg.full_key_norm)
+        retention = bank.retention_of_directions(self.unit, self._addressing_scale(scale, cfg.eps), req.decay[0])  # (N,)
         log_post = self.log_scale + retention.double().log()
-        f_write = self._addressing_scale(log_post.exp().float())
+        f_write = self._addressing_scale(log_post.exp().float(), cfg.full_key_norm)
 
         # one pass over the unit keys scores the reads' and the content writes' queries together
         q = torch.cat([F.normalize(queries[0].float(), dim=-1, eps=cfg.eps).reshape(L * H, D),
                        F.normalize(req.key[0].float(), dim=-1, eps=cfg.eps)], 0)  # (L*H + W, D)
         LH = L * H
         tops_r, idx_r, tops_w, idx_w = [], [], [], []
-        # a key shorter than eps (0 < f < 1) scores less than its direction; most chunks have none
+        # a key shorter than full_key_norm (0 < f < 1) scores in proportion to its length
         shrunk = lambda f: f if bool(((f > 0) & (f < 1)).any()) else None
         answers = self._native_scores(q, LH, k_read, k_write, shrunk(f_read), shrunk(f_write))
         for start in range(0, N if answers is None else 0, self.chunk):
@@ -607,7 +625,7 @@ class StreamingMemory:
         mass = mass / v.sum(1, keepdim=True).clamp(min=1.0)  # (1, N)
 
         # the write: content top-k mixed with the stalest slots, erase then add on the touched rows only
-        key, value, erase = req.key[0].float(), req.value[0].float(), req.erase[0].float()  # (W, D)
+        key, value, erase = q[LH:], req.value[0].float(), req.erase[0].float()  # (W, D), unit keys as in write()
         gate, update = req.gate[0].float(), req.update[0].float()  # (W,)
         c_weight = torch.softmax(top_w * bank.write_sharpness, dim=-1)  # (W, K)
         slots = MemoryState(self.keys[None], self.values[None], self.age[None], self.usage[None],

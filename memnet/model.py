@@ -82,6 +82,10 @@ class MemNet(nn.Module):
         self.cfg = cfg
         D, Dm, H = cfg.d_model, cfg.slot_dim, cfg.mem_heads
         self.encoder = Encoder(cfg.vocab_size, D, cfg.segment_len, cfg.dropout)
+        # which window of the stream: one code per early window, the last shared by all later ones
+        self.segment_code = nn.Embedding(cfg.segment_codes, D) if cfg.segment_codes > 0 else None
+        if self.segment_code is not None:
+            nn.init.normal_(self.segment_code.weight, std=0.02)
         self.controller = TransformerController(cfg)
         self.interface = MemoryInterface(cfg)
         self.bottleneck = SemanticBottleneck(cfg)
@@ -107,15 +111,15 @@ class MemNet(nn.Module):
         self._compiled_step = torch.compile(self._memory_step, **compile_kwargs)
         return self
 
-    def _memory_step(self, keys: Tensor, values: Tensor, age: Tensor, usage: Tensor, retained: Tensor, query: Tensor,
-                     key: Tensor, value: Tensor, gate: Tensor, erase: Tensor, update: Tensor, decay: Tensor,
-                     valid: Tensor) -> tuple[Tensor, ...]:
+    def _memory_step(self, keys: Tensor, values: Tensor, age: Tensor, usage: Tensor, retained: Tensor,
+                     segments: Tensor, query: Tensor, key: Tensor, value: Tensor, gate: Tensor, erase: Tensor,
+                     update: Tensor, decay: Tensor, valid: Tensor) -> tuple[Tensor, ...]:
         """One segment of memory on plain tensors (what ``torch.compile`` sees): read with the memory
-        as it stands, then write. The state's five fields (B, N, ...), the segment's read queries
-        (B, L, H, Dm) and write request, valid (B, L). Returns the new state's five fields, the read's
+        as it stands, then write. The state's six fields (B, N, ...), the segment's read queries
+        (B, L, H, Dm) and write request, valid (B, L). Returns the new state's six fields, the read's
         vectors, index and weight, the read mass (B, N) per token summed over heads, and the write's
         strength, events, alloc and retention."""
-        state = MemoryState(keys, values, age, usage, retained)
+        state = MemoryState(keys, values, age, usage, retained, segments)
         r = self.memory.read(state, query)  # vectors (B, L, H, Dm)
         B = query.shape[0]
         v = valid.to(r.weight.dtype)  # (B, L)
@@ -124,25 +128,31 @@ class MemNet(nn.Module):
         mass = mass / v.sum(1, keepdim=True).clamp(min=1.0)  # (B, N) read weight per token, summed over heads
         new, wr = self.memory.write(state, WriteRequest(key, value, gate, erase, update, decay),
                                     mass / self.cfg.mem_heads)
-        return (new.keys, new.values, new.age, new.usage, new.retained, r.vectors, r.index, r.weight, mass,
-                wr.strength, wr.events, wr.alloc, wr.retention)
+        return (new.keys, new.values, new.age, new.usage, new.retained, new.segments, r.vectors, r.index, r.weight,
+                mass, wr.strength, wr.events, wr.alloc, wr.retention)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
         """An empty memory for `batch_size` sequences."""
         return self.memory.initial_state(batch_size, device)
 
-    def _signals(self, tokens: Tensor) -> WindowSignals:
+    def _signals(self, tokens: Tensor, seen: Tensor | None = None) -> WindowSignals:
         """The controller over every window at once (it never looks past its window) and each window's
         write requests: its top-W tokens by write score (all tokens by default), strongest first;
         gate = sigmoid(score), so padding (score -inf) never writes. With ``cfg.write_tokens`` only
         the tokens of that id range are candidates, and they write at gate 1 with update 0 (each
-        takes the slot that allocation gives it): what is written is fixed, what is kept is not."""
+        takes the slot that allocation gives it): what is written is fixed, what is kept is not.
+        seen (B,): windows the memory has seen before these tokens (where the segment codes count
+        from; None: none, a fresh memory)."""
         cfg = self.cfg
         B = tokens.shape[0]
         L = cfg.segment_len
         windows, valid = segment(tokens, L)  # (B, S, L)
         S = windows.shape[1]
         x = self.encoder(windows)  # (B, S, L, D)
+        if self.segment_code is not None:  # window s of the stream gets code min(s, segment_codes - 1)
+            seen = torch.zeros(B, device=tokens.device) if seen is None else seen
+            index = (seen.long().view(B, 1) + torch.arange(S, device=tokens.device)).clamp(max=cfg.segment_codes - 1)
+            x = x + self.segment_code(index).unsqueeze(2).to(x.dtype)  # (B, S, 1, D)
         h = self.controller(x.view(B * S, L, -1)).view(B, S, L, -1)
         sig = self.interface(h, valid)
         if cfg.write_tokens is None:
@@ -179,7 +189,7 @@ class MemNet(nn.Module):
         tokens = check_tokens(tokens, cfg.vocab_size)
         B, T = tokens.shape
         state = self.initial_state(B, tokens.device) if memory is None else self.memory.check_state(memory, B)
-        h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens)
+        h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens, state.segments)
         S = h.shape[1]
         tbptt = cfg.tbptt_segments
 
@@ -193,9 +203,9 @@ class MemNet(nn.Module):
         for s in range(S):  # the only loop over time
             if tbptt is not None and s > 0 and s % tbptt == 0:
                 state = state.detach()
-            out = step(state.keys, state.values, state.age, state.usage, state.retained, queries[s], keys[s],
-                       values[s], gates[s], erases[s], updates[s], decays[s], valid[:, s])
-            state, r, mass, wr = MemoryState(*out[:5]), ReadResult(*out[5:8]), out[8], WriteResult(*out[9:])
+            out = step(state.keys, state.values, state.age, state.usage, state.retained, state.segments, queries[s],
+                       keys[s], values[s], gates[s], erases[s], updates[s], decays[s], valid[:, s])
+            state, r, mass, wr = MemoryState(*out[:6]), ReadResult(*out[6:9]), out[9], WriteResult(*out[10:])
             mass_total = mass_total + mass.sum(0)
             reads.append(r.vectors)
             steps.append(dict(read_index=r.index, read_weight=r.weight, valid=valid[:, s], write_pos=pos[:, s],
@@ -227,7 +237,8 @@ class MemNet(nn.Module):
             memory = StreamingMemory(self.memory)
         elif not isinstance(memory, StreamingMemory) or memory.bank is not self.memory:
             raise TypeError("memory must be a StreamingMemory of this model's bank (from a previous stream() call)")
-        h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens)
+        seen = torch.full((1,), float(memory.segments), device=tokens.device)
+        h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens, seen)
         reads = []
         for s in range(h.shape[1]):  # the only loop over time
             req = WriteRequest(key[:, s], value[:, s], gate[:, s], erase[:, s], update[:, s], sig.decay[:, s])

@@ -36,7 +36,7 @@ def rand_tokens(B: int, T: int, vocab: int = V, seed: int = 0) -> torch.Tensor:
 
 def states_equal(a: MemoryState, b: MemoryState, atol: float = 0.0) -> bool:
     return all(torch.allclose(getattr(a, f), getattr(b, f), atol=atol, rtol=0, equal_nan=True)
-               for f in ("keys", "values", "age", "usage", "retained"))
+               for f in ("keys", "values", "age", "usage", "retained", "segments"))
 
 
 @st.composite

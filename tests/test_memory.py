@@ -82,7 +82,8 @@ def test_initial_state_and_helpers():
     assert all(t.dtype == torch.float32 and not t.any() for t in (s.keys, s.values, s.age, s.usage))
     assert s.batch_size == 3
     assert torch.equal(s.retained, torch.ones(3, 8))
-    assert s.nbytes() == (2 * 3 * 8 * 4 + 3 * 3 * 8) * 4
+    assert torch.equal(s.segments, torch.zeros(3))
+    assert s.nbytes() == (2 * 3 * 8 * 4 + 3 * 3 * 8 + 3) * 4
     torch.testing.assert_close(s.staleness(), torch.ones(3, 8))
     c = s.clone()
     c.keys.add_(1)
@@ -110,9 +111,9 @@ def test_read_is_topk_cosine_softmax(data, L):
         r = bank.read(state, q)
     assert r.vectors.shape == (B, L, H, D) and r.index.shape == (B, L, H, K)
     check_read_addressing(r.index, r.weight, N, K)
-    # the kept slots are the k most similar by cosine (dense reference)
+    # the kept slots are the k best by cosine times key strength min(|key| / full_key_norm, 1) (dense reference)
     qn = q / q.norm(dim=-1, keepdim=True).clamp(min=cfg.eps)
-    kn = state.keys / state.keys.norm(dim=-1, keepdim=True).clamp(min=cfg.eps)
+    kn = state.keys / state.keys.norm(dim=-1, keepdim=True).clamp(min=cfg.full_key_norm)
     sim = torch.einsum("blhd,bnd->blhn", qn, kn)
     kept = sim.gather(-1, r.index)
     dropped = sim.scatter(-1, r.index, float("-inf"))
@@ -206,7 +207,8 @@ def test_zero_gate_write_only_decays():
 
 
 def test_full_strength_allocation_write_stores_value_in_allocated_slot():
-    """gate 1, update 0, erase 1: the allocated slot holds exactly the written key and value."""
+    """gate 1, update 0, erase 1: the allocated slot holds exactly the written value, and the written
+    key's direction at unit length (a key's length is its write strength)."""
     cfg = tiny_cfg(num_slots=8, slot_dim=4, segment_len=2)
     bank = MultiHeadMemoryBank(cfg)
     g = torch.Generator().manual_seed(2)
@@ -216,7 +218,7 @@ def test_full_strength_allocation_write_stores_value_in_allocated_slot():
     req = WriteRequest(key, value, torch.ones(1, 2), torch.ones(1, 2, 4), torch.zeros(1, 2), torch.zeros(1, 4))
     new, wr = bank.write(state, req)
     assert wr.alloc.tolist() == [[7, 6]]  # oldest first
-    torch.testing.assert_close(new.keys[0, [7, 6]], key[0])
+    torch.testing.assert_close(new.keys[0, [7, 6]], key[0] / key[0].norm(dim=-1, keepdim=True))
     torch.testing.assert_close(new.values[0, [7, 6]], value[0])
     assert new.age[0, 7] == 0 and new.age[0, 6] == 0 and new.age[0, 0] == 1
     assert wr.events[0].tolist() == [False] * 6 + [True, True]
@@ -530,3 +532,69 @@ def test_state_cat_and_rows_round_trip():
     for got, want in ((both.rows(0, 2), a), (both.rows(2, 3), b)):
         for f in dataclasses.fields(MemoryState):
             assert torch.equal(getattr(got, f.name), getattr(want, f.name))
+
+
+# ---------------------------------------------------------------- strength-weighted addressing
+def test_a_weak_write_is_found_less_than_a_strong_one_with_the_same_key():
+    """Two slots with the same key direction, written at gates 1 and 0.1: the read scores the strong
+    one at its full cosine and the weak one at a tenth of it, so the strong slot takes the read;
+    with plain cosine (full_key_norm = eps) the two tie and the lower index wins."""
+    d = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    for full, expect in ((1.0, [1, 0]), (1e-6, [0, 1])):
+        cfg = tiny_cfg(num_slots=4, slot_dim=4, top_k=2, mem_heads=1, full_key_norm=full)
+        bank = MultiHeadMemoryBank(cfg)
+        state = bank.initial_state(1)
+        req = WriteRequest(d.expand(1, 2, 4) * 3.0, torch.eye(4)[None, :2], torch.tensor([[0.1, 1.0]]),
+                           torch.ones(1, 2, 4), torch.zeros(1, 2), torch.zeros(1, 4))
+        with torch.no_grad():
+            state, wr = bank.write(state, req)
+            # gate 0.1 went to slot 0 (stalest, lowest index), gate 1 to slot 1; the keys have unit direction
+            torch.testing.assert_close(state.keys[0, :2].norm(dim=-1), torch.tensor([0.1, 1.0]), rtol=0, atol=1e-3)
+            r = bank.read(state, d.view(1, 1, 1, 4))
+        assert r.index[0, 0, 0].tolist() == expect
+        if full == 1.0:
+            sharp = float(bank.read_sharpness[0].detach())
+            ratio = float(r.weight[0, 0, 0, 0] / r.weight[0, 0, 0, 1])
+            assert abs(ratio - torch.exp(torch.tensor(sharp * (1.0 - 0.1 * 0.9999)))) / ratio < 1e-2
+
+
+def test_the_write_gate_gets_a_gradient_from_what_the_read_finds():
+    """Why strength-weighted addressing: a fresh slot's content is read back at the same cosine
+    whatever its write gate, and the reads are LayerNorm'd, so with plain cosine the gate of the slot
+    that answers a query has no say in the read's direction. Weighted by key length, raising the
+    gate of the matching write raises its share of the read: d(share)/d(gate) > 0."""
+    g = torch.Generator().manual_seed(0)
+    D = 8
+    keys = torch.nn.functional.normalize(torch.randn(3, D, generator=g), dim=-1)
+    grads = {}
+    for full in (1.0, 1e-6):
+        cfg = tiny_cfg(num_slots=4, slot_dim=D, top_k=3, mem_heads=1, full_key_norm=full, segment_len=3)
+        bank = MultiHeadMemoryBank(cfg)
+        gate = torch.tensor([[0.6, 0.6, 0.6]], requires_grad=True)
+        req = WriteRequest(keys[None], torch.eye(D)[None, :3], gate, torch.ones(1, 3, D), torch.zeros(1, 3),
+                           torch.zeros(1, D))
+        state, _ = bank.write(bank.initial_state(1), req)
+        r = bank.read(state, (keys[1] + 0.3 * keys[0]).view(1, 1, 1, D))  # the query matches write 1 best
+        share = sparse_to_dense(r.index, r.weight, 4)[0, 0, 0]  # (N,) read weight per slot
+        slot = int(torch.nonzero((state.keys[0] @ keys[1]) > 0.5)[0])  # where write 1 landed
+        (grad,) = torch.autograd.grad(share[slot], gate)
+        grads[full] = grad[0]
+    assert grads[1.0][1] > 1e-3, "strength-weighted: the matching write's gate raises its share of the read"
+    assert grads[1e-6].abs().max() < 1e-6, "plain cosine: the share of the read ignores the gates"
+
+
+def test_decay_fades_how_strongly_a_slot_is_found():
+    """Retention scales a slot's key, so a faded slot is read less than a fresh one of the same direction."""
+    cfg = tiny_cfg(num_slots=2, slot_dim=4, top_k=2, mem_heads=1, segment_len=1, decay_mode="fixed", decay_init=-1.0)
+    bank = MultiHeadMemoryBank(cfg)
+    d = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    state = MemoryState(torch.cat([d, d])[None].clone(), torch.eye(4)[None, :2].clone(), torch.zeros(1, 2), torch.zeros(1, 2))
+    nothing = WriteRequest(torch.zeros(1, 1, 4), torch.zeros(1, 1, 4), torch.zeros(1, 1), torch.zeros(1, 1, 4),
+                           torch.zeros(1, 1), torch.zeros(1, 4))
+    with torch.no_grad():
+        before = bank.read(state, d.view(1, 1, 1, 4)).weight[0, 0, 0]
+        faded, _ = bank.write(state, nothing)  # no write lands (gate 0): both slots only decay
+        faded = MemoryState(torch.cat([faded.keys[:, :1], state.keys[:, 1:]], 1), state.values, state.age, state.usage)
+        after = bank.read(faded, d.view(1, 1, 1, 4))
+    torch.testing.assert_close(before, torch.tensor([0.5, 0.5]))
+    assert after.index[0, 0, 0].tolist() == [1, 0] and after.weight[0, 0, 0, 0] > 0.9

@@ -1,6 +1,7 @@
 """MemNet and its parts: unit tests per module, agreement between computation paths,
 gradient flow through memory, the AMP path and the public API."""
 import contextlib
+import dataclasses
 import math
 
 import pytest
@@ -178,14 +179,15 @@ def near_tie_watch(tol: float = 1e-5):
     flags = []
     orig_topk, orig_alloc = memory_module.cosine_topk, MultiHeadMemoryBank.allocate
 
-    def topk(queries, slots, k, sharpness, eps):
-        q, m = F.normalize(queries.float(), dim=-1, eps=eps), F.normalize(slots, dim=-1, eps=eps)
+    def topk(queries, slots, k, sharpness, eps, full_norm=None):
+        q = F.normalize(queries.float(), dim=-1, eps=eps)
+        m = F.normalize(slots, dim=-1, eps=eps if full_norm is None else full_norm)
         sim = torch.einsum("bqhd,bnd->bqhn", q, m)
         if sim.shape[-1] > k:  # which slots are kept: any slot near (not at) the k+1-th value could swap
             boundary = sim.sort(-1, descending=True).values[..., k : k + 1]
             d = (sim - boundary).abs()
             flags.append(bool(((d > 0) & (d < tol)).any()))
-        return orig_topk(queries, slots, k, sharpness, eps)
+        return orig_topk(queries, slots, k, sharpness, eps, full_norm=full_norm)
 
     def allocate(self, state, n):
         # the n stalest and their order (write i gets slot i): distinct values near each other could swap
@@ -226,8 +228,8 @@ def test_split_call_matches_one_call_with_exactly_tied_slots():
     usage diverged and, a few segments later, so did the logits (by 0.035 here)."""
     cfg = MemNetConfig(vocab_size=V, d_model=12, num_slots=9, top_k=5, mem_heads=2, segment_len=2, n_layers=1,
                        n_heads=1, mlp_ratio=2, write_threshold=0.05, usage_decay=0.0, decay_init=-2.0,
-                       sharpness_init=1.0)
-    torch.manual_seed(0)
+                       sharpness_init=1.0, full_key_norm=1e-6)  # plain cosine: the regression's setting
+    torch.manual_seed(2)
     model = MemNet(cfg).eval()
     x, y = rand_tokens(1, 3, seed=0), rand_tokens(1, 40, seed=9)
     with torch.no_grad():
@@ -334,9 +336,10 @@ def test_forward_never_modifies_the_memory_passed_in():
 
 
 def test_a_common_scale_of_the_memory_reaches_reads_only_through_the_layernorm_eps():
-    """Cosine addressing ignores a slot's length and the reads are LayerNorm'd, so scaling every slot
-    by the same factor gives the first segment the same logits as long as the reads stay well above
-    the LayerNorm's eps (1e-5 on their variance): x10 and x100 agree. Faded far enough (x0.01) a read
+    """Addressing ignores a slot's length once it is at least full_key_norm (x10 and x100 keep every
+    written key there) and the reads are LayerNorm'd, so scaling every slot by the same factor gives
+    the first segment the same logits as long as the reads stay well above the LayerNorm's eps
+    (1e-5 on their variance): x10 and x100 agree. Faded far enough (x0.01) a read
     sinks into the eps and loses its weight. The next writes blend old content, at its scale, with
     new content at full strength, so later segments differ at any scale."""
     model = tiny_model()
@@ -654,3 +657,26 @@ def test_compiled_memory_step_agrees_with_the_eager_one():
     # the step ran compiled (fullgraph=True: a graph break would have raised); recompiles for the empty
     # first memory and for a graph-carrying one are allowed
     assert counter.frame_count >= 1
+
+
+def test_segment_codes_count_windows_across_calls():
+    """The memory counts the windows it has seen, and the controller is told which window it is in:
+    the same tokens give other logits in the first window than in the second (codes differ), and
+    the same in windows 3 and 5 of a model with 4 codes once nothing is in memory to tell them apart."""
+    model = tiny_model(segment_codes=4, decay_mode="none")
+    L = model.cfg.segment_len
+    x = rand_tokens(1, L, seed=3)
+    with torch.no_grad():
+        out = model(torch.cat([x] * 2, 1))
+        assert out.memory.segments.tolist() == [2.0]
+        assert model(x, memory=out.memory).memory.segments.tolist() == [3.0]
+        assert float((out.logits[:, :L] - out.logits[:, L:]).abs().max()) > 1e-4
+        empty = model.initial_state(1)
+        at = lambda s: model(x, memory=dataclasses.replace(empty, segments=torch.tensor([float(s)]))).logits
+        torch.testing.assert_close(at(3), at(5))
+        assert float((at(2) - at(3)).abs().max()) > 1e-4
+    off = tiny_model(segment_codes=0)
+    assert off.segment_code is None and sum(p.numel() for p in off.parameters()) < sum(
+        p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="segments"):
+        model(x, memory=dataclasses.replace(empty, segments=torch.tensor([-1.0])))

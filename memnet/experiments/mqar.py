@@ -1,0 +1,291 @@
+"""Multi-query associative recall (MQAR), where nothing in a token's id says what to store.
+
+Every model of the profile trains on the same MQAR draws (:class:`memnet.tasks.mqar.MQAR`) for
+the same wall-clock budget with one plain AdamW loop, at each learning rate of the profile; the
+learning rate of each (model, setting, seed) is the one with the best accuracy on a validation
+draw, and the table reports that run on a test draw: accuracy over all queries and over the
+queries beyond the first window, per (pairs, T) and, for the length-generalisation column,
+at a longer T than any seen in training. MemNet also reports where its memory loses
+(:func:`diagnose`): which tokens write, whether a pair's slot is still in the bank when its
+query comes, and whether the read finds it.
+
+Every trained (setting, model, lr, seed) is cached as one JSON file under the run folder, so a
+stored run can be assembled over several sittings; ``--fresh`` retrains.
+
+    python -m memnet.experiments.mqar --profile laptop
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..baselines import FullTransformer, LSTMBaseline, WindowedTransformer, count_params
+from ..config import MemNetConfig
+from ..metrics import IGNORE_INDEX
+from ..model import MemNet, segment
+from ..tasks.mqar import MQAR
+from ..train import resolve_device
+from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, t_interval, write_json
+
+MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
+
+
+@dataclass
+class Profile:
+    """What a profile fixes: the model (the MQAR configuration of MemNet, baselines sized from it),
+    the training settings (T, pairs), the budget per run, the learning rates tried, the seeds."""
+
+    vocab_size: int = 512
+    d_model: int = 64
+    num_slots: int = 64
+    top_k: int = 4
+    mem_heads: int = 4
+    segment_len: int = 32
+    settings: tuple = ((256, 8),)  # (T, pairs) trained and evaluated
+    long_eval: tuple = (4096,)  # longer T at which models trained at T <= 512 are also tested
+    budget_s: float = 300.0  # training wall-clock per (model, setting, lr, seed)
+    max_steps: int = 1_000_000
+    batch_size: int = 32
+    lrs: tuple = (1e-3,)
+    eval_batch: int = 64
+    eval_batches: int = 4
+    seeds: tuple = (0, 1, 2)
+    models: tuple = ("memnet", "full", "windowed", "lstm")
+    threads: int = 0  # torch threads per run (0: leave as is)
+
+
+PROFILES = {
+    "smoke": Profile(vocab_size=64, d_model=32, num_slots=16, segment_len=16, settings=((64, 4),), long_eval=(128,),
+                     budget_s=3.0, max_steps=5, batch_size=8, eval_batch=8, eval_batches=1, seeds=(0,)),
+    "laptop": Profile(budget_s=120.0, lrs=(1e-3,), seeds=(0,)),
+    "bar": Profile(budget_s=300.0, lrs=(1e-3, 3e-3), seeds=(0, 1, 2)),
+    "gpu": Profile(settings=((256, 8), (1024, 32)), budget_s=300.0, lrs=(3e-4, 1e-3, 3e-3), batch_size=64,
+                   eval_batch=256),
+}
+
+
+def make_config(p: Profile) -> MemNetConfig:
+    return MemNetConfig(vocab_size=p.vocab_size, d_model=p.d_model, num_slots=p.num_slots, top_k=p.top_k,
+                        mem_heads=p.mem_heads, segment_len=p.segment_len)
+
+
+def make_task(p: Profile, seq_len: int, n_pairs: int) -> MQAR:
+    return MQAR(vocab_size=p.vocab_size, seq_len=seq_len, n_pairs=n_pairs)
+
+
+def logits_of(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits of any model of the comparison."""
+    return model(tokens).logits
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, task: MQAR, split: str, p: Profile, window: int,
+             device: torch.device, seed: int = 0) -> dict[str, float]:
+    """Accuracy over all queries and over the queries beyond the first window (position >= window),
+    on ``eval_batches`` draws of `split`."""
+    model.eval()
+    ok = n = ok_b = n_b = 0
+    for i in range(p.eval_batches):
+        b = task.sample(p.eval_batch, seed=1000 * seed + i, split=split).to(device)
+        pred = logits_of(model, b.tokens).argmax(-1)
+        m = b.targets != IGNORE_INDEX
+        hit = (pred == b.targets) & m
+        beyond = m & (torch.arange(b.tokens.shape[1], device=device) >= window)
+        ok, n, ok_b, n_b = ok + int(hit.sum()), n + int(m.sum()), ok_b + int((hit & beyond).sum()), n_b + int(beyond.sum())
+    model.train()
+    return {"all": ok / max(n, 1), "beyond": ok_b / max(n_b, 1) if n_b else float("nan"), "queries": n,
+            "queries_beyond": n_b}
+
+
+@torch.no_grad()
+def diagnose(model: MemNet, task: MQAR, batch: int = 32, seed: int = 0) -> dict[str, float]:
+    """Where MemNet's memory wins or loses on a test draw, measured from its trace.
+
+    - ``write_gate_pair`` / ``write_gate_filler``: mean write gate of the tokens that bind a pair
+      (the value of ``k v`` in the opening block) and of every other token;
+    - ``events_per_window``: write events (age resets) per window, and ``pair_events``: the share of
+      pair writes that were events;
+    - ``pair_alive``: share of queries beyond the first window whose pair's slot (the slot its value
+      token was allocated) has had no later write event when the query comes;
+    - ``read_hit``: share of those queries whose read (any head, top-k) includes that slot, and
+      ``read_hit_weight``: the mean read weight on it (over heads);
+    - ``accuracy_alive`` / ``accuracy_dead``: accuracy on queries whose pair slot is alive / overwritten.
+    """
+    cfg = model.cfg
+    model.eval()
+    b = task.sample(batch, seed=seed, split="test")
+    out = model(b.tokens, return_trace=True)
+    tr = out.trace
+    L, W = cfg.segment_len, tr.write_pos.shape[-1]
+    B, T = b.tokens.shape
+    pred = out.logits.argmax(-1)
+    # the gate of every token: scatter the writes' gates back to their positions
+    gate = torch.zeros(B, tr.write_pos.shape[1], L).scatter(2, tr.write_pos, tr.write_gate).view(B, -1)[:, :T]
+    pair_pos = torch.zeros(B, T, dtype=torch.bool)
+    pair_pos[:, 1:task.context_len:2] = True  # the value token of each opening pair
+    res = {"write_gate_pair": float(gate[pair_pos].mean()), "write_gate_filler": float(gate[~pair_pos].mean()),
+           "events_per_window": float(tr.write_events.float().sum(-1).mean())}
+    alloc_of = lambda bi, t: int(tr.write_alloc[bi, t // L][(tr.write_pos[bi, t // L] == t % L)].view(-1)[0])
+    ev_pair, alive, hit, hw, ok_alive, ok_dead = [], [], [], [], [], []
+    for bi in range(B):
+        for i in range(task.n_pairs):
+            vpos = 2 * i + 1
+            if vpos >= T:
+                continue
+            slot = alloc_of(bi, vpos)
+            s_w = vpos // L
+            ev_pair.append(bool(tr.write_events[bi, s_w, slot]))
+            key = b.tokens[bi, 2 * i]
+            qpos = [t for t in range(task.context_len, T) if b.targets[bi, t] != IGNORE_INDEX and b.tokens[bi, t] == key]
+            for t in qpos:
+                s_q = t // L
+                if s_q == s_w:
+                    continue
+                later = tr.write_events[bi, s_w + 1:s_q, slot].any()
+                a = bool(tr.write_events[bi, s_w, slot]) and not bool(later)
+                alive.append(a)
+                idx, w = tr.read_index[bi, s_q, t % L], tr.read_weight[bi, s_q, t % L]  # (H, K)
+                on = idx == slot
+                hit.append(bool(on.any()))
+                hw.append(float((w * on).sum(-1).mean()))
+                (ok_alive if a else ok_dead).append(bool(pred[bi, t] == b.targets[bi, t]))
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else float("nan")
+    res.update(pair_events=mean(ev_pair), pair_alive=mean(alive), read_hit=mean(hit), read_hit_weight=mean(hw),
+               accuracy_alive=mean(ok_alive), accuracy_dead=mean(ok_dead), queries_beyond=len(alive))
+    model.train()
+    return res
+
+
+def train_one(name: str, cfg: MemNetConfig, task: MQAR, p: Profile, lr: float, seed: int,
+              device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Train one model for the profile's budget with AdamW (clip 1); returns it and its record."""
+    seed_everything(seed)
+    model = MODELS[name](cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    t0, step, curve = time.perf_counter(), 0, []
+    while time.perf_counter() - t0 < p.budget_s and step < p.max_steps:
+        b = task.sample(p.batch_size, seed=1_000_003 * seed + step, split="train").to(device)
+        out = model(b.tokens)
+        loss = F.cross_entropy(out.logits.float().flatten(0, 1), b.targets.flatten(), ignore_index=IGNORE_INDEX)
+        aux = getattr(out, "aux_losses", None) or {}
+        total = loss + sum(aux.values()) if aux else loss
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{name}: loss is {float(total)} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            curve.append([step, round(time.perf_counter() - t0, 1), round(float(loss), 4)])
+    return model, {"model": name, "lr": lr, "seed": seed, "steps": step, "train_s": round(time.perf_counter() - t0, 1),
+                   "params": count_params(model), "curve": curve}
+
+
+def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
+        models: list[str] | None = None, out_dir: Path | None = None, save: bool = True, fresh: bool = False,
+        progress: bool = True) -> dict:
+    """Train and test every (setting, model, lr, seed) of the profile, reusing cached runs."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    p = PROFILES[profile]
+    models = list(models or p.models)
+    for m in models:
+        if m not in MODELS:
+            raise ValueError(f"models must be among {sorted(MODELS)}, got {m!r}")
+    seeds = list(seeds if seeds is not None else p.seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "mqar" / profile
+    if save:  # fail now, not after the training, when the folder cannot be written
+        (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    dev = resolve_device(device)
+    cfg = make_config(p)
+    t_all = time.perf_counter()
+    runs = []
+    for T, P in p.settings:
+        task = make_task(p, T, P)
+        for seed in seeds:
+            for name in models:
+                cands = []
+                for lr in p.lrs:
+                    cache = out_dir / "runs" / f"T{T}_P{P}_{name}_lr{lr:g}_seed{seed}.json"
+                    if save and cache.exists() and not fresh:
+                        cands.append(json.loads(cache.read_text()))
+                        continue
+                    model, rec = train_one(name, cfg, task, p, lr, seed, dev)
+                    rec.update(T=T, pairs=P, validation=accuracy(model, task, "validation", p, cfg.segment_len, dev, seed),
+                               test=accuracy(model, task, "test", p, cfg.segment_len, dev, seed))
+                    if T <= 512:
+                        rec["long"] = {str(Tl): accuracy(model, make_task(p, Tl, P), "test", p, cfg.segment_len, dev, seed)
+                                       for Tl in p.long_eval}
+                    if isinstance(model, MemNet):
+                        rec["diagnosis"] = diagnose(model, task, seed=seed)
+                    if progress:
+                        print(f"T={T} P={P} {name} lr={lr:g} seed={seed}: {rec['steps']} steps, validation "
+                              f"{100 * rec['validation']['all']:.1f}%, test {100 * rec['test']['all']:.1f}% "
+                              f"(beyond the first window {100 * rec['test']['beyond']:.1f}%)", flush=True)
+                    if save:
+                        write_json(cache, rec)
+                    cands.append(rec)
+                best = max(cands, key=lambda r: r["validation"]["all"])  # chosen on validation, never on test
+                runs.append({**best, "lrs_tried": {f"{r['lr']:g}": r["validation"]["all"] for r in cands}})
+    wall = time.perf_counter() - t_all
+    result = {"experiment": "mqar", "profile": profile, "profile_settings": asdict(p), "config": cfg.to_dict(),
+              "chance": 1.0 / (p.vocab_size - p.vocab_size // 2), "window": p.segment_len, "runs": runs,
+              "provenance": provenance(dev, seeds, wall)}
+    if save:
+        write_json(out_dir / "results.json", result)
+    return result
+
+
+def summary_table(result: dict) -> str:
+    """Test accuracy (%) over all queries and beyond the first window, mean ± 95% t-interval over seeds."""
+    lines = [f"MQAR test accuracy (%), mean ± 95% CI over seeds; learning rate chosen on validation; "
+             f"window {result['window']}, chance {100 * result['chance']:.2f}%"]
+    fmt = lambda v: (f"{100 * v[0]:5.1f} ± {100 * v[1]:4.1f}" if v[1] == v[1] else f"{100 * v[0]:5.1f}       ")
+    longs = sorted({k for r in result["runs"] for k in r.get("long", {})}, key=int)
+    head = f"{'T':>5} {'pairs':>5}  {'model':<9} {'all':>13} {'beyond window':>14}" + "".join(
+        f"{f'T={t}, beyond':>15}" for t in longs) + f" {'seeds':>5} {'steps':>6} {'lr':>7}"
+    lines.append(head)
+    keys = list(dict.fromkeys((r["T"], r["pairs"], r["model"]) for r in result["runs"]))
+    for T, P, name in keys:
+        rs = [r for r in result["runs"] if (r["T"], r["pairs"], r["model"]) == (T, P, name)]
+        cells = [fmt(t_interval([r["test"]["all"] for r in rs])), fmt(t_interval([r["test"]["beyond"] for r in rs]))]
+        cells += [fmt(t_interval([r["long"][t]["beyond"] for r in rs])) if all(t in r.get("long", {}) for r in rs)
+                  else "" for t in longs]
+        lrs = "/".join(sorted({f"{r['lr']:g}" for r in rs}))
+        lines.append(f"{T:>5} {P:>5}  {name:<9} {cells[0]:>13} {cells[1]:>14}" + "".join(f"{c:>15}" for c in cells[2:])
+                     + f" {len(rs):>5} {sum(r['steps'] for r in rs) // len(rs):>6} {lrs:>7}")
+    diag = [r for r in result["runs"] if r.get("diagnosis")]
+    if diag:
+        lines += ["", "MemNet's memory on test draws (mean over seeds): write gate of pair / filler tokens, "
+                  "write events per window, pair slot alive at its query, read hit on it, accuracy alive / dead"]
+        for r in diag:
+            d = r["diagnosis"]
+            lines.append(f"  T={r['T']} P={r['pairs']} seed {r['seed']}: gate {d['write_gate_pair']:.2f} / "
+                         f"{d['write_gate_filler']:.2f}, events {d['events_per_window']:.1f}, alive "
+                         f"{d['pair_alive']:.2f}, hit {d['read_hit']:.2f} (weight {d['read_hit_weight']:.2f}), "
+                         f"accuracy {d['accuracy_alive']:.2f} / {d['accuracy_dead']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = experiment_parser(__doc__, PROFILES, "mqar")
+    ap.add_argument("--models", nargs="*", default=None, choices=sorted(MODELS))
+    ap.add_argument("--fresh", action="store_true", help="retrain even where a cached run exists")
+    a = ap.parse_args(argv)
+    res = run(a.profile, a.device, a.seeds, a.models, a.out, not a.no_save, a.fresh, not a.no_progress)
+    print(summary_table(res))
+    print(done_line(res, a, "mqar"))
+
+
+if __name__ == "__main__":
+    main()
