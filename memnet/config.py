@@ -36,6 +36,11 @@ class MemNetConfig:
     # the gate: exactly the tokens with ids in [lo, hi) write (the top-W of them by write score), at gate 1,
     # each into the slot allocation gives it (update 0), so only decay and allocation decide what is kept
     write_tokens: tuple[int, int] | None = None
+    # a write's key is read from the controller's state this many tokens earlier in the window (0: the
+    # written token's own state; the first tokens of a window then write a zero key, found by no read)
+    write_key_shift: int = 1
+    # a read also sees the writes of earlier tokens of its own window, before they are stored in slots
+    window_reads: bool = True
     write_threshold: float = 0.5  # write strength that counts as a write event (resets age)
     usage_decay: float = 0.9  # per-segment decay of the usage trace
     decay_init: float = 5.0  # initial logit of the slot-wise retention gate (sigmoid(5) ~ 0.993)
@@ -66,6 +71,10 @@ class MemNetConfig:
                 raise TypeError(f"MemNetConfig.{name} must be an int, got {type(v).__name__} ({v!r})")
             if v < 1:
                 raise ValueError(f"MemNetConfig.{name} must be >= 1, got {v}")
+        if isinstance(self.write_key_shift, bool) or not isinstance(self.write_key_shift, int) or self.write_key_shift < 0:
+            raise ValueError(f"MemNetConfig.write_key_shift must be an int >= 0, got {self.write_key_shift!r}")
+        if not isinstance(self.window_reads, bool):
+            raise TypeError(f"MemNetConfig.window_reads must be a bool, got {type(self.window_reads).__name__}")
         if isinstance(self.segment_codes, bool) or not isinstance(self.segment_codes, int) or self.segment_codes < 0:
             raise ValueError(f"MemNetConfig.segment_codes must be an int >= 0, got {self.segment_codes!r}")
         for name in ["slot_dim", "bottleneck_dim", "writes_per_segment", "tbptt_segments"]:

@@ -75,6 +75,13 @@ class MemorySignals:
     decay: Tensor
 
 
+def shift(h: Tensor, n: int) -> Tensor:
+    """h (..., L, D) moved n positions later along L inside the window, zeros first: position t holds h[t - n]."""
+    if n == 0:
+        return h
+    return F.pad(h[..., :-n, :], (0, 0, n, 0)) if n < h.shape[-2] else torch.zeros_like(h)
+
+
 class MemoryInterface(nn.Module):
     """Linear read-outs of the controller's states that drive the memory."""
 
@@ -88,6 +95,9 @@ class MemoryInterface(nn.Module):
         self.erase = nn.Linear(D, Dm)
         self.update = nn.Linear(D, 1)
         self.decay = nn.Linear(D, Dm)
+        with torch.no_grad():  # keys start in the space the heads query: the mean of their query maps
+            self.write_key.weight.copy_(self.read_query.weight.view(H, Dm, D).mean(0))
+        self.key_shift = cfg.write_key_shift
         nn.init.constant_(self.update.bias, -2.0)  # start by allocating fresh slots
         nn.init.zeros_(self.decay.weight)  # start with content-independent retention
         nn.init.zeros_(self.decay.bias)
@@ -101,7 +111,7 @@ class MemoryInterface(nn.Module):
         return MemorySignals(
             read_query=self.read_query(h).view(B, S, L, self.H, self.Dm),
             write_score=score,
-            write_key=self.write_key(h),
+            write_key=self.write_key(shift(h, self.key_shift)),
             erase=torch.sigmoid(self.erase(h)),
             update=torch.sigmoid(self.update(h)).squeeze(-1),
             decay=self.decay(pooled),

@@ -3,8 +3,11 @@
 Shapes: B batch, N slots, D slot_dim, H memory heads, L tokens in a segment, K top_k.
 
 A slot holds a key (what it is addressed by) and a value (what a read returns).
-Reads: every head scores all slots by the cosine similarity of its query to their keys,
-keeps the top-k and takes a softmax over those k with a learnable per-head sharpness.
+Reads: every head scores all slots by the cosine similarity of its query to their keys, weighted
+by the key's strength (its length, up to ``full_key_norm``: written keys have unit direction times
+the write's weight, and decay shortens them), keeps the top-k and takes a softmax over those k
+with a learnable per-head sharpness. So a weak or faded write is found less than a strong one,
+and a write gate is trained by what the reads find.
 Writes (once per segment, W of them: by default one per token of the window): each write's
 weight over slots mixes content addressing of its key (top-k, residual update of similar
 slots) with allocation of a stale slot, chosen from age and usage; the write is gated,
@@ -109,7 +112,9 @@ class WriteRequest:
     gate: (B, W) in [0, 1] write strength; erase: (B, W, D) in [0, 1];
     update: (B, W) in [0, 1], share of the write sent to content-addressed slots
     rather than to the allocated stalest slot; decay: (B, D) direction that modulates
-    each slot's retention by its content.
+    each slot's retention by its content; pos: optional (B, W) long, the offset in the window of
+    the token behind each write: when given, a read of the same window at a later offset also
+    sees the write before it is stored (:meth:`MultiHeadMemoryBank.read`).
     """
 
     key: Tensor
@@ -118,6 +123,7 @@ class WriteRequest:
     erase: Tensor
     update: Tensor
     decay: Tensor
+    pos: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -284,17 +290,40 @@ def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: 
     applies and `native` allows): the same indices, with the (B, Q, H, N) similarity matrix never
     held at once.
     """
+    top, index = cosine_top_scores(queries, slots, k, eps, chunk, native, full_norm)
+    weight = torch.softmax(top * sharpness.view(1, 1, -1, 1), dim=-1)
+    return index, weight
+
+
+def cosine_top_scores(queries: Tensor, slots: Tensor, k: int, eps: float, chunk: int = TOPK_CHUNK,
+                      native: bool = True, full_norm: float | None = None) -> tuple[Tensor, Tensor]:
+    """The scores (B, Q, H, K) and indices (B, Q, H, K) that :func:`cosine_topk` keeps, before the softmax."""
     q = F.normalize(queries, dim=-1, eps=eps)
     m = F.normalize(slots, dim=-1, eps=eps if full_norm is None else full_norm)
     B, Q, H, D = q.shape
     if slots.shape[1] <= chunk:
         sim = torch.einsum("bqhd,bnd->bqhn", q, m)  # (B, Q, H, N)
-        top, index = stable_topk(sim, k)  # (B, Q, H, K), ties to the lowest index
-    else:
-        top, index = cosine_scores_topk(q.reshape(B, Q * H, D), m, k, chunk, native=native)
-        top, index = top.view(B, Q, H, k), index.view(B, Q, H, k)
-    weight = torch.softmax(top * sharpness.view(1, 1, -1, 1), dim=-1)
-    return index, weight
+        return stable_topk(sim, k)  # (B, Q, H, K), ties to the lowest index
+    top, index = cosine_scores_topk(q.reshape(B, Q * H, D), m, k, chunk, native=native)
+    return top.view(B, Q, H, k), index.view(B, Q, H, k)
+
+
+def pending_top_scores(queries: Tensor, req: WriteRequest, k: int, eps: float,
+                       full_norm: float) -> tuple[Tensor, Tensor]:
+    """Top-k scores (B, L, H, k') and write indices of a window's own writes for the window's reads.
+
+    queries (B, L, H, D) at offsets 0..L-1; the W writes of `req` at offsets ``req.pos`` (B, W).
+    A write is a key of unit direction and length ``gate`` (as a fresh slot holds it), scored as the
+    bank's slots are, and seen only by the reads of later offsets (causal: -inf before); k' = min(k, W).
+    """
+    B, L = queries.shape[:2]
+    q = F.normalize(queries, dim=-1, eps=eps)
+    m = F.normalize(req.key.float(), dim=-1, eps=eps) * req.gate.float().unsqueeze(-1)  # (B, W, D)
+    m = m / m.norm(dim=-1, keepdim=True).clamp(min=full_norm)
+    sim = torch.einsum("blhd,bwd->blhw", q, m)  # (B, L, H, W)
+    seen = req.pos.unsqueeze(1) < torch.arange(L, device=q.device).view(1, L, 1)  # (B, L, W)
+    sim = sim.masked_fill(~seen.unsqueeze(2), float("-inf"))
+    return stable_topk(sim, min(k, sim.shape[-1]))
 
 
 def flat_rows(index: Tensor, num_slots: int) -> Tensor:
@@ -388,13 +417,32 @@ class MultiHeadMemoryBank(nn.Module):
         """(1,) inverse temperature of the writes' content addressing."""
         return self.log_write_sharpness.clamp(max=math.log(100.0)).exp()
 
-    def read(self, state: MemoryState, queries: Tensor) -> ReadResult:
-        """queries (B, L, H, D) -> read vectors (B, L, H, D): values of the top-k slots by key cosine."""
+    def read(self, state: MemoryState, queries: Tensor, pending: WriteRequest | None = None) -> ReadResult:
+        """queries (B, L, H, D) -> read vectors (B, L, H, D): values of the top-k slots by key cosine.
+
+        With `pending`, the window's own writes (a request with ``pos``, not yet stored), a read at
+        offset t also weighs the writes of offsets < t, with values ``gate * value``, and keeps the
+        top-k of slots and writes together (ties: slots first, then writes in order). Its index then
+        records a write by the slot allocation gives it (``self.allocate(state, W)``), where it lands.
+        """
+        cfg = self.cfg
         queries = queries.float()
-        index, weight = cosine_topk(queries, state.keys, self.cfg.top_k, self.read_sharpness, self.cfg.eps,
-                                    full_norm=self.cfg.full_key_norm)
-        vectors = (weight.unsqueeze(-1) * gather_slots(state.values, index)).sum(-2)  # (B, L, H, D)
-        return ReadResult(vectors, index, weight)
+        if pending is None or pending.pos is None:
+            index, weight = cosine_topk(queries, state.keys, cfg.top_k, self.read_sharpness, cfg.eps,
+                                        full_norm=cfg.full_key_norm)
+            vectors = (weight.unsqueeze(-1) * gather_slots(state.values, index)).sum(-2)  # (B, L, H, D)
+            return ReadResult(vectors, index, weight)
+        N = state.keys.shape[1]
+        top_b, idx_b = cosine_top_scores(queries, state.keys, cfg.top_k, cfg.eps, full_norm=cfg.full_key_norm)
+        top_p, idx_p = pending_top_scores(queries, pending, cfg.top_k, cfg.eps, cfg.full_key_norm)
+        top, pick = stable_topk(torch.cat([top_b, top_p], -1), cfg.top_k)
+        src = torch.cat([idx_b, idx_p + N], -1).gather(-1, pick)  # (B, L, H, K) into [slots; writes]
+        weight = torch.softmax(top * self.read_sharpness.view(1, 1, -1, 1), dim=-1)
+        both = torch.cat([state.values, pending.value.float() * pending.gate.float().unsqueeze(-1)], 1)  # (B, N+W, D)
+        vectors = (weight.unsqueeze(-1) * gather_slots(both, src)).sum(-2)
+        alloc = self.allocate(state, pending.gate.shape[1])  # (B, W)
+        landed = alloc.gather(1, (src - N).clamp(min=0).view(src.shape[0], -1)).view(src.shape)
+        return ReadResult(vectors, torch.where(src >= N, landed, src), weight)
 
     # ------------------------------------------------------------------ write
     def retention(self, state: MemoryState, decay: Tensor) -> Tensor:
@@ -614,10 +662,20 @@ class StreamingMemory:
         (top_r, r_index), (top_w, c_index) = answers or (merge_candidates(tops_r, idx_r, k_read),
                                                          merge_candidates(tops_w, idx_w, k_write))
 
-        # the read: values of the kept slots at their current scale
-        r_index = r_index.view(1, L, H, k_read)
-        r_weight = torch.softmax(top_r.view(1, L, H, k_read) * bank.read_sharpness.view(1, 1, -1, 1), dim=-1)
+        # the read: values of the kept slots at their current scale (and of the window's own earlier writes)
+        slots = MemoryState(self.keys[None], self.values[None], self.age[None], self.usage[None],
+                            None if self.retained is None else self.retained[None])  # allocation reads age, usage, retained
+        alloc = bank.allocate(slots, W)[0]  # (W,)
+        r_index, top_r = r_index.view(1, L, H, k_read), top_r.view(1, L, H, k_read)
         vals = self.values[r_index] * scale[r_index].unsqueeze(-1)  # (1, L, H, K, D)
+        if req.pos is not None:  # merge with the top-k of the window's writes, as MultiHeadMemoryBank.read does
+            top_p, idx_p = pending_top_scores(queries.float(), req, k_read, cfg.eps, cfg.full_key_norm)
+            top_r, pick = stable_topk(torch.cat([top_r, top_p], -1), k_read)
+            src = torch.cat([r_index, idx_p + N], -1).gather(-1, pick)  # (1, L, H, K) into [slots; writes]
+            pend = req.value[0].float() * req.gate[0].float().unsqueeze(-1)  # (W, D)
+            vals = torch.cat([vals, pend[idx_p]], -2).gather(-2, pick.unsqueeze(-1).expand(*pick.shape, D))
+            r_index = torch.where(src >= N, alloc[(src - N).clamp(min=0)], src)
+        r_weight = torch.softmax(top_r * bank.read_sharpness.view(1, 1, -1, 1), dim=-1)
         vectors = (r_weight.unsqueeze(-1) * vals).sum(-2)  # (1, L, H, D)
         v = valid.to(r_weight.dtype)  # (1, L)
         w = (r_weight * v[:, :, None, None]).reshape(1, -1)
@@ -628,9 +686,6 @@ class StreamingMemory:
         key, value, erase = q[LH:], req.value[0].float(), req.erase[0].float()  # (W, D), unit keys as in write()
         gate, update = req.gate[0].float(), req.update[0].float()  # (W,)
         c_weight = torch.softmax(top_w * bank.write_sharpness, dim=-1)  # (W, K)
-        slots = MemoryState(self.keys[None], self.values[None], self.age[None], self.usage[None],
-                            None if self.retained is None else self.retained[None])  # allocation reads age, usage, retained
-        alloc = bank.allocate(slots, W)[0]  # (W,)
         index = torch.cat([c_index, alloc.unsqueeze(-1)], -1)  # (W, K+1)
         weight = torch.cat([update.unsqueeze(-1) * c_weight, (1 - update).unsqueeze(-1)], -1) * gate.unsqueeze(-1)
         flat_index, flat_w = index.reshape(-1), weight.reshape(-1)  # (W*(K+1),)

@@ -113,21 +113,22 @@ class MemNet(nn.Module):
 
     def _memory_step(self, keys: Tensor, values: Tensor, age: Tensor, usage: Tensor, retained: Tensor,
                      segments: Tensor, query: Tensor, key: Tensor, value: Tensor, gate: Tensor, erase: Tensor,
-                     update: Tensor, decay: Tensor, valid: Tensor) -> tuple[Tensor, ...]:
+                     update: Tensor, decay: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, ...]:
         """One segment of memory on plain tensors (what ``torch.compile`` sees): read with the memory
         as it stands, then write. The state's six fields (B, N, ...), the segment's read queries
-        (B, L, H, Dm) and write request, valid (B, L). Returns the new state's six fields, the read's
+        (B, L, H, Dm) and write request (pos: (B, W) offsets of the writes), valid (B, L). With
+        ``cfg.window_reads`` a read also sees the writes of earlier tokens of its window. Returns the new state's six fields, the read's
         vectors, index and weight, the read mass (B, N) per token summed over heads, and the write's
         strength, events, alloc and retention."""
         state = MemoryState(keys, values, age, usage, retained, segments)
-        r = self.memory.read(state, query)  # vectors (B, L, H, Dm)
+        req = WriteRequest(key, value, gate, erase, update, decay, pos)
+        r = self.memory.read(state, query, req if self.cfg.window_reads else None)  # vectors (B, L, H, Dm)
         B = query.shape[0]
         v = valid.to(r.weight.dtype)  # (B, L)
         w = (r.weight * v[:, :, None, None]).reshape(B, -1)
         mass = torch.zeros(B, self.cfg.num_slots, device=keys.device).scatter_add(1, r.index.reshape(B, -1), w)
         mass = mass / v.sum(1, keepdim=True).clamp(min=1.0)  # (B, N) read weight per token, summed over heads
-        new, wr = self.memory.write(state, WriteRequest(key, value, gate, erase, update, decay),
-                                    mass / self.cfg.mem_heads)
+        new, wr = self.memory.write(state, req, mass / self.cfg.mem_heads)
         return (new.keys, new.values, new.age, new.usage, new.retained, new.segments, r.vectors, r.index, r.weight,
                 mass, wr.strength, wr.events, wr.alloc, wr.retention)
 
@@ -195,8 +196,8 @@ class MemNet(nn.Module):
 
         # per-segment views made once: unbind's backward stacks the S gradients in one go, where S
         # slices x[:, s] would each materialise a zero gradient of the whole tensor (O(S^2) in backward)
-        queries, keys, values, gates, erases, updates, decays = (t.unbind(1) for t in (
-            sig.read_query, key, value, gate, erase, update, sig.decay))
+        queries, keys, values, gates, erases, updates, decays, positions = (t.unbind(1) for t in (
+            sig.read_query, key, value, gate, erase, update, sig.decay, pos))
         reads, steps = [], []
         mass_total = h.new_zeros(cfg.num_slots, dtype=torch.float32)
         step = self._compiled_step or self._memory_step
@@ -204,7 +205,7 @@ class MemNet(nn.Module):
             if tbptt is not None and s > 0 and s % tbptt == 0:
                 state = state.detach()
             out = step(state.keys, state.values, state.age, state.usage, state.retained, state.segments, queries[s],
-                       keys[s], values[s], gates[s], erases[s], updates[s], decays[s], valid[:, s])
+                       keys[s], values[s], gates[s], erases[s], updates[s], decays[s], positions[s], valid[:, s])
             state, r, mass, wr = MemoryState(*out[:6]), ReadResult(*out[6:9]), out[9], WriteResult(*out[10:])
             mass_total = mass_total + mass.sum(0)
             reads.append(r.vectors)
@@ -241,7 +242,8 @@ class MemNet(nn.Module):
         h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens, seen)
         reads = []
         for s in range(h.shape[1]):  # the only loop over time
-            req = WriteRequest(key[:, s], value[:, s], gate[:, s], erase[:, s], update[:, s], sig.decay[:, s])
+            req = WriteRequest(key[:, s], value[:, s], gate[:, s], erase[:, s], update[:, s], sig.decay[:, s],
+                               pos[:, s] if cfg.window_reads else None)
             reads.append(memory.step(sig.read_query[:, s], req, valid[:, s]).vectors)
         return self._logits(h, reads, tokens.shape[1]), memory
 

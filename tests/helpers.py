@@ -61,4 +61,8 @@ def small_configs(draw, max_slots: int = 24) -> MemNetConfig:
         sharpness_init=draw(st.sampled_from([1.0, 10.0, 50.0])),
         allocation=draw(st.sampled_from(["lru", "faded"])),
         write_tokens=write_tokens,
+        write_key_shift=draw(st.sampled_from([0, 1, 2])),
+        window_reads=draw(st.booleans()),
+        segment_codes=draw(st.sampled_from([0, 1, 3])),
+        full_key_norm=draw(st.sampled_from([1e-6, 0.3, 1.0])),
     )

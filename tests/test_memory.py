@@ -61,15 +61,17 @@ def reference_alloc(staleness: torch.Tensor, n: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def check_read_addressing(index, weight, num_slots, top_k):
-    """index, weight (..., K): top_k distinct slots, weights a distribution."""
+def check_read_addressing(index, weight, num_slots, top_k, distinct: bool = True):
+    """index, weight (..., K): top_k slots (distinct unless a read may also keep a write of its own
+    window, recorded at the slot it lands in), weights a distribution."""
     assert index.shape[-1] == top_k and weight.shape[-1] == top_k
     assert index.dtype == torch.long
     assert (index >= 0).all() and (index < num_slots).all()
     assert (weight >= 0).all()
     torch.testing.assert_close(weight.sum(-1), torch.ones_like(weight.sum(-1)), atol=1e-5, rtol=0)
-    s, _ = index.sort(-1)
-    assert (s[..., 1:] != s[..., :-1]).all(), "a head read the same slot twice"
+    if distinct:
+        s, _ = index.sort(-1)
+        assert (s[..., 1:] != s[..., :-1]).all(), "a head read the same slot twice"
 
 
 # ---------------------------------------------------------------- MemoryState
@@ -251,7 +253,7 @@ def check_trace_invariants(cfg: MemNetConfig, out, memory0: MemoryState | None =
     tr = out.trace
     B, S = tr.write_alloc.shape[:2]
     N, W, K, H, L = cfg.num_slots, cfg.writes, cfg.top_k, cfg.mem_heads, cfg.segment_len
-    check_read_addressing(tr.read_index, tr.read_weight, N, K)
+    check_read_addressing(tr.read_index, tr.read_weight, N, K, distinct=not cfg.window_reads)
     assert tr.read_index.shape == (B, S, L, H, K)
     assert ((tr.retention > 0) & (tr.retention < 1)).all()
     assert ((tr.usage >= 0) & (tr.usage <= 1)).all()

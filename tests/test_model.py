@@ -229,7 +229,7 @@ def test_split_call_matches_one_call_with_exactly_tied_slots():
     cfg = MemNetConfig(vocab_size=V, d_model=12, num_slots=9, top_k=5, mem_heads=2, segment_len=2, n_layers=1,
                        n_heads=1, mlp_ratio=2, write_threshold=0.05, usage_decay=0.0, decay_init=-2.0,
                        sharpness_init=1.0, full_key_norm=1e-6)  # plain cosine: the regression's setting
-    torch.manual_seed(2)
+    torch.manual_seed(98)
     model = MemNet(cfg).eval()
     x, y = rand_tokens(1, 3, seed=0), rand_tokens(1, 40, seed=9)
     with torch.no_grad():
@@ -336,22 +336,24 @@ def test_forward_never_modifies_the_memory_passed_in():
 
 
 def test_a_common_scale_of_the_memory_reaches_reads_only_through_the_layernorm_eps():
-    """Addressing ignores a slot's length once it is at least full_key_norm (x10 and x100 keep every
+    """Addressing ignores a slot's length once it is at least full_key_norm (x1e4 and x1e5 take every
     written key there) and the reads are LayerNorm'd, so scaling every slot by the same factor gives
     the first segment the same logits as long as the reads stay well above the LayerNorm's eps
-    (1e-5 on their variance): x10 and x100 agree. Faded far enough (x0.01) a read
+    (1e-5 on their variance): x1e4 and x1e5 agree. Faded far enough (x0.01) a read
     sinks into the eps and loses its weight. The next writes blend old content, at its scale, with
-    new content at full strength, so later segments differ at any scale."""
+    new content at full strength, so later segments differ with the scale."""
     model = tiny_model()
     L = model.cfg.segment_len
     m0 = model(rand_tokens(2, 3 * L)).memory
     x = rand_tokens(2, 3 * L, seed=1)
     with torch.no_grad():
         out = {c: model(x, memory=MemoryState(m0.keys * c, m0.values * c, m0.age, m0.usage, m0.retained)).logits
-               for c in (0.01, 10.0, 100.0)}
-    torch.testing.assert_close(out[10.0][:, :L], out[100.0][:, :L], rtol=1e-4, atol=1e-4)
-    assert float((out[0.01][:, :L] - out[100.0][:, :L]).abs().max()) > 1e-2
-    assert float((out[10.0][:, L:] - out[100.0][:, L:]).abs().max()) > 1e-2
+               for c in (0.01, 1.0, 1e4, 1e5)}
+    written = m0.keys.norm(dim=-1)
+    assert float(written[written > 0].min()) * 1e4 >= model.cfg.full_key_norm  # every written key at full strength
+    torch.testing.assert_close(out[1e4][:, :L], out[1e5][:, :L], rtol=1e-4, atol=1e-4)
+    assert float((out[0.01][:, :L] - out[1e5][:, :L]).abs().max()) > 1e-2
+    assert float((out[1.0][:, L:] - out[1e4][:, L:]).abs().max()) > 1e-2
 
 
 def test_output_and_memory_types():
