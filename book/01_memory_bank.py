@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from myst_nb import glue
 
 from memnet import MemNetConfig, MemoryState, MultiHeadMemoryBank, book, plots, widgets
-from memnet.memory import WriteRequest, cosine_topk, sparse_to_dense
+from memnet.memory import WriteRequest, cosine_top_scores, cosine_topk, sparse_to_dense
 
 settings = book.setup(profile, device, seed, save)
 torch.set_printoptions(precision=2, sci_mode=False)
@@ -85,9 +85,23 @@ book.show_source(MemoryState)
 #    \quad (i \in \text{top-}k), \qquad w_i = 0 \text{ otherwise}. $$
 #
 # In `memnet` that is one function; $\beta$ (the sharpness) is learned per head.
+#
+# One change to the plain cosine: a slot is found in proportion to how strongly it was written.
+# A write stores its key as a unit direction times the weight of the write, and decay shrinks
+# keys with everything else, so the length of a key says how much of it is there. A slot scores
+#
+# $$ s_i = \beta \cos(q, m_i)\, \min\!\big(\lVert m_i \rVert / \nu,\ 1\big), $$
+#
+# with $\nu$ = `full_key_norm` (1 by default; a vanishing $\nu$ gives back the plain cosine).
+# Without the factor, content written at gate 0.05 is found exactly as well as content written at
+# gate 1, and since reads are LayerNorm'd before the model uses them, the gate of the slot that
+# answers a query barely changes the read: it gets next to no gradient, and the model cannot learn
+# what is worth writing. With the factor, a gate sets how strongly its content will be found, and
+# what the reads find trains it.
 
 # %%
 book.show_source(cosine_topk)
+book.show_source(cosine_top_scores)
 
 # %% [markdown]
 # Four queries, noisy copies of the keys of slots 2, 5, 5 and 7, addressed both ways:
@@ -340,6 +354,8 @@ print("chapter 1 checks passed")
 #
 # - A slot memory is four tensors (keys, values, age, usage) and three operations: a top-$k$
 #   cosine read per head, a gated erase-and-add write, and a retention gate.
+# - A key's length is how strongly its content was written: weak and faded slots are found less,
+#   which is what lets a write gate learn from the reads.
 # - Top-$k$ reads touch $k$ of $N$ slots; dense reads blur all of them.
 # - Allocation by staleness, $(a+1)(1-u/2)$, recycles slots that are old, unused ones first.
 # - Forgetting is learned: a per-slot logit plus a content-dependent decay direction.

@@ -98,6 +98,16 @@ print("positions that see the change:", ((x1 - x0).abs().sum(-1)[0] > 1e-6).nonz
 # experiment. A linear **memory interface** reads out, for every token, $H$ read queries, a
 # write score (whose sigmoid is the write gate), a write key, an erase vector, an update share,
 # and, per window, a decay direction.
+#
+# The write key of token $t$ is read out of the state of token $t-1$ (`write_key_shift=1`), and the
+# key map starts as the mean of the heads' query maps. So what token $t$ writes is filed under what
+# came just before it, in the space the heads query: for a pair "$k\ v$", the value is stored under
+# the key, and a later query that is the key finds it from the first steps of training. With keys
+# and queries drawn from unrelated random maps, the model first has to discover that the two should
+# agree, and on associative recall that search stalls for hundreds of steps. The controller also
+# gets a learned code for which window of the stream it is in (`segment_codes`: one per early
+# window, one shared by all later ones; the memory counts the windows it has seen), so that it can
+# tell the opening of a sequence from what follows.
 
 # %%
 book.show_source(Block.forward)
@@ -118,7 +128,10 @@ book.show_source(SemanticBottleneck)
 # ## Read, fuse, write: the forward pass
 #
 # For each segment $s$: read the memory as it stands with every token's queries (so tokens of
-# window $s$ see what windows $< s$ wrote), then apply the window's gated writes. The $H$ read
+# window $s$ see what windows $< s$ wrote), then apply the window's gated writes. A read also sees
+# the writes of *earlier tokens of its own window* before they reach a slot (`window_reads`):
+# they are scored like slots (a key of the write's strength) and compete for the same top-$k$, so
+# a value written at offset 5 can be read at offset 20 of the same window. The $H$ read
 # vectors of a token are concatenated, LayerNorm'd and **fused residually** into the
 # controller's stream, $z = h + W_f\,\mathrm{LN}([r_1; \dots; r_H])$, followed by a small MLP and
 # the prediction head. Like the Recurrent Memory Transformer {cite}`bulatov2022rmt` the model
@@ -274,8 +287,9 @@ print("chapter 2 checks passed")
 #   untrained model writes everywhere weakly and reads diffusely.
 # - Mixed precision touches the controller, not the memory: the bank stays fp32.
 #
-# What is open: writes happen once per segment, so a value is only readable from the *next*
-# window on; the read of the current window cannot see its own writes.
+# What is open: writes reach the slots once per segment; inside a window a read sees the window's
+# earlier writes as candidates, but the bank's bookkeeping (ages, usage, allocation) moves only at
+# the window's end.
 #
 # ## Exercises
 #

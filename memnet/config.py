@@ -58,6 +58,7 @@ class MemNetConfig:
     util_weight: float = 0.01
     pressure_weight: float = 0.0
     read_entropy_weight: float = 0.0
+    write_weight: float = 0.05  # cost of writing: the mean write gate (reads keep the useful writes strong)
     eps: float = 1e-6
     tbptt_segments: int | None = None  # truncated backprop: detach the memory every k segments (None: never)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for experiments' bookkeeping
@@ -108,13 +109,13 @@ class MemNetConfig:
                 raise TypeError(f"MemNetConfig.{name} must be a float, got {type(v).__name__}")
             if not (lo <= v <= hi) or (name == "dropout" and v == 1.0):
                 raise ValueError(f"MemNetConfig.{name} must be in [{lo}, {hi}{')' if name == 'dropout' else ']'}, got {v}")
-        for name in ["decay_init", "sharpness_init", "full_key_norm", "util_weight", "pressure_weight", "read_entropy_weight", "eps"]:
+        for name in ["decay_init", "sharpness_init", "full_key_norm", "write_weight", "util_weight", "pressure_weight", "read_entropy_weight", "eps"]:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"MemNetConfig.{name} must be a float, got {type(v).__name__}")
             if v != v or v in (float("inf"), float("-inf")):
                 raise ValueError(f"MemNetConfig.{name} must be finite, got {v}")
-        for name in ["util_weight", "pressure_weight", "read_entropy_weight"]:
+        for name in ["util_weight", "pressure_weight", "read_entropy_weight", "write_weight"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"MemNetConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not isinstance(self.decay_mode, str) or self.decay_mode not in DECAY_MODES:

@@ -1,4 +1,4 @@
-"""Auxiliary memory losses: slot utilization, memory pressure, read entropy.
+"""Auxiliary memory losses: slot utilization, memory pressure, read entropy, write cost.
 
 Each returns an unweighted scalar; `aux_losses` weights them by the config.
 """
@@ -38,15 +38,26 @@ def pressure_loss(retention: Tensor) -> Tensor:
     return retention.mean()
 
 
+def write_cost(gate: Tensor, valid: Tensor) -> Tensor:
+    """Mean write gate over the writes of real tokens: the cost of writing. gate, valid: (..., W)."""
+    v = valid.to(gate.dtype)
+    return (gate * v).sum() / v.sum().clamp(min=1.0)
+
+
 def aux_losses(cfg: MemNetConfig, mean_read: Tensor, read_weight: Tensor, read_valid: Tensor,
-               retention: Tensor) -> dict[str, Tensor]:
+               retention: Tensor, write_gate: Tensor | None = None, write_valid: Tensor | None = None
+               ) -> dict[str, Tensor]:
     """The weighted auxiliary losses, ready to add to the task loss.
 
     mean_read: (N,) summed read weight per slot; read_weight: (B, S, L, H, K);
-    read_valid: (B, S, L, 1) mask; retention: (B, S, N).
+    read_valid: (B, S, L, 1) mask; retention: (B, S, N); write_gate, write_valid: (B, S, W), the
+    gates of the writes and which of them are real tokens' (no write cost when None).
     """
-    return {
+    out = {
         "utilization": cfg.util_weight * utilization_loss(mean_read, cfg.eps),
         "pressure": cfg.pressure_weight * pressure_loss(retention),
         "read_entropy": cfg.read_entropy_weight * read_entropy(read_weight, read_valid, cfg.eps),
     }
+    if write_gate is not None:
+        out["write_cost"] = cfg.write_weight * write_cost(write_gate, write_valid)
+    return out

@@ -217,7 +217,7 @@ class MemNet(nn.Module):
         logits = self._logits(h, reads, T)
         read_weight = torch.stack([st["read_weight"] for st in steps], dim=1)  # (B, S, L, H, K)
         retention = torch.stack([st["retention"] for st in steps], dim=1)  # (B, S, N)
-        aux = aux_losses(cfg, mass_total, read_weight, valid.unsqueeze(-1), retention)
+        aux = aux_losses(cfg, mass_total, read_weight, valid.unsqueeze(-1), retention, gate, valid.gather(2, pos))
         trace = MemoryTrace.stack(steps).detach() if return_trace else None
         return MemNetOutput(logits, state, aux, trace)
 

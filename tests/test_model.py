@@ -363,7 +363,7 @@ def test_output_and_memory_types():
     for f in ("keys", "values", "age", "usage"):
         assert getattr(out.memory, f).dtype == torch.float32
     assert out.memory.keys.shape == (2, 16, 16)
-    assert set(out.aux_losses) == {"utilization", "pressure", "read_entropy"}
+    assert set(out.aux_losses) == {"utilization", "pressure", "read_entropy", "write_cost"}
     for v in out.aux_losses.values():
         assert v.dim() == 0 and torch.isfinite(v)
     assert out.aux_losses["utilization"] > 0  # util_weight 0.01 and not perfectly uniform
@@ -616,10 +616,10 @@ def test_truncated_backward_matches_tbptt_forward_and_full_backward():
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     for chunk in (2, S):
-        a = tiny_model(seed=0, segment_len=L, util_weight=0.0, tbptt_segments=chunk)
+        a = tiny_model(seed=0, segment_len=L, util_weight=0.0, write_weight=0.0, tbptt_segments=chunk)
         out = a(x)
         F.cross_entropy(out.logits.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE_INDEX).backward()
-        b = tiny_model(seed=0, segment_len=L, util_weight=0.0)
+        b = tiny_model(seed=0, segment_len=L, util_weight=0.0, write_weight=0.0)
         loss, mem = truncated_backward(b, x, y, chunk)
         ga, gb = grads(a), grads(b)
         assert len(ga) == len(gb) and all(torch.allclose(u, v, atol=1e-5, rtol=1e-4) for u, v in zip(ga, gb))
@@ -682,3 +682,19 @@ def test_segment_codes_count_windows_across_calls():
         p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="segments"):
         model(x, memory=dataclasses.replace(empty, segments=torch.tensor([-1.0])))
+
+
+def test_write_cost_is_the_weighted_mean_gate_of_real_writes():
+    """aux_losses["write_cost"] = write_weight x the mean gate over the writes of real tokens (the
+    padding of a partial last window writes nothing and is not counted)."""
+    model = tiny_model(write_weight=0.5)
+    L = model.cfg.segment_len
+    x = rand_tokens(2, 2 * L + 1)
+    out = model(x, return_trace=True)
+    tr = out.trace
+    real = tr.valid.gather(2, tr.write_pos)
+    expected = 0.5 * tr.write_gate[real].mean()
+    torch.testing.assert_close(out.aux_losses["write_cost"].detach(), expected)
+    assert float(tiny_model(write_weight=0.0)(x).aux_losses["write_cost"]) == 0.0
+    with pytest.raises(ValueError, match="write_weight"):
+        tiny_cfg(write_weight=-0.1)

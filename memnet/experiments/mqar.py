@@ -30,7 +30,8 @@ from ..metrics import IGNORE_INDEX
 from ..model import MemNet, segment
 from ..tasks.mqar import MQAR
 from ..train import resolve_device
-from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, t_interval, write_json
+from .common import (DATA_DIR, done_line, experiment_parser, git_commit, provenance, seed_everything, t_interval,
+                     write_json)
 
 MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 
@@ -186,9 +187,10 @@ def train_one(name: str, cfg: MemNetConfig, task: MQAR, p: Profile, lr: float, s
         opt.step()
         step += 1
         if step % 50 == 0:
-            curve.append([step, round(time.perf_counter() - t0, 1), round(float(loss), 4)])
+            curve.append([step, round(time.perf_counter() - t0, 1), round(float(loss.detach()), 4)])
     return model, {"model": name, "lr": lr, "seed": seed, "steps": step, "train_s": round(time.perf_counter() - t0, 1),
-                   "params": count_params(model), "curve": curve}
+                   "params": count_params(model), "curve": curve, "git_commit": git_commit(),
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
