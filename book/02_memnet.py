@@ -62,8 +62,8 @@ model = MemNet(cfg)
 print(f"vocab={cfg.vocab_size} d_model={cfg.d_model} window L={cfg.segment_len} slots N={cfg.num_slots} "
       f"heads H={cfg.mem_heads} top_k={cfg.top_k} bottleneck={cfg.bottleneck_dim}")
 for name, child in model.named_children():
-    print(f"{name:<12}{type(child).__name__:<24}{count_params(child):>7} parameters")
-print(f"{'total':<36}{count_params(model):>7} parameters")
+    print(f"{name:<14}{type(child).__name__:<24}{count_params(child):>7} parameters")
+print(f"{'total':<38}{count_params(model):>7} parameters")
 glue("ch2_params", f"{count_params(model):,}", display=False)
 
 # %% [markdown]

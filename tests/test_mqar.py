@@ -134,7 +134,7 @@ def test_experiment_smoke_caches_runs_and_prints_its_table(tmp_path):
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["provenance"]["git_commit"] and len(list((tmp_path / "runs").glob("*.json"))) == 4
     table = X.summary_table(stored)
-    assert "memnet" in table and "beyond window" in table
+    assert "memnet" in table and "T=128, beyond" in table and stored["run_commits"]
     # a second run reads the cache instead of training again
     again = X.run("smoke", device="cpu", out_dir=tmp_path, progress=False)
     assert [r["train_s"] for r in again["runs"]] == [r["train_s"] for r in res["runs"]]

@@ -255,6 +255,9 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     wall = time.perf_counter() - t_all
     result = {"experiment": "mqar", "profile": profile, "profile_settings": asdict(p), "config": cfg.to_dict(),
               "chance": 1.0 / (p.vocab_size - p.vocab_size // 2), "window": p.segment_len, "runs": runs,
+              # runs may come from the cache, trained by earlier calls: their own commits and training time
+              "run_commits": sorted({str(r.get("git_commit", "not recorded")) for r in runs}),
+              "train_s_total": round(sum(r["train_s"] for r in runs), 1),
               "provenance": provenance(dev, seeds, wall)}
     if save:
         write_json(out_dir / "results.json", result)
@@ -263,26 +266,31 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
 
 def summary_table(result: dict) -> str:
     """Test accuracy (%) over all queries and beyond the first window, mean ± 95% t-interval over seeds."""
-    lines = [f"MQAR test accuracy (%), mean ± 95% CI over seeds; learning rate chosen on validation; "
-             f"window {result['window']}, chance {100 * result['chance']:.2f}%"]
+    tried = sorted({lr for r in result["runs"] for lr in r.get("lrs_tried", {})} | {f"{r['lr']:g}" for r in result["runs"]})
+    how = (f"learning rate {tried[0]} for every model (one value, not tuned)" if len(tried) == 1 else
+           f"learning rate chosen on validation among {', '.join(tried)}")
+    lines = [f"MQAR test accuracy (%), mean ± 95% CI over seeds; {how}; "
+             f"'beyond': queries past the first window ({result['window']} tokens); chance {100 * result['chance']:.2f}%"]
     fmt = lambda v: (f"{100 * v[0]:5.1f} ± {100 * v[1]:4.1f}" if v[1] == v[1] else f"{100 * v[0]:5.1f}       ")
     longs = sorted({k for r in result["runs"] for k in r.get("long", {})}, key=int)
-    head = f"{'T':>5} {'pairs':>5}  {'model':<9} {'all':>13} {'beyond window':>14}" + "".join(
-        f"{f'T={t}, beyond':>15}" for t in longs) + f" {'seeds':>5} {'steps':>6} {'lr':>7}"
+    head = f"{'T':>5} {'pairs':>5}  {'model':<9} {'all':>13} {'beyond':>13}" + "".join(
+        f"{f'T={t}, all':>14}{f'T={t}, beyond':>15}" for t in longs) + f" {'seeds':>5} {'steps':>6} {'lr':>7}"
     lines.append(head)
     keys = list(dict.fromkeys((r["T"], r["pairs"], r["model"]) for r in result["runs"]))
     for T, P, name in keys:
         rs = [r for r in result["runs"] if (r["T"], r["pairs"], r["model"]) == (T, P, name)]
         cells = [fmt(t_interval([r["test"]["all"] for r in rs])), fmt(t_interval([r["test"]["beyond"] for r in rs]))]
-        cells += [fmt(t_interval([r["long"][t]["beyond"] for r in rs])) if all(t in r.get("long", {}) for r in rs)
-                  else "" for t in longs]
+        for t in longs:
+            have = all(t in r.get("long", {}) for r in rs)
+            cells += [fmt(t_interval([r["long"][t][k] for r in rs])) if have else "" for k in ("all", "beyond")]
         lrs = "/".join(sorted({f"{r['lr']:g}" for r in rs}))
-        lines.append(f"{T:>5} {P:>5}  {name:<9} {cells[0]:>13} {cells[1]:>14}" + "".join(f"{c:>15}" for c in cells[2:])
+        lines.append(f"{T:>5} {P:>5}  {name:<9} {cells[0]:>13} {cells[1]:>13}"
+                     + "".join(f"{c:>14}" if i % 2 == 0 else f"{c:>15}" for i, c in enumerate(cells[2:]))
                      + f" {len(rs):>5} {sum(r['steps'] for r in rs) // len(rs):>6} {lrs:>7}")
     diag = [r for r in result["runs"] if r.get("diagnosis")]
     if diag:
-        lines += ["", "MemNet's memory on test draws (mean over seeds): write gate of pair / filler tokens, "
-                  "write events per window, pair slot alive at its query, read hit on it, accuracy alive / dead"]
+        lines += ["", "MemNet's memory on a test draw, per seed: write gate of pair / filler tokens, write events "
+                  "per window, pair slot alive at its query, read hit on it (and its weight), accuracy alive / dead"]
         for r in diag:
             d = r["diagnosis"]
             lines.append(f"  T={r['T']} P={r['pairs']} seed {r['seed']}: gate {d['write_gate_pair']:.2f} / "
