@@ -26,25 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..metrics import IGNORE_INDEX as IGNORE
+from .recall import RecallBatch  # tokens, targets, distance: (B, T); distance back to the (latest) value asked for
 
 SPLITS = ("train", "validation", "test")
 BLANK = 0  # the token at non-query positions that are not random filler
-
-
-@dataclass(frozen=True)
-class MQARBatch:
-    """tokens, targets: (B, T) long (targets are IGNORE except at queries); distance: (B, T) long,
-    tokens from the query back to the (latest) value it asks for (0 elsewhere)."""
-
-    tokens: Tensor
-    targets: Tensor
-    distance: Tensor
-
-    def to(self, device: torch.device | str) -> "MQARBatch":
-        return MQARBatch(self.tokens.to(device), self.targets.to(device), self.distance.to(device))
 
 
 @dataclass(frozen=True)
@@ -121,7 +108,7 @@ class MQAR:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(SPLITS.index(split),)))
 
-    def sample(self, batch: int, seed: int, split: str = "train", seq_len: int | None = None) -> MQARBatch:
+    def sample(self, batch: int, seed: int, split: str = "train", seq_len: int | None = None) -> RecallBatch:
         """A batch of `batch` sequences of length `seq_len` (default ``self.seq_len``), a pure
         function of (split, seed)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -130,7 +117,7 @@ class MQAR:
             self.vocab_size, seq_len, self.n_pairs, self.power_a, self.random_share, self.update_share)
         return task._draw(task.rng(split, seed), batch)
 
-    def _draw(self, rng: np.random.Generator, B: int) -> MQARBatch:
+    def _draw(self, rng: np.random.Generator, B: int) -> RecallBatch:
         P, T, V, C = self.n_pairs, self.seq_len, self.vocab_size, self.context_len
         rows = np.arange(B)[:, None]
         keys = 1 + np.argsort(rng.random((B, self.n_keys)), axis=1)[:, :P]  # (B, P) distinct keys
@@ -178,4 +165,4 @@ class MQAR:
         distance = np.zeros((B, T), dtype=np.int64)
         distance[rows, q_pos] = q_pos - latest_pos
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
-        return MQARBatch(as_t(tokens), as_t(targets), as_t(distance))
+        return RecallBatch(as_t(tokens), as_t(targets), as_t(distance))
