@@ -69,7 +69,7 @@ from ..baselines import LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
 from ..continual import (accuracy_matrix, fit_key_map, forgetting, max_drop, realign_keys, segment_keys,
                          stream_memnet, summarize)
-from ..memory import MemoryState
+from ..memory import MemoryState, WriteRequest
 from ..model import MemNet
 from ..tasks.digits import SplitDigits
 from ..tasks.shift import ShiftingPrototypes
@@ -210,15 +210,24 @@ def query_logits(model: MemNet, tokens: Tensor, memory: MemoryState) -> Tensor:
     all read one (1, N, D) memory: ``model(tokens, memory=expand_state(memory, n)).logits[:, -1]``
     without copying the memory n times, reading it for the other tokens or computing the writes that
     call would throw away (a window reads the memory as it stood before the window, so one read of
-    the shared bank by the n last tokens is all the answer needs)."""
+    the shared bank by the n last tokens is all the answer needs; with ``cfg.window_reads`` each row
+    also weighs its own window's earlier writes, over a broadcast view of the bank)."""
     n, L = tokens.shape
     if L > model.cfg.segment_len or memory.keys.shape[0] != 1:
         raise ValueError(f"tokens must be one window per row (L <= {model.cfg.segment_len}) and memory one sequence's "
                          f"(batch 1); got tokens {tuple(tokens.shape)}, memory batch {memory.keys.shape[0]}")
-    ws = model._signals(tokens)
+    state = model.memory.check_state(memory, 1)
+    ws = model._signals(tokens, state.segments.expand(n))  # the window's code counts from the memory's windows
     q = ws.sig.read_query[:, 0, -1]  # (n, H, Dm) the last token's queries
-    r = model.memory.read(model.memory.check_state(memory, 1), q.unsqueeze(0))  # vectors (1, n, H, Dm)
-    return model._logits(ws.h[:, :, -1:], [r.vectors.view(n, 1, *q.shape[1:])], 1)[:, -1]
+    if model.cfg.window_reads:  # the last token also reads its window's earlier writes: one bank view per row
+        mine = WriteRequest(*(t[:, 0] for t in (ws.key, ws.value, ws.gate, ws.erase, ws.update, ws.sig.decay)),
+                            pos=ws.pos[:, 0] - (L - 1))  # offsets relative to the reading token
+        rows = MemoryState(*(getattr(state, f).expand(n, *getattr(state, f).shape[1:]) for f in
+                             ("keys", "values", "age", "usage", "retained", "segments")))  # views, no copies
+        vectors = model.memory.read(rows, q.unsqueeze(1), mine).vectors  # (n, 1, H, Dm)
+    else:
+        vectors = model.memory.read(state, q.unsqueeze(0)).vectors.view(n, 1, *q.shape[1:])  # one read of the bank
+    return model._logits(ws.h[:, :, -1:], [vectors], 1)[:, -1]
 
 
 @torch.no_grad()
