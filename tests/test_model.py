@@ -349,7 +349,7 @@ def test_a_common_scale_of_the_memory_reaches_reads_only_through_the_layernorm_e
     with torch.no_grad():
         out = {c: model(x, memory=MemoryState(m0.keys * c, m0.values * c, m0.age, m0.usage, m0.retained)).logits
                for c in (0.01, 1.0, 1e4, 1e5)}
-    written = m0.keys.norm(dim=-1)
+    written = m0.keys.detach().norm(dim=-1)
     assert float(written[written > 0].min()) * 1e4 >= model.cfg.full_key_norm  # every written key at full strength
     torch.testing.assert_close(out[1e4][:, :L], out[1e5][:, :L], rtol=1e-4, atol=1e-4)
     assert float((out[0.01][:, :L] - out[1e5][:, :L]).abs().max()) > 1e-2
