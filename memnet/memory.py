@@ -73,6 +73,10 @@ class MemoryState:
     def clone(self) -> "MemoryState":
         return MemoryState(*(getattr(self, f.name).clone() for f in fields(self)))
 
+    def expand(self, n: int) -> "MemoryState":
+        """A batch-1 state seen as n rows (broadcast views, no copies; for reads only)."""
+        return MemoryState(*(getattr(self, f.name).expand(n, *getattr(self, f.name).shape[1:]) for f in fields(self)))
+
     def rows(self, start: int, stop: int) -> "MemoryState":
         """Batch rows ``start..stop-1`` (views, not copies)."""
         return MemoryState(*(getattr(self, f.name)[start:stop] for f in fields(self)))

@@ -222,9 +222,7 @@ def query_logits(model: MemNet, tokens: Tensor, memory: MemoryState) -> Tensor:
     if model.cfg.window_reads:  # the last token also reads its window's earlier writes: one bank view per row
         mine = WriteRequest(*(t[:, 0] for t in (ws.key, ws.value, ws.gate, ws.erase, ws.update, ws.sig.decay)),
                             pos=ws.pos[:, 0] - (L - 1))  # offsets relative to the reading token
-        rows = MemoryState(*(getattr(state, f).expand(n, *getattr(state, f).shape[1:]) for f in
-                             ("keys", "values", "age", "usage", "retained", "segments")))  # views, no copies
-        vectors = model.memory.read(rows, q.unsqueeze(1), mine).vectors  # (n, 1, H, Dm)
+        vectors = model.memory.read(state.expand(n), q.unsqueeze(1), mine).vectors  # (n, 1, H, Dm)
     else:
         vectors = model.memory.read(state, q.unsqueeze(0)).vectors.view(n, 1, *q.shape[1:])  # one read of the bank
     return model._logits(ws.h[:, :, -1:], [vectors], 1)[:, -1]
