@@ -17,9 +17,14 @@ def tasks(draw):
     V = draw(st.sampled_from([32, 64, 512]))
     P = draw(st.integers(1, min(12, V // 2 - 1)))
     upd = draw(st.sampled_from([0.0, 0.5, 1.0]))
-    T = 2 * P + 2 * P * (2 if upd else 1) + 2 * draw(st.integers(0, 40))
-    return MQAR(vocab_size=V, seq_len=T, n_pairs=P, power_a=draw(st.sampled_from([0.01, 0.5, 1.0])),
-                random_share=draw(st.sampled_from([0.0, 0.5, 1.0])), update_share=upd)
+    delay = 2 * draw(st.integers(0, 20))
+    T = 2 * P + delay + 2 * P * (2 if upd else 1) + 2 * draw(st.integers(0, 40))
+    window = draw(st.sampled_from([4, 8, 16]))
+    local = draw(st.integers(0, 3))
+    task = MQAR(vocab_size=V, seq_len=T, n_pairs=P, power_a=draw(st.sampled_from([0.01, 0.5, 1.0])),
+                random_share=draw(st.sampled_from([0.0, 0.5, 1.0])), update_share=upd, delay=delay, window=window)
+    local = min(local, task.local_room, task.n_keys - P)
+    return MQAR(**{**task.__dict__, "local_pairs": local})
 
 
 @settings(max_examples=examples(30), deadline=None)
@@ -35,31 +40,40 @@ def test_every_key_is_queried_once_for_its_latest_value(task, B, seed):
         assert len(set(keys)) == P and all(1 <= k < task.value_lo for k in keys), "distinct keys, key half"
         assert all(task.value_lo <= v < task.vocab_size for v in values), "values from the upper half"
         queries = [t for t in range(T) if tgt[t] != IGNORE]
-        assert len(queries) == P and all(t >= C and (t - C) % 2 == 0 for t in queries)
-        assert sorted(tok[t] for t in queries) == sorted(keys), "each key queried exactly once"
+        main = [t for t in queries if tok[t] in keys]
+        local = [t for t in queries if tok[t] not in keys]
+        assert len(main) == P and all(t >= task.query_start and (t - C) % 2 == 0 for t in main)
+        assert sorted(tok[t] for t in main) == sorted(keys), "each key queried exactly once"
+        assert len(local) == task.local_pairs and len({tok[t] for t in local}) == len(local)
         for t in queries:
             # the answer is the value after the latest binding "k v" of the key before the query
             k = tok[t]
-            binds = [s for s in range(0, t - 1) if tok[s] == k and (s < C or task.update_share > 0)
+            binds = [s for s in range(0, t - 1) if tok[s] == k and (s < C or task.constrained)
                      and task.value_lo <= tok[s + 1] and (s < C or s + 1 not in queries)]
-            if task.update_share == 0:
+            if not task.constrained:
                 binds = [s for s in binds if s < C]
             assert tgt[t] == tok[binds[-1] + 1]
             assert b.distance[row, t] == t - (binds[-1] + 1)
+        for t in local:  # bound and queried inside one aligned window after the pairs
+            v = t - int(b.distance[row, t])
+            assert v - 1 >= C and (v - 1) // task.window == t // task.window
+            assert sum(tok[s] == tok[t] for s in range(T)) == 2, "a local key occurs at its binding and query only"
 
 
 @settings(max_examples=examples(20), deadline=None)
 @given(tasks(), st.integers(0, 10_000))
 def test_updates_are_the_only_bindings_in_the_query_region(task, seed):
-    """With key updates, a key of the sequence after the pairs is a query or an update, and only an
-    update is followed by a value; without them filler may hold anything."""
-    if task.update_share == 0:
+    """With key updates or local pairs, a key of the sequence after the pairs is a query, an update or
+    a local binding, and only an update is followed by a value; without them filler may hold anything."""
+    if not task.constrained:
         return
     b = task.sample(2, seed)
     C = task.context_len
     for row in range(2):
         tok, tgt = b.tokens[row].tolist(), b.targets[row].tolist()
         keys = set(tok[0:C:2])
+        for t in range(C, task.query_start):
+            assert tok[t] not in keys, "the delay holds no key of the pairs"
         for t in range(C, task.seq_len):
             if tok[t] in keys and tgt[t] == IGNORE:  # an update: a binding to a value
                 assert (t - C) % 2 == 0 and t + 1 < task.seq_len and tok[t + 1] >= task.value_lo
@@ -107,7 +121,10 @@ def test_statistics_follow_the_definition():
     (dict(n_pairs=0), "n_pairs"), (dict(vocab_size=8, n_pairs=4), "n_pairs"), (dict(power_a=0.0), "power_a"),
     (dict(power_a=1.5), "power_a"), (dict(random_share=-0.1), "random_share"), (dict(update_share=2), "update_share"),
     (dict(seq_len=20, n_pairs=8), "seq_len"), (dict(seq_len=40, n_pairs=8, update_share=0.5), "seq_len"),
-    (dict(seq_len=3.5), "seq_len")])
+    (dict(seq_len=3.5), "seq_len"), (dict(delay=3), "delay"), (dict(delay=-2), "delay"),
+    (dict(seq_len=64, n_pairs=8, delay=40), "seq_len"), (dict(local_pairs=2), "window"),
+    (dict(local_pairs=2, window=6.0), "window"), (dict(seq_len=64, n_pairs=8, local_pairs=12, window=16), "seq_len"),
+    (dict(vocab_size=16, n_pairs=6, local_pairs=2, window=8), "n_pairs")])
 def test_bad_knobs_are_rejected_by_name(kw, match):
     with pytest.raises(ValueError, match=match):
         MQAR(**kw)

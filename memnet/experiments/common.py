@@ -7,8 +7,9 @@ import platform
 import random
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -88,3 +89,80 @@ def done_line(result: dict, args: argparse.Namespace, name: str, procs: str = ""
     """The last line an experiment prints: wall time, device and where the run was stored."""
     stored = "" if args.no_save else f"; stored in {args.out or DATA_DIR / name / args.profile}"
     return f"\nwall time {result['provenance']['wall_s']:.0f} s on {result['provenance']['device']}{procs}{stored}"
+
+
+# ---------------------------------------------------------------------------- the shared skeleton
+@dataclass(frozen=True)
+class Verdict:
+    """One claim a run is checked against: what was measured, the threshold fixed before the run,
+    and whether it holds (``passed``). ``detail`` names where it holds or fails."""
+
+    claim: str
+    measured: float
+    threshold: float
+    passed: bool
+    detail: str = ""
+
+    def line(self) -> str:
+        return (f"{'holds' if self.passed else 'MISSES'}: {self.claim} (measured {self.measured:.3g}, "
+                f"threshold {self.threshold:.3g}){'; ' + self.detail if self.detail else ''}")
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> str:
+    """A fixed-width text table: the first column left-aligned, the others right-aligned; cells are
+    printed with ``str`` (format numbers before)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ([title] if title else []) + [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def mean_ci(values, scale: float = 1.0, digits: int = 1) -> str:
+    """'mean ± half-width' of the 95% t-interval over seeds (just the mean for one value), times `scale`."""
+    m, h = t_interval(values)
+    if m != m:
+        return "-"
+    return f"{scale * m:.{digits}f}" + (f" ± {scale * h:.{digits}f}" if h == h else "")
+
+
+def cached_record(path: Path | None, make: Callable[[], dict], fresh: bool = False) -> dict:
+    """The JSON record cached at `path` (one per trained (model, lr, seed)) or, when there is none,
+    the one `make()` returns, written there atomically. `path` None: no cache."""
+    if path is not None and path.exists() and not fresh:
+        return json.loads(path.read_text())
+    rec = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(rec, indent=1) + "\n")
+        tmp.replace(path)
+    return rec
+
+
+def train_steps(model: torch.nn.Module, batch_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]], lr: float,
+                steps: int, log_every: int = 50, clip: float = 1.0) -> dict:
+    """The plain loop every model of a comparison gets: AdamW at `lr` (no schedule), gradient clipping,
+    cross-entropy over the targets (IGNORE elsewhere) plus the model's auxiliary losses if it has any,
+    for exactly `steps` steps. Returns {"steps", "train_s", "curve": [[step, seconds, loss], ...]}."""
+    from ..metrics import IGNORE_INDEX
+    import torch.nn.functional as F
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    t0, curve = time.perf_counter(), []
+    for step in range(steps):
+        tokens, targets = batch_fn(step)
+        out = model(tokens)
+        loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        aux = getattr(out, "aux_losses", None) or {}
+        total = loss + sum(aux.values()) if aux else loss
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{type(model).__name__}: loss is {float(total)} at step {step} (lr {lr:g})")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            curve.append([step + 1, round(time.perf_counter() - t0, 1), round(float(loss.detach()), 4)])
+    return {"steps": steps, "train_s": round(time.perf_counter() - t0, 3), "curve": curve}

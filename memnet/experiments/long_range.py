@@ -1,207 +1,427 @@
-"""Experiment 1: recall far beyond the window.
+"""Experiment 1: recall far beyond the window, under memory pressure, beside published memory models.
 
-MemNet, WindowedTransformer and LSTMBaseline (optionally FullTransformer, as a reference)
-train on the same key-value recall batches for the same steps; each is then evaluated
-at fixed distances from half the window to 16x it (training covers up to about 9x). The
-table prints accuracy per distance, MemNet's slot reuse and read sparsity; the run is
-stored under data/long_range/<profile>/ with its provenance.
+The task is multi-query associative recall (:class:`memnet.tasks.mqar.MQAR`): one vocabulary,
+random filler from all of it, so nothing in a token's id says what to store. A sequence opens
+with P key-value pairs; the queries come after a delay of filler; a few *local* pairs are bound
+and queried inside one window (the recall any model with a window can do by attention).
+
+Protocol, fixed before the run (the profile):
+
+- every model trains on the same draws for the same number of steps with the same plain loop
+  (AdamW, no schedule, gradient clipping at 1, batch ``batch_size``): P drawn per batch from
+  ``train_pairs`` (2 to twice the slots), queries at most ``train_windows`` windows after the
+  pairs (more for the largest P, whose queries need the room);
+- the learning rate of each model is chosen among ``lrs`` by accuracy on validation draws of the
+  training distribution, on the ``sweep_seeds``; the other seeds train at the chosen rate;
+  test draws are used once per (model, seed);
+- evaluation on test draws at P = ``eval_pairs`` and a delay of 0 to 256 windows (beyond 4
+  windows no model saw it in training: length generalisation), and at P from 2 to 2x the slots
+  (the capacity curve); in-window queries and queries beyond the window are scored apart.
+
+Every trained (model, lr, seed) is cached as one JSON file under ``runs/`` of the run folder, so
+the stored run can be assembled over several sittings; ``--fresh`` retrains.
 
     python -m memnet.experiments.long_range --profile laptop
-    torchrun --nproc_per_node 2 -m memnet.experiments.long_range --profile laptop  # DDP, rank 0 writes
+    python -m memnet.experiments.long_range --profile full --models memnet full --seeds 0
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .. import distributed as ddp
 from ..baselines import FullTransformer, LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
-from ..metrics import accuracy_by_distance, read_sparsity, slot_reuse
+from ..metrics import IGNORE_INDEX, read_sparsity, slot_reuse
 from ..model import MemNet
-from ..tasks import KeyValueRecall
-from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, write_json
+from ..tasks.mqar import MQAR
+from ..train import resolve_device
+from .common import (DATA_DIR, Verdict, cached_record, done_line, experiment_parser, format_table, git_commit,
+                     mean_ci, provenance, seed_everything, train_steps, write_json)
 
-MODELS = {"memnet": MemNet, "windowed": WindowedTransformer, "lstm": LSTMBaseline, "full": FullTransformer}
+CORE = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
+PEER_NAMES = ("dnc", "rmt", "titans")
+MODEL_NAMES = tuple(CORE) + PEER_NAMES
+LABELS = {"memnet": "MemNet", "full": "FullTransformer", "windowed": "WindowedTransformer", "lstm": "LSTM",
+          "dnc": "DNC", "rmt": "RMT", "titans": "Titans (MAC)"}
 
 
 @dataclass
 class Profile:
-    """Everything a profile fixes: model size, task, budget."""
+    """What a profile fixes: the model (baselines and peers sized to it), the training draws, the
+    step budget, the learning rates and seeds, and the evaluation grid."""
 
+    vocab_size: int = 512
     d_model: int = 64
-    segment_len: int = 16
-    num_slots: int = 64
+    num_slots: int = 32
     top_k: int = 4
     mem_heads: int = 4
-    n_pairs: int = 4
-    train_windows: int = 10  # training sequences span this many windows
+    segment_len: int = 32
+    train_pairs: tuple = (2, 4, 8, 16, 32, 64)  # P of a training batch, drawn uniformly per batch
+    train_windows: int = 4  # training queries come within this many windows after the pairs
+    local_pairs: int = 4  # in-window pairs per sequence (training and evaluation)
+    steps: int = 1500  # the same for every model
     batch_size: int = 32
-    steps: int = 250  # the same for every model
-    lr: float = 2e-3
-    multiples: tuple = (0.5, 1, 2, 4, 8, 16)  # eval distances, in windows
-    eval_batch: int = 64
-    eval_batches: int = 2
+    lrs: tuple = (3e-4, 1e-3, 3e-3)
+    sweep_seeds: tuple = (0,)  # seeds on which every lr is trained; the others use the chosen lr
     seeds: tuple = (0, 1, 2)
-    models: tuple = ("memnet", "windowed", "lstm")
+    models: tuple = MODEL_NAMES
+    eval_pairs: int = 16  # P of the distance curve
+    distances: tuple = (0, 1, 2, 4, 16, 64, 256)  # delay between the pairs and the queries, in windows
+    capacity_pairs: tuple = (2, 4, 8, 16, 32, 64)
+    capacity_delays: tuple = (0, 16)
+    eval_batch: int = 32
+    eval_batches: int = 2
+    max_eval_len: tuple = (("full", 2400),)  # (model, longest sequence it is evaluated on): attention is T^2
+
+    def max_len(self, name: str) -> int | None:
+        return dict(self.max_eval_len).get(name)
 
 
 PROFILES = {
-    "smoke": Profile(d_model=32, segment_len=8, num_slots=32, n_pairs=2, train_windows=5, batch_size=8,
-                     steps=15, multiples=(0.5, 1, 2, 4, 8), seeds=(0,),
-                     eval_batch=8, eval_batches=1),
-    "laptop": Profile(),
-    "gpu": Profile(d_model=128, segment_len=32, num_slots=128, n_pairs=6, train_windows=10, batch_size=64,
-                   steps=2000, eval_batch=256,
-                   seeds=(0, 1, 2), models=("memnet", "windowed", "lstm", "full")),
+    "smoke": Profile(vocab_size=64, d_model=32, num_slots=8, top_k=2, mem_heads=2, segment_len=8,
+                     train_pairs=(2, 4, 8), train_windows=3, local_pairs=1, steps=4, batch_size=4, lrs=(1e-3,),
+                     seeds=(0,), models=("memnet", "full", "windowed", "lstm"), eval_pairs=4, distances=(0, 1, 4),
+                     capacity_pairs=(2, 8), capacity_delays=(0,), eval_batch=4, eval_batches=1),
+    # a book-sized run (<= 10 min on 2 cores): MemNet, the positive control and the windowed model, one
+    # seed, at the learning rates the full profile chose on validation
+    "laptop": Profile(steps=500, lrs=(1e-3,), seeds=(0,), models=("memnet", "full", "windowed"),
+                      distances=(0, 1, 4, 16, 64), capacity_pairs=(4, 16, 32, 64), capacity_delays=(16,)),
+    # the stored run: every model, three learning rates on seed 0, three seeds
+    "full": Profile(),
+    "gpu": Profile(batch_size=64, steps=3000, eval_batch=128),
 }
 
 
-def make_task(p: Profile) -> KeyValueRecall:
-    return KeyValueRecall(n_pairs=p.n_pairs, segment_len=p.segment_len)
-
-
-def make_config(p: Profile, task: KeyValueRecall) -> MemNetConfig:
-    return MemNetConfig(vocab_size=task.vocab_size, d_model=p.d_model, num_slots=p.num_slots, top_k=p.top_k,
+def make_config(p: Profile) -> MemNetConfig:
+    return MemNetConfig(vocab_size=p.vocab_size, d_model=p.d_model, num_slots=p.num_slots, top_k=p.top_k,
                         mem_heads=p.mem_heads, segment_len=p.segment_len)
 
 
-def eval_distances(p: Profile, task: KeyValueRecall) -> list[int]:
-    return [max(task.min_distance(), int(m * p.segment_len)) for m in p.multiples]
+def query_region(p: Profile, n_pairs: int) -> int:
+    """Length of the region the queries fall in: ``train_windows`` windows, or 4 P tokens when the
+    P queries and the local pairs need more room."""
+    return max(p.train_windows * p.segment_len, 4 * n_pairs)
+
+
+def make_task(p: Profile, n_pairs: int, delay_windows: float = 0) -> MQAR:
+    """The MQAR draw with P pairs whose queries start `delay_windows` windows after the pairs."""
+    delay = int(round(delay_windows * p.segment_len))
+    return MQAR(vocab_size=p.vocab_size, seq_len=2 * n_pairs + delay + query_region(p, n_pairs), n_pairs=n_pairs,
+                delay=delay, local_pairs=p.local_pairs, window=p.segment_len)
+
+
+def build(name: str, cfg: MemNetConfig) -> torch.nn.Module:
+    """A model of the comparison by name (peers from memnet.peers, an optional extra)."""
+    if name in CORE:
+        return CORE[name](cfg)
+    if name in PEER_NAMES:
+        from .. import peers
+
+        return peers.PEERS[name](cfg)
+    raise ValueError(f"model must be one of {MODEL_NAMES}, got {name!r}")
+
+
+def state_bytes(name: str, model: torch.nn.Module, cfg: MemNetConfig, seq_len: int) -> int:
+    """Bytes of state a model carries per sequence (float32) after `seq_len` tokens: MemNet's bank,
+    a peer's memory, the LSTM's (h, c), the windowed model's key/value cache of one window, the full
+    Transformer's key/value cache of the whole sequence."""
+    if name == "memnet":
+        return model.initial_state(1).nbytes()
+    if name in PEER_NAMES:
+        return int(model.state_bytes())
+    if name == "lstm":
+        return 2 * cfg.n_layers * model.hidden * 4
+    span = seq_len if name == "full" else cfg.segment_len
+    return 2 * cfg.n_layers * span * cfg.d_model * 4
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task: KeyValueRecall, p: Profile, device: torch.device, amp: str,
-             seed: int) -> dict:
-    """Accuracy per distance; for MemNet also slot reuse and read sparsity at every distance."""
+def score(model: torch.nn.Module, task: MQAR, p: Profile, split: str, seed: int, device: torch.device,
+          batches: int | None = None) -> dict:
+    """Accuracy on `split` draws of `task`: over queries whose value lies in an earlier window
+    ('beyond') and over queries in the window of their value ('in_window'), with the counts and the
+    mean distance (in windows) of the queries beyond."""
     model.eval()
-    dtype = amp_dtype(device, amp)
-    res: dict = {"accuracy": {}, "slot_reuse": {}, "read_sparsity": {}}
-    for d in eval_distances(p, task):
-        ok = tot = 0
-        traces = []
-        for i in range(p.eval_batches):
-            b = task.sample_at_distance(p.eval_batch, d, seed=10_000_019 * (seed + 1) + 7919 * d + i).to(device)
-            with autocast(device, dtype):
-                out = model(b.tokens, return_trace=True) if isinstance(model, MemNet) else model(b.tokens)
-            for c, t in accuracy_by_distance(out.logits, b.targets, b.distance).values():
-                ok, tot = ok + c, tot + t
-            if isinstance(model, MemNet):
-                traces.append(out.trace)
-        res["accuracy"][d] = ok / max(tot, 1)
-        if traces:
-            res["slot_reuse"][d] = slot_reuse(traces[0])
-            res["read_sparsity"][d] = read_sparsity(traces[0])
+    L = p.segment_len
+    c = dict(ok_b=0, n_b=0, ok_i=0, n_i=0, dist=0)
+    for i in range(batches or p.eval_batches):
+        b = task.sample(p.eval_batch, seed=1000 * seed + i, split=split).to(device)
+        pred = model(b.tokens).logits.argmax(-1)
+        q = b.targets != IGNORE_INDEX
+        pos = torch.arange(b.tokens.shape[1], device=device).expand_as(q)
+        inside = q & (pos // L == (pos - b.distance) // L)
+        beyond = q & ~inside
+        hit = pred == b.targets
+        c["ok_b"] += int((hit & beyond).sum()); c["n_b"] += int(beyond.sum())
+        c["ok_i"] += int((hit & inside).sum()); c["n_i"] += int(inside.sum())
+        c["dist"] += float(b.distance[beyond].float().sum()) / L
+    model.train()
+    rate = lambda ok, n: ok / n if n else None
+    return {"beyond": rate(c["ok_b"], c["n_b"]), "in_window": rate(c["ok_i"], c["n_i"]), "n_beyond": c["n_b"],
+            "n_in_window": c["n_i"], "mean_distance_windows": round(c["dist"] / max(c["n_b"], 1), 2)}
+
+
+@torch.no_grad()
+def training_accuracy(model: torch.nn.Module, p: Profile, split: str, seed: int, device: torch.device) -> float:
+    """Accuracy over every query of draws of the training distribution (one batch per P): the
+    validation score that picks the learning rate, and, on test, the in-distribution score."""
+    ok = n = 0
+    for P in p.train_pairs:
+        s = score(model, make_task(p, P), p, split, seed, device, batches=1)
+        ok += (s["beyond"] or 0) * s["n_beyond"] + (s["in_window"] or 0) * s["n_in_window"]
+        n += s["n_beyond"] + s["n_in_window"]
+    return ok / max(n, 1)
+
+
+def batch_fn(p: Profile, seed: int, device: torch.device):
+    """Training batch of step `step`: P drawn from ``train_pairs`` by (seed, step), draws from the
+    training split."""
+    tasks = {P: make_task(p, P) for P in p.train_pairs}
+
+    def fn(step: int):
+        P = p.train_pairs[int(np.random.default_rng([seed, step]).integers(len(p.train_pairs)))]
+        b = tasks[P].sample(p.batch_size, seed=1_000_003 * seed + step, split="train")
+        return b.tokens.to(device), b.targets.to(device)
+    return fn
+
+
+def evaluate(name: str, model: torch.nn.Module, p: Profile, seed: int, device: torch.device) -> dict:
+    """Every test score of one trained model (the sequences longer than its ``max_len`` are skipped)."""
+    limit = p.max_len(name)
+    fits = lambda task: limit is None or task.seq_len <= limit
+    res: dict = {"test_train_distribution": training_accuracy(model, p, "test", seed, device),
+                 "distance": {}, "capacity": {}}
+    for m in p.distances:
+        task = make_task(p, p.eval_pairs, m)
+        if fits(task):
+            res["distance"][str(m)] = score(model, task, p, "test", seed, device)
+    for m in p.capacity_delays:
+        for P in p.capacity_pairs:
+            task = make_task(p, P, m)
+            if fits(task):
+                res["capacity"][f"{P}@{m}"] = score(model, task, p, "test", seed, device)
     return res
 
 
-def run(profile: str = "laptop", device: str = "auto", amp: str = "auto", seeds: list[int] | None = None,
-        models: list[str] | None = None, out_dir: Path | None = None, save: bool = True,
+@torch.no_grad()
+def memory_use(model: MemNet, p: Profile, seed: int) -> tuple[dict, dict]:
+    """MemNet's slot reuse and read sparsity at P = ``eval_pairs`` and at the largest P of the
+    capacity grid (at the largest capacity delay), and a trace of 4 test sequences at the largest P
+    for the chapter's occupancy figures."""
+    model.eval()
+    out, trace = {}, {}
+    big = max(p.capacity_pairs)
+    for P in (p.eval_pairs, big):
+        task = make_task(p, P, max(p.capacity_delays))
+        b = task.sample(8, seed=seed, split="test")
+        tr = model(b.tokens, return_trace=True).trace
+        out[str(P)] = {"slot_reuse": slot_reuse(tr), "read_sparsity": read_sparsity(tr)}
+        if P == big:
+            keep = lambda x: x[:4].clone()
+            trace = {"tokens": keep(b.tokens), "targets": keep(b.targets), "distance": keep(b.distance),
+                     "trace": {k: keep(v) for k, v in tr.as_dict().items()}, "n_pairs": P,
+                     "delay_windows": max(p.capacity_delays)}
+    model.train()
+    return out, trace
+
+
+def train_and_test(name: str, lr: float, seed: int, p: Profile, device: torch.device, trace_path: Path | None,
+                   progress: bool) -> dict:
+    """Train one (model, lr, seed) for the profile's steps and score it; the record is what is cached."""
+    cfg = make_config(p)
+    seed_everything(seed)
+    model = build(name, cfg).to(device)
+    fit = train_steps(model, batch_fn(p, seed, device), lr, p.steps)
+    tokens = sum(p.batch_size * make_task(p, p.train_pairs[int(np.random.default_rng([seed, s]).integers(
+        len(p.train_pairs)))]).seq_len for s in range(p.steps))
+    rec = {"model": name, "lr": lr, "seed": seed, "params": count_params(model),
+           "state_bytes": state_bytes(name, model, cfg, make_task(p, p.eval_pairs).seq_len), **fit,
+           "tokens_per_s": round(tokens / max(fit["train_s"], 1e-9)),
+           "validation": training_accuracy(model, p, "validation", seed, device),
+           "git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    rec.update(evaluate(name, model, p, seed, device))
+    if isinstance(model, MemNet):
+        rec["memory"], trace = memory_use(model, p, seed)
+        if trace_path is not None:
+            trace_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(trace, trace_path)
+    if progress:
+        far = rec["distance"].get(str(max(int(k) for k in rec["distance"]))) if rec["distance"] else None
+        print(f"{name} lr={lr:g} seed={seed}: {p.steps} steps in {fit['train_s']:.0f} s, validation "
+              f"{100 * rec['validation']:.1f}%, test (training distribution) {100 * rec['test_train_distribution']:.1f}%"
+              + (f", beyond at the longest delay {100 * (far['beyond'] or 0):.1f}%" if far else ""), flush=True)
+    return rec
+
+
+def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
+        models: list[str] | None = None, out_dir: Path | None = None, save: bool = True, fresh: bool = False,
         progress: bool = True) -> dict:
-    """Train and evaluate every model of the profile; returns (and stores) the results."""
+    """Train and test every (model, seed) of the profile (the learning rate chosen on validation),
+    reusing cached runs; store results.json and MemNet's traces (trace_seed<k>.pt)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
-    models = list(models or p.models)
+    models = list(models if models is not None else p.models)
     for m in models:
-        if m not in MODELS:
-            raise ValueError(f"models must be among {sorted(MODELS)}, got {m!r}")
+        if m not in MODEL_NAMES:
+            raise ValueError(f"models must be among {MODEL_NAMES}, got {m!r}")
+    if not models:
+        raise ValueError("models must name at least one model")
     seeds = list(seeds if seeds is not None else p.seeds)
-    dev = resolve_device(device)
-    ddp.init_from_env(dev)  # under torchrun: every model trains data-parallel; rank 0 alone writes
-    main = ddp.is_main()
-    task = make_task(p)
-    cfg = make_config(p, task)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "long_range" / profile
-    seq_len = p.train_windows * p.segment_len
+    if save:  # fail now, not after the training, when the folder cannot be written
+        (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
     t_all = time.perf_counter()
-    runs = []
-    for seed in seeds:
-        for name in models:
-            seed_everything(seed)
-            model = MODELS[name](cfg)
-            tc = TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, amp=amp,
-                             log_every=max(1, p.steps // 20), progress=progress)
-            trainer = Trainer(model, tc, dev, out_dir=out_dir if save else None, name=f"{name}_seed{seed}")
+    runs_dir = out_dir / "runs" if save else None
+    path = lambda n, lr, s, ext="json": runs_dir / f"{n}_lr{lr:g}_seed{s}.{ext}" if runs_dir else None
 
-            def batch_fn(step: int, seed=seed):
-                b = task.sample(p.batch_size, seq_len, seed=seed * 1_000_003 + step)
-                return b.tokens, b.targets
+    def one(n, lr, s):
+        return cached_record(path(n, lr, s), lambda: train_and_test(n, lr, s, p, dev, path(n, lr, s, "pt"), progress),
+                             fresh)
 
-            t0 = time.perf_counter()
-            history = trainer.fit(batch_fn)
-            train_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            ev = evaluate(trainer.model, task, p, dev, amp, seed)
-            runs.append({"model": name, "seed": seed, "params": count_params(model), "train_s": round(train_s, 1),
-                         "eval_s": round(time.perf_counter() - t0, 1), "steps": tc.steps, "history": history, **ev})
-            if isinstance(model, MemNet) and save and main:
-                b = task.sample_at_distance(4, eval_distances(p, task)[-2], seed=123).to(dev)
-                with torch.no_grad(), autocast(dev, amp_dtype(dev, amp)):
-                    tr = trainer.model(b.tokens, return_trace=True).trace
-                out_dir.mkdir(parents=True, exist_ok=True)
-                torch.save({"tokens": b.tokens.cpu(), "targets": b.targets.cpu(), "distance": b.distance.cpu(),
-                            "trace": {k: v.cpu() for k, v in tr.as_dict().items()}},
-                           out_dir / f"trace_seed{seed}.pt")
+    runs, chosen = [], {}
+    for name in models:
+        sweep = [s for s in p.sweep_seeds if s in seeds] or seeds[:1]
+        tried = {lr: [one(name, lr, s) for s in sweep] for lr in p.lrs}
+        val = {lr: float(np.mean([r["validation"] for r in rs])) for lr, rs in tried.items()}
+        lr = max(p.lrs, key=lambda x: val[x])  # chosen on validation, never on test
+        chosen[name] = {"lr": lr, "validation": {f"{k:g}": v for k, v in val.items()}, "sweep_seeds": sweep}
+        for s in seeds:
+            rec = next((r for r in tried[lr] if r["seed"] == s), None) or one(name, lr, s)
+            runs.append(rec)
+            if save and name == "memnet" and path(name, lr, s, "pt").exists():
+                shutil.copyfile(path(name, lr, s, "pt"), out_dir / f"trace_seed{s}.pt")
     wall = time.perf_counter() - t_all
-    result = {
-        "experiment": "long_range", "profile": profile, "profile_settings": asdict(p),
-        "config": cfg.to_dict(), "task": asdict(task), "chance": task.chance,
-        "distances": eval_distances(p, task), "window": p.segment_len, "train_seq_len": seq_len,
-        "runs": runs, "provenance": provenance(dev, seeds, wall, amp=str(amp_dtype(dev, amp)),
-                                               **({"processes": ddp.world_size()} if ddp.is_distributed() else {})),
-    }
-    if save and main:
+    cfg = make_config(p)
+    result = {"experiment": "long_range", "profile": profile, "profile_settings": asdict(p), "config": cfg.to_dict(),
+              "chance": make_task(p, p.eval_pairs).chance, "window": p.segment_len, "chosen": chosen, "runs": runs,
+              "run_commits": sorted({str(r.get("git_commit", "not recorded")) for r in runs}),
+              "train_s_total": round(sum(r["train_s"] for r in runs), 1),
+              "provenance": provenance(dev, seeds, wall)}
+    if save:
         write_json(out_dir / "results.json", result)
     return result
 
 
+# ---------------------------------------------------------------------------- reading a result
+def cell(result: dict, model: str, kind: str, key: str, part: str = "beyond") -> list[float]:
+    """One score of `model` over its seeds (kind 'distance' or 'capacity'); empty when not measured."""
+    vals = [r[kind].get(key, {}).get(part) for r in result["runs"] if r["model"] == model]
+    return [v for v in vals if v is not None]
+
+
+def in_window(result: dict, model: str) -> list[float]:
+    """Per seed: accuracy over every in-window query of the distance grid."""
+    out = []
+    for r in result["runs"]:
+        if r["model"] == model:
+            ok = sum((d["in_window"] or 0) * d["n_in_window"] for d in r["distance"].values())
+            n = sum(d["n_in_window"] for d in r["distance"].values())
+            out.append(ok / n if n else float("nan"))
+    return out
+
+
+def models_of(result: dict) -> list[str]:
+    return list(dict.fromkeys(r["model"] for r in result["runs"]))
+
+
+def summarize(result: dict) -> list[Verdict]:
+    """The claims of the chapter, checked on the result (thresholds fixed in advance):
+    the positive control learns the task, the windowed model learns in-window recall, MemNet keeps
+    P = slots / 2 pairs over 64 windows, and MemNet is at or above every other memory model beyond
+    the window at P >= 16."""
+    p = result["profile_settings"]
+    half, names, out = p["num_slots"] // 2, models_of(result), []
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")
+    if "full" in names:
+        v = mean([r["test_train_distribution"] for r in result["runs"] if r["model"] == "full"])
+        out.append(Verdict("FullTransformer answers >= 90% inside its training length", v, 0.9, v >= 0.9))
+    if "windowed" in names:
+        v = mean(in_window(result, "windowed"))
+        out.append(Verdict("WindowedTransformer answers >= 80% of in-window queries", v, 0.8, v >= 0.8))
+    if "memnet" in names:
+        far = max([m for m in p["distances"] if m <= 64], default=None)
+        if p["eval_pairs"] == half and far == 64:
+            v = mean(cell(result, "memnet", "distance", "64"))
+            out.append(Verdict(f"MemNet answers >= 90% with P = {half} pairs 64 windows away, trained at <= "
+                               f"{p['train_windows']} windows", v, 0.9, v >= 0.9))
+        losses, margin = [], float("inf")
+        for other in names:
+            if other in ("memnet", "full", "windowed"):
+                continue  # the memory models and the LSTM; the positive control is not a competitor
+            keys = [("distance", str(m)) for m in p["distances"] if p["eval_pairs"] >= 16] + \
+                   [("capacity", f"{P}@{m}") for P in p["capacity_pairs"] for m in p["capacity_delays"] if P >= 16]
+            for kind, key in keys:
+                a, b = cell(result, "memnet", kind, key), cell(result, other, kind, key)
+                if a and b:
+                    d = mean(a) - mean(b)
+                    margin = min(margin, d)
+                    if d < 0:
+                        losses.append(f"{LABELS[other]} at {kind} {key} ({100 * mean(b):.1f} vs {100 * mean(a):.1f})")
+        if margin < float("inf"):
+            out.append(Verdict("MemNet at or above every other model beyond the window at P >= 16 "
+                               "(smallest margin, accuracy points)", 100 * margin, 0.0, not losses,
+                               "a peer wins at " + "; ".join(losses) if losses else ""))
+    return out
+
+
 def summary_table(result: dict) -> str:
-    """Accuracy (%) per distance (mean over seeds), then MemNet's memory metrics."""
-    L = result["window"]
-    dists = result["distances"]
-    head = f"{'model':<10}" + "".join(f"{f'{d / L:g}x ({d})':>12}" for d in dists) + f"{'train s':>9}"
+    """Every table of the run as text: accuracy beyond the window vs delay and vs pairs, in-window
+    accuracy, and each model's size, state, speed and learning rate."""
+    p, names = result["profile_settings"], models_of(result)
     n_seeds = len({r["seed"] for r in result["runs"]})
-    lines = [f"accuracy (%) vs distance in windows of {L} tokens, mean" + ("±sd over %d seeds" % n_seeds if n_seeds > 1
-             else " (one seed)") + f"; chance {100 * result['chance']:.1f}%", head]
-    names = list(dict.fromkeys(r["model"] for r in result["runs"]))
-    for name in names:
-        rs = [r for r in result["runs"] if r["model"] == name]
-        acc = torch.tensor([[r["accuracy"][d] if d in r["accuracy"] else r["accuracy"][str(d)] for d in dists]
-                            for r in rs]) * 100  # (seeds, distances)
-        cells = [f"{m:.1f}" + (f"±{s:.1f}" if len(rs) > 1 else "") for m, s in
-                 zip(acc.mean(0).tolist(), acc.std(0, unbiased=len(rs) > 1).tolist())]
-        lines.append(f"{name:<10}" + "".join(f"{c:>12}" for c in cells)
-                     + f"{sum(r['train_s'] for r in rs) / len(rs):>9.0f}")
-    mem = [r for r in result["runs"] if r["model"] == "memnet"]
-    if mem:
-        lines.append("")
-        lines.append(f"{'memnet at':<10}{'events/seg':>12}{'distinct':>10}{'reuse':>8}{'read H':>8}{'eff. slots':>11}{'top1':>7}")
-        for d in dists:
-            g = lambda k, key: sum((r[k].get(d) or r[k].get(str(d)))[key] for r in mem) / len(mem)
-            lines.append(f"{f'{d / L:g}x':<10}{g('slot_reuse', 'events_per_segment'):>12.2f}"
-                         f"{g('slot_reuse', 'distinct_slots'):>10.1f}{g('slot_reuse', 'reuse_rate'):>8.2f}"
-                         f"{g('read_sparsity', 'entropy'):>8.2f}{g('read_sparsity', 'effective_slots'):>11.2f}"
-                         f"{g('read_sparsity', 'top1_mass'):>7.2f}")
-    return "\n".join(lines)
+    pct = lambda xs: mean_ci(xs, 100)
+    note = (f"mean ± 95% t-interval over {n_seeds} seeds" if n_seeds > 1 else "one seed")
+    blocks = [format_table(
+        ["model"] + [f"{m}x" for m in p["distances"]] + ["in-window"],
+        [[LABELS[n]] + [pct(cell(result, n, "distance", str(m))) for m in p["distances"]] + [pct(in_window(result, n))]
+         for n in names],
+        f"Accuracy (%) beyond the window vs delay (windows of {p['segment_len']} tokens between the pairs and the "
+        f"queries), P = {p['eval_pairs']} pairs, {p['num_slots']} slots; trained at <= {p['train_windows']} windows; "
+        f"{note}; chance {100 * result['chance']:.2f}%; '-': not run (sequence too long for the model)")]
+    for m in p["capacity_delays"]:
+        blocks.append(format_table(
+            ["model"] + [f"P={P} ({P / p['num_slots']:g}/slot)" for P in p["capacity_pairs"]],
+            [[LABELS[n]] + [pct(cell(result, n, "capacity", f"{P}@{m}")) for P in p["capacity_pairs"]] for n in names],
+            f"Accuracy (%) beyond the window vs pairs per slot, queries {m} windows after the pairs"))
+    rows = []
+    for n in names:
+        rs = [r for r in result["runs"] if r["model"] == n]
+        ch = result["chosen"][n]
+        rows.append([LABELS[n], f"{rs[0]['params']:,}", f"{rs[0]['state_bytes']:,}",
+                     f"{np.mean([r['tokens_per_s'] for r in rs]):,.0f}", f"{np.mean([r['train_s'] for r in rs]):.0f}",
+                     pct([r["test_train_distribution"] for r in rs]),
+                     f"{ch['lr']:g} (" + ", ".join(f"{k}: {100 * v:.0f}" for k, v in ch["validation"].items()) + ")"])
+    blocks.append(format_table(
+        ["model", "params", "state bytes", "train tok/s", "train s", "test, train dist. %",
+         "lr chosen (validation % per lr)"], rows,
+        f"Models: {p['steps']} steps each at batch {p['batch_size']}; state per sequence in bytes (float32) at "
+        f"P = {p['eval_pairs']} with no delay; training tokens/s measured in this run"))
+    return "\n\n".join(blocks)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, PROFILES, "long_range")
-    ap.add_argument("--models", nargs="*", default=None, choices=sorted(MODELS))
+    ap.add_argument("--models", nargs="*", default=None, choices=MODEL_NAMES)
+    ap.add_argument("--fresh", action="store_true", help="retrain even where a cached run exists")
     a = ap.parse_args(argv)
-    try:
-        res = run(a.profile, a.device, a.amp, a.seeds, a.models, a.out, not a.no_save, not a.no_progress)
-        if ddp.is_main():
-            procs = f" x {ddp.world_size()} processes" if ddp.is_distributed() else ""
-            print(summary_table(res))
-            print(done_line(res, a, "long_range", procs))
-    finally:
-        ddp.cleanup()
+    if a.seeds is not None and not a.seeds:
+        ap.error("--seeds needs at least one seed")
+    if a.models is not None and not a.models:
+        ap.error("--models needs at least one model")
+    res = run(a.profile, a.device, a.seeds, a.models, a.out, not a.no_save, a.fresh, not a.no_progress)
+    print(summary_table(res))
+    print()
+    print("\n".join(v.line() for v in summarize(res)))
+    print(done_line(res, a, "long_range"))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,19 @@ A key then occurs in the query region as a query or as an update, so, to keep th
 defined, filler and the tokens after queries never hold this sequence's keys and the token
 after a query is never a value: "key, then value" means a binding and nothing else.
 
+Pressure knobs for the experiments: ``delay`` tokens of filler between the pairs and the query
+region (the queries then come that far after the pairs, whatever the gaps), and ``local_pairs``:
+pairs of fresh keys bound and queried inside one aligned window of ``window`` tokens, placed
+anywhere after the opening block (the in-window queries that a model with a window can answer by
+attention). Local keys are distinct from the opening keys, and, as with updates, filler and the
+tokens after queries keep "key, then value" a binding.
+
 Draws are a pure function of (split, seed): training, validation and test batches come from
 disjoint seed streams (``numpy.random.SeedSequence`` with the split as a spawn key).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -44,27 +51,40 @@ class MQAR:
     power_a: float = 0.01
     random_share: float = 1.0
     update_share: float = 0.0
+    delay: int = 0
+    local_pairs: int = 0
+    window: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "seq_len", "n_pairs"):
+        for name, lo in (("vocab_size", 1), ("seq_len", 1), ("n_pairs", 1), ("delay", 0), ("local_pairs", 0),
+                         ("window", 0)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MQAR.{name} must be an int >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"MQAR.{name} must be an int >= {lo}, got {v!r}")
+        if self.delay % 2:
+            raise ValueError(f"MQAR.delay must be even (queries sit at even offsets), got {self.delay}")
+        if self.local_pairs and (self.window < 4 or self.window % 2):
+            raise ValueError(f"MQAR.window must be an even int >= 4 when local_pairs > 0, got {self.window!r}")
         for name, lo, hi in (("power_a", 0.0, 1.0), ("random_share", 0.0, 1.0), ("update_share", 0.0, 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ValueError(f"MQAR.{name} must be a float in [{lo}, {hi}], got {v!r}")
         if self.power_a == 0.0:
             raise ValueError("MQAR.power_a must be > 0 (the power law p(g) ~ g ** (power_a - 1))")
-        if self.n_pairs > self.n_keys:
-            raise ValueError(f"MQAR.n_pairs ({self.n_pairs}) must be <= the {self.n_keys} key ids "
-                             f"(vocab_size // 2 - 1)")
+        if self.n_pairs + self.local_pairs > self.n_keys:
+            raise ValueError(f"MQAR.n_pairs + local_pairs ({self.n_pairs} + {self.local_pairs}) must be <= the "
+                             f"{self.n_keys} key ids (vocab_size // 2 - 1)")
         if self.vocab_size // 2 < self.n_pairs:
             raise ValueError(f"MQAR.vocab_size ({self.vocab_size}) leaves fewer value ids than n_pairs")
         if self.n_gaps < self.n_pairs * (2 if self.update_share > 0 else 1):
-            need = 2 * self.n_pairs + 2 * self.n_pairs * (2 if self.update_share > 0 else 1)
-            raise ValueError(f"MQAR.seq_len ({self.seq_len}) is too short for {self.n_pairs} pairs and their "
-                             f"queries{' and updates' if self.update_share > 0 else ''}: need >= {need}")
+            need = 2 * self.n_pairs + self.delay + 2 * self.n_pairs * (2 if self.update_share > 0 else 1)
+            raise ValueError(f"MQAR.seq_len ({self.seq_len}) is too short for {self.n_pairs} pairs, a delay of "
+                             f"{self.delay} and their queries{' and updates' if self.update_share > 0 else ''}: "
+                             f"need >= {need}")
+        if self.local_pairs and self.local_room < self.local_pairs:
+            raise ValueError(f"MQAR.seq_len ({self.seq_len}) leaves room for only {self.local_room} local pairs in "
+                             f"windows of {self.window} after {self.n_pairs} pairs and their queries, "
+                             f"not {self.local_pairs}")
 
     # ------------------------------------------------------------------ layout
     @property
@@ -84,8 +104,29 @@ class MQAR:
 
     @property
     def n_gaps(self) -> int:
-        """Even offsets of the query region a query (or an update) can take."""
-        return (self.seq_len - self.context_len) // 2
+        """Even offsets of the query region (after the pairs and the delay) a query (or an update) can take."""
+        return (self.seq_len - self.context_len - self.delay) // 2
+
+    @property
+    def query_start(self) -> int:
+        """First position of the query region."""
+        return self.context_len + self.delay
+
+    @property
+    def local_room(self) -> int:
+        """Local pairs that fit whatever the gaps: a local pair takes two free even offsets of one aligned
+        window after the pairs, and the queries (and updates) take at most ``n_fixed`` of them, so the
+        windows hold at least (free offsets - windows) / 2 pairs."""
+        if not self.window:
+            return 0
+        w_after = self.seq_len // self.window - -(-self.context_len // self.window)  # whole windows after the pairs
+        n_fixed = self.n_pairs * (2 if self.update_share > 0 else 1)
+        return max(0, (w_after * (self.window // 2) - n_fixed - w_after) // 2)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether filler keeps "key, then value" a binding (with updates or local pairs)."""
+        return self.update_share > 0 or self.local_pairs > 0
 
     @property
     def chance(self) -> float:
@@ -113,14 +154,15 @@ class MQAR:
         function of (split, seed)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-        task = self if seq_len is None or seq_len == self.seq_len else MQAR(
-            self.vocab_size, seq_len, self.n_pairs, self.power_a, self.random_share, self.update_share)
+        task = self if seq_len is None or seq_len == self.seq_len else replace(self, seq_len=seq_len)
         return task._draw(task.rng(split, seed), batch)
 
     def _draw(self, rng: np.random.Generator, B: int) -> RecallBatch:
-        P, T, V, C = self.n_pairs, self.seq_len, self.vocab_size, self.context_len
+        P, T, V, C, Q = self.n_pairs, self.seq_len, self.vocab_size, self.context_len, self.query_start
+        NL = self.local_pairs
         rows = np.arange(B)[:, None]
-        keys = 1 + np.argsort(rng.random((B, self.n_keys)), axis=1)[:, :P]  # (B, P) distinct keys
+        all_keys = 1 + np.argsort(rng.random((B, self.n_keys)), axis=1)[:, :P + NL]  # (B, P + NL) distinct keys
+        keys = all_keys[:, :P]  # (B, P) the opening block's keys
         values = self.value_lo + rng.integers(0, V - self.value_lo, size=(B, P))  # (B, P)
         # the gaps of the queries (and of updates): distinct, drawn by the power law
         n_draw = 2 * P if self.update_share > 0 else P
@@ -140,29 +182,50 @@ class MQAR:
             chosen = (rng.random((B, P)) < self.update_share) & (u_gap < q_gap)
             new_vals = self.value_lo + rng.integers(0, V - self.value_lo, size=(B, P))
             b, i = np.nonzero(chosen)
-            pos = C + 2 * u_gap[b, i]
+            pos = Q + 2 * u_gap[b, i]
             tokens[b, pos], tokens[b, pos + 1] = keys[b, i], new_vals[b, i]
             fixed[b, pos] = fixed[b, pos + 1] = True
             answer[b, i], latest_pos[b, i] = new_vals[b, i], pos + 1
-        q_pos = C + 2 * q_gap  # (B, P)
+        q_pos = Q + 2 * q_gap  # (B, P)
         tokens[rows, q_pos] = keys
         fixed[rows, q_pos] = True
+        l_pos = np.zeros((B, NL, 2), dtype=np.int64)  # (B, NL, [value position, query position])
+        if NL:
+            l_vals = self.value_lo + rng.integers(0, V - self.value_lo, size=(B, NL))
+            Lw = self.window
+            evens = np.arange(-(-C // Lw) * Lw, (T // Lw) * Lw, 2)  # even positions of whole windows after the pairs
+            for r in range(B):
+                free = evens[~fixed[r, evens]]
+                for j in range(NL):
+                    w_of = free // Lw
+                    ws, counts = np.unique(w_of, return_counts=True)
+                    w = rng.choice(ws[counts >= 2])  # local_room guarantees one
+                    ka, kq = np.sort(rng.choice(free[w_of == w], size=2, replace=False))
+                    tokens[r, ka], tokens[r, ka + 1], tokens[r, kq] = all_keys[r, P + j], l_vals[r, j], all_keys[r, P + j]
+                    fixed[r, [ka, ka + 1, kq]] = True
+                    l_pos[r, j] = ka + 1, kq
+                    free = free[(free != ka) & (free != kq)]
         filler = (~fixed) & (rng.random((B, T)) < self.random_share)
         draw = rng.integers(0, V, size=(B, T))
-        if self.update_share > 0:  # no key of the sequence in filler, no value right after a query
-            own = (draw[:, :, None] == keys[:, None, :]).any(-1)
+        if self.constrained:  # no key of the sequence in filler, no value right after a query
+            own = (draw[:, :, None] == all_keys[:, None, :]).any(-1)
             after_q = np.zeros((B, T), dtype=bool)
             after_q[rows, np.minimum(q_pos + 1, T - 1)] = True
+            if NL:
+                after_q[rows, np.minimum(l_pos[:, :, 1] + 1, T - 1)] = True
             bad = own | (after_q & (draw >= self.value_lo))
             while bad[filler].any():
                 redraw = rng.integers(0, V, size=(B, T))
                 draw = np.where(bad, redraw, draw)
-                own = (draw[:, :, None] == keys[:, None, :]).any(-1)
+                own = (draw[:, :, None] == all_keys[:, None, :]).any(-1)
                 bad = own | (after_q & (draw >= self.value_lo))
         tokens[filler] = draw[filler]
         targets = np.full((B, T), IGNORE, dtype=np.int64)
         targets[rows, q_pos] = answer
         distance = np.zeros((B, T), dtype=np.int64)
         distance[rows, q_pos] = q_pos - latest_pos
+        if NL:
+            targets[rows, l_pos[:, :, 1]] = l_vals
+            distance[rows, l_pos[:, :, 1]] = l_pos[:, :, 1] - l_pos[:, :, 0]
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
         return RecallBatch(as_t(tokens), as_t(targets), as_t(distance))
