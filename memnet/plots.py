@@ -50,8 +50,9 @@ def register_notebook_formatter() -> bool:
 
 register_notebook_formatter()
 
-MODEL_LABELS = {"memnet": "MemNet", "windowed": "WindowedTransformer", "lstm": "LSTM", "full": "FullTransformer"}
-MODEL_COLORS = {"memnet": "C0", "windowed": "C1", "lstm": "C2", "full": "C7"}
+MODEL_LABELS = {"memnet": "MemNet", "windowed": "WindowedTransformer", "lstm": "LSTM", "full": "FullTransformer",
+                "dnc": "DNC", "rmt": "RMT", "titans": "Titans (MAC)"}
+MODEL_COLORS = {"memnet": "C0", "windowed": "C1", "lstm": "C2", "full": "C7", "dnc": "C3", "rmt": "C4", "titans": "C5"}
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kw) -> tuple[Figure, np.ndarray]:
@@ -198,81 +199,37 @@ def small_multiples(trace: MemoryTrace, batch: int = 0, head: int | None = None,
 
 
 # ---------------------------------------------------------------------------- experiment results
-def _acc(run: dict, d: int) -> float:
-    a = run["accuracy"]
-    return float(a[d] if d in a else a[str(d)])
-
-
-def accuracy_table(result: dict) -> dict[str, dict[str, np.ndarray]]:
-    """model -> {"mean", "err", "n_seeds"} over seeds, per distance of ``result["distances"]``.
-
-    err: with several seeds, the standard error of the mean over seeds; with one seed, the
-    binomial standard error of that seed's accuracy over its evaluation queries.
-    """
-    dists = result["distances"]
-    s = result.get("profile_settings", {})
-    n_queries = s.get("eval_batch", 1) * s.get("eval_batches", 1) * result.get("task", {}).get("n_pairs", 1)
-    out = {}
-    for name in dict.fromkeys(r["model"] for r in result["runs"]):
-        accs = np.array([[_acc(r, d) for d in dists] for r in result["runs"] if r["model"] == name])  # (seeds, D)
-        mean = accs.mean(0)
-        if len(accs) > 1:
-            err = accs.std(0, ddof=1) / math.sqrt(len(accs))
-        else:
-            err = np.sqrt(mean * (1 - mean) / max(n_queries, 1))
-        out[name] = {"mean": mean, "err": err, "n_seeds": np.array(len(accs))}
-    return out
-
-
-def accuracy_vs_distance(result: dict, ax: Axes | None = None, title: str | None = None) -> Figure:
-    """Recall accuracy against distance (in windows) for every model; error bars over seeds."""
+def accuracy_curves(curves: dict, ax: Axes | None = None, xlabel: str = "", title: str = "",
+                    chance: float | None = None, logx: bool = True, mark_x: float | None = None,
+                    mark_label: str = "") -> Figure:
+    """One line per model: ``curves[model] = {"x", "mean", "ci"}`` (accuracies in [0, 1], ci the
+    half-width of the interval, nan for one seed), drawn in % with error bars; a dotted chance line,
+    and a vertical mark at `mark_x` (e.g. the longest training distance)."""
     if ax is None:
-        fig, axes = new_figure(figsize=(6, 3.8))
+        fig, axes = new_figure(figsize=(6.4, 4.0))
         ax = axes[0, 0]
-    L = result["window"]
-    x = np.array(result["distances"]) / L
-    table = accuracy_table(result)
-    for name, t in table.items():
-        ax.errorbar(x, 100 * t["mean"], yerr=100 * t["err"], marker="o", ms=4, capsize=3,
-                    label=f"{MODEL_LABELS.get(name, name)} ({int(t['n_seeds'])} seed{'s' if t['n_seeds'] > 1 else ''})",
-                    color=MODEL_COLORS.get(name), ls="--" if name == "full" else "-")
-    ax.axhline(100 * result["chance"], color="gray", ls=":", lw=1, label="chance")
-    ax.axvline(1.0, color="k", lw=0.6, alpha=0.4)
-    ax.text(1.0, 101, " window", fontsize=8, va="bottom", alpha=0.7)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(x, [f"{v:g}" for v in x])
-    ax.set_ylim(0, 108)
-    ax.set_xlabel(f"distance from value to query (windows of {L} tokens)")
-    ax.set_ylabel("recall accuracy (%)")
-    ax.set_title(title or f"recall vs distance ({result.get('profile', '?')} run)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
+    markers = "osD^vP*X"
+    for i, (name, c) in enumerate(curves.items()):
+        x, m, e = np.asarray(c["x"], float), 100 * np.asarray(c["mean"], float), 100 * np.asarray(c["ci"], float)
+        ax.errorbar(x, m, yerr=np.where(np.isfinite(e), e, 0.0), marker=markers[i % len(markers)], ms=5, capsize=3,
+                    lw=2.2 if name == "memnet" else 1.3, label=MODEL_LABELS.get(name, name),
+                    color=MODEL_COLORS.get(name), ls="--" if name == "full" else "-", zorder=3 if name == "memnet" else 2)
+    if chance is not None:
+        ax.axhline(100 * chance, color="gray", ls=":", lw=1, label="chance")
+    if mark_x is not None:
+        ax.axvline(mark_x, color="k", lw=0.8, alpha=0.4)
+        ax.text(mark_x, 103, f" {mark_label}", fontsize=9, va="bottom", alpha=0.8)
+    if logx:
+        ax.set_xscale("symlog", linthresh=1.0, base=2) if any(min(c["x"]) <= 0 for c in curves.values()) \
+            else ax.set_xscale("log", base=2)
+        xs = sorted({float(v) for c in curves.values() for v in c["x"]})
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+    ax.set_ylim(-3, 112)
+    ax.set_xlabel(xlabel, fontsize=10)
+    ax.set_ylabel("accuracy (%)", fontsize=10)
+    ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=8, ncol=2, loc="upper right", framealpha=0.9)
     return ax.figure
-
-
-def memory_metrics_vs_distance(result: dict) -> Figure:
-    """MemNet's slot reuse and read sparsity at every evaluated distance (mean over seeds)."""
-    runs = [r for r in result["runs"] if r["model"] == "memnet"]
-    if not runs:
-        raise ValueError("result has no memnet runs")
-    dists = result["distances"]
-    L = result["window"]
-    x = np.array(dists) / L
-    get = lambda k, key: np.array([[float((r[k].get(d) or r[k].get(str(d)))[key]) for d in dists] for r in runs])
-    fig, axes = new_figure(1, 3, figsize=(12, 3.2))
-    panels = [("slot_reuse", "events_per_segment", "write events / segment"),
-              ("slot_reuse", "reuse_rate", "share of events overwriting live content"),
-              ("read_sparsity", "effective_slots", "slots a read mixes (exp entropy)")]
-    for ax, (k, key, lab) in zip(axes[0], panels):
-        v = get(k, key)
-        err = v.std(0, ddof=1) / math.sqrt(len(v)) if len(v) > 1 else None
-        ax.errorbar(x, v.mean(0), yerr=err, marker="o", ms=4, capsize=3, color=MODEL_COLORS["memnet"])
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(x, [f"{t:g}" for t in x])
-        ax.set_xlabel("distance (windows)")
-        ax.set_title(lab, fontsize=9)
-    axes[0, 2].axhline(result["config"]["top_k"], color="gray", ls=":", lw=1)
-    axes[0, 2].text(x[0], result["config"]["top_k"], "top_k", fontsize=8, va="bottom", color="gray")
-    return fig
 
 
 # ---------------------------------------------------------------------------- where stored items live

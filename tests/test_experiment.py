@@ -1,29 +1,138 @@
-"""The long-range experiment runs end to end at the smoke profile and reports what it should."""
+"""Experiment 1 (memnet.experiments.long_range): the smoke run end to end, the per-run cache, the
+learning rate chosen on validation only, the task's layout, and the verdicts."""
+import json
+
 import pytest
+import torch
 
-from memnet.experiments import long_range
+from memnet.experiments import long_range as lr_exp
+from memnet.experiments.common import Verdict, format_table, mean_ci
+from memnet.metrics import IGNORE_INDEX
 
 
-def test_smoke_profile_runs_and_reports(tmp_path):
-    res = long_range.run("smoke", device="cpu", out_dir=tmp_path, save=True, progress=False)
-    assert {r["model"] for r in res["runs"]} == {"memnet", "windowed", "lstm"}
-    dists = res["distances"]
-    assert dists == sorted(dists) and dists[-1] == 8 * res["window"]
+def test_smoke_profile_runs_every_model_and_reports(tmp_path):
+    res = lr_exp.run("smoke", device="cpu", models=list(lr_exp.MODEL_NAMES), out_dir=tmp_path, progress=False)
+    p = lr_exp.PROFILES["smoke"]
+    assert [r["model"] for r in res["runs"]] == list(lr_exp.MODEL_NAMES)
     for r in res["runs"]:
-        assert set(r["accuracy"]) == set(dists)
-        assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
-    mem = next(r for r in res["runs"] if r["model"] == "memnet")
-    assert set(mem["slot_reuse"]) == set(dists) and set(mem["read_sparsity"]) == set(dists)
-    prov = res["provenance"]
-    for key in ("git_commit", "device", "torch", "seed", "wall_s"):
-        assert key in prov
-    assert (tmp_path / "results.json").exists() and (tmp_path / "trace_seed0.pt").exists()
-    table = long_range.summary_table(res)
-    assert "memnet" in table and "windowed" in table and "8x" in table
+        assert r["steps"] == p.steps and r["params"] > 0 and r["state_bytes"] > 0 and r["tokens_per_s"] > 0
+        assert set(r["distance"]) == {str(m) for m in p.distances}
+        assert set(r["capacity"]) == {f"{P}@{m}" for P in p.capacity_pairs for m in p.capacity_delays}
+        for s in list(r["distance"].values()) + list(r["capacity"].values()):
+            assert s["n_beyond"] > 0 and 0.0 <= s["beyond"] <= 1.0
+        assert 0.0 <= r["validation"] <= 1.0 and 0.0 <= r["test_train_distribution"] <= 1.0
+        assert (tmp_path / "runs" / f"{r['model']}_lr{r['lr']:g}_seed0.json").is_file()
+    mem = res["runs"][0]
+    assert set(mem["memory"]) == {str(p.eval_pairs), str(max(p.capacity_pairs))}
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "trace_seed0.pt").is_file()
+    stored = torch.load(tmp_path / "trace_seed0.pt", weights_only=True)
+    assert stored["tokens"].shape[0] == 4 and stored["n_pairs"] == max(p.capacity_pairs)
+    table = lr_exp.summary_table(res)
+    for label in lr_exp.LABELS.values():
+        assert label in table
+    verdicts = lr_exp.summarize(res)
+    assert verdicts and all(isinstance(v, Verdict) for v in verdicts)
 
 
-def test_unknown_profile_or_model_is_rejected():
+def test_cached_runs_are_reused_not_retrained(tmp_path, monkeypatch):
+    first = lr_exp.run("smoke", device="cpu", models=["windowed"], out_dir=tmp_path, progress=False)
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached run was trained again")
+    monkeypatch.setattr(lr_exp, "train_and_test", no_training)
+    again = lr_exp.run("smoke", device="cpu", models=["windowed"], out_dir=tmp_path, progress=False)
+    assert again["runs"] == first["runs"]
+    with pytest.raises(AssertionError, match="trained again"):
+        lr_exp.run("smoke", device="cpu", models=["windowed"], out_dir=tmp_path, progress=False, fresh=True)
+
+
+def fake_record(name, lr, seed, validation, test):
+    cell = {"beyond": test, "in_window": test, "n_beyond": 10, "n_in_window": 2, "mean_distance_windows": 1.0}
+    return {"model": name, "lr": lr, "seed": seed, "params": 1, "state_bytes": 1, "steps": 1, "train_s": 1.0,
+            "tokens_per_s": 1, "curve": [], "validation": validation, "test_train_distribution": test,
+            "distance": {"0": cell}, "capacity": {}}
+
+
+def test_learning_rate_is_chosen_on_validation_and_only_swept_on_sweep_seeds(tmp_path, monkeypatch):
+    p = lr_exp.Profile(lrs=(1e-4, 1e-3, 1e-2), sweep_seeds=(0,), seeds=(0, 1), models=("lstm",))
+    monkeypatch.setitem(lr_exp.PROFILES, "fake", p)
+    calls = []
+    # validation best at 1e-3; test best at 1e-2: the choice must follow validation
+    val = {1e-4: 0.2, 1e-3: 0.6, 1e-2: 0.5}
+    test = {1e-4: 0.1, 1e-3: 0.3, 1e-2: 0.9}
+
+    def fake(name, lr, seed, prof, device, trace_path, progress):
+        calls.append((lr, seed))
+        return fake_record(name, lr, seed, val[lr], test[lr])
+    monkeypatch.setattr(lr_exp, "train_and_test", fake)
+    res = lr_exp.run("fake", device="cpu", out_dir=tmp_path, progress=False)
+    assert res["chosen"]["lstm"]["lr"] == 1e-3
+    assert sorted(calls) == [(1e-4, 0), (1e-3, 0), (1e-3, 1), (1e-2, 0)]  # seed 1 trains the chosen lr only
+    assert [(r["lr"], r["seed"]) for r in res["runs"]] == [(1e-3, 0), (1e-3, 1)]
+    assert json.loads((tmp_path / "results.json").read_text())["chosen"]["lstm"]["validation"]["0.001"] == 0.6
+
+
+def test_task_layout_puts_queries_after_the_delay_and_local_pairs_in_a_window():
+    p = lr_exp.PROFILES["full"]
+    L = p.segment_len
+    for P, m in ((16, 0), (16, 4), (64, 2), (2, 16)):
+        task = lr_exp.make_task(p, P, m)
+        b = task.sample(4, 0, split="test")
+        assert task.delay == m * L and task.local_pairs == p.local_pairs and task.window == L
+        q = (b.targets != IGNORE_INDEX).nonzero().tolist()
+        keys = set(b.tokens[:, :2 * P:2].flatten().tolist())
+        for row, t in q:
+            v = t - int(b.distance[row, t])
+            if int(b.tokens[row, t]) in set(b.tokens[row, :2 * P:2].tolist()):
+                assert t >= 2 * P + m * L, "a query of the opening pairs comes after the delay"
+            else:
+                assert v // L == t // L, "a local pair is bound and queried inside one window"
+        assert len(q) == 4 * (P + p.local_pairs) and keys
+    # training draws keep the queries within train_windows windows of the pairs (4 P tokens for large P)
+    assert lr_exp.make_task(p, 16).seq_len - 32 == p.train_windows * L
+    assert lr_exp.make_task(p, 64).seq_len - 128 == 4 * 64
+
+
+def result_with(cells: dict, in_window: dict, full: float = 0.95):
+    """A result whose 'distance' cell '64' holds the given accuracy per model."""
+    p = lr_exp.Profile(distances=(64,), capacity_pairs=(), eval_pairs=16, num_slots=32)
+    runs = []
+    for name, acc in cells.items():
+        r = fake_record(name, 1e-3, 0, 0.5, full if name == "full" else 0.5)
+        r["distance"] = {"64": {"beyond": acc, "in_window": in_window.get(name, 0.0), "n_beyond": 10,
+                                "n_in_window": 5, "mean_distance_windows": 64.0}}
+        runs.append(r)
+    from dataclasses import asdict
+    return {"profile_settings": asdict(p), "runs": runs, "chance": 0.01,
+            "chosen": {n: {"lr": 1e-3, "validation": {"0.001": 0.5}} for n in cells}}
+
+
+def test_verdicts_hold_or_miss_as_measured():
+    good = lr_exp.summarize(result_with({"memnet": 0.95, "full": 0.2, "windowed": 0.0, "rmt": 0.5},
+                                        {"windowed": 0.9}))
+    assert [v.passed for v in good] == [True, True, True, True]
+    bad = lr_exp.summarize(result_with({"memnet": 0.6, "full": 0.2, "windowed": 0.0, "rmt": 0.7},
+                                       {"windowed": 0.3}, full=0.5))
+    assert [v.passed for v in bad] == [False, False, False, False]
+    assert "RMT" in bad[-1].detail and bad[-1].measured == pytest.approx(-10.0)
+    assert "MISSES" in bad[0].line() and "holds" in good[0].line()
+
+
+def test_table_formatting_and_intervals():
+    t = format_table(["model", "a"], [["x", "1.0"], ["longer", "22.5"]], "title")
+    lines = t.splitlines()
+    assert lines[0] == "title" and lines[1].startswith("model ") and lines[-1].endswith("22.5")
+    assert len({len(x) for x in lines[1:]}) == 1, "columns are aligned"
+    assert mean_ci([0.5], 100) == "50.0" and mean_ci([], 100) == "-"
+    assert mean_ci([0.4, 0.6], 100).startswith("50.0 ± ")
+
+
+def test_bad_arguments_are_rejected_by_name(tmp_path):
     with pytest.raises(ValueError, match="profile"):
-        long_range.run("huge", save=False)
+        lr_exp.run("huge", save=False)
     with pytest.raises(ValueError, match="models"):
-        long_range.run("smoke", models=["gru"], save=False)
+        lr_exp.run("smoke", models=["gru"], save=False)
+    with pytest.raises(ValueError, match="seeds"):
+        lr_exp.run("smoke", seeds=[], save=False)
+    with pytest.raises(SystemExit):
+        lr_exp.main(["--profile", "smoke", "--seeds", "--out", str(tmp_path)])

@@ -87,18 +87,17 @@ def fake_result(seeds=(0, 1), models=("memnet", "windowed", "lstm")) -> dict:
             "provenance": {"seed": list(seeds), "device": "cpu", "torch": torch.__version__}}
 
 
-@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
-def test_accuracy_vs_distance_error_bars(seeds):
-    res = fake_result(seeds)
-    table = plots.accuracy_table(res)
-    assert set(table) == {"memnet", "windowed", "lstm"}
-    assert all(t["mean"].shape == (4,) and t["err"].shape == (4,) for t in table.values())
-    assert all(int(t["n_seeds"]) == len(seeds) for t in table.values())
-    fig = plots.accuracy_vs_distance(res)
+@pytest.mark.parametrize("logx, xs", [(True, [0, 1, 4, 64]), (True, [1 / 16, 0.5, 2]), (False, [1, 2, 3])])
+def test_accuracy_curves_draw_one_line_per_model(logx, xs):
+    curves = {m: {"x": xs, "mean": [0.5] * len(xs), "ci": [0.1] * (len(xs) - 1) + [float("nan")]}
+              for m in ("memnet", "full", "rmt")}
+    fig = plots.accuracy_curves(curves, xlabel="delay", title="t", chance=0.01, logx=logx, mark_x=xs[1], mark_label="m")
     ax = fig.axes[0]
     assert len(ax.containers) == 3  # one errorbar container per model
-    assert ax.get_xscale() == "log"
-    assert plots.memory_metrics_vs_distance(res).axes[0].get_xscale() == "log"
+    assert ax.get_xscale() == ("linear" if not logx else "symlog" if min(xs) <= 0 else "log")
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"MemNet", "FullTransformer", "RMT", "chance"}
+    line = ax.containers[0].lines[0]
+    assert np.allclose(line.get_ydata(), 50.0)
 
 
 def test_item_occupancy_follows_value_writes(trace):

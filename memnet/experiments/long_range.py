@@ -41,7 +41,8 @@ from ..model import MemNet
 from ..tasks.mqar import MQAR
 from ..train import resolve_device
 from .common import (DATA_DIR, Verdict, cached_record, done_line, experiment_parser, format_table, git_commit,
-                     mean_ci, provenance, seed_everything, train_steps, write_json)
+                     mean_ci, provenance, seed_everything, t_interval, train_steps,
+                     write_json)
 
 CORE = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 PEER_NAMES = ("dnc", "rmt", "titans")
@@ -333,6 +334,48 @@ def models_of(result: dict) -> list[str]:
     return list(dict.fromkeys(r["model"] for r in result["runs"]))
 
 
+def _curve(result: dict, model: str, kind: str, keys: list[str], xs: list[float]) -> dict:
+    stats = [t_interval(cell(result, model, kind, k)) if cell(result, model, kind, k) else (float("nan"),) * 2
+             for k in keys]
+    keep = [i for i, (m, _) in enumerate(stats) if m == m]
+    return {"x": [xs[i] for i in keep], "mean": [stats[i][0] for i in keep], "ci": [stats[i][1] for i in keep]}
+
+
+def distance_curves(result: dict) -> dict[str, dict]:
+    """model -> {"x": delays in windows, "mean", "ci"}: accuracy beyond the window at P = eval_pairs
+    (mean and 95% t half-width over seeds); delays a model was not run at are left out."""
+    ds = result["profile_settings"]["distances"]
+    return {n: _curve(result, n, "distance", [str(m) for m in ds], list(ds)) for n in models_of(result)}
+
+
+def capacity_curves(result: dict, delay: int) -> dict[str, dict]:
+    """model -> {"x": pairs per slot, "mean", "ci"}: accuracy beyond the window against P / num_slots,
+    queries `delay` windows after the pairs."""
+    p = result["profile_settings"]
+    Ps = p["capacity_pairs"]
+    return {n: _curve(result, n, "capacity", [f"{P}@{delay}" for P in Ps], [P / p["num_slots"] for P in Ps])
+            for n in models_of(result)}
+
+
+def memory_table(result: dict) -> str:
+    """MemNet's use of its bank (mean over seeds) at P = eval_pairs and at the largest P."""
+    runs = [r for r in result["runs"] if r["model"] == "memnet" and r.get("memory")]
+    if not runs:
+        return ""
+    p = result["profile_settings"]
+    rows = []
+    for P in runs[0]["memory"]:
+        g = lambda k, key: float(np.mean([r["memory"][P][k][key] for r in runs]))
+        rows.append([f"P={P} ({int(P) / p['num_slots']:g}/slot)", f"{g('slot_reuse', 'events_per_segment'):.2f}",
+                     f"{g('slot_reuse', 'distinct_slots'):.1f}", f"{g('slot_reuse', 'reuse_rate'):.2f}",
+                     f"{g('read_sparsity', 'effective_slots'):.2f}", f"{g('read_sparsity', 'top1_mass'):.2f}"])
+    return format_table(["MemNet at", "write events/window", "slots written", "reuse", "slots a read mixes",
+                         "top-1 weight"], rows,
+                        f"MemNet's bank on test draws, queries {max(p['capacity_delays'])} windows after the pairs "
+                        f"({p['num_slots']} slots, top_k {p['top_k']}); reuse: share of write events that overwrite "
+                        "content written earlier in the sequence")
+
+
 def summarize(result: dict) -> list[Verdict]:
     """The claims of the chapter, checked on the result (thresholds fixed in advance):
     the positive control learns the task, the windowed model learns in-window recall, MemNet keeps
@@ -405,7 +448,8 @@ def summary_table(result: dict) -> str:
          "lr chosen (validation % per lr)"], rows,
         f"Models: {p['steps']} steps each at batch {p['batch_size']}; state per sequence in bytes (float32) at "
         f"P = {p['eval_pairs']} with no delay; training tokens/s measured in this run"))
-    return "\n\n".join(blocks)
+    mem = memory_table(result)
+    return "\n\n".join(blocks + ([mem] if mem else []))
 
 
 def main(argv: list[str] | None = None) -> None:
