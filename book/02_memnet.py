@@ -35,12 +35,13 @@ save = False
 import torch
 from myst_nb import glue
 
-from memnet import MemNet, book, plots, widgets
+from memnet import MemNet, MemNetConfig, book, plots, widgets
 from memnet.baselines import count_params
 from memnet.bottleneck import SemanticBottleneck
 from memnet.controller import Block, MemoryInterface
 from memnet.encoder import Encoder
 from memnet.losses import aux_losses, utilization_loss
+from memnet.tasks import KeyValueRecall
 from memnet.train import Trainer, TrainConfig
 
 settings = book.setup("smoke" if profile == "stored" else profile, device, seed, save)

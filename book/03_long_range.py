@@ -15,10 +15,12 @@
 # (ch-long-range)=
 # # 3. Experiment 1: recall far beyond the window
 #
-# **Question.** A model sees key-value pairs once, then distractors, then a key again and must
-# name its value. When the value lies 2, 4, 8 or 16 windows back, does MemNet still recall it,
-# while a Transformer with the same window and no memory, and an LSTM with the same parameter
-# budget, cannot? And what does the memory do while it waits?
+# **Question.** A model reads key-value pairs once, then a long stretch of noise, then the keys
+# again, and must name each value. Nothing in a token's id says whether it is a pair or noise.
+# When the pairs lie 16, 64 or 256 windows back, and there are as many pairs as slots or more,
+# does MemNet still recall them? How does it compare with a Transformer that sees the whole
+# sequence, one that sees only its window, an LSTM, and three published memory models: the
+# Differentiable Neural Computer, the Recurrent Memory Transformer and Titans?
 
 # %% tags=["parameters"]
 profile = "stored"
@@ -37,15 +39,12 @@ from memnet.tasks import KeyValueRecall
 settings = book.setup(profile, device, seed, save)
 
 # %% [markdown]
-# ## The task
+# ## A gentle first example
 #
-# A sequence opens with $n$ key-value pairs `k1 v1 k2 v2 ...` somewhere in its first window;
-# random distractor tokens follow; later each key comes back once as a query and the model
-# must predict its value at the query position. The **distance** of a query is the number of
-# tokens from its value to the query. Training sequences span several windows with queries at
-# random places; evaluation puts every query at one fixed distance. Values are uniform over
-# the value vocabulary, so guessing gives `1 / n_values`. This is the simplest form of the
-# rare-event memory problem of {cite:t}`kaiser2017rare`: each pair is seen exactly once.
+# The simplest form of the problem is the rare-event memory of {cite:t}`kaiser2017rare`: pairs
+# `k v` shown once, distractors, then each key again. When keys, values and distractors come
+# from separate id ranges, as below, a model can decide what to store by looking at a token's
+# id alone: store every value. That makes the task too easy to say much about a memory.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -57,167 +56,247 @@ print("targets :", [t if t >= 0 else "." for t in b.targets[0].tolist()])
 print("distance:", [d if d else "." for d in b.distance[0].tolist()])
 
 # %% [markdown]
+# ## The task: multi-query associative recall under pressure
+#
+# The experiment uses multi-query associative recall (MQAR) in the form of Zoology
+# {cite}`arora2023zoology` (`memnet.tasks.MQAR`). One vocabulary: keys are drawn from its lower
+# half, values from its upper half, and the noise ("filler") from **all** of it, so filler holds
+# keys and values too and a key followed by a value is not necessarily a pair to keep. A sequence
+# opens with P pairs `k1 v1 ... kP vP`; then a **delay** of filler; then a query region in which
+# every key comes back once, at power-law gaps, and the model must predict its value at the key's
+# position. A few **local pairs** (fresh keys) are bound and queried inside one window of the
+# filler: recall that a model with a window can do by attention, there to show that every model
+# learned what its window allows. Filler never holds a key of the sequence, and no value follows
+# a query, so "key, then value" always binds.
+#
+# Three knobs put the memory under pressure: the number of pairs P (from 2 to twice the number of
+# slots), the delay between the pairs and the queries (0 to 256 windows), and the local pairs. A
+# small example (window 8, P = 4, delay of 2 windows, one local pair):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+small = long_range.PROFILES["smoke"]
+task = long_range.make_task(small, n_pairs=4, delay_windows=2)
+ex = task.sample(1, seed=3, split="test")
+tok, tgt = ex.tokens[0].tolist(), ex.targets[0].tolist()
+W = small.segment_len
+print(f"vocabulary of {task.vocab_size}: keys 1-{task.value_lo - 1}, values {task.value_lo}-{task.vocab_size - 1}; "
+      f"pairs in positions 0-{task.context_len - 1}, queries from {task.query_start}")
+for s in range(0, len(tok), W):
+    cells = [f"{t:>2}" + ("?" if tgt[s + i] >= 0 else " ") for i, t in enumerate(tok[s:s + W])]
+    print(f"window {s // W:>2}: " + " ".join(cells))
+print("answers (position: value):", {t: v for t, v in enumerate(tgt) if v >= 0})
+
+# %% [markdown]
+# A `?` marks a query. The first block of the sequence holds the pairs; in the query region each
+# of the four keys comes back once; the local pair is bound and asked inside one window.
+#
+# ## The models and the protocol
+#
+# All models have MemNet's parameter count within 15% and the same window where they have one:
+#
+# - **MemNet**: the windowed controller with the slot memory of this book;
+# - **FullTransformer**: causal attention over the whole sequence, the *positive control* (it is
+#   known to solve MQAR {cite}`arora2023zoology`); it is run wherever the sequence fits;
+# - **WindowedTransformer**: MemNet without its memory, each window on its own;
+# - **LSTM**: a recurrent state over the whole sequence;
+# - **DNC** {cite}`graves2016dnc` (PyPI `dnc` 1.1.0), an LSTM controller with a content- and
+#   link-addressed memory of as many cells as MemNet has slots, stepped token by token; its
+#   sparse variant SAM {cite}`rae2016sam` needs faiss on a GPU in that package and is left out;
+# - **RMT** {cite}`bulatov2022rmt` (`recurrent-memory-transformer-pytorch` 0.7.0), memory tokens
+#   carried from window to window, one per slot of MemNet;
+# - **Titans (MAC)** {cite}`behrouz2024titans` (`titans-pytorch` 0.5.5), memory as context: a
+#   neural memory trained at test time on each window, attention within the window.
+#
+# The protocol is fixed before the run: every model trains on the same draws for the same number
+# of steps with the same loop (AdamW without schedule, gradient clipping); training draws have P
+# from 2 to twice the slots and queries at most 4 windows after the pairs; the learning rate of
+# each model is chosen among three values by accuracy on a validation draw, on the first seed, and
+# the other seeds train at the chosen rate; the test draws are scored once per model and seed.
+# Beyond 4 windows no model saw a query in training, so those columns measure **length
+# generalisation**. Accuracy is split into queries whose value lies in an earlier window
+# ("beyond the window") and queries inside their value's window ("in-window").
+
+# %% [markdown]
 # ## The run
 #
-# Training every model at a profile takes minutes (`laptop`) or a GPU (`gpu`), so by default
-# this chapter draws its figures from the **stored run** under `data/long_range/`, the best one
-# present (gpu before laptop). Run `python scripts/reproduce.py --chapter 3 --profile laptop` (or
-# papermill with `-p profile laptop -p save True`) to train again and refresh it.
+# Training every model takes hours on a CPU, so by default this chapter draws its figures from
+# the **stored run** under `data/long_range/` (the best one present: gpu, full, laptop). Each
+# trained model is cached on disk as one record per (model, learning rate, seed), so a stored run
+# can be assembled over several sittings. Run
+# `python -m memnet.experiments.long_range --profile full` to reproduce it, or
+# `python scripts/reproduce.py --chapter 3 --profile laptop` for a ten-minute version (MemNet, the
+# positive control and the windowed model, one seed).
 
 # %%
 run = book.load_or_train(profile, device, seed, save)
 res = run.result
+p = res["profile_settings"]
 glue("ch3_run", run.describe(), display=False)
 print(run.describe())
-print("models:", ", ".join(dict.fromkeys(r["model"] for r in res["runs"])), "| seeds:", res["provenance"]["seed"])
+if res.get("missing"):
+    book.note("This stored run is not complete yet: " + "; ".join(res["missing"]) + ". The tables and figures "
+              "below show the models and seeds it has.", kind="warning", title="Partial run")
 print(long_range.summary_table(res))
 
 # %% [markdown]
 # Figures in this chapter come from: {glue:text}`ch3_run`.
 #
-# MemNet, `WindowedTransformer` (MemNet's encoder and controller, the same window, no memory)
-# and `LSTMBaseline` have the same parameter budget within 10%; `FullTransformer`, when the run
-# has it, attends over the whole sequence and is a reference, not a competitor.
-#
 # ## Accuracy against distance
 
 # %%
-acc = plots.accuracy_table(res)
-dists, L = res["distances"], res["window"]
-far = len(dists) - 1
-beyond = [i for i, d in enumerate(dists) if d > L]
-name = {"memnet": "MemNet", "windowed": "WindowedTransformer", "lstm": "LSTM", "full": "FullTransformer"}
-for m, t in acc.items():
-    glue(f"ch3_acc_{m}_far", f"{100 * t['mean'][far]:.1f}", display=False)
-    glue(f"ch3_acc_{m}_beyond", f"{100 * t['mean'][beyond].mean():.1f}", display=False)
-glue("ch3_far_windows", f"{dists[far] / L:g}", display=False)
+L, half = p["segment_len"], p["eval_pairs"]
+curves = long_range.distance_curves(res)
+names = long_range.models_of(res)
+at = lambda m, d: curves[m]["mean"][curves[m]["x"].index(d)] if d in curves[m]["x"] else float("nan")
+for m in names:
+    for d in p["distances"]:
+        glue(f"ch3_{m}_{d}x", f"{100 * at(m, d):.1f}", display=False)
+glue("ch3_pairs", half, display=False)
+glue("ch3_slots", p["num_slots"], display=False)
 glue("ch3_window", L, display=False)
-glue("ch3_slots", res["config"]["num_slots"], display=False)
-glue("ch3_chance", f"{100 * res['chance']:.1f}", display=False)
-glue("ch3_seeds", int(acc["memnet"]["n_seeds"]), display=False)
-plots.accuracy_vs_distance(res)
-
-# %% [markdown]
-# Averaged over the distances beyond the window of {glue:text}`ch3_window` tokens, MemNet recalls
-# {glue:text}`ch3_acc_memnet_beyond`% of values, the windowed Transformer
-# {glue:text}`ch3_acc_windowed_beyond`% and the LSTM {glue:text}`ch3_acc_lstm_beyond`% (chance:
-# {glue:text}`ch3_chance`%). At the longest distance, {glue:text}`ch3_far_windows` windows, MemNet
-# reaches {glue:text}`ch3_acc_memnet_far`%. Error bars are the standard error over seeds when the
-# run has several ({glue:text}`ch3_seeds` for MemNet here), otherwise the binomial standard error
-# over the evaluation queries of the one seed.
-#
-# Beyond the window the windowed Transformer is blind by construction and can only guess;
-# anything MemNet recalls there came back through a slot. Inside the window a Transformer could
-# attend to the pair, but in this budget neither the windowed Transformer nor the LSTM learns to:
-# both stay at chance at every distance, so this run shows what the memory adds, not how well
-# the baselines could do with a tuned protocol. MemNet answers inside the window through its
-# memory too, since a read also sees the earlier writes of its own window. This is the regime Memorizing Transformers {cite}`wu2022memorizing` and the Recurrent
-# Memory Transformer {cite}`bulatov2022rmt` address with a kNN cache or memory tokens; here it
-# is a bank of {glue:text}`ch3_slots` slots with learned writes and forgetting.
-#
-# ## What the memory does: slot reuse and read sparsity
-
-# %%
-mem = [r for r in res["runs"] if r["model"] == "memnet"]
-pick = lambda k, key, d: float(np.mean([(r[k].get(str(d)) or r[k].get(d))[key] for r in mem]))
-glue("ch3_events", f"{pick('slot_reuse', 'events_per_segment', dists[far]):.1f}", display=False)
-glue("ch3_reuse", f"{100 * pick('slot_reuse', 'reuse_rate', dists[far]):.0f}", display=False)
-glue("ch3_eff_slots", f"{pick('read_sparsity', 'effective_slots', dists[far]):.2f}", display=False)
-glue("ch3_topk", res["config"]["top_k"], display=False)
-plots.memory_metrics_vs_distance(res)
-
-# %% [markdown]
-# At the longest distance a segment makes {glue:text}`ch3_events` write events on average;
-# {glue:text}`ch3_reuse`% of events overwrite live content (the rest fill slots never written in
-# the sequence), and a read mixes {glue:text}`ch3_eff_slots` slots effectively out of the top
-# {glue:text}`ch3_topk` it may use. Slot reuse is where forgetting happens: a slot that holds
-# a pair and is reallocated before the query loses it.
-#
-# ## Where the stored items live
-#
-# The stored run kept a trace of MemNet on four evaluation sequences. Following the write
-# issued at each value token, we can see which slot received each pair, how long it kept it
-# (until a later write event on the slot; brightness is the product of retention gates since),
-# and which slot the query read most (stars).
-
-# %%
-seed_shown = seed if seed in run.traces else min(run.traces)
-stored = run.traces[seed_shown]
-trace = stored["trace"]
-rows = stored["tokens"].shape[0]
-occ = [plots.item_occupancy(trace, stored["tokens"], stored["targets"], stored["distance"], batch=i) for i in range(rows)]
-hits = [h for o in occ for h in o["hits"]]
-glue("ch3_hits", f"{100 * np.mean(hits):.0f}", display=False)
-glue("ch3_trace_dist", f"{int(stored['distance'].max()) / L:g}", display=False)
-fig, axes = plots.new_figure(1, min(rows, 4), figsize=(3.6 * min(rows, 4), 3.2), sharey=True)
-for i, ax in enumerate(axes.flat):
-    plots.item_occupancy_heatmap(occ[i], L, ax=ax, title=f"sequence {i}")
-fig.suptitle(f"stored items in slots, queries at {int(stored['distance'].max()) / L:g} windows (seed {seed_shown})",
-             fontsize=10)
+glue("ch3_train_windows", p["train_windows"], display=False)
+glue("ch3_chance", f"{100 * res['chance']:.2f}", display=False)
+fig = plots.accuracy_curves(curves, xlabel=f"delay between the pairs and the queries (windows of {L} tokens)",
+                            title=f"recall beyond the window, P = {half} pairs, {p['num_slots']} slots",
+                            chance=res["chance"], mark_x=p["train_windows"], mark_label="longest in training")
 fig
 
 # %% [markdown]
-# In these sequences, with queries {glue:text}`ch3_trace_dist` windows after their values, the
-# query's strongest read lands on the slot its pair was written to in {glue:text}`ch3_hits`% of
-# cases (this includes luck on an untrained or weak model; compare the chance of hitting one
-# of {glue:text}`ch3_slots` slots).
-#
-# The whole trace of the first sequence:
-
-# %%
-plots.trace_overview(trace, title=f"MemNet on a recall sequence (stored trace, seed {seed_shown})")
+# With {glue:text}`ch3_pairs` pairs in a bank of {glue:text}`ch3_slots` slots, MemNet answers
+# {glue:text}`ch3_memnet_4x`% of the queries that come 4 windows after the pairs (the longest
+# delay of its training), {glue:text}`ch3_memnet_16x`% at 16 windows, {glue:text}`ch3_memnet_64x`%
+# at 64 and {glue:text}`ch3_memnet_256x`% at 256 (chance: {glue:text}`ch3_chance`%). The figure
+# and the first table show the other models at the same delays; error bars and ± are 95%
+# t-intervals over seeds.
 
 # %% [markdown]
-# ### Explore the stored trace
+# ## Every model learned what its window allows
 #
-# Slide through the segments: the pairs are written in the first window, the query's reads
-# come many segments later. Choose the slot a pair went to (see the figure above) to follow
-# its age and retention.
-
-# %% tags=["nbval-ignore-output"]
-first_item_slot = next((sl for sl in occ[0]["slots"] if sl >= 0), None)  # where sequence 0's first pair went
-widgets.explorer(trace, slot=first_item_slot)
+# A baseline that stays at chance inside its own window would say nothing about memory: it
+# would only say that the protocol failed to train it. Two checks come first: the positive
+# control must solve the task inside its training length, and the windowed Transformer must
+# answer the queries whose pair lies in the same window.
 
 # %%
-plots.small_multiples(trace)
+verdicts = long_range.summarize(res)
+for v in verdicts:
+    print(v.line())
+win = long_range.in_window(res, "windowed") if "windowed" in names else []
+glue("ch3_windowed_in", f"{100 * np.mean(win):.1f}" if win else "n/a", display=False)
+full_in = [r["test_train_distribution"] for r in res["runs"] if r["model"] == "full"]
+glue("ch3_full_in", f"{100 * np.mean(full_in):.1f}" if full_in else "n/a", display=False)
+
+# %% [markdown]
+# The windowed Transformer answers {glue:text}`ch3_windowed_in`% of in-window queries and the
+# FullTransformer {glue:text}`ch3_full_in`% of all queries on test draws of its training
+# distribution. The printed verdicts are the chapter's claims, with thresholds fixed before the
+# run; a claim that misses is reported as missing.
+#
+# ## Capacity: more pairs than slots
+
+# %%
+delays = p["capacity_delays"]
+fig, axes = plots.new_figure(1, len(delays), figsize=(6.4 * len(delays), 4.2))
+for ax, d in zip(axes[0], delays):
+    plots.accuracy_curves(long_range.capacity_curves(res, d), ax=ax, xlabel="pairs per slot (P / slots)",
+                          title=f"queries {d} windows after the pairs", chance=res["chance"], mark_x=1.0,
+                          mark_label="as many pairs as slots")
+cap = long_range.capacity_curves(res, delays[0])["memnet"] if "memnet" in names else None
+for P in p["capacity_pairs"]:
+    x = P / p["num_slots"]
+    glue(f"ch3_cap_{P}", f"{100 * cap['mean'][cap['x'].index(x)]:.1f}" if cap and x in cap["x"] else "n/a",
+         display=False)
+glue("ch3_cap_delay", delays[0], display=False)
+fig
+
+# %% [markdown]
+# A slot memory has a hard capacity: once there are more pairs than slots, some pair has no slot
+# to live in. With queries {glue:text}`ch3_cap_delay` windows after the pairs, MemNet answers
+# {glue:text}`ch3_cap_16`% at half a pair per slot, {glue:text}`ch3_cap_32`% at one pair per slot
+# and {glue:text}`ch3_cap_64`% at two, where at most half of the pairs can be stored: the
+# graceful degradation a slot memory should show is a fall towards slots / P, not to chance.
+#
+# ## What the memory does
+#
+# The table at the end of the run's printout shows how MemNet uses its bank at P =
+# {glue:text}`ch3_pairs` and at the largest P: write events per window (a write event resets a
+# slot's age), how many of them overwrite content written earlier in the sequence, and how many
+# slots a read mixes of the top-k it may use. Below, the stored trace follows every pair of four
+# test sequences at the largest P: which slot the write of its value token was allocated to, how
+# long it stayed there (until a later write event on the slot; brightness is the product of the
+# slot's retention gates since), and which slot its query read most (stars).
+
+# %%
+seed_shown = seed if seed in run.traces else min(run.traces) if run.traces else None
+if seed_shown is not None:
+    stored = run.traces[seed_shown]
+    trace = stored["trace"]
+    rows = stored["tokens"].shape[0]
+    occ = [plots.item_occupancy(trace, stored["tokens"], stored["targets"], stored["distance"], batch=i)
+           for i in range(rows)]
+    hits = [h for o in occ for h in o["hits"]]
+    glue("ch3_hits", f"{100 * np.mean(hits):.0f}", display=False)
+    glue("ch3_trace_pairs", int(stored["n_pairs"]), display=False)
+    fig, axes = plots.new_figure(2, 2, figsize=(12, 8), sharey=True)
+    for i, ax in enumerate(axes.flat[:rows]):
+        plots.item_occupancy_heatmap(occ[i], L, ax=ax, title=f"sequence {i}")
+    fig.suptitle(f"pairs in slots: P = {int(stored['n_pairs'])} with {p['num_slots']} slots, queries "
+                 f"{int(stored['delay_windows'])} windows later (seed {seed_shown})", fontsize=11)
+else:
+    fig = None
+    glue("ch3_hits", "n/a", display=False)
+    glue("ch3_trace_pairs", "n/a", display=False)
+fig
+
+# %% [markdown]
+# In these sequences, with {glue:text}`ch3_trace_pairs` pairs (more than the slots), the query's
+# strongest read lands on the slot its pair was written to in {glue:text}`ch3_hits`% of the cases,
+# counting the local pairs and the pairs whose slot was taken before their query.
+#
+# ### Explore the stored trace
+#
+# The explorer needs a running kernel (open this chapter in JupyterLab): slide through the
+# segments to see the pairs written in the first windows and the reads of their queries many
+# segments later.
+
+# %% tags=["nbval-ignore-output"]
+if seed_shown is not None:
+    first_item_slot = next((sl for sl in occ[0]["slots"] if sl >= 0), None)
+    display_widget = widgets.explorer(trace, slot=first_item_slot)
+else:
+    display_widget = None
+display_widget
 
 # %% tags=["remove-cell"]
-# checks: the run has what the chapter needs, and the effect is there for real profiles
-FLOORS = {  # minimum MemNet accuracy averaged beyond the window, as a multiple of chance
-    "smoke": None, "laptop": 12.0, "gpu": 12.0}
-assert {"memnet", "windowed", "lstm"} <= set(acc), set(acc)
-for m, t in acc.items():
-    assert t["mean"].shape == (len(dists),) and np.all((t["mean"] >= 0) & (t["mean"] <= 1)), m
-assert trace.write_strength.shape[-1] == res["config"]["num_slots"]
-assert trace.read_weight.shape[-2:] == (res["config"]["mem_heads"], res["config"]["top_k"])
-assert len(hits) == rows * res["task"]["n_pairs"]
-floor = FLOORS.get(run.profile)
-if floor is not None:
-    mem_beyond = float(acc["memnet"]["mean"][beyond].mean())
-    win_beyond = float(acc["windowed"]["mean"][beyond].mean())
-    assert mem_beyond >= floor * res["chance"], (mem_beyond, floor * res["chance"])
-    assert mem_beyond > win_beyond, (mem_beyond, win_beyond)
+# checks: the run holds what the chapter shows, and the claims are checked where the run is real
+assert {"memnet", "full", "windowed"} <= set(names), names
+for m, c in curves.items():
+    assert all(0.0 <= v <= 1.0 for v in c["mean"]), m
+if seed_shown is not None:
+    assert trace.write_strength.shape[-1] == p["num_slots"]
+    assert len(hits) > 0
+if run.profile in ("full", "gpu") and not res.get("missing"):
+    failed = [v.claim for v in verdicts if not v.passed and "every other model" not in v.claim]
+    print("claims that miss:", failed or "none")
 print(f"chapter 3 checks passed ({run.profile} run)")
 
 # %% [markdown]
 # ## What we learned
 #
-# - Beyond its window a windowed Transformer can only guess; what MemNet recalls there came
-#   through a slot that kept the pair for many segments.
-# - Write events, slot reuse and read sparsity, all computed from traces, show how the bank was
-#   used at each distance: how many slots were claimed, how many were overwritten, how
-#   focused the reads were.
-# - The stored run records its provenance; the figures are drawn by the current code from it.
-#
-# What is open: accuracy should fall once the number of writes between a value and its query
-# exceeds what allocation can keep apart; the survival of a pair in a slot (its lifetime) is the
-# quantity to study next. With tasks that change over time, which slots to protect becomes a
-# continual-learning question {cite}`lopezpaz2017gem`, and Titans {cite}`behrouz2024titans`
-# suggest letting surprise decide what to write.
+# - On MQAR, where a token's id does not say what to store, MemNet's bank holds its pairs across
+#   the delays it was trained on and degrades towards slots / P when there are more pairs than
+#   slots. How far beyond its training delay it holds them is the length-generalisation column of
+#   the first table, and the verdicts above say where it meets and where it misses the chapter's
+#   claims.
+# - The positive control and the windowed model show that the protocol trains the baselines:
+#   what they cannot do beyond their reach is a property of the model, not of the training.
+# - The peers are the published packages, adapted only where their code differs from their
+#   papers (the adapters in `memnet.peers` say where).
 #
 # ## Exercises
 #
 # 1. Re-run at `profile = "laptop"` with `save = True` and compare with the stored run.
-# 2. Which distance first costs MemNet accuracy? Relate it to `num_slots` and the write events
-#    per segment above.
-# 3. In the explorer, find a pair whose slot was reallocated before its query. Was the answer wrong?
+# 2. Which delay first costs MemNet accuracy? Relate it to the write events per window in the
+#    memory table and to the number of free slots (slots minus P).
+# 3. In the explorer, find a pair whose slot was taken before its query. Was the answer wrong?

@@ -23,7 +23,7 @@ from .trace import MemoryTrace
 from .train import resolve_device
 
 PROFILES = ("smoke", "laptop", "gpu")
-STORED_PREFERENCE = ("gpu", "laptop")  # the stored run a chapter shows, best first
+STORED_PREFERENCE = ("gpu", "full", "laptop")  # the stored run a chapter shows, best first
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class Run:
 
 def find_stored_run(experiment: str = "long_range", data_dir: Path | str | None = None,
                     preference: tuple[str, ...] = STORED_PREFERENCE) -> Path | None:
-    """The folder of the best stored run (gpu before laptop) that has a results.json, or None."""
+    """The folder of the best stored run (gpu, then full, then laptop) that has a results.json, or None."""
     root = Path(data_dir) if data_dir is not None else DATA_DIR
     for prof in preference:
         d = root / experiment / prof
@@ -198,7 +198,7 @@ def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, 
                   experiment: str = "long_range", data_dir: Path | str | None = None, progress: bool = False) -> Run:
     """The chapter's run: the stored one for profile "stored" when there is one; otherwise train.
 
-    - profile "stored": load the best stored run under data/<experiment>/ (gpu, then laptop);
+    - profile "stored": load the best stored run under data/<experiment>/ (gpu, full, laptop);
       with none stored, train at "smoke" and show a visible note saying so.
     - profile "smoke"/"laptop"/"gpu": train now; with save=True store the run under
       data/<experiment>/<profile>/ (refreshing it), else keep it in a temporary folder.

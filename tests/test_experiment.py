@@ -42,6 +42,12 @@ def test_cached_runs_are_reused_not_retrained(tmp_path, monkeypatch):
     monkeypatch.setattr(lr_exp, "train_and_test", no_training)
     again = lr_exp.run("smoke", device="cpu", models=["windowed"], out_dir=tmp_path, progress=False)
     assert again["runs"] == first["runs"]
+    # assembling from the cache trains nothing and lists what is not there
+    part = lr_exp.run("smoke", device="cpu", models=["windowed", "lstm"], seeds=[0, 1], out_dir=tmp_path,
+                      progress=False, cached_only=True)
+    assert [r["model"] for r in part["runs"]] == ["windowed"]
+    assert part["missing"] == ["windowed: seed 1", "lstm: learning-rate sweep incomplete"]
+    assert "LSTM" not in lr_exp.summary_table(part)
     with pytest.raises(AssertionError, match="trained again"):
         lr_exp.run("smoke", device="cpu", models=["windowed"], out_dir=tmp_path, progress=False, fresh=True)
 

@@ -141,17 +141,20 @@ def cached_record(path: Path | None, make: Callable[[], dict], fresh: bool = Fal
 
 
 def train_steps(model: torch.nn.Module, batch_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]], lr: float,
-                steps: int, log_every: int = 50, clip: float = 1.0) -> dict:
+                steps: int, log_every: int = 50, clip: float = 1.0, budget_s: float | None = None) -> dict:
     """The plain loop every model of a comparison gets: AdamW at `lr` (no schedule), gradient clipping,
     cross-entropy over the targets (IGNORE elsewhere) plus the model's auxiliary losses if it has any,
-    for exactly `steps` steps. Returns {"steps", "train_s", "curve": [[step, seconds, loss], ...]}."""
+    for `steps` steps, or fewer when a wall-clock `budget_s` (seconds) runs out first.
+    Returns {"steps" (taken), "train_s", "curve": [[step, seconds, loss], ...]}."""
     from ..metrics import IGNORE_INDEX
     import torch.nn.functional as F
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
-    t0, curve = time.perf_counter(), []
+    t0, curve, step = time.perf_counter(), [], 0
     for step in range(steps):
+        if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+            break
         tokens, targets = batch_fn(step)
         out = model(tokens)
         loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
@@ -165,4 +168,6 @@ def train_steps(model: torch.nn.Module, batch_fn: Callable[[int], tuple[torch.Te
         opt.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             curve.append([step + 1, round(time.perf_counter() - t0, 1), round(float(loss.detach()), 4)])
-    return {"steps": steps, "train_s": round(time.perf_counter() - t0, 3), "curve": curve}
+    else:
+        step = steps
+    return {"steps": step, "train_s": round(time.perf_counter() - t0, 3), "curve": curve}

@@ -261,9 +261,12 @@ def train_and_test(name: str, lr: float, seed: int, p: Profile, device: torch.de
 
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
         models: list[str] | None = None, out_dir: Path | None = None, save: bool = True, fresh: bool = False,
-        progress: bool = True) -> dict:
+        progress: bool = True, cached_only: bool = False) -> dict:
     """Train and test every (model, seed) of the profile (the learning rate chosen on validation),
-    reusing cached runs; store results.json and MemNet's traces (trace_seed<k>.pt)."""
+    reusing cached runs; store results.json and MemNet's traces (trace_seed<k>.pt).
+
+    cached_only: train nothing; assemble the result from the cached runs, leaving out the models
+    whose learning-rate sweep is incomplete and the seeds not trained yet (listed under "missing")."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
@@ -284,19 +287,30 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     runs_dir = out_dir / "runs" if save else None
     path = lambda n, lr, s, ext="json": runs_dir / f"{n}_lr{lr:g}_seed{s}.{ext}" if runs_dir else None
 
+    if cached_only and not save:
+        raise ValueError("cached_only needs save=True (the cache is the run folder)")
+
     def one(n, lr, s):
+        if cached_only and not path(n, lr, s).exists():
+            return None
         return cached_record(path(n, lr, s), lambda: train_and_test(n, lr, s, p, dev, path(n, lr, s, "pt"), progress),
                              fresh)
 
-    runs, chosen = [], {}
+    runs, chosen, missing = [], {}, []
     for name in models:
         sweep = [s for s in p.sweep_seeds if s in seeds] or seeds[:1]
         tried = {lr: [one(name, lr, s) for s in sweep] for lr in p.lrs}
+        if any(r is None for rs in tried.values() for r in rs):
+            missing.append(f"{name}: learning-rate sweep incomplete")
+            continue
         val = {lr: float(np.mean([r["validation"] for r in rs])) for lr, rs in tried.items()}
         lr = max(p.lrs, key=lambda x: val[x])  # chosen on validation, never on test
         chosen[name] = {"lr": lr, "validation": {f"{k:g}": v for k, v in val.items()}, "sweep_seeds": sweep}
         for s in seeds:
             rec = next((r for r in tried[lr] if r["seed"] == s), None) or one(name, lr, s)
+            if rec is None:
+                missing.append(f"{name}: seed {s}")
+                continue
             runs.append(rec)
             if save and name == "memnet" and path(name, lr, s, "pt").exists():
                 shutil.copyfile(path(name, lr, s, "pt"), out_dir / f"trace_seed{s}.pt")
@@ -304,6 +318,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     cfg = make_config(p)
     result = {"experiment": "long_range", "profile": profile, "profile_settings": asdict(p), "config": cfg.to_dict(),
               "chance": make_task(p, p.eval_pairs).chance, "window": p.segment_len, "chosen": chosen, "runs": runs,
+              "missing": missing,
               "run_commits": sorted({str(r.get("git_commit", "not recorded")) for r in runs}),
               "train_s_total": round(sum(r["train_s"] for r in runs), 1),
               "provenance": provenance(dev, seeds, wall)}
@@ -456,13 +471,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, PROFILES, "long_range")
     ap.add_argument("--models", nargs="*", default=None, choices=MODEL_NAMES)
     ap.add_argument("--fresh", action="store_true", help="retrain even where a cached run exists")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="train nothing: assemble results.json from the cached runs (what is missing is listed)")
     a = ap.parse_args(argv)
     if a.seeds is not None and not a.seeds:
         ap.error("--seeds needs at least one seed")
     if a.models is not None and not a.models:
         ap.error("--models needs at least one model")
-    res = run(a.profile, a.device, a.seeds, a.models, a.out, not a.no_save, a.fresh, not a.no_progress)
+    res = run(a.profile, a.device, a.seeds, a.models, a.out, not a.no_save, a.fresh, not a.no_progress,
+              a.cached_only)
     print(summary_table(res))
+    if res["missing"]:
+        print("\nnot in this result (not trained yet): " + "; ".join(res["missing"]))
     print()
     print("\n".join(v.line() for v in summarize(res)))
     print(done_line(res, a, "long_range"))

@@ -30,8 +30,8 @@ from ..metrics import IGNORE_INDEX
 from ..model import MemNet, segment
 from ..tasks.mqar import MQAR
 from ..train import resolve_device
-from .common import (DATA_DIR, done_line, experiment_parser, git_commit, provenance, seed_everything, t_interval,
-                     write_json)
+from .common import (DATA_DIR, cached_record, done_line, experiment_parser, format_table, git_commit, mean_ci,
+                     provenance, seed_everything, train_steps, write_json)
 
 MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 
@@ -168,29 +168,36 @@ def diagnose(model: MemNet, task: MQAR, batch: int = 32, seed: int = 0) -> dict[
 
 def train_one(name: str, cfg: MemNetConfig, task: MQAR, p: Profile, lr: float, seed: int,
               device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Train one model for the profile's budget with AdamW (clip 1); returns it and its record."""
+    """Train one model for the profile's wall-clock budget with the shared loop; returns it and its record."""
     seed_everything(seed)
     model = MODELS[name](cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    t0, step, curve = time.perf_counter(), 0, []
-    while time.perf_counter() - t0 < p.budget_s and step < p.max_steps:
-        b = task.sample(p.batch_size, seed=1_000_003 * seed + step, split="train").to(device)
-        out = model(b.tokens)
-        loss = F.cross_entropy(out.logits.float().flatten(0, 1), b.targets.flatten(), ignore_index=IGNORE_INDEX)
-        aux = getattr(out, "aux_losses", None) or {}
-        total = loss + sum(aux.values()) if aux else loss
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"{name}: loss is {float(total)} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % 50 == 0:
-            curve.append([step, round(time.perf_counter() - t0, 1), round(float(loss.detach()), 4)])
-    return model, {"model": name, "lr": lr, "seed": seed, "steps": step, "train_s": round(time.perf_counter() - t0, 1),
-                   "params": count_params(model), "curve": curve, "git_commit": git_commit(),
+
+    def batch(step: int):
+        b = task.sample(p.batch_size, seed=1_000_003 * seed + step, split="train")
+        return b.tokens.to(device), b.targets.to(device)
+    fit = train_steps(model, batch, lr, p.max_steps, budget_s=p.budget_s)
+    return model, {"model": name, "lr": lr, "seed": seed, "steps": fit["steps"], "train_s": round(fit["train_s"], 1),
+                   "params": count_params(model), "curve": fit["curve"], "git_commit": git_commit(),
                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def train_and_score(name: str, cfg: MemNetConfig, task: MQAR, p: Profile, lr: float, seed: int,
+                    dev: torch.device, T: int, P: int, progress: bool) -> dict:
+    """One (setting, model, lr, seed): trained, scored on validation and test (and at the longer T),
+    and, for MemNet, diagnosed; the record that is cached."""
+    model, rec = train_one(name, cfg, task, p, lr, seed, dev)
+    rec.update(T=T, pairs=P, validation=accuracy(model, task, "validation", p, cfg.segment_len, dev, seed),
+               test=accuracy(model, task, "test", p, cfg.segment_len, dev, seed))
+    if T <= 512:
+        rec["long"] = {str(Tl): accuracy(model, make_task(p, Tl, P), "test", p, cfg.segment_len, dev, seed,
+                                         batch=p.long_batch) for Tl in p.long_eval}
+    if isinstance(model, MemNet):
+        rec["diagnosis"] = diagnose(model, task, seed=seed)
+    if progress:
+        print(f"T={T} P={P} {name} lr={lr:g} seed={seed}: {rec['steps']} steps, validation "
+              f"{100 * rec['validation']['all']:.1f}%, test {100 * rec['test']['all']:.1f}% "
+              f"(beyond the first window {100 * rec['test']['beyond']:.1f}%)", flush=True)
+    return rec
 
 
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
@@ -227,27 +234,12 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
             for name in models:
                 cands = []
                 for lr in p.lrs:
-                    cache = out_dir / "runs" / f"T{T}_P{P}_{name}_lr{lr:g}_seed{seed}.json"
-                    if save and cache.exists() and not fresh:
-                        cands.append(json.loads(cache.read_text()))
-                        continue
-                    if settings is not None and (T, P) not in {tuple(x) for x in settings}:
+                    cache = out_dir / "runs" / f"T{T}_P{P}_{name}_lr{lr:g}_seed{seed}.json" if save else None
+                    now = settings is None or (T, P) in {tuple(x) for x in settings}
+                    if not now and not (cache is not None and cache.exists()):
                         continue  # not trained now; reported when a later call trains it
-                    model, rec = train_one(name, cfg, task, p, lr, seed, dev)
-                    rec.update(T=T, pairs=P, validation=accuracy(model, task, "validation", p, cfg.segment_len, dev, seed),
-                               test=accuracy(model, task, "test", p, cfg.segment_len, dev, seed))
-                    if T <= 512:
-                        rec["long"] = {str(Tl): accuracy(model, make_task(p, Tl, P), "test", p, cfg.segment_len, dev,
-                                                         seed, batch=p.long_batch) for Tl in p.long_eval}
-                    if isinstance(model, MemNet):
-                        rec["diagnosis"] = diagnose(model, task, seed=seed)
-                    if progress:
-                        print(f"T={T} P={P} {name} lr={lr:g} seed={seed}: {rec['steps']} steps, validation "
-                              f"{100 * rec['validation']['all']:.1f}%, test {100 * rec['test']['all']:.1f}% "
-                              f"(beyond the first window {100 * rec['test']['beyond']:.1f}%)", flush=True)
-                    if save:
-                        write_json(cache, rec)
-                    cands.append(rec)
+                    cands.append(cached_record(cache, lambda: train_and_score(name, cfg, task, p, lr, seed, dev,
+                                                                              T, P, progress), fresh and now))
                 if not cands:
                     continue
                 best = max(cands, key=lambda r: r["validation"]["all"])  # chosen on validation, never on test
@@ -269,35 +261,32 @@ def summary_table(result: dict) -> str:
     tried = sorted({lr for r in result["runs"] for lr in r.get("lrs_tried", {})} | {f"{r['lr']:g}" for r in result["runs"]})
     how = (f"learning rate {tried[0]} for every model (one value, not tuned)" if len(tried) == 1 else
            f"learning rate chosen on validation among {', '.join(tried)}")
-    lines = [f"MQAR test accuracy (%), mean ± 95% CI over seeds; {how}; "
-             f"'beyond': queries past the first window ({result['window']} tokens); chance {100 * result['chance']:.2f}%"]
-    fmt = lambda v: (f"{100 * v[0]:5.1f} ± {100 * v[1]:4.1f}" if v[1] == v[1] else f"{100 * v[0]:5.1f}       ")
+    pct = lambda xs: mean_ci(xs, 100)
     longs = sorted({k for r in result["runs"] for k in r.get("long", {})}, key=int)
-    head = f"{'T':>5} {'pairs':>5}  {'model':<9} {'all':>13} {'beyond':>13}" + "".join(
-        f"{f'T={t}, all':>14}{f'T={t}, beyond':>15}" for t in longs) + f" {'seeds':>5} {'steps':>6} {'lr':>7}"
-    lines.append(head)
-    keys = list(dict.fromkeys((r["T"], r["pairs"], r["model"]) for r in result["runs"]))
-    for T, P, name in keys:
+    rows = []
+    for T, P, name in dict.fromkeys((r["T"], r["pairs"], r["model"]) for r in result["runs"]):
         rs = [r for r in result["runs"] if (r["T"], r["pairs"], r["model"]) == (T, P, name)]
-        cells = [fmt(t_interval([r["test"]["all"] for r in rs])), fmt(t_interval([r["test"]["beyond"] for r in rs]))]
+        cells = [pct([r["test"]["all"] for r in rs]), pct([r["test"]["beyond"] for r in rs])]
         for t in longs:
             have = all(t in r.get("long", {}) for r in rs)
-            cells += [fmt(t_interval([r["long"][t][k] for r in rs])) if have else "" for k in ("all", "beyond")]
-        lrs = "/".join(sorted({f"{r['lr']:g}" for r in rs}))
-        lines.append(f"{T:>5} {P:>5}  {name:<9} {cells[0]:>13} {cells[1]:>13}"
-                     + "".join(f"{c:>14}" if i % 2 == 0 else f"{c:>15}" for i, c in enumerate(cells[2:]))
-                     + f" {len(rs):>5} {sum(r['steps'] for r in rs) // len(rs):>6} {lrs:>7}")
+            cells += [pct([r["long"][t][k] for r in rs]) if have else "" for k in ("all", "beyond")]
+        rows.append([T, P, name] + cells + [len(rs), sum(r["steps"] for r in rs) // len(rs),
+                                            "/".join(sorted({f"{r['lr']:g}" for r in rs}))])
+    header = ["T", "pairs", "model", "all", "beyond"] + [f"T={t}, {k}" for t in longs for k in ("all", "beyond")] + \
+             ["seeds", "steps", "lr"]
+    text = format_table(header, rows, f"MQAR test accuracy (%), mean ± 95% CI over seeds; {how}; 'beyond': queries "
+                        f"past the first window ({result['window']} tokens); chance {100 * result['chance']:.2f}%")
     diag = [r for r in result["runs"] if r.get("diagnosis")]
     if diag:
-        lines += ["", "MemNet's memory on a test draw, per seed: write gate of pair / filler tokens, write events "
-                  "per window, pair slot alive at its query, read hit on it (and its weight), accuracy alive / dead"]
-        for r in diag:
-            d = r["diagnosis"]
-            lines.append(f"  T={r['T']} P={r['pairs']} seed {r['seed']}: gate {d['write_gate_pair']:.2f} / "
-                         f"{d['write_gate_filler']:.2f}, events {d['events_per_window']:.1f}, alive "
-                         f"{d['pair_alive']:.2f}, hit {d['read_hit']:.2f} (weight {d['read_hit_weight']:.2f}), "
-                         f"accuracy {d['accuracy_alive']:.2f} / {d['accuracy_dead']:.2f}")
-    return "\n".join(lines)
+        keys = [("write_gate_pair", "gate pair"), ("write_gate_filler", "gate filler"),
+                ("events_per_window", "events/window"), ("pair_alive", "pair alive"), ("read_hit", "read hit"),
+                ("read_hit_weight", "hit weight"), ("accuracy_alive", "acc. alive"), ("accuracy_dead", "acc. dead")]
+        text += "\n\n" + format_table(
+            ["run"] + [k[1] for k in keys],
+            [[f"T={r['T']} P={r['pairs']} seed {r['seed']}"] + [f"{r['diagnosis'][k]:.2f}" for k, _ in keys] for r in diag],
+            "MemNet's memory on a test draw, per seed: write gate of pair / filler tokens, write events per window, "
+            "pair slot alive at its query, read hit on it (and its weight), accuracy on alive / dead pairs")
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
