@@ -95,8 +95,15 @@ def test_task_layout_puts_queries_after_the_delay_and_local_pairs_in_a_window():
                 assert v // L == t // L, "a local pair is bound and queried inside one window"
         assert len(q) == 4 * (P + p.local_pairs) and keys
     # training draws keep the queries within train_windows windows of the pairs (4 P tokens for large P)
-    assert lr_exp.make_task(p, 16).seq_len - 32 == p.train_windows * L
-    assert lr_exp.make_task(p, 64).seq_len - 128 == 4 * 64
+    for P, d in lr_exp.train_settings(p):
+        task = lr_exp.make_task(p, P, d, training=True)
+        assert task.seq_len - 2 * P == (p.train_windows * L if P <= 32 else 4 * P)
+        assert task.delay == d * L
+    assert {d for P, d in lr_exp.train_settings(p) if P == 16} == set(p.train_delays)
+    assert {d for P, d in lr_exp.train_settings(p) if P == 64} == {0}
+    # evaluation: the queries in the 2 windows after the delay (more room for large P)
+    assert lr_exp.make_task(p, 16, 64).seq_len == 32 + 64 * L + 2 * L
+    assert lr_exp.make_task(p, 64, 0).seq_len == 128 + 4 * 64
 
 
 def result_with(cells: dict, in_window: dict, full: float = 0.95):

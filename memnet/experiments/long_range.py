@@ -64,6 +64,7 @@ class Profile:
     segment_len: int = 32
     train_pairs: tuple = (2, 4, 8, 16, 32, 64)  # P of a training batch, drawn uniformly per batch
     train_windows: int = 4  # training queries come within this many windows after the pairs
+    train_delays: tuple = (0, 1, 2)  # delay (windows) of a training batch, drawn per batch where the queries fit
     local_pairs: int = 4  # in-window pairs per sequence (training and evaluation)
     steps: int = 1500  # the same for every model
     batch_size: int = 32
@@ -87,7 +88,7 @@ PROFILES = {
     "smoke": Profile(vocab_size=64, d_model=32, num_slots=8, top_k=2, mem_heads=2, segment_len=8,
                      train_pairs=(2, 4, 8), train_windows=3, local_pairs=1, steps=4, batch_size=4, lrs=(1e-3,),
                      seeds=(0,), models=("memnet", "full", "windowed", "lstm"), eval_pairs=4, distances=(0, 1, 4),
-                     capacity_pairs=(2, 8), capacity_delays=(0,), eval_batch=4, eval_batches=1),
+                     capacity_pairs=(4, 8), capacity_delays=(0,), eval_batch=4, eval_batches=1),
     # a book-sized run (<= 10 min on 2 cores): MemNet, the positive control and the windowed model, one
     # seed, at the learning rates the full profile chose on validation
     "laptop": Profile(steps=500, lrs=(1e-3,), seeds=(0,), models=("memnet", "full", "windowed"),
@@ -103,17 +104,34 @@ def make_config(p: Profile) -> MemNetConfig:
                         mem_heads=p.mem_heads, segment_len=p.segment_len)
 
 
-def query_region(p: Profile, n_pairs: int) -> int:
-    """Length of the region the queries fall in: ``train_windows`` windows, or 4 P tokens when the
-    P queries and the local pairs need more room."""
-    return max(p.train_windows * p.segment_len, 4 * n_pairs)
+def make_task(p: Profile, n_pairs: int, delay_windows: float = 0, training: bool = False) -> MQAR:
+    """The MQAR draw with P pairs whose queries start `delay_windows` windows after the pairs.
+
+    The query region (where the queries fall, at power-law gaps, with the local pairs) is at least
+    4 P tokens, the room the queries and local pairs need; beyond that it is, for training, what is
+    left of ``train_windows`` windows after the delay (so the training queries come within
+    ``train_windows`` windows of the pairs), and for evaluation 2 windows."""
+    L = p.segment_len
+    region = (p.train_windows - delay_windows) * L if training else 2 * L
+    delay = int(round(delay_windows * L))
+    return MQAR(vocab_size=p.vocab_size, seq_len=2 * n_pairs + delay + max(int(round(region)), 4 * n_pairs),
+                n_pairs=n_pairs, delay=delay, local_pairs=p.local_pairs, window=L)
 
 
-def make_task(p: Profile, n_pairs: int, delay_windows: float = 0) -> MQAR:
-    """The MQAR draw with P pairs whose queries start `delay_windows` windows after the pairs."""
-    delay = int(round(delay_windows * p.segment_len))
-    return MQAR(vocab_size=p.vocab_size, seq_len=2 * n_pairs + delay + query_region(p, n_pairs), n_pairs=n_pairs,
-                delay=delay, local_pairs=p.local_pairs, window=p.segment_len)
+def train_settings(p: Profile) -> list[tuple[int, int]]:
+    """Every (P, delay in windows) of the training draws: the delays at which the P queries still fit
+    within ``train_windows`` windows of the pairs (delay 0 always)."""
+    return [(P, d) for P in p.train_pairs for d in p.train_delays
+            if d == 0 or (p.train_windows - d) * p.segment_len >= 4 * P]
+
+
+def train_draw(p: Profile, seed: int, step: int) -> tuple[int, int]:
+    """(P, delay in windows) of training batch `step`: P uniform over ``train_pairs``, the delay uniform
+    over the ``train_delays`` at which the queries still come within ``train_windows`` windows."""
+    rng = np.random.default_rng([seed, step])
+    P = p.train_pairs[int(rng.integers(len(p.train_pairs)))]
+    fit = [d for P2, d in train_settings(p) if P2 == P]
+    return P, fit[int(rng.integers(len(fit)))]
 
 
 def build(name: str, cfg: MemNetConfig) -> torch.nn.Module:
@@ -169,11 +187,11 @@ def score(model: torch.nn.Module, task: MQAR, p: Profile, split: str, seed: int,
 
 @torch.no_grad()
 def training_accuracy(model: torch.nn.Module, p: Profile, split: str, seed: int, device: torch.device) -> float:
-    """Accuracy over every query of draws of the training distribution (one batch per P): the
-    validation score that picks the learning rate, and, on test, the in-distribution score."""
+    """Accuracy over every query of draws of the training distribution (one batch per (P, delay)):
+    the validation score that picks the learning rate, and, on test, the in-distribution score."""
     ok = n = 0
-    for P in p.train_pairs:
-        s = score(model, make_task(p, P), p, split, seed, device, batches=1)
+    for P, d in train_settings(p):
+        s = score(model, make_task(p, P, d, training=True), p, split, seed, device, batches=1)
         ok += (s["beyond"] or 0) * s["n_beyond"] + (s["in_window"] or 0) * s["n_in_window"]
         n += s["n_beyond"] + s["n_in_window"]
     return ok / max(n, 1)
@@ -182,11 +200,10 @@ def training_accuracy(model: torch.nn.Module, p: Profile, split: str, seed: int,
 def batch_fn(p: Profile, seed: int, device: torch.device):
     """Training batch of step `step`: P drawn from ``train_pairs`` by (seed, step), draws from the
     training split."""
-    tasks = {P: make_task(p, P) for P in p.train_pairs}
+    tasks = {(P, d): make_task(p, P, d, training=True) for P, d in train_settings(p)}
 
     def fn(step: int):
-        P = p.train_pairs[int(np.random.default_rng([seed, step]).integers(len(p.train_pairs)))]
-        b = tasks[P].sample(p.batch_size, seed=1_000_003 * seed + step, split="train")
+        b = tasks[train_draw(p, seed, step)].sample(p.batch_size, seed=1_000_003 * seed + step, split="train")
         return b.tokens.to(device), b.targets.to(device)
     return fn
 
@@ -238,8 +255,7 @@ def train_and_test(name: str, lr: float, seed: int, p: Profile, device: torch.de
     seed_everything(seed)
     model = build(name, cfg).to(device)
     fit = train_steps(model, batch_fn(p, seed, device), lr, p.steps)
-    tokens = sum(p.batch_size * make_task(p, p.train_pairs[int(np.random.default_rng([seed, s]).integers(
-        len(p.train_pairs)))]).seq_len for s in range(p.steps))
+    tokens = sum(p.batch_size * make_task(p, *train_draw(p, seed, s), training=True).seq_len for s in range(p.steps))
     rec = {"model": name, "lr": lr, "seed": seed, "params": count_params(model),
            "state_bytes": state_bytes(name, model, cfg, make_task(p, p.eval_pairs).seq_len), **fit,
            "tokens_per_s": round(tokens / max(fit["train_s"], 1e-9)),
