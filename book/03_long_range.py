@@ -110,12 +110,14 @@ print("answers (position: value):", {t: v for t, v in enumerate(tgt) if v >= 0})
 #
 # The protocol is fixed before the run: every model trains on the same draws for the same number
 # of steps with the same loop (AdamW without schedule, gradient clipping); training draws have P
-# from 2 to twice the slots and queries at most 4 windows after the pairs; the learning rate of
+# from 2 to twice the slots, a delay of 0 to 2 windows and queries at most 4 windows after the
+# pairs (the largest P needs a longer query region); the learning rate of
 # each model is chosen among three values by accuracy on a validation draw, on the first seed, and
 # the other seeds train at the chosen rate; the test draws are scored once per model and seed.
 # Beyond 4 windows no model saw a query in training, so those columns measure **length
-# generalisation**. Accuracy is split into queries whose value lies in an earlier window
-# ("beyond the window") and queries inside their value's window ("in-window").
+# generalisation**. At evaluation the queries fall in the 2 windows after the delay. Accuracy is
+# split into queries whose value lies in an earlier window ("beyond the window") and queries
+# inside their value's window ("in-window").
 
 # %% [markdown]
 # ## The run
