@@ -101,9 +101,23 @@ def test_task_layout_puts_queries_after_the_delay_and_local_pairs_in_a_window():
         assert task.delay == d * L
     assert {d for P, d in lr_exp.train_settings(p) if P == 16} == set(p.train_delays)
     assert {d for P, d in lr_exp.train_settings(p) if P == 64} == {0}
-    # evaluation: the queries in the 2 windows after the delay (more room for large P)
+    # evaluation: the queries in the rest of the delay's last window and 2 more (more room for large P)
     assert lr_exp.make_task(p, 16, 64).seq_len == 32 + 64 * L + 2 * L
+    assert lr_exp.make_task(p, 8, 0).seq_len == 3 * L
     assert lr_exp.make_task(p, 64, 0).seq_len == 128 + 4 * 64
+
+
+@pytest.mark.parametrize("profile", sorted(lr_exp.PROFILES))
+def test_every_draw_of_every_profile_can_be_made(profile):
+    """Each training and evaluation task of a profile is valid (room for its queries and local pairs)."""
+    p = lr_exp.PROFILES[profile]
+    for P, d in lr_exp.train_settings(p):
+        lr_exp.make_task(p, P, d, training=True).sample(1, 0)
+    for m in p.distances:
+        lr_exp.make_task(p, p.eval_pairs, m).sample(1, 0)
+    for P in p.capacity_pairs:
+        for m in p.capacity_delays + (max(p.capacity_delays),):
+            lr_exp.make_task(p, P, m).sample(1, 0)
 
 
 def result_with(cells: dict, in_window: dict, full: float = 0.95):

@@ -69,6 +69,7 @@ class Profile:
     steps: int = 1500  # the same for every model
     batch_size: int = 32
     lrs: tuple = (3e-4, 1e-3, 3e-3)
+    lr_of: tuple = ()  # (model, lr) pairs: these models train at that lr only (no sweep)
     sweep_seeds: tuple = (0,)  # seeds on which every lr is trained; the others use the chosen lr
     seeds: tuple = (0, 1, 2)
     models: tuple = MODEL_NAMES
@@ -82,6 +83,10 @@ class Profile:
 
     def max_len(self, name: str) -> int | None:
         return dict(self.max_eval_len).get(name)
+
+    def lrs_of(self, name: str) -> tuple:
+        """The learning rates `name` is trained at: its own from ``lr_of``, else the sweep's."""
+        return (dict(self.lr_of)[name],) if name in dict(self.lr_of) else self.lrs
 
 
 PROFILES = {
@@ -116,12 +121,17 @@ def make_task(p: Profile, n_pairs: int, delay_windows: float = 0, training: bool
     The query region (where the queries fall, at power-law gaps, with the local pairs) is at least
     4 P tokens, the room the queries and local pairs need; beyond that it is, for training, what is
     left of ``train_windows`` windows after the delay (so the training queries come within
-    ``train_windows`` windows of the pairs), and for evaluation 2 windows."""
+    ``train_windows`` windows of the pairs), and for evaluation the rest of the window the delay
+    ends in and 2 more."""
     L = p.segment_len
-    region = (p.train_windows - delay_windows) * L if training else 2 * L
     delay = int(round(delay_windows * L))
-    return MQAR(vocab_size=p.vocab_size, seq_len=2 * n_pairs + delay + max(int(round(region)), 4 * n_pairs),
-                n_pairs=n_pairs, delay=delay, local_pairs=p.local_pairs, window=L)
+    start = 2 * n_pairs + delay  # where the query region begins
+    if training:
+        region = max(int(round((p.train_windows - delay_windows) * L)), 4 * n_pairs)
+    else:  # to the end of the second whole window after the delay
+        region = max(2 * L + (-start) % L, 4 * n_pairs)
+    return MQAR(vocab_size=p.vocab_size, seq_len=start + region, n_pairs=n_pairs, delay=delay,
+                local_pairs=p.local_pairs, window=L)
 
 
 def train_settings(p: Profile) -> list[tuple[int, int]]:
@@ -321,12 +331,13 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     runs, chosen, missing = [], {}, []
     for name in models:
         sweep = [s for s in p.sweep_seeds if s in seeds] or seeds[:1]
-        tried = {lr: [one(name, lr, s) for s in sweep] for lr in p.lrs}
+        lrs = p.lrs_of(name)
+        tried = {lr: [one(name, lr, s) for s in sweep] for lr in lrs}
         if any(r is None for rs in tried.values() for r in rs):
             missing.append(f"{name}: learning-rate sweep incomplete")
             continue
         val = {lr: float(np.mean([r["validation"] for r in rs])) for lr, rs in tried.items()}
-        lr = max(p.lrs, key=lambda x: val[x])  # chosen on validation, never on test
+        lr = max(lrs, key=lambda x: val[x])  # chosen on validation, never on test
         chosen[name] = {"lr": lr, "validation": {f"{k:g}": v for k, v in val.items()}, "sweep_seeds": sweep}
         for s in seeds:
             rec = next((r for r in tried[lr] if r["seed"] == s), None) or one(name, lr, s)
