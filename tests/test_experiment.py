@@ -22,6 +22,8 @@ def test_smoke_profile_runs_every_model_and_reports(tmp_path):
             assert s["n_beyond"] > 0 and 0.0 <= s["beyond"] <= 1.0
         assert 0.0 <= r["validation"] <= 1.0 and 0.0 <= r["test_train_distribution"] <= 1.0
         assert (tmp_path / "runs" / f"{r['model']}_lr{r['lr']:g}_seed0.json").is_file()
+    assert set(res["throughput_tokens_per_s"]) == set(lr_exp.MODEL_NAMES)
+    assert all(v > 0 for v in res["throughput_tokens_per_s"].values())
     mem = res["runs"][0]
     assert set(mem["memory"]) == {str(p.eval_pairs), str(max(p.capacity_pairs))}
     assert (tmp_path / "results.json").is_file() and (tmp_path / "trace_seed0.pt").is_file()

@@ -79,7 +79,8 @@ class Profile:
     capacity_delays: tuple = (0, 16)
     eval_batch: int = 32
     eval_batches: int = 2
-    max_eval_len: tuple = (("full", 2400),)  # (model, longest sequence it is evaluated on): attention is T^2
+    max_eval_len: tuple = (("full", 2400),)
+    throughput_steps: int = 5  # training steps timed per model, one model after another, for tokens/s  # (model, longest sequence it is evaluated on): attention is T^2
 
     def max_len(self, name: str) -> int | None:
         return dict(self.max_eval_len).get(name)
@@ -93,7 +94,7 @@ PROFILES = {
     "smoke": Profile(vocab_size=64, d_model=32, num_slots=8, top_k=2, mem_heads=2, segment_len=8,
                      train_pairs=(2, 4, 8), train_windows=3, local_pairs=1, steps=4, batch_size=4, lrs=(1e-3,),
                      seeds=(0,), models=("memnet", "full", "windowed", "lstm"), eval_pairs=4, distances=(0, 1, 4),
-                     capacity_pairs=(4, 8), capacity_delays=(0,), eval_batch=4, eval_batches=1),
+                     capacity_pairs=(4, 8), capacity_delays=(0,), eval_batch=4, eval_batches=1, throughput_steps=1),
     # a book-sized run (<= 10 min on 2 cores): MemNet, the positive control and the windowed model, one
     # seed, at the learning rates the full profile chose on validation
     "laptop": Profile(steps=500, lrs=(1e-3,), seeds=(0,), models=("memnet", "full", "windowed"),
@@ -291,6 +292,23 @@ def train_and_test(name: str, lr: float, seed: int, p: Profile, device: torch.de
     return rec
 
 
+def throughput(names: list[str], p: Profile, device: torch.device) -> dict[str, float]:
+    """Training tokens/s of each model, timed one after another in this process on the same batch
+    (P = ``eval_pairs``, a training draw with no delay) for ``throughput_steps`` steps after one
+    untimed step: the speeds to compare (the runs' own times depend on what else the machine ran)."""
+    cfg = make_config(p)
+    b = make_task(p, p.eval_pairs, 0, training=True).sample(p.batch_size, seed=0, split="train")
+    tokens, targets = b.tokens.to(device), b.targets.to(device)
+    out = {}
+    for name in names:
+        seed_everything(0)
+        model = build(name, cfg).to(device)
+        train_steps(model, lambda step: (tokens, targets), 1e-3, 1)  # warm-up
+        fit = train_steps(model, lambda step: (tokens, targets), 1e-3, p.throughput_steps)
+        out[name] = round(tokens.numel() * p.throughput_steps / max(fit["train_s"], 1e-9), 1)
+    return out
+
+
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
         models: list[str] | None = None, out_dir: Path | None = None, save: bool = True, fresh: bool = False,
         progress: bool = True, cached_only: bool = False) -> dict:
@@ -347,9 +365,10 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
             runs.append(rec)
             if save and name == "memnet" and path(name, lr, s, "pt").exists():
                 shutil.copyfile(path(name, lr, s, "pt"), out_dir / f"trace_seed{s}.pt")
+    speed = throughput(models_of({"runs": runs}), p, dev)
     wall = time.perf_counter() - t_all
     cfg = make_config(p)
-    result = {"experiment": "long_range", "profile": profile, "profile_settings": asdict(p), "config": cfg.to_dict(),
+    result = {"throughput_tokens_per_s": speed, "throughput_threads": torch.get_num_threads(),"experiment": "long_range", "profile": profile, "profile_settings": asdict(p), "config": cfg.to_dict(),
               "chance": make_task(p, p.eval_pairs).chance, "window": p.segment_len, "chosen": chosen, "runs": runs,
               "missing": missing,
               "run_commits": sorted({str(r.get("git_commit", "not recorded")) for r in runs}),
@@ -487,15 +506,17 @@ def summary_table(result: dict) -> str:
     for n in names:
         rs = [r for r in result["runs"] if r["model"] == n]
         ch = result["chosen"][n]
+        speed = result.get("throughput_tokens_per_s", {}).get(n)
         rows.append([LABELS[n], f"{rs[0]['params']:,}", f"{rs[0]['state_bytes']:,}",
-                     f"{np.mean([r['tokens_per_s'] for r in rs]):,.0f}", f"{np.mean([r['train_s'] for r in rs]):.0f}",
+                     f"{speed:,.0f}" if speed is not None else "-", f"{np.mean([r['train_s'] for r in rs]):.0f}",
                      pct([r["test_train_distribution"] for r in rs]),
                      f"{ch['lr']:g} (" + ", ".join(f"{k}: {100 * v:.0f}" for k, v in ch["validation"].items()) + ")"])
     blocks.append(format_table(
         ["model", "params", "state bytes", "train tok/s", "train s", "test, train dist. %",
          "lr chosen (validation % per lr)"], rows,
         f"Models: {p['steps']} steps each at batch {p['batch_size']}; state per sequence in bytes (float32) at "
-        f"P = {p['eval_pairs']} with no delay; training tokens/s measured in this run"))
+        f"P = {p['eval_pairs']} with no delay; training tokens/s timed one model after another on "
+        f"{result.get('throughput_threads', '?')} thread(s); train s: mean wall time of a run (machine shared)"))
     mem = memory_table(result)
     return "\n\n".join(blocks + ([mem] if mem else []))
 
