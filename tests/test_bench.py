@@ -140,3 +140,26 @@ def test_steady_allocator_pins_glibc_malloc():
         assert applied == bench.STEADY_MALLOC
     else:
         assert applied is None
+
+
+def test_stored_run_tables():
+    """The stored laptop run's training and streaming tables come out of format_table with every
+    measured number in its row."""
+    from memnet.experiments.common import DATA_DIR
+
+    res = json.loads((DATA_DIR / "bench" / "laptop" / "results.json").read_text())
+    lines = bench.summary_table(res).splitlines()
+    assert lines[0].startswith("training, forward+backward") and lines[1].split()[:2] == ["model", "params"]
+    assert lines[1].split()[2:] == [str(T) for T in sorted({r["T"] for r in res["seq_len"]})]
+    assert set(lines[2]) == {"-", " "}  # format_table's rule under the header
+    for name, params in res["params"].items():
+        row = next(line for line in lines if line.split()[:2] == [name, str(params)])
+        for r in (r for r in res["seq_len"] if r["model"] == name):
+            assert ("skipped" if "skipped" in r else f"{r['us_per_token']:.1f} ({r['autograd_mb']:.0f})") in row
+    head = next(k for k, line in enumerate(lines) if line.startswith("tokens seen"))
+    kv = {r["tokens_seen"]: r for r in res["streaming"]["full_kv"]}
+    for line, r in zip(lines[head + 2:], res["streaming"]["memnet"]):
+        k = kv[r["tokens_seen"]]
+        assert line.split() == [str(r["tokens_seen"]), f"{r['us_per_token']:.1f}", f"{r['vs_start']:.2f}",
+                                f"{r['vs_start_of_minima']:.2f}", f"{r['state_bytes'] / 2**20:.2f}",
+                                f"{k['us_per_token']:.1f}", f"{k['cache_bytes'] / 2**20:.1f}"]

@@ -129,11 +129,45 @@ def test_expand_state_and_key_cosine(stream):
     assert np.isnan(C.key_cosine(mem, items, mem, items, np.array([0, 1])))
 
 
-def test_mean_ci_by_hand():
-    m, h = C.mean_ci([0.5, 0.7, 0.9])
+def test_model_summary_by_hand():
+    runs = [{"model": "lstm", "seed": s, "summary": {k: v for k in C.METRICS}} for s, v in enumerate((0.5, 0.7, 0.9))]
+    runs.append({"model": "lstm_joint", "seed": 0, "acc": 0.4})
+    summ = C.model_summary({"streams": {"shift": {"runs": runs}}}, "shift")
+    m, h = summ["lstm"]["bwt"]
     # mean 0.7, sd 0.2, t(2) = 4.303: half-width 4.303 * 0.2 / sqrt(3)
-    assert m == pytest.approx(0.7) and h == pytest.approx(4.303 * 0.2 / np.sqrt(3))
-    assert C.mean_ci([0.4]) == (0.4, 0.0)
+    assert m == pytest.approx(0.7) and h == pytest.approx(4.303 * 0.2 / np.sqrt(3)) and summ["lstm"]["n_seeds"] == 3
+    assert set(summ["lstm_joint"]) == {"acc", "n_seeds"} and summ["lstm_joint"]["acc"][0] == 0.4
+    assert np.isnan(summ["lstm_joint"]["acc"][1])  # one seed: no interval
+
+
+def test_stored_run_table_and_claims():
+    """The stored laptop run prints through format_table with every model's mean ± interval, and
+    the claim holds exactly where the chapter's rule (within 5 points of the best joint model and
+    BWT >= -5 points) says."""
+    from memnet.experiments.common import DATA_DIR, mean_ci
+
+    res = json.loads((DATA_DIR / "continual" / "laptop" / "results.json").read_text())
+    blocks = C.summary_table(res).split("\n\n")
+    assert len(blocks) == len(res["streams"])
+    for s, block in zip(res["streams"], blocks):
+        lines = block.splitlines()
+        assert lines[0].startswith(f"{s}: class-incremental") and lines[1].split()[:3] == ["model", "ACC", "BWT"]
+        assert set(lines[2]) == {"-", " "}  # format_table's rule under the header
+        for m, d in C.seed_values(res, s).items():
+            row = next(line for line in lines[3:] if line.split()[0] == m)
+            cells = [mean_ci(d[k], 100) if k in d else "-" for k in ("acc", "bwt", "forgetting", "max_drop")]
+            assert [c.strip() for c in row[len(m):].split("  ") if c.strip()] == cells + [str(len(d["acc"]))]
+    verdicts = {v.claim: v for v in C.summarize(res)}
+    assert len(verdicts) == 2 * len(C.CLAIMED) * len(res["streams"])
+    for s in res["streams"]:
+        summ = C.model_summary(res, s)
+        best = max(summ[m]["acc"][0] for m in summ if m.endswith("_joint"))
+        for m in C.CLAIMED:
+            gap = verdicts[f"{m} on {s}: ACC within 5 points of the best joint model"]
+            bwt = verdicts[f"{m} on {s}: backward transfer >= -5 points"]
+            assert gap.measured == pytest.approx(100 * (best - summ[m]["acc"][0]))
+            assert (gap.passed and bwt.passed) == (gap.measured <= 5 and 100 * summ[m]["bwt"][0] >= -5)
+    assert verdicts["memnet_fixed on digits: ACC within 5 points of the best joint model"].passed
 
 
 def test_config_must_hold_every_support_item(stream):
@@ -200,6 +234,7 @@ def test_smoke_run_stores_consistent_results(tmp_path):
     np.testing.assert_array_equal(np.array(fx["R"])[0], np.array(by["memnet_fixed_reset"])[0])
     table = C.summary_table(res)
     assert "memnet_reset" in table and "lstm_joint" in table and "ACC" in table
+    assert all(v.claim.endswith(("model", "points")) for v in C.summarize(res))  # one seed, one stream: still checked
     # the stored run loads back into the explorer: one figure per model's carried memory
     from memnet import book
     loaded = book.load_run(tmp_path)

@@ -221,11 +221,8 @@ def test_counts_to_km_agrees_with_kaplan_meier(pairs):
     assert fx.rmst(a, tau) == pytest.approx(float(b(grid).mean() * tau), abs=2e-3)
 
 
-def test_interval_and_format():
-    m, h = fx.interval([1.0, 2.0, 3.0])
-    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-3)
-    assert np.isnan(fx.interval([2.0])[1])
-    assert fx.fmt([1.0, 2.0, 3.0]) == "2.0±2.5" and fx.fmt([4.0]) == "4.0"
+def test_format():
+    assert fx.fmt([1.0, 2.0, 3.0]) == "2.0 ± 2.5" and fx.fmt([4.0]) == "4.0"  # common.mean_ci
     assert fx.fmt([2.0, float("inf")]) == "2/inf" and fx.fmt([float("inf")]) == "inf"
     assert fx.fmt([2.5, float("nan")]) == "2.5/nan"
     assert fx.ratio({"median": {"useful": 8.0, "distractor": 2.0}}) == 4.0
@@ -349,3 +346,42 @@ def test_meets_bar_needs_every_seed_and_enough_seeds():
     assert not fx.meets_bar([11.0, 10.0, 5.0])  # one seed short of the factor
     assert not fx.meets_bar([20.0, 30.0])  # too few seeds
     assert not fx.meets_bar([12.0, float("nan"), 15.0])  # a seed without a ratio
+
+
+@pytest.mark.parametrize("profile", ["laptop", "long"])
+def test_stored_run_table_and_claims(profile):
+    """A stored run prints its three tables through format_table with every ablation's numbers, and
+    summarize checks the claim as meets_bar does on the same ratios."""
+    import json
+
+    from memnet.experiments.common import DATA_DIR
+
+    res = json.loads((DATA_DIR / "forgetting" / profile / "results.json").read_text())
+    rows = {r["ablation"]: r for r in fx.ablation_rows(res)}
+    blocks = fx.summary_table(res).split("\n\n")
+    assert len(blocks) == 3
+    for block in blocks:
+        lines = block.splitlines()
+        assert lines[1].split()[0] == "ablation" and set(lines[2]) == {"-", " "}  # format_table's header and rule
+        assert [line.split()[0] for line in lines[3:]] == list(rows)
+    for name, r in rows.items():
+        row = next(line for line in blocks[0].splitlines() if line.split()[0] == name)
+        pm = r["pooled_median"]
+        cells = [fx.fmt(r["median_useful"]), fx.fmt(r["median_distractor"]), fx.fmt(r["ratio"]),
+                 fx.fmt(r["rmst_ratio"], 2), f"{pm['useful']:g}/{pm['distractor']:g}", fx.fmt(r["write_useful"], 2),
+                 fx.fmt(r["write_distractor"], 2), fx.fmt(r["acc_useful"], 2), fx.fmt(r["read_entropy"], 2)]
+        assert [c.strip() for c in row[len(name):].split("  ") if c.strip()] == cells
+    verdicts = fx.summarize(res)
+    names = [n for n in ("learned", "faded") if n in rows] + [fx.forced_view(res).best]
+    assert [v.claim.split(":")[0] for v in verdicts] == names
+    for v, n in zip(verdicts, names):
+        assert v.passed == fx.meets_bar(rows[n]["ratio_bound"]) and v.threshold == 10
+    if profile == "long":  # forced_p=0.3: per-seed ratios 11, 10 and 5
+        assert not verdicts[0].passed
+        assert verdicts[0].measured == pytest.approx(min(rows["forced_p=0.3"]["ratio_bound"]))
+    else:  # learned decay with a ratio of 12 in every seed holds
+        for r in res["runs"]:
+            if r["ablation"] == "learned":
+                r["median"] = {**r["median"], "useful": 12.0, "distractor": 1.0}
+        v = fx.summarize(res)[0]
+        assert v.claim.startswith("learned") and v.passed and v.measured == 12.0

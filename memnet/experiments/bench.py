@@ -51,7 +51,7 @@ from .. import native
 from ..memory import StreamingMemory, cosine_scores_topk
 from ..model import MemNet, truncated_backward
 from ..train import amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, provenance, seed_everything, write_json
+from .common import DATA_DIR, format_table, provenance, seed_everything, write_json
 
 STREAM_REPEATS = 17  # interleaved timed calls per side at every streaming checkpoint
 # sequence-length sweep: a point whose pass takes less than this gets one untimed pass before its timed ones in
@@ -608,7 +608,8 @@ def _point(rows: list[dict], model: str, T: int) -> dict | None:
 
 
 def summarize(result: dict) -> dict:
-    """The ratios and the bars the issue asks for, computed from the measured rows."""
+    """The ratios and spreads the chapter reports (no claim is checked against a threshold here),
+    computed from the measured rows."""
     rows = result["seq_len"]
     mem = [r for r in rows if r["model"] == "memnet" and "skipped" not in r]
     per_tok = [r["us_per_token"] for r in mem]
@@ -781,14 +782,12 @@ def summary_table(result: dict) -> str:
     rows = result.get("seq_len", [])
     names = list(result.get("params", {}))
     Ts = sorted({r["T"] for r in rows})
-    lines = [f"training, forward+backward, B=1: microseconds per token (autograd MB); {result['threads']} threads",
-             f"{'model':<10}{'params':>9}" + "".join(f"{T:>20}" for T in Ts)]
-    for name in names:
-        cells = []
-        for T in Ts:
-            r = next(r for r in rows if r["model"] == name and r["T"] == T)
-            cells.append("skipped" if "skipped" in r else f"{r['us_per_token']:.1f} ({r['autograd_mb']:.0f})")
-        lines.append(f"{name:<10}{result['params'][name]:>9}" + "".join(f"{c:>20}" for c in cells))
+    at = {(r["model"], r["T"]): r for r in rows}
+    cell = lambda r: "skipped" if "skipped" in r else f"{r['us_per_token']:.1f} ({r['autograd_mb']:.0f})"
+    lines = [format_table(
+        ["model", "params"] + [str(T) for T in Ts],
+        [[name, result["params"][name]] + [cell(at[name, T]) for T in Ts] for name in names],
+        f"training, forward+backward, B=1: microseconds per token (autograd MB); {result['threads']} threads")]
     s = result.get("summary")
     if s:
         lines.append("")
@@ -827,15 +826,14 @@ def summary_table(result: dict) -> str:
                                                      for r in result["top_k"]))
     if "streaming" in result:
         lines.append("")
-        lines.append(f"{'tokens seen':>12}{'MemNet us/tok':>15}{'vs start':>10}{'of minima':>11}{'state MB':>10}"
-                     f"{'Full us/tok':>13}{'KV cache MB':>13}")
         kv = {r["tokens_seen"]: r for r in result["streaming"]["full_kv"]}
-        for r in result["streaming"]["memnet"]:
-            k = kv.get(r["tokens_seen"], {})
-            lines.append(f"{r['tokens_seen']:>12}{r['us_per_token']:>15.1f}{r['vs_start']:>10.2f}"
-                         f"{r.get('vs_start_of_minima', float('nan')):>11.2f}{r['state_bytes'] / 2**20:>10.2f}"
-                         + (f"{k['us_per_token']:>13.1f}" if "us_per_token" in k else f"{'skipped':>13}")
-                         + f"{k.get('cache_bytes', float('nan')) / 2**20:>13.1f}")
+        lines.append(format_table(
+            ["tokens seen", "MemNet us/tok", "vs start", "of minima", "state MB", "Full us/tok", "KV cache MB"],
+            [[r["tokens_seen"], f"{r['us_per_token']:.1f}", f"{r['vs_start']:.2f}",
+              f"{r.get('vs_start_of_minima', float('nan')):.2f}", f"{r['state_bytes'] / 2**20:.2f}",
+              f"{k['us_per_token']:.1f}" if "us_per_token" in k else "skipped",
+              f"{k.get('cache_bytes', float('nan')) / 2**20:.1f}"]
+             for r in result["streaming"]["memnet"] for k in [kv.get(r["tokens_seen"], {})]]))
     if "read" in result:
         r = result["read"]
         lines.append("")

@@ -68,7 +68,8 @@ from torch import Tensor
 from ..baselines import LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
 from ..continual import (accuracy_matrix, fit_key_map, forgetting, max_drop, realign_keys, segment_keys,
-                         stream_memnet, summarize)
+                         stream_memnet)
+from ..continual import summarize as matrix_summary
 from ..memory import MemoryState, WriteRequest
 from ..model import MemNet
 from ..tasks.digits import SplitDigits
@@ -76,7 +77,8 @@ from ..tasks.shift import ShiftingPrototypes
 from ..tasks.stream import TaskStream
 from ..trace import MemoryTrace
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, t_interval, write_json
+from .common import (DATA_DIR, Verdict, done_line, experiment_parser, format_table, mean_ci, provenance,
+                     seed_everything, t_interval, write_json)
 
 SEQUENTIAL = ("memnet", "memnet_fixed", "windowed", "lstm")
 JOINT = ("memnet_joint", "memnet_fixed_joint", "windowed_joint", "lstm_joint")
@@ -591,7 +593,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         for r in entry["runs"]:
             if "R" in r:
                 R = accuracy_matrix(r["R"])
-                r["summary"] = summarize(R, r["baseline_b"])
+                r["summary"] = matrix_summary(R, r["baseline_b"])
                 r["summary"]["max_drop"] = max_drop(R)
                 r["summary"]["forgetting_per_task"] = forgetting(R).tolist()
     wall = time.perf_counter() - t_all
@@ -636,38 +638,62 @@ def nearest_neighbour_matrix(stream: TaskStream, k: int, per_class: int | None, 
 
 
 # ---------------------------------------------------------------------------- tables
-def mean_ci(values) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t interval over seeds (0 for a single seed)."""
-    m, h = t_interval(values)
-    return m, (0.0 if len(values) < 2 else h)
+METRICS = ("acc", "bwt", "forgetting", "max_drop", "fwt")  # per-run summary entries (joint models: "acc" only)
+CLAIMED = ("memnet", "memnet_fixed", "memnet_frozen")  # the continual MemNets the claim is checked on
+GAP_POINTS, BWT_POINTS = 5.0, -5.0  # the claim's thresholds: ACC gap to the best joint model, backward transfer
 
 
-def model_summary(result: dict, stream: str) -> dict[str, dict[str, tuple[float, float]]]:
-    """model -> metric -> (mean, 95% half-width) over seeds; joint models have only ``acc``."""
+def seed_values(result: dict, stream: str) -> dict[str, dict[str, list[float]]]:
+    """model -> metric -> its per-seed values on `stream` (joint models: ``acc`` only)."""
     runs = result["streams"][stream]["runs"]
     out: dict = {}
     for m in dict.fromkeys(r["model"] for r in runs):
         rs = [r for r in runs if r["model"] == m]
-        if "summary" in rs[0]:
-            out[m] = {k: mean_ci([r["summary"][k] for r in rs]) for k in ("acc", "bwt", "forgetting", "max_drop", "fwt")}
-        else:
-            out[m] = {"acc": mean_ci([r["acc"] for r in rs])}
-        out[m]["n_seeds"] = len(rs)
+        out[m] = ({k: [r["summary"][k] for r in rs] for k in METRICS} if "summary" in rs[0]
+                  else {"acc": [r["acc"] for r in rs]})
+    return out
+
+
+def model_summary(result: dict, stream: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """model -> metric -> (mean, 95% t-interval half-width; nan for one seed) over seeds, and
+    ``n_seeds``; joint models have only ``acc``."""
+    return {m: {**{k: t_interval(v) for k, v in d.items()}, "n_seeds": len(d["acc"])}
+            for m, d in seed_values(result, stream).items()}
+
+
+def summarize(result: dict) -> list[Verdict]:
+    """The claim on every stream, for each continual MemNet of ``CLAIMED`` that was run: its final
+    accuracy lies within ``GAP_POINTS`` points of the best joint model's, and its backward transfer
+    is at least ``BWT_POINTS`` points (means over seeds)."""
+    out = []
+    for s in result["streams"]:
+        summ = model_summary(result, s)
+        joints = [m for m in summ if m.endswith("_joint")]
+        if not joints:
+            continue
+        best = max(joints, key=lambda m: summ[m]["acc"][0])
+        for m in CLAIMED:
+            if "bwt" not in summ.get(m, {}):
+                continue
+            gap, bwt = 100 * (summ[best]["acc"][0] - summ[m]["acc"][0]), 100 * summ[m]["bwt"][0]
+            out.append(Verdict(f"{m} on {s}: ACC within {GAP_POINTS:g} points of the best joint model", gap,
+                               GAP_POINTS, gap <= GAP_POINTS, f"{best} {100 * summ[best]['acc'][0]:.1f}%"))
+            out.append(Verdict(f"{m} on {s}: backward transfer >= {BWT_POINTS:g} points", bwt, BWT_POINTS,
+                               bwt >= BWT_POINTS))
     return out
 
 
 def summary_table(result: dict) -> str:
-    """The ACC / BWT / forgetting table of every stream (percent, mean +- 95% interval over seeds)."""
-    lines = []
-    for s in result["streams"]:
-        summ = model_summary(result, s)
-        lines.append(f"\n{s}: class-incremental, {result['streams'][s]['stream']['n_tasks']} tasks, "
-                     f"chance {100 * result['streams'][s]['chance']:.0f}%  (percent, mean +- 95% CI over seeds)")
-        lines.append(f"{'model':<20}{'ACC':>15}{'BWT':>15}{'forgetting':>15}{'max drop':>15}{'seeds':>7}")
-        for m, d in summ.items():
-            f = lambda k: f"{100 * d[k][0]:6.1f} +- {100 * d[k][1]:4.1f}" if k in d else f"{'-':>14}"
-            lines.append(f"{m:<20}{f('acc'):>15}{f('bwt'):>15}{f('forgetting'):>15}{f('max_drop'):>15}{d['n_seeds']:>7}")
-    return "\n".join(lines)
+    """The ACC / BWT / forgetting table of every stream (percent, mean ± 95% t-interval over seeds)."""
+    blocks = []
+    for s, entry in result["streams"].items():
+        rows = [[m] + [mean_ci(d[k], 100) if k in d else "-" for k in ("acc", "bwt", "forgetting", "max_drop")]
+                + [len(d["acc"])] for m, d in seed_values(result, s).items()]
+        blocks.append(format_table(
+            ["model", "ACC", "BWT", "forgetting", "max drop", "seeds"], rows,
+            f"{s}: class-incremental, {entry['stream']['n_tasks']} tasks, chance {100 * entry['chance']:.0f}% "
+            "(percent, mean ± 95% t-interval over seeds)"))
+    return "\n\n".join(blocks)
 
 
 def draw_stream_view(result: dict, traces: dict, seed: int, segment: int, stream: str = "digits",
@@ -738,6 +764,8 @@ def main(argv: list[str] | None = None) -> None:
     res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.streams, a.models,
               a.workers)
     print(summary_table(res))
+    print()
+    print("\n".join(v.line() for v in summarize(res)))
     print(done_line(res, a, "continual"))
 
 

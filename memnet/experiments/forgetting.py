@@ -36,7 +36,8 @@ from ..survival import (age_histogram, content_lifetimes, content_sources, event
                         read_entropy_per_segment, retained_at_read, write_frequency)
 from ..tasks.forgetting import EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, done_line, experiment_parser, provenance, seed_everything, t_interval, write_json
+from .common import (DATA_DIR, Verdict, done_line, experiment_parser, format_table, mean_ci, provenance,
+                     seed_everything, write_json)
 
 # content groups: the three item types, then "other" (written by a filler or query token);
 # contents whose writer cannot be identified (see survival.content_sources) get code -1
@@ -309,9 +310,12 @@ def ratio_lower_bound(res: dict, num_segments: int) -> float:
     return r
 
 
-def meets_bar(ratios, factor: float = 10.0, min_seeds: int = 3) -> bool:
-    """The issue's bar on per-seed useful/distractor ratios: at least `min_seeds` seeds, and at
-    least `factor` in every one of them (nan fails)."""
+FACTOR, MIN_SEEDS = 10.0, 3  # the claim's thresholds: useful/distractor median ratio, in every one of this many seeds
+
+
+def meets_bar(ratios, factor: float = FACTOR, min_seeds: int = MIN_SEEDS) -> bool:
+    """The claim on per-seed useful/distractor ratios: at least `min_seeds` seeds, and at least
+    `factor` in every one of them (nan fails)."""
     r = np.asarray(ratios, dtype=float)
     return bool(len(r) >= min_seeds and np.all(r >= factor))
 
@@ -494,19 +498,13 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
 
 
 # ---------------------------------------------------------------------------- the table
-def interval(values) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval over seeds (half-width nan for one value); non-finite
-    values make the mean non-finite."""
-    return t_interval(values)
-
-
 def fmt(values, digits: int = 1) -> str:
-    """Mean±95% t-interval over seeds; the per-seed values joined by '/' when one is inf or nan."""
+    """:func:`~memnet.experiments.common.mean_ci` of per-seed values, or the per-seed values joined
+    by '/' when one is inf or nan (their mean would hide the others)."""
     v = np.asarray(values, dtype=np.float64)
     if len(v) and not np.isfinite(v).all():
         return "/".join(f"{x:g}" if not np.isfinite(x) or x == round(x) else f"{x:.{digits}f}" for x in v)
-    m, h = interval(v)
-    return f"{m:.{digits}f}" + (f"±{h:.{digits}f}" if h == h else "")
+    return mean_ci(v, 1.0, digits)
 
 
 def ablation_rows(result: dict) -> list[dict]:
@@ -540,35 +538,52 @@ def ablation_rows(result: dict) -> list[dict]:
     return rows
 
 
+def summarize(result: dict) -> list[Verdict]:
+    """The claim, per configuration: the useful/distractor median lifetime ratio
+    (:func:`ratio_lower_bound`) is at least ``FACTOR`` in every one of at least ``MIN_SEEDS`` seeds
+    (:func:`meets_bar`), for learned decay, faded-first allocation and, in a run with forced
+    writes, the pressure that separates the types most (:func:`forced_view`). ``measured`` is the
+    smallest per-seed ratio (nan when a seed has none)."""
+    rows = {r["ablation"]: r for r in ablation_rows(result)}
+    names = [n for n in ("learned", "faded") if n in rows]
+    if "forced_none" in rows and any(n.startswith("forced_p=") for n in rows):
+        names.append(forced_view(result).best)
+    out = []
+    for n in names:
+        r = np.asarray(rows[n]["ratio_bound"], dtype=float)
+        out.append(Verdict(f"{n}: useful/distractor median lifetime ratio >= {FACTOR:g} in every one of "
+                           f">= {MIN_SEEDS} seeds", float(np.min(r)) if len(r) else float("nan"), FACTOR,
+                           meets_bar(r), f"per seed {', '.join(f'{x:.3g}' for x in r)}"))
+    return out
+
+
 def summary_table(result: dict) -> str:
     """Per ablation: median lifetime (segments) of useful and distractor contents, their ratio,
-    the RMST ratio, write rates and recall of useful items; mean±95% t-interval over seeds."""
+    the RMST ratio, write rates and recall of useful items; then items' median time in memory,
+    and the share of contents that died by decay; mean ± 95% t-interval over seeds (:func:`fmt`)."""
     rows = ablation_rows(result)
     n = max((r["n_seeds"] for r in rows), default=0)
-    lines = [f"lifetimes in segments of {result['profile_settings']['segment_len']} tokens over a trace of "
-             f"{result['num_segments']}; {result['pressure']:.1f} items per slot; mean"
-             + (f"±95% t-interval over {n} seeds" if n > 1 else " (one seed)")
-             + "; a/b/c: per-seed values (inf: median beyond the trace; nan: no content of the type)",
-             f"{'ablation':<14}{'med useful':>12}{'med distr':>12}{'ratio':>12}{'RMST ratio':>14}{'pooled u/d':>12}"
-             f"{'wr useful':>11}{'wr distr':>11}{'acc useful':>12}{'read H':>11}"]
-    for r in rows:
-        pm = r["pooled_median"]
-        lines.append(f"{r['ablation']:<14}{fmt(r['median_useful']):>12}{fmt(r['median_distractor']):>12}"
-                     f"{fmt(r['ratio']):>12}{fmt(r['rmst_ratio'], 2):>14}{pm['useful']:>6g}/{pm['distractor']:<5g}"
-                     f"{fmt(r['write_useful'], 2):>11}{fmt(r['write_distractor'], 2):>11}"
-                     f"{fmt(r['acc_useful'], 2):>12}{fmt(r['read_entropy'], 2):>11}")
-    lines += ["", "items (from the end of their segment; an item never written lives 0 segments): median time in memory",
-              f"{'ablation':<14}{'useful':>12}{'distractor':>12}{'ratio':>12}"]
-    for r in rows:
-        lines.append(f"{r['ablation']:<14}{fmt(r['item_median_useful']):>12}{fmt(r['item_median_distractor']):>12}"
-                     f"{fmt(r['item_ratio']):>12}")
-    lines += ["", "contents that died by decay (share of the type's contents) and the expiring contents' median lifetime",
-              f"{'ablation':<14}{'useful':>12}{'expiring':>12}{'distractor':>12}{'med expiring':>14}"]
-    for r in rows:
-        d = r["decay_share"]
-        lines.append(f"{r['ablation']:<14}{fmt(d['useful'], 2):>12}{fmt(d['expiring'], 2):>12}"
-                     f"{fmt(d['distractor'], 2):>12}{fmt(r['median_expiring']):>14}")
-    return "\n".join(lines)
+    note = (f"lifetimes in segments of {result['profile_settings']['segment_len']} tokens over a trace of "
+            f"{result['num_segments']}; {result['pressure']:.1f} items per slot; mean"
+            + (f" ± 95% t-interval over {n} seeds" if n > 1 else " (one seed)")
+            + "; a/b/c: per-seed values (inf: median beyond the trace; nan: no content of the type)")
+    lifetimes = format_table(
+        ["ablation", "med useful", "med distr", "ratio", "RMST ratio", "pooled u/d", "wr useful", "wr distr",
+         "acc useful", "read H"],
+        [[r["ablation"], fmt(r["median_useful"]), fmt(r["median_distractor"]), fmt(r["ratio"]), fmt(r["rmst_ratio"], 2),
+          f"{r['pooled_median']['useful']:g}/{r['pooled_median']['distractor']:g}", fmt(r["write_useful"], 2),
+          fmt(r["write_distractor"], 2), fmt(r["acc_useful"], 2), fmt(r["read_entropy"], 2)] for r in rows], note)
+    items = format_table(
+        ["ablation", "useful", "distractor", "ratio"],
+        [[r["ablation"], fmt(r["item_median_useful"]), fmt(r["item_median_distractor"]), fmt(r["item_ratio"])]
+         for r in rows],
+        "items (from the end of their segment; an item never written lives 0 segments): median time in memory")
+    decay = format_table(
+        ["ablation", "useful", "expiring", "distractor", "med expiring"],
+        [[r["ablation"]] + [fmt(r["decay_share"][g], 2) for g in ("useful", "expiring", "distractor")]
+         + [fmt(r["median_expiring"])] for r in rows],
+        "contents that died by decay (share of the type's contents) and the expiring contents' median lifetime")
+    return "\n\n".join([lifetimes, items, decay])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -578,6 +593,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.only, a.workers)
     print(summary_table(res))
+    print()
+    print("\n".join(v.line() for v in summarize(res)))
     print(done_line(res, a, "forgetting"))
 
 
