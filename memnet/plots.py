@@ -218,7 +218,7 @@ def accuracy_curves(curves: dict, ax: Axes | None = None, xlabel: str = "", titl
         ax.axhline(100 * chance, color="gray", ls=":", lw=1, label="chance")
     if mark_x is not None:
         ax.axvline(mark_x, color="k", lw=0.8, alpha=0.4)
-        ax.text(mark_x, 103, f" {mark_label}", fontsize=9, va="bottom", alpha=0.8)
+        ax.text(mark_x, 104, f" {mark_label}", fontsize=9, va="bottom", ha="right", alpha=0.8)
     if logx:
         ax.set_xscale("symlog", linthresh=1.0, base=2) if any(min(c["x"]) <= 0 for c in curves.values()) \
             else ax.set_xscale("log", base=2)
@@ -228,7 +228,7 @@ def accuracy_curves(curves: dict, ax: Axes | None = None, xlabel: str = "", titl
     ax.set_xlabel(xlabel, fontsize=10)
     ax.set_ylabel("accuracy (%)", fontsize=10)
     ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8, ncol=2, loc="upper right", framealpha=0.9)
+    ax.legend(fontsize=8, ncol=2, loc="lower left", framealpha=0.9)
     return ax.figure
 
 
@@ -287,23 +287,33 @@ def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str
         ax = axes[0, 0]
     owner, signal = occ["owner"], occ["signal"]
     n_items = max(len(occ["slots"]), 1)
-    cmap = matplotlib.colormaps["tab10"]
+    many = n_items > 10  # then a continuous colour scale by item order, with a colour bar, instead of a legend
+    scale = matplotlib.colormaps["turbo"]
+    color_of = (lambda i: scale(i / max(n_items - 1, 1))) if many else (lambda i: matplotlib.colormaps["tab10"](i % 10))
     rgb = np.ones(owner.shape + (3,))
     for i in range(n_items):
         mask = owner == i
-        color = np.array(cmap(i % 10)[:3])
+        color = np.array(color_of(i)[:3])
         rgb[mask] = 1 - signal[mask, None] * (1 - color)
     ax.imshow(rgb, aspect="auto", origin="lower", interpolation="nearest")
     for i, q in enumerate(occ["query_pos"]):
         if i < len(occ["query_read"]):
             qs = q // L
             best = int(np.argmax(occ["query_read"][i]))
-            ax.scatter([qs], [best], marker="*", s=90, color=cmap(i % 10), edgecolors="k", linewidths=0.6, zorder=3)
-    from matplotlib.patches import Patch
+            ax.scatter([qs], [best], marker="*", s=70 if many else 90, color=color_of(i), edgecolors="k",
+                       linewidths=0.6, zorder=3)
+    if many:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
 
-    handles = [Patch(color=cmap(i % 10), label=f"pair {i}") for i in range(len(occ["slots"]))][:10]
-    if handles:
-        ax.legend(handles=handles, fontsize=7, loc="upper left", framealpha=0.8)
+        bar = ax.figure.colorbar(ScalarMappable(Normalize(0, n_items - 1), scale), ax=ax, pad=0.01, fraction=0.04)
+        bar.set_label("item (order of its query)", fontsize=8)
+    else:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=color_of(i), label=f"pair {i}") for i in range(len(occ["slots"]))]
+        if handles:
+            ax.legend(handles=handles, fontsize=7, loc="upper left", framealpha=0.8)
     ax.set_xlabel("segment")
     ax.set_ylabel("slot")
     ax.set_title(title or "stored items in slots (star: where the query read)", fontsize=9)
