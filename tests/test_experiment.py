@@ -165,3 +165,13 @@ def test_bad_arguments_are_rejected_by_name(tmp_path):
         lr_exp.run("smoke", seeds=[], save=False)
     with pytest.raises(SystemExit):
         lr_exp.main(["--profile", "smoke", "--seeds", "--out", str(tmp_path)])
+
+
+def test_non_finite_logits_are_an_error_not_a_score():
+    p = lr_exp.PROFILES["smoke"]
+
+    class Broken(torch.nn.Module):
+        def forward(self, tokens):
+            return type("Out", (), {"logits": torch.full(tokens.shape + (p.vocab_size,), float("nan"))})()
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        lr_exp.score(Broken(), lr_exp.make_task(p, 4), p, "test", 0, torch.device("cpu"))

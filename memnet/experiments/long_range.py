@@ -187,7 +187,11 @@ def score(model: torch.nn.Module, task: MQAR, p: Profile, split: str, seed: int,
     c = dict(ok_b=0, n_b=0, ok_i=0, n_i=0, dist=0)
     for i in range(batches or p.eval_batches):
         b = task.sample(p.eval_batch, seed=1000 * seed + i, split=split).to(device)
-        pred = model(b.tokens).logits.argmax(-1)
+        logits = model(b.tokens).logits
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError(f"{type(model).__name__} gives non-finite logits on a {split} draw of "
+                                     f"{tuple(b.tokens.shape)} tokens (P = {task.n_pairs}, delay {task.delay})")
+        pred = logits.argmax(-1)
         q = b.targets != IGNORE_INDEX
         pos = torch.arange(b.tokens.shape[1], device=device).expand_as(q)
         inside = q & (pos // L == (pos - b.distance) // L)
