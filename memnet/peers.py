@@ -232,6 +232,32 @@ class TitansPeer(nn.Module):
     memory MLP's weights that ``forward`` never uses (it calls the MLP with the per-head copies);
     the adapter freezes that copy so that ``count_params`` counts only parameters that learn.
     ``cfg.dropout`` is not used: the package's MAC has no dropout.
+
+    Step size of the neural memory (``default_step_transform_max_lr=0.1``; ``memory_max_lr``). With
+    the package's default 1.0 the logits were NaN on every sequence longer than ~10 segments (at
+    d_model 64, segment_len 32: from about T = 384 on), untrained. The cause is
+    the memory's test-time gradient descent, not the chunking: the sizes line up (store chunk =
+    ``neural_memory_batch_size`` = attention window = segment + 4 long-term tokens; the tail of a
+    last, incomplete chunk is kept, not stored) and no chunk is empty. Each chunk's update is
+    ``-sum_i lr_i * grad loss_i`` summed (not averaged) over its 36 tokens, with
+    ``lr_i = max_lr * sigmoid(.)``, about 0.5 at init, so the step is ~18 times the mean gradient.
+    Because every chunk's gradient is taken at the weights the previous chunk left (the
+    chunk-by-chunk updating this adapter wants), that step is past the stable range of gradient
+    descent: the memory MLP's weights grew up to ~20 times per segment (norm ~20 after one segment,
+    ~1e11 after ten) until float32 overflowed; the retrievals of all later segments, and through
+    them the logits, were NaN. With ``neural_memory_batch_size`` unset (the package's default)
+    the sequence stays finite, but only because every surprise is then taken at the initial
+    weights, which is not the chunk-wise memory meant here. So the adapter keeps the chunk-wise
+    updates and caps the per-token step at 0.1 (the value of the package's own ``train_mac.py``):
+    the effective step is ~1.8 times the mean gradient at init, at most 3.6. Checked at
+    d_model 64 / segment_len 32 and the test configs: finite to T = 8352 for several seeds, with
+    the weight norms staying O(1); and still finite to T = 8352 with the lr and momentum gates
+    forced to 1 and the decay gate to 0 (the weights then grow polynomially, norm ~1e3 at the
+    end, not geometrically). For comparison at init, a cap of 0.3 diverged near T = 7,900 and
+    0.5 near T = 550-870, so 0.1 leaves a factor ~3. That is a margin, not a proof: training
+    that makes the keys much larger raises the curvature; if NaN reappears, lower the cap.
+    What the memory does is otherwise unchanged (same gates, momentum, decay, update schedule);
+    only the learning-rate gate's range is (0, 0.1) instead of (0, 1).
     """
 
     def __init__(self, cfg: MemNetConfig):
@@ -240,6 +266,7 @@ class TitansPeer(nn.Module):
         self.cfg = cfg
         D, H = cfg.d_model, cfg.n_heads
         self.num_longterm, self.num_persist = 4, 4
+        self.memory_max_lr = 0.1  # cap on the neural memory's per-token step size (package default 1.0: diverges)
         chunk = cfg.segment_len + self.num_longterm
 
         def build(inner: int) -> nn.Module:
@@ -248,6 +275,7 @@ class TitansPeer(nn.Module):
                 num_longterm_mem_tokens=self.num_longterm, num_persist_mem_tokens=self.num_persist,
                 neural_memory_batch_size=chunk, dim_head=D // H, heads=H, ff_mult=_ff_mult(D, inner),
                 num_residual_streams=1, neural_memory_model=titans.MemoryMLP(D, depth=2, expansion_factor=1.0),
+                neural_memory_kwargs=dict(default_step_transform_max_lr=self.memory_max_lr),
                 use_flex_attn=False, sliding_window_attn=False)
             for mem in _neural_memories(mac):
                 mem.memory_model.requires_grad_(False)
