@@ -106,7 +106,9 @@ print("answers (position: value):", {t: v for t, v in enumerate(tgt) if v >= 0})
 # - **RMT** {cite}`bulatov2022rmt` (`recurrent-memory-transformer-pytorch` 0.7.0), memory tokens
 #   carried from window to window, one per slot of MemNet;
 # - **Titans (MAC)** {cite}`behrouz2024titans` (`titans-pytorch` 0.5.5), memory as context: a
-#   neural memory trained at test time on each window, attention within the window.
+#   neural memory trained at test time on each window, attention within the window (its
+#   test-time learning rate capped at 0.1, as in the package's own training script: at the
+#   default the memory's weights diverge after about ten windows).
 #
 # The protocol is fixed before the run: every model trains on the same draws for the same number
 # of steps with the same loop (AdamW without schedule, gradient clipping); training draws have P
