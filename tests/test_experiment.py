@@ -138,12 +138,14 @@ def result_with(cells: dict, in_window: dict, full: float = 0.95):
 
 def test_verdicts_hold_or_miss_as_measured():
     good = lr_exp.summarize(result_with({"memnet": 0.95, "full": 0.2, "windowed": 0.0, "rmt": 0.5},
-                                        {"windowed": 0.9}))
-    assert [v.passed for v in good] == [True, True, True, True]
-    bad = lr_exp.summarize(result_with({"memnet": 0.6, "full": 0.2, "windowed": 0.0, "rmt": 0.7},
-                                       {"windowed": 0.3}, full=0.5))
-    assert [v.passed for v in bad] == [False, False, False, False]
+                                        {"windowed": 0.9, "memnet": 0.9, "rmt": 0.8}))
+    assert [v.passed for v in good] == [True, True, True, True, True]
+    bad = lr_exp.summarize(result_with({"memnet": 0.6, "full": 0.2, "windowed": 0.0, "rmt": 0.7, "dnc": 0.9},
+                                       {"windowed": 0.3, "memnet": 0.5, "rmt": 0.5, "dnc": 0.0}, full=0.5))
+    assert [v.passed for v in bad] == [False, False, False, False, False]
+    assert "DNC" in bad[2].detail and "RMT" not in bad[2].detail, "DNC is at chance in-window"
     assert "RMT" in bad[-1].detail and bad[-1].measured == pytest.approx(-10.0)
+    assert "not compared (untrained): DNC" in bad[-1].detail, "an untrained peer's win does not count"
     assert "MISSES" in bad[0].line() and "holds" in good[0].line()
 
 

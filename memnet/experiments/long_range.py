@@ -461,6 +461,12 @@ def summarize(result: dict) -> list[Verdict]:
     if "windowed" in names:
         v = mean(in_window(result, "windowed"))
         out.append(Verdict("WindowedTransformer answers >= 80% of in-window queries", v, 0.8, v >= 0.8))
+    # a model at chance inside its own window was not trained by the protocol: its comparison is void
+    untrained = [n for n in names if n != "full" and mean(in_window(result, n)) < 10 * result["chance"]]
+    out.append(Verdict("every model answers in-window queries at >= 10x chance (else its protocol failed)",
+                       min((mean(in_window(result, n)) for n in names if n != "full"), default=float("nan")),
+                       10 * result["chance"], not untrained,
+                       "at chance in-window: " + ", ".join(LABELS[n] for n in untrained) if untrained else ""))
     if "memnet" in names:
         far = max([m for m in p["distances"] if m <= 64], default=None)
         if p["eval_pairs"] == half and far == 64:
@@ -469,8 +475,8 @@ def summarize(result: dict) -> list[Verdict]:
                                f"{p['train_windows']} windows", v, 0.9, v >= 0.9))
         losses, margin = [], float("inf")
         for other in names:
-            if other in ("memnet", "full", "windowed"):
-                continue  # the memory models and the LSTM; the positive control is not a competitor
+            if other in ("memnet", "full", "windowed") or other in untrained:
+                continue  # the memory models and the LSTM that trained; the positive control is not a competitor
             keys = [("distance", str(m)) for m in p["distances"] if p["eval_pairs"] >= 16] + \
                    [("capacity", f"{P}@{m}") for P in p["capacity_pairs"] for m in p["capacity_delays"] if P >= 16]
             for kind, key in keys:
@@ -481,9 +487,11 @@ def summarize(result: dict) -> list[Verdict]:
                     if d < 0:
                         losses.append(f"{LABELS[other]} at {kind} {key} ({100 * mean(b):.1f} vs {100 * mean(a):.1f})")
         if margin < float("inf"):
+            void = [LABELS[n] for n in untrained if n not in ("memnet", "windowed")]
             out.append(Verdict("MemNet at or above every other model beyond the window at P >= 16 "
                                "(smallest margin, accuracy points)", 100 * margin, 0.0, not losses,
-                               "a peer wins at " + "; ".join(losses) if losses else ""))
+                               "; ".join((["a peer wins at " + "; ".join(losses)] if losses else []) +
+                                         ([f"not compared (untrained): {', '.join(void)}"] if void else []))))
     return out
 
 
