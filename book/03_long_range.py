@@ -344,7 +344,9 @@ print(f"chapter 3 checks passed ({run.profile} run)")
 #   whole sequence keeps them there, at a cost that grows with the length. The limit is the write
 #   gate's discrimination and the allocation policy, and the experiment measures both.
 # - The positive control learns the task completely, and the windowed model shows in-window
-#   recall: the protocol trains the baselines, so what they miss beyond their reach is theirs.
+#   recall: the protocol trains the Transformer baselines, so what they miss beyond their reach is
+#   theirs. The LSTM and Titans stay near chance even inside the window: for them this run is not
+#   yet a comparison, and the verdicts say so.
 # - The published peers run from their packages, adapted only where their code differs from their
 #   papers (the adapters in `memnet.peers` say where), with the same steps, the same learning-rate
 #   sweep and parameter count.
