@@ -276,7 +276,8 @@ def train_and_test(name: str, lr: float, seed: int, p: Profile, device: torch.de
     seed_everything(seed)
     model = build(name, cfg).to(device)
     fit = train_steps(model, batch_fn(p, seed, device), lr, p.steps)
-    tokens = sum(p.batch_size * make_task(p, *train_draw(p, seed, s), training=True).seq_len for s in range(p.steps))
+    seq_len = {st: make_task(p, *st, training=True).seq_len for st in train_settings(p)}
+    tokens = p.batch_size * sum(seq_len[train_draw(p, seed, s)] for s in range(p.steps))
     rec = {"model": name, "lr": lr, "seed": seed, "params": count_params(model),
            "state_bytes": state_bytes(name, model, cfg, make_task(p, p.eval_pairs).seq_len), **fit,
            "tokens_per_s": round(tokens / max(fit["train_s"], 1e-9)),
@@ -406,8 +407,8 @@ def models_of(result: dict) -> list[str]:
 
 
 def _curve(result: dict, model: str, kind: str, keys: list[str], xs: list[float]) -> dict:
-    stats = [t_interval(cell(result, model, kind, k)) if cell(result, model, kind, k) else (float("nan"),) * 2
-             for k in keys]
+    cells = [cell(result, model, kind, k) for k in keys]
+    stats = [t_interval(c) if c else (float("nan"),) * 2 for c in cells]
     keep = [i for i, (m, _) in enumerate(stats) if m == m]
     return {"x": [xs[i] for i in keep], "mean": [stats[i][0] for i in keep], "ci": [stats[i][1] for i in keep]}
 
