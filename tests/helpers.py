@@ -66,3 +66,58 @@ def small_configs(draw, max_slots: int = 24) -> MemNetConfig:
         segment_codes=draw(st.sampled_from([0, 1, 3])),
         full_key_norm=draw(st.sampled_from([1e-6, 0.3, 1.0])),
     )
+
+
+# ------------------------------------------------------------------ "nothing changed" after a rejected call
+def snapshot(model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+             state: MemoryState | None = None, files: list | tuple = ()) -> dict:
+    """A deep copy of everything a rejected call must leave alone: the model's parameters and
+    buffers, their ``.grad``, the optimizer's state, every RNG (torch, numpy, random), a memory
+    state's tensors and the bytes of `files` (None for a file that does not exist)."""
+    import copy
+    import random
+    from pathlib import Path
+
+    import numpy as np
+
+    snap: dict = {"rng": (torch.get_rng_state(), copy.deepcopy(np.random.get_state()), random.getstate())}
+    if model is not None:
+        snap["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        snap["grad"] = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
+    if optimizer is not None:
+        snap["optimizer"] = copy.deepcopy(optimizer.state_dict())
+    if state is not None:
+        snap["state"] = {f: getattr(state, f).clone() for f in ("keys", "values", "age", "usage", "retained",
+                                                                "segments")}
+    snap["files"] = {str(f): (Path(f).read_bytes() if Path(f).exists() else None) for f in files}
+    return snap
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and torch.equal(a.nan_to_num(0.5), b.nan_to_num(0.5))
+                and torch.equal(a.isnan(), b.isnan()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        import numpy as np
+
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            return bool(np.array_equal(a, b))
+    except ImportError:  # pragma: no cover
+        pass
+    return a == b
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    """Fail naming the first part of a :func:`snapshot` that differs."""
+    assert before.keys() == after.keys(), f"snapshots of different things: {before.keys()} vs {after.keys()}"
+    for part in before:
+        if part in ("model", "grad", "state", "files") and isinstance(before[part], dict):
+            for k in before[part]:
+                assert k in after[part] and _same(before[part][k], after[part][k]), f"{part}[{k!r}] changed"
+        else:
+            assert _same(before[part], after[part]), f"{part} changed"
