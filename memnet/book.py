@@ -224,8 +224,11 @@ def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, 
     seeds = [seed] if len(p.seeds) == 1 else None
     if save:
         out = root / experiment / profile
-        mod.run(profile, device, seeds=seeds, out_dir=out, save=True, progress=progress)
-        run = load_run(out)
+        result = mod.run(profile, device, seeds=seeds, out_dir=out, save=True, progress=progress)
+        # a result that lacks runs of the one stored there goes to partial/ and leaves it in place
+        from .experiments.common import PARTIAL
+
+        run = load_run(out / PARTIAL if isinstance(result, dict) and result.get("partial_of") else out)
         run.source = "trained"
         return run
     with tempfile.TemporaryDirectory() as tmp:  # runs record traces only when saving

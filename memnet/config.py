@@ -2,9 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: every float field must fit in one
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: the floor of the positive float fields
+NORM_FLOOR_MIN = 1e-12  # eps and full_key_norm floor a norm; the gradient of x / max(|x|, floor) is 1 / floor,
+# which in float32 overflows on its way back for floors near float32's smallest (1e-12 is F.normalize's default)
+LOSS_WEIGHT_MAX = 1e6  # loss weights above this make a weighted loss or its gradients overflow no sooner than useless
+# the fields that decide what a MemoryState's tensors mean (its layout, how it is written, aged and
+# read, and what its window count addresses): a state is only accepted by a model whose config has
+# the same values (MemNetConfig.memory_signature, MultiHeadMemoryBank.check_state)
+MEMORY_FIELDS = ("num_slots", "slot_dim", "mem_heads", "top_k", "segment_len", "writes_per_segment", "write_tokens",
+                 "write_key_shift", "window_reads", "write_threshold", "usage_decay", "decay_mode", "decay_init",
+                 "allocation", "full_key_norm", "eps", "segment_codes")
 DECAY_MODES = ("learned", "fixed", "none")  # MemNetConfig.decay_mode: how slots forget (see MultiHeadMemoryBank.retention)
 ALLOCATION_MODES = ("lru", "faded")  # MemNetConfig.allocation: which slot a new write takes (MultiHeadMemoryBank.allocate)
 
@@ -67,21 +79,14 @@ class MemNetConfig:
         ints = ["vocab_size", "d_model", "num_slots", "top_k", "mem_heads", "segment_len",
                 "n_layers", "n_heads", "mlp_ratio"]
         for name in ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"MemNetConfig.{name} must be an int, got {type(v).__name__} ({v!r})")
-            if v < 1:
-                raise ValueError(f"MemNetConfig.{name} must be >= 1, got {v}")
-        if isinstance(self.write_key_shift, bool) or not isinstance(self.write_key_shift, int) or self.write_key_shift < 0:
-            raise ValueError(f"MemNetConfig.write_key_shift must be an int >= 0, got {self.write_key_shift!r}")
+            self._check_int(name, 1)
+        for name in ("write_key_shift", "segment_codes"):
+            self._check_int(name, 0)
         if not isinstance(self.window_reads, bool):
             raise TypeError(f"MemNetConfig.window_reads must be a bool, got {type(self.window_reads).__name__}")
-        if isinstance(self.segment_codes, bool) or not isinstance(self.segment_codes, int) or self.segment_codes < 0:
-            raise ValueError(f"MemNetConfig.segment_codes must be an int >= 0, got {self.segment_codes!r}")
         for name in ["slot_dim", "bottleneck_dim", "writes_per_segment", "tbptt_segments"]:
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"MemNetConfig.{name} must be None or an int >= 1, got {v!r}")
+            if getattr(self, name) is not None:
+                self._check_int(name, 1, optional=True)
         if self.slot_dim is None:
             self.slot_dim = self.d_model
         if self.bottleneck_dim is None:
@@ -102,32 +107,42 @@ class MemNetConfig:
                              "each write of a segment needs its own slot to allocate")
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"MemNetConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        floats = {"dropout": (0.0, 1.0), "write_threshold": (0.0, 1.0), "usage_decay": (0.0, 1.0)}
-        for name, (lo, hi) in floats.items():
+        # every float field: a real number (not a bool or a string), finite and within float32, in its range
+        unit = ((0.0, 1.0), "in [0, 1]")
+        positive = ((FLOAT32_TINY, FLOAT32_MAX), f"> 0: in [{FLOAT32_TINY:g}, {FLOAT32_MAX:g}] (a normal float32)")
+        floor = ((NORM_FLOOR_MIN, FLOAT32_MAX), f"> 0: in [{NORM_FLOOR_MIN:g}, {FLOAT32_MAX:g}] (a norm floor: "
+                                                f"below {NORM_FLOOR_MIN:g} its gradients overflow float32)")
+        weight = ((0.0, LOSS_WEIGHT_MAX), f">= 0 and <= {LOSS_WEIGHT_MAX:g}")
+        floats = {"dropout": ((0.0, 1.0), "in [0, 1)"), "write_threshold": unit, "usage_decay": unit,
+                  "decay_init": ((-FLOAT32_MAX, FLOAT32_MAX), f"in [-{FLOAT32_MAX:g}, {FLOAT32_MAX:g}] (float32)"),
+                  "sharpness_init": positive, "full_key_norm": floor, "eps": floor, "util_weight": weight,
+                  "pressure_weight": weight, "read_entropy_weight": weight, "write_weight": weight}
+        for name, ((lo, hi), allowed) in floats.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError(f"MemNetConfig.{name} must be a float, got {type(v).__name__}")
+                raise TypeError(f"MemNetConfig.{name} must be a float {allowed}, got {type(v).__name__} ({v!r})")
+            if not math.isfinite(v):
+                raise ValueError(f"MemNetConfig.{name} must be finite and {allowed}, got {v}")
             if not (lo <= v <= hi) or (name == "dropout" and v == 1.0):
-                raise ValueError(f"MemNetConfig.{name} must be in [{lo}, {hi}{')' if name == 'dropout' else ']'}, got {v}")
-        for name in ["decay_init", "sharpness_init", "full_key_norm", "write_weight", "util_weight", "pressure_weight", "read_entropy_weight", "eps"]:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError(f"MemNetConfig.{name} must be a float, got {type(v).__name__}")
-            if v != v or v in (float("inf"), float("-inf")):
-                raise ValueError(f"MemNetConfig.{name} must be finite, got {v}")
-        for name in ["util_weight", "pressure_weight", "read_entropy_weight", "write_weight"]:
-            if getattr(self, name) < 0:
-                raise ValueError(f"MemNetConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"MemNetConfig.{name} must be {allowed}, got {v:g}")
         if not isinstance(self.decay_mode, str) or self.decay_mode not in DECAY_MODES:
             raise ValueError(f"MemNetConfig.decay_mode must be one of {DECAY_MODES}, got {self.decay_mode!r}")
         if not isinstance(self.allocation, str) or self.allocation not in ALLOCATION_MODES:
             raise ValueError(f"MemNetConfig.allocation must be one of {ALLOCATION_MODES}, got {self.allocation!r}")
-        if self.sharpness_init <= 0:
-            raise ValueError(f"MemNetConfig.sharpness_init must be > 0, got {self.sharpness_init}")
-        if self.full_key_norm <= 0:
-            raise ValueError(f"MemNetConfig.full_key_norm must be > 0, got {self.full_key_norm}")
-        if self.eps <= 0:
-            raise ValueError(f"MemNetConfig.eps must be > 0, got {self.eps}")
+
+    def _check_int(self, name: str, lo: int, optional: bool = False) -> None:
+        """Raise TypeError unless field `name` is an int (not a bool), ValueError unless it is >= `lo`."""
+        v = getattr(self, name)
+        alt = " (or None)" if optional else ""
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"MemNetConfig.{name} must be an int >= {lo}{alt}, got {type(v).__name__} ({v!r})")
+        if v < lo:
+            raise ValueError(f"MemNetConfig.{name} must be >= {lo}{alt}, got {v}")
+
+    def memory_signature(self) -> tuple[tuple[str, Any], ...]:
+        """The values of the fields a memory state depends on (``MEMORY_FIELDS``) as ``(name, value)``
+        pairs: what a :class:`memnet.MemoryState` records of the config it was made for."""
+        return tuple((name, getattr(self, name)) for name in MEMORY_FIELDS)
 
     @property
     def writes(self) -> int:

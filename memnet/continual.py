@@ -383,4 +383,5 @@ def realign_keys(state: MemoryState, key_map: Tensor) -> MemoryState:
         raise ValueError(f"key_map must be ({D}, {D}) for this memory, got {tuple(key_map.shape)}")
     norm = state.keys.norm(dim=-1, keepdim=True)  # (B, N, 1)
     moved = F.normalize(state.keys @ key_map.to(state.keys.dtype), dim=-1) * norm
-    return MemoryState(moved, state.values.clone(), state.age.clone(), state.usage.clone(), state.retained.clone())
+    return MemoryState(moved, state.values.clone(), state.age.clone(), state.usage.clone(), state.retained.clone(),
+                       signature=state.signature)

@@ -18,7 +18,7 @@ All updates are functional: a `MemoryState` passed in is never modified.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import InitVar, dataclass
 
 import torch
 import torch.nn as nn
@@ -30,20 +30,35 @@ from .config import MemNetConfig
 
 RETENTION_LOGIT_MAX = 15.0  # sigmoid(15) = 1 - 3e-7: still < 1 in float32
 FADED_MIN = 1e-6  # "faded" allocation: the retained fraction is floored here before dividing by it
+# a state's keys and values must lie in [-STATE_MAX_ABS, STATE_MAX_ABS]: far above what writes of unit
+# keys and bottleneck values reach, and far enough inside float32's range (3.4e38) that what reads and
+# writes compute of a slot (its norm, a read's LayerNorm: sums of squares, at most D * 1e16) stays finite
+STATE_MAX_ABS = 1e8
+# a state's counts (age, segments) must lie in [0, COUNT_MAX]: counting up by 1.0 in float32 stops
+# at 2**24 (2**24 + 1 rounds back to it), so no state the model makes holds more
+COUNT_MAX = float(2 ** 24)
+TENSOR_FIELDS = ("keys", "values", "age", "usage", "retained", "segments")  # MemoryState's tensors, in order
 
 
 @dataclass(frozen=True)
 class MemoryState:
     """What the memory carries from one segment (or call, episode, task) to the next.
 
-    keys:   (B, N, D) float32, what a slot is addressed by
-    values: (B, N, D) float32, what a read of the slot returns
-    age:    (B, N) float32, segments since the slot's last write event (integer valued)
+    keys:   (B, N, D) float32, what a slot is addressed by, in [-STATE_MAX_ABS, STATE_MAX_ABS]
+    values: (B, N, D) float32, what a read of the slot returns, in [-STATE_MAX_ABS, STATE_MAX_ABS]
+    age:    (B, N) float32 in [0, COUNT_MAX], segments since the slot's last write event (integer valued)
     usage:  (B, N) float32 in [0, 1], decaying trace of read and write weight
     retained: (B, N) float32 in [0, 1], product of the retention gates since the slot's last write
             event (1 for a fresh slot); None when constructed means all ones
-    segments: (B,) float32, windows this memory has seen (integer valued; what MemNet's segment
-            codes are counted from); None when constructed means zeros
+    segments: (B,) float32 in [0, COUNT_MAX], windows this memory has seen (integer valued; what
+            MemNet's segment codes are counted from); None when constructed means zeros
+    signature: the config the state was made for, as :meth:`MemNetConfig.memory_signature` gives it
+            (a tuple of ``(field, value)`` pairs, not a tensor); a model rejects a state made for
+            another config. None: unknown (a state built by hand), checked by its shapes and values only.
+
+    The signature is an init-only argument kept as a plain attribute, so that ``dataclasses.fields``
+    (and what iterates it) still sees the six tensors only. Every method here that makes a new state
+    keeps it; ``dataclasses.replace`` does not unless given ``signature=state.signature``.
     """
 
     keys: Tensor
@@ -52,8 +67,10 @@ class MemoryState:
     usage: Tensor
     retained: Tensor | None = None
     segments: Tensor | None = None
+    signature: InitVar[tuple | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, signature: tuple | None) -> None:
+        object.__setattr__(self, "signature", signature)
         if self.retained is None and isinstance(self.age, Tensor):
             object.__setattr__(self, "retained", torch.ones_like(self.age))
         if self.segments is None and isinstance(self.age, Tensor) and self.age.dim() >= 1:
@@ -63,28 +80,44 @@ class MemoryState:
     def batch_size(self) -> int:
         return self.keys.shape[0]
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The six tensors (keys, values, age, usage, retained, segments), in that order."""
+        return tuple(getattr(self, f) for f in TENSOR_FIELDS)
+
+    def _map(self, fn) -> "MemoryState":
+        """A state of ``fn(t)`` for each of the six tensors, with the same signature."""
+        return MemoryState(*(fn(t) for t in self.tensors()), signature=self.signature)
+
     def detach(self) -> "MemoryState":
         """The same state cut from the autograd graph (for truncated backprop)."""
-        return MemoryState(*(getattr(self, f.name).detach() for f in fields(self)))
+        return self._map(lambda t: t.detach())
 
     def to(self, *args, **kwargs) -> "MemoryState":
-        return MemoryState(*(getattr(self, f.name).to(*args, **kwargs) for f in fields(self)))
+        """The state's tensors moved or cast as ``Tensor.to(*args, **kwargs)`` does."""
+        return self._map(lambda t: t.to(*args, **kwargs))
 
     def clone(self) -> "MemoryState":
-        return MemoryState(*(getattr(self, f.name).clone() for f in fields(self)))
+        """A copy that shares no storage with this state."""
+        return self._map(lambda t: t.clone())
 
     def expand(self, n: int) -> "MemoryState":
         """A batch-1 state seen as n rows (broadcast views, no copies; for reads only)."""
-        return MemoryState(*(getattr(self, f.name).expand(n, *getattr(self, f.name).shape[1:]) for f in fields(self)))
+        return self._map(lambda t: t.expand(n, *t.shape[1:]))
 
     def rows(self, start: int, stop: int) -> "MemoryState":
         """Batch rows ``start..stop-1`` (views, not copies)."""
-        return MemoryState(*(getattr(self, f.name)[start:stop] for f in fields(self)))
+        return self._map(lambda t: t[start:stop])
 
     @staticmethod
     def cat(states: "list[MemoryState]") -> "MemoryState":
-        """Several states as the rows of one batch, in order."""
-        return MemoryState(*(torch.cat([getattr(s, f.name) for s in states]) for f in fields(MemoryState)))
+        """Several states as the rows of one batch, in order. States made for different configs
+        (different signatures, None aside) cannot be joined: ValueError."""
+        known = {s.signature for s in states if s.signature is not None}
+        if len(known) > 1:
+            raise ValueError("states must be made for the same config to be joined, got states of "
+                             f"{len(known)} configs (MemoryState.signature)")
+        return MemoryState(*(torch.cat([getattr(s, f) for s in states]) for f in TENSOR_FIELDS),
+                           signature=known.pop() if known else None)
 
     def staleness(self) -> Tensor:
         """(B, N) allocation score: old and little-used slots score highest.
@@ -96,7 +129,7 @@ class MemoryState:
 
     def nbytes(self) -> int:
         """Size of the state in bytes (constant in sequence length)."""
-        return sum(getattr(self, f.name).numel() * getattr(self, f.name).element_size() for f in fields(self))
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
 @dataclass(frozen=True)
@@ -140,6 +173,18 @@ class WriteResult:
     events: Tensor
     alloc: Tensor
     retention: Tensor
+
+
+def unit_keys(key: Tensor, eps: float) -> Tensor:
+    """``F.normalize(key.float(), dim=-1, eps=eps)``, with a zero gradient on all-zero rows.
+
+    The keys of a window's first tokens are exactly zero (``write_key_shift``); there the gradient
+    of F.normalize is the upstream one times 1/eps, which overflows float16 under autocast and turns
+    the write-key weights' gradient to NaN (inf times the zero input). The values are the same, and
+    so is every other gradient: an all-zero row has no parameter behind it."""
+    key = key.float()  # (..., D)
+    unit = F.normalize(key, dim=-1, eps=eps)
+    return torch.where((key != 0).any(-1, keepdim=True), unit, torch.zeros_like(unit))
 
 
 def sparse_to_dense(index: Tensor, weight: Tensor, num_slots: int) -> Tensor:
@@ -322,7 +367,7 @@ def pending_top_scores(queries: Tensor, req: WriteRequest, k: int, eps: float,
     """
     B, L = queries.shape[:2]
     q = F.normalize(queries, dim=-1, eps=eps)
-    m = F.normalize(req.key.float(), dim=-1, eps=eps) * req.gate.float().unsqueeze(-1)  # (B, W, D)
+    m = unit_keys(req.key, eps) * req.gate.float().unsqueeze(-1)  # (B, W, D)
     m = m / m.norm(dim=-1, keepdim=True).clamp(min=full_norm)
     sim = torch.einsum("blhd,bwd->blhw", q, m)  # (B, L, H, W)
     seen = req.pos.unsqueeze(1) < torch.arange(L, device=q.device).view(1, L, 1)  # (B, L, W)
@@ -370,10 +415,14 @@ class MultiHeadMemoryBank(nn.Module):
         N, D = self.cfg.num_slots, self.cfg.slot_dim
         z = torch.zeros(batch_size, N, device=device)
         return MemoryState(torch.zeros(batch_size, N, D, device=device), torch.zeros(batch_size, N, D, device=device),
-                           z, z.clone(), torch.ones_like(z), torch.zeros(batch_size, device=device))
+                           z, z.clone(), torch.ones_like(z), torch.zeros(batch_size, device=device),
+                           signature=self.cfg.memory_signature())
 
     def check_state(self, state: object, batch_size: int, name: str = "memory") -> MemoryState:
-        """Raise a clear error unless `state` fits this bank and batch size."""
+        """Raise a clear error unless `state` fits this bank and batch size: a :class:`MemoryState` of
+        float32 tensors of this bank's shapes and device, made for this config (its signature, when
+        it has one, is this config's :meth:`MemNetConfig.memory_signature`), with every value finite
+        and in its documented range (see :class:`MemoryState`). Returns `state`."""
         if not isinstance(state, MemoryState):
             raise TypeError(f"{name} must be a MemoryState (from out.memory or initial_state), got {type(state).__name__}")
         N, D = self.cfg.num_slots, self.cfg.slot_dim
@@ -392,23 +441,43 @@ class MultiHeadMemoryBank(nn.Module):
             t = getattr(state, f)
             if t.shape[0] != batch_size:
                 raise ValueError(f"{name}.{f} has shape {tuple(t.shape)}, expected batch {batch_size} and {N} slots")
-        for f in ("keys", "values", "age", "usage", "retained", "segments"):
+        self._check_signature(state.signature, name)
+        slot_range = (-STATE_MAX_ABS, STATE_MAX_ABS, f"in [-{STATE_MAX_ABS:g}, {STATE_MAX_ABS:g}] (STATE_MAX_ABS)")
+        ranges = {"keys": slot_range, "values": slot_range,
+                  "age": (0.0, COUNT_MAX, f">= 0 and <= {COUNT_MAX:g} (segments since the last write; COUNT_MAX)"),
+                  "usage": (0.0, 1.0, "in [0, 1]"), "retained": (0.0, 1.0, "in [0, 1]"),
+                  "segments": (0.0, COUNT_MAX, f">= 0 and <= {COUNT_MAX:g} (windows seen; COUNT_MAX)")}
+        for f, (lo, hi, allowed) in ranges.items():
             t = getattr(state, f)
             if t.dtype != torch.float32:
                 raise TypeError(f"{name}.{f} must be a float32 tensor (as out.memory is, also under autocast), got {t.dtype}")
             if t.device != self.decay_logit.device:
                 raise ValueError(f"{name}.{f} is on {t.device}, the model on {self.decay_logit.device}")
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{name}.{f} contains NaN or inf")
-        if (state.segments < 0).any():
-            raise ValueError(f"{name}.segments must be >= 0 (windows seen), got min {state.segments.min().item()}")
-        if (state.age < 0).any():
-            raise ValueError(f"{name}.age must be >= 0 (segments since the last write), got min {state.age.min().item()}")
-        for f in ("usage", "retained"):
-            t = getattr(state, f)
-            if ((t < 0) | (t > 1)).any():
-                raise ValueError(f"{name}.{f} must be in [0, 1], got values in [{t.min().item()}, {t.max().item()}]")
+            if not bool(((t >= lo) & (t <= hi)).all()):  # one pass: NaN and inf fail it too
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{name}.{f} contains NaN or inf")
+                raise ValueError(f"{name}.{f} must be {allowed}, "
+                                 f"got values in [{t.min().item():g}, {t.max().item():g}]")
         return state
+
+    def _check_signature(self, signature: object, name: str) -> None:
+        """Raise unless `signature` (a state's) is None or this config's memory signature; the error
+        names every field whose value differs."""
+        if signature is None:
+            return
+        if (not isinstance(signature, tuple)
+                or not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in signature)):
+            raise TypeError(f"{name}.signature must be None or a tuple of (field, value) pairs "
+                            f"(MemNetConfig.memory_signature), got {type(signature).__name__}")
+        ours = self.cfg.memory_signature()
+        if signature == ours:
+            return
+        theirs, mine, missing = dict(signature), dict(ours), "<absent>"
+        names = [*mine, *(k for k in theirs if k not in mine)]
+        diff = [f"{k}={theirs.get(k, missing)!r} (this model: {mine.get(k, missing)!r})"
+                for k in names if theirs.get(k, missing) != mine.get(k, missing)]
+        raise ValueError(f"{name} is a MemoryState made for another config: {', '.join(diff)}; pass a state "
+                         "made by this model (out.memory or initial_state), or one built for this config")
 
     # ------------------------------------------------------------------ read
     @property
@@ -501,7 +570,7 @@ class MultiHeadMemoryBank(nn.Module):
         cfg = self.cfg
         B, N, D = state.keys.shape
         W = req.gate.shape[1]
-        key = F.normalize(req.key.float(), dim=-1, eps=cfg.eps)  # unit keys: a slot's key length is its write strength
+        key = unit_keys(req.key, cfg.eps)  # unit keys: a slot's key length is its write strength
         value, erase = req.value.float(), req.erase.float()
         gate, update = req.gate.float(), req.update.float()
 
@@ -539,7 +608,8 @@ class MultiHeadMemoryBank(nn.Module):
         usage = cfg.usage_decay * state.usage + strength.detach()
         if read_mass is not None:
             usage = usage + read_mass.detach().float()
-        new_state = MemoryState(new_keys, new_values, age, usage.clamp(0.0, 1.0), retained, state.segments + 1.0)
+        new_state = MemoryState(new_keys, new_values, age, usage.clamp(0.0, 1.0), retained, state.segments + 1.0,
+                                signature=state.signature)
         return new_state, WriteResult(strength, events, alloc, retention)
 
 
@@ -604,7 +674,8 @@ class StreamingMemory:
         s = self.log_scale.exp().float().unsqueeze(-1)  # (N, 1)
         return MemoryState((self.keys * s)[None], (self.values * s)[None], self.age[None].clone(),
                            self.usage[None].clone(), None if self.retained is None else self.retained[None].clone(),
-                           torch.full((1,), float(self.segments), device=self.keys.device))
+                           torch.full((1,), min(float(self.segments), COUNT_MAX), device=self.keys.device),
+                           signature=self.bank.cfg.memory_signature())
 
     def _addressing_scale(self, scale: Tensor, full_norm: float) -> Tensor:
         """(N,) factor turning unit-key cosines into those of F.normalize(true key, full_norm), for
@@ -649,7 +720,7 @@ class StreamingMemory:
 
         # one pass over the unit keys scores the reads' and the content writes' queries together
         q = torch.cat([F.normalize(queries[0].float(), dim=-1, eps=cfg.eps).reshape(L * H, D),
-                       F.normalize(req.key[0].float(), dim=-1, eps=cfg.eps)], 0)  # (L*H + W, D)
+                       unit_keys(req.key[0], cfg.eps)], 0)  # (L*H + W, D)
         LH = L * H
         tops_r, idx_r, tops_w, idx_w = [], [], [], []
         # a key shorter than full_key_norm (0 < f < 1) scores in proportion to its length

@@ -201,12 +201,14 @@ class MemNet(nn.Module):
         reads, steps = [], []
         mass_total = h.new_zeros(cfg.num_slots, dtype=torch.float32)
         step = self._compiled_step or self._memory_step
+        signature = cfg.memory_signature()  # the states made here are this config's
         for s in range(S):  # the only loop over time
             if tbptt is not None and s > 0 and s % tbptt == 0:
                 state = state.detach()
             out = step(state.keys, state.values, state.age, state.usage, state.retained, state.segments, queries[s],
                        keys[s], values[s], gates[s], erases[s], updates[s], decays[s], positions[s], valid[:, s])
-            state, r, mass, wr = MemoryState(*out[:6]), ReadResult(*out[6:9]), out[9], WriteResult(*out[10:])
+            state, r, mass, wr = (MemoryState(*out[:6], signature=signature), ReadResult(*out[6:9]), out[9],
+                                  WriteResult(*out[10:]))
             mass_total = mass_total + mass.sum(0)
             reads.append(r.vectors)
             steps.append(dict(read_index=r.index, read_weight=r.weight, valid=valid[:, s], write_pos=pos[:, s],
@@ -259,7 +261,9 @@ def truncated_backward(model: MemNet, tokens: Tensor, targets: Tensor, chunk_seg
     plus each chunk's auxiliary losses weighted by its share of the tokens. Without auxiliary
     losses the gradients equal those of one call with ``cfg.tbptt_segments = chunk_segments``.
 
-    tokens, targets: (B, T). Returns the loss (a float) and the final memory (detached).
+    tokens, targets: (B, T) integer tensors on one device; targets are ids in [0, vocab_size) or
+    ``IGNORE_INDEX``. Every argument is checked before the first chunk runs, so a bad one raises
+    with no ``.grad`` touched. Returns the loss (a float) and the final memory (detached).
     """
     from .metrics import IGNORE_INDEX
 
@@ -267,10 +271,24 @@ def truncated_backward(model: MemNet, tokens: Tensor, targets: Tensor, chunk_seg
         raise TypeError(f"model must be a MemNet, got {type(model).__name__}")
     if isinstance(chunk_segments, bool) or not isinstance(chunk_segments, int) or chunk_segments < 1:
         raise ValueError(f"chunk_segments must be an int >= 1, got {chunk_segments!r}")
-    tokens = check_tokens(tokens, model.cfg.vocab_size)
-    if not isinstance(targets, Tensor) or targets.shape != tokens.shape:
+    V = model.cfg.vocab_size
+    tokens = check_tokens(tokens, V)
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor of the tokens' shape {tuple(tokens.shape)}, "
+                        f"got {type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer ids (torch.long), got dtype {targets.dtype}")
+    if targets.shape != tokens.shape:
         raise ValueError(f"targets must be a tensor of the tokens' shape {tuple(tokens.shape)}, "
-                         f"got {getattr(targets, 'shape', type(targets).__name__)}")
+                         f"got {tuple(targets.shape)}")
+    if targets.device != tokens.device:
+        raise ValueError(f"targets must be on the tokens' device {tokens.device}, got {targets.device}")
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= V))
+    if bool(bad.any()):
+        raise ValueError(f"targets must be ids in [0, vocab_size={V}) or IGNORE_INDEX ({IGNORE_INDEX}), "
+                         f"got {int(targets[bad][0])} at position {tuple(bad.nonzero()[0].tolist())}")
+    if memory is not None:
+        model.memory.check_state(memory, tokens.shape[0])
     T = tokens.shape[1]
     step = chunk_segments * model.cfg.segment_len
     n_targets = int((targets != IGNORE_INDEX).sum().clamp(min=1))
@@ -278,7 +296,7 @@ def truncated_backward(model: MemNet, tokens: Tensor, targets: Tensor, chunk_seg
     for start in range(0, T, step):
         x, y = tokens[:, start:start + step], targets[:, start:start + step]
         out = model(x, memory=memory)
-        ce = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), y.reshape(-1),
+        ce = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), y.reshape(-1).long(),
                              ignore_index=IGNORE_INDEX, reduction="sum") / n_targets
         loss = ce + sum(out.aux_losses.values()) * (x.shape[1] / T)
         loss.backward()

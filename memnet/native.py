@@ -13,16 +13,18 @@ at well under the machine's copy bandwidth on CPU; the product is memory bound (
 the bank once, scores it against the queries four at a time in registers and keeps each query's
 top k in a small sorted list, so that neither the (Q, N) score matrix nor a second pass exists.
 It is C, compiled on first use with the system's C compiler into a cache directory
-(``$MEMNET_CACHE``, default ``~/.cache/memnet``) and loaded with ``ctypes``: no build step, no
-dependency. Threads: the bank is cut into contiguous row ranges, one per ``torch.get_num_threads()``
-thread (``ctypes`` releases the GIL), and the per-range candidates are merged in range order.
+(``$MEMNET_CACHE``, default ``~/.cache/memnet``; :func:`cache_dir`) and loaded with ``ctypes``: no
+build step, no dependency. The library is cached with its sha256 and loaded only when the two agree
+(a truncated or overwritten library is built again), from a private copy of the checked bytes.
+Threads: the bank is cut into contiguous row ranges, one per ``torch.get_num_threads()`` thread
+(``ctypes`` releases the GIL), and the per-range candidates are merged in range order.
 
 Semantics are those of :func:`memnet.memory.stable_topk` of the scores: descending, ties to the
 lowest row (:func:`select_rows` gives exactly its indices: it reads the same scores). The scores of
 :func:`topk_rows` are float32 dot products summed in another order than the BLAS product, so
 they may differ from it in the last bits (tests/test_native.py checks the agreement). NaN scores,
-fewer rows than k, no compiler, or ``MEMNET_NATIVE=0`` in the environment: either function
-returns None and the caller takes its torch path.
+fewer rows than k, no compiler (a RuntimeWarning says why the kernel is unavailable), or
+``MEMNET_NATIVE=0`` in the environment: either function returns None and the caller takes its torch path.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -164,22 +167,83 @@ def _fingerprint() -> str:
     return hashlib.sha256((SOURCE + " ".join(FLAGS) + cpu).encode()).hexdigest()[:16]
 
 
+def cache_dir() -> Path:
+    """Where the compiled library is kept: ``$MEMNET_CACHE``, default ``~/.cache/memnet``."""
+    return Path(os.environ.get("MEMNET_CACHE", Path.home() / ".cache" / "memnet"))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _cached(lib: Path, digest: Path) -> bytes | None:
+    """The bytes of the cached library `lib` when they match the sha256 stored in `digest` (written
+    after the build); None when either file is missing or unreadable, or they do not match (a
+    truncated or overwritten library, which loaded as it is could crash the process)."""
+    try:
+        data, want = lib.read_bytes(), digest.read_text().strip()
+    except OSError:
+        return None
+    return data if _sha256(data) == want else None
+
+
+def _compile(cc: str, cache: Path, lib: Path, digest: Path) -> bytes:
+    """Compile SOURCE in a temporary folder of `cache`, then move the library to `lib` and its sha256
+    to `digest`, each by an atomic rename (a concurrent reader finds whole files, and a library
+    whose digest is not yet there or no longer matches is built again). Returns the library's bytes."""
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        src, out, sha = Path(tmp) / "topk.c", Path(tmp) / "topk.so", Path(tmp) / "topk.sha256"
+        src.write_text(SOURCE)
+        run = subprocess.run([cc, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {run.stderr.strip()[:300]}")
+        data = out.read_bytes()
+        sha.write_text(_sha256(data) + "\n")
+        os.replace(out, lib)
+        os.replace(sha, digest)
+    return data
+
+
+def _load(data: bytes, cache: Path) -> ctypes.CDLL:
+    """Load the library from a private copy of `data` (bytes already checked): an anonymous in-memory
+    file where the system has them, else a temporary file of `cache` removed once loaded. What is
+    mapped is then never the cached file, so a later change to the cache cannot reach this process."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("memnet-topk")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            return ctypes.CDLL(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+    fd, path = tempfile.mkstemp(dir=cache, prefix=".load-", suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return ctypes.CDLL(path)
+    finally:
+        os.unlink(path)
+
+
 def _build() -> ctypes.CDLL:
+    """The kernel: the cached library when its sha256 matches the stored one, else built again (and
+    cached); loaded from a private copy of the checked bytes."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    cache = Path(os.environ.get("MEMNET_CACHE", Path.home() / ".cache" / "memnet"))
+    cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     lib = cache / f"topk_{_fingerprint()}.so"
-    if not lib.exists():
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src, out = Path(tmp) / "topk.c", Path(tmp) / "topk.so"
-            src.write_text(SOURCE)
-            run = subprocess.run([cc, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
-            if run.returncode != 0:
-                raise RuntimeError(f"{cc} failed: {run.stderr.strip()[:300]}")
-            os.replace(out, lib)  # atomic: a concurrent build finds a whole library or none
-    dll = ctypes.CDLL(str(lib))
+    digest = lib.with_name(lib.name + ".sha256")
+    data = _cached(lib, digest)
+    if data is not None:
+        try:
+            dll = _load(data, cache)
+        except OSError:  # whole and as stored, yet not a library this system loads: build it again
+            data = None
+    if data is None:
+        if cc is None:
+            raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+        dll = _load(_compile(cc, cache, lib, digest), cache)
     f = dll.memnet_topk_rows
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     f.argtypes = [p, i64, i64, i64, p, i64, p, i64, p, p]
@@ -203,6 +267,8 @@ def library() -> ctypes.CDLL | None:
                 _lib = _build()
             except Exception as e:  # no compiler, read-only home, ...: the torch path is always there
                 _error = f"{type(e).__name__}: {e}"
+                warnings.warn(f"memnet.native: the compiled top-k kernel is unavailable ({_error}); "
+                              "the torch path computes the same selections", RuntimeWarning, stacklevel=2)
     return _lib
 
 

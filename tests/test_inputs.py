@@ -240,11 +240,31 @@ def test_config_rejects(kw, exc, match):
         MemNetConfig(**_cfg_kwargs(**kw))
 
 
-def test_config_boundaries_accepted():
-    # the edges of the valid ranges are valid
-    MemNetConfig(**_cfg_kwargs(top_k=16, num_slots=16, segment_len=16, dropout=0.0, write_threshold=1.0,
-                               usage_decay=0.0, util_weight=0.0))
-    MemNetConfig(**_cfg_kwargs(num_slots=4, top_k=2, segment_len=8, writes_per_segment=4))
+BOUNDARY_CONFIGS = [
+    ("top_k = num_slots = segment_len, zero decay and weights",
+     dict(top_k=16, num_slots=16, segment_len=16, dropout=0.0, write_threshold=1.0, usage_decay=0.0,
+          util_weight=0.0)),
+    ("writes_per_segment = num_slots", dict(num_slots=4, top_k=2, segment_len=8, writes_per_segment=4)),
+    ("one of everything", dict(d_model=2, n_heads=1, num_slots=1, top_k=1, mem_heads=1, segment_len=1, mlp_ratio=1,
+                               slot_dim=1, bottleneck_dim=1, write_key_shift=0, segment_codes=0)),
+    ("write_tokens the whole vocabulary", dict(write_tokens=(0, V), usage_decay=1.0, write_threshold=0.0)),
+]
+
+
+@pytest.mark.parametrize("kw", [c[1] for c in BOUNDARY_CONFIGS], ids=[c[0] for c in BOUNDARY_CONFIGS])
+def test_config_boundaries_accepted(kw):
+    """The edges of the valid ranges are valid: the config keeps the values, and the model it builds
+    gives finite logits of shape (B, T, vocab_size) and finite auxiliary losses, over several windows."""
+    cfg = MemNetConfig(**_cfg_kwargs(**kw))
+    assert all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v) for k, v in kw.items())
+    torch.manual_seed(0)
+    model = MemNet(cfg).eval()
+    T = 3 * cfg.segment_len + 1  # several windows and a partial last one
+    with torch.no_grad():
+        out = model(rand_tokens(2, T, seed=5))
+    assert out.logits.shape == (2, T, V)
+    assert torch.isfinite(out.logits).all()
+    assert all(torch.isfinite(v).all() for v in out.aux_losses.values())
 
 
 def test_from_dict_rejects_unknown_key():

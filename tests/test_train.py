@@ -127,9 +127,12 @@ def test_micro_batches_give_the_whole_batch_update():
 def test_micro_batches_must_divide_the_batch():
     with pytest.raises(ValueError, match="micro_batches"):
         TrainConfig(micro_batches=0)
-    tr = make_micro_trainer(3)
     with pytest.raises(ValueError, match="micro_batches"):
-        tr.fit(batch_fn)  # 4 rows do not split into 3 equal pieces
+        TrainConfig(batch_size=4, micro_batches=3)  # the configured batch does not split into 3 pieces
+    torch.manual_seed(0)
+    tr = Trainer(MemNet(tiny_cfg()), TrainConfig(steps=4, batch_size=6, micro_batches=3, progress=False), "cpu")
+    with pytest.raises(ValueError, match="micro_batches"):
+        tr.fit(batch_fn)  # batch_fn's 4 rows do not split into 3 equal pieces
 
 
 def test_nan_loss_is_an_error_with_micro_batches():

@@ -28,6 +28,10 @@ with sequence length; parameters, gradients and transient buffers are not in it.
 Times are the minimum over repeats after a warm-up (the least disturbed run on shared cores); in
 the sequence-length sweep a short pass is repeated until ``min_time_s`` seconds are timed.
 
+Only a run of every part is stored (atomically, as data/bench/<profile>/results.json; over a
+results.json of another experiment or profile it goes to ``partial/`` of that folder instead); the
+output folder is checked to be writable before anything is measured.
+
     python -m memnet.bench --profile laptop
 """
 from __future__ import annotations
@@ -51,7 +55,8 @@ from .. import native
 from ..memory import StreamingMemory, cosine_scores_topk
 from ..model import MemNet, truncated_backward
 from ..train import amp_dtype, autocast, resolve_device
-from .common import DATA_DIR, format_table, provenance, seed_everything, write_json
+from .common import (DATA_DIR, DistinctList, check_device, check_out, check_seeds, device_arg, format_table,
+                     positive_int, provenance, result_folder, seed_everything, writable_folder, write_json)
 
 STREAM_REPEATS = 17  # interleaved timed calls per side at every streaming checkpoint
 # sequence-length sweep: a point whose pass takes less than this gets one untimed pass before its timed ones in
@@ -60,6 +65,7 @@ STREAM_REPEATS = 17  # interleaved timed calls per side at every streaming check
 # slower right after MemNet's 65k pass than after its own)
 WARMUP_BELOW_S = 2.0
 
+ALL_PARTS = ("seq_len", "windows", "cores", "slots", "top_k", "streaming", "read", "compile")  # what run() measures
 COMPILE_POINTS = ("controller", "memory_step", "memory_step_best_window")  # what measure_compile can time
 MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 
@@ -680,15 +686,21 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     read with every core."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
-    all_parts = ("seq_len", "windows", "cores", "slots", "top_k", "streaming", "read", "compile")
+    all_parts = ALL_PARTS
+    if parts is not None and not tuple(parts):
+        raise ValueError(f"parts must name at least one of {all_parts} (None: all), got none")
     parts = tuple(parts or all_parts)
     for part in parts:
         if part not in all_parts:
             raise ValueError(f"parts must be among {all_parts}, got {part!r}")
     p = PROFILES[profile]
-    seeds = list(seeds if seeds is not None else p.seeds)
-    dev = resolve_device(device)
+    seeds = check_seeds(seeds if seeds is not None else p.seeds)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    dev = resolve_device(check_device(device))
     dtype = amp_dtype(dev, p.amp)
+    if save and parts == all_parts:  # fail now, not after the measurements, when the folder cannot be written
+        out_dir = writable_folder(Path(out_dir) if out_dir is not None else DATA_DIR / "bench" / profile, "out_dir")
     seed_everything(seeds[0])
     default_threads = torch.get_num_threads()
     if threads is None:
@@ -771,10 +783,15 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
     result["provenance"] = provenance(dev, seeds, wall, amp=str(dtype), threads=torch.get_num_threads(),
                                       note="times: min over repeats after a warm-up; B=1"
                                       + ("; glibc malloc pinned (steady_allocator)" if malloc else ""))
-    if save and parts == all_parts:
+    if save and parts == all_parts:  # never over another experiment's or profile's result: that goes to partial/
         out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "bench" / profile
-        write_json(out_dir / "results.json", result)
+        write_json(result_folder(out_dir, result, run_keys) / "results.json", result)
     return result
+
+
+def run_keys(result: dict) -> list[tuple]:
+    """The runs of a stored result: one, the whole measurement (only a run of every part is stored)."""
+    return [("every part",)]
 
 
 def summary_table(result: dict) -> str:
@@ -869,13 +886,16 @@ def summary_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, cuda:N or mps")
     ap.add_argument("--out", type=Path, default=None, help="folder for results (default data/bench/<profile>)")
-    ap.add_argument("--parts", nargs="*", default=None, help="measure only these parts (not stored)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the profile's)")
+    ap.add_argument("--parts", action=DistinctList, what="part", default=None, choices=ALL_PARTS,
+                    help="measure only these parts (not stored)")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: the profile's)")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
+    if a.parts is None or tuple(a.parts) == ALL_PARTS:  # a partial run is never stored: no folder to check
+        check_out(ap, a, "bench")
     res = run(a.profile, a.device, None, a.out, not a.no_save, not a.no_progress, tuple(a.parts) if a.parts else None,
               a.threads)
     print(summary_table(res))

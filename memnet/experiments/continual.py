@@ -49,7 +49,9 @@ What persists across tasks, and what resets:
   stream (``memnet_fixed_joint``: the first task's): the upper bounds, one final row.
 
 Accuracy is argmax over the 10 label tokens (class-incremental). Stored under
-data/continual/<profile>/ with provenance.
+data/continual/<profile>/ with provenance. A result that lacks runs of the stored results.json
+(fewer streams, models or seeds) does not replace it: it is stored, with its traces, in
+``partial/`` of that folder. Worker processes end when the run's process dies.
 
     python -m memnet.experiments.continual --profile laptop   # 2 worker processes, one thread each
 """
@@ -77,8 +79,9 @@ from ..tasks.shift import ShiftingPrototypes
 from ..tasks.stream import TaskStream
 from ..trace import MemoryTrace
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import (DATA_DIR, Verdict, done_line, experiment_parser, format_table, mean_ci, provenance,
-                     seed_everything, t_interval, write_json)
+from .common import (DATA_DIR, DistinctList, Verdict, check_device, check_names, check_out, check_seeds, done_line,
+                     experiment_parser, format_table, mean_ci, positive_int, provenance, result_folder, save_torch,
+                     seed_everything, t_interval, worker_pool, writable_folder, write_json)
 
 SEQUENTIAL = ("memnet", "memnet_fixed", "windowed", "lstm")
 JOINT = ("memnet_joint", "memnet_fixed_joint", "windowed_joint", "lstm_joint")
@@ -552,31 +555,24 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
-    streams = list(streams or p.streams)
-    models = list(models or p.models)
-    for s in streams:
-        if s not in STREAMS:
-            raise ValueError(f"streams must be among {STREAMS}, got {s!r}")
-    for m in models:
-        if m not in SEQUENTIAL + JOINT:
-            raise ValueError(f"models must be among {SEQUENTIAL + JOINT}, got {m!r}")
-    seeds = list(seeds if seeds is not None else p.seeds)
-    dev = resolve_device(device)
+    streams = check_names(streams, STREAMS, "streams") or list(p.streams)
+    models = check_names(models, SEQUENTIAL + JOINT, "models") or list(p.models)
+    seeds = check_seeds(seeds if seeds is not None else p.seeds)
+    dev = resolve_device(check_device(device))
     if workers is None:
         workers = p.workers if dev.type == "cpu" else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "continual" / profile
+    if save:  # fail now, not after the training, when the folder cannot be written
+        writable_folder(out_dir, "out_dir")
     t_all = time.perf_counter()
     jobs = [(sname, seed, m) for sname in streams for seed in seeds for m in models]
     if workers == 1 or len(jobs) == 1:
         done = [_run_job(p, sname, seed, m, str(dev), amp, progress) for sname, seed, m in jobs]
     else:  # tiny models: one thread per process beats two threads in one process
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         order = sorted(range(len(jobs)), key=lambda k: not jobs[k][2].startswith("memnet"))  # long jobs first
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(min(workers, len(jobs))) as pool:  # workers end when this process dies
             futures = {k: pool.submit(_run_job, p, *jobs[k], str(dev), amp, False, 1) for k in order}
             done = [futures[k].result() for k in range(len(jobs))]
     result = {"experiment": "continual", "profile": profile, "profile_settings": asdict(p), "streams": {}}
@@ -598,11 +594,17 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
                 r["summary"]["forgetting_per_task"] = forgetting(R).tolist()
     wall = time.perf_counter() - t_all
     result["provenance"] = provenance(dev, seeds, wall, amp=amp, workers=workers)
-    if save:
-        write_json(out_dir / "results.json", result)
+    if save:  # never over a stored result that holds runs this one lacks: those go to partial/
+        folder = result_folder(out_dir, result, run_keys)
         for seed, rec in records.items():
-            torch.save(rec, out_dir / f"trace_seed{seed}.pt")
+            save_torch(rec, folder / f"trace_seed{seed}.pt")
+        write_json(folder / "results.json", result)
     return result
+
+
+def run_keys(result: dict) -> list[tuple]:
+    """One key per run of a result, (stream, model, seed): what a stored result must keep."""
+    return [(s, r["model"], r["seed"]) for s, entry in result["streams"].items() for r in entry["runs"]]
 
 
 # ---------------------------------------------------------------------------- references
@@ -752,13 +754,14 @@ def explorer(result: dict, traces: dict, stream: str = "digits"):
 
 def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, PROFILES, "continual")
-    ap.add_argument("--streams", nargs="*", default=None, choices=STREAMS)
-    ap.add_argument("--models", nargs="*", default=None, choices=SEQUENTIAL + JOINT)
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--streams", action=DistinctList, what="stream", default=None, choices=STREAMS)
+    ap.add_argument("--models", action=DistinctList, what="model", default=None, choices=SEQUENTIAL + JOINT)
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads of a single worker (these models are small: 1 is often faster)")
-    ap.add_argument("--workers", type=int, default=None, help="processes running jobs side by side on a CPU "
-                    "(default: the profile's), one thread each")
+    ap.add_argument("--workers", type=positive_int, default=None, help="processes running jobs side by side on a "
+                    "CPU (default: the profile's), one thread each")
     a = ap.parse_args(argv)
+    check_out(ap, a, "continual")
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.streams, a.models,

@@ -15,7 +15,9 @@ memory-pressure weight; and a fixed write schedule ("forced_*": every item is wr
 decay and allocation alone decide what is kept), with no decay and with learned decay
 and faded allocation at a few pressure weights. The table prints medians, their ratio, write
 rates and recall per ablation (mean ± 95% t-interval over seeds); the run is stored under
-data/forgetting/<profile>/ with its provenance.
+data/forgetting/<profile>/ with its provenance. A result that lacks runs of the stored
+results.json (fewer ablations or seeds) does not replace it: it is stored, with its traces, in
+``partial/`` of that folder. Worker processes end when the run's process dies.
 
     python -m memnet.experiments.forgetting --profile laptop
     python -m memnet.experiments.forgetting --profile long   # forced writes, twice the trace and bank
@@ -36,8 +38,9 @@ from ..survival import (age_histogram, content_lifetimes, content_sources, event
                         read_entropy_per_segment, retained_at_read, write_frequency)
 from ..tasks.forgetting import EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
-from .common import (DATA_DIR, Verdict, done_line, experiment_parser, format_table, mean_ci, provenance,
-                     seed_everything, write_json)
+from .common import (DATA_DIR, DistinctList, Verdict, check_device, check_names, check_out, check_seeds, done_line,
+                     experiment_parser, format_table, mean_ci, positive_int, provenance, result_folder, save_torch,
+                     seed_everything, worker_pool, writable_folder, write_json)
 
 # content groups: the three item types, then "other" (written by a filler or query token);
 # contents whose writer cannot be identified (see survival.content_sources) get code -1
@@ -441,15 +444,18 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
-    seeds = list(seeds if seeds is not None else p.seeds)
+    seeds = check_seeds(seeds if seeds is not None else p.seeds)
     abl = ablations(p)
     only = only if only is not None else p.only
     if only is not None:
+        if isinstance(only, str):
+            raise ValueError(f"only must be a list of ablation names among {sorted(abl)}, got {only!r}")
         unknown = set(only) - set(abl)
         if unknown:
             raise ValueError(f"only must name ablations among {sorted(abl)}, got {sorted(unknown)}")
+        check_names(only, tuple(abl), "only")
         abl = {k: v for k, v in abl.items() if k in only}
-    dev = resolve_device(device)
+    dev = resolve_device(check_device(device))
     dtype = amp_dtype(dev, amp)
     if workers is None:
         workers = p.workers if dev.type == "cpu" else 1
@@ -457,15 +463,14 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     task = make_task(p)
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "forgetting" / profile
+    if save:  # fail now, not after the training, when the folder cannot be written
+        writable_folder(out_dir, "out_dir")
     t_all = time.perf_counter()
     jobs = [(seed, name, over) for seed in seeds for name, over in abl.items()]
     if workers == 1 or len(jobs) == 1:
         done = [_train_one(p, task, seed, name, over, str(dev), amp, progress) for seed, name, over in jobs]
     else:  # tiny models: one thread per process beats two threads in one process
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(min(workers, len(jobs))) as pool:  # workers end when this process dies
             futures = [pool.submit(_train_one, p, task, seed, name, over, str(dev), amp, False, 1)
                        for seed, name, over in jobs]
             done = [f.result() for f in futures]
@@ -489,12 +494,17 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         "num_segments": p.n_windows, "pressure": task.pressure(p.num_slots), "runs": runs,
         "provenance": provenance(dev, seeds, wall, amp=str(dtype), workers=workers),
     }
-    if save:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if save:  # never over a stored result that holds runs this one lacks: those go to partial/
+        folder = result_folder(out_dir, result, run_keys)
         for seed, d in stored.items():
-            torch.save(d, out_dir / f"trace_seed{seed}.pt")
-        write_json(out_dir / "results.json", result)
+            save_torch(d, folder / f"trace_seed{seed}.pt")
+        write_json(folder / "results.json", result)
     return result
+
+
+def run_keys(result: dict) -> list[tuple]:
+    """One key per run of a result, (ablation, seed): what a stored result must keep."""
+    return [(r["ablation"], r["seed"]) for r in result["runs"]]
 
 
 # ---------------------------------------------------------------------------- the table
@@ -588,9 +598,17 @@ def summary_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, PROFILES, "forgetting")
-    ap.add_argument("--only", nargs="*", default=None, help="train only these ablations")
-    ap.add_argument("--workers", type=int, default=None, help="training processes on a CPU (default: the profile's)")
+    ap.add_argument("--only", action=DistinctList, what="ablation", default=None, help="train only these ablations")
+    ap.add_argument("--workers", type=positive_int, default=None,
+                    help="training processes on a CPU (default: the profile's)")
     a = ap.parse_args(argv)
+    if a.only is not None:
+        known = ablations(PROFILES[a.profile])
+        for name in a.only:
+            if name not in known:
+                ap.error(f"argument --only: expected ablations of profile {a.profile!r} among "
+                         f"{', '.join(known)}, got {name!r}")
+    check_out(ap, a, "forgetting")
     res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.only, a.workers)
     print(summary_table(res))
     print()

@@ -19,14 +19,16 @@ Protocol, fixed before the run (the profile):
   (the capacity curve); in-window queries and queries beyond the window are scored apart.
 
 Every trained (model, lr, seed) is cached as one JSON file under ``runs/`` of the run folder, so
-the stored run can be assembled over several sittings; ``--fresh`` retrains.
+the stored run can be assembled over several sittings; ``--fresh`` retrains. A result that lacks
+runs of the stored results.json (a subset of the models or seeds, or ``--cached-only`` with runs
+missing from the cache) does not replace it: it is stored in ``partial/`` of the run folder, and
+``--cached-only`` with every model and seed assembles the complete results.json again.
 
     python -m memnet.experiments.long_range --profile laptop
     python -m memnet.experiments.long_range --profile full --models memnet full --seeds 0
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,9 +42,9 @@ from ..metrics import IGNORE_INDEX, read_sparsity, slot_reuse
 from ..model import MemNet
 from ..tasks.mqar import MQAR
 from ..train import resolve_device
-from .common import (DATA_DIR, Verdict, cached_record, done_line, experiment_parser, format_table, git_commit,
-                     mean_ci, provenance, seed_everything, t_interval, train_steps,
-                     write_json)
+from .common import (DATA_DIR, DistinctList, Verdict, cached_record, check_out, check_seeds, done_line,
+                     experiment_parser, format_table, git_commit, mean_ci, provenance, result_folder, seed_everything,
+                     t_interval, train_steps, writable_folder, write_atomically, write_json)
 
 CORE = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 PEER_NAMES = ("dnc", "rmt", "titans")
@@ -331,12 +333,10 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
             raise ValueError(f"models must be among {MODEL_NAMES}, got {m!r}")
     if not models:
         raise ValueError("models must name at least one model")
-    seeds = list(seeds if seeds is not None else p.seeds)
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
+    seeds = check_seeds(seeds if seeds is not None else p.seeds)
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "long_range" / profile
     if save:  # fail now, not after the training, when the folder cannot be written
-        (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+        writable_folder(out_dir / "runs", "out_dir")
     dev = resolve_device(device)
     t_all = time.perf_counter()
     runs_dir = out_dir / "runs" if save else None
@@ -351,7 +351,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         return cached_record(path(n, lr, s), lambda: train_and_test(n, lr, s, p, dev, path(n, lr, s, "pt"), progress),
                              fresh)
 
-    runs, chosen, missing = [], {}, []
+    runs, chosen, missing, traces = [], {}, [], {}
     for name in models:
         sweep = [s for s in p.sweep_seeds if s in seeds] or seeds[:1]
         lrs = p.lrs_of(name)
@@ -369,7 +369,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
                 continue
             runs.append(rec)
             if save and name == "memnet" and path(name, lr, s, "pt").exists():
-                shutil.copyfile(path(name, lr, s, "pt"), out_dir / f"trace_seed{s}.pt")
+                traces[s] = path(name, lr, s, "pt")  # copied beside results.json once its folder is known
     speed = throughput(models_of({"runs": runs}), p, dev)
     wall = time.perf_counter() - t_all
     cfg = make_config(p)
@@ -379,9 +379,17 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
               "run_commits": sorted({str(r.get("git_commit", "not recorded")) for r in runs}),
               "train_s_total": round(sum(r["train_s"] for r in runs), 1),
               "provenance": provenance(dev, seeds, wall)}
-    if save:
-        write_json(out_dir / "results.json", result)
+    if save:  # never over a stored result that holds runs this one lacks: those go to partial/
+        folder = result_folder(out_dir, result, run_keys)
+        for s, src in traces.items():
+            write_atomically(folder / f"trace_seed{s}.pt", lambda f, src=src: f.write(src.read_bytes()))
+        write_json(folder / "results.json", result)
     return result
+
+
+def run_keys(result: dict) -> list[tuple]:
+    """One key per run of a result, (model, seed): what a stored result must keep."""
+    return [(r["model"], r["seed"]) for r in result["runs"]]
 
 
 # ---------------------------------------------------------------------------- reading a result
@@ -536,15 +544,14 @@ def summary_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, PROFILES, "long_range")
-    ap.add_argument("--models", nargs="*", default=None, choices=MODEL_NAMES)
+    ap.add_argument("--models", action=DistinctList, what="model", default=None, choices=MODEL_NAMES)
     ap.add_argument("--fresh", action="store_true", help="retrain even where a cached run exists")
     ap.add_argument("--cached-only", action="store_true",
                     help="train nothing: assemble results.json from the cached runs (what is missing is listed)")
     a = ap.parse_args(argv)
-    if a.seeds is not None and not a.seeds:
-        ap.error("--seeds needs at least one seed")
-    if a.models is not None and not a.models:
-        ap.error("--models needs at least one model")
+    if a.cached_only and a.no_save:
+        ap.error("--cached-only reads the cache of the run folder: it cannot go with --no-save")
+    check_out(ap, a, "long_range")
     res = run(a.profile, a.device, a.seeds, a.models, a.out, not a.no_save, a.fresh, not a.no_progress,
               a.cached_only)
     print(summary_table(res))

@@ -10,7 +10,9 @@ at a longer T than any seen in training. MemNet also reports where its memory lo
 query comes, and whether the read finds it.
 
 Every trained (setting, model, lr, seed) is cached as one JSON file under the run folder, so a
-stored run can be assembled over several sittings; ``--fresh`` retrains.
+stored run can be assembled over several sittings; ``--fresh`` retrains. A result that lacks runs
+of the stored results.json (fewer models or seeds) does not replace it: it is stored in
+``partial/`` of the run folder.
 
     python -m memnet.experiments.mqar --profile laptop
 """
@@ -30,8 +32,9 @@ from ..metrics import IGNORE_INDEX
 from ..model import MemNet, segment
 from ..tasks.mqar import MQAR
 from ..train import resolve_device
-from .common import (DATA_DIR, cached_record, done_line, experiment_parser, format_table, git_commit, mean_ci,
-                     provenance, seed_everything, train_steps, write_json)
+from .common import (DATA_DIR, DistinctList, cached_record, check_device, check_names, check_out, check_seeds,
+                     done_line, experiment_parser, format_table, git_commit, mean_ci, provenance, result_folder,
+                     seed_everything, train_steps, writable_folder, write_json)
 
 MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 
@@ -212,19 +215,16 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     for st in settings or []:
         if tuple(st) not in {tuple(x) for x in p.settings}:
             raise ValueError(f"settings must be among the profile's {list(p.settings)}, got {st!r}")
-    models = list(models or p.models)
-    for m in models:
-        if m not in MODELS:
-            raise ValueError(f"models must be among {sorted(MODELS)}, got {m!r}")
-    seeds = list(seeds if seeds is not None else p.seeds)
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
+    if settings is not None and not list(settings):
+        raise ValueError(f"settings must name at least one of the profile's {list(p.settings)}, got none")
+    models = check_names(models, tuple(MODELS), "models") or list(p.models)
+    seeds = check_seeds(seeds if seeds is not None else p.seeds)
+    dev = resolve_device(check_device(device))
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "mqar" / profile
     if save:  # fail now, not after the training, when the folder cannot be written
-        (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+        writable_folder(out_dir / "runs", "out_dir")
     if p.threads:
         torch.set_num_threads(p.threads)
-    dev = resolve_device(device)
     cfg = make_config(p)
     t_all = time.perf_counter()
     runs = []
@@ -251,9 +251,14 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
               "run_commits": sorted({str(r.get("git_commit", "not recorded")) for r in runs}),
               "train_s_total": round(sum(r["train_s"] for r in runs), 1),
               "provenance": provenance(dev, seeds, wall)}
-    if save:
-        write_json(out_dir / "results.json", result)
+    if save:  # never over a stored result that holds runs this one lacks: those go to partial/
+        write_json(result_folder(out_dir, result, run_keys) / "results.json", result)
     return result
+
+
+def run_keys(result: dict) -> list[tuple]:
+    """One key per run of a result, (T, pairs, model, seed): what a stored result must keep."""
+    return [(r["T"], r["pairs"], r["model"], r["seed"]) for r in result["runs"]]
 
 
 def summary_table(result: dict) -> str:
@@ -291,17 +296,27 @@ def summary_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, PROFILES, "mqar")
-    ap.add_argument("--models", nargs="*", default=None, choices=sorted(MODELS))
+    ap.add_argument("--models", action=DistinctList, what="model", default=None, choices=sorted(MODELS))
     ap.add_argument("--fresh", action="store_true", help="retrain even where a cached run exists")
-    ap.add_argument("--settings", nargs="*", default=None, metavar="TxP",
+    ap.add_argument("--settings", action=DistinctList, what="setting", default=None, metavar="TxP",
                     help="train only these settings of the profile now, e.g. 256x8 (others come from the cache)")
     a = ap.parse_args(argv)
     settings = None
     if a.settings is not None:
+        known = [tuple(x) for x in PROFILES[a.profile].settings]
         try:
             settings = [tuple(int(v) for v in x.lower().split("x")) for x in a.settings]
         except ValueError:
-            ap.error(f"--settings takes TxP pairs such as 256x8, got {a.settings}")
+            settings = None
+        if settings is None or any(len(st) != 2 for st in settings):
+            ap.error(f"argument --settings: expected TxP pairs such as 256x8, got {a.settings}")
+        for st in settings:
+            if st not in known:
+                ap.error(f"argument --settings: expected settings of profile {a.profile!r} "
+                         f"({', '.join(f'{T}x{P}' for T, P in known)}), got {st[0]}x{st[1]}")
+        if len(set(settings)) < len(settings):
+            ap.error(f"argument --settings: expected distinct settings, got {a.settings}")
+    check_out(ap, a, "mqar")
     res = run(a.profile, a.device, a.seeds, a.models, a.out, not a.no_save, a.fresh, not a.no_progress, settings)
     print(summary_table(res))
     print(done_line(res, a, "mqar"))
