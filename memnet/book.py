@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .experiments.common import DATA_DIR, seed_everything
-from .memory import MemoryState, MultiHeadMemoryBank, WriteRequest, sparse_to_dense
+from .memory import MemoryState, MultiHeadMemoryBank, WriteRequest, run_segments
 from .trace import MemoryTrace
 from .train import resolve_device
 
@@ -93,31 +93,24 @@ def note(text: str, kind: str = "note", title: str | None = None) -> None:
 
 # ---------------------------------------------------------------------------- the bank, driven by hand
 def run_bank(bank: MultiHeadMemoryBank, queries: torch.Tensor, requests: list[WriteRequest],
-             state: MemoryState | None = None) -> tuple[MemoryState, MemoryTrace]:
-    """Drive a bare memory bank through S segments (read, then write, as MemNet does) and trace it.
+             state: MemoryState | None = None, valid: torch.Tensor | None = None) -> tuple[MemoryState, MemoryTrace]:
+    """Drive a bare memory bank through S segments with the step MemNet takes
+    (:meth:`MultiHeadMemoryBank.step`: read with the memory as it stands, then write) and trace it.
 
-    queries: (B, S, L, H, D) read queries; requests: S write requests. Returns the final state
-    and a MemoryTrace with the same fields a MemNet forward pass records.
+    queries: (B, S, L, H, D) read queries; requests: S write requests; valid: (B, S, L) bool, the
+    real tokens (None: all). Returns the final state and a MemoryTrace with the same fields a
+    MemNet forward pass records.
     """
     B, S, L = queries.shape[:3]
     if len(requests) != S:
         raise ValueError(f"requests must hold one WriteRequest per segment ({S}), got {len(requests)}")
     state = bank.initial_state(B, queries.device) if state is None else state
-    N, H = bank.cfg.num_slots, queries.shape[3]
-    valid = torch.ones(B, L, dtype=torch.bool, device=queries.device)
-    steps = []
-    for s in range(S):
-        r = bank.read(state, queries[:, s])
-        mass = sparse_to_dense(r.index, r.weight, N).sum((1, 2)) / (L * H)  # (B, N)
-        req = requests[s]
-        state, wr = bank.write(state, req, mass)
-        Wn = req.gate.shape[1]
-        steps.append(dict(read_index=r.index, read_weight=r.weight, valid=valid,
-                          write_pos=torch.arange(Wn, device=queries.device).expand(B, -1), write_gate=req.gate,
-                          write_update=req.update, write_erase=req.erase.mean(-1), write_alloc=wr.alloc,
-                          write_strength=wr.strength, write_events=wr.events, retention=wr.retention,
-                          age=state.age, usage=state.usage))
-    return state, MemoryTrace.stack(steps).detach()
+    valid = torch.ones(B, S, L, dtype=torch.bool, device=queries.device) if valid is None else valid
+    if valid.shape != (B, S, L) or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor of shape (B, S, L) = {(B, S, L)}, got "
+                         f"{valid.dtype} {tuple(valid.shape)}")
+    state, steps = run_segments(bank.step, state, queries.unbind(1), requests, valid.unbind(1))
+    return state, MemoryTrace.of_steps(requests, valid.unbind(1), steps)
 
 
 # ---------------------------------------------------------------------------- stored runs

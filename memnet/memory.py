@@ -14,18 +14,30 @@ slots) with allocation of a stale slot, chosen from age and usage; the write is 
 with a learned erase factor, and only a write whose strength passes ``write_threshold``
 counts as an event that resets the slot's age, so weak writes keep landing on stale slots. Before writing, every slot is scaled by a learnable retention gate.
 All updates are functional: a `MemoryState` passed in is never modified.
+
+One segment of memory is one step, :meth:`MultiHeadMemoryBank.step`: read with the memory as it
+stands, then write. Its inputs (a `MemoryState`, the queries, a `WriteRequest`, the valid mask) and
+its output (a `StepResult`) are pytrees of tensors. :func:`run_segments` is the loop over segments
+that MemNet and the book drive it with; :class:`StreamingMemory` takes the same step in place, for
+inference, from the same parts (:func:`read_mass`, :func:`write_weights`, :func:`erase_then_add`,
+:func:`bookkeeping`). Which slots a query finds is :mod:`memnet.addressing`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import InitVar, dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
-from . import native
+from .addressing import (  # noqa: F401  (the addressing names are also importable from here)
+    BLOCKED_MIN_N, NATIVE_MIN_SLOTS, SORT_MAX_N, TOPK_BLOCK, TOPK_CHUNK, blocked_topk, cosine_scores_topk,
+    cosine_top_scores, cosine_topk, flat_rows, gather_slots, merge_candidates, pending_top_scores, scan_unit_keys,
+    sorted_topk, sparse_to_dense, stable_topk, torch_stable_topk, unit_keys)
 from .config import MemNetConfig
 
 RETENTION_LOGIT_MAX = 15.0  # sigmoid(15) = 1 - 3e-7: still < 1 in float32
@@ -175,216 +187,106 @@ class WriteResult:
     retention: Tensor
 
 
-def unit_keys(key: Tensor, eps: float) -> Tensor:
-    """``F.normalize(key.float(), dim=-1, eps=eps)``, with a zero gradient on all-zero rows.
+@dataclass(frozen=True)
+class StepResult:
+    """What one memory step (:meth:`MultiHeadMemoryBank.step`) gives back: the state after the
+    segment's writes, the segment's reads, what the writes did, and read_mass (B, N): the read
+    weight each slot received per real token, summed over heads (:func:`read_mass`)."""
 
-    The keys of a window's first tokens are exactly zero (``write_key_shift``); there the gradient
-    of F.normalize is the upstream one times 1/eps, which overflows float16 under autocast and turns
-    the write-key weights' gradient to NaN (inf times the zero input). The values are the same, and
-    so is every other gradient: an all-zero row has no parameter behind it."""
-    key = key.float()  # (..., D)
-    unit = F.normalize(key, dim=-1, eps=eps)
-    return torch.where((key != 0).any(-1, keepdim=True), unit, torch.zeros_like(unit))
-
-
-def sparse_to_dense(index: Tensor, weight: Tensor, num_slots: int) -> Tensor:
-    """Scatter (..., K) sparse addressing weights into (..., N) dense ones."""
-    out = weight.new_zeros(*weight.shape[:-1], num_slots)
-    return out.scatter_add(-1, index, weight)
+    state: MemoryState
+    read: ReadResult
+    write: WriteResult
+    read_mass: Tensor
 
 
-SORT_MAX_N = 16  # up to this many candidates (or when k is over a quarter of them) a stable sort is used as is
-TOPK_BLOCK = 64  # blocked_topk: entries per block
-BLOCKED_MIN_N = 8192  # rows at least this long (and >= 8 k blocks) go through blocked_topk
-TOPK_CHUNK = 65536  # slots scored per chunk when a bank is larger: bounds the (..., Q, chunk) similarity block
-# StreamingMemory takes the compiled scan (memnet.native) from this many slots on by default: a
-# segment's ~160 queries against a bank that fits in cache are about as fast as one matrix product
-# (4096 slots, one core: within the machine's noise either way), against one that does not the
-# scan is about twice as fast (65536 slots)
-NATIVE_MIN_SLOTS = 16384
+# the step's inputs and outputs as pytrees (torch.utils._pytree), so that tracers and compilers see their
+# tensors as leaves; a state's signature is the context of its node, so it survives flattening
+pytree.register_pytree_node(MemoryState, lambda s: (list(s.tensors()), s.signature),
+                            lambda leaves, signature: MemoryState(*leaves, signature=signature),
+                            serialized_type_name="memnet.memory.MemoryState")
+for _cls in (ReadResult, WriteRequest, WriteResult, StepResult):
+    pytree.register_dataclass(_cls, serialized_type_name=f"memnet.memory.{_cls.__name__}")
 
 
-def sorted_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The first k entries of ``scores.sort(descending=True, stable=True)`` along the last dim: the
-    reference the faster selections below agree with (ties and NaN in the sort's own order)."""
-    top, index = scores.sort(dim=-1, descending=True, stable=True)
-    return top[..., :k], index[..., :k]
-
-
-def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The first k entries of a stable descending sort of `scores` (..., N): values and indices (..., k).
-
-    Ties go to the lowest index, as with ``scores.sort(descending=True, stable=True)[..., :k]``, but
-    in O(N) rather than O(N log N). On CPU in float32 the compiled :func:`memnet.native.select_rows`
-    picks the indices (the values are gathered from `scores`, so gradients flow as through
-    ``topk``); elsewhere ``topk`` of k+1 decides it when its k+1 values are distinct (then
-    the kept set and its order are unambiguous). Otherwise (a tie inside the top k or at its edge)
-    the k-th largest value v, which is unambiguous even where indices tie, splits the row: every
-    entry above v is kept, and entries equal to v are taken in index order (a running count) until
-    k are kept; the k kept entries are then stably sorted. Inside ``torch.compile`` (see
-    :meth:`memnet.MemNet.compile_memory`) it is the stable sort itself, which traces as one operation.
-    """
-    if torch.compiler.is_compiling():  # inside torch.compile (MemNet.compile_memory): the sort traces as one op
-        return sorted_topk(scores, k)
-    index = native.select_rows(scores, k)  # CPU float32: one pass per row in C (None elsewhere)
-    if index is not None:
-        return scores.gather(-1, index), index
-    return torch_stable_topk(scores, k)
-
-
-def torch_stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """:func:`stable_topk` in torch operations only (the path off CPU, or without the compiled kernel)."""
-    N = scores.shape[-1]
-    if N >= BLOCKED_MIN_N and k * TOPK_BLOCK * 8 <= N and scores.stride(-1) == 1:  # long contiguous rows
-        return blocked_topk(scores, k)
-    if N <= SORT_MAX_N or 4 * (k + 1) > N:  # small rows, or most of a row kept: the sort is as fast
-        return sorted_topk(scores, k)
-    top, index = scores.topk(k + 1, dim=-1, sorted=True)  # (..., k+1)
-    if bool(top[..., 0].isnan().any()):  # topk ranks NaN first: a row holds NaN, take the sort's own order
-        return sorted_topk(scores, k)
-    if not bool((top[..., 1:] == top[..., :-1]).any()):  # no tie: topk's answer is the sort's
-        return top[..., :k], index[..., :k]
-    kth = top[..., k - 1:k]  # (..., 1)
-    above = scores > kth
-    at = scores == kth
-    room = k - above.sum(-1, keepdim=True, dtype=torch.int32)  # (..., 1) ties still to take, lowest index first
-    keep = above | (at & (at.cumsum(-1, dtype=torch.int32) <= room))  # exactly k per row (no NaN here)
-    index = keep.nonzero()[:, -1].view(*scores.shape[:-1], k)  # ascending index within each row
-    top, order = scores.gather(-1, index).sort(dim=-1, descending=True, stable=True)
-    return top, index.gather(-1, order)
-
-
-def blocked_topk(scores: Tensor, k: int, block: int = TOPK_BLOCK) -> tuple[Tensor, Tensor]:
-    """``stable_topk`` of long rows through their block maxima: the same values and indices.
-
-    The row (..., N) is cut into blocks of `block` entries (the last one padded with -inf) and
-    only the k blocks with the largest maxima (ties to the lowest block) are searched. That is
-    exact: an entry e of a block not among them is beaten by the maximum of each of the k chosen
-    blocks (larger, or equal and at a lower index, since blocks are contiguous and ties go to
-    the lower block), so e is not in the top k. One pass of ``amax`` over the row replaces
-    ``topk`` over it, which on CPU is several times slower. NaN scores take the sort's path.
-    """
-    N = scores.shape[-1]
-    nb = -(-N // block)
-    padded = scores if nb * block == N else F.pad(scores, (0, nb * block - N), value=float("-inf"))
-    blocks = padded.unflatten(-1, (nb, block))  # (..., nb, block)
-    peak = blocks.amax(-1)  # (..., nb)
-    if bool(peak.isnan().any()):  # NaN scores: the sort's own order
-        return sorted_topk(scores, k)
-    chosen = stable_topk(peak, k)[1].sort(dim=-1).values  # (..., k) blocks in index order
-    cand_idx = (chosen.unsqueeze(-1) * block + torch.arange(block, device=scores.device)).flatten(-2)  # (..., k*block)
-    top, pos = stable_topk(padded.gather(-1, cand_idx), k)  # candidates in index order keep the tie rule
-    return top, cand_idx.gather(-1, pos)
-
-
-def cosine_scores_topk(q: Tensor, m: Tensor, k: int, chunk: int = TOPK_CHUNK,
-                       scale: Tensor | None = None, native: bool = True) -> tuple[Tensor, Tensor]:
-    """Exact top-k of cosine scores, scoring the bank in chunks of `chunk` slots.
-
-    q: (B, Q, D) unit queries; m: (B, N, D) unit keys (already normalised); scale: optional (B, N)
-    factor applied to each slot's scores. Returns scores and indices (B, Q, K), ties to the lowest
-    index. The bank is read once; at most (B, Q, chunk) scores exist at a time. Per chunk the stable
-    top-k is kept; the union of these candidates holds the global top-k, and because candidates
-    are concatenated in chunk order (lowest indices first) a stable top-k over them keeps the rule.
-
-    With `native` (the default), on CPU in float32 and when no gradient is needed, the compiled
-    kernel of :mod:`memnet.native` answers instead when it is available: one pass over the rows,
-    the same rule, scores equal up to float rounding; its answer is not differentiable.
-    """
-    B, N, _ = m.shape
-    if native and not (torch.is_grad_enabled() and (q.requires_grad or m.requires_grad)):
-        from . import native as kernel
-        answers = [kernel.topk_rows(q[b], m[b], k, None if scale is None else scale[b]) for b in range(B)]
-        if all(a is not None for a in answers):
-            return torch.stack([a[0] for a in answers]), torch.stack([a[1] for a in answers])
-    tops, idxs = [], []
-    for start in range(0, N, chunk):
-        mc = m[:, start:start + chunk]  # (B, C, D)
-        # (B, C, Q) then a transposed view (B, Q, C): one pass over the chunk's keys with the few
-        # queries as the GEMM's narrow side, about 1.4x faster on CPU than the einsum's (B, Q, C) product
-        sim = torch.bmm(mc, q.transpose(1, 2)).transpose(1, 2)
-        if scale is not None:
-            sim = sim * scale[:, None, start:start + chunk]
-        t, i = stable_topk(sim, min(k, mc.shape[1]))
-        tops.append(t)
-        idxs.append(i + start)
-    return merge_candidates(tops, idxs, k)
-
-
-def merge_candidates(tops: list[Tensor], idxs: list[Tensor], k: int) -> tuple[Tensor, Tensor]:
-    """The top k of per-part candidates (..., k_i) with their global indices, parts given in index
-    order (lowest first): concatenated in that order, a stable top-k keeps ties at the lowest index."""
-    if len(tops) == 1:
-        return tops[0], idxs[0]
-    top, pos = stable_topk(torch.cat(tops, -1), k)
-    return top, torch.cat(idxs, -1).gather(-1, pos)
-
-
-def cosine_topk(queries: Tensor, slots: Tensor, k: int, sharpness: Tensor, eps: float,
-                chunk: int = TOPK_CHUNK, native: bool = True, full_norm: float | None = None) -> tuple[Tensor, Tensor]:
-    """Top-k cosine addressing, weighted by the strength of each slot's key.
-
-    queries: (B, Q, H, D); slots: (B, N, D); sharpness: (H,).
-    Returns index (B, Q, H, K) and softmax weights (B, Q, H, K) over the kept slots.
-
-    A slot scores ``cos(q, key) * min(|key| / full_norm, 1)``: a key at least `full_norm` long
-    addresses at its full cosine, a shorter one (written weakly, or faded by decay) in proportion
-    to its length, and an empty slot scores 0. That is ``q_hat . key / max(|key|, full_norm)``, the
-    cosine of ``F.normalize(key, eps=full_norm)``; `full_norm` None means `eps` (plain cosine).
-
-    Slots with identical keys (empty slots, or slots filled by the same content write) tie exactly;
-    ties go to the lowest index on every path (``stable_topk``), so the same sequence in one call
-    or split in two addresses (and counts usage for) the same slots. Banks of more than `chunk`
-    slots are scored chunk by chunk (``cosine_scores_topk``, through the compiled kernel where it
-    applies and `native` allows): the same indices, with the (B, Q, H, N) similarity matrix never
-    held at once.
-    """
-    top, index = cosine_top_scores(queries, slots, k, eps, chunk, native, full_norm)
-    weight = torch.softmax(top * sharpness.view(1, 1, -1, 1), dim=-1)
-    return index, weight
-
-
-def cosine_top_scores(queries: Tensor, slots: Tensor, k: int, eps: float, chunk: int = TOPK_CHUNK,
-                      native: bool = True, full_norm: float | None = None) -> tuple[Tensor, Tensor]:
-    """The scores (B, Q, H, K) and indices (B, Q, H, K) that :func:`cosine_topk` keeps, before the softmax."""
-    q = F.normalize(queries, dim=-1, eps=eps)
-    m = F.normalize(slots, dim=-1, eps=eps if full_norm is None else full_norm)
-    B, Q, H, D = q.shape
-    if slots.shape[1] <= chunk:
-        sim = torch.einsum("bqhd,bnd->bqhn", q, m)  # (B, Q, H, N)
-        return stable_topk(sim, k)  # (B, Q, H, K), ties to the lowest index
-    top, index = cosine_scores_topk(q.reshape(B, Q * H, D), m, k, chunk, native=native)
-    return top.view(B, Q, H, k), index.view(B, Q, H, k)
-
-
-def pending_top_scores(queries: Tensor, req: WriteRequest, k: int, eps: float,
-                       full_norm: float) -> tuple[Tensor, Tensor]:
-    """Top-k scores (B, L, H, k') and write indices of a window's own writes for the window's reads.
-
-    queries (B, L, H, D) at offsets 0..L-1; the W writes of `req` at offsets ``req.pos`` (B, W).
-    A write is a key of unit direction and length ``gate`` (as a fresh slot holds it), scored as the
-    bank's slots are, and seen only by the reads of later offsets (causal: -inf before); k' = min(k, W).
-    """
-    B, L = queries.shape[:2]
-    q = F.normalize(queries, dim=-1, eps=eps)
-    m = unit_keys(req.key, eps) * req.gate.float().unsqueeze(-1)  # (B, W, D)
-    m = m / m.norm(dim=-1, keepdim=True).clamp(min=full_norm)
-    sim = torch.einsum("blhd,bwd->blhw", q, m)  # (B, L, H, W)
-    seen = req.pos.unsqueeze(1) < torch.arange(L, device=q.device).view(1, L, 1)  # (B, L, W)
-    sim = sim.masked_fill(~seen.unsqueeze(2), float("-inf"))
-    return stable_topk(sim, min(k, sim.shape[-1]))
-
-
-def flat_rows(index: Tensor, num_slots: int) -> Tensor:
-    """Slot indices (B, ...) -> row indices (B * ...,) into the (B * num_slots, D) view of a bank."""
+# ---------------------------------------------------------------------------- the parts of a step
+def read_mass(index: Tensor, weight: Tensor, valid: Tensor, num_slots: int) -> Tensor:
+    """(B, N) read weight each slot received per real token, summed over heads: the reads' sparse
+    weights index, weight (B, L, H, K) summed over the tokens with `valid` (B, L) true, divided by
+    their number (at least 1). Padding tokens add nothing."""
     B = index.shape[0]
-    return (index.reshape(B, -1) + num_slots * torch.arange(B, device=index.device).unsqueeze(-1)).reshape(-1)
+    v = valid.to(weight.dtype)  # (B, L)
+    w = (weight * v[:, :, None, None]).reshape(B, -1)
+    mass = torch.zeros(B, num_slots, device=index.device).scatter_add(1, index.reshape(B, -1), w)
+    return mass / v.sum(1, keepdim=True).clamp(min=1.0)
 
 
-def gather_slots(slots: Tensor, index: Tensor) -> Tensor:
-    """slots (B, N, D), index (B, Q, H, K) -> (B, Q, H, K, D)."""
-    B, N, D = slots.shape
-    return slots.reshape(B * N, D).index_select(0, flat_rows(index, N)).view(*index.shape, D)  # whole rows
+def window_index(src: Tensor, alloc: Tensor, num_slots: int) -> Tensor:
+    """Read addresses src (B, L, H, K) into [slots; the window's writes] -> slots: an address
+    ``num_slots + j`` is write j, which lands in the slot allocation gives it, alloc (B, W)."""
+    B = src.shape[0]
+    landed = alloc.gather(1, (src - num_slots).clamp(min=0).view(B, -1)).view(src.shape)
+    return torch.where(src >= num_slots, landed, src)
+
+
+def write_weights(c_index: Tensor, c_weight: Tensor, alloc: Tensor, update: Tensor,
+                  gate: Tensor) -> tuple[Tensor, Tensor]:
+    """Where each write lands and how strongly: its content top-k c_index, c_weight (..., W, K)
+    taking the share `update` (..., W) and its allocated slot alloc (..., W) the rest, all scaled by
+    its gate (..., W). Returns index and weight (..., W, K+1)."""
+    index = torch.cat([c_index, alloc.unsqueeze(-1)], dim=-1)  # (..., W, K+1)
+    weight = torch.cat([update.unsqueeze(-1) * c_weight, (1 - update).unsqueeze(-1)], dim=-1)
+    return index, weight * gate.unsqueeze(-1)  # (..., W, K+1) gated write weights
+
+
+def erase_then_add(keys: Tensor, values: Tensor, rows: Tensor, weight: Tensor, erase: Tensor, key: Tensor,
+                   value: Tensor) -> tuple[Tensor, Tensor]:
+    """All writes at once: ``M <- M * (1 - sum_j w_j e_j) + sum_j w_j x_j`` on the rows written.
+
+    keys, values: (R, D) the bank's rows; weight (..., W, J) of write w on its j-th target, whose
+    row is rows (M,) (the flattened (..., W, J) order); erase, key, value (..., W, D). Returns the
+    new keys and values (R, D). The erase of a row is clamped at 1 (a row is at most wiped).
+    """
+    R, D = keys.shape
+    # (..., W, D) -> the weighted (R, D) sum of its rows at their targets; index_add moves whole rows
+    acc = lambda x: keys.new_zeros(R, D).index_add(0, rows, (weight.unsqueeze(-1) * x.unsqueeze(-2)).reshape(-1, D))
+    keep = 1.0 - acc(erase).clamp(max=1.0)
+    return keys * keep + acc(key), values * keep + acc(value)
+
+
+def bookkeeping(age: Tensor, usage: Tensor, retained: Tensor | None, retention: Tensor, strength: Tensor,
+                read_mass: Tensor | None, write_threshold: float,
+                usage_decay: float) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Per-slot counts after a segment's writes, all (..., N): a write of `strength` at least
+    `write_threshold` is an event that resets the slot's age (else it grows by 1) and its retained
+    fraction (else scaled by `retention`); usage decays by `usage_decay` and gains the write
+    strength and `read_mass`, clamped to [0, 1]. `retained` None stays None. No gradient flows.
+    Returns events (bool), age, usage, retained."""
+    strength = strength.detach()
+    events = strength >= write_threshold
+    age = torch.where(events, torch.zeros_like(age), age + 1.0)
+    if retained is not None:
+        retained = torch.where(events, torch.ones_like(retained), retained * retention.detach())
+    usage = usage_decay * usage + strength
+    if read_mass is not None:
+        usage = usage + read_mass.detach().float()
+    return events, age, usage.clamp(0.0, 1.0), retained
+
+
+def run_segments(step: Callable[[MemoryState, Tensor, WriteRequest, Tensor], StepResult], state: MemoryState,
+                 queries: Sequence[Tensor], requests: Sequence[WriteRequest], valid: Sequence[Tensor],
+                 detach_every: int | None = None) -> tuple[MemoryState, list[StepResult]]:
+    """The loop over segments: ``step`` (a bank's :meth:`~MultiHeadMemoryBank.step`, or a compiled
+    one) on each segment's queries (B, L, H, D), request and valid mask (B, L), the state passing
+    from one to the next. With `detach_every` k the state is cut from the autograd graph before
+    every k-th segment (truncated backprop). Returns the last state and every step's result."""
+    results = []
+    for s, (q, req, v) in enumerate(zip(queries, requests, valid)):  # the only loop over time
+        if detach_every is not None and s > 0 and s % detach_every == 0:
+            state = state.detach()
+        out = step(state, q, req, v)
+        state = out.state
+        results.append(out)
+    return state, results
 
 
 class MultiHeadMemoryBank(nn.Module):
@@ -507,15 +409,14 @@ class MultiHeadMemoryBank(nn.Module):
             return ReadResult(vectors, index, weight)
         N = state.keys.shape[1]
         top_b, idx_b = cosine_top_scores(queries, state.keys, cfg.top_k, cfg.eps, full_norm=cfg.full_key_norm)
-        top_p, idx_p = pending_top_scores(queries, pending, cfg.top_k, cfg.eps, cfg.full_key_norm)
-        top, pick = stable_topk(torch.cat([top_b, top_p], -1), cfg.top_k)
-        src = torch.cat([idx_b, idx_p + N], -1).gather(-1, pick)  # (B, L, H, K) into [slots; writes]
+        top_p, idx_p = pending_top_scores(queries, pending.key, pending.gate, pending.pos, cfg.top_k, cfg.eps,
+                                          cfg.full_key_norm)
+        top, src = merge_candidates([top_b, top_p], [idx_b, idx_p + N], cfg.top_k)  # (B, L, H, K) into [slots; writes]
         weight = torch.softmax(top * self.read_sharpness.view(1, 1, -1, 1), dim=-1)
         both = torch.cat([state.values, pending.value.float() * pending.gate.float().unsqueeze(-1)], 1)  # (B, N+W, D)
         vectors = (weight.unsqueeze(-1) * gather_slots(both, src)).sum(-2)
         alloc = self.allocate(state, pending.gate.shape[1])  # (B, W)
-        landed = alloc.gather(1, (src - N).clamp(min=0).view(src.shape[0], -1)).view(src.shape)
-        return ReadResult(vectors, torch.where(src >= N, landed, src), weight)
+        return ReadResult(vectors, window_index(src, alloc, N), weight)
 
     # ------------------------------------------------------------------ write
     def retention(self, state: MemoryState, decay: Tensor) -> Tensor:
@@ -583,34 +484,39 @@ class MultiHeadMemoryBank(nn.Module):
         k = min(cfg.top_k, N)
         c_index, c_weight = cosine_topk(key.unsqueeze(1), keys, k, self.write_sharpness, cfg.eps,
                                         full_norm=cfg.full_key_norm)
-        c_index, c_weight = c_index[:, 0], c_weight[:, 0]  # (B, W, K)
         alloc = self.allocate(state, W)  # (B, W): the strongest write gets the stalest slot
-        index = torch.cat([c_index, alloc.unsqueeze(-1)], dim=-1)  # (B, W, K+1)
-        weight = torch.cat([update.unsqueeze(-1) * c_weight, (1 - update).unsqueeze(-1)], dim=-1)
-        weight = weight * gate.unsqueeze(-1)  # (B, W, K+1) gated write weights
+        index, weight = write_weights(c_index[:, 0], c_weight[:, 0], alloc, update, gate)  # (B, W, K+1)
 
-        # 3. erase then add, all writes at once: M <- M * (1 - sum_j w_j e_j) + sum_j w_j x_j
+        # 3. erase then add, all writes at once, on the (B*N, D) rows of the bank
         flat_index = index.reshape(B, -1)  # (B, W*(K+1))
-        flat_w = weight.reshape(B, -1, 1)
-        rows = flat_rows(flat_index, N)  # into (B*N, D)
-        # (B, W, D) -> the weighted (B*N, D) sum of its rows at their slots; index_add moves whole rows
-        acc = lambda x: keys.new_zeros(B * N, D).index_add(
-            0, rows, (flat_w.view(B, W, k + 1, 1) * x.unsqueeze(2)).reshape(-1, D)).view(B, N, D)
-        keep = 1.0 - acc(erase).clamp(max=1.0)
-        new_keys = keys * keep + acc(key)
-        new_values = values * keep + acc(value)
+        new_keys, new_values = erase_then_add(keys.reshape(B * N, D), values.reshape(B * N, D), flat_rows(flat_index, N),
+                                              weight, erase, key, value)
 
         # 4. bookkeeping: write events reset age; usage is a decaying trace of reads and writes
-        strength = torch.zeros(B, N, device=keys.device).scatter_add(1, flat_index, flat_w.squeeze(-1))
-        events = strength.detach() >= cfg.write_threshold
-        age = torch.where(events, torch.zeros_like(state.age), state.age + 1.0)
-        retained = torch.where(events, torch.ones_like(state.retained), state.retained * retention.detach())
-        usage = cfg.usage_decay * state.usage + strength.detach()
-        if read_mass is not None:
-            usage = usage + read_mass.detach().float()
-        new_state = MemoryState(new_keys, new_values, age, usage.clamp(0.0, 1.0), retained, state.segments + 1.0,
-                                signature=state.signature)
+        strength = torch.zeros(B, N, device=keys.device).scatter_add(1, flat_index, weight.reshape(B, -1))
+        events, age, usage, retained = bookkeeping(state.age, state.usage, state.retained, retention, strength,
+                                                   read_mass, cfg.write_threshold, cfg.usage_decay)
+        new_state = MemoryState(new_keys.view(B, N, D), new_values.view(B, N, D), age, usage, retained,
+                                state.segments + 1.0, signature=state.signature)
         return new_state, WriteResult(strength, events, alloc, retention)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, state: MemoryState, queries: Tensor, req: WriteRequest, valid: Tensor) -> StepResult:
+        """One segment of memory: read with the memory as it stands, then write.
+
+        state: the memory before the segment; queries: (B, L, H, D) the segment's read queries;
+        req: its W writes; valid: (B, L) bool, the real (not padding) tokens. With
+        ``cfg.window_reads`` and ``req.pos`` given, a read also sees the writes of earlier tokens of
+        its window (:meth:`read`). The reads' mass per real token (:func:`read_mass`), divided by the
+        heads, feeds usage. The new state keeps `state`'s signature. Everything here is a function
+        of its arguments and the bank's parameters, so ``torch.compile(bank.step, fullgraph=True)``
+        traces it whole (:meth:`memnet.MemNet.compile_memory`).
+        """
+        cfg = self.cfg
+        read = self.read(state, queries, req if cfg.window_reads else None)  # vectors (B, L, H, D)
+        mass = read_mass(read.index, read.weight, valid, cfg.num_slots)  # (B, N)
+        new, write = self.write(state, req, mass / cfg.mem_heads)
+        return StepResult(new, read, write, mass)
 
 
 class StreamingMemory:
@@ -627,8 +533,8 @@ class StreamingMemory:
     else in torch, ``chunk`` slots at a time. The per-slot bookkeeping (age,
     usage, retention, allocation) stays O(N) per segment, 1/D of the bank. No autograd.
 
-    It computes what :meth:`MultiHeadMemoryBank.read` then :meth:`~MultiHeadMemoryBank.write`
-    compute, up to float rounding (tests/test_memory.py checks the agreement); build it from a
+    It computes what :meth:`MultiHeadMemoryBank.step` computes, up to float rounding (the retention
+    folded into a scale, the scan's dot products; tests/test_model.py checks the agreement); build it from a
     :class:`MemoryState` of batch size 1 and get one back with :meth:`to_state`.
     """
 
@@ -682,27 +588,15 @@ class StreamingMemory:
         slot scales `scale` (N,): a key shorter than `full_norm` scores in proportion to its length."""
         return (self.norm * scale / full_norm).clamp(max=1.0)
 
-    def _native_scores(self, q: Tensor, LH: int, k_read: int, k_write: int, f_read: Tensor | None,
-                       f_write: Tensor | None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
-        """The reads' (first LH rows of q) and the writes' top-k over the unit keys from the compiled
-        kernel (:mod:`memnet.native`): one pass over the bank when both sides share k and scale, else
-        two; None when the kernel cannot answer (the chunked torch loop then does)."""
-        from . import native as kernel
-        if not (self.native if self.native is not None else self.keys.shape[0] >= NATIVE_MIN_SLOTS):
-            return None
-        if k_read == k_write and f_read is None and f_write is None:
-            both = kernel.topk_rows(q, self.unit, k_read)
-            return None if both is None else ((both[0][:LH], both[1][:LH]), (both[0][LH:], both[1][LH:]))
-        r = kernel.topk_rows(q[:LH], self.unit, k_read, f_read)
-        w = None if r is None else kernel.topk_rows(q[LH:], self.unit, k_write, f_write)
-        return None if w is None else (r, w)
-
     @torch.no_grad()
     def step(self, queries: Tensor, req: WriteRequest, valid: Tensor | None = None) -> ReadResult:
-        """Read with the memory as it stands, then apply the segment's writes, in place.
+        """Read with the memory as it stands, then apply the segment's writes, in place: the step of
+        :meth:`MultiHeadMemoryBank.step` on this representation (its parts: :func:`read_mass`,
+        :func:`window_index`, :func:`write_weights`, :func:`erase_then_add`, :func:`bookkeeping`).
 
-        queries: (1, L, H, D); req: a batch-1 WriteRequest of W writes; valid: (1, L) bool mask of
-        real tokens (all when None). Returns the reads, as :meth:`MultiHeadMemoryBank.read`.
+        queries: (1, L, H, D); req: a batch-1 WriteRequest of W writes (with ``cfg.window_reads`` and
+        ``req.pos`` given, a read also sees the writes of earlier tokens of its window); valid: (1, L)
+        bool mask of real tokens (all when None). Returns the reads, as :meth:`MultiHeadMemoryBank.read`.
         """
         bank, cfg = self.bank, self.bank.cfg
         N, D = self.keys.shape
@@ -721,56 +615,41 @@ class StreamingMemory:
         # one pass over the unit keys scores the reads' and the content writes' queries together
         q = torch.cat([F.normalize(queries[0].float(), dim=-1, eps=cfg.eps).reshape(L * H, D),
                        unit_keys(req.key[0], cfg.eps)], 0)  # (L*H + W, D)
-        LH = L * H
-        tops_r, idx_r, tops_w, idx_w = [], [], [], []
-        # a key shorter than full_key_norm (0 < f < 1) scores in proportion to its length
-        shrunk = lambda f: f if bool(((f > 0) & (f < 1)).any()) else None
-        answers = self._native_scores(q, LH, k_read, k_write, shrunk(f_read), shrunk(f_write))
-        for start in range(0, N if answers is None else 0, self.chunk):
-            sim = q @ self.unit[start:start + self.chunk].T  # (L*H + W, C), rows contiguous for top-k
-            c = sim.shape[1]
-            fr, fw = shrunk(f_read[start:start + c]), shrunk(f_write[start:start + c])
-            t, i = stable_topk(sim[:LH] if fr is None else sim[:LH] * fr, min(k_read, c))
-            tops_r.append(t), idx_r.append(i + start)
-            t, i = stable_topk(sim[LH:] if fw is None else sim[LH:] * fw, min(k_write, c))
-            tops_w.append(t), idx_w.append(i + start)
-        (top_r, r_index), (top_w, c_index) = answers or (merge_candidates(tops_r, idx_r, k_read),
-                                                         merge_candidates(tops_w, idx_w, k_write))
+        use_native = self.native if self.native is not None else N >= NATIVE_MIN_SLOTS
+        (top_r, r_index), (top_w, c_index) = scan_unit_keys(q, self.unit, L * H, k_read, k_write, f_read, f_write,
+                                                            self.chunk, use_native)
 
         # the read: values of the kept slots at their current scale (and of the window's own earlier writes)
         slots = MemoryState(self.keys[None], self.values[None], self.age[None], self.usage[None],
                             None if self.retained is None else self.retained[None])  # allocation reads age, usage, retained
         alloc = bank.allocate(slots, W)[0]  # (W,)
         r_index, top_r = r_index.view(1, L, H, k_read), top_r.view(1, L, H, k_read)
-        vals = self.values[r_index] * scale[r_index].unsqueeze(-1)  # (1, L, H, K, D)
-        if req.pos is not None:  # merge with the top-k of the window's writes, as MultiHeadMemoryBank.read does
-            top_p, idx_p = pending_top_scores(queries.float(), req, k_read, cfg.eps, cfg.full_key_norm)
-            top_r, pick = stable_topk(torch.cat([top_r, top_p], -1), k_read)
-            src = torch.cat([r_index, idx_p + N], -1).gather(-1, pick)  # (1, L, H, K) into [slots; writes]
+        if cfg.window_reads and req.pos is not None:  # merged with the top-k of the window's writes, as bank.read does
+            top_p, idx_p = pending_top_scores(queries.float(), req.key, req.gate, req.pos, k_read, cfg.eps,
+                                              cfg.full_key_norm)
+            # (1, L, H, K) addresses into [slots; writes]
+            top_r, src = merge_candidates([top_r, top_p], [r_index, idx_p + N], k_read)
+            slot = src.clamp(max=N - 1)
             pend = req.value[0].float() * req.gate[0].float().unsqueeze(-1)  # (W, D)
-            vals = torch.cat([vals, pend[idx_p]], -2).gather(-2, pick.unsqueeze(-1).expand(*pick.shape, D))
-            r_index = torch.where(src >= N, alloc[(src - N).clamp(min=0)], src)
+            vals = torch.where((src >= N).unsqueeze(-1), pend[(src - N).clamp(min=0)],
+                               self.values[slot] * scale[slot].unsqueeze(-1))  # (1, L, H, K, D)
+            r_index = window_index(src, alloc[None], N)
+        else:
+            vals = self.values[r_index] * scale[r_index].unsqueeze(-1)  # (1, L, H, K, D)
         r_weight = torch.softmax(top_r * bank.read_sharpness.view(1, 1, -1, 1), dim=-1)
         vectors = (r_weight.unsqueeze(-1) * vals).sum(-2)  # (1, L, H, D)
-        v = valid.to(r_weight.dtype)  # (1, L)
-        w = (r_weight * v[:, :, None, None]).reshape(1, -1)
-        mass = torch.zeros(1, N, device=self.keys.device).scatter_add(1, r_index.reshape(1, -1), w)
-        mass = mass / v.sum(1, keepdim=True).clamp(min=1.0)  # (1, N)
+        mass = read_mass(r_index, r_weight, valid, N)  # (1, N)
 
         # the write: content top-k mixed with the stalest slots, erase then add on the touched rows only
-        key, value, erase = q[LH:], req.value[0].float(), req.erase[0].float()  # (W, D), unit keys as in write()
+        key, value, erase = q[L * H:], req.value[0].float(), req.erase[0].float()  # (W, D), unit keys as in write()
         gate, update = req.gate[0].float(), req.update[0].float()  # (W,)
         c_weight = torch.softmax(top_w * bank.write_sharpness, dim=-1)  # (W, K)
-        index = torch.cat([c_index, alloc.unsqueeze(-1)], -1)  # (W, K+1)
-        weight = torch.cat([update.unsqueeze(-1) * c_weight, (1 - update).unsqueeze(-1)], -1) * gate.unsqueeze(-1)
+        index, weight = write_weights(c_index, c_weight, alloc, update, gate)  # (W, K+1)
         flat_index, flat_w = index.reshape(-1), weight.reshape(-1)  # (W*(K+1),)
-        spread = lambda x: x.unsqueeze(1).expand(-1, k_write + 1, -1).reshape(-1, D)  # (W, D) -> (W*(K+1), D)
         rows, inv = torch.unique(flat_index, return_inverse=True)  # (U,) touched slots
-        acc = lambda x: torch.zeros(rows.numel(), D, device=x.device).index_add_(0, inv, flat_w.unsqueeze(-1) * spread(x))
-        keep = 1.0 - acc(erase).clamp(max=1.0)  # (U, D)
         s_rows = log_post[rows].exp().float().unsqueeze(-1)  # (U, 1)
-        new_keys = self.keys[rows] * s_rows * keep + acc(key)
-        new_values = self.values[rows] * s_rows * keep + acc(value)
+        new_keys, new_values = erase_then_add(self.keys[rows] * s_rows, self.values[rows] * s_rows, inv, weight,
+                                              erase, key, value)
         self.log_scale = log_post
         self.log_scale[rows] = 0.0
         self.keys[rows], self.values[rows] = new_keys, new_values
@@ -779,10 +658,7 @@ class StreamingMemory:
 
         # bookkeeping, as the functional write does it
         strength = torch.zeros(N, device=self.keys.device).scatter_add(0, flat_index, flat_w)
-        events = strength >= cfg.write_threshold
-        self.age = torch.where(events, torch.zeros_like(self.age), self.age + 1.0)
-        if self.retained is not None:
-            self.retained = torch.where(events, torch.ones_like(self.retained), self.retained * retention)
-        self.usage = (cfg.usage_decay * self.usage + strength + mass[0] / H).clamp(0.0, 1.0)
+        _, self.age, self.usage, self.retained = bookkeeping(self.age, self.usage, self.retained, retention, strength,
+                                                             mass[0] / H, cfg.write_threshold, cfg.usage_decay)
         self.segments += 1
         return ReadResult(vectors, r_index, r_weight)

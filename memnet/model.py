@@ -20,7 +20,7 @@ from .config import MemNetConfig
 from .controller import MemoryInterface, MemorySignals, TransformerController
 from .encoder import Encoder, check_tokens
 from .losses import aux_losses
-from .memory import MemoryState, MultiHeadMemoryBank, ReadResult, StreamingMemory, WriteRequest, WriteResult
+from .memory import MemoryState, MultiHeadMemoryBank, StreamingMemory, WriteRequest, run_segments
 from .trace import MemoryTrace
 
 
@@ -98,39 +98,18 @@ class MemNet(nn.Module):
         self._compiled_step = None  # set by compile_memory()
 
     def compile_memory(self, **compile_kwargs) -> "MemNet":
-        """Compile the per-segment memory step (the read, then the write: :meth:`_memory_step`) with
-        ``torch.compile(**compile_kwargs)`` and use it in :meth:`forward`; returns the model.
+        """Compile the per-segment memory step (the read, then the write: :meth:`MultiHeadMemoryBank.step`)
+        with ``torch.compile(**compile_kwargs)`` and use it in :meth:`forward`; returns the model.
 
         The loop over segments stays in Python; what compiles is the body that it runs once per
         segment, dozens of small operations forward and backward. On CPU this takes the per-segment
         overhead down (``python -m memnet.bench`` measures it); the first call of every new shape
         compiles (tens of seconds). Under compilation the top-k selections take the stable sort
-        (:func:`memnet.memory.stable_topk`), with the same tie rule, so the compiled step computes
+        (:func:`memnet.addressing.stable_topk`), with the same tie rule, so the compiled step computes
         what the eager one does up to float rounding. :meth:`stream` is not affected.
         """
-        self._compiled_step = torch.compile(self._memory_step, **compile_kwargs)
+        self._compiled_step = torch.compile(self.memory.step, **compile_kwargs)
         return self
-
-    def _memory_step(self, keys: Tensor, values: Tensor, age: Tensor, usage: Tensor, retained: Tensor,
-                     segments: Tensor, query: Tensor, key: Tensor, value: Tensor, gate: Tensor, erase: Tensor,
-                     update: Tensor, decay: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, ...]:
-        """One segment of memory on plain tensors (what ``torch.compile`` sees): read with the memory
-        as it stands, then write. The state's six fields (B, N, ...), the segment's read queries
-        (B, L, H, Dm) and write request (pos: (B, W) offsets of the writes), valid (B, L). With
-        ``cfg.window_reads`` a read also sees the writes of earlier tokens of its window. Returns the new state's six fields, the read's
-        vectors, index and weight, the read mass (B, N) per token summed over heads, and the write's
-        strength, events, alloc and retention."""
-        state = MemoryState(keys, values, age, usage, retained, segments)
-        req = WriteRequest(key, value, gate, erase, update, decay, pos)
-        r = self.memory.read(state, query, req if self.cfg.window_reads else None)  # vectors (B, L, H, Dm)
-        B = query.shape[0]
-        v = valid.to(r.weight.dtype)  # (B, L)
-        w = (r.weight * v[:, :, None, None]).reshape(B, -1)
-        mass = torch.zeros(B, self.cfg.num_slots, device=keys.device).scatter_add(1, r.index.reshape(B, -1), w)
-        mass = mass / v.sum(1, keepdim=True).clamp(min=1.0)  # (B, N) read weight per token, summed over heads
-        new, wr = self.memory.write(state, req, mass / self.cfg.mem_heads)
-        return (new.keys, new.values, new.age, new.usage, new.retained, new.segments, r.vectors, r.index, r.weight,
-                mass, wr.strength, wr.events, wr.alloc, wr.retention)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
         """An empty memory for `batch_size` sequences."""
@@ -170,6 +149,16 @@ class MemNet(nn.Module):
         update = take(sig.update, pos) if cfg.write_tokens is None else torch.zeros_like(gate)
         return WindowSignals(h, valid, sig, pos, gate, key, value, erase, update)
 
+    @staticmethod
+    def _segments(ws: WindowSignals) -> tuple[list[Tensor], list[WriteRequest], list[Tensor]]:
+        """Per segment: the read queries (B, L, H, Dm), the :class:`WriteRequest` and the valid mask (B, L).
+
+        Views made once: unbind's backward stacks the S gradients in one go, where S slices x[:, s]
+        would each materialise a zero gradient of the whole tensor (O(S^2) in backward)."""
+        queries, key, value, gate, erase, update, decay, pos, valid = (t.unbind(1) for t in (
+            ws.sig.read_query, ws.key, ws.value, ws.gate, ws.erase, ws.update, ws.sig.decay, ws.pos, ws.valid))
+        return list(queries), [WriteRequest(*f) for f in zip(key, value, gate, erase, update, decay, pos)], list(valid)
+
     def _logits(self, h: Tensor, reads: list[Tensor], T: int) -> Tensor:
         """LayerNorm'd reads fused residually into the controller's stream -> logits (B, T, V)."""
         B, S, L = h.shape[:3]
@@ -190,37 +179,21 @@ class MemNet(nn.Module):
         tokens = check_tokens(tokens, cfg.vocab_size)
         B, T = tokens.shape
         state = self.initial_state(B, tokens.device) if memory is None else self.memory.check_state(memory, B)
-        h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens, state.segments)
-        S = h.shape[1]
-        tbptt = cfg.tbptt_segments
+        state = MemoryState(*state.tensors(), signature=cfg.memory_signature())  # the states made here: this config's
+        ws = self._signals(tokens, state.segments)
+        queries, requests, valid = self._segments(ws)
+        state, steps = run_segments(self._compiled_step or self.memory.step, state, queries, requests, valid,
+                                    cfg.tbptt_segments)
 
-        # per-segment views made once: unbind's backward stacks the S gradients in one go, where S
-        # slices x[:, s] would each materialise a zero gradient of the whole tensor (O(S^2) in backward)
-        queries, keys, values, gates, erases, updates, decays, positions = (t.unbind(1) for t in (
-            sig.read_query, key, value, gate, erase, update, sig.decay, pos))
-        reads, steps = [], []
-        mass_total = h.new_zeros(cfg.num_slots, dtype=torch.float32)
-        step = self._compiled_step or self._memory_step
-        signature = cfg.memory_signature()  # the states made here are this config's
-        for s in range(S):  # the only loop over time
-            if tbptt is not None and s > 0 and s % tbptt == 0:
-                state = state.detach()
-            out = step(state.keys, state.values, state.age, state.usage, state.retained, state.segments, queries[s],
-                       keys[s], values[s], gates[s], erases[s], updates[s], decays[s], positions[s], valid[:, s])
-            state, r, mass, wr = (MemoryState(*out[:6], signature=signature), ReadResult(*out[6:9]), out[9],
-                                  WriteResult(*out[10:]))
-            mass_total = mass_total + mass.sum(0)
-            reads.append(r.vectors)
-            steps.append(dict(read_index=r.index, read_weight=r.weight, valid=valid[:, s], write_pos=pos[:, s],
-                              write_gate=gate[:, s], write_update=update[:, s], write_erase=erase[:, s].mean(-1),
-                              write_alloc=wr.alloc, write_strength=wr.strength, write_events=wr.events,
-                              retention=wr.retention, age=state.age, usage=state.usage))
-
-        logits = self._logits(h, reads, T)
-        read_weight = torch.stack([st["read_weight"] for st in steps], dim=1)  # (B, S, L, H, K)
-        retention = torch.stack([st["retention"] for st in steps], dim=1)  # (B, S, N)
-        aux = aux_losses(cfg, mass_total, read_weight, valid.unsqueeze(-1), retention, gate, valid.gather(2, pos))
-        trace = MemoryTrace.stack(steps).detach() if return_trace else None
+        logits = self._logits(ws.h, [st.read.vectors for st in steps], T)
+        mass_total = ws.h.new_zeros(cfg.num_slots, dtype=torch.float32)
+        for st in steps:
+            mass_total = mass_total + st.read_mass.sum(0)
+        read_weight = torch.stack([st.read.weight for st in steps], dim=1)  # (B, S, L, H, K)
+        retention = torch.stack([st.write.retention for st in steps], dim=1)  # (B, S, N)
+        aux = aux_losses(cfg, mass_total, read_weight, ws.valid.unsqueeze(-1), retention, ws.gate,
+                         ws.valid.gather(2, ws.pos))
+        trace = MemoryTrace.of_steps(requests, valid, steps) if return_trace else None
         return MemNetOutput(logits, state, aux, trace)
 
     @torch.no_grad()
@@ -241,13 +214,9 @@ class MemNet(nn.Module):
         elif not isinstance(memory, StreamingMemory) or memory.bank is not self.memory:
             raise TypeError("memory must be a StreamingMemory of this model's bank (from a previous stream() call)")
         seen = torch.full((1,), float(memory.segments), device=tokens.device)
-        h, valid, sig, pos, gate, key, value, erase, update = self._signals(tokens, seen)
-        reads = []
-        for s in range(h.shape[1]):  # the only loop over time
-            req = WriteRequest(key[:, s], value[:, s], gate[:, s], erase[:, s], update[:, s], sig.decay[:, s],
-                               pos[:, s] if cfg.window_reads else None)
-            reads.append(memory.step(sig.read_query[:, s], req, valid[:, s]).vectors)
-        return self._logits(h, reads, tokens.shape[1]), memory
+        ws = self._signals(tokens, seen)
+        reads = [memory.step(q, req, v).vectors for q, req, v in zip(*self._segments(ws))]  # the only loop over time
+        return self._logits(ws.h, reads, tokens.shape[1]), memory
 
 
 def truncated_backward(model: MemNet, tokens: Tensor, targets: Tensor, chunk_segments: int,

@@ -19,7 +19,7 @@ build step, no dependency. The library is cached with its sha256 and loaded only
 Threads: the bank is cut into contiguous row ranges, one per ``torch.get_num_threads()`` thread
 (``ctypes`` releases the GIL), and the per-range candidates are merged in range order.
 
-Semantics are those of :func:`memnet.memory.stable_topk` of the scores: descending, ties to the
+Semantics are those of :func:`memnet.addressing.stable_topk` of the scores: descending, ties to the
 lowest row (:func:`select_rows` gives exactly its indices: it reads the same scores). The scores of
 :func:`topk_rows` are float32 dot products summed in another order than the BLAS product, so
 they may differ from it in the last bits (tests/test_native.py checks the agreement). NaN scores,
@@ -325,8 +325,20 @@ def topk_rows(q: Tensor, keys: Tensor, k: int, scale: Tensor | None = None,
     flags = _in_parts(part, parts)
     if any(flags) or bool((idx < 0).any()):  # NaN scores, or a range with fewer than k rows
         return None
-    from .memory import merge_candidates  # ranges in row order (lowest first) keep the tie rule
-    return merge_candidates(list(vals.unbind(0)), list(idx.unbind(0)), k)
+    return _merge(vals, idx, k)
+
+
+def _merge(vals: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The top k (Q, k) of per-range candidates vals, idx (parts, Q, k), ranges in row order: laid
+    side by side in that order, a stable top-k of them keeps ties at the lowest row (what
+    :func:`memnet.addressing.merge_candidates` computes; the candidates hold no NaN)."""
+    if vals.shape[0] == 1:
+        return vals[0], idx[0]
+    cand, rows = torch.cat(list(vals.unbind(0)), -1), torch.cat(list(idx.unbind(0)), -1)  # (Q, parts * k)
+    pos = select_rows(cand, k)
+    if pos is None:  # k above SELECT_MAX_K: the stable sort
+        pos = cand.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    return cand.gather(-1, pos), rows.gather(-1, pos)
 
 
 SELECT_PART = 1 << 16  # scores per thread, at least, before select_rows splits the rows over threads

@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from .memory import sparse_to_dense
+from .addressing import sparse_to_dense
+from .memory import StepResult, WriteRequest
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,19 @@ class MemoryTrace:
     def stack(cls, steps: list[dict[str, Tensor]]) -> "MemoryTrace":
         """Build from one dict of (B, ...) tensors per segment."""
         return cls(**{f.name: torch.stack([s[f.name] for s in steps], dim=1) for f in fields(cls)})
+
+    @classmethod
+    def of_steps(cls, requests: list[WriteRequest], valid: list[Tensor], steps: list[StepResult]) -> "MemoryTrace":
+        """The trace (detached) of S memory steps: each segment's request, valid mask (B, L) and
+        :class:`~memnet.memory.StepResult`. A request without ``pos`` records its writes at offsets
+        0..W-1."""
+        rows = []
+        for req, v, st in zip(requests, valid, steps):
+            B, W = req.gate.shape
+            pos = req.pos if req.pos is not None else torch.arange(W, device=req.gate.device).expand(B, -1)
+            rows.append(dict(read_index=st.read.index, read_weight=st.read.weight, valid=v, write_pos=pos,
+                             write_gate=req.gate, write_update=req.update, write_erase=req.erase.mean(-1),
+                             write_alloc=st.write.alloc, write_strength=st.write.strength,
+                             write_events=st.write.events, retention=st.write.retention, age=st.state.age,
+                             usage=st.state.usage))
+        return cls.stack(rows).detach()

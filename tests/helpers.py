@@ -1,12 +1,15 @@
 """Tiny configs and hypothesis strategies shared by the tests (kept small: 2 shared CPU cores)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
+import torch.nn.functional as F
 from hypothesis import strategies as st
 
-from memnet import MemNet, MemNetConfig, MemoryState
+import memnet.memory as memory_module
+from memnet import MemNet, MemNetConfig, MemoryState, MultiHeadMemoryBank
 
 V = 20
 # HYPOTHESIS_PROFILE=thorough multiplies every test's example budget (explicit settings override profiles)
@@ -66,6 +69,45 @@ def small_configs(draw, max_slots: int = 24) -> MemNetConfig:
         segment_codes=draw(st.sampled_from([0, 1, 3])),
         full_key_norm=draw(st.sampled_from([1e-6, 0.3, 1.0])),
     )
+
+
+# ------------------------------------------------------------------ near ties between computation paths
+@contextlib.contextmanager
+def near_tie_watch(tol: float = 1e-5):
+    """Record whether any discrete memory decision (the top-k slots of a read or content write, the
+    order of allocation) came within `tol` of a tie without being an exact tie.
+
+    Two computation paths (one call vs two, a batch vs a row) round differently at the 1e-8 level;
+    at such a near tie they may legitimately pick different slots, and top-k turns that into an O(1)
+    difference. Exact ties are fine: they resolve to the lowest index on every path."""
+    flags = []
+    orig_topk, orig_alloc = memory_module.cosine_topk, MultiHeadMemoryBank.allocate
+
+    def topk(queries, slots, k, sharpness, eps, full_norm=None):
+        q = F.normalize(queries.float(), dim=-1, eps=eps)
+        m = F.normalize(slots, dim=-1, eps=eps if full_norm is None else full_norm)
+        sim = torch.einsum("bqhd,bnd->bqhn", q, m)
+        if sim.shape[-1] > k:  # which slots are kept: any slot near (not at) the k+1-th value could swap
+            boundary = sim.sort(-1, descending=True).values[..., k : k + 1]
+            d = (sim - boundary).abs()
+            flags.append(bool(((d > 0) & (d < tol)).any()))
+        return orig_topk(queries, slots, k, sharpness, eps, full_norm=full_norm)
+
+    def allocate(self, state, n):
+        # the n stalest and their order (write i gets slot i): distinct values near each other could swap
+        s = state.staleness().sort(-1, descending=True).values
+        cut = s[:, min(n, s.shape[1] - 1) : min(n, s.shape[1] - 1) + 1] - tol * (1 + s[:, :1].abs())
+        for row, c in zip(s, cut):
+            v = row[row >= c]
+            gap = v[:-1] - v[1:]
+            flags.append(bool(((gap > 0) & (gap < tol * (1 + v[:-1].abs()))).any()))
+        return orig_alloc(self, state, n)
+
+    memory_module.cosine_topk, MultiHeadMemoryBank.allocate = topk, allocate
+    try:
+        yield flags
+    finally:
+        memory_module.cosine_topk, MultiHeadMemoryBank.allocate = orig_topk, orig_alloc
 
 
 # ------------------------------------------------------------------ "nothing changed" after a rejected call

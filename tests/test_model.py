@@ -1,6 +1,5 @@
 """MemNet and its parts: unit tests per module, agreement between computation paths,
 gradient flow through memory, the AMP path and the public API."""
-import contextlib
 import dataclasses
 import math
 
@@ -9,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings, strategies as st
 
-from helpers import examples, V, rand_tokens, small_configs, states_equal, tiny_cfg, tiny_model
-import memnet.memory as memory_module
+from helpers import examples, V, near_tie_watch, rand_tokens, small_configs, states_equal, tiny_cfg, tiny_model
 from memnet import MemNet, MemNetConfig, MemNetOutput, MemoryState, MemoryTrace, MultiHeadMemoryBank
 from memnet.bottleneck import SemanticBottleneck
 from memnet.controller import TransformerController
@@ -168,44 +166,6 @@ def test_trace_shapes_and_dense_read_weights():
 
 
 # ================================================================ agreement
-@contextlib.contextmanager
-def near_tie_watch(tol: float = 1e-5):
-    """Record whether any discrete memory decision (the top-k slots of a read or content write, the
-    order of allocation) came within `tol` of a tie without being an exact tie.
-
-    Two computation paths (one call vs two, a batch vs a row) round differently at the 1e-8 level;
-    at such a near tie they may legitimately pick different slots, and top-k turns that into an O(1)
-    difference. Exact ties are fine: they resolve to the lowest index on every path."""
-    flags = []
-    orig_topk, orig_alloc = memory_module.cosine_topk, MultiHeadMemoryBank.allocate
-
-    def topk(queries, slots, k, sharpness, eps, full_norm=None):
-        q = F.normalize(queries.float(), dim=-1, eps=eps)
-        m = F.normalize(slots, dim=-1, eps=eps if full_norm is None else full_norm)
-        sim = torch.einsum("bqhd,bnd->bqhn", q, m)
-        if sim.shape[-1] > k:  # which slots are kept: any slot near (not at) the k+1-th value could swap
-            boundary = sim.sort(-1, descending=True).values[..., k : k + 1]
-            d = (sim - boundary).abs()
-            flags.append(bool(((d > 0) & (d < tol)).any()))
-        return orig_topk(queries, slots, k, sharpness, eps, full_norm=full_norm)
-
-    def allocate(self, state, n):
-        # the n stalest and their order (write i gets slot i): distinct values near each other could swap
-        s = state.staleness().sort(-1, descending=True).values
-        cut = s[:, min(n, s.shape[1] - 1) : min(n, s.shape[1] - 1) + 1] - tol * (1 + s[:, :1].abs())
-        for row, c in zip(s, cut):
-            v = row[row >= c]
-            gap = v[:-1] - v[1:]
-            flags.append(bool(((gap > 0) & (gap < tol * (1 + v[:-1].abs()))).any()))
-        return orig_alloc(self, state, n)
-
-    memory_module.cosine_topk, MultiHeadMemoryBank.allocate = topk, allocate
-    try:
-        yield flags
-    finally:
-        memory_module.cosine_topk, MultiHeadMemoryBank.allocate = orig_topk, orig_alloc
-
-
 @settings(max_examples=examples(20))
 @given(small_configs(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 10), st.integers(0, 1000))
 def test_split_call_matches_one_call(cfg, B, first_segments, rest, seed):
@@ -244,7 +204,7 @@ def test_split_call_matches_one_call_with_exactly_tied_slots():
 
 
 def test_near_tie_watch_detects_near_ties():
-    """The watch above only excuses real near ties (and never exact ones)."""
+    """helpers.near_tie_watch only excuses real near ties (and never exact ones)."""
     cfg = tiny_cfg(num_slots=4, top_k=1)
     bank = MultiHeadMemoryBank(cfg)
     keys = torch.zeros(1, 4, cfg.slot_dim)

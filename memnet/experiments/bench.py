@@ -52,7 +52,8 @@ from ..baselines import FullTransformer, LSTMBaseline, WindowedTransformer, coun
 from ..config import MemNetConfig
 from ..encoder import sinusoidal_positions
 from .. import native
-from ..memory import StreamingMemory, cosine_scores_topk
+from ..addressing import cosine_scores_topk
+from ..memory import StreamingMemory
 from ..model import MemNet, truncated_backward
 from ..train import amp_dtype, autocast, resolve_device
 from .common import (DATA_DIR, DistinctList, check_device, check_out, check_seeds, device_arg, format_table,
