@@ -2,6 +2,7 @@
 learning rate chosen on validation only, the task's layout, and the verdicts."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +178,27 @@ def test_non_finite_logits_are_an_error_not_a_score():
             return type("Out", (), {"logits": torch.full(tokens.shape + (p.vocab_size,), float("nan"))})()
     with pytest.raises(FloatingPointError, match="non-finite logits"):
         lr_exp.score(Broken(), lr_exp.make_task(p, 4), p, "test", 0, torch.device("cpu"))
+
+
+def test_no_trained_peer_leaves_the_comparison_undecided_not_won():
+    """Every other model at chance in-window: the claim 'MemNet at or above every other model' is
+    neither won nor lost; it misses, says why, and prints no nan."""
+    res = result_with({"memnet": 0.9, "full": 0.2, "windowed": 0.0, "lstm": 0.05, "titans": 0.0},
+                      {"windowed": 0.9, "memnet": 0.9, "lstm": 0.0, "titans": 0.0})
+    last = lr_exp.summarize(res)[-1]
+    assert not last.passed and "undecided" in last.detail
+    assert "LSTM" in last.detail and "Titans" in last.detail and "DNC, RMT" in last.detail
+    assert "nan" not in last.line() and "not measured" in last.line()
+    assert lr_exp.untrained(res) == ["lstm", "titans"]
+
+
+def test_plateau_exit_is_the_first_logged_loss_below_the_threshold():
+    res = result_with({"memnet": 0.9, "lstm": 0.0}, {"memnet": 0.9})
+    guess = float(np.log(1 / res["chance"]))  # 4.6
+    for r in res["runs"]:
+        r["curve"] = ([[50, 1.0, guess], [100, 2.0, 0.81 * guess], [150, 3.0, 0.79 * guess], [200, 4.0, 0.1]]
+                      if r["model"] == "memnet" else [[50, 1.0, guess], [100, 2.0, 0.85 * guess]])
+    assert lr_exp.plateau_exit(res, "memnet") == [150]
+    assert lr_exp.plateau_exit(res, "lstm") == [None]
+    table = lr_exp.plateau_table(res)
+    assert "never" in table and "150" in table and "MemNet" in table

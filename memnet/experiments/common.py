@@ -397,7 +397,8 @@ class Verdict:
     detail: str = ""
 
     def line(self) -> str:
-        return (f"{'holds' if self.passed else 'MISSES'}: {self.claim} (measured {self.measured:.3g}, "
+        measured = f"measured {self.measured:.3g}" if self.measured == self.measured else "not measured"
+        return (f"{'holds' if self.passed else 'MISSES'}: {self.claim} ({measured}, "
                 f"threshold {self.threshold:.3g}){'; ' + self.detail if self.detail else ''}")
 
 

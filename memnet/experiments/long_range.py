@@ -414,6 +414,25 @@ def models_of(result: dict) -> list[str]:
     return list(dict.fromkeys(r["model"] for r in result["runs"]))
 
 
+def untrained(result: dict) -> list[str]:
+    """The models (the positive control aside) whose in-window accuracy, over seeds, is below 10x
+    chance: the protocol did not train them, so their comparison says nothing about their memory."""
+    return [n for n in models_of(result)
+            if n != "full" and float(np.mean(in_window(result, n))) < 10 * result["chance"]]
+
+
+PLATEAU_EXIT = 0.8  # a run has left the plateau when a logged training loss falls below 0.8 x ln(1 / chance)
+
+
+def plateau_exit(result: dict, model: str) -> list[int | None]:
+    """Per seed of `model`: the first logged training step whose loss is below ``PLATEAU_EXIT``
+    times the loss of guessing a value (ln 1/chance), or None when it never was. MQAR training
+    sits on that plateau until the model finds how to look a key up."""
+    guess = float(np.log(1 / result["chance"]))
+    return [next((step for step, _, loss in r["curve"] if loss < PLATEAU_EXIT * guess), None)
+            for r in sorted(result["runs"], key=lambda r: r["seed"]) if r["model"] == model]
+
+
 def _curve(result: dict, model: str, kind: str, keys: list[str], xs: list[float]) -> dict:
     cells = [cell(result, model, kind, k) for k in keys]
     stats = [t_interval(c) if c else (float("nan"),) * 2 for c in cells]
@@ -456,6 +475,18 @@ def memory_table(result: dict) -> str:
                         "content written earlier in the sequence")
 
 
+def plateau_table(result: dict) -> str:
+    """Per model, at its chosen learning rate: the training step at which each seed left the plateau
+    of guessing (:func:`plateau_exit`), and the in-window accuracy."""
+    p = result["profile_settings"]
+    rows = [[LABELS[n], " / ".join("never" if s is None else str(s) for s in plateau_exit(result, n)),
+             mean_ci(in_window(result, n), 100)] for n in models_of(result)]
+    return format_table(["model", "step leaving the plateau, per seed", "in-window %"], rows,
+                        f"Training: the first logged step whose loss is below {PLATEAU_EXIT} x ln(1/chance) "
+                        f"(ln(1/chance) = {np.log(1 / result['chance']):.2f}, the loss of guessing a value; "
+                        f"budget {p['steps']} steps; 'never': not within it)")
+
+
 def summarize(result: dict) -> list[Verdict]:
     """The claims of the chapter, checked on the result (thresholds fixed in advance):
     the positive control learns the task, the windowed model learns in-window recall, MemNet keeps
@@ -471,11 +502,11 @@ def summarize(result: dict) -> list[Verdict]:
         v = mean(in_window(result, "windowed"))
         out.append(Verdict("WindowedTransformer answers >= 80% of in-window queries", v, 0.8, v >= 0.8))
     # a model at chance inside its own window was not trained by the protocol: its comparison is void
-    untrained = [n for n in names if n != "full" and mean(in_window(result, n)) < 10 * result["chance"]]
+    failed = untrained(result)
     out.append(Verdict("every model answers in-window queries at >= 10x chance (else its protocol failed)",
                        min((mean(in_window(result, n)) for n in names if n != "full"), default=float("nan")),
-                       10 * result["chance"], not untrained,
-                       "at chance in-window: " + ", ".join(LABELS[n] for n in untrained) if untrained else ""))
+                       10 * result["chance"], not failed,
+                       "at chance in-window: " + ", ".join(LABELS[n] for n in failed) if failed else ""))
     if "memnet" in names:
         far = max([m for m in p["distances"] if m <= 64], default=None)
         if p["eval_pairs"] == half and far == 64:
@@ -484,7 +515,7 @@ def summarize(result: dict) -> list[Verdict]:
                                f"{p['train_windows']} windows", v, 0.9, v >= 0.9))
         losses, margin = [], float("inf")
         for other in names:
-            if other in ("memnet", "full", "windowed") or other in untrained:
+            if other in ("memnet", "full", "windowed") or other in failed:
                 continue  # the memory models and the LSTM that trained; the positive control is not a competitor
             keys = [("distance", str(m)) for m in p["distances"] if p["eval_pairs"] >= 16] + \
                    [("capacity", f"{P}@{m}") for P in p["capacity_pairs"] for m in p["capacity_delays"] if P >= 16]
@@ -495,12 +526,17 @@ def summarize(result: dict) -> list[Verdict]:
                     margin = min(margin, d)
                     if d < 0:
                         losses.append(f"{LABELS[other]} at {kind} {key} ({100 * mean(b):.1f} vs {100 * mean(a):.1f})")
+        void = [LABELS[n] for n in failed if n not in ("memnet", "windowed")]
+        absent = [LABELS[n] for n in PEER_NAMES if n not in names]
+        why = "; ".join(([f"not compared (untrained): {', '.join(void)}"] if void else []) +
+                        ([f"not in the run: {', '.join(absent)}"] if absent else []))
+        claim = "MemNet at or above every other model beyond the window at P >= 16 (smallest margin, accuracy points)"
         if margin < float("inf"):
-            void = [LABELS[n] for n in untrained if n not in ("memnet", "windowed")]
-            out.append(Verdict("MemNet at or above every other model beyond the window at P >= 16 "
-                               "(smallest margin, accuracy points)", 100 * margin, 0.0, not losses,
-                               "; ".join((["a peer wins at " + "; ".join(losses)] if losses else []) +
-                                         ([f"not compared (untrained): {', '.join(void)}"] if void else []))))
+            out.append(Verdict(claim, 100 * margin, 0.0, not losses,
+                               "; ".join((["a peer wins at " + "; ".join(losses)] if losses else []) + ([why] if why else []))))
+        else:  # no trained model to compare with: the claim is not shown either way
+            out.append(Verdict(claim, float("nan"), 0.0, False, "undecided, no trained model to compare with"
+                               + (f" ({why})" if why else "")))
     return out
 
 
