@@ -2,13 +2,17 @@
 its measurement helpers measure what they claim."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import sys
 
 import pytest
 import torch
 
 from memnet import MemNet, MemNetConfig
 from memnet.baselines import FullTransformer
+import memnet.peers as peers
 from memnet.experiments import bench
 from memnet.memory import StreamingMemory
 
@@ -105,6 +109,8 @@ def test_bad_arguments():
         bench.run("huge", save=False)
     with pytest.raises(ValueError, match="parts"):
         bench.run("smoke", save=False, parts=("nope",))
+    with pytest.raises(ValueError, match="peers_models"):
+        bench.peer_entries(bench.Profile(peers_models=("nope",)))
 
 
 def test_compiled_point_and_its_table_lines():
@@ -148,6 +154,8 @@ def test_stored_run_tables():
     from memnet.experiments.common import DATA_DIR
 
     res = json.loads((DATA_DIR / "bench" / "laptop" / "results.json").read_text())
+    if "peers" not in res:  # a run stored before the peers part: its summary is made without it
+        assert "peers" not in bench.summarize(res)
     lines = bench.summary_table(res).splitlines()
     assert lines[0].startswith("training, forward+backward") and lines[1].split()[:2] == ["model", "params"]
     assert lines[1].split()[2:] == [str(T) for T in sorted({r["T"] for r in res["seq_len"]})]
@@ -163,3 +171,82 @@ def test_stored_run_tables():
         assert line.split() == [str(r["tokens_seen"]), f"{r['us_per_token']:.1f}", f"{r['vs_start']:.2f}",
                                 f"{r['vs_start_of_minima']:.2f}", f"{r['state_bytes'] / 2**20:.2f}",
                                 f"{k['us_per_token']:.1f}", f"{k['cache_bytes'] / 2**20:.1f}"]
+
+
+def test_peers_part_at_smoke(smoke_result):
+    """Every model of the peers part that can run gives finite positive tokens/s at the budget; the
+    others are rows with a reason; the summary's ratios are those of the recorded times; the table
+    has a row per model."""
+    res, out = smoke_result
+    stored = json.loads((out / "results.json").read_text())
+    p = bench.PROFILES["smoke"]
+    part = stored["peers"]
+    assert (part["B"], part["T"], part["threads"]) == (p.peers_B, p.peers_T, stored["threads"])
+    assert part["rounds"] == p.repeats
+    rows = {r["name"]: r for r in part["rows"]}
+    assert list(rows) == [f"memnet_{N}" for N in p.peers_slots] + list(p.peers_models) + list(bench.SPARSE_DNC)
+    missing = peers.available()
+    for name, r in rows.items():
+        if name in bench.SPARSE_DNC or missing.get(name):
+            assert r["not_run"]  # the sparse DNCs have no adapter, and no CPU path in dnc 1.1.0
+            continue
+        assert "not_run" not in r, r
+        assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0 and r["finite_loss"]
+        assert r["tokens_per_s"] == pytest.approx(p.peers_B * p.peers_T / r["time_s"])
+        assert r["us_per_token"] == pytest.approx(1e6 * r["time_s"] / (p.peers_B * p.peers_T))
+        assert r["repeats"] == part["rounds"] and r["time_s"] <= r["median_s"]
+        assert abs(r["params"] / part["budget"] - 1) < 0.15  # the peers' tolerance; the baselines' is 10%
+    assert rows["dnc"]["memory"] == f"{p.peers_slots[0]} cells"  # DNCPeer: one cell per slot of the config
+    s = stored["summary"]["peers"]
+    base = rows[f"memnet_{p.peers_slots[0]}"]
+    assert s["memnet"] == base["name"]
+    assert s["tokens_per_s"] == {n: r["tokens_per_s"] for n, r in rows.items() if "not_run" not in r}
+    assert s["not_run"] == {n: r["not_run"] for n, r in rows.items() if "not_run" in r}
+    if "not_run" not in rows["dnc"]:
+        assert s["memnet_vs_dnc_tokens_per_s"] == pytest.approx(rows["dnc"]["time_s"] / base["time_s"])
+    assert s["memnet_slots_time_ratio"] == pytest.approx(
+        {str(N): rows[f"memnet_{N}"]["time_s"] / base["time_s"] for N in p.peers_slots[1:]})
+    assert s["memnet_vs_windowed_time_per_token"] == pytest.approx(base["time_s"] / rows["windowed"]["time_s"])
+    assert s == bench.peers_summary(part)
+    lines = bench.summary_table(stored).splitlines()
+    head = next(k for k, line in enumerate(lines) if line.startswith("training throughput, forward+backward+AdamW"))
+    assert f"B={p.peers_B}, T={p.peers_T}" in lines[head]
+    for name, r in rows.items():
+        if "not_run" in r:
+            assert f"  {name}: not run: {r['not_run']}" in lines
+        else:
+            row = next(line for line in lines[head + 3:] if line.split()[0] == name)
+            assert f"{r['tokens_per_s']:.0f}" in row.split() and str(r["params"]) in row.split()
+    assert any(line.startswith(f"tokens/s {base['name']} / dnc:") for line in lines) == ("not_run" not in rows["dnc"])
+
+
+class _Failing(torch.nn.Module):
+    """A peer whose first step raises."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, tokens):
+        raise RuntimeError("no kernel for this\nsecond line")
+
+
+def test_peers_part_records_what_did_not_run(monkeypatch):
+    """A missing package (here dnc, the sparse DNCs with it) and a peer whose first step fails are rows
+    with the reason; the other models still run, and the ratios that need them are left out."""
+    monkeypatch.setitem(sys.modules, "dnc", None)  # makes `import dnc` fail
+    monkeypatch.setitem(peers.PEERS, "rmt", _Failing)
+    p = dataclasses.replace(bench.PROFILES["smoke"], peers_slots=(16,), peers_models=("dnc", "rmt", "lstm"), peers_T=16)
+    part = bench.measure_peers(p, torch.device("cpu"), None, False)
+    rows = {r["name"]: r for r in part["rows"]}
+    assert list(rows) == ["memnet_16", "dnc", "rmt", "lstm", "sam", "sdnc"]
+    for name in ("dnc", "sam", "sdnc"):
+        assert rows[name]["not_run"].startswith("package missing: ") and "dnc" in rows[name]["not_run"]
+    assert rows["rmt"]["not_run"] == "its first step failed: RuntimeError: no kernel for this"
+    assert all(rows[n]["tokens_per_s"] > 0 for n in ("memnet_16", "lstm"))
+    s = bench.peers_summary(part)
+    assert "memnet_vs_dnc_tokens_per_s" not in s and "memnet_vs_windowed_time_per_token" not in s
+    assert s["memnet_slots_time_ratio"] == {} and set(s["not_run"]) == {"dnc", "rmt", "sam", "sdnc"}
+    lines = bench.peers_table(part)
+    assert "  dnc: not run: " + rows["dnc"]["not_run"] in lines
+    assert not any(line.startswith("tokens/s") for line in lines)

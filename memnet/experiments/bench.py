@@ -17,6 +17,15 @@ Everything is measured in one process, so the ratios between models share the ma
   (``dst.copy_(src)``, counted as bytes read + written, the STREAM convention) measured in the
   same run, for the queries of one token (H heads) and of a whole segment, and the time of a
   full streaming step (read + write) there;
+- **training throughput against the published peers** (part ``peers``): tokens/s of a whole training
+  step (forward + backward + AdamW step, the same loop for every model) on one batch of ``peers_B``
+  sequences of ``peers_T`` tokens, for MemNet at each of ``peers_slots`` slots, the DNC, RMT and
+  Titans (MAC) of :mod:`memnet.peers` and the LSTM, WindowedTransformer and FullTransformer, all at
+  the bench's width and MemNet's parameter budget (at ``peers_slots[0]`` slots, which is also the
+  DNC's number of cells and RMT's number of memory tokens), timed interleaved like the
+  sequence-length sweep. A peer whose package does not import is recorded as not run with the
+  import error; so are the sparse DNCs of the ``dnc`` package (SAM, SDNC), with the error of their
+  first pass (on CPU their sparse index needs faiss GPU resources or a compiled FLANN);
 - optionally ``torch.compile`` of the controller and of the per-segment memory step
   (:meth:`MemNet.compile_memory`): compile time and the steady-state speedup of each.
 
@@ -37,6 +46,8 @@ output folder is checked to be writable before anything is measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import statistics
 import time
@@ -66,14 +77,17 @@ STREAM_REPEATS = 17  # interleaved timed calls per side at every streaming check
 # slower right after MemNet's 65k pass than after its own)
 WARMUP_BELOW_S = 2.0
 
-ALL_PARTS = ("seq_len", "windows", "cores", "slots", "top_k", "streaming", "read", "compile")  # what run() measures
+ALL_PARTS = ("seq_len", "windows", "cores", "slots", "top_k", "streaming", "read", "peers", "compile")  # what run() measures
 COMPILE_POINTS = ("controller", "memory_step", "memory_step_best_window")  # what measure_compile can time
 MODELS = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
+PEER_NAMES = ("dnc", "rmt", "titans")  # the models of memnet.peers (an optional extra)
+SPARSE_DNC = ("sam", "sdnc")  # the dnc package's sparse DNCs: probed, recorded as not run where they fail
+PEERS_LR = 1e-3  # AdamW's learning rate in the peers part (the step's cost does not depend on it)
 
 
 @dataclass
 class Profile:
-    """What a profile measures. Lengths are tokens; B=1 throughout."""
+    """What a profile measures. Lengths are tokens; B=1 throughout, except the peers part (B=peers_B)."""
 
     vocab_size: int = 256
     d_model: int = 64
@@ -111,6 +125,13 @@ class Profile:
     amp: str = "auto"
     threads: int | None = 1  # torch CPU threads for every model (None: torch's default)
     seeds: tuple = (0,)
+    # training throughput (forward + backward + AdamW step) against the published peers: a batch of
+    # peers_B sequences of peers_T tokens; MemNet at each of peers_slots slots; the other models (peers_models,
+    # from PEER_NAMES and MODELS) are built at peers_slots[0] slots: the DNC's cells, RMT's memory tokens
+    peers_B: int = 16
+    peers_T: int = 512
+    peers_slots: tuple = (64, 1024)
+    peers_models: tuple = ("dnc", "rmt", "titans", "lstm", "windowed", "full")
 
 
 PROFILES = {
@@ -118,7 +139,7 @@ PROFILES = {
                      n_heads=2, seq_lens=(64, 256), windows=(8, 16), window_T=256, window_writes=8, window_repeats=1, max_len={"full": 256}, slots=(16, 256), slots_seq_len=32,
                      top_ks=(1, 4), top_k_slots=64, top_k_seq_len=64, stream_tokens=1024, stream_call=64,
                      checkpoints=(256, 1024), kv_max=1024, read_slots=4096, compile=False, repeats=1, seq_len_rounds=None,
-                     min_time_s=0.0),
+                     min_time_s=0.0, peers_B=2, peers_T=32, peers_slots=(16, 256)),
     # about 10 minutes on a laptop (11.0 in the stored run, 1.6 of them compiling): two compile points (the memory
     # step at the default window, where compiling pays most, and at the fastest window, MemNet's best time against
     # the FullTransformer), one timed pass per window-sweep point after the warm-up and three windows, a single
@@ -188,8 +209,9 @@ class SavedTensorBytes:
         return sum(self.storages.values())
 
 
-def train_step(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor, dtype) -> None:
-    """One forward + backward (no optimizer step): cross-entropy, plus MemNet's auxiliary losses."""
+def train_step(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor, dtype) -> torch.Tensor:
+    """One forward + backward (no optimizer step): cross-entropy, plus MemNet's auxiliary losses.
+    Returns the loss, detached."""
     model.zero_grad(set_to_none=True)
     with autocast(tokens.device, dtype):
         out = model(tokens)
@@ -197,6 +219,16 @@ def train_step(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tens
         aux = getattr(out, "aux_losses", None) or {}
         loss = loss + sum(aux.values()) if aux else loss
     loss.backward()
+    return loss.detach()
+
+
+def optim_step(model: torch.nn.Module, opt: torch.optim.Optimizer, tokens: torch.Tensor, targets: torch.Tensor,
+               dtype) -> torch.Tensor:
+    """One training step: forward + backward (:func:`train_step`), then ``opt.step()``. tokens,
+    targets: (B, T). Returns the loss, detached."""
+    loss = train_step(model, tokens, targets, dtype)
+    opt.step()
+    return loss
 
 
 @contextmanager
@@ -609,6 +641,174 @@ def measure_compile(p: Profile, device: torch.device, dtype, progress: bool, win
     return res
 
 
+# ---------------------------------------------------------------------------- the published peers
+def probe_sparse_dnc(device: torch.device) -> dict[str, str]:
+    """Why each sparse DNC of the ``dnc`` package (SAM, SDNC) is not in the peers part: the error of
+    one tiny forward pass on `device` (the package builds them; on CPU the first pass fails, its
+    sparse index needing faiss GPU resources or a compiled FLANN, see :class:`memnet.peers.DNCPeer`),
+    the import error when the package is missing, or, where the pass runs, that :mod:`memnet.peers`
+    has no adapter for it."""
+    from .. import peers
+
+    missing = peers.available()["dnc"]
+    if missing:
+        return {name: f"package missing: {missing}" for name in SPARSE_DNC}
+    import dnc
+
+    gpu_id = (device.index or 0) if device.type == "cuda" else -1
+    out = {}
+    for name, cls in (("sam", dnc.SAM), ("sdnc", dnc.SDNC)):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the package prints its fallback from faiss to FLANN
+                model = cls(8, 8, nr_cells=8, cell_size=8, read_heads=1, batch_first=True, gpu_id=gpu_id)
+                model(torch.zeros(1, 2, 8, device=device), (None, None, None), reset_experience=True)  # (B, T, D)
+            out[name] = f"its first pass runs on {device.type} here, but memnet.peers has no adapter for it"
+        except Exception as e:  # the failure is the measurement: recorded, not raised
+            out[name] = (f"no {device.type} path in dnc 1.1.0 (the sparse index needs faiss GPU resources or a "
+                         f"compiled FLANN): {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+    return out
+
+
+def peer_entries(p: Profile) -> list[tuple[str, str, Callable[[], torch.nn.Module]]]:
+    """The models of the peers part, in order: (name, model, builder). MemNet once per entry of
+    ``peers_slots`` (name ``memnet_<slots>``), then ``peers_models``, built at ``peers_slots[0]`` slots."""
+    base = make_config(p, num_slots=p.peers_slots[0], top_k=min(p.top_k, p.peers_slots[0]))
+    entries: list[tuple[str, str, Callable[[], torch.nn.Module]]] = [
+        (f"memnet_{N}", "memnet", lambda N=N: MemNet(make_config(p, num_slots=N, top_k=min(p.top_k, N))))
+        for N in p.peers_slots]
+    for name in p.peers_models:
+        if name in PEER_NAMES:
+            def build(name: str = name) -> torch.nn.Module:
+                from .. import peers
+
+                return peers.PEERS[name](base)
+        elif name in MODELS and name != "memnet":
+            build = lambda name=name: MODELS[name](base)
+        else:
+            raise ValueError(f"Profile.peers_models must be among {PEER_NAMES + tuple(m for m in MODELS if m != 'memnet')}, "
+                             f"got {name!r}")
+        entries.append((name, name, build))
+    return entries
+
+
+def memory_size(model: torch.nn.Module, name: str) -> str:
+    """What a model of the peers part remembers with, in words: MemNet's slots, the DNC's cells,
+    RMT's memory tokens, Titans' neural memories."""
+    if name == "memnet":
+        return f"{model.cfg.num_slots} slots"
+    if name == "dnc":
+        return f"{model.cfg.num_slots} cells"
+    if name == "rmt":
+        return f"{model.num_memory_tokens} memory tokens"
+    if name == "titans":
+        from ..peers import _neural_memories
+
+        k = len(_neural_memories(model.mac))
+        return f"neural memory (MLP, depth 2) in {k} layer{'s' if k != 1 else ''}"
+    return {"lstm": "(h, c)", "windowed": "none", "full": "whole sequence"}.get(name, "")
+
+
+def measure_peers(p: Profile, device: torch.device, dtype, progress: bool) -> dict:
+    """Training throughput of MemNet and the published peers: tokens/s of :func:`optim_step`
+    (forward + backward + AdamW) on one batch (peers_B, peers_T) of random tokens, the same batch
+    and loop for every model.
+
+    Every model is built (seed 0) and takes two untimed steps: the first records autograd memory
+    (``autograd_mb``; None, with the reason, for a model that refuses saved-tensor hooks) and fills
+    AdamW's state, the second gives the loss (``finite_loss``) and decides the warm-up; then `repeats` rounds each time every model once, interleaved like
+    the sequence-length sweep (one untimed step before a step shorter than ``WARMUP_BELOW_S``), so
+    that a slow spell of a shared machine lands on every model of a round. A model's time is its
+    fastest round. A peer whose package does not import, or whose first step raises, is a row with
+    ``not_run`` and the reason; so are the sparse DNCs (:func:`probe_sparse_dnc`)."""
+    from .. import peers
+
+    B, T = p.peers_B, p.peers_T
+    g = torch.Generator().manual_seed(T)
+    x = torch.randint(0, p.vocab_size, (B, T), generator=g).to(device)  # (B, T)
+    y = torch.randint(0, p.vocab_size, (B, T), generator=g).to(device)  # (B, T)
+    missing = peers.available()
+    rows: dict[str, dict] = {}
+    live: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer, int]] = {}
+    for name, kind, build in peer_entries(p):
+        if kind in PEER_NAMES and missing[kind]:
+            rows[name] = {"name": name, "model": kind, "not_run": f"package missing: {missing[kind]}"}
+            continue
+        try:
+            seed_everything(0)
+            model = build().to(device)
+            opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=PEERS_LR)
+            autograd_mb, hooks_error = None, None
+            try:
+                with SavedTensorBytes() as saved:
+                    optim_step(model, opt, x, y, dtype)  # fills AdamW's state: every later step is alike
+                autograd_mb = saved.nbytes / 2**20
+            except RuntimeError as e:  # torch.func inside the model (Titans' neural memory) refuses saved-tensor hooks
+                hooks_error = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            _sync(device)
+            t0 = time.perf_counter()
+            loss = optim_step(model, opt, x, y, dtype)
+            _sync(device)
+            first = time.perf_counter() - t0
+        except Exception as e:
+            if kind not in PEER_NAMES:  # MemNet and the baselines must run
+                raise
+            rows[name] = {"name": name, "model": kind,
+                          "not_run": f"its first step failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
+            continue
+        rows[name] = {"name": name, "model": kind, "memory": memory_size(model, kind), "params": count_params(model),
+                      "autograd_mb": autograd_mb, "finite_loss": bool(torch.isfinite(loss).item())}
+        if hooks_error is not None:
+            rows[name]["autograd_mb_not_measured"] = hooks_error
+        live[name] = (model, opt, 1 if first < WARMUP_BELOW_S else 0)
+    times: dict[str, list[float]] = {name: [] for name in live}
+    rounds = max(1, p.repeats)
+    for _ in range(rounds):
+        for name, (model, opt, warm) in live.items():
+            t = time_it(lambda: optim_step(model, opt, x, y, dtype), device, 1, warmup=warm)
+            times[name].append(t["min_s"])
+    for name in live:
+        ts = sorted(times[name])
+        rows[name].update({"time_s": ts[0], "median_s": ts[len(ts) // 2], "us_per_token": 1e6 * ts[0] / (B * T),
+                           "tokens_per_s": B * T / ts[0], "repeats": len(ts)})
+        if progress:
+            r = rows[name]
+            mb = "not measured" if r["autograd_mb"] is None else f"{r['autograd_mb']:.1f} MB"
+            print(f"  peers {name:<12} {r['memory']:<40} {r['tokens_per_s']:9.0f} tokens/s  autograd {mb}", flush=True)
+    live.clear()
+    for name, why in probe_sparse_dnc(device).items():
+        rows[name] = {"name": name, "model": name, "not_run": why}
+    if progress:
+        for r in rows.values():
+            if "not_run" in r:
+                print(f"  peers {r['name']:<12} not run: {r['not_run']}", flush=True)
+    return {"B": B, "T": T, "threads": torch.get_num_threads(), "rounds": rounds,
+            "optimizer": f"AdamW(lr={PEERS_LR}, weight_decay=0.01)", "budget": count_params(MemNet(make_config(
+                p, num_slots=p.peers_slots[0], top_k=min(p.top_k, p.peers_slots[0])))),
+            "rows": list(rows.values())}
+
+
+def peers_summary(peers_result: dict) -> dict:
+    """The numbers of the peers part the chapter quotes, from its recorded times: tokens/s of every
+    model that ran; MemNet (at the first of its slot counts) tokens/s over the DNC's
+    (``memnet_vs_dnc_tokens_per_s``); MemNet's step time at every other slot count over its time at
+    the first (``memnet_slots_time_ratio``, keyed by slots); MemNet's time per token over the
+    WindowedTransformer's (``memnet_vs_windowed_time_per_token``); every model's time per token
+    over MemNet's (``time_vs_memnet``); and the models not run, with the reason."""
+    ran = {r["name"]: r for r in peers_result["rows"] if "not_run" not in r}
+    mem = [r for r in peers_result["rows"] if r["model"] == "memnet"]
+    base = mem[0]
+    s: dict = {"B": peers_result["B"], "T": peers_result["T"], "threads": peers_result["threads"],
+               "memnet": base["name"], "tokens_per_s": {n: r["tokens_per_s"] for n, r in ran.items()},
+               "not_run": {r["name"]: r["not_run"] for r in peers_result["rows"] if "not_run" in r}}
+    if "dnc" in ran:
+        s["memnet_vs_dnc_tokens_per_s"] = base["tokens_per_s"] / ran["dnc"]["tokens_per_s"]
+    s["memnet_slots_time_ratio"] = {r["name"].split("_", 1)[1]: r["time_s"] / base["time_s"] for r in mem[1:]}
+    if "windowed" in ran:
+        s["memnet_vs_windowed_time_per_token"] = base["us_per_token"] / ran["windowed"]["us_per_token"]
+    s["time_vs_memnet"] = {n: r["us_per_token"] / base["us_per_token"] for n, r in ran.items() if n != base["name"]}
+    return s
+
+
 # ---------------------------------------------------------------------------- summary
 def _point(rows: list[dict], model: str, T: int) -> dict | None:
     return next((r for r in rows if r.get("model") == model and r["T"] == T and "skipped" not in r), None)
@@ -672,6 +872,8 @@ def summarize(result: dict) -> dict:
     s["read_path"] = result["read"].get("read_path", "torch")
     if "read_torch_token_vs_copy" in result["read"]:
         s["read_torch_token_vs_copy"] = result["read"]["read_torch_token_vs_copy"]
+    if "peers" in result:  # runs stored before the peers part lack it
+        s["peers"] = peers_summary(result["peers"])
     return s
 
 
@@ -681,7 +883,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     """Run every measurement of the profile in this process; returns (and stores) the results.
 
     parts: a subset of ("seq_len", "windows", "cores", "slots", "top_k", "streaming", "read",
-    "compile"), all by default (a partial run is never stored). threads: torch CPU threads for the
+    "peers", "compile"), all by default (a partial run is never stored). threads: torch CPU threads for the
     run (default: the profile's; restored afterwards). On CPU, when the run uses fewer threads than
     torch's default (all cores), the "cores" part and the read repeat the 16k comparison and the
     read with every core."""
@@ -775,14 +977,16 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
                                                           "full_kv": stream_full_kv(p, dev, dtype, progress)})
     if "read" in parts:
         result["read"] = timed("read", lambda: read_bandwidth(p, dev, progress, cores))
+    if "peers" in parts:
+        result["peers"] = timed("peers", lambda: measure_peers(p, dev, dtype, progress))
     if "compile" in parts and p.compile:
         result["compile"] = timed("compile", lambda: measure_compile(p, dev, dtype, progress, result.get("windows")))
-    if set(all_parts) - {"compile", "cores"} <= set(parts):
+    if set(all_parts) - {"compile", "cores", "peers"} <= set(parts):
         result["summary"] = summarize(result)
     wall = time.perf_counter() - t_all
     result["part_wall_s"] = {k: round(v, 1) for k, v in step_t.items()}
     result["provenance"] = provenance(dev, seeds, wall, amp=str(dtype), threads=torch.get_num_threads(),
-                                      note="times: min over repeats after a warm-up; B=1"
+                                      note="times: min over repeats after a warm-up; B=1 (the peers part: B=peers_B)"
                                       + ("; glibc malloc pinned (steady_allocator)" if malloc else ""))
     if save and parts == all_parts:  # never over another experiment's or profile's result: that goes to partial/
         out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "bench" / profile
@@ -881,7 +1085,34 @@ def summary_table(result: dict) -> str:
                          f"after {c['compile_s']:.0f} s of compiling")
     if s and "compiled_step_full_ratio" in s:
         lines.append(f"FullTransformer / MemNet with the compiled memory step: {s['compiled_step_full_ratio']:.2f}x")
+    if "peers" in result:
+        lines.append("")
+        lines.extend(peers_table(result["peers"]))
     return "\n".join(lines)
+
+
+def peers_table(peers_result: dict) -> list[str]:
+    """The peers part's lines: a table of tokens/s per model (not-run models with their reason below
+    it) and the ratios of :func:`peers_summary`."""
+    s = peers_summary(peers_result)
+    ran = [r for r in peers_result["rows"] if "not_run" not in r]
+    lines = [format_table(
+        ["model", "memory", "params", "tokens/s", "us/token", "autograd MB", f"time / {s['memnet']}"],
+        [[r["name"], r["memory"], r["params"], f"{r['tokens_per_s']:.0f}", f"{r['us_per_token']:.1f}",
+          "-" if r["autograd_mb"] is None else f"{r['autograd_mb']:.0f}", f"{s['time_vs_memnet'].get(r['name'], 1.0):.2f}x"
+          + ("" if r["finite_loss"] else " (loss not finite)")] for r in ran],
+        f"training throughput, forward+backward+{peers_result['optimizer']}, B={s['B']}, T={s['T']}: tokens/s; "
+        f"{s['threads']} threads, fastest of {peers_result['rounds']} interleaved rounds")]
+    lines += [f"  {name}: not run: {why}" for name, why in s["not_run"].items()]
+    ratios = []
+    if "memnet_vs_dnc_tokens_per_s" in s:
+        ratios.append(f"tokens/s {s['memnet']} / dnc: {s['memnet_vs_dnc_tokens_per_s']:.2f}x")
+    ratios += [f"time memnet_{N} / {s['memnet']}: {v:.2f}x" for N, v in s["memnet_slots_time_ratio"].items()]
+    if "memnet_vs_windowed_time_per_token" in s:
+        ratios.append(f"time per token {s['memnet']} / windowed: {s['memnet_vs_windowed_time_per_token']:.2f}x")
+    if ratios:
+        lines.append("; ".join(ratios))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
