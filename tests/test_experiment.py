@@ -202,3 +202,27 @@ def test_plateau_exit_is_the_first_logged_loss_below_the_threshold():
     assert lr_exp.plateau_exit(res, "lstm") == [None]
     table = lr_exp.plateau_table(res)
     assert "never" in table and "150" in table and "MemNet" in table
+
+
+def test_a_cached_run_made_under_other_settings_is_not_reused(tmp_path):
+    """A cached record carries the settings it was made under; other settings are an error naming
+    them, the same settings reuse it, and a record without settings (older) is taken as is."""
+    from memnet.experiments.common import cached_record
+
+    p = lr_exp.PROFILES["smoke"]
+    path = tmp_path / "runs" / "m.json"
+    made = []
+    rec = cached_record(path, lambda: made.append(1) or {"acc": 0.5}, settings=lr_exp.run_settings(p))
+    assert rec["settings"] == lr_exp.run_settings(p) and made == [1]
+    assert cached_record(path, lambda: made.append(1) or {}, settings=lr_exp.run_settings(p))["acc"] == 0.5
+    assert made == [1], "the same settings reuse the cached run"
+    from dataclasses import replace
+
+    other = lr_exp.run_settings(replace(p, local_pairs=p.local_pairs + 1, steps=p.steps + 1))
+    with pytest.raises(ValueError, match="local_pairs, steps"):
+        cached_record(path, lambda: {}, settings=other)
+    assert json.loads(path.read_text())["acc"] == 0.5, "the cached run is left as it was"
+    assert lr_exp.run_settings(replace(p, seeds=(5,), lrs=(1.0,))) == lr_exp.run_settings(p)
+    legacy = tmp_path / "runs" / "old.json"
+    legacy.write_text(json.dumps({"acc": 0.25}))
+    assert cached_record(legacy, lambda: {}, settings=other)["acc"] == 0.25

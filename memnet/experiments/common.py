@@ -420,12 +420,26 @@ def mean_ci(values, scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * m:.{digits}f}" + (f" ± {scale * h:.{digits}f}" if h == h else "")
 
 
-def cached_record(path: Path | None, make: Callable[[], dict], fresh: bool = False) -> dict:
+def cached_record(path: Path | None, make: Callable[[], dict], fresh: bool = False,
+                  settings: dict | None = None) -> dict:
     """The JSON record cached at `path` (one per trained (model, lr, seed)) or, when there is none,
-    the one `make()` returns, written there atomically. `path` None: no cache."""
+    the one `make()` returns, written there atomically. `path` None: no cache.
+
+    settings: what the record depends on (e.g. the profile's training and evaluation settings),
+    stored in a new record under "settings"; a cached record made under other settings is an error
+    (ValueError naming the differing fields), never silently reused. A record without "settings"
+    (written before they were recorded) is taken as made under the current ones."""
     if path is not None and path.exists() and not fresh:
-        return json.loads(path.read_text())
+        rec = json.loads(path.read_text())
+        old = rec.get("settings")
+        if settings is not None and old is not None and old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(f"the cached run {path} was made under other settings ({', '.join(diff[:8])}): "
+                             "retrain it (fresh) or use another output folder")
+        return rec
     rec = make()
+    if settings is not None:
+        rec["settings"] = settings
     if path is not None:
         write_json(path, rec)
     return rec

@@ -316,6 +316,17 @@ def throughput(names: list[str], p: Profile, device: torch.device) -> dict[str, 
     return out
 
 
+RUN_INDEPENDENT = ("lrs", "lr_of", "sweep_seeds", "seeds", "models", "throughput_steps")  # not what one run depends on
+
+
+def run_settings(p: Profile) -> dict:
+    """The profile's settings one trained (model, lr, seed) depends on (model size, training draws,
+    steps, evaluation grid), JSON-ready: a cached run made under other settings is not reused."""
+    import json
+
+    return json.loads(json.dumps({k: v for k, v in asdict(p).items() if k not in RUN_INDEPENDENT}))
+
+
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
         models: list[str] | None = None, out_dir: Path | None = None, save: bool = True, fresh: bool = False,
         progress: bool = True, cached_only: bool = False) -> dict:
@@ -349,7 +360,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         if cached_only and not path(n, lr, s).exists():
             return None
         return cached_record(path(n, lr, s), lambda: train_and_test(n, lr, s, p, dev, path(n, lr, s, "pt"), progress),
-                             fresh)
+                             fresh, run_settings(p))
 
     runs, chosen, missing, traces = [], {}, [], {}
     for name in models:
