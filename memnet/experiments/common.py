@@ -249,24 +249,21 @@ def _argparse_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 0:
-        raise ValueError(f"expected seeds that are ints >= 0, got {text!r}")
-    return value
+def _int_at_least(minimum: int, expected: str) -> Callable[[str], int]:
+    """A check that parses an int >= `minimum` (ValueError saying what was `expected` otherwise)."""
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise ValueError(f"expected {expected}, got {text!r}")
+        return value
+    return check
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 1:
-        raise ValueError(f"expected an int >= 1, got {text!r}")
-    return value
+_seed = _int_at_least(0, "seeds that are ints >= 0")
+_positive = _int_at_least(1, "an int >= 1")
 
 
 seed_arg = _argparse_type(_seed)
