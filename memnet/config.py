@@ -18,7 +18,7 @@ MEMORY_FIELDS = ("num_slots", "slot_dim", "mem_heads", "top_k", "segment_len", "
                  "write_key_shift", "window_reads", "write_threshold", "usage_decay", "decay_mode", "decay_init",
                  "allocation", "full_key_norm", "eps", "segment_codes")
 DECAY_MODES = ("learned", "fixed", "none")  # MemNetConfig.decay_mode: how slots forget (see MultiHeadMemoryBank.retention)
-ALLOCATION_MODES = ("lru", "faded")  # MemNetConfig.allocation: which slot a new write takes (MultiHeadMemoryBank.allocate)
+ALLOCATION_MODES = ("lru", "faded", "weakest")  # MemNetConfig.allocation: which slot a new write takes (MultiHeadMemoryBank.allocate)
 
 
 @dataclass
@@ -57,7 +57,9 @@ class MemNetConfig:
     usage_decay: float = 0.9  # per-segment decay of the usage trace
     decay_init: float = 5.0  # initial logit of the slot-wise retention gate (sigmoid(5) ~ 0.993)
     decay_mode: str = "learned"  # "learned": slot-wise logit + content direction; "fixed": sigmoid(decay_init); "none": 1
-    allocation: str = "lru"  # "lru": stalest by age and usage; "faded": staleness divided by the retained fraction
+    # which slot a write takes: "lru" the stalest by age and usage; "faded" staleness divided by the retained
+    # fraction; "weakest" the slot holding its content most weakly (event strength times retention since)
+    allocation: str = "lru"
     sharpness_init: float = 10.0  # initial inverse temperature of the top-k softmax
     # a slot addresses (is read, or updated by content) at its full cosine when its key is at least this
     # long, and in proportion to its length below: written keys have unit direction times the write's

@@ -10,7 +10,8 @@ with a learnable per-head sharpness. So a weak or faded write is found less than
 and a write gate is trained by what the reads find.
 Writes (once per segment, W of them: by default one per token of the window): each write's
 weight over slots mixes content addressing of its key (top-k, residual update of similar
-slots) with allocation of a stale slot, chosen from age and usage; the write is gated,
+slots) with allocation of a slot (``cfg.allocation``: the stalest by age and usage, or the one
+holding its content most weakly, which decay decides); the write is gated,
 with a learned erase factor, and only a write whose strength passes ``write_threshold``
 counts as an event that resets the slot's age, so weak writes keep landing on stale slots. Before writing, every slot is scaled by a learnable retention gate.
 All updates are functional: a `MemoryState` passed in is never modified.
@@ -61,7 +62,9 @@ class MemoryState:
     age:    (B, N) float32 in [0, COUNT_MAX], segments since the slot's last write event (integer valued)
     usage:  (B, N) float32 in [0, 1], decaying trace of read and write weight
     retained: (B, N) float32 in [0, 1], product of the retention gates since the slot's last write
-            event (1 for a fresh slot); None when constructed means all ones
+            event (1 for a fresh slot); with ``allocation = "weakest"``, that product times the
+            strength of the event (capped at 1): how strongly the slot still holds its content, 0 for
+            a slot never written. None when constructed means all ones
     segments: (B,) float32 in [0, COUNT_MAX], windows this memory has seen (integer valued; what
             MemNet's segment codes are counted from); None when constructed means zeros
     signature: the config the state was made for, as :meth:`MemNetConfig.memory_signature` gives it
@@ -255,17 +258,18 @@ def erase_then_add(keys: Tensor, values: Tensor, rows: Tensor, weight: Tensor, e
 
 def bookkeeping(age: Tensor, usage: Tensor, retained: Tensor | None, retention: Tensor, strength: Tensor,
                 read_mass: Tensor | None, write_threshold: float,
-                usage_decay: float) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+                usage_decay: float, held: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Per-slot counts after a segment's writes, all (..., N): a write of `strength` at least
     `write_threshold` is an event that resets the slot's age (else it grows by 1) and its retained
-    fraction (else scaled by `retention`); usage decays by `usage_decay` and gains the write
-    strength and `read_mass`, clamped to [0, 1]. `retained` None stays None. No gradient flows.
-    Returns events (bool), age, usage, retained."""
+    fraction to 1, or with `held` to the event's strength capped at 1 (else scaled by `retention`);
+    usage decays by `usage_decay` and gains the write strength and `read_mass`, clamped to [0, 1].
+    `retained` None stays None. No gradient flows. Returns events (bool), age, usage, retained."""
     strength = strength.detach()
     events = strength >= write_threshold
     age = torch.where(events, torch.zeros_like(age), age + 1.0)
     if retained is not None:
-        retained = torch.where(events, torch.ones_like(retained), retained * retention.detach())
+        fresh = strength.clamp(max=1.0) if held else torch.ones_like(retained)
+        retained = torch.where(events, fresh, retained * retention.detach())
     usage = usage_decay * usage + strength
     if read_mass is not None:
         usage = usage + read_mass.detach().float()
@@ -310,14 +314,16 @@ class MultiHeadMemoryBank(nn.Module):
 
     # ------------------------------------------------------------------ state
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
-        """Empty memory: zero keys and values, age 0, usage 0."""
+        """Empty memory: zero keys and values, age 0, usage 0, retained 1 (0 with ``allocation =
+        "weakest"``, where it is what a slot holds)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         device = device if device is not None else self.decay_logit.device
         N, D = self.cfg.num_slots, self.cfg.slot_dim
         z = torch.zeros(batch_size, N, device=device)
+        held = z.clone() if self.cfg.allocation == "weakest" else torch.ones_like(z)  # an empty slot holds nothing
         return MemoryState(torch.zeros(batch_size, N, D, device=device), torch.zeros(batch_size, N, D, device=device),
-                           z, z.clone(), torch.ones_like(z), torch.zeros(batch_size, device=device),
+                           z, z.clone(), held, torch.zeros(batch_size, device=device),
                            signature=self.cfg.memory_signature())
 
     def check_state(self, state: object, batch_size: int, name: str = "memory") -> MemoryState:
@@ -454,9 +460,18 @@ class MultiHeadMemoryBank(nn.Module):
         return torch.sigmoid(logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX))
 
     def allocation_score(self, state: MemoryState) -> Tensor:
-        """(B, N) what allocation ranks: the staleness, divided with ``cfg.allocation = "faded"`` by
-        the retained fraction of the slot's content (a slot faded to half its strength looks twice
-        as stale), so that what decay lets go of is reused first."""
+        """(B, N) what allocation ranks, highest first.
+
+        "lru": the staleness (:meth:`MemoryState.staleness`); "faded": the staleness divided by the
+        retained fraction of the slot's content (a slot faded to half its strength looks twice as
+        stale), so that what decay lets go of is reused first; "weakest": one minus what the slot
+        holds (the strength of its last write event times the retention since), so empty slots go
+        first, then the most weakly held, whatever their age: a write event displaces only content
+        held more weakly than the others, and an old, strongly written slot is kept until decay lets
+        it go. Ties go to the lowest index.
+        """
+        if self.cfg.allocation == "weakest":
+            return 1.0 - state.retained
         score = state.staleness()
         if self.cfg.allocation == "faded":
             score = score / state.retained.clamp(min=FADED_MIN)
@@ -495,7 +510,8 @@ class MultiHeadMemoryBank(nn.Module):
         # 4. bookkeeping: write events reset age; usage is a decaying trace of reads and writes
         strength = torch.zeros(B, N, device=keys.device).scatter_add(1, flat_index, weight.reshape(B, -1))
         events, age, usage, retained = bookkeeping(state.age, state.usage, state.retained, retention, strength,
-                                                   read_mass, cfg.write_threshold, cfg.usage_decay)
+                                                   read_mass, cfg.write_threshold, cfg.usage_decay,
+                                                   held=cfg.allocation == "weakest")
         new_state = MemoryState(new_keys.view(B, N, D), new_values.view(B, N, D), age, usage, retained,
                                 state.segments + 1.0, signature=state.signature)
         return new_state, WriteResult(strength, events, alloc, retention)
@@ -558,7 +574,7 @@ class StreamingMemory:
             self.age = state.age[0].clone()  # (N,)
             self.usage = state.usage[0].clone()  # (N,)
             # (N,) retained fraction, kept only where allocation reads it, so an "lru" state stays as small
-            self.retained = state.retained[0].clone() if bank.cfg.allocation == "faded" else None
+            self.retained = state.retained[0].clone() if bank.cfg.allocation != "lru" else None
 
     def nbytes(self) -> int:
         """Bytes held: stored keys and values, unit keys and the per-slot buffers (constant in tokens seen)."""
@@ -659,6 +675,7 @@ class StreamingMemory:
         # bookkeeping, as the functional write does it
         strength = torch.zeros(N, device=self.keys.device).scatter_add(0, flat_index, flat_w)
         _, self.age, self.usage, self.retained = bookkeeping(self.age, self.usage, self.retained, retention, strength,
-                                                             mass[0] / H, cfg.write_threshold, cfg.usage_decay)
+                                                             mass[0] / H, cfg.write_threshold, cfg.usage_decay,
+                                                             held=cfg.allocation == "weakest")
         self.segments += 1
         return ReadResult(vectors, r_index, r_weight)

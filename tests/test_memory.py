@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from helpers import examples, rand_tokens, small_configs, states_equal, tiny_cfg
@@ -145,11 +146,13 @@ def test_allocation_picks_stalest_distinct_slots_ties_to_lowest_index(data):
     W = cfg.writes
     alloc = bank.allocate(state, W)
     assert alloc.shape == (state.batch_size, W)
-    torch.testing.assert_close(alloc, reference_alloc(state.staleness(), W), atol=0, rtol=0)
+    st_ = bank.allocation_score(state)  # the staleness, or for "faded"/"weakest" what the by-hand tests check
+    if cfg.allocation == "lru":
+        assert torch.equal(st_, state.staleness())
+    torch.testing.assert_close(alloc, reference_alloc(st_, W), atol=0, rtol=0)
     for row in alloc.tolist():
         assert len(set(row)) == W, "two writes of a segment allocated the same slot"
-    # the first write gets a slot with maximal staleness, and nothing unallocated is staler
-    st_ = state.staleness()
+    # the first write gets a slot with maximal score, and nothing unallocated scores higher
     assert (st_.gather(1, alloc[:, :1]).squeeze(1) == st_.max(1).values).all()
 
 
@@ -171,7 +174,7 @@ def test_write_bookkeeping(data, scale):
     assert states_equal(state, before), "write modified the state passed in"
     assert new.keys.shape == state.keys.shape and new.age.shape == state.age.shape
     # allocation on the state as it was before the write
-    torch.testing.assert_close(wr.alloc, reference_alloc(state.staleness(), W), atol=0, rtol=0)
+    torch.testing.assert_close(wr.alloc, reference_alloc(bank.allocation_score(state), W), atol=0, rtol=0)
     # events are exactly the slots whose write strength reached the threshold
     assert wr.events.dtype == torch.bool
     assert torch.equal(wr.events, wr.strength >= cfg.write_threshold)
@@ -267,12 +270,15 @@ def check_trace_invariants(cfg: MemNetConfig, out, memory0: MemoryState | None =
     assert (tr.write_gate[~gate_valid] == 0).all(), "a padding token wrote"
     prev_age = memory0.age if memory0 is not None else torch.zeros(B, N)
     prev_usage = memory0.usage if memory0 is not None else torch.zeros(B, N)
-    prev_retained = memory0.retained if memory0 is not None else torch.ones(B, N)
+    held = cfg.allocation == "weakest"  # retained is then what a slot holds: 0 when empty, the event's strength on one
+    prev_retained = memory0.retained if memory0 is not None else (torch.zeros if held else torch.ones)(B, N)
     mass = tr.read_mass().sum(2) / H  # (B, S, N), what the model feeds to usage
     for s in range(S):
         stale = MemoryState(torch.zeros(B, N, 1), torch.zeros(B, N, 1), prev_age, prev_usage).staleness()
         if cfg.allocation == "faded":  # the retained fraction, rebuilt from the traced retention and events
             stale = stale / prev_retained.clamp(min=FADED_MIN)
+        if held:  # the most weakly held first, whatever the age
+            stale = 1.0 - prev_retained
         alloc = tr.write_alloc[:, s]
         torch.testing.assert_close(alloc, reference_alloc(stale, W), atol=0, rtol=0)
         for row in alloc.tolist():
@@ -283,7 +289,8 @@ def check_trace_invariants(cfg: MemNetConfig, out, memory0: MemoryState | None =
         expect_usage = (cfg.usage_decay * prev_usage + tr.write_strength[:, s] + mass[:, s]).clamp(0, 1)
         torch.testing.assert_close(tr.usage[:, s], expect_usage, atol=1e-5, rtol=0)
         prev_age, prev_usage = tr.age[:, s], tr.usage[:, s]
-        prev_retained = torch.where(ev, torch.ones_like(prev_retained), prev_retained * tr.retention[:, s])
+        fresh = tr.write_strength[:, s].clamp(max=1.0) if held else torch.ones_like(prev_retained)
+        prev_retained = torch.where(ev, fresh, prev_retained * tr.retention[:, s])
     assert torch.equal(out.memory.age, tr.age[:, -1])
     torch.testing.assert_close(out.memory.retained, prev_retained, atol=0, rtol=0)
     torch.testing.assert_close(out.memory.usage, tr.usage[:, -1], atol=0, rtol=0)
@@ -359,6 +366,51 @@ def test_retained_fraction_and_faded_allocation_by_hand():
     assert wr.alloc.tolist() == [[2]] and wr.events[0].tolist() == [False, False, True, False]
     torch.testing.assert_close(new.retained, torch.tensor([[0.5, 0.25, 1.0, 0.5]]))  # fixed retention sigmoid(0) = 0.5
     assert torch.equal(MemoryState(st_.keys, st_.values, age, usage).retained, torch.ones(1, N))  # default: all ones
+
+
+def test_weakest_allocation_by_hand():
+    """"weakest" allocation: empty slots first (in index order), then the slot holding its content
+    most weakly, whatever its age; an event sets what the slot holds to the event's strength."""
+    N, D = 4, 4
+    bank = MultiHeadMemoryBank(MemNetConfig(vocab_size=8, d_model=D, num_slots=N, top_k=1, mem_heads=1,
+                                            segment_len=1, decay_mode="fixed", decay_init=0.0, allocation="weakest"))
+    assert torch.equal(bank.initial_state(2).retained, torch.zeros(2, N))  # empty: holds nothing
+    age = torch.tensor([[50.0, 0.0, 3.0, 1.0]])
+    held = torch.tensor([[0.9, 0.6, 0.0, 0.3]])
+    st_ = MemoryState(torch.randn(1, N, D), torch.randn(1, N, D), age, torch.zeros(1, N), held)
+    assert bank.allocate(st_, 4).tolist() == [[2, 3, 1, 0]]  # the oldest slot, held at 0.9, goes last
+    gate = torch.tensor([[0.7]])
+    req = WriteRequest(torch.randn(1, 1, D), torch.randn(1, 1, D), gate, torch.zeros(1, 1, D), torch.zeros(1, 1),
+                       torch.zeros(1, D))
+    new, wr = bank.write(st_, req)  # update 0: the whole gate lands on the allocated (empty) slot 2, an event
+    assert wr.alloc.tolist() == [[2]] and wr.events[0].tolist() == [False, False, True, False]
+    # an event holds at its strength; the others fade by the fixed retention sigmoid(0) = 0.5
+    torch.testing.assert_close(new.retained, torch.tensor([[0.45, 0.3, 0.7, 0.15]]))
+    assert bank.allocate(new, 2).tolist() == [[3, 1]]
+
+
+def test_weakest_allocation_keeps_a_strong_write_through_weaker_events():
+    """A slot written at gate 1 and never decayed outlives any number of weaker write events under
+    "weakest"; under "lru" the same events take it once it is the stalest."""
+    N, D, steps = 4, 8, 40
+    base = MemNetConfig(vocab_size=8, d_model=D, num_slots=N, top_k=1, mem_heads=1, segment_len=1,
+                        decay_mode="none", write_threshold=0.5)
+    g = torch.Generator().manual_seed(0)
+    key0 = torch.randn(1, 1, D, generator=g)
+    def write(gate):
+        return WriteRequest(key0 if gate == 1.0 else torch.randn(1, 1, D, generator=g), torch.randn(1, 1, D, generator=g),
+                            torch.tensor([[gate]]), torch.ones(1, 1, D), torch.zeros(1, 1), torch.zeros(1, D))
+    kept, taken = {}, {}
+    for mode in ("weakest", "lru"):
+        bank = MultiHeadMemoryBank(dataclasses.replace(base, allocation=mode))
+        state, slots = bank.initial_state(1), []
+        for s in range(steps):
+            state, wr = bank.write(state, write(1.0 if s == 0 else 0.5 + 0.4 * s / steps))
+            slots.append(int(wr.alloc[0, 0]))
+        taken[mode] = slots[0] in slots[1:]
+        kept[mode] = float(F.cosine_similarity(state.keys[0, slots[0]], key0[0, 0], dim=0))
+    assert not taken["weakest"] and kept["weakest"] > 0.999  # never written over
+    assert taken["lru"] and kept["lru"] < 0.9  # taken (erase 1) by later events
 
 
 def test_retained_out_of_range_is_rejected():
