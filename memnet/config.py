@@ -73,6 +73,9 @@ class MemNetConfig:
     pressure_weight: float = 0.0
     read_entropy_weight: float = 0.0
     write_weight: float = 0.05  # cost of writing: the mean write gate (reads keep the useful writes strong)
+    # the mean write gate that costs nothing: only the gate above it is charged, so a memory not yet of
+    # use is not pushed to write nothing at all (0: every write is charged)
+    write_budget: float = 0.0
     eps: float = 1e-6
     tbptt_segments: int | None = None  # truncated backprop: detach the memory every k segments (None: never)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for experiments' bookkeeping
@@ -118,7 +121,8 @@ class MemNetConfig:
         floats = {"dropout": ((0.0, 1.0), "in [0, 1)"), "write_threshold": unit, "usage_decay": unit,
                   "decay_init": ((-FLOAT32_MAX, FLOAT32_MAX), f"in [-{FLOAT32_MAX:g}, {FLOAT32_MAX:g}] (float32)"),
                   "sharpness_init": positive, "full_key_norm": floor, "eps": floor, "util_weight": weight,
-                  "pressure_weight": weight, "read_entropy_weight": weight, "write_weight": weight}
+                  "pressure_weight": weight, "read_entropy_weight": weight, "write_weight": weight,
+                  "write_budget": unit}
         for name, ((lo, hi), allowed) in floats.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):

@@ -38,10 +38,11 @@ def pressure_loss(retention: Tensor) -> Tensor:
     return retention.mean()
 
 
-def write_cost(gate: Tensor, valid: Tensor) -> Tensor:
-    """Mean write gate over the writes of real tokens: the cost of writing. gate, valid: (..., W)."""
+def write_cost(gate: Tensor, valid: Tensor, budget: float = 0.0) -> Tensor:
+    """Mean write gate over the writes of real tokens, less the `budget` that is free (never below
+    0): the cost of writing. gate, valid: (..., W)."""
     v = valid.to(gate.dtype)
-    return (gate * v).sum() / v.sum().clamp(min=1.0)
+    return ((gate * v).sum() / v.sum().clamp(min=1.0) - budget).clamp(min=0.0)
 
 
 def aux_losses(cfg: MemNetConfig, mean_read: Tensor, read_weight: Tensor, read_valid: Tensor,
@@ -59,5 +60,5 @@ def aux_losses(cfg: MemNetConfig, mean_read: Tensor, read_weight: Tensor, read_v
         "read_entropy": cfg.read_entropy_weight * read_entropy(read_weight, read_valid, cfg.eps),
     }
     if write_gate is not None:
-        out["write_cost"] = cfg.write_weight * write_cost(write_gate, write_valid)
+        out["write_cost"] = cfg.write_weight * write_cost(write_gate, write_valid, cfg.write_budget)
     return out

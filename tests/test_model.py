@@ -658,3 +658,24 @@ def test_write_cost_is_the_weighted_mean_gate_of_real_writes():
     assert float(tiny_model(write_weight=0.0)(x).aux_losses["write_cost"].detach()) == 0.0
     with pytest.raises(ValueError, match="write_weight"):
         tiny_cfg(write_weight=-0.1)
+
+
+def test_write_budget_charges_only_the_gate_above_it():
+    """With write_budget b the write cost is write_weight x max(mean gate - b, 0): the same gates
+    cost less by b, and nothing (with no gradient into the gates) when their mean is below b."""
+    x = rand_tokens(2, 17)
+    full = tiny_model(write_weight=0.5)
+    out = full(x, return_trace=True)
+    tr = out.trace
+    mean = float(tr.write_gate[tr.valid.gather(2, tr.write_pos)].mean())
+    b = mean / 2
+    part = tiny_model(write_weight=0.5, write_budget=b)(x).aux_losses["write_cost"]
+    torch.testing.assert_close(part.detach(), torch.tensor(0.5 * (mean - b)))
+    free = tiny_model(write_weight=0.5, write_budget=min(1.0, 2 * mean))
+    cost = free(x).aux_losses["write_cost"]
+    assert float(cost) == 0.0
+    cost.backward()
+    assert free.interface.write_score.weight.grad is None or not free.interface.write_score.weight.grad.any()
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="write_budget"):
+            tiny_cfg(write_budget=bad)

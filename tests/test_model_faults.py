@@ -414,7 +414,7 @@ NONNEGATIVE_INTS = ["write_key_shift", "segment_codes"]  # 0 is valid for these
 def test_the_field_lists_cover_the_config():
     assert FLOAT_FIELDS == ["dropout", "write_threshold", "usage_decay", "decay_init", "sharpness_init",
                             "full_key_norm", "util_weight", "pressure_weight", "read_entropy_weight",
-                            "write_weight", "eps"]
+                            "write_weight", "write_budget", "eps"]
     assert set(NONNEGATIVE_INTS) < set(REQUIRED_INTS) and len(REQUIRED_INTS) == 11
     assert OPTIONAL_INTS == ["slot_dim", "bottleneck_dim", "writes_per_segment", "tbptt_segments"]
 
