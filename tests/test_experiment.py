@@ -226,3 +226,31 @@ def test_a_cached_run_made_under_other_settings_is_not_reused(tmp_path):
     legacy = tmp_path / "runs" / "old.json"
     legacy.write_text(json.dumps({"acc": 0.25}))
     assert cached_record(legacy, lambda: {}, settings=other)["acc"] == 0.25
+
+
+def test_a_model_change_invalidates_only_that_models_cached_runs(tmp_path, monkeypatch):
+    """A model's settings carry what it is built from: MemNet's whole config, the sizes for the
+    others. A MemNet change (here its allocation) makes its cached run an error and leaves the
+    windowed model's valid; a record from before configs were recorded is accepted only where the
+    caller names "config" as legacy."""
+    from dataclasses import replace
+
+    from memnet.experiments.common import cached_record
+
+    p = lr_exp.PROFILES["smoke"]
+    mem, win = lr_exp.run_settings(p, "memnet"), lr_exp.run_settings(p, "windowed")
+    assert mem["config"]["allocation"] == lr_exp.make_config(p).allocation
+    assert set(win["config"]) == set(lr_exp.SIZE_FIELDS)
+    paths = {n: tmp_path / f"{n}.json" for n in ("memnet", "windowed")}
+    for n, path in paths.items():
+        cached_record(path, lambda: {"acc": 0.5}, settings=lr_exp.run_settings(p, n))
+    make = lr_exp.make_config
+    monkeypatch.setattr(lr_exp, "make_config", lambda q: replace(make(q), allocation="faded"))
+    with pytest.raises(ValueError, match="config"):
+        cached_record(paths["memnet"], lambda: {}, settings=lr_exp.run_settings(p, "memnet"))
+    assert cached_record(paths["windowed"], lambda: {}, settings=lr_exp.run_settings(p, "windowed"))["acc"] == 0.5
+    old = tmp_path / "old.json"  # settings recorded before the config was
+    old.write_text(json.dumps({"acc": 0.25, "settings": lr_exp.run_settings(p)}))
+    assert cached_record(old, lambda: {}, settings=win, legacy=("config",))["acc"] == 0.25
+    with pytest.raises(ValueError, match="config"):
+        cached_record(old, lambda: {}, settings=mem)

@@ -418,17 +418,21 @@ def mean_ci(values, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def cached_record(path: Path | None, make: Callable[[], dict], fresh: bool = False,
-                  settings: dict | None = None) -> dict:
+                  settings: dict | None = None, legacy: tuple = ()) -> dict:
     """The JSON record cached at `path` (one per trained (model, lr, seed)) or, when there is none,
     the one `make()` returns, written there atomically. `path` None: no cache.
 
     settings: what the record depends on (e.g. the profile's training and evaluation settings),
     stored in a new record under "settings"; a cached record made under other settings is an error
     (ValueError naming the differing fields), never silently reused. A record without "settings"
-    (written before they were recorded) is taken as made under the current ones."""
+    (written before they were recorded) is taken as made under the current ones, and so is one
+    whose settings lack only keys named in `legacy` (settings recorded since, which the caller
+    knows the old record was made under)."""
     if path is not None and path.exists() and not fresh:
         rec = json.loads(path.read_text())
         old = rec.get("settings")
+        if old is not None and settings is not None:
+            old = {**{k: settings[k] for k in legacy if k in settings and k not in old}, **old}
         if settings is not None and old is not None and old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ValueError(f"the cached run {path} was made under other settings ({', '.join(diff[:8])}): "
