@@ -179,7 +179,12 @@ fig
 # With `MemNetConfig(allocation="faded")` the score is also divided by $\rho_i$, the fraction of
 # the slot's content that decay has retained since its last write (`MemoryState.retained`), so
 # that a slot decay has emptied is reused before an old one still holding its content
-# (chapter 5 trains both).
+# (chapter 5 trains both). With `allocation="weakest"` age drops out: a slot scores $1 - h_i$,
+# where $h_i$ is what it holds, the strength of its last write event times the retention since
+# (0 for a slot never written). A write event then takes an empty slot first, then the most
+# weakly held one, so a slot written strongly outlives any number of weaker events until decay
+# lets it go; under staleness the oldest slot goes first, however strongly it was written
+# (chapter 3 meets long stretches of filler where that matters).
 
 # %%
 book.show_source(MemoryState.staleness)
