@@ -313,6 +313,12 @@ class MultiHeadMemoryBank(nn.Module):
             self.register_buffer("decay_logit", logit)
 
     # ------------------------------------------------------------------ state
+    @property
+    def holds_strength(self) -> bool:
+        """Whether a state's ``retained`` is what a slot holds (``allocation = "weakest"``: an event
+        sets it to the event's strength, an empty slot holds 0) rather than the retained fraction."""
+        return self.cfg.allocation == "weakest"
+
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
         """Empty memory: zero keys and values, age 0, usage 0, retained 1 (0 with ``allocation =
         "weakest"``, where it is what a slot holds)."""
@@ -321,7 +327,7 @@ class MultiHeadMemoryBank(nn.Module):
         device = device if device is not None else self.decay_logit.device
         N, D = self.cfg.num_slots, self.cfg.slot_dim
         z = torch.zeros(batch_size, N, device=device)
-        held = z.clone() if self.cfg.allocation == "weakest" else torch.ones_like(z)  # an empty slot holds nothing
+        held = z.clone() if self.holds_strength else torch.ones_like(z)  # an empty slot holds nothing
         return MemoryState(torch.zeros(batch_size, N, D, device=device), torch.zeros(batch_size, N, D, device=device),
                            z, z.clone(), held, torch.zeros(batch_size, device=device),
                            signature=self.cfg.memory_signature())
@@ -470,7 +476,7 @@ class MultiHeadMemoryBank(nn.Module):
         held more weakly than the others, and an old, strongly written slot is kept until decay lets
         it go. Ties go to the lowest index.
         """
-        if self.cfg.allocation == "weakest":
+        if self.holds_strength:
             return 1.0 - state.retained
         score = state.staleness()
         if self.cfg.allocation == "faded":
@@ -510,8 +516,7 @@ class MultiHeadMemoryBank(nn.Module):
         # 4. bookkeeping: write events reset age; usage is a decaying trace of reads and writes
         strength = torch.zeros(B, N, device=keys.device).scatter_add(1, flat_index, weight.reshape(B, -1))
         events, age, usage, retained = bookkeeping(state.age, state.usage, state.retained, retention, strength,
-                                                   read_mass, cfg.write_threshold, cfg.usage_decay,
-                                                   held=cfg.allocation == "weakest")
+                                                   read_mass, cfg.write_threshold, cfg.usage_decay, self.holds_strength)
         new_state = MemoryState(new_keys.view(B, N, D), new_values.view(B, N, D), age, usage, retained,
                                 state.segments + 1.0, signature=state.signature)
         return new_state, WriteResult(strength, events, alloc, retention)
@@ -676,6 +681,6 @@ class StreamingMemory:
         strength = torch.zeros(N, device=self.keys.device).scatter_add(0, flat_index, flat_w)
         _, self.age, self.usage, self.retained = bookkeeping(self.age, self.usage, self.retained, retention, strength,
                                                              mass[0] / H, cfg.write_threshold, cfg.usage_decay,
-                                                             held=cfg.allocation == "weakest")
+                                                             bank.holds_strength)
         self.segments += 1
         return ReadResult(vectors, r_index, r_weight)

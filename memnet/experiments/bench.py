@@ -669,13 +669,18 @@ def probe_sparse_dnc(device: torch.device) -> dict[str, str]:
     return out
 
 
+def peers_config(p: Profile, slots: int) -> MemNetConfig:
+    """The bench's MemNet config at `slots` slots (top_k capped at the slots): what MemNet of the peers
+    part is built from, and at ``peers_slots[0]`` what the other models are sized to."""
+    return make_config(p, num_slots=slots, top_k=min(p.top_k, slots))
+
+
 def peer_entries(p: Profile) -> list[tuple[str, str, Callable[[], torch.nn.Module]]]:
     """The models of the peers part, in order: (name, model, builder). MemNet once per entry of
     ``peers_slots`` (name ``memnet_<slots>``), then ``peers_models``, built at ``peers_slots[0]`` slots."""
-    base = make_config(p, num_slots=p.peers_slots[0], top_k=min(p.top_k, p.peers_slots[0]))
+    base = peers_config(p, p.peers_slots[0])
     entries: list[tuple[str, str, Callable[[], torch.nn.Module]]] = [
-        (f"memnet_{N}", "memnet", lambda N=N: MemNet(make_config(p, num_slots=N, top_k=min(p.top_k, N))))
-        for N in p.peers_slots]
+        (f"memnet_{N}", "memnet", lambda N=N: MemNet(peers_config(p, N))) for N in p.peers_slots]
     for name in p.peers_models:
         if name in PEER_NAMES:
             def build(name: str = name) -> torch.nn.Module:
@@ -782,8 +787,8 @@ def measure_peers(p: Profile, device: torch.device, dtype, progress: bool) -> di
             if "not_run" in r:
                 print(f"  peers {r['name']:<12} not run: {r['not_run']}", flush=True)
     return {"B": B, "T": T, "threads": torch.get_num_threads(), "rounds": rounds,
-            "optimizer": f"AdamW(lr={PEERS_LR}, weight_decay=0.01)", "budget": count_params(MemNet(make_config(
-                p, num_slots=p.peers_slots[0], top_k=min(p.top_k, p.peers_slots[0])))),
+            "optimizer": f"AdamW(lr={PEERS_LR}, weight_decay=0.01)",
+            "budget": rows[f"memnet_{p.peers_slots[0]}"]["params"],
             "rows": list(rows.values())}
 
 

@@ -431,8 +431,8 @@ def cached_record(path: Path | None, make: Callable[[], dict], fresh: bool = Fal
     if path is not None and path.exists() and not fresh:
         rec = json.loads(path.read_text())
         old = rec.get("settings")
-        if old is not None and settings is not None:
-            old = {**{k: settings[k] for k in legacy if k in settings and k not in old}, **old}
+        if settings is not None and old is not None:
+            old = {**{k: settings[k] for k in legacy if k in settings}, **old}  # what `old` lacks of legacy: as now
         if settings is not None and old is not None and old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ValueError(f"the cached run {path} was made under other settings ({', '.join(diff[:8])}): "

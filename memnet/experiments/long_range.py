@@ -29,6 +29,7 @@ missing from the cache) does not replace it: it is stored in ``partial/`` of the
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -343,8 +344,6 @@ def run_settings(p: Profile, name: str | None = None) -> dict:
     steps, evaluation grid), JSON-ready: a cached run made under other settings is not reused.
     With a model's `name`, also what that model is built from (``"config"``): MemNet's whole config
     (:func:`make_config`), or the sizes a baseline or peer is matched to (``SIZE_FIELDS``)."""
-    import json
-
     out = {k: v for k, v in asdict(p).items() if k not in RUN_INDEPENDENT}
     if name is not None:
         cfg = {k: v for k, v in asdict(make_config(p)).items() if k != "extra"}
