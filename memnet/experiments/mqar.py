@@ -111,8 +111,9 @@ def accuracy(model: torch.nn.Module, task: MQAR, split: str, p: Profile, window:
 
 
 @torch.no_grad()
-def diagnose(model: MemNet, task: MQAR, batch: int = 32, seed: int = 0) -> dict[str, float]:
-    """Where MemNet's memory wins or loses on a test draw, measured from its trace.
+def diagnose(model: MemNet, task: MQAR, batch: int = 32, seed: int = 0, split: str = "test") -> dict[str, float]:
+    """Where MemNet's memory wins or loses on a draw of `split` (test by default; a pilot diagnoses
+    validation draws), measured from its trace.
 
     - ``write_gate_pair`` / ``write_gate_filler``: mean write gate of the tokens that bind a pair
       (the value of ``k v`` in the opening block) and of every other token;
@@ -126,7 +127,7 @@ def diagnose(model: MemNet, task: MQAR, batch: int = 32, seed: int = 0) -> dict[
     """
     cfg = model.cfg
     model.eval()
-    b = task.sample(batch, seed=seed, split="test")
+    b = task.sample(batch, seed=seed, split=split)
     out = model(b.tokens, return_trace=True)
     tr = out.trace
     L, W = cfg.segment_len, tr.write_pos.shape[-1]
