@@ -1,4 +1,6 @@
-"""`Encoder`: token embedding plus positions, and the token validation every model shares."""
+"""`Encoder`: token embedding plus positions; `ShiftedEmbedding`: the same token embedding and
+token shift without positions, the input the memory peers read; and the token validation every
+model shares."""
 from __future__ import annotations
 
 import math
@@ -35,6 +37,17 @@ def sinusoidal_positions(n: int, d: int, device: torch.device | None = None) -> 
     return pe
 
 
+def token_shift(e: Tensor, proj: nn.Module, window: int | None = None) -> Tensor:
+    """e (..., T, D) -> e_t + proj(e_{t-1}) (..., T, D): each position gets a linear map of its
+    predecessor's embedding, zero at the first position and, with `window`, at every position
+    t with t % window == 0 (the predecessor lies in an earlier window)."""
+    prev = F.pad(e[..., :-1, :], (0, 0, 1, 0))  # (..., T, D): position t holds e_{t-1}
+    if window is not None:
+        first = torch.arange(e.shape[-2], device=e.device) % window == 0  # (T,)
+        prev = prev.masked_fill(first.unsqueeze(-1), 0.0)
+    return e + proj(prev)
+
+
 class Encoder(nn.Module):
     """Token embedding + a token shift + positions.
 
@@ -60,10 +73,32 @@ class Encoder(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (..., L) -> (..., L, d_model); positions count along the last axis."""
         L = tokens.shape[-1]
-        e = self.tok(tokens)
-        x = e + self.shift(F.pad(e[..., :-1, :], (0, 0, 1, 0)))  # x_t = e_t + W e_{t-1}; zero before the window
+        x = token_shift(self.tok(tokens), self.shift)  # x_t = e_t + W e_{t-1}; zero before the window
         if self.pos is not None:
             x = x + self.pos.weight[:L]
         else:
             x = x + sinusoidal_positions(L, x.shape[-1], x.device).to(x.dtype)
         return self.drop(x)
+
+
+class ShiftedEmbedding(nn.Module):
+    """Token embedding + the token shift of :class:`Encoder`, without positions: tokens (B, T) ->
+    (B, T, d_model). It replaces a peer's own token embedding (:mod:`memnet.peers`), so that every
+    model of a comparison reads the same input and a peer, like MemNet and its baselines, gets each
+    token's predecessor without spending an attention layer on it; the peer adds its own positions.
+
+    window: the shift stops at multiples of `window` (a model that attends within windows gets its
+    predecessor only inside its window, as :class:`Encoder` does); None: along the whole sequence.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, window: int | None = None):
+        super().__init__()
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be None or an int >= 1, got {window!r}")
+        self.window = window
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.shift = nn.Linear(d_model, d_model, bias=False)
+        nn.init.normal_(self.tok.weight, std=1.0)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return token_shift(self.tok(tokens), self.shift, self.window)  # (B, T, D)

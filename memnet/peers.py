@@ -6,6 +6,15 @@ T >= 1. Its width is chosen so that ``count_params`` lies within 15% of MemNet's
 config; ``state_bytes()`` is what it carries per sequence from one step or segment to the next
 (float32), to set beside :func:`memnet_state_bytes`.
 
+Every peer reads its tokens through :class:`memnet.encoder.ShiftedEmbedding` in place of its own
+token embedding: the embedding and token shift that MemNet and its baselines read through their
+:class:`~memnet.encoder.Encoder` (each position also gets a linear map of its predecessor), so that
+the comparison is between memories, not input encodings. A peer keeps its own positions. Without
+the shift a model must first learn a previous-token attention head before it can bind a key to its
+value; on the associative-recall task of experiment 1 (P = 2 pairs, lr 3e-3, validation draws)
+Titans' MAC stayed on the loss plateau for all of 1,000 steps without it, left it near step 300
+with it, and the windowed Transformer (which has it) near step 150.
+
 - :class:`DNCPeer`: Differentiable Neural Computer (Graves et al. 2016), PyPI ``dnc`` 1.1.0.
 - :class:`RMTPeer`: Recurrent Memory Transformer (Bulatov et al. 2022),
   PyPI ``recurrent-memory-transformer-pytorch`` 0.7.0.
@@ -26,7 +35,7 @@ from torch import Tensor
 
 from .baselines import BaselineOutput, count_params, memnet_budget
 from .config import MemNetConfig
-from .encoder import check_tokens
+from .encoder import ShiftedEmbedding, check_tokens
 from .memory import MultiHeadMemoryBank
 
 # peer name -> (module to import, pinned PyPI requirement)
@@ -36,6 +45,9 @@ _PACKAGES = {
     "titans": ("titans_pytorch", "titans-pytorch==0.5.5"),
 }
 _FLOAT_BYTES = 4  # every state counted in float32
+# Raised whenever an adapter changes what a peer computes, so that runs cached under an older
+# adapter are not reused (experiments record it with each peer run). 2: ShiftedEmbedding inputs.
+ADAPTER_REVISION = 2
 
 
 def _import(peer: str) -> ModuleType:
@@ -95,7 +107,8 @@ class DNCPeer(nn.Module):
     and starts the LSTM from a random (xavier) state on every call. So the adapter steps the DNC one
     token at a time, feeding back each step's reads and starting from zeros: the paper's recurrence,
     deterministic. The package keeps its link-matrix mask ``Memory.I`` as a plain attribute that
-    ``.to(device)`` does not move; the adapter makes it a buffer.
+    ``.to(device)`` does not move; the adapter makes it a buffer. Tokens enter through
+    :class:`ShiftedEmbedding` along the whole sequence (the DNC is recurrent over all of it).
 
     SAM / sparse DNC (``dnc.SAM``, ``dnc.SDNC``) is not adapted: it has no CPU path here. Its index
     tries ``faiss`` first: not installed, ``ModuleNotFoundError: No module named 'faiss'``; with
@@ -116,10 +129,10 @@ class DNCPeer(nn.Module):
                            dropout=cfg.dropout if cfg.n_layers > 1 else 0.0, nr_cells=cfg.num_slots,
                            cell_size=cfg.slot_dim, read_heads=cfg.mem_heads, batch_first=True, gpu_id=-1)
 
+        self.embed = ShiftedEmbedding(V, D)
         target = memnet_budget(cfg)
-        ends = V * D + D * V + V  # embedding and head
+        ends = count_params(self.embed) + D * V + V  # embedding and head
         self.hidden = _match_width(lambda h: count_params(build(h)) + ends, target, target // D + 4)
-        self.embed = nn.Embedding(V, D)
         self.dnc = build(self.hidden)
         self.head = nn.Linear(D, V)
         mem = self.dnc.memories[0]
@@ -174,7 +187,9 @@ class RMTPeer(nn.Module):
     forward computes Transformer-XL caches but never feeds them back; RMT of the paper has none) and
     ``num_residual_streams=1`` (plain residuals instead of the package's hyper-connections, which
     are not part of RMT). Everything else is the package's default (absolute positions within a
-    segment, write memories not causally masked, embedding gradient scaled by 0.1).
+    segment, write memories not causally masked, embedding gradient scaled by 0.1), except the
+    token embedding: :class:`ShiftedEmbedding`, which the package calls on one segment at a time,
+    so the shift stays inside the segment, as it does in MemNet's window.
     """
 
     def __init__(self, cfg: MemNetConfig, num_memory_tokens: int | None = None):
@@ -185,10 +200,12 @@ class RMTPeer(nn.Module):
         D, H = cfg.d_model, cfg.n_heads
 
         def build(inner: int) -> nn.Module:
-            return rmt.RecurrentMemoryTransformer(
+            net = rmt.RecurrentMemoryTransformer(
                 D, num_tokens=cfg.vocab_size, depth=cfg.n_layers, num_memory_tokens=M, seq_len=cfg.segment_len,
                 causal=True, dim_head=D // H, heads=H, ff_mult=_ff_mult(D, inner), attn_dropout=cfg.dropout,
                 ff_dropout=cfg.dropout, use_xl_memories=False, num_residual_streams=1)
+            net.token_emb = ShiftedEmbedding(cfg.vocab_size, D)  # called per segment: shift within it
+            return net
 
         target = memnet_budget(cfg)
         self.ff_inner = _match_width(lambda u: count_params(build(u)), target, target // D + 4)
@@ -231,7 +248,9 @@ class TitansPeer(nn.Module):
     accelerated (triton) scan are off, as they are by default. The package keeps a copy of the
     memory MLP's weights that ``forward`` never uses (it calls the MLP with the per-head copies);
     the adapter freezes that copy so that ``count_params`` counts only parameters that learn.
-    ``cfg.dropout`` is not used: the package's MAC has no dropout.
+    ``cfg.dropout`` is not used: the package's MAC has no dropout. Tokens enter through
+    :class:`ShiftedEmbedding` (the package's ``token_emb`` argument), the shift stopping at every
+    segment boundary as in MemNet's window.
 
     Step size of the neural memory (``default_step_transform_max_lr=0.1``; ``memory_max_lr``). With
     the package's default 1.0 the logits were NaN on every sequence longer than ~10 segments (at
@@ -276,7 +295,8 @@ class TitansPeer(nn.Module):
                 neural_memory_batch_size=chunk, dim_head=D // H, heads=H, ff_mult=_ff_mult(D, inner),
                 num_residual_streams=1, neural_memory_model=titans.MemoryMLP(D, depth=2, expansion_factor=1.0),
                 neural_memory_kwargs=dict(default_step_transform_max_lr=self.memory_max_lr),
-                use_flex_attn=False, sliding_window_attn=False)
+                use_flex_attn=False, sliding_window_attn=False,
+                token_emb=ShiftedEmbedding(cfg.vocab_size, D, cfg.segment_len))
             for mem in _neural_memories(mac):
                 mem.memory_model.requires_grad_(False)
             return mac

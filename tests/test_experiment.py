@@ -228,6 +228,27 @@ def test_a_cached_run_made_under_other_settings_is_not_reused(tmp_path):
     assert cached_record(legacy, lambda: {}, settings=other)["acc"] == 0.25
 
 
+def test_a_peer_run_from_an_older_adapter_is_not_reused(tmp_path, monkeypatch):
+    """A peer's settings carry its adapter's revision: a record made under another revision (or
+    before revisions were recorded, even with "config" legacy) is an error, not a silent reuse."""
+    import memnet.peers as peers
+    from memnet.experiments.common import cached_record
+
+    p = lr_exp.PROFILES["smoke"]
+    now = lr_exp.run_settings(p, "titans")
+    assert now["adapter"] == peers.ADAPTER_REVISION and "adapter" not in lr_exp.run_settings(p, "windowed")
+    path = tmp_path / "titans.json"
+    cached_record(path, lambda: {"acc": 0.5}, settings=now, legacy=("config",))
+    assert cached_record(path, lambda: {}, settings=now, legacy=("config",))["acc"] == 0.5
+    monkeypatch.setattr(peers, "ADAPTER_REVISION", peers.ADAPTER_REVISION + 1)
+    with pytest.raises(ValueError, match="adapter"):
+        cached_record(path, lambda: {}, settings=lr_exp.run_settings(p, "titans"), legacy=("config",))
+    old = tmp_path / "old.json"  # a peer run from before configs and revisions were recorded
+    old.write_text(json.dumps({"acc": 0.25, "settings": lr_exp.run_settings(p)}))
+    with pytest.raises(ValueError, match="adapter"):
+        cached_record(old, lambda: {}, settings=now, legacy=("config",))
+
+
 def test_a_model_change_invalidates_only_that_models_cached_runs(tmp_path, monkeypatch):
     """A model's settings carry what it is built from: MemNet's whole config, the sizes for the
     others. A MemNet change (here its allocation) makes its cached run an error and leaves the

@@ -12,7 +12,7 @@ from helpers import examples, V, near_tie_watch, rand_tokens, small_configs, sta
 from memnet import MemNet, MemNetConfig, MemNetOutput, MemoryState, MemoryTrace, MultiHeadMemoryBank
 from memnet.bottleneck import SemanticBottleneck
 from memnet.controller import TransformerController
-from memnet.encoder import Encoder, sinusoidal_positions
+from memnet.encoder import Encoder, ShiftedEmbedding, sinusoidal_positions
 from memnet.losses import aux_losses, pressure_loss, read_entropy, utilization_loss
 
 
@@ -58,6 +58,35 @@ def test_token_shift_touches_only_the_token_and_its_successor_in_the_window():
         if j + 1 < 4:
             expect[0, 1, j + 1] = True
         assert torch.equal(changed, expect), f"changing window 1, position {j}"
+
+
+@pytest.mark.parametrize("T", [1, 7, 12])
+def test_shifted_embedding_agrees_with_the_encoder_on_whole_windows(T):
+    """A sequence embedded at once with ShiftedEmbedding(window=L) is the Encoder's windows without
+    positions, whatever T (the last window may be short)."""
+    L = 4
+    enc = Encoder(V, 8, max_positions=L).eval()
+    emb = ShiftedEmbedding(V, 8, window=L).eval()
+    emb.load_state_dict({"tok.weight": enc.tok.weight, "shift.weight": enc.shift.weight})
+    tokens = rand_tokens(2, T, seed=3).view(2, T)
+    S = -(-T // L)
+    windows = F.pad(tokens, (0, S * L - T)).view(2, S, L)
+    want = (enc(windows) - enc.pos.weight[:L]).reshape(2, S * L, 8)[:, :T]
+    torch.testing.assert_close(emb(tokens), want)
+
+
+def test_shifted_embedding_without_window_shifts_across_the_whole_sequence():
+    emb = ShiftedEmbedding(V, 8).eval()
+    tokens = rand_tokens(1, 9, seed=4).view(1, 9)
+    e = emb.tok(tokens)
+    torch.testing.assert_close(emb(tokens)[:, 1:], e[:, 1:] + emb.shift(e[:, :-1]))
+    torch.testing.assert_close(emb(tokens)[:, 0], e[:, 0])
+
+
+@pytest.mark.parametrize("window", [0, -2, 2.0, True])
+def test_shifted_embedding_rejects_a_bad_window(window):
+    with pytest.raises(ValueError, match="window"):
+        ShiftedEmbedding(V, 8, window=window)
 
 
 # ================================================================ controller

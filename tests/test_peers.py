@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import memnet.peers as peers
 from memnet.baselines import BaselineOutput, count_params, memnet_budget
 from memnet.config import MemNetConfig
+from memnet.encoder import ShiftedEmbedding
 from memnet.peers import PEERS, DNCPeer, TitansPeer, available, memnet_state_bytes
 
 CFG = MemNetConfig(vocab_size=32, d_model=32, num_slots=16, top_k=2, mem_heads=2, segment_len=8)
@@ -60,6 +61,26 @@ def test_memory_reaches_across_segments(built, name):
     with torch.no_grad():
         diff = (built[name](tokens).logits[:, -1] - built[name](changed).logits[:, -1]).abs().max()
     assert diff > 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_peer_reads_through_the_shared_shifted_embedding(built, name):
+    """Every peer's only token embedding is a ShiftedEmbedding (the package's own is replaced), and it
+    is what the logits are computed from."""
+    model = built[name]
+    shifted = [m for m in model.modules() if isinstance(m, ShiftedEmbedding)]
+    assert len(shifted) == 1
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings == CFG.vocab_size]
+    assert tables == [shifted[0].tok]
+    tokens = torch.randint(0, CFG.vocab_size, (1, 12))
+    before = model(tokens).logits
+    with torch.no_grad():
+        shifted[0].shift.weight.add_(1.0)
+    try:
+        assert not torch.allclose(model(tokens).logits[:, 1:], before[:, 1:])  # the shift reaches the logits
+    finally:
+        with torch.no_grad():
+            shifted[0].shift.weight.sub_(1.0)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -343,11 +343,16 @@ def run_settings(p: Profile, name: str | None = None) -> dict:
     """The profile's settings one trained (model, lr, seed) depends on (model size, training draws,
     steps, evaluation grid), JSON-ready: a cached run made under other settings is not reused.
     With a model's `name`, also what that model is built from (``"config"``): MemNet's whole config
-    (:func:`make_config`), or the sizes a baseline or peer is matched to (``SIZE_FIELDS``)."""
+    (:func:`make_config`), or the sizes a baseline or peer is matched to (``SIZE_FIELDS``); for a
+    peer, also the revision of its adapter (``"adapter"``, :data:`memnet.peers.ADAPTER_REVISION`)."""
     out = {k: v for k, v in asdict(p).items() if k not in RUN_INDEPENDENT}
     if name is not None:
         cfg = {k: v for k, v in asdict(make_config(p)).items() if k != "extra"}
         out["config"] = cfg if name == "memnet" else {k: cfg[k] for k in SIZE_FIELDS}
+        if name in PEER_NAMES:
+            from ..peers import ADAPTER_REVISION  # imports without the peers' packages
+
+            out["adapter"] = ADAPTER_REVISION
     return json.loads(json.dumps(out))
 
 
