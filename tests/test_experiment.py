@@ -1,6 +1,7 @@
 """Experiment 1 (memnet.experiments.long_range): the smoke run end to end, the per-run cache, the
 learning rate chosen on validation only, the task's layout, and the verdicts."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -79,6 +80,30 @@ def test_learning_rate_is_chosen_on_validation_and_only_swept_on_sweep_seeds(tmp
     assert sorted(calls) == [(1e-4, 0), (1e-3, 0), (1e-3, 1), (1e-2, 0)]  # seed 1 trains the chosen lr only
     assert [(r["lr"], r["seed"]) for r in res["runs"]] == [(1e-3, 0), (1e-3, 1)]
     assert json.loads((tmp_path / "results.json").read_text())["chosen"]["lstm"]["validation"]["0.001"] == 0.6
+
+
+def test_the_sweep_goes_past_its_upper_edge_while_the_best_rate_is_there(tmp_path, monkeypatch):
+    """Best at the grid's largest rate: the next of lrs_more is tried, and so on while the best stays
+    the largest; the first rate that is no better stops it. With cached_only, a missing extension
+    leaves the sweep incomplete, never the edge's choice."""
+    p = lr_exp.Profile(lrs=(1e-4, 1e-3), lrs_more=(1e-2, 1e-1, 1.0), sweep_seeds=(0,), seeds=(0,), models=("lstm",))
+    monkeypatch.setitem(lr_exp.PROFILES, "fake", p)
+    val = {1e-4: 0.1, 1e-3: 0.3, 1e-2: 0.5, 1e-1: 0.4, 1.0: 0.9}  # 1.0 would win: it must not be tried
+    calls = []
+
+    def fake(name, lr, seed, prof, device, trace_path, progress):
+        calls.append(lr)
+        return fake_record(name, lr, seed, val[lr], val[lr])
+    monkeypatch.setattr(lr_exp, "train_and_test", fake)
+    res = lr_exp.run("fake", device="cpu", out_dir=tmp_path, progress=False)
+    assert calls == [1e-4, 1e-3, 1e-2, 1e-1]
+    assert res["chosen"]["lstm"]["lr"] == 1e-2
+    assert set(res["chosen"]["lstm"]["validation"]) == {"0.0001", "0.001", "0.01", "0.1"}
+    (tmp_path / "runs" / "lstm_lr0.1_seed0.json").unlink()
+    again = lr_exp.run("fake", device="cpu", out_dir=tmp_path, progress=False, cached_only=True)
+    assert "lstm" not in again["chosen"] and again["missing"] == ["lstm: learning-rate sweep incomplete"]
+    fixed = replace(p, lr_of=(("lstm", 1e-3),))  # a fixed rate is never extended
+    assert lr_exp.sweep_lrs(fixed, "lstm", lambda lr: [fake_record("lstm", lr, 0, val[lr], 0)]).keys() == {1e-3}
 
 
 def test_task_layout_puts_queries_after_the_delay_and_local_pairs_in_a_window():
@@ -216,7 +241,6 @@ def test_a_cached_run_made_under_other_settings_is_not_reused(tmp_path):
     assert rec["settings"] == lr_exp.run_settings(p) and made == [1]
     assert cached_record(path, lambda: made.append(1) or {}, settings=lr_exp.run_settings(p))["acc"] == 0.5
     assert made == [1], "the same settings reuse the cached run"
-    from dataclasses import replace
 
     other = lr_exp.run_settings(replace(p, local_pairs=p.local_pairs + 1, steps=p.steps + 1))
     with pytest.raises(ValueError, match="local_pairs, steps"):
@@ -254,7 +278,6 @@ def test_a_model_change_invalidates_only_that_models_cached_runs(tmp_path, monke
     others. A MemNet change (here its allocation) makes its cached run an error and leaves the
     windowed model's valid; a record from before configs were recorded is accepted only where the
     caller names "config" as legacy."""
-    from dataclasses import replace
 
     from memnet.experiments.common import cached_record
 

@@ -12,7 +12,10 @@ Protocol, fixed before the run (the profile):
   ``train_pairs`` (2 to twice the slots), queries at most ``train_windows`` windows after the
   pairs (more for the largest P, whose queries need the room);
 - the learning rate of each model is chosen among ``lrs`` by accuracy on validation draws of the
-  training distribution, on the ``sweep_seeds``; the other seeds train at the chosen rate;
+  training distribution, on the ``sweep_seeds``; where the best is the largest rate tried, the
+  next of ``lrs_more`` is tried too, until the best lies inside the grid or ``lrs_more`` runs out
+  (a best rate at the grid's edge says the grid has not found it); the other seeds train at the
+  chosen rate;
   test draws are used once per (model, seed);
 - evaluation on test draws at P = ``eval_pairs`` and a delay of 0 to 256 windows (beyond 4
   windows no model saw it in training: length generalisation), and at P from 2 to 2x the slots
@@ -33,6 +36,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,6 +76,7 @@ class Profile:
     steps: int = 1500  # the same for every model
     batch_size: int = 32
     lrs: tuple = (3e-4, 1e-3, 3e-3)
+    lrs_more: tuple = (1e-2,)  # tried in order while the best rate so far is the largest tried
     lr_of: tuple = ()  # (model, lr) pairs: these models train at that lr only (no sweep)
     sweep_seeds: tuple = (0,)  # seeds on which every lr is trained; the others use the chosen lr
     seeds: tuple = (0, 1, 2)
@@ -95,7 +100,7 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(vocab_size=64, d_model=32, num_slots=8, top_k=2, mem_heads=2, segment_len=8,
-                     train_pairs=(2, 4, 8), train_windows=3, local_pairs=1, steps=4, batch_size=4, lrs=(1e-3,),
+                     train_pairs=(2, 4, 8), train_windows=3, local_pairs=1, steps=4, batch_size=4, lrs=(1e-3,), lrs_more=(),
                      seeds=(0,), models=("memnet", "full", "windowed", "lstm"), eval_pairs=4, distances=(0, 1, 4),
                      capacity_pairs=(4, 8), capacity_delays=(0,), eval_batch=4, eval_batches=1, throughput_steps=1),
     # a book-sized run (under 10 min on 2 cores): MemNet and the positive control, one seed, the full
@@ -332,7 +337,7 @@ def throughput(names: list[str], p: Profile, device: torch.device) -> dict[str, 
     return out
 
 
-RUN_INDEPENDENT = ("lrs", "lr_of", "sweep_seeds", "seeds", "models", "throughput_steps")  # not what one run depends on
+RUN_INDEPENDENT = ("lrs", "lrs_more", "lr_of", "sweep_seeds", "seeds", "models", "throughput_steps")  # not what one run depends on
 
 
 SIZE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "dropout", "segment_len", "num_slots",
@@ -354,6 +359,28 @@ def run_settings(p: Profile, name: str | None = None) -> dict:
 
             out["adapter"] = ADAPTER_REVISION
     return json.loads(json.dumps(out))
+
+
+def validation_of(tried: dict) -> dict:
+    """{lr: mean validation accuracy over the sweep seeds' records}."""
+    return {lr: float(np.mean([r["validation"] for r in rs])) for lr, rs in tried.items()}
+
+
+def sweep_lrs(p: Profile, name: str, train: Callable[[float], list]) -> dict | None:
+    """{lr: the sweep seeds' records} of the learning rates `name` is tried at: its ``lr_of`` rate, or
+    every rate of ``lrs`` and then, while the best on validation is the largest tried, the next of
+    ``lrs_more``. train(lr) returns the records (None for a run not cached, with cached_only);
+    None when the sweep is incomplete."""
+    tried = {lr: train(lr) for lr in p.lrs_of(name)}
+    more = [] if name in dict(p.lr_of) else list(p.lrs_more)
+    while True:
+        if any(r is None for rs in tried.values() for r in rs):
+            return None
+        val = validation_of(tried)
+        if not more or max(val, key=lambda x: val[x]) != max(val):
+            return tried
+        lr = more.pop(0)
+        tried[lr] = train(lr)
 
 
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
@@ -394,13 +421,12 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     runs, chosen, missing, traces = [], {}, [], {}
     for name in models:
         sweep = [s for s in p.sweep_seeds if s in seeds] or seeds[:1]
-        lrs = p.lrs_of(name)
-        tried = {lr: [one(name, lr, s) for s in sweep] for lr in lrs}
-        if any(r is None for rs in tried.values() for r in rs):
+        tried = sweep_lrs(p, name, lambda lr: [one(name, lr, s) for s in sweep])
+        if tried is None:
             missing.append(f"{name}: learning-rate sweep incomplete")
             continue
-        val = {lr: float(np.mean([r["validation"] for r in rs])) for lr, rs in tried.items()}
-        lr = max(lrs, key=lambda x: val[x])  # chosen on validation, never on test
+        val = validation_of(tried)
+        lr = max(val, key=lambda x: val[x])  # chosen on validation, never on test
         chosen[name] = {"lr": lr, "validation": {f"{k:g}": v for k, v in val.items()}, "sweep_seeds": sweep}
         for s in seeds:
             rec = next((r for r in tried[lr] if r["seed"] == s), None) or one(name, lr, s)
