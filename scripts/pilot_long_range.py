@@ -6,10 +6,13 @@ scored on the stored run's evaluation draws (4 local pairs). For MemNet, ``--con
 fields of its config (:func:`memnet.experiments.long_range.make_config`), and the pilot also
 prints where its memory wins or loses at 64 windows (:func:`memnet.experiments.mqar.diagnose`:
 write events per window, the share of pairs whose slot no later write event took). Nothing is
-stored; test draws are never touched.
+stored; test draws are never touched. ``--no-shift`` zeroes and freezes the token shift of the
+model's input (:class:`memnet.encoder.Encoder` or a peer's
+:class:`memnet.encoder.ShiftedEmbedding`), to see what the shift does for a model.
 
     python scripts/pilot_long_range.py memnet --lr 1e-3 --set local_pairs=8 steps=1500
     python scripts/pilot_long_range.py memnet --lr 1e-3 --config allocation=lru write_budget=0.0 decay_init=5.0
+    python scripts/pilot_long_range.py titans --lr 3e-3 --set "train_pairs=(2,)" train_windows=2 "train_delays=(0,)" steps=1000 --no-shift
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 
 from memnet.experiments import long_range as E
 from memnet.config import MemNetConfig
+from memnet.encoder import Encoder, ShiftedEmbedding
 from memnet.experiments.common import train_steps
 from memnet.experiments.mqar import diagnose
 
@@ -34,6 +38,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="profile fields to change")
     ap.add_argument("--config", nargs="*", default=[], metavar="FIELD=VALUE", help="MemNet config fields to change")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-shift", action="store_true", help="zero and freeze the token shift of the model's input")
     a = ap.parse_args()
 
     def changes(items: list[str], cls: type, flag: str) -> dict:
@@ -55,8 +60,16 @@ def main() -> None:
     dev = torch.device("cpu")
     torch.manual_seed(a.seed)
     model = E.build(a.model, replace(E.make_config(p), **cfg_over))
+    if a.no_shift:
+        inputs = [m for m in model.modules() if isinstance(m, (Encoder, ShiftedEmbedding))]
+        if not inputs:
+            ap.error(f"--no-shift: {a.model} has no token shift")
+        for m in inputs:
+            m.shift.weight.data.zero_()
+            m.shift.requires_grad_(False)
     fit = train_steps(model, E.batch_fn(p, a.seed, dev), a.lr, p.steps)
-    out = {"model": a.model, "lr": a.lr, "settings": over, "config": cfg_over, "train_s": fit["train_s"],
+    out = {"model": a.model, "lr": a.lr, "settings": over, "config": cfg_over, "shift": not a.no_shift,
+           "train_s": fit["train_s"],
            "curve": [c[2] for c in fit["curve"]],
            "validation": round(E.training_accuracy(model, p, "validation", a.seed, dev), 4)}
     scored = replace(p, local_pairs=E.PROFILES[a.profile].local_pairs)
