@@ -73,7 +73,8 @@ class Profile:
     train_windows: int = 4  # training queries come within this many windows after the pairs
     train_delays: tuple = (0, 1, 2)  # delay (windows) of a training batch, drawn per batch where the queries fit
     local_pairs: int = 4  # in-window pairs per sequence (training and evaluation)
-    steps: int = 1500  # the same for every model
+    steps: int = 1500  # the shared budget
+    steps_of: tuple = ()  # (model, steps) pairs: models whose loss stayed on the plateau at the shared budget train longer
     batch_size: int = 32
     lrs: tuple = (3e-4, 1e-3, 3e-3)
     lrs_more: tuple = (1e-2,)  # tried in order while the best rate so far is the largest tried
@@ -93,6 +94,10 @@ class Profile:
     def max_len(self, name: str) -> int | None:
         return dict(self.max_eval_len).get(name)
 
+    def steps_for(self, name: str) -> int:
+        """The training steps of `name`: its own from ``steps_of``, else the shared ``steps``."""
+        return int(dict(self.steps_of).get(name, self.steps))
+
     def lrs_of(self, name: str) -> tuple:
         """The learning rates `name` is trained at: its own from ``lr_of``, else the sweep's."""
         return (dict(self.lr_of)[name],) if name in dict(self.lr_of) else self.lrs
@@ -108,7 +113,7 @@ PROFILES = {
     "laptop": Profile(lr_of=(("memnet", 1e-3), ("full", 3e-3)), seeds=(0,), models=("memnet", "full"),
                       distances=(0, 4, 16, 64), capacity_pairs=(4, 16, 32, 64), capacity_delays=(16,)),
     # the stored run: every model, three learning rates on seed 0, three seeds
-    "full": Profile(),
+    "full": Profile(steps_of=(("lstm", 3000), ("titans", 3000))),
     "gpu": Profile(batch_size=64, steps=3000, eval_batch=128),
 }
 
@@ -298,9 +303,10 @@ def train_and_test(name: str, lr: float, seed: int, p: Profile, device: torch.de
     cfg = make_config(p)
     seed_everything(seed)
     model = build(name, cfg).to(device)
-    fit = train_steps(model, batch_fn(p, seed, device), lr, p.steps)
+    steps = p.steps_for(name)
+    fit = train_steps(model, batch_fn(p, seed, device), lr, steps)
     seq_len = {st: make_task(p, *st, training=True).seq_len for st in train_settings(p)}
-    tokens = p.batch_size * sum(seq_len[train_draw(p, seed, s)] for s in range(p.steps))
+    tokens = p.batch_size * sum(seq_len[train_draw(p, seed, s)] for s in range(steps))
     rec = {"model": name, "lr": lr, "seed": seed, "params": count_params(model),
            "state_bytes": state_bytes(name, model, cfg, make_task(p, p.eval_pairs).seq_len), **fit,
            "tokens_per_s": round(tokens / max(fit["train_s"], 1e-9)),
@@ -314,7 +320,7 @@ def train_and_test(name: str, lr: float, seed: int, p: Profile, device: torch.de
             torch.save(trace, trace_path)
     if progress:
         far = rec["distance"].get(str(max(int(k) for k in rec["distance"]))) if rec["distance"] else None
-        print(f"{name} lr={lr:g} seed={seed}: {p.steps} steps in {fit['train_s']:.0f} s, validation "
+        print(f"{name} lr={lr:g} seed={seed}: {steps} steps in {fit['train_s']:.0f} s, validation "
               f"{100 * rec['validation']:.1f}%, test (training distribution) {100 * rec['test_train_distribution']:.1f}%"
               + (f", beyond at the longest delay {100 * (far['beyond'] or 0):.1f}%" if far else ""), flush=True)
     return rec
@@ -337,7 +343,7 @@ def throughput(names: list[str], p: Profile, device: torch.device) -> dict[str, 
     return out
 
 
-RUN_INDEPENDENT = ("lrs", "lrs_more", "lr_of", "sweep_seeds", "seeds", "models", "throughput_steps")  # not what one run depends on
+RUN_INDEPENDENT = ("lrs", "lrs_more", "lr_of", "steps_of", "sweep_seeds", "seeds", "models", "throughput_steps")  # not what one run depends on
 
 
 SIZE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "dropout", "segment_len", "num_slots",
@@ -354,6 +360,7 @@ def run_settings(p: Profile, name: str | None = None) -> dict:
     if name is not None:
         cfg = {k: v for k, v in asdict(make_config(p)).items() if k != "extra"}
         out["config"] = cfg if name == "memnet" else {k: cfg[k] for k in SIZE_FIELDS}
+        out["steps"] = p.steps_for(name)
         if name in PEER_NAMES:
             from ..peers import ADAPTER_REVISION  # imports without the peers' packages
 
@@ -407,7 +414,8 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     dev = resolve_device(device)
     t_all = time.perf_counter()
     runs_dir = out_dir / "runs" if save else None
-    path = lambda n, lr, s, ext="json": runs_dir / f"{n}_lr{lr:g}_seed{s}.{ext}" if runs_dir else None
+    longer = lambda n: "" if p.steps_for(n) == p.steps else f"_steps{p.steps_for(n)}"  # beside the shared budget's
+    path = lambda n, lr, s, ext="json": runs_dir / f"{n}_lr{lr:g}_seed{s}{longer(n)}.{ext}" if runs_dir else None
 
     if cached_only and not save:
         raise ValueError("cached_only needs save=True (the cache is the run folder)")
