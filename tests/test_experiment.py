@@ -298,3 +298,29 @@ def test_a_model_change_invalidates_only_that_models_cached_runs(tmp_path, monke
     assert cached_record(old, lambda: {}, settings=win, legacy=("config",))["acc"] == 0.25
     with pytest.raises(ValueError, match="config"):
         cached_record(old, lambda: {}, settings=mem)
+
+
+def test_a_longer_budget_trains_only_its_model_and_is_cached_beside_the_shared_one(tmp_path, monkeypatch):
+    """``steps_of`` gives one model more steps: its run trains that many, its settings and file name
+    say so (a run at the shared budget is neither reused for it nor overwritten), the other models'
+    settings are unchanged, and the tables show each model's steps."""
+    p = replace(lr_exp.PROFILES["smoke"], steps=3, steps_of=(("lstm", 5),))
+    monkeypatch.setitem(lr_exp.PROFILES, "longer", p)
+    shared = replace(p, steps_of=())
+    assert lr_exp.run_settings(p, "windowed") == lr_exp.run_settings(shared, "windowed")
+    assert lr_exp.run_settings(p, "lstm")["steps"] == 5 != lr_exp.run_settings(shared, "lstm")["steps"]
+    monkeypatch.setitem(lr_exp.PROFILES, "shared", shared)
+    first = lr_exp.run("shared", device="cpu", models=["lstm"], out_dir=tmp_path, progress=False)
+    res = lr_exp.run("longer", device="cpu", models=["windowed", "lstm"], out_dir=tmp_path, progress=False)
+    steps = {r["model"]: r["steps"] for r in res["runs"]}
+    assert steps == {"windowed": 3, "lstm": 5}
+    assert max(s for s, _, _ in next(r for r in res["runs"] if r["model"] == "lstm")["curve"]) <= 5
+    runs = tmp_path / "runs"
+    assert (runs / "lstm_lr0.001_seed0_steps5.json").is_file() and (runs / "windowed_lr0.001_seed0.json").is_file()
+    kept = json.loads((runs / "lstm_lr0.001_seed0.json").read_text())
+    assert kept["steps"] == 3 and kept["curve"] == first["runs"][0]["curve"], "the shared budget's run is kept"
+    assert lr_exp.longer_budgets(res) == {"lstm": 5}
+    assert "5" in lr_exp.plateau_table(res).split("LSTM")[1].split("\n")[0]
+    mixed = {**res, "runs": res["runs"] + [{**first["runs"][0]}]}
+    with pytest.raises(ValueError, match="one step budget"):
+        lr_exp.budget(mixed, "lstm")

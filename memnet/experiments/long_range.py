@@ -7,10 +7,13 @@ and queried inside one window (the recall any model with a window can do by atte
 
 Protocol, fixed before the run (the profile):
 
-- every model trains on the same draws for the same number of steps with the same plain loop
-  (AdamW, no schedule, gradient clipping at 1, batch ``batch_size``): P drawn per batch from
-  ``train_pairs`` (2 to twice the slots), queries at most ``train_windows`` windows after the
-  pairs (more for the largest P, whose queries need the room);
+- every model trains on the same draws with the same plain loop (AdamW, no schedule, gradient
+  clipping at 1, batch ``batch_size``): P drawn per batch from ``train_pairs`` (2 to twice the
+  slots), queries at most ``train_windows`` windows after the pairs (more for the largest P, whose
+  queries need the room), for the shared budget of ``steps``; a model whose training loss stayed
+  on the plateau of guessing through that budget, at every rate of its sweep, trains for the
+  longer budget ``steps_of`` gives it (the draws of its first ``steps`` are the shared ones, and
+  the extra steps can only favour it);
 - the learning rate of each model is chosen among ``lrs`` by accuracy on validation draws of the
   training distribution, on the ``sweep_seeds``; where the best is the largest rate tried, the
   next of ``lrs_more`` is tried too, until the best lies inside the grid or ``lrs_more`` runs out
@@ -88,8 +91,8 @@ class Profile:
     capacity_delays: tuple = (0, 16)
     eval_batch: int = 32
     eval_batches: int = 2
-    max_eval_len: tuple = (("full", 2400),)
-    throughput_steps: int = 5  # training steps timed per model, one model after another, for tokens/s  # (model, longest sequence it is evaluated on): attention is T^2
+    max_eval_len: tuple = (("full", 2400),)  # (model, longest sequence it is evaluated on): attention is T^2
+    throughput_steps: int = 5  # training steps timed per model, one model after another, for tokens/s
 
     def max_len(self, name: str) -> int | None:
         return dict(self.max_eval_len).get(name)
@@ -112,7 +115,8 @@ PROFILES = {
     # profile's 1,500 steps, each at the learning rate the full profile chose for it on validation
     "laptop": Profile(lr_of=(("memnet", 1e-3), ("full", 3e-3)), seeds=(0,), models=("memnet", "full"),
                       distances=(0, 4, 16, 64), capacity_pairs=(4, 16, 32, 64), capacity_delays=(16,)),
-    # the stored run: every model, three learning rates on seed 0, three seeds
+    # the stored run: every model, three learning rates on seed 0, three seeds; the LSTM and Titans,
+    # whose loss stayed on the plateau through 1,500 steps at every rate of their sweep, train 3,000
     "full": Profile(steps_of=(("lstm", 3000), ("titans", 3000))),
     "gpu": Profile(batch_size=64, steps=3000, eval_batch=128),
 }
@@ -549,16 +553,31 @@ def memory_table(result: dict) -> str:
                         "content written earlier in the sequence")
 
 
+def budget(result: dict, model: str) -> int:
+    """The steps `model`'s runs trained for (the shared budget, or its longer one)."""
+    steps = {int(r["steps"]) for r in result["runs"] if r["model"] == model}
+    if len(steps) != 1:
+        raise ValueError(f"the runs of {model!r} should share one step budget, got {sorted(steps)}")
+    return steps.pop()
+
+
+def longer_budgets(result: dict) -> dict[str, int]:
+    """{model: steps} of the models that trained beyond the shared budget."""
+    shared = int(result["profile_settings"]["steps"])
+    return {n: budget(result, n) for n in models_of(result) if budget(result, n) != shared}
+
+
 def plateau_table(result: dict) -> str:
     """Per model, at its chosen learning rate: the training step at which each seed left the plateau
     of guessing (:func:`plateau_exit`), and the in-window accuracy."""
     p = result["profile_settings"]
-    rows = [[LABELS[n], " / ".join("never" if s is None else str(s) for s in plateau_exit(result, n)),
+    rows = [[LABELS[n], f"{budget(result, n):,}",
+             " / ".join("never" if s is None else str(s) for s in plateau_exit(result, n)),
              mean_ci(in_window(result, n), 100)] for n in models_of(result)]
-    return format_table(["model", "step leaving the plateau, per seed", "in-window %"], rows,
+    return format_table(["model", "steps trained", "step leaving the plateau, per seed", "in-window %"], rows,
                         f"Training: the first logged step whose loss is below {PLATEAU_EXIT} x ln(1/chance) "
                         f"(ln(1/chance) = {np.log(1 / result['chance']):.2f}, the loss of guessing a value; "
-                        f"budget {p['steps']} steps; 'never': not within it)")
+                        f"shared budget {p['steps']:,} steps; 'never': not within the model's steps)")
 
 
 def summarize(result: dict) -> list[Verdict]:
@@ -638,14 +657,15 @@ def summary_table(result: dict) -> str:
         rs = [r for r in result["runs"] if r["model"] == n]
         ch = result["chosen"][n]
         speed = result.get("throughput_tokens_per_s", {}).get(n)
-        rows.append([LABELS[n], f"{rs[0]['params']:,}", f"{rs[0]['state_bytes']:,}",
+        rows.append([LABELS[n], f"{rs[0]['params']:,}", f"{rs[0]['state_bytes']:,}", f"{budget(result, n):,}",
                      f"{speed:,.0f}" if speed is not None else "-", f"{np.mean([r['train_s'] for r in rs]):.0f}",
                      pct([r["test_train_distribution"] for r in rs]),
                      f"{ch['lr']:g} (" + ", ".join(f"{k}: {100 * v:.0f}" for k, v in ch["validation"].items()) + ")"])
     blocks.append(format_table(
-        ["model", "params", "state bytes", "train tok/s", "train s", "test, train dist. %",
+        ["model", "params", "state bytes", "steps", "train tok/s", "train s", "test, train dist. %",
          "lr chosen (validation % per lr)"], rows,
-        f"Models: {p['steps']} steps each at batch {p['batch_size']}; state per sequence in bytes (float32) at "
+        f"Models: trained at batch {p['batch_size']} for the shared {p['steps']:,} steps, or longer where their loss "
+        f"stayed on the plateau through it; state per sequence in bytes (float32) at "
         f"P = {p['eval_pairs']} with no delay; training tokens/s timed one model after another on "
         f"{result.get('throughput_threads', '?')} thread(s); train s: mean wall time of a run (machine shared)"))
     mem = memory_table(result)
