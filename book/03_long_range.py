@@ -118,10 +118,13 @@ print("answers (position: value):", {t: v for t, v in enumerate(tgt) if v >= 0})
 # learn an attention head that fetches it, and on this task that alone kept Titans on the loss
 # plateau for a thousand steps in a pilot where the windowed Transformer left it within 150.
 #
-# The protocol is fixed before the run: every model trains on the same draws for the same number
-# of steps with the same loop (AdamW without schedule, gradient clipping); training draws have P
+# The protocol is fixed before the run: every model trains on the same draws with the same loop
+# (AdamW without schedule, gradient clipping) for a shared budget of steps; training draws have P
 # from 2 to twice the slots, a delay of 0 to 2 windows and queries at most 4 windows after the
-# pairs (the largest P needs a longer query region); the learning rate of
+# pairs (the largest P needs a longer query region). A model whose training loss stays on the
+# plateau of guessing (see below) through the shared budget at every learning rate it is tried at
+# trains again for twice as many steps, its learning-rate sweep included; its first draws are the
+# shared ones, so the longer budget can only favour it. The learning rate of
 # each model is chosen among three values by accuracy on a validation draw, on the first seed (a
 # model whose best is the largest of them is also tried at the next, 1e-2, since a best value at
 # the edge of the grid says the grid has not found it), and the other seeds train at the chosen
@@ -261,8 +264,17 @@ glue("ch3_peers_in", ", ".join(peers_in) or "none in this run", display=False)
 glue("ch3_peers_absent", ", ".join(long_range.LABELS[n] for n in long_range.PEER_NAMES if n not in names) or "none",
      display=False)
 print(long_range.plateau_table(res))
-glue("ch3_steps", p["steps"], display=False)
+glue("ch3_steps", f"{p['steps']:,}", display=False)
+longer = long_range.longer_budgets(res)
+glue("ch3_longer", ", ".join(f"{long_range.LABELS[n]} ({k:,} steps)" for n, k in longer.items()) or "none",
+     display=False)
+stuck = [n for n in names if all(s is None for s in long_range.plateau_exit(res, n))]
+glue("ch3_stuck", ", ".join(long_range.LABELS[n] for n in stuck) or "none", display=False)
 glue("ch3_guess_loss", f"{np.log(1 / res['chance']):.2f}", display=False)
+shorter = [long_range.LABELS[n] for n in stuck if n not in longer]
+if longer and shorter:
+    book.note(f"{', '.join(shorter)} stayed on the plateau through the shared budget as well, but this stored run "
+              "has it at the shared budget only, not at the longer one.", kind="warning", title="Budget")
 
 # %% [markdown]
 # The windowed Transformer answers {glue:text}`ch3_windowed_in`% of in-window queries and the
@@ -271,21 +283,33 @@ glue("ch3_guess_loss", f"{np.log(1 / res['chance']):.2f}", display=False)
 # {glue:text}`ch3_memnet_in`% of the in-window queries in its seeds: its reads see only the slots,
 # so in-window recall has to be learned by the controller's attention, and with most of its
 # training signal coming from the pairs beyond the window it did not always learn it in the step
-# budget. The LSTM, at the same parameter count and the best of its learning rates, stays
-# near chance: {glue:text}`ch3_lstm_0x`% of the queries right after the pairs and
-# {glue:text}`ch3_lstm_in`% in-window. The published peers answer in-window queries at
-# {glue:text}`ch3_peers_in` (chance is {glue:text}`ch3_chance`%); not in this run:
-# {glue:text}`ch3_peers_absent`.
+# budget. The LSTM, at the same parameter count and the best of its learning rates, answers
+# {glue:text}`ch3_lstm_0x`% of the queries right after the pairs and {glue:text}`ch3_lstm_in`%
+# in-window. The published peers answer in-window queries at {glue:text}`ch3_peers_in` (chance is
+# {glue:text}`ch3_chance`%); not in this run: {glue:text}`ch3_peers_absent`.
 #
-# The table above shows why some models are nowhere: MQAR training sits on a plateau, at the
-# loss of guessing a value ({glue:text}`ch3_guess_loss`), until a model finds how to look a key
-# up, and then falls quickly. The models that never left the plateau within the
-# {glue:text}`ch3_steps` steps of the budget, at any of the learning rates tried (their
-# validation accuracy per rate is in the last table of the printout), did not learn even
-# in-window recall: by this chapter's own rule their comparison says nothing about their memory
-# until the protocol trains them (a longer budget, or a curriculum that all models share), and the
-# verdicts above name them and leave them out of the comparison. The printed verdicts are the
-# chapter's claims, with thresholds fixed before the run; a claim that misses says so.
+# MQAR training sits on a plateau, at the loss of guessing a value ({glue:text}`ch3_guess_loss`),
+# until a model finds how to look a key up, and then falls quickly. The figure below follows each
+# model's training loss at its chosen learning rate, as a fraction of that loss. The models that
+# were still on the plateau at the end of the shared {glue:text}`ch3_steps` steps at every rate
+# tried trained again for twice as long: {glue:text}`ch3_longer`. Still above the line in every
+# seed at the end of their budget: {glue:text}`ch3_stuck`.
+
+# %%
+fig, axes = plots.new_figure(figsize=(8.4, 4.0))
+plots.training_curves(long_range.loss_curves(res), ax=axes[0, 0], plateau=long_range.PLATEAU_EXIT,
+                      budget=p["steps"], title="training loss at the chosen learning rate (mean over seeds)")
+fig
+
+# %% [markdown]
+# The recurrent models and the published peers find the lookup only near the end of their
+# budget, and their loss is still falling when training stops. They pass this chapter's rule
+# (in-window recall at ten times chance or more), so the protocol did train them, but only to the
+# start of learning: what the comparison below shows of them is what they recall after a few
+# thousand steps, not what their memories can hold when trained to convergence. That would take
+# far more steps than a CPU run affords for every model, seed and learning rate. The printed
+# verdicts are the chapter's claims, with thresholds fixed before the run; a claim that misses
+# says so.
 #
 # ## Capacity: more pairs than slots
 
@@ -373,12 +397,16 @@ if seed_shown is not None:
 if run.profile in ("full", "gpu") and not res.get("missing"):
     failed = [v.claim for v in verdicts if not v.passed and "every other model" not in v.claim]
     print("claims that miss:", failed or "none")
-if run.profile == "full":  # what the prose says of the peers
-    low = 10 * res["chance"]
-    if "titans" in names:
-        assert np.mean(long_range.in_window(res, "titans")) < low
-    if "rmt" in names:
-        assert np.mean(long_range.in_window(res, "rmt")) >= low and at("rmt", 0) < 3 * res["chance"]
+if run.profile == "full":  # what the prose says of the recurrent models and the peers
+    for n in ("lstm", "rmt", "titans", "dnc"):
+        if n in names:
+            exits = long_range.plateau_exit(res, n)
+            assert all(e is None or e > 0.6 * long_range.budget(res, n) for e in exits), (n, exits)
+            assert np.mean(long_range.in_window(res, n)) >= 10 * res["chance"], n
+            assert at(n, 16) < 0.05 and at(n, 16) < at("memnet", 16), n
+    assert set(long_range.longer_budgets(res)) <= {"lstm", "titans", "rmt", "dnc"}
+    assert all(e is not None and e <= p["steps"] for n in ("memnet", "full", "windowed")
+               for e in long_range.plateau_exit(res, n))
 if run.profile in ("full", "gpu"):  # what the prose says of the positive control against MemNet
     assert at("full", 0) >= at("memnet", 0) and at("memnet", 64) > at("full", 64), \
         (at("full", 0), at("memnet", 0), at("memnet", 64), at("full", 64))
@@ -398,17 +426,16 @@ print(f"chapter 3 checks passed ({run.profile} run)")
 #   with the length.
 # - The positive control learns the task completely, and the windowed model shows in-window
 #   recall: the protocol trains the Transformer baselines, so what they miss beyond their reach is
-#   theirs. The LSTM and the published peers barely leave the plateau of guessing in the step
-#   budget: with the same input as MemNet, RMT at its largest learning rate begins in-window recall
-#   and recalls nothing beyond its window, and Titans stays at chance. For them this run is not yet
-#   a comparison, and the verdicts say so. They are slower to find the lookup, not unable to: in
-#   a pilot at twice the steps (validation draws), Titans' loss began to fall near step 2,400,
-#   and it ended answering 12% of in-window queries.
-#   Whether MemNet's memory beats theirs needs a protocol that trains them, a longer budget or a
-#   curriculum that every model shares.
+#   theirs. The LSTM and the published peers, with the same input as MemNet, stay on the plateau
+#   of guessing for most of their budget (twice the others' for the LSTM and Titans) and leave it
+#   with a little in-window recall; beyond the window they answer a few percent right after the
+#   pairs and next to nothing at 16 windows (LSTM {glue:text}`ch3_lstm_16x`%, RMT
+#   {glue:text}`ch3_rmt_16x`%, Titans {glue:text}`ch3_titans_16x`%). MemNet is ahead of them at
+#   every distance beyond the window, but they had only begun to learn: whether its memory beats
+#   theirs when every model is trained to convergence is a question this run does not answer.
 # - The published peers run from their packages, adapted only where their code differs from their
 #   papers or where their input would differ from MemNet's (the adapters in `memnet.peers` say
-#   where), with the same steps, the same learning-rate sweep and parameter count.
+#   where), with the same draws, learning-rate sweep and parameter count, and at least the same steps.
 #
 # ## Exercises
 #

@@ -232,6 +232,32 @@ def accuracy_curves(curves: dict, ax: Axes | None = None, xlabel: str = "", titl
     return ax.figure
 
 
+def training_curves(curves: dict, ax: Axes | None = None, title: str = "", plateau: float | None = None,
+                    budget: int | None = None) -> Figure:
+    """One line per model: ``curves[model] = {"x": steps, "y": training loss over the loss of
+    guessing}`` (1 on the plateau); a dotted line at 1, a dashed one at `plateau` (where a model
+    counts as having left it) and a vertical mark at the shared step `budget`."""
+    if ax is None:
+        fig, axes = new_figure(figsize=(6.4, 4.0))
+        ax = axes[0, 0]
+    styles = ("-", "--", "-.", ":")
+    for i, (name, c) in enumerate(curves.items()):
+        ax.plot(c["x"], c["y"], lw=2.2 if name == "memnet" else 1.4, ls=styles[(i // 4) % len(styles)],
+                color=MODEL_COLORS.get(name), label=MODEL_LABELS.get(name, name), zorder=3 if name == "memnet" else 2)
+    ax.axhline(1.0, color="gray", ls=":", lw=1, label="guessing")
+    if plateau is not None:
+        ax.axhline(plateau, color="gray", ls="--", lw=0.8, alpha=0.7, label="left the plateau")
+    if budget is not None:
+        ax.axvline(budget, color="k", lw=0.8, alpha=0.4)
+        ax.text(budget, 1.12, " shared budget", fontsize=9, va="top", ha="left", alpha=0.8)
+    ax.set_ylim(-0.03, 1.15)
+    ax.set_xlabel("training step", fontsize=10)
+    ax.set_ylabel("training loss / loss of guessing", fontsize=10)
+    ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), framealpha=0.9)
+    return ax.figure
+
+
 # ---------------------------------------------------------------------------- where stored items live
 def item_occupancy(trace: MemoryTrace, tokens, targets, distance, batch: int = 0, ignore_index: int = IGNORE_INDEX) -> dict:
     """Follow each stored key-value item of a recall sequence through the slots.

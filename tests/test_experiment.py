@@ -229,6 +229,25 @@ def test_plateau_exit_is_the_first_logged_loss_below_the_threshold():
     assert "never" in table and "150" in table and "MemNet" in table
 
 
+def test_loss_curves_are_seed_means_over_the_loss_of_guessing_smoothed_over_trailing_logs():
+    res = result_with({"memnet": 0.9, "lstm": 0.0}, {"memnet": 0.9})
+    guess = float(np.log(1 / res["chance"]))
+    res["runs"].append({**res["runs"][0], "seed": 1})
+    losses = {0: [1.0, 1.0, 0.5, 0.2], 1: [1.0, 0.8, 0.3, 0.2]}
+    for r in res["runs"]:
+        ys = losses[r["seed"]] if r["model"] == "memnet" else [1.0, 1.0]
+        r["curve"] = [[50 * (i + 1), float(i), y * guess] for i, y in enumerate(ys)]
+    curves = lr_exp.loss_curves(res, smooth=2)
+    assert curves["memnet"]["x"] == [50, 100, 150, 200] and curves["lstm"]["x"] == [50, 100]
+    mean = [1.0, 0.9, 0.4, 0.2]
+    assert np.allclose(curves["memnet"]["y"], [mean[0], (mean[0] + mean[1]) / 2, (mean[1] + mean[2]) / 2,
+                                               (mean[2] + mean[3]) / 2])
+    assert np.allclose(lr_exp.loss_curves(res, smooth=1)["memnet"]["y"], mean)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="smooth"):
+            lr_exp.loss_curves(res, smooth=bad)
+
+
 def test_a_cached_run_made_under_other_settings_is_not_reused(tmp_path):
     """A cached record carries the settings it was made under; other settings are an error naming
     them, the same settings reuse it, and a record without settings (older) is taken as is."""

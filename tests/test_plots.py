@@ -100,6 +100,16 @@ def test_accuracy_curves_draw_one_line_per_model(logx, xs):
     assert np.allclose(line.get_ydata(), 50.0)
 
 
+def test_training_curves_draw_one_line_per_model_with_the_reference_lines():
+    curves = {m: {"x": [50, 100, 150], "y": [1.0, 0.9, y]} for m, y in (("memnet", 0.1), ("titans", 0.95))}
+    fig = plots.training_curves(curves, title="t", plateau=0.8, budget=100)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["MemNet", "Titans (MAC)", "guessing", "left the plateau"]
+    assert np.allclose(ax.lines[0].get_ydata(), [1.0, 0.9, 0.1]) and np.allclose(ax.lines[1].get_xdata(), [50, 100, 150])
+    assert any(np.allclose(line.get_xdata(), 100) for line in ax.lines[2:]), "the budget's mark"
+
+
 def test_item_occupancy_follows_value_writes(trace):
     # a recall-like layout: value at position 1 queried at position 13 (distance 12)
     targets = torch.full((B, T), -100)

@@ -511,6 +511,25 @@ def plateau_exit(result: dict, model: str) -> list[int | None]:
             for r in sorted(result["runs"], key=lambda r: r["seed"]) if r["model"] == model]
 
 
+def loss_curves(result: dict, smooth: int = 5) -> dict[str, dict]:
+    """model -> {"x": logged steps, "y": training loss over ln(1/chance)}: the loss of each logged
+    batch divided by the loss of guessing a value (1 on the plateau), averaged over the model's
+    seeds and then over a trailing window of `smooth` logs (each log is one batch, whose P varies)."""
+    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
+        raise ValueError(f"smooth must be a positive int (logs averaged), got {smooth!r}")
+    guess = float(np.log(1 / result["chance"]))
+    out = {}
+    for n in models_of(result):
+        curves = [r["curve"] for r in result["runs"] if r["model"] == n and r["curve"]]
+        if not curves:
+            continue
+        T = min(len(c) for c in curves)
+        loss = np.mean([[row[2] for row in c[:T]] for c in curves], axis=0) / guess
+        avg = np.convolve(loss, np.ones(smooth), "full")[:T] / np.minimum(np.arange(1, T + 1), smooth)
+        out[n] = {"x": [int(row[0]) for row in curves[0][:T]], "y": [float(v) for v in avg]}
+    return out
+
+
 def _curve(result: dict, model: str, kind: str, keys: list[str], xs: list[float]) -> dict:
     cells = [cell(result, model, kind, k) for k in keys]
     stats = [t_interval(c) if c else (float("nan"),) * 2 for c in cells]
