@@ -268,9 +268,9 @@ glue("ch3_steps", f"{p['steps']:,}", display=False)
 longer = long_range.longer_budgets(res)
 glue("ch3_longer", ", ".join(f"{long_range.LABELS[n]} ({k:,} steps)" for n, k in longer.items()) or "none",
      display=False)
-stuck = [n for n in names if all(s is None for s in long_range.plateau_exit(res, n))]
+stuck = long_range.on_plateau(res)
 glue("ch3_stuck", ", ".join(long_range.LABELS[n] for n in stuck) or "none", display=False)
-glue("ch3_guess_loss", f"{np.log(1 / res['chance']):.2f}", display=False)
+glue("ch3_guess_loss", f"{long_range.guess_loss(res):.2f}", display=False)
 shorter = [long_range.LABELS[n] for n in stuck if n not in longer]
 if longer and shorter:
     book.note(f"{', '.join(shorter)} stayed on the plateau through the shared budget as well, but this stored run "

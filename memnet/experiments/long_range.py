@@ -418,8 +418,8 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     dev = resolve_device(device)
     t_all = time.perf_counter()
     runs_dir = out_dir / "runs" if save else None
-    longer = lambda n: "" if p.steps_for(n) == p.steps else f"_steps{p.steps_for(n)}"  # beside the shared budget's
-    path = lambda n, lr, s, ext="json": runs_dir / f"{n}_lr{lr:g}_seed{s}{longer(n)}.{ext}" if runs_dir else None
+    longer = {n: f"_steps{p.steps_for(n)}" for n in models if p.steps_for(n) != p.steps}  # beside the shared runs
+    path = lambda n, lr, s, ext="json": runs_dir / f"{n}_lr{lr:g}_seed{s}{longer.get(n, '')}.{ext}" if runs_dir else None
 
     if cached_only and not save:
         raise ValueError("cached_only needs save=True (the cache is the run folder)")
@@ -502,13 +502,23 @@ def untrained(result: dict) -> list[str]:
 PLATEAU_EXIT = 0.8  # a run has left the plateau when a logged training loss falls below 0.8 x ln(1 / chance)
 
 
+def guess_loss(result: dict) -> float:
+    """ln(1/chance): the cross-entropy of guessing a value uniformly, the loss of MQAR's plateau."""
+    return float(np.log(1 / result["chance"]))
+
+
 def plateau_exit(result: dict, model: str) -> list[int | None]:
     """Per seed of `model`: the first logged training step whose loss is below ``PLATEAU_EXIT``
     times the loss of guessing a value (ln 1/chance), or None when it never was. MQAR training
     sits on that plateau until the model finds how to look a key up."""
-    guess = float(np.log(1 / result["chance"]))
+    guess = guess_loss(result)
     return [next((step for step, _, loss in r["curve"] if loss < PLATEAU_EXIT * guess), None)
             for r in sorted(result["runs"], key=lambda r: r["seed"]) if r["model"] == model]
+
+
+def on_plateau(result: dict) -> list[str]:
+    """The models none of whose seeds left the plateau within its steps (:func:`plateau_exit`)."""
+    return [n for n in models_of(result) if all(s is None for s in plateau_exit(result, n))]
 
 
 def loss_curves(result: dict, smooth: int = 5) -> dict[str, dict]:
@@ -517,7 +527,7 @@ def loss_curves(result: dict, smooth: int = 5) -> dict[str, dict]:
     seeds and then over a trailing window of `smooth` logs (each log is one batch, whose P varies)."""
     if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
         raise ValueError(f"smooth must be a positive int (logs averaged), got {smooth!r}")
-    guess = float(np.log(1 / result["chance"]))
+    guess = guess_loss(result)
     out = {}
     for n in models_of(result):
         curves = [r["curve"] for r in result["runs"] if r["model"] == n and r["curve"]]
@@ -595,7 +605,7 @@ def plateau_table(result: dict) -> str:
              mean_ci(in_window(result, n), 100)] for n in models_of(result)]
     return format_table(["model", "steps trained", "step leaving the plateau, per seed", "in-window %"], rows,
                         f"Training: the first logged step whose loss is below {PLATEAU_EXIT} x ln(1/chance) "
-                        f"(ln(1/chance) = {np.log(1 / result['chance']):.2f}, the loss of guessing a value; "
+                        f"(ln(1/chance) = {guess_loss(result):.2f}, the loss of guessing a value; "
                         f"shared budget {p['steps']:,} steps; 'never': not within the model's steps)")
 
 
