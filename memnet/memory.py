@@ -39,6 +39,7 @@ from .addressing import (  # noqa: F401  (the addressing names are also importab
     BLOCKED_MIN_N, NATIVE_MIN_SLOTS, SORT_MAX_N, TOPK_BLOCK, TOPK_CHUNK, blocked_topk, cosine_scores_topk,
     cosine_top_scores, cosine_topk, flat_rows, gather_slots, merge_candidates, pending_top_scores, scan_unit_keys,
     sorted_topk, sparse_to_dense, stable_topk, torch_stable_topk, unit_keys)
+from . import fused
 from .config import MemNetConfig
 
 RETENTION_LOGIT_MAX = 15.0  # sigmoid(15) = 1 - 3e-7: still < 1 in float32
@@ -307,6 +308,9 @@ class MultiHeadMemoryBank(nn.Module):
         self.log_read_sharpness = nn.Parameter(torch.full((H,), math.log(cfg.sharpness_init)))
         self.log_write_sharpness = nn.Parameter(torch.full((1,), math.log(cfg.sharpness_init)))
         logit = torch.full((N,), float(cfg.decay_init))
+        # step() on the CPU takes the compiled kernel of memnet.fused (same values and gradients, one call
+        # each way); False keeps it on the torch operations of reference_step()
+        self.fused = True
         if cfg.decay_mode == "learned":
             self.decay_logit = nn.Parameter(logit)
         else:  # "fixed" / "none": nothing to learn; a buffer of the same name keeps state_dict keys and device
@@ -533,6 +537,13 @@ class MultiHeadMemoryBank(nn.Module):
         of its arguments and the bank's parameters, so ``torch.compile(bank.step, fullgraph=True)``
         traces it whole (:meth:`memnet.MemNet.compile_memory`).
         """
+        if self.fused and fused.applies([state.keys, queries, req.key, self.decay_logit]):
+            return fused.step(self, state, queries, req, valid)
+        return self.reference_step(state, queries, req, valid)
+
+    def reference_step(self, state: MemoryState, queries: Tensor, req: WriteRequest, valid: Tensor) -> StepResult:
+        """:meth:`step` as torch operations (what the compiled kernel of :mod:`memnet.fused` agrees with,
+        and what runs off the CPU and inside ``torch.compile``)."""
         cfg = self.cfg
         read = self.read(state, queries, req if cfg.window_reads else None)  # vectors (B, L, H, D)
         mass = read_mass(read.index, read.weight, valid, cfg.num_slots)  # (B, N)

@@ -153,10 +153,11 @@ _tried = False
 _error: str | None = None
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+_open_fds: list[int] = []  # the in-memory files of the loaded libraries (see _load)
 _pool_pid = 0  # the process that made _pool: a forked child has the object but not its threads
 
 
-def _fingerprint() -> str:
+def _fingerprint(source: str = SOURCE, flags: list[str] = FLAGS) -> str:
     """Source, flags and CPU: a library built with -march=native is only reused on the same kind of CPU."""
     cpu = platform.processor() + platform.machine()
     try:
@@ -164,7 +165,7 @@ def _fingerprint() -> str:
             cpu += "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
     except OSError:
         pass
-    return hashlib.sha256((SOURCE + " ".join(FLAGS) + cpu).encode()).hexdigest()[:16]
+    return hashlib.sha256((source + " ".join(flags) + cpu).encode()).hexdigest()[:16]
 
 
 def cache_dir() -> Path:
@@ -187,14 +188,15 @@ def _cached(lib: Path, digest: Path) -> bytes | None:
     return data if _sha256(data) == want else None
 
 
-def _compile(cc: str, cache: Path, lib: Path, digest: Path) -> bytes:
-    """Compile SOURCE in a temporary folder of `cache`, then move the library to `lib` and its sha256
+def _compile(cc: str, cache: Path, lib: Path, digest: Path, source: str = SOURCE, flags: list[str] = FLAGS,
+             stem: str = "topk") -> bytes:
+    """Compile `source` in a temporary folder of `cache`, then move the library to `lib` and its sha256
     to `digest`, each by an atomic rename (a concurrent reader finds whole files, and a library
     whose digest is not yet there or no longer matches is built again). Returns the library's bytes."""
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        src, out, sha = Path(tmp) / "topk.c", Path(tmp) / "topk.so", Path(tmp) / "topk.sha256"
-        src.write_text(SOURCE)
-        run = subprocess.run([cc, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
+        src, out, sha = Path(tmp) / f"{stem}.c", Path(tmp) / f"{stem}.so", Path(tmp) / f"{stem}.sha256"
+        src.write_text(source)
+        run = subprocess.run([cc, *flags, str(src), "-o", str(out)], capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"{cc} failed: {run.stderr.strip()[:300]}")
         data = out.read_bytes()
@@ -204,19 +206,24 @@ def _compile(cc: str, cache: Path, lib: Path, digest: Path) -> bytes:
     return data
 
 
-def _load(data: bytes, cache: Path) -> ctypes.CDLL:
+def _load(data: bytes, cache: Path, stem: str = "topk") -> ctypes.CDLL:
     """Load the library from a private copy of `data` (bytes already checked): an anonymous in-memory
     file where the system has them, else a temporary file of `cache` removed once loaded. What is
     mapped is then never the cached file, so a later change to the cache cannot reach this process."""
     if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        fd = os.memfd_create("memnet-topk")
+        fd = os.memfd_create(f"memnet-{stem}")
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            return ctypes.CDLL(f"/proc/self/fd/{fd}")
-        finally:
+            dll = ctypes.CDLL(f"/proc/self/fd/{fd}")
+        except BaseException:
             os.close(fd)
+            raise
+        # the descriptor stays open: the loader knows a library by its path, and a closed descriptor's
+        # number (so the path) is reused by the next library loaded here, which it would take for this one
+        _open_fds.append(fd)
+        return dll
     fd, path = tempfile.mkstemp(dir=cache, prefix=".load-", suffix=".so")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -226,24 +233,29 @@ def _load(data: bytes, cache: Path) -> ctypes.CDLL:
         os.unlink(path)
 
 
-def _build() -> ctypes.CDLL:
-    """The kernel: the cached library when its sha256 matches the stored one, else built again (and
-    cached); loaded from a private copy of the checked bytes."""
+def build_library(stem: str, source: str, flags: list[str] = FLAGS) -> ctypes.CDLL:
+    """The C library `stem` compiled from `source` with `flags`: the cached one when its sha256 matches
+    the stored one, else built again (and cached); loaded from a private copy of the checked bytes.
+    Raises RuntimeError when there is no C compiler or it fails."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    lib = cache / f"topk_{_fingerprint()}.so"
+    lib = cache / f"{stem}_{_fingerprint(source, flags)}.so"
     digest = lib.with_name(lib.name + ".sha256")
     data = _cached(lib, digest)
     if data is not None:
         try:
-            dll = _load(data, cache)
+            return _load(data, cache, stem)
         except OSError:  # whole and as stored, yet not a library this system loads: build it again
-            data = None
-    if data is None:
-        if cc is None:
-            raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-        dll = _load(_compile(cc, cache, lib, digest), cache)
+            pass
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    return _load(_compile(cc, cache, lib, digest, source, flags, stem), cache, stem)
+
+
+def _build() -> ctypes.CDLL:
+    """The top-k kernel (:func:`build_library` of SOURCE), its functions' signatures declared."""
+    dll = build_library("topk", SOURCE)
     f = dll.memnet_topk_rows
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     f.argtypes = [p, i64, i64, i64, p, i64, p, i64, p, p]

@@ -1,0 +1,481 @@
+/* One memory step of memnet.memory.MultiHeadMemoryBank, forward and backward, in C.
+
+   The step reads with the memory as it stands, then writes (MultiHeadMemoryBank.step). Written as
+   torch operations it is several hundred small calls per segment, forward and backward, each
+   costing microseconds of dispatch for a few thousand flops; here it is one call each way.
+   memnet/fused.py holds the contract: which tensors, shapes and configurations, and the
+   autograd.Function around these two entry points. The arithmetic follows the torch reference
+   operation by operation (the same normalisations, clamps, tie rules and order of the writes), so
+   the two agree up to float rounding; tests/test_fused.py checks values and gradients.
+
+   Shapes per batch row: N slots, D slot_dim, L tokens, H heads, K top_k, W writes. Every tensor is
+   float32 (int64 for indices, uint8 for masks), batch first, each batch row contiguous; p[i] points
+   at row 0 of tensor i and st[i] is its batch stride in elements (a segment's slice of a longer
+   sequence is read in place). Rows b0..b1-1 are computed,
+   so that callers may split a batch over threads; the outputs of different rows never overlap.
+   Returns 0, or 1 when a score was NaN (the caller then takes the torch path). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* dims[] */
+enum { DM_N, DM_D, DM_L, DM_H, DM_K, DM_W, DM_WINDOW, DM_DECAY, DM_ALLOC, DM_COUNT };
+enum { DECAY_LEARNED, DECAY_FIXED, DECAY_NONE };
+enum { ALLOC_LRU, ALLOC_FADED, ALLOC_WEAKEST };
+/* floats[] */
+enum { FL_EPS, FL_FULL, FL_THRESHOLD, FL_USAGE_DECAY, FL_FADED_MIN, FL_LOGIT_MAX, FL_SHARP_MAX, FL_COUNT };
+/* the forward's pointers, in memnet/fused.py's FORWARD_POINTERS order */
+enum { F_KEYS, F_VALUES, F_AGE, F_USAGE, F_RETAINED, F_SEGMENTS, F_Q, F_K, F_V, F_G, F_E, F_U, F_DECAY, F_POS,
+       F_VALID, F_LRS, F_LWS, F_DL,
+       F_NKEYS, F_NVALUES, F_NAGE, F_NUSAGE, F_NRETAINED, F_NSEGMENTS, F_VEC, F_RINDEX, F_RSRC, F_RWEIGHT, F_MASS,
+       F_STRENGTH, F_EVENTS, F_ALLOC, F_RETENTION, F_CIDX, F_PTR_COUNT };
+/* the backward's pointers, in memnet/fused.py's BACKWARD_POINTERS order (gradients of outputs may be 0) */
+enum { B_KEYS, B_VALUES, B_Q, B_K, B_V, B_G, B_E, B_U, B_DECAY, B_VALID, B_LRS, B_LWS, B_DL,
+       B_RSRC, B_RINDEX, B_CIDX, B_ALLOC,
+       B_GNKEYS, B_GNVALUES, B_GVEC, B_GRWEIGHT, B_GMASS, B_GRETENTION,
+       B_GKEYS, B_GVALUES, B_GQ, B_GK, B_GV, B_GG, B_GE, B_GU, B_GDECAY, B_GLRS, B_GLWS, B_GDL, B_PTR_COUNT };
+
+static float dot(const float *a, const float *b, int64_t D) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < D; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy(float *y, float a, const float *x, int64_t D) {  /* y += a x */
+#pragma omp simd
+    for (int64_t i = 0; i < D; i++) y[i] += a * x[i];
+}
+
+/* F.normalize(x, eps=c): x / max(|x|, c) */
+static void normalize(float *out, const float *x, int64_t D, float c) {
+    float n = sqrtf(dot(x, x, D));
+    float den = n > c ? n : c;
+    for (int64_t i = 0; i < D; i++) out[i] = x[i] / den;
+}
+
+/* gx += the gradient of F.normalize(x, eps=c) given gy: (gy - y (y.gy)) / |x| where |x| >= c,
+   else gy / c (the clamp holds the denominator) */
+static void normalize_backward(float *gx, const float *x, const float *gy, int64_t D, float c) {
+    float n = sqrtf(dot(x, x, D));
+    if (n >= c && n > 0.0f) {
+        float s = dot(x, gy, D) / (n * n);
+        for (int64_t i = 0; i < D; i++) gx[i] += (gy[i] - x[i] * s) / n;
+    } else {
+        for (int64_t i = 0; i < D; i++) gx[i] += gy[i] / c;
+    }
+}
+
+static int all_zero(const float *x, int64_t D) {
+    for (int64_t i = 0; i < D; i++)
+        if (x[i] != 0.0f) return 0;
+    return 1;
+}
+
+/* memnet.addressing.unit_keys: F.normalize(x, eps) with all-zero rows left at zero */
+static void unit_key(float *out, const float *x, int64_t D, float eps) {
+    if (all_zero(x, D)) memset(out, 0, (size_t)D * sizeof(float));
+    else normalize(out, x, D, eps);
+}
+
+/* insert score s of candidate c into a descending list (v, ix) of `size` entries and capacity K;
+   an equal score already in the list stays ahead (it came from a lower candidate). New size. */
+static int64_t push_top(float *v, int64_t *ix, int64_t size, int64_t K, float s, int64_t c) {
+    int64_t j;
+    if (size == K) {
+        if (!(s > v[K - 1])) return size;
+        j = K - 1;
+    } else {
+        j = size++;
+    }
+    while (j > 0 && v[j - 1] < s) { v[j] = v[j - 1]; ix[j] = ix[j - 1]; j--; }
+    v[j] = s; ix[j] = c;
+    return size;
+}
+
+static void softmax(float *w, const float *top, int64_t K, float scale) {
+    float m = -INFINITY, s = 0.0f;
+    for (int64_t j = 0; j < K; j++) { w[j] = top[j] * scale; if (w[j] > m) m = w[j]; }
+    for (int64_t j = 0; j < K; j++) { w[j] = expf(w[j] - m); s += w[j]; }
+    for (int64_t j = 0; j < K; j++) w[j] /= s;
+}
+
+/* the gradient of z = softmax(top * scale) given gw: gtop (K,), and d/dscale added to *gscale */
+static void softmax_backward(float *gtop, float *gscale, const float *w, const float *gw, const float *top,
+                             int64_t K, float scale) {
+    float s = 0.0f;
+    for (int64_t j = 0; j < K; j++) s += w[j] * gw[j];
+    for (int64_t j = 0; j < K; j++) {
+        float gz = w[j] * (gw[j] - s);
+        *gscale += gz * top[j];
+        gtop[j] = gz * scale;
+    }
+}
+
+static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+static float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+/* the retention gate of every slot (N,) and, "learned", the clamped logit's pass mask (N,) */
+static void retention_gate(float *ret, uint8_t *pass, const float *K_, const float *d, const float *dl,
+                           const int64_t *dm, const float *fl, float *tmp) {
+    int64_t N = dm[DM_N], D = dm[DM_D];
+    float lim = fl[FL_LOGIT_MAX];
+    for (int64_t n = 0; n < N; n++) {
+        if (dm[DM_DECAY] == DECAY_NONE) { ret[n] = 1.0f; pass[n] = 0; continue; }
+        float logit = dl[n];
+        if (dm[DM_DECAY] == DECAY_LEARNED) {
+            normalize(tmp, K_ + n * D, D, fl[FL_EPS]);
+            logit = dl[n] + dot(tmp, d, D);
+        }
+        pass[n] = dm[DM_DECAY] == DECAY_LEARNED && logit >= -lim && logit <= lim;
+        ret[n] = sigmoid(clampf(logit, -lim, lim));
+    }
+}
+
+/* the W slots of highest allocation score, highest first, ties to the lowest index */
+static void allocate(int64_t *alloc, const float *age, const float *usage, const float *retained,
+                     const int64_t *dm, const float *fl, float *top) {
+    int64_t N = dm[DM_N], W = dm[DM_W], size = 0;
+    for (int64_t n = 0; n < N; n++) {
+        float s;
+        if (dm[DM_ALLOC] == ALLOC_WEAKEST) {
+            s = 1.0f - retained[n];
+        } else {
+            s = (age[n] + 1.0f) * (1.0f - 0.5f * usage[n]);
+            if (dm[DM_ALLOC] == ALLOC_FADED) s = s / (retained[n] > fl[FL_FADED_MIN] ? retained[n] : fl[FL_FADED_MIN]);
+        }
+        size = push_top(top, alloc, size, W, s, n);
+    }
+}
+
+static float sharpness(float log_s, float log_max) { return expf(log_s < log_max ? log_s : log_max); }
+
+/* ------------------------------------------------------------------------------------ forward */
+int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t b1, void **p, const int64_t *st) {
+    const int64_t N = dm[DM_N], D = dm[DM_D], L = dm[DM_L], H = dm[DM_H], K = dm[DM_K], W = dm[DM_W];
+    const int window = (int)dm[DM_WINDOW];
+    const float eps = fl[FL_EPS], full = fl[FL_FULL];
+    const int held = dm[DM_ALLOC] == ALLOC_WEAKEST;
+    const float *lrs = p[F_LRS], *lws = p[F_LWS], *dl = p[F_DL];
+    float ws = sharpness(lws[0], fl[FL_SHARP_MAX]);
+    int bad = 0;
+    /* workspace: qh (L*H*D), mb, mr, E, addK, addV (N*D each), ku, mp (W*D each), small lists */
+    size_t floats = (size_t)(L * H * D + 6 * N * D + 2 * W * D + 4 * (N + W + K + 1) + D);
+    float *work = malloc(floats * sizeof(float));
+    uint8_t *pass = malloc((size_t)N);
+    if (!work || !pass) { free(work); free(pass); return 2; }
+    float *qh = work, *mb = qh + L * H * D, *mr = mb + N * D, *E = mr + N * D, *addK = E + N * D,
+          *addV = addK + N * D, *Kr = addV + N * D, *ku = Kr + N * D, *mp = ku + W * D, *top = mp + W * D,
+          *wsm = top + (N + W + K + 1), *tmp = wsm + (N + W + K + 1);
+    for (int64_t b = b0; b < b1; b++) {
+        const float *Km = (const float *)p[F_KEYS] + b * st[F_KEYS], *Vm = (const float *)p[F_VALUES] + b * st[F_VALUES];
+        const float *age = (const float *)p[F_AGE] + b * st[F_AGE], *usage = (const float *)p[F_USAGE] + b * st[F_USAGE];
+        const float *retained = (const float *)p[F_RETAINED] + b * st[F_RETAINED];
+        const float *q = (const float *)p[F_Q] + b * st[F_Q], *k = (const float *)p[F_K] + b * st[F_K];
+        const float *v = (const float *)p[F_V] + b * st[F_V], *g = (const float *)p[F_G] + b * st[F_G];
+        const float *e = (const float *)p[F_E] + b * st[F_E], *u = (const float *)p[F_U] + b * st[F_U];
+        const float *d = (const float *)p[F_DECAY] + b * st[F_DECAY];
+        const int64_t *pos = (const int64_t *)p[F_POS] + b * st[F_POS];
+        const uint8_t *valid = (const uint8_t *)p[F_VALID] + b * st[F_VALID];
+        float *nK = (float *)p[F_NKEYS] + b * st[F_NKEYS], *nV = (float *)p[F_NVALUES] + b * st[F_NVALUES];
+        float *vec = (float *)p[F_VEC] + b * st[F_VEC], *rweight = (float *)p[F_RWEIGHT] + b * st[F_RWEIGHT];
+        int64_t *rindex = (int64_t *)p[F_RINDEX] + b * st[F_RINDEX], *rsrc = (int64_t *)p[F_RSRC] + b * st[F_RSRC];
+        float *mass = (float *)p[F_MASS] + b * st[F_MASS], *strength = (float *)p[F_STRENGTH] + b * st[F_STRENGTH];
+        float *retention = (float *)p[F_RETENTION] + b * st[F_RETENTION];
+        int64_t *alloc = (int64_t *)p[F_ALLOC] + b * st[F_ALLOC], *cidx = (int64_t *)p[F_CIDX] + b * st[F_CIDX];
+
+        allocate(alloc, age, usage, retained, dm, fl, top);
+
+        /* read: the top K of the slots (and, in a window, of its earlier writes) by cosine */
+        for (int64_t i = 0; i < L * H; i++) normalize(qh + i * D, q + i * D, D, eps);
+        for (int64_t n = 0; n < N; n++) normalize(mb + n * D, Km + n * D, D, full);
+        for (int64_t w = 0; w < W; w++) {
+            unit_key(ku + w * D, k + w * D, D, eps);
+            if (window) {
+                for (int64_t i = 0; i < D; i++) tmp[i] = ku[w * D + i] * g[w];
+                normalize(mp + w * D, tmp, D, full);
+            }
+        }
+        memset(mass, 0, (size_t)N * sizeof(float));
+        float real = 0.0f;
+        for (int64_t l = 0; l < L; l++) real += valid[l] ? 1.0f : 0.0f;
+        float per_token = 1.0f / (real > 1.0f ? real : 1.0f);
+        for (int64_t l = 0; l < L; l++) {
+            for (int64_t h = 0; h < H; h++) {
+                int64_t i = l * H + h, size = 0;
+                const float *qi = qh + i * D;
+                int64_t *src = rsrc + i * K;
+                for (int64_t n = 0; n < N; n++) {
+                    float s = dot(qi, mb + n * D, D);
+                    if (s != s) bad = 1;
+                    size = push_top(top, src, size, K, s, n);
+                }
+                if (window)
+                    for (int64_t w = 0; w < W; w++) {
+                        if (pos[w] >= l) continue;  /* a read sees only the writes of earlier offsets */
+                        float s = dot(qi, mp + w * D, D);
+                        if (s != s) bad = 1;
+                        size = push_top(top, src, size, K, s, N + w);
+                    }
+                float *wt = rweight + i * K, *out = vec + i * D;
+                softmax(wt, top, K, sharpness(lrs[h], fl[FL_SHARP_MAX]));
+                memset(out, 0, (size_t)D * sizeof(float));
+                for (int64_t j = 0; j < K; j++) {
+                    int64_t c = src[j];
+                    if (c < N) {
+                        axpy(out, wt[j], Vm + c * D, D);
+                        rindex[i * K + j] = c;
+                    } else {
+                        float a = wt[j] * g[c - N];
+                        axpy(out, a, v + (c - N) * D, D);
+                        rindex[i * K + j] = alloc[c - N];
+                    }
+                    if (valid[l]) mass[rindex[i * K + j]] += wt[j];
+                }
+            }
+        }
+        for (int64_t n = 0; n < N; n++) mass[n] *= per_token;
+
+        /* write: retention, content addressing on the retained keys, erase then add */
+        retention_gate(retention, pass, Km, d, dl, dm, fl, tmp);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < D; i++) {
+                Kr[n * D + i] = Km[n * D + i] * retention[n];
+                nV[n * D + i] = Vm[n * D + i] * retention[n];
+            }
+        for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
+        memset(E, 0, (size_t)(3 * N * D) * sizeof(float));  /* E, addK, addV */
+        memset(strength, 0, (size_t)N * sizeof(float));
+        for (int64_t w = 0; w < W; w++) {
+            int64_t size = 0, *ci = cidx + w * K;
+            normalize(tmp, ku + w * D, D, eps);
+            for (int64_t n = 0; n < N; n++) {
+                float s = dot(tmp, mr + n * D, D);
+                if (s != s) bad = 1;
+                size = push_top(top, ci, size, K, s, n);
+            }
+            softmax(wsm, top, K, ws);
+            for (int64_t j = 0; j <= K; j++) {
+                int64_t n = j < K ? ci[j] : alloc[w];
+                float a = (j < K ? u[w] * wsm[j] : 1.0f - u[w]) * g[w];
+                axpy(E + n * D, a, e + w * D, D);
+                axpy(addK + n * D, a, ku + w * D, D);
+                axpy(addV + n * D, a, v + w * D, D);
+                strength[n] += a;
+            }
+        }
+        for (int64_t x = 0; x < N * D; x++) {
+            float keep = 1.0f - (E[x] < 1.0f ? E[x] : 1.0f);
+            nK[x] = Kr[x] * keep + addK[x];
+            nV[x] = nV[x] * keep + addV[x];
+        }
+
+        /* bookkeeping: write events reset age and retained; usage traces reads and writes */
+        float *nage = (float *)p[F_NAGE] + b * st[F_NAGE], *nusage = (float *)p[F_NUSAGE] + b * st[F_NUSAGE];
+        float *nret = (float *)p[F_NRETAINED] + b * st[F_NRETAINED];
+        uint8_t *events = (uint8_t *)p[F_EVENTS] + b * st[F_EVENTS];
+        for (int64_t n = 0; n < N; n++) {
+            int ev = strength[n] >= fl[FL_THRESHOLD];
+            events[n] = (uint8_t)ev;
+            nage[n] = ev ? 0.0f : age[n] + 1.0f;
+            nret[n] = ev ? (held ? (strength[n] < 1.0f ? strength[n] : 1.0f) : 1.0f) : retained[n] * retention[n];
+            float us = fl[FL_USAGE_DECAY] * usage[n] + strength[n];
+            us = us + mass[n] / (float)H;
+            nusage[n] = clampf(us, 0.0f, 1.0f);
+        }
+        ((float *)p[F_NSEGMENTS])[b * st[F_NSEGMENTS]] = ((const float *)p[F_SEGMENTS])[b * st[F_SEGMENTS]] + 1.0f;
+    }
+    free(work); free(pass);
+    return bad;
+}
+
+/* ------------------------------------------------------------------------------------ backward */
+#define GRAD(idx) ((p[idx]) ? (const float *)(p[idx]) + b * st[idx] : NULL)
+
+int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t b1, void **p, const int64_t *st) {
+    const int64_t N = dm[DM_N], D = dm[DM_D], L = dm[DM_L], H = dm[DM_H], K = dm[DM_K], W = dm[DM_W];
+    const int window = (int)dm[DM_WINDOW];
+    const float eps = fl[FL_EPS], full = fl[FL_FULL], smax = fl[FL_SHARP_MAX];
+    const float *lrs = p[B_LRS], *lws = p[B_LWS], *dl = p[B_DL];
+    const float ws = sharpness(lws[0], smax);
+    size_t floats = (size_t)(L * H * D + 9 * N * D + 7 * W * D + 6 * (K + 1) + 3 * N + 2 * D);
+    float *work = malloc(floats * sizeof(float));
+    uint8_t *pass = malloc((size_t)N);
+    if (!work || !pass) { free(work); free(pass); return 2; }
+    float *qh = work, *mb = qh + L * H * D, *mr = mb + N * D, *E = mr + N * D, *Kr = E + N * D, *Vr = Kr + N * D,
+          *gmb = Vr + N * D, *gmr = gmb + N * D, *gKr = gmr + N * D, *gVr = gKr + N * D, *ku = gVr + N * D,
+          *ku2 = ku + W * D, *a_ = ku2 + W * D, *mp = a_ + W * D, *gmp = mp + W * D, *gku = gmp + W * D,
+          *gku2 = gku + W * D, *top = gku2 + W * D, *wsm = top + (K + 1), *gw = wsm + (K + 1), *gtop = gw + (K + 1),
+          *wt = gtop + (K + 1), *gwt = wt + (K + 1), *ret = gwt + (K + 1), *gret = ret + N, *gqh = gret + N,
+          *tmp = gqh + D;
+    for (int64_t b = b0; b < b1; b++) {
+        const float *Km = (const float *)p[B_KEYS] + b * st[B_KEYS], *Vm = (const float *)p[B_VALUES] + b * st[B_VALUES];
+        const float *q = (const float *)p[B_Q] + b * st[B_Q], *k = (const float *)p[B_K] + b * st[B_K];
+        const float *v = (const float *)p[B_V] + b * st[B_V], *g = (const float *)p[B_G] + b * st[B_G];
+        const float *e = (const float *)p[B_E] + b * st[B_E], *u = (const float *)p[B_U] + b * st[B_U];
+        const float *d = (const float *)p[B_DECAY] + b * st[B_DECAY];
+        const uint8_t *valid = (const uint8_t *)p[B_VALID] + b * st[B_VALID];
+        const int64_t *rsrc = (const int64_t *)p[B_RSRC] + b * st[B_RSRC];
+        const int64_t *rindex = (const int64_t *)p[B_RINDEX] + b * st[B_RINDEX];
+        const int64_t *cidx = (const int64_t *)p[B_CIDX] + b * st[B_CIDX], *alloc = (const int64_t *)p[B_ALLOC] + b * st[B_ALLOC];
+        const float *gnK = GRAD(B_GNKEYS), *gnV = GRAD(B_GNVALUES);
+        const float *gvec = GRAD(B_GVEC), *grw = GRAD(B_GRWEIGHT);
+        const float *gmass = GRAD(B_GMASS), *gret_out = GRAD(B_GRETENTION);
+        float *gK = (float *)p[B_GKEYS] + b * st[B_GKEYS], *gV = (float *)p[B_GVALUES] + b * st[B_GVALUES];
+        float *gq = (float *)p[B_GQ] + b * st[B_GQ], *gk = (float *)p[B_GK] + b * st[B_GK];
+        float *gv = (float *)p[B_GV] + b * st[B_GV], *gg = (float *)p[B_GG] + b * st[B_GG];
+        float *ge = (float *)p[B_GE] + b * st[B_GE], *gu = (float *)p[B_GU] + b * st[B_GU];
+        float *gd = (float *)p[B_GDECAY] + b * st[B_GDECAY], *glrs = (float *)p[B_GLRS] + b * st[B_GLRS];
+        float *glws = (float *)p[B_GLWS] + b * st[B_GLWS], *gdl = (float *)p[B_GDL] + b * st[B_GDL];
+        /* every output gradient of this row starts at zero */
+        memset(gK, 0, (size_t)(N * D) * sizeof(float)); memset(gV, 0, (size_t)(N * D) * sizeof(float));
+        memset(gq, 0, (size_t)(L * H * D) * sizeof(float)); memset(gk, 0, (size_t)(W * D) * sizeof(float));
+        memset(gv, 0, (size_t)(W * D) * sizeof(float)); memset(gg, 0, (size_t)W * sizeof(float));
+        memset(ge, 0, (size_t)(W * D) * sizeof(float)); memset(gu, 0, (size_t)W * sizeof(float));
+        memset(gd, 0, (size_t)D * sizeof(float)); memset(glrs, 0, (size_t)H * sizeof(float));
+        memset(gdl, 0, (size_t)N * sizeof(float));
+        float gws = 0.0f;
+
+        /* recompute what the forward kept in registers */
+        for (int64_t n = 0; n < N; n++) normalize(mb + n * D, Km + n * D, D, full);
+        for (int64_t w = 0; w < W; w++) {
+            unit_key(ku + w * D, k + w * D, D, eps);
+            normalize(ku2 + w * D, ku + w * D, D, eps);
+            if (window) {
+                for (int64_t i = 0; i < D; i++) a_[w * D + i] = ku[w * D + i] * g[w];
+                normalize(mp + w * D, a_ + w * D, D, full);
+            }
+        }
+        retention_gate(ret, pass, Km, d, dl, dm, fl, tmp);
+        for (int64_t x = 0; x < N * D; x++) { Kr[x] = Km[x] * ret[x / D]; Vr[x] = Vm[x] * ret[x / D]; }
+        for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
+        memset(E, 0, (size_t)(N * D) * sizeof(float));
+        memset(gmb, 0, (size_t)(4 * N * D) * sizeof(float));  /* gmb, gmr, gKr, gVr */
+        memset(gmp, 0, (size_t)(3 * W * D) * sizeof(float));  /* gmp, gku, gku2 */
+        /* E: the summed erase of each slot, from the write weights */
+        for (int64_t w = 0; w < W; w++) {
+            const int64_t *ci = cidx + w * K;
+            for (int64_t j = 0; j < K; j++) top[j] = dot(ku2 + w * D, mr + ci[j] * D, D);
+            softmax(wsm, top, K, ws);
+            for (int64_t j = 0; j <= K; j++) {
+                int64_t n = j < K ? ci[j] : alloc[w];
+                axpy(E + n * D, (j < K ? u[w] * wsm[j] : 1.0f - u[w]) * g[w], e + w * D, D);
+            }
+        }
+
+        /* write backward: erase then add */
+        if (gnK || gnV) {
+            for (int64_t x = 0; x < N * D; x++) {
+                float keep = 1.0f - (E[x] < 1.0f ? E[x] : 1.0f);
+                float gkeep = 0.0f;
+                if (gnK) { gKr[x] = gnK[x] * keep; gkeep += gnK[x] * Kr[x]; }
+                if (gnV) { gVr[x] = gnV[x] * keep; gkeep += gnV[x] * Vr[x]; }
+                E[x] = E[x] <= 1.0f ? -gkeep : 0.0f;  /* E now holds the gradient of the summed erase */
+            }
+            for (int64_t w = 0; w < W; w++) {
+                const int64_t *ci = cidx + w * K;
+                for (int64_t j = 0; j < K; j++) top[j] = dot(ku2 + w * D, mr + ci[j] * D, D);
+                softmax(wsm, top, K, ws);
+                float gbase_sum_g = 0.0f, gcw[K > 0 ? K : 1];
+                for (int64_t j = 0; j <= K; j++) {
+                    int64_t n = j < K ? ci[j] : alloc[w];
+                    float base = j < K ? u[w] * wsm[j] : 1.0f - u[w];
+                    float a = base * g[w];
+                    float gwt_ = dot(E + n * D, e + w * D, D);
+                    if (gnK) { gwt_ += dot(gnK + n * D, ku + w * D, D); axpy(gku + w * D, a, gnK + n * D, D); }
+                    if (gnV) { gwt_ += dot(gnV + n * D, v + w * D, D); axpy(gv + w * D, a, gnV + n * D, D); }
+                    axpy(ge + w * D, a, E + n * D, D);
+                    gbase_sum_g += gwt_ * base;
+                    float gbase = gwt_ * g[w];
+                    if (j < K) { gu[w] += gbase * wsm[j]; gcw[j] = gbase * u[w]; }
+                    else gu[w] -= gbase;
+                }
+                gg[w] += gbase_sum_g;
+                softmax_backward(gtop, &gws, wsm, gcw, top, K, ws);
+                for (int64_t j = 0; j < K; j++) {
+                    axpy(gku2 + w * D, gtop[j], mr + ci[j] * D, D);
+                    axpy(gmr + ci[j] * D, gtop[j], ku2 + w * D, D);
+                }
+                normalize_backward(gku + w * D, ku + w * D, gku2 + w * D, D, eps);
+            }
+            for (int64_t n = 0; n < N; n++) normalize_backward(gKr + n * D, Kr + n * D, gmr + n * D, D, full);
+        }
+        /* retention: Kr = Km * ret, Vr = Vm * ret */
+        for (int64_t n = 0; n < N; n++) {
+            float gr = gret_out ? gret_out[n] : 0.0f;
+            gr += dot(gKr + n * D, Km + n * D, D) + dot(gVr + n * D, Vm + n * D, D);
+            for (int64_t i = 0; i < D; i++) {
+                gK[n * D + i] += gKr[n * D + i] * ret[n];
+                gV[n * D + i] += gVr[n * D + i] * ret[n];
+            }
+            if (pass[n]) {  /* "learned" and the logit inside its clamp */
+                float glogit = gr * ret[n] * (1.0f - ret[n]);
+                gdl[n] += glogit;
+                normalize(tmp, Km + n * D, D, eps);
+                axpy(gd, glogit, tmp, D);
+                for (int64_t i = 0; i < D; i++) tmp[i] = glogit * d[i];
+                normalize_backward(gK + n * D, Km + n * D, tmp, D, eps);
+            }
+        }
+
+        /* read backward */
+        float real = 0.0f;
+        for (int64_t l = 0; l < L; l++) real += valid[l] ? 1.0f : 0.0f;
+        float per_token = 1.0f / (real > 1.0f ? real : 1.0f);
+        for (int64_t l = 0; l < L; l++)
+            for (int64_t h = 0; h < H; h++) {
+                int64_t i = l * H + h;
+                const int64_t *src = rsrc + i * K;
+                float rs = sharpness(lrs[h], smax);
+                normalize(qh, q + i * D, D, eps);
+                for (int64_t j = 0; j < K; j++) {
+                    int64_t c = src[j];
+                    top[j] = dot(qh, c < N ? mb + c * D : mp + (c - N) * D, D);
+                }
+                softmax(wt, top, K, rs);
+                for (int64_t j = 0; j < K; j++) {
+                    int64_t c = src[j];
+                    float gwj = grw ? grw[i * K + j] : 0.0f;
+                    if (gmass && valid[l]) gwj += gmass[rindex[i * K + j]] * per_token;
+                    if (gvec) {
+                        const float *gvi = gvec + i * D;
+                        if (c < N) {
+                            gwj += dot(gvi, Vm + c * D, D);
+                            axpy(gV + c * D, wt[j], gvi, D);
+                        } else {
+                            int64_t w = c - N;
+                            float vg = dot(gvi, v + w * D, D);
+                            gwj += vg * g[w];
+                            axpy(gv + w * D, wt[j] * g[w], gvi, D);
+                            gg[w] += wt[j] * vg;
+                        }
+                    }
+                    gw[j] = gwj;
+                }
+                float grs = 0.0f;
+                softmax_backward(gtop, &grs, wt, gw, top, K, rs);
+                if (lrs[h] <= smax) glrs[h] += grs * rs;
+                memset(gqh, 0, (size_t)D * sizeof(float));
+                for (int64_t j = 0; j < K; j++) {
+                    int64_t c = src[j];
+                    axpy(gqh, gtop[j], c < N ? mb + c * D : mp + (c - N) * D, D);
+                    axpy(c < N ? gmb + c * D : gmp + (c - N) * D, gtop[j], qh, D);
+                }
+                normalize_backward(gq + i * D, q + i * D, gqh, D, eps);
+            }
+        for (int64_t n = 0; n < N; n++) normalize_backward(gK + n * D, Km + n * D, gmb + n * D, D, full);
+        if (window)
+            for (int64_t w = 0; w < W; w++) {
+                memset(tmp, 0, (size_t)D * sizeof(float));
+                normalize_backward(tmp, a_ + w * D, gmp + w * D, D, full);
+                axpy(gku + w * D, g[w], tmp, D);
+                gg[w] += dot(tmp, ku + w * D, D);
+            }
+        for (int64_t w = 0; w < W; w++)
+            if (!all_zero(k + w * D, D)) normalize_backward(gk + w * D, k + w * D, gku + w * D, D, eps);
+        glws[0] = lws[0] <= smax ? gws * ws : 0.0f;
+    }
+    free(work); free(pass);
+    return 0;
+}

@@ -1,0 +1,212 @@
+"""The memory step in one compiled call forward and one backward (CPU, float32).
+
+:meth:`memnet.memory.MultiHeadMemoryBank.step` (read with the memory as it stands, then write)
+is, as torch operations, several hundred small calls per segment forward and backward: each costs
+microseconds of dispatch and autograd bookkeeping for a few thousand flops, so that at a window of
+32 tokens the step, not the controller, sets MemNet's speed. :class:`FusedStep` computes the same
+step in C (``memnet/csrc/memory_step.c``, compiled on first use like :mod:`memnet.native`): the
+forward in one call, the hand-derived backward in another, as a ``torch.autograd.Function``.
+
+It is the same function: the same normalisations, clamps and tie rules (the top-k keeps the lowest
+index among equal scores, slots before a window's writes), the writes applied in the same order.
+Values and gradients agree with the torch step up to float rounding (``tests/test_fused.py``), and
+selections agree exactly wherever scores are not within rounding of a tie.
+
+The bank takes this path (:meth:`MultiHeadMemoryBank.step`) when every tensor is on the CPU, the
+kernel is available and the step is not being traced by ``torch.compile``; elsewhere (GPU, no C
+compiler, ``MEMNET_NATIVE=0`` or ``MEMNET_FUSED=0`` in the environment) the torch step runs. On the
+GPU ``MemNet.compile_memory()`` compiles the torch step instead.
+
+Differentiable outputs: the new keys and values, the read vectors, the read weights, the read mass
+and the retention gate; the gradient reaches the state's keys and values, the queries, every field
+of the write request but ``pos``, and the bank's three parameters. The counts (age, usage,
+retained, segments), indices, write strength and events carry no gradient, as in the torch step.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import native
+
+SOURCE_PATH = Path(__file__).with_name("csrc") / "memory_step.c"
+# no fused multiply-add contraction: the allocation scores and the clamps compute as the torch
+# step's separate float32 operations do, so that ties break the same way
+FLAGS = [*native.FLAGS, "-ffp-contract=off"]
+DECAY_CODES = {"learned": 0, "fixed": 1, "none": 2}
+ALLOCATION_CODES = {"lru": 0, "faded": 1, "weakest": 2}
+# the pointers each entry point reads, in the order of its C enum
+FORWARD_POINTERS = ("keys", "values", "age", "usage", "retained", "segments", "q", "k", "v", "g", "e", "u", "decay",
+                    "pos", "valid", "lrs", "lws", "dl",
+                    "new_keys", "new_values", "new_age", "new_usage", "new_retained", "new_segments", "vectors",
+                    "read_index", "read_src", "read_weight", "mass", "strength", "events", "alloc", "retention",
+                    "write_index")
+BACKWARD_POINTERS = ("keys", "values", "q", "k", "v", "g", "e", "u", "decay", "valid", "lrs", "lws", "dl",
+                     "read_src", "read_index", "write_index", "alloc",
+                     "g_new_keys", "g_new_values", "g_vectors", "g_read_weight", "g_mass", "g_retention",
+                     "g_keys", "g_values", "g_q", "g_k", "g_v", "g_g", "g_e", "g_u", "g_decay", "g_lrs", "g_lws",
+                     "g_dl")
+ROWS_PER_THREAD = 4  # batch rows per thread, at least, before a call is split over threads
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_error: str | None = None
+_lock = threading.Lock()
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled step, built on first call; None when disabled (``MEMNET_NATIVE=0`` or
+    ``MEMNET_FUSED=0``) or when it cannot be built (:func:`status` says why)."""
+    global _lib, _tried, _error
+    if os.environ.get("MEMNET_NATIVE", "1") == "0" or os.environ.get("MEMNET_FUSED", "1") == "0":
+        return None
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                dll = native.build_library("memory_step", SOURCE_PATH.read_text(), FLAGS)
+                p, i64 = ctypes.c_void_p, ctypes.c_int64
+                for f in (dll.memnet_step_forward, dll.memnet_step_backward):
+                    f.argtypes = [p, p, i64, i64, p, p]
+                    f.restype = ctypes.c_int
+                _lib = dll
+            except Exception as e:  # no compiler, read-only home, ...: the torch step is always there
+                _error = f"{type(e).__name__}: {e}"
+                warnings.warn(f"memnet.fused: the compiled memory step is unavailable ({_error}); "
+                              "the torch step computes the same", RuntimeWarning, stacklevel=2)
+    return _lib
+
+
+def status() -> str:
+    """'native' when the compiled step is in use, else why not."""
+    for var in ("MEMNET_NATIVE", "MEMNET_FUSED"):
+        if os.environ.get(var, "1") == "0":
+            return f"disabled ({var}=0)"
+    return "native" if library() is not None else f"unavailable ({_error})"
+
+
+def applies(tensors: list[Tensor]) -> bool:
+    """Whether the compiled step can take a step of these tensors: all on the CPU, not inside
+    ``torch.compile``, and the kernel available."""
+    if torch.compiler.is_compiling():
+        return False
+    if any(t.device.type != "cpu" for t in tensors):
+        return False
+    return library() is not None
+
+
+def _rows(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`t` in `dtype` with each batch row contiguous (the batch stride may be anything): a slice
+    ``x[:, s]`` of a contiguous (B, S, ...) tensor passes as it is."""
+    t = t if t.dtype == dtype else t.to(dtype)
+    if t.shape[0] > 0 and t[0].is_contiguous():
+        return t
+    return t.contiguous()
+
+
+def _call(fn, dims: Tensor, floats: Tensor, B: int, tensors: list[Tensor | None]) -> int:
+    """Run the entry point `fn` on the pointers (and batch strides) of `tensors`, the batch split
+    over torch's threads when it is large enough; the largest flag it returns."""
+    ptrs = torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+    strides = torch.tensor([0 if t is None or t.dim() == 0 else t.stride(0) for t in tensors], dtype=torch.int64)
+    parts = max(1, min(torch.get_num_threads(), B // ROWS_PER_THREAD))
+    bounds = [B * i // parts for i in range(parts + 1)]
+    args = (dims.data_ptr(), floats.data_ptr())
+
+    def part(i: int) -> int:
+        return fn(*args, bounds[i], bounds[i + 1], ptrs.data_ptr(), strides.data_ptr())
+
+    return max(native._in_parts(part, parts))
+
+
+class FusedStep(torch.autograd.Function):
+    """One memory step; see :func:`step` for the arguments and what comes back."""
+
+    @staticmethod
+    def forward(ctx, dims: Tensor, floats: Tensor, learned: bool, keys: Tensor, values: Tensor, q: Tensor, k: Tensor,
+                v: Tensor, g: Tensor, e: Tensor, u: Tensor, decay: Tensor, lrs: Tensor, lws: Tensor, dl: Tensor,
+                age: Tensor, usage: Tensor, retained: Tensor, segments: Tensor, pos: Tensor, valid: Tensor):
+        B, N, D = keys.shape
+        L, H, K, W = q.shape[1], q.shape[2], int(dims[4]), g.shape[1]
+        f32 = dict(dtype=torch.float32)
+        out = dict(new_keys=keys.new_empty(B, N, D), new_values=keys.new_empty(B, N, D),
+                   new_age=age.new_empty(B, N), new_usage=age.new_empty(B, N), new_retained=age.new_empty(B, N),
+                   new_segments=age.new_empty(B), vectors=torch.empty(B, L, H, D, **f32),
+                   read_index=torch.empty(B, L, H, K, dtype=torch.int64),
+                   read_src=torch.empty(B, L, H, K, dtype=torch.int64), read_weight=torch.empty(B, L, H, K, **f32),
+                   mass=torch.empty(B, N, **f32), strength=torch.empty(B, N, **f32),
+                   events=torch.empty(B, N, dtype=torch.bool), alloc=torch.empty(B, W, dtype=torch.int64),
+                   retention=torch.empty(B, N, **f32), write_index=torch.empty(B, W, K, dtype=torch.int64))
+        given = dict(keys=keys, values=values, age=age, usage=usage, retained=retained, segments=segments, q=q, k=k,
+                     v=v, g=g, e=e, u=u, decay=decay, pos=pos, valid=valid, lrs=lrs, lws=lws, dl=dl)
+        everything = {**given, **out, "valid": valid.view(torch.uint8), "events": out["events"].view(torch.uint8)}
+        with torch.no_grad():
+            _call(library().memnet_step_forward, dims, floats, B, [everything[n] for n in FORWARD_POINTERS])
+        ctx.save_for_backward(keys, values, q, k, v, g, e, u, decay, valid, lrs, lws, dl,
+                              out["read_src"], out["read_index"], out["write_index"], out["alloc"])
+        ctx.dims, ctx.floats, ctx.learned = dims, floats, learned
+        ctx.mark_non_differentiable(out["new_age"], out["new_usage"], out["new_retained"], out["new_segments"],
+                                    out["read_index"], out["strength"], out["events"], out["alloc"])
+        ctx.set_materialize_grads(False)
+        return (out["new_keys"], out["new_values"], out["new_age"], out["new_usage"], out["new_retained"],
+                out["new_segments"], out["vectors"], out["read_index"], out["read_weight"], out["mass"],
+                out["strength"], out["events"], out["alloc"], out["retention"])
+
+    @staticmethod
+    def backward(ctx, g_new_keys, g_new_values, _age, _usage, _retained, _segments, g_vectors, _index,
+                 g_read_weight, g_mass, _strength, _events, _alloc, g_retention):
+        (keys, values, q, k, v, g, e, u, decay, valid, lrs, lws, dl,
+         read_src, read_index, write_index, alloc) = ctx.saved_tensors
+        B, N, D = keys.shape
+        H = q.shape[2]
+        c = lambda t: None if t is None else t.float().contiguous()
+        grads = dict(g_keys=torch.empty_like(keys), g_values=torch.empty_like(keys), g_q=torch.empty(q.shape),
+                     g_k=torch.empty(k.shape), g_v=torch.empty(v.shape), g_g=torch.empty(g.shape),
+                     g_e=torch.empty(e.shape), g_u=torch.empty(u.shape), g_decay=torch.empty(decay.shape),
+                     g_lrs=torch.empty(B, H), g_lws=torch.empty(B, 1), g_dl=torch.empty(B, N))
+        everything = dict(keys=keys, values=values, q=q, k=k, v=v, g=g, e=e, u=u, decay=decay,
+                          valid=valid.view(torch.uint8), lrs=lrs, lws=lws, dl=dl, read_src=read_src,
+                          read_index=read_index, write_index=write_index, alloc=alloc,
+                          g_new_keys=c(g_new_keys), g_new_values=c(g_new_values), g_vectors=c(g_vectors),
+                          g_read_weight=c(g_read_weight), g_mass=c(g_mass), g_retention=c(g_retention), **grads)
+        _call(library().memnet_step_backward, ctx.dims, ctx.floats, B, [everything[n] for n in BACKWARD_POINTERS])
+        return (None, None, None, grads["g_keys"], grads["g_values"], grads["g_q"], grads["g_k"], grads["g_v"],
+                grads["g_g"], grads["g_e"], grads["g_u"], grads["g_decay"] if ctx.learned else None, grads["g_lrs"].sum(0),
+                grads["g_lws"].sum(0), grads["g_dl"].sum(0) if ctx.learned else None,
+                None, None, None, None, None, None)
+
+
+def step(bank, state, queries: Tensor, req, valid: Tensor):
+    """:meth:`memnet.memory.MultiHeadMemoryBank.step` by the compiled kernel: the same arguments
+    (state, queries (B, L, H, D), the :class:`~memnet.memory.WriteRequest` and valid (B, L)) and the
+    same :class:`~memnet.memory.StepResult`. Call it where :func:`applies` holds."""
+    from .memory import MemoryState, ReadResult, StepResult, WriteResult
+
+    cfg = bank.cfg
+    B, N, D = state.keys.shape
+    L, H = queries.shape[1], queries.shape[2]
+    W = req.gate.shape[1]
+    window = cfg.window_reads and req.pos is not None
+    pos = req.pos if req.pos is not None else torch.zeros(B, W, dtype=torch.int64)
+    dims = torch.tensor([N, D, L, H, cfg.top_k, W, int(window), DECAY_CODES[cfg.decay_mode],
+                         ALLOCATION_CODES[cfg.allocation]], dtype=torch.int64)
+    from .memory import FADED_MIN, RETENTION_LOGIT_MAX
+    floats = torch.tensor([cfg.eps, cfg.full_key_norm, cfg.write_threshold, cfg.usage_decay, FADED_MIN,
+                           RETENTION_LOGIT_MAX, math.log(100.0)], dtype=torch.float32)
+    outs = FusedStep.apply(dims, floats, cfg.decay_mode == "learned", _rows(state.keys), _rows(state.values),
+                           _rows(queries), _rows(req.key), _rows(req.value), _rows(req.gate), _rows(req.erase),
+                           _rows(req.update), _rows(req.decay), bank.log_read_sharpness, bank.log_write_sharpness,
+                           bank.decay_logit, _rows(state.age), _rows(state.usage), _rows(state.retained),
+                           _rows(state.segments), _rows(pos, torch.int64), _rows(valid, torch.bool))
+    (new_keys, new_values, age, usage, retained, segments, vectors, read_index, read_weight, mass, strength, events,
+     alloc, retention) = outs
+    new = MemoryState(new_keys, new_values, age, usage, retained, segments, signature=state.signature)
+    return StepResult(new, ReadResult(vectors, read_index, read_weight),
+                      WriteResult(strength, events, alloc, retention), mass)

@@ -1,0 +1,211 @@
+"""The compiled memory step (memnet.fused) against the torch step it replaces on the CPU
+(MultiHeadMemoryBank.reference_step): the same selections, values and gradients up to float
+rounding, on random states with exact ties (empty slots, all-zero write keys, gates at 0 and 1),
+padding, every decay and allocation mode, window reads on and off, fixed write schedules and
+truncated backprop. A near tie (within rounding, not exact) may break either way on the two
+paths; helpers.near_tie_watch sets such examples aside."""
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from helpers import examples, near_tie_watch, rand_tokens, small_configs
+from memnet import MemNet, MemNetConfig, MemoryState, fused
+from memnet.memory import WriteRequest
+
+needs_kernel = pytest.mark.skipif(fused.library() is None, reason=f"compiled step: {fused.status()}")
+pytestmark = needs_kernel
+ATOL, RTOL = 2e-5, 2e-4
+
+
+def perturbed(cfg, seed: int) -> MemNet:
+    """A model whose retention is uneven and content dependent, as after training."""
+    torch.manual_seed(seed)
+    model = MemNet(cfg)
+    with torch.no_grad():
+        model.memory.decay_logit.uniform_(-1.0, 4.0)
+        model.interface.decay.weight.normal_()
+    return model
+
+
+def run(model: MemNet, x: torch.Tensor, use_fused: bool) -> dict:
+    """Forward (with the trace) and backward of a loss that reaches every differentiable output of
+    the step: the logits, the final memory and the auxiliary losses."""
+    model.memory.fused = use_fused
+    model.zero_grad()
+    out = model(x, return_trace=True)
+    g = torch.Generator().manual_seed(1)
+    loss = (out.logits * torch.randn(out.logits.shape, generator=g)).mean() + sum(out.aux_losses.values())
+    loss = loss + (out.memory.keys * torch.randn(out.memory.keys.shape, generator=g)).sum()
+    loss = loss + (out.memory.values * torch.randn(out.memory.values.shape, generator=g)).sum()
+    loss.backward()
+    return dict(logits=out.logits.detach(), memory=out.memory.detach(), trace=out.trace.as_dict(),
+                aux={k: v.detach() for k, v in out.aux_losses.items()},
+                grads={n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+@settings(max_examples=examples(40), deadline=None, derandomize=True)
+@given(small_configs(), st.integers(1, 3), st.integers(1, 5), st.sampled_from([None, 1, 2]),
+       st.sampled_from(["learned", "fixed", "none"]), st.integers(0, 10_000))
+def test_model_takes_the_same_step_either_way(cfg, B, segments, tbptt, decay_mode, seed):
+    """A whole forward and backward through MemNet: logits, final state, every field of the trace,
+    auxiliary losses and the gradient of every parameter agree; the same parameters get a gradient
+    (none for the decay direction when the gate is fixed or absent). Padding at the end."""
+    cfg = dataclasses.replace(cfg, tbptt_segments=tbptt, decay_mode=decay_mode)
+    model = perturbed(cfg, seed)
+    x = rand_tokens(B, segments * cfg.segment_len - seed % cfg.segment_len, seed=seed)
+    with near_tie_watch() as near_ties:  # a near (not exact) tie may resolve differently
+        ref = run(model, x, False)
+    if any(near_ties):
+        return
+    got = run(model, x, True)
+    for f in ("age", "segments"):  # counts: the same write events
+        assert torch.equal(getattr(got["memory"], f), getattr(ref["memory"], f)), f
+    for f in ("keys", "values", "usage", "retained"):
+        torch.testing.assert_close(getattr(got["memory"], f), getattr(ref["memory"], f), atol=ATOL, rtol=RTOL)
+    for name, want in ref["trace"].items():
+        have = got["trace"][name]
+        if want.dtype in (torch.bool, torch.int64):
+            assert torch.equal(have, want), name
+        else:
+            torch.testing.assert_close(have, want, atol=ATOL, rtol=RTOL, msg=name)
+    torch.testing.assert_close(got["logits"], ref["logits"], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(got["aux"], ref["aux"], atol=ATOL, rtol=RTOL)
+    assert got["grads"].keys() == ref["grads"].keys()
+    for name, want in ref["grads"].items():
+        scale = float(want.abs().max()) + 1e-6
+        torch.testing.assert_close(got["grads"][name] / scale, want / scale, atol=ATOL, rtol=RTOL, msg=name)
+
+
+def random_state(model, B: int, g: torch.Generator) -> MemoryState:
+    """A state with exact ties (empty slots: zero keys score exactly 0 against every query), keys
+    short and long, and uneven counts, made for this model's config. (Repeated or parallel keys
+    tie only up to rounding on the torch path, whose matrix product may round two equal rows
+    differently: not a tie both paths must break alike.)"""
+    cfg = model.cfg
+    N, D = cfg.num_slots, cfg.slot_dim
+    keys = torch.randn(B, N, D, generator=g)
+    values = torch.randn(B, N, D, generator=g)
+    pick = torch.randint(0, 3, (B, N), generator=g)
+    keys = keys * torch.rand(B, N, 1, generator=g)  # lengths from 0 to a few
+    keys[pick == 0] = 0.0  # empty slots
+    age = torch.randint(0, 6, (B, N), generator=g).float()
+    usage = torch.rand(B, N, generator=g).round(decimals=1)
+    retained = torch.rand(B, N, generator=g).round(decimals=1)
+    return MemoryState(keys, values, age, usage, retained, torch.zeros(B), signature=cfg.memory_signature())
+
+
+def random_request(cfg, B: int, g: torch.Generator) -> WriteRequest:
+    """W writes with some all-zero keys (a window's first tokens) and gates at 0 and 1 exactly."""
+    W, D, L = cfg.writes, cfg.slot_dim, cfg.segment_len
+    key = torch.randn(B, W, D, generator=g)
+    key[:, :1] = 0.0
+    gate = torch.rand(B, W, generator=g)
+    gate[:, -1] = 1.0
+    gate[:, W // 2] = 0.0
+    pos = torch.sort(torch.randperm(L, generator=g)[:W]).values.expand(B, W).clone()
+    return WriteRequest(key, torch.randn(B, W, D, generator=g), gate, torch.rand(B, W, D, generator=g),
+                        torch.rand(B, W, generator=g), torch.randn(B, D, generator=g), pos)
+
+
+@settings(max_examples=examples(40), deadline=None, derandomize=True)
+@given(small_configs(), st.integers(1, 4), st.sampled_from(["learned", "fixed", "none"]), st.booleans(),
+       st.integers(0, 10_000))
+def test_bank_step_values_and_gradients_on_random_states(cfg, B, decay_mode, padded, seed):
+    """One step of the bank on a random state and request: every output agrees (indices exactly),
+    and so do the gradients of a random function of all differentiable outputs with respect to the
+    state's keys and values, the queries, every field of the request and the bank's parameters."""
+    cfg = dataclasses.replace(cfg, decay_mode=decay_mode)
+    model = perturbed(cfg, seed)
+    bank = model.memory
+    g = torch.Generator().manual_seed(seed)
+    state = random_state(model, B, g)
+    req = random_request(cfg, B, g)
+    L, H, D = cfg.segment_len, cfg.mem_heads, cfg.slot_dim
+    queries = torch.randn(B, L, H, D, generator=g)
+    valid = torch.ones(B, L, dtype=torch.bool)
+    if padded:
+        valid[:, L // 2 + 1:] = False
+    leaves = [state.keys, state.values, queries, req.key, req.value, req.gate, req.erase, req.update, req.decay]
+    leaves = [t.clone().requires_grad_() for t in leaves]
+    params = [p for p in bank.parameters()]
+    weights = None
+    results = {}
+    for use_fused in (False, True):
+        bank.fused = use_fused
+        st_ = MemoryState(leaves[0], leaves[1], state.age, state.usage, state.retained, state.segments,
+                          signature=state.signature)
+        rq = WriteRequest(*leaves[3:], req.pos)
+        with near_tie_watch() as near_ties:
+            out = bank.step(st_, leaves[2], rq, valid)
+        if not use_fused and any(near_ties):
+            return
+        outs = [out.state.keys, out.state.values, out.read.vectors, out.read.weight, out.read_mass, out.write.retention]
+        if weights is None:
+            weights = [torch.randn(o.shape, generator=g) for o in outs]
+        loss = sum((o * w).sum() for o, w in zip(outs, weights))
+        grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)
+        results[use_fused] = (out, [o.detach() for o in outs], grads)
+    (ref, ref_outs, ref_grads), (got, got_outs, got_grads) = results[False], results[True]
+    assert torch.equal(got.read.index, ref.read.index)
+    assert torch.equal(got.write.alloc, ref.write.alloc) and torch.equal(got.write.events, ref.write.events)
+    for f in ("age", "segments"):
+        assert torch.equal(getattr(got.state, f), getattr(ref.state, f)), f
+    for f in ("usage", "retained"):
+        torch.testing.assert_close(getattr(got.state, f), getattr(ref.state, f), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got.write.strength, ref.write.strength, atol=1e-6, rtol=1e-6)
+    for a, b in zip(got_outs, ref_outs):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+    names = ["keys", "values", "queries", "key", "value", "gate", "erase", "update", "decay",
+             *[n for n, _ in bank.named_parameters()]]
+    for name, a, b in zip(names, got_grads, ref_grads):
+        if b is None:  # no path from this input in the torch step (the decay direction of a fixed gate)
+            assert a is None or not bool(a.any()), name
+            continue
+        scale = float(b.abs().max()) + 1e-6
+        torch.testing.assert_close(a / scale, b / scale, atol=ATOL, rtol=RTOL, msg=name)
+
+
+def test_threads_split_the_batch_without_changing_a_bit():
+    """A batch large enough to be split over threads: the step's outputs and gradients are the
+    bits of one thread (rows never share an output)."""
+    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=24, top_k=3, mem_heads=2, segment_len=8)
+    bank = perturbed(cfg, 0).memory
+    g = torch.Generator().manual_seed(0)
+    B = 4 * fused.ROWS_PER_THREAD
+    state, req = random_state(bank, B, g), random_request(cfg, B, g)
+    queries = torch.randn(B, cfg.segment_len, cfg.mem_heads, cfg.slot_dim, generator=g, requires_grad=True)
+    valid = torch.ones(B, cfg.segment_len, dtype=torch.bool)
+    before, answers = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = bank.step(state, queries, req, valid)
+            loss = out.read.vectors.square().sum() + out.state.keys.sum() + out.read_mass.square().sum()
+            answers.append([out.read.vectors, out.state.keys, out.state.usage, *torch.autograd.grad(
+                loss, [queries, bank.log_read_sharpness, bank.decay_logit])])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*answers))
+
+
+def test_the_torch_step_runs_where_the_kernel_does_not(monkeypatch):
+    """MEMNET_FUSED=0 (or MEMNET_NATIVE=0) turns the kernel off, and inside torch.compile or with a
+    tensor off the CPU it does not apply; the bank then runs reference_step."""
+    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4)
+    model = perturbed(cfg, 0)
+    x = rand_tokens(2, 9, vocab=30, seed=1)
+    calls = []
+    real = fused.step
+    monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or real(*a))
+    model(x)
+    assert len(calls) == 3  # three windows, each one call
+    monkeypatch.setenv("MEMNET_FUSED", "0")
+    assert fused.status() == "disabled (MEMNET_FUSED=0)" and not fused.applies([x])
+    model(x)
+    assert len(calls) == 3
+    monkeypatch.delenv("MEMNET_FUSED")
+    model.memory.fused = False
+    model(x)
+    assert len(calls) == 3
