@@ -106,52 +106,73 @@ def _rows(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """`t` in `dtype` with each batch row contiguous (the batch stride may be anything): a slice
     ``x[:, s]`` of a contiguous (B, S, ...) tensor passes as it is."""
     t = t if t.dtype == dtype else t.to(dtype)
-    if t.shape[0] > 0 and t[0].is_contiguous():
-        return t
-    return t.contiguous()
+    expected = 1
+    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+        if size != 1 and stride != expected:
+            return t.contiguous()
+        expected *= size
+    return t
 
 
-def _call(fn, dims: Tensor, floats: Tensor, B: int, tensors: list[Tensor | None]) -> int:
+def _call(fn, consts: "_Constants", B: int, tensors: list[Tensor | None]) -> int:
     """Run the entry point `fn` on the pointers (and batch strides) of `tensors`, the batch split
     over torch's threads when it is large enough; the largest flag it returns."""
-    ptrs = torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
-    strides = torch.tensor([0 if t is None or t.dim() == 0 else t.stride(0) for t in tensors], dtype=torch.int64)
+    n = len(tensors)
+    ptrs = (ctypes.c_void_p * n)(*[None if t is None else t.data_ptr() for t in tensors])
+    strides = (ctypes.c_int64 * n)(*[0 if t is None or t.dim() == 0 else t.stride(0) for t in tensors])
     parts = max(1, min(torch.get_num_threads(), B // ROWS_PER_THREAD))
     bounds = [B * i // parts for i in range(parts + 1)]
-    args = (dims.data_ptr(), floats.data_ptr())
+    at = (consts.dims_ptr, consts.floats_ptr)
+    p, s = ctypes.addressof(ptrs), ctypes.addressof(strides)
+    if parts == 1:
+        return fn(*at, 0, B, p, s)
+    return max(native._in_parts(lambda i: fn(*at, bounds[i], bounds[i + 1], p, s), parts))
 
-    def part(i: int) -> int:
-        return fn(*args, bounds[i], bounds[i + 1], ptrs.data_ptr(), strides.data_ptr())
 
-    return max(native._in_parts(part, parts))
+class _Constants:
+    """The sizes, modes and constants of a step (the C side's dims[] and floats[]), kept per bank
+    and shape so that a step builds nothing of them."""
+
+    def __init__(self, cfg, L: int, H: int, W: int, window: bool):
+        from .memory import FADED_MIN, RETENTION_LOGIT_MAX
+
+        self.K = cfg.top_k
+        self.dims = (ctypes.c_int64 * 9)(cfg.num_slots, cfg.slot_dim, L, H, cfg.top_k, W, int(window),
+                                         DECAY_CODES[cfg.decay_mode], ALLOCATION_CODES[cfg.allocation])
+        self.floats = (ctypes.c_float * 7)(cfg.eps, cfg.full_key_norm, cfg.write_threshold, cfg.usage_decay,
+                                           FADED_MIN, RETENTION_LOGIT_MAX, math.log(100.0))
+        self.dims_ptr, self.floats_ptr = ctypes.addressof(self.dims), ctypes.addressof(self.floats)
+        self.learned = cfg.decay_mode == "learned"
+
+
+def _forward(consts: _Constants, given: dict[str, Tensor]) -> tuple[int, dict[str, Tensor]]:
+    """The C forward on the `given` inputs (FORWARD_POINTERS' first 18): its flag and every output."""
+    keys, q, g = given["keys"], given["q"], given["g"]
+    B, N, D = keys.shape
+    L, H, W, K = q.shape[1], q.shape[2], g.shape[1], consts.K
+    f32, i64 = torch.float32, torch.int64
+    out = dict(new_keys=torch.empty(B, N, D), new_values=torch.empty(B, N, D), new_age=torch.empty(B, N),
+               new_usage=torch.empty(B, N), new_retained=torch.empty(B, N), new_segments=torch.empty(B),
+               vectors=torch.empty(B, L, H, D), read_index=torch.empty(B, L, H, K, dtype=i64),
+               read_src=torch.empty(B, L, H, K, dtype=i64), read_weight=torch.empty(B, L, H, K, dtype=f32),
+               mass=torch.empty(B, N), strength=torch.empty(B, N), events=torch.empty(B, N, dtype=torch.bool),
+               alloc=torch.empty(B, W, dtype=i64), retention=torch.empty(B, N),
+               write_index=torch.empty(B, W, K, dtype=i64))
+    everything = {**given, **out, "valid": given["valid"].view(torch.uint8), "events": out["events"].view(torch.uint8)}
+    flag = _call(library().memnet_step_forward, consts, B, [everything[n] for n in FORWARD_POINTERS])
+    return flag, out
 
 
 class FusedStep(torch.autograd.Function):
-    """One memory step; see :func:`step` for the arguments and what comes back."""
+    """One memory step whose forward has run (:func:`step`): hands its outputs to autograd and
+    computes the gradients by the compiled backward."""
 
     @staticmethod
-    def forward(ctx, dims: Tensor, floats: Tensor, learned: bool, keys: Tensor, values: Tensor, q: Tensor, k: Tensor,
-                v: Tensor, g: Tensor, e: Tensor, u: Tensor, decay: Tensor, lrs: Tensor, lws: Tensor, dl: Tensor,
-                age: Tensor, usage: Tensor, retained: Tensor, segments: Tensor, pos: Tensor, valid: Tensor):
-        B, N, D = keys.shape
-        L, H, K, W = q.shape[1], q.shape[2], int(dims[4]), g.shape[1]
-        f32 = dict(dtype=torch.float32)
-        out = dict(new_keys=keys.new_empty(B, N, D), new_values=keys.new_empty(B, N, D),
-                   new_age=age.new_empty(B, N), new_usage=age.new_empty(B, N), new_retained=age.new_empty(B, N),
-                   new_segments=age.new_empty(B), vectors=torch.empty(B, L, H, D, **f32),
-                   read_index=torch.empty(B, L, H, K, dtype=torch.int64),
-                   read_src=torch.empty(B, L, H, K, dtype=torch.int64), read_weight=torch.empty(B, L, H, K, **f32),
-                   mass=torch.empty(B, N, **f32), strength=torch.empty(B, N, **f32),
-                   events=torch.empty(B, N, dtype=torch.bool), alloc=torch.empty(B, W, dtype=torch.int64),
-                   retention=torch.empty(B, N, **f32), write_index=torch.empty(B, W, K, dtype=torch.int64))
-        given = dict(keys=keys, values=values, age=age, usage=usage, retained=retained, segments=segments, q=q, k=k,
-                     v=v, g=g, e=e, u=u, decay=decay, pos=pos, valid=valid, lrs=lrs, lws=lws, dl=dl)
-        everything = {**given, **out, "valid": valid.view(torch.uint8), "events": out["events"].view(torch.uint8)}
-        with torch.no_grad():
-            _call(library().memnet_step_forward, dims, floats, B, [everything[n] for n in FORWARD_POINTERS])
+    def forward(ctx, consts: _Constants, out: dict, keys: Tensor, values: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                g: Tensor, e: Tensor, u: Tensor, decay: Tensor, lrs: Tensor, lws: Tensor, dl: Tensor, valid: Tensor):
         ctx.save_for_backward(keys, values, q, k, v, g, e, u, decay, valid, lrs, lws, dl,
                               out["read_src"], out["read_index"], out["write_index"], out["alloc"])
-        ctx.dims, ctx.floats, ctx.learned = dims, floats, learned
+        ctx.consts = consts
         ctx.mark_non_differentiable(out["new_age"], out["new_usage"], out["new_retained"], out["new_segments"],
                                     out["read_index"], out["strength"], out["events"], out["alloc"])
         ctx.set_materialize_grads(False)
@@ -166,8 +187,8 @@ class FusedStep(torch.autograd.Function):
          read_src, read_index, write_index, alloc) = ctx.saved_tensors
         B, N, D = keys.shape
         H = q.shape[2]
-        c = lambda t: None if t is None else t.float().contiguous()
-        grads = dict(g_keys=torch.empty_like(keys), g_values=torch.empty_like(keys), g_q=torch.empty(q.shape),
+        c = lambda t: None if t is None else _rows(t)
+        grads = dict(g_keys=torch.empty(B, N, D), g_values=torch.empty(B, N, D), g_q=torch.empty(q.shape),
                      g_k=torch.empty(k.shape), g_v=torch.empty(v.shape), g_g=torch.empty(g.shape),
                      g_e=torch.empty(e.shape), g_u=torch.empty(u.shape), g_decay=torch.empty(decay.shape),
                      g_lrs=torch.empty(B, H), g_lws=torch.empty(B, 1), g_dl=torch.empty(B, N))
@@ -176,37 +197,40 @@ class FusedStep(torch.autograd.Function):
                           read_index=read_index, write_index=write_index, alloc=alloc,
                           g_new_keys=c(g_new_keys), g_new_values=c(g_new_values), g_vectors=c(g_vectors),
                           g_read_weight=c(g_read_weight), g_mass=c(g_mass), g_retention=c(g_retention), **grads)
-        _call(library().memnet_step_backward, ctx.dims, ctx.floats, B, [everything[n] for n in BACKWARD_POINTERS])
-        return (None, None, None, grads["g_keys"], grads["g_values"], grads["g_q"], grads["g_k"], grads["g_v"],
-                grads["g_g"], grads["g_e"], grads["g_u"], grads["g_decay"] if ctx.learned else None, grads["g_lrs"].sum(0),
-                grads["g_lws"].sum(0), grads["g_dl"].sum(0) if ctx.learned else None,
-                None, None, None, None, None, None)
+        _call(library().memnet_step_backward, ctx.consts, B, [everything[n] for n in BACKWARD_POINTERS])
+        learned = ctx.consts.learned
+        return (None, None, grads["g_keys"], grads["g_values"], grads["g_q"], grads["g_k"], grads["g_v"],
+                grads["g_g"], grads["g_e"], grads["g_u"], grads["g_decay"] if learned else None,
+                grads["g_lrs"].sum(0), grads["g_lws"].sum(0), grads["g_dl"].sum(0) if learned else None, None)
 
 
 def step(bank, state, queries: Tensor, req, valid: Tensor):
     """:meth:`memnet.memory.MultiHeadMemoryBank.step` by the compiled kernel: the same arguments
     (state, queries (B, L, H, D), the :class:`~memnet.memory.WriteRequest` and valid (B, L)) and the
-    same :class:`~memnet.memory.StepResult`. Call it where :func:`applies` holds."""
+    same :class:`~memnet.memory.StepResult`. Call it where :func:`applies` holds. A step whose
+    scores hold NaN is taken by the torch step (whose sort places NaN as its own rule says)."""
     from .memory import MemoryState, ReadResult, StepResult, WriteResult
 
-    cfg = bank.cfg
-    B, N, D = state.keys.shape
-    L, H = queries.shape[1], queries.shape[2]
+    B, L, H = queries.shape[:3]
     W = req.gate.shape[1]
-    window = cfg.window_reads and req.pos is not None
+    window = bank.cfg.window_reads and req.pos is not None
+    shape = (L, H, W, window)
+    consts = bank._fused_constants.get(shape)
+    if consts is None:
+        consts = bank._fused_constants[shape] = _Constants(bank.cfg, L, H, W, window)
     pos = req.pos if req.pos is not None else torch.zeros(B, W, dtype=torch.int64)
-    dims = torch.tensor([N, D, L, H, cfg.top_k, W, int(window), DECAY_CODES[cfg.decay_mode],
-                         ALLOCATION_CODES[cfg.allocation]], dtype=torch.int64)
-    from .memory import FADED_MIN, RETENTION_LOGIT_MAX
-    floats = torch.tensor([cfg.eps, cfg.full_key_norm, cfg.write_threshold, cfg.usage_decay, FADED_MIN,
-                           RETENTION_LOGIT_MAX, math.log(100.0)], dtype=torch.float32)
-    outs = FusedStep.apply(dims, floats, cfg.decay_mode == "learned", _rows(state.keys), _rows(state.values),
-                           _rows(queries), _rows(req.key), _rows(req.value), _rows(req.gate), _rows(req.erase),
-                           _rows(req.update), _rows(req.decay), bank.log_read_sharpness, bank.log_write_sharpness,
-                           bank.decay_logit, _rows(state.age), _rows(state.usage), _rows(state.retained),
-                           _rows(state.segments), _rows(pos, torch.int64), _rows(valid, torch.bool))
+    given = dict(keys=_rows(state.keys), values=_rows(state.values), age=_rows(state.age), usage=_rows(state.usage),
+                 retained=_rows(state.retained), segments=_rows(state.segments), q=_rows(queries), k=_rows(req.key),
+                 v=_rows(req.value), g=_rows(req.gate), e=_rows(req.erase), u=_rows(req.update),
+                 decay=_rows(req.decay), pos=_rows(pos, torch.int64), valid=_rows(valid, torch.bool),
+                 lrs=bank.log_read_sharpness, lws=bank.log_write_sharpness, dl=bank.decay_logit)
+    with torch.no_grad():
+        flag, out = _forward(consts, given)
+    if flag:
+        return bank.reference_step(state, queries, req, valid)
     (new_keys, new_values, age, usage, retained, segments, vectors, read_index, read_weight, mass, strength, events,
-     alloc, retention) = outs
+     alloc, retention) = FusedStep.apply(consts, out, *(given[n] for n in (
+         "keys", "values", "q", "k", "v", "g", "e", "u", "decay", "lrs", "lws", "dl", "valid")))
     new = MemoryState(new_keys, new_values, age, usage, retained, segments, signature=state.signature)
     return StepResult(new, ReadResult(vectors, read_index, read_weight),
                       WriteResult(strength, events, alloc, retention), mass)

@@ -82,16 +82,32 @@ def near_tie_watch(tol: float = 1e-5):
     difference. Exact ties are fine: they resolve to the lowest index on every path."""
     flags = []
     orig_topk, orig_alloc = memory_module.cosine_topk, MultiHeadMemoryBank.allocate
+    orig_scores, orig_merge = memory_module.cosine_top_scores, memory_module.merge_candidates
 
-    def topk(queries, slots, k, sharpness, eps, full_norm=None):
-        q = F.normalize(queries.float(), dim=-1, eps=eps)
-        m = F.normalize(slots, dim=-1, eps=eps if full_norm is None else full_norm)
-        sim = torch.einsum("bqhd,bnd->bqhn", q, m)
-        if sim.shape[-1] > k:  # which slots are kept: any slot near (not at) the k+1-th value could swap
+    def near_boundary(sim, k):
+        if sim.shape[-1] > k:  # which candidates are kept: any near (not at) the k+1-th value could swap
             boundary = sim.sort(-1, descending=True).values[..., k : k + 1]
             d = (sim - boundary).abs()
             flags.append(bool(((d > 0) & (d < tol)).any()))
+
+    def cosine(queries, slots, eps, full_norm):
+        q = F.normalize(queries.float(), dim=-1, eps=eps)
+        m = F.normalize(slots, dim=-1, eps=eps if full_norm is None else full_norm)
+        return torch.einsum("bqhd,bnd->bqhn", q, m)
+
+    def topk(queries, slots, k, sharpness, eps, full_norm=None):
+        near_boundary(cosine(queries, slots, eps, full_norm), k)
         return orig_topk(queries, slots, k, sharpness, eps, full_norm=full_norm)
+
+    def top_scores(queries, slots, k, eps, *args, full_norm=None, **kw):  # a window's read of the slots
+        near_boundary(cosine(queries, slots, eps, full_norm), k)
+        return orig_scores(queries, slots, k, eps, *args, full_norm=full_norm, **kw)
+
+    def merge(tops, idxs, k):  # slots and a window's writes: the kept set of their candidates
+        if len(tops) > 1:
+            cand = torch.cat(tops, -1)
+            near_boundary(cand.masked_fill(cand.isinf(), -1e30), k)
+        return orig_merge(tops, idxs, k)
 
     def allocate(self, state, n):
         # the n stalest and their order (write i gets slot i): distinct values near each other could swap
@@ -104,10 +120,12 @@ def near_tie_watch(tol: float = 1e-5):
         return orig_alloc(self, state, n)
 
     memory_module.cosine_topk, MultiHeadMemoryBank.allocate = topk, allocate
+    memory_module.cosine_top_scores, memory_module.merge_candidates = top_scores, merge
     try:
         yield flags
     finally:
         memory_module.cosine_topk, MultiHeadMemoryBank.allocate = orig_topk, orig_alloc
+        memory_module.cosine_top_scores, memory_module.merge_candidates = orig_scores, orig_merge
 
 
 # ------------------------------------------------------------------ "nothing changed" after a rejected call

@@ -43,6 +43,50 @@ static float dot(const float *a, const float *b, int64_t D) {
     return s;
 }
 
+/* a score: the products summed in index order, as each lane of scores() sums them, so that the
+   backward's recomputed scores are the forward's bit for bit */
+static float score(const float *a, const float *b, int64_t D) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < D; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* s (C,) = the scores of query q (D,) against the candidates held transposed in ct (D, C), C a
+   multiple of SCORE_BLOCK (padded with zero columns): the inner loop runs over candidates,
+   contiguous and without horizontal sums, a block of them at a time in four vector registers
+   (the compiler's vector extension: AVX-512, AVX or SSE, whatever the machine has) */
+#define SCORE_BLOCK 64
+typedef float vec16 __attribute__((vector_size(64)));
+static int64_t padded(int64_t C) { return (C + SCORE_BLOCK - 1) / SCORE_BLOCK * SCORE_BLOCK; }
+
+static void scores(float *s, const float *q, const float *ct, int64_t C, int64_t D) {
+    for (int64_t c0 = 0; c0 < C; c0 += SCORE_BLOCK) {
+        vec16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, x0, x1, x2, x3;
+        for (int64_t i = 0; i < D; i++) {
+            const float *col = ct + i * C + c0;
+            const float qi = q[i];
+            memcpy(&x0, col, sizeof x0); memcpy(&x1, col + 16, sizeof x1);
+            memcpy(&x2, col + 32, sizeof x2); memcpy(&x3, col + 48, sizeof x3);
+            a0 += qi * x0; a1 += qi * x1; a2 += qi * x2; a3 += qi * x3;
+        }
+        memcpy(s + c0, &a0, sizeof a0); memcpy(s + c0 + 16, &a1, sizeof a1);
+        memcpy(s + c0 + 32, &a2, sizeof a2); memcpy(s + c0 + 48, &a3, sizeof a3);
+    }
+}
+
+/* whether any of the n scores is NaN */
+static int any_nan(const float *s, int64_t n) {
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t c = 0; c < n; c++) bad |= s[c] != s[c];
+    return bad;
+}
+
+/* row r (D,) into column c of ct (D, C) */
+static void put_column(float *ct, const float *r, int64_t c, int64_t C, int64_t D) {
+    for (int64_t i = 0; i < D; i++) ct[i * C + c] = r[i];
+}
+
 static void axpy(float *y, float a, const float *x, int64_t D) {  /* y += a x */
 #pragma omp simd
     for (int64_t i = 0; i < D; i++) y[i] += a * x[i];
@@ -149,6 +193,21 @@ static void allocate(int64_t *alloc, const float *age, const float *usage, const
     }
 }
 
+/* a per-thread scratch area of at least `floats` floats, kept between calls: a fresh allocation of
+   this size each call is an mmap and its page faults, which cost as much as the step itself */
+static __thread float *scratch_area = NULL;
+static __thread size_t scratch_size = 0;
+
+static float *scratch(size_t floats) {
+    if (floats > scratch_size) {
+        float *grown = realloc(scratch_area, floats * sizeof(float));
+        if (!grown) return NULL;
+        scratch_area = grown;
+        scratch_size = floats;
+    }
+    return scratch_area;
+}
+
 static float sharpness(float log_s, float log_max) { return expf(log_s < log_max ? log_s : log_max); }
 
 /* ------------------------------------------------------------------------------------ forward */
@@ -160,14 +219,19 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
     const float *lrs = p[F_LRS], *lws = p[F_LWS], *dl = p[F_DL];
     float ws = sharpness(lws[0], fl[FL_SHARP_MAX]);
     int bad = 0;
-    /* workspace: qh (L*H*D), mb, mr, E, addK, addV (N*D each), ku, mp (W*D each), small lists */
-    size_t floats = (size_t)(L * H * D + 6 * N * D + 2 * W * D + 4 * (N + W + K + 1) + D);
-    float *work = malloc(floats * sizeof(float));
-    uint8_t *pass = malloc((size_t)N);
-    if (!work || !pass) { free(work); free(pass); return 2; }
+    /* workspace: qh (L*H*D), mb, mr, E, addK, addV, Kr (N*D each), ku, mp (W*D each), the candidates
+       transposed (D*(N+W), D*N), small lists */
+    const int64_t Cmax = padded(N + W) + K + 1;
+    size_t floats = (size_t)(L * H * D + 6 * N * D + 2 * W * D + 3 * Cmax + D * padded(N + W) + D * padded(N) + D);
+    float *work = scratch(floats + (size_t)N);
+    if (!work) return 2;
+    uint8_t *pass = (uint8_t *)(work + floats);  /* N flags */
     float *qh = work, *mb = qh + L * H * D, *mr = mb + N * D, *E = mr + N * D, *addK = E + N * D,
           *addV = addK + N * D, *Kr = addV + N * D, *ku = Kr + N * D, *mp = ku + W * D, *top = mp + W * D,
-          *wsm = top + (N + W + K + 1), *tmp = wsm + (N + W + K + 1);
+          *wsm = top + Cmax, *sc = wsm + Cmax, *ct = sc + Cmax, *ctw = ct + D * padded(N + W),
+          *tmp = ctw + D * padded(N);  /* tmp: D floats, the last */
+    const int64_t C = window ? N + W : N;  /* a read's candidates: the slots, then the window's writes */
+    const int64_t Cp = padded(C), Np = padded(N);  /* columns of ct and ctw */
     for (int64_t b = b0; b < b1; b++) {
         const float *Km = (const float *)p[F_KEYS] + b * st[F_KEYS], *Vm = (const float *)p[F_VALUES] + b * st[F_VALUES];
         const float *age = (const float *)p[F_AGE] + b * st[F_AGE], *usage = (const float *)p[F_USAGE] + b * st[F_USAGE];
@@ -189,12 +253,17 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
 
         /* read: the top K of the slots (and, in a window, of its earlier writes) by cosine */
         for (int64_t i = 0; i < L * H; i++) normalize(qh + i * D, q + i * D, D, eps);
-        for (int64_t n = 0; n < N; n++) normalize(mb + n * D, Km + n * D, D, full);
+        memset(ct, 0, (size_t)(D * Cp) * sizeof(float));  /* padding columns score 0 and are never kept */
+        for (int64_t n = 0; n < N; n++) {
+            normalize(mb + n * D, Km + n * D, D, full);
+            put_column(ct, mb + n * D, n, Cp, D);
+        }
         for (int64_t w = 0; w < W; w++) {
             unit_key(ku + w * D, k + w * D, D, eps);
             if (window) {
                 for (int64_t i = 0; i < D; i++) tmp[i] = ku[w * D + i] * g[w];
                 normalize(mp + w * D, tmp, D, full);
+                put_column(ct, mp + w * D, N + w, Cp, D);
             }
         }
         memset(mass, 0, (size_t)N * sizeof(float));
@@ -206,18 +275,11 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
                 int64_t i = l * H + h, size = 0;
                 const float *qi = qh + i * D;
                 int64_t *src = rsrc + i * K;
-                for (int64_t n = 0; n < N; n++) {
-                    float s = dot(qi, mb + n * D, D);
-                    if (s != s) bad = 1;
-                    size = push_top(top, src, size, K, s, n);
-                }
-                if (window)
-                    for (int64_t w = 0; w < W; w++) {
-                        if (pos[w] >= l) continue;  /* a read sees only the writes of earlier offsets */
-                        float s = dot(qi, mp + w * D, D);
-                        if (s != s) bad = 1;
-                        size = push_top(top, src, size, K, s, N + w);
-                    }
+                scores(sc, qi, ct, Cp, D);
+                bad |= any_nan(sc, C);
+                for (int64_t n = 0; n < N; n++) size = push_top(top, src, size, K, sc[n], n);
+                for (int64_t c = N; c < C; c++)
+                    if (pos[c - N] < l) size = push_top(top, src, size, K, sc[c], c);  /* earlier offsets only */
                 float *wt = rweight + i * K, *out = vec + i * D;
                 softmax(wt, top, K, sharpness(lrs[h], fl[FL_SHARP_MAX]));
                 memset(out, 0, (size_t)D * sizeof(float));
@@ -244,17 +306,19 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
                 Kr[n * D + i] = Km[n * D + i] * retention[n];
                 nV[n * D + i] = Vm[n * D + i] * retention[n];
             }
-        for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
+        memset(ctw, 0, (size_t)(D * Np) * sizeof(float));
+        for (int64_t n = 0; n < N; n++) {
+            normalize(mr + n * D, Kr + n * D, D, full);
+            put_column(ctw, mr + n * D, n, Np, D);
+        }
         memset(E, 0, (size_t)(3 * N * D) * sizeof(float));  /* E, addK, addV */
         memset(strength, 0, (size_t)N * sizeof(float));
         for (int64_t w = 0; w < W; w++) {
             int64_t size = 0, *ci = cidx + w * K;
             normalize(tmp, ku + w * D, D, eps);
-            for (int64_t n = 0; n < N; n++) {
-                float s = dot(tmp, mr + n * D, D);
-                if (s != s) bad = 1;
-                size = push_top(top, ci, size, K, s, n);
-            }
+            scores(sc, tmp, ctw, Np, D);
+            bad |= any_nan(sc, N);
+            for (int64_t n = 0; n < N; n++) size = push_top(top, ci, size, K, sc[n], n);
             softmax(wsm, top, K, ws);
             for (int64_t j = 0; j <= K; j++) {
                 int64_t n = j < K ? ci[j] : alloc[w];
@@ -286,7 +350,6 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         }
         ((float *)p[F_NSEGMENTS])[b * st[F_NSEGMENTS]] = ((const float *)p[F_SEGMENTS])[b * st[F_SEGMENTS]] + 1.0f;
     }
-    free(work); free(pass);
     return bad;
 }
 
@@ -300,9 +363,9 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
     const float *lrs = p[B_LRS], *lws = p[B_LWS], *dl = p[B_DL];
     const float ws = sharpness(lws[0], smax);
     size_t floats = (size_t)(L * H * D + 9 * N * D + 7 * W * D + 6 * (K + 1) + 3 * N + 2 * D);
-    float *work = malloc(floats * sizeof(float));
-    uint8_t *pass = malloc((size_t)N);
-    if (!work || !pass) { free(work); free(pass); return 2; }
+    float *work = scratch(floats + (size_t)N);
+    if (!work) return 2;
+    uint8_t *pass = (uint8_t *)(work + floats);  /* N flags */
     float *qh = work, *mb = qh + L * H * D, *mr = mb + N * D, *E = mr + N * D, *Kr = E + N * D, *Vr = Kr + N * D,
           *gmb = Vr + N * D, *gmr = gmb + N * D, *gKr = gmr + N * D, *gVr = gKr + N * D, *ku = gVr + N * D,
           *ku2 = ku + W * D, *a_ = ku2 + W * D, *mp = a_ + W * D, *gmp = mp + W * D, *gku = gmp + W * D,
@@ -348,7 +411,8 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
             }
         }
         retention_gate(ret, pass, Km, d, dl, dm, fl, tmp);
-        for (int64_t x = 0; x < N * D; x++) { Kr[x] = Km[x] * ret[x / D]; Vr[x] = Vm[x] * ret[x / D]; }
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < D; i++) { Kr[n * D + i] = Km[n * D + i] * ret[n]; Vr[n * D + i] = Vm[n * D + i] * ret[n]; }
         for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
         memset(E, 0, (size_t)(N * D) * sizeof(float));
         memset(gmb, 0, (size_t)(4 * N * D) * sizeof(float));  /* gmb, gmr, gKr, gVr */
@@ -356,7 +420,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
         /* E: the summed erase of each slot, from the write weights */
         for (int64_t w = 0; w < W; w++) {
             const int64_t *ci = cidx + w * K;
-            for (int64_t j = 0; j < K; j++) top[j] = dot(ku2 + w * D, mr + ci[j] * D, D);
+            for (int64_t j = 0; j < K; j++) top[j] = score(ku2 + w * D, mr + ci[j] * D, D);
             softmax(wsm, top, K, ws);
             for (int64_t j = 0; j <= K; j++) {
                 int64_t n = j < K ? ci[j] : alloc[w];
@@ -375,7 +439,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
             }
             for (int64_t w = 0; w < W; w++) {
                 const int64_t *ci = cidx + w * K;
-                for (int64_t j = 0; j < K; j++) top[j] = dot(ku2 + w * D, mr + ci[j] * D, D);
+                for (int64_t j = 0; j < K; j++) top[j] = score(ku2 + w * D, mr + ci[j] * D, D);
                 softmax(wsm, top, K, ws);
                 float gbase_sum_g = 0.0f, gcw[K > 0 ? K : 1];
                 for (int64_t j = 0; j <= K; j++) {
@@ -431,7 +495,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                 normalize(qh, q + i * D, D, eps);
                 for (int64_t j = 0; j < K; j++) {
                     int64_t c = src[j];
-                    top[j] = dot(qh, c < N ? mb + c * D : mp + (c - N) * D, D);
+                    top[j] = score(qh, c < N ? mb + c * D : mp + (c - N) * D, D);
                 }
                 softmax(wt, top, K, rs);
                 for (int64_t j = 0; j < K; j++) {
@@ -476,6 +540,5 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
             if (!all_zero(k + w * D, D)) normalize_backward(gk + w * D, k + w * D, gku + w * D, D, eps);
         glws[0] = lws[0] <= smax ? gws * ws : 0.0f;
     }
-    free(work); free(pass);
     return 0;
 }
