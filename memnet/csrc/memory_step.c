@@ -43,7 +43,7 @@ static float dot(const float *a, const float *b, int64_t D) {
     return s;
 }
 
-/* a score: the products summed in index order, as each lane of scores() sums them, so that the
+/* a score: the products summed in index order, as each lane of scores_block() sums them, so that the
    backward's recomputed scores are the forward's bit for bit */
 static float score(const float *a, const float *b, int64_t D) {
     float s = 0.0f;
@@ -51,27 +51,61 @@ static float score(const float *a, const float *b, int64_t D) {
     return s;
 }
 
-/* s (C,) = the scores of query q (D,) against the candidates held transposed in ct (D, C), C a
-   multiple of SCORE_BLOCK (padded with zero columns): the inner loop runs over candidates,
-   contiguous and without horizontal sums, a block of them at a time in four vector registers
-   (the compiler's vector extension: AVX-512, AVX or SSE, whatever the machine has) */
+/* candidates are held transposed in ct (D, C), C a multiple of SCORE_BLOCK (padded with zero
+   columns), so that scores are sums over D in vector lanes, without horizontal sums; vec16 is the
+   compiler's vector extension (AVX-512, AVX or SSE, whatever the machine has) */
 #define SCORE_BLOCK 64
 typedef float vec16 __attribute__((vector_size(64)));
 static int64_t padded(int64_t C) { return (C + SCORE_BLOCK - 1) / SCORE_BLOCK * SCORE_BLOCK; }
 
-static void scores(float *s, const float *q, const float *ct, int64_t C, int64_t D) {
-    for (int64_t c0 = 0; c0 < C; c0 += SCORE_BLOCK) {
-        vec16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, x0, x1, x2, x3;
+/* the scores (QB, C) of QB queries (QB, D) at once, 32 candidates at a time in eight registers:
+   each column block of ct is read once for QB queries, not once per query (a large bank's ct is
+   beyond the first-level cache, and reading it per query would bound the step) */
+#define QB 4
+static void scores_block(float *s, const float *q, const float *ct, int64_t C, int64_t D) {
+    for (int64_t c0 = 0; c0 < C; c0 += 32) {
+        vec16 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0}, x0, x1;
         for (int64_t i = 0; i < D; i++) {
             const float *col = ct + i * C + c0;
-            const float qi = q[i];
             memcpy(&x0, col, sizeof x0); memcpy(&x1, col + 16, sizeof x1);
-            memcpy(&x2, col + 32, sizeof x2); memcpy(&x3, col + 48, sizeof x3);
-            a0 += qi * x0; a1 += qi * x1; a2 += qi * x2; a3 += qi * x3;
+            const float q0 = q[i], q1 = q[D + i], q2 = q[2 * D + i], q3 = q[3 * D + i];
+            a00 += q0 * x0; a01 += q0 * x1; a10 += q1 * x0; a11 += q1 * x1;
+            a20 += q2 * x0; a21 += q2 * x1; a30 += q3 * x0; a31 += q3 * x1;
         }
-        memcpy(s + c0, &a0, sizeof a0); memcpy(s + c0 + 16, &a1, sizeof a1);
-        memcpy(s + c0 + 32, &a2, sizeof a2); memcpy(s + c0 + 48, &a3, sizeof a3);
+        memcpy(s + c0, &a00, sizeof a00); memcpy(s + c0 + 16, &a01, sizeof a01);
+        memcpy(s + C + c0, &a10, sizeof a10); memcpy(s + C + c0 + 16, &a11, sizeof a11);
+        memcpy(s + 2 * C + c0, &a20, sizeof a20); memcpy(s + 2 * C + c0 + 16, &a21, sizeof a21);
+        memcpy(s + 3 * C + c0, &a30, sizeof a30); memcpy(s + 3 * C + c0 + 16, &a31, sizeof a31);
     }
+}
+
+/* the scores of queries r0..r0+QB-1 of q (R, D) (missing ones zero) into s (QB, C) */
+static void scores_of(float *s, float *qb, const float *q, int64_t r0, int64_t R, const float *ct, int64_t C,
+                      int64_t D) {
+    const int64_t n = R - r0 < QB ? R - r0 : QB;
+    memcpy(qb, q + r0 * D, (size_t)(n * D) * sizeof(float));
+    if (n < QB) memset(qb + n * D, 0, (size_t)((QB - n) * D) * sizeof(float));
+    scores_block(s, qb, ct, C, D);
+}
+
+static int64_t push_top(float *v, int64_t *ix, int64_t size, int64_t K, float s, int64_t c);
+
+/* the candidates c0..c1-1 of scores s (indexed from 0) into the descending list (top, idx) of
+   `size` entries and capacity K; blocks of 16 whose largest score does not beat a full list's
+   last are skipped whole. New size. */
+static int64_t select_range(float *top, int64_t *idx, int64_t size, int64_t K, const float *s, int64_t c0,
+                            int64_t c1) {
+    int64_t c = c0;
+    while (c < c1) {
+        const int64_t end = c1 - c < 16 ? c1 : c + 16;
+        if (size == K && end - c == 16) {
+            float m = s[c];
+            for (int64_t j = c + 1; j < end; j++) m = s[j] > m ? s[j] : m;
+            if (!(m > top[K - 1])) { c = end; continue; }
+        }
+        for (; c < end; c++) size = push_top(top, idx, size, K, s[c], c);
+    }
+    return size;
 }
 
 /* whether any of the n scores is NaN */
@@ -82,9 +116,16 @@ static int any_nan(const float *s, int64_t n) {
     return bad;
 }
 
-/* row r (D,) into column c of ct (D, C) */
-static void put_column(float *ct, const float *r, int64_t c, int64_t C, int64_t D) {
-    for (int64_t i = 0; i < D; i++) ct[i * C + c] = r[i];
+/* rows (R, D) into columns c0..c0+R-1 of ct (D, C), sixteen rows at a time: each row of ct then
+   receives a whole cache line of consecutive columns, not one float per line */
+static void put_columns(float *ct, const float *rows, int64_t R, int64_t c0, int64_t C, int64_t D) {
+    for (int64_t r0 = 0; r0 < R; r0 += 16) {
+        const int64_t n = R - r0 < 16 ? R - r0 : 16;
+        for (int64_t i = 0; i < D; i++) {
+            float *out = ct + i * C + c0 + r0;
+            for (int64_t j = 0; j < n; j++) out[j] = rows[(r0 + j) * D + i];
+        }
+    }
 }
 
 static void axpy(float *y, float a, const float *x, int64_t D) {  /* y += a x */
@@ -194,11 +235,16 @@ static void allocate(int64_t *alloc, const float *age, const float *usage, const
 }
 
 /* a per-thread scratch area of at least `floats` floats, kept between calls: a fresh allocation of
-   this size each call is an mmap and its page faults, which cost as much as the step itself */
+   this size each call is an mmap and its page faults, which cost as much as the step itself. Areas
+   above SCRATCH_KEEP floats (a bank of a hundred thousand slots) are allocated for the call and
+   freed after it (*owned set), so that a thread does not hold them afterwards. */
+#define SCRATCH_KEEP ((size_t)1 << 24)
 static __thread float *scratch_area = NULL;
 static __thread size_t scratch_size = 0;
 
-static float *scratch(size_t floats) {
+static float *scratch(size_t floats, int *owned) {
+    *owned = floats > SCRATCH_KEEP;
+    if (*owned) return malloc(floats * sizeof(float));
     if (floats > scratch_size) {
         float *grown = realloc(scratch_area, floats * sizeof(float));
         if (!grown) return NULL;
@@ -222,14 +268,16 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
     /* workspace: qh (L*H*D), mb, mr, E, addK, addV, Kr (N*D each), ku, mp (W*D each), the candidates
        transposed (D*(N+W), D*N), small lists */
     const int64_t Cmax = padded(N + W) + K + 1;
-    size_t floats = (size_t)(L * H * D + 6 * N * D + 2 * W * D + 3 * Cmax + D * padded(N + W) + D * padded(N) + D);
-    float *work = scratch(floats + (size_t)N);
+    size_t floats = (size_t)(L * H * D + 6 * N * D + 3 * W * D + 2 * Cmax + QB * Cmax + QB * D + D * padded(N + W)
+                            + D * padded(N) + D);
+    int owned;
+    float *work = scratch(floats + (size_t)N, &owned);
     if (!work) return 2;
     uint8_t *pass = (uint8_t *)(work + floats);  /* N flags */
     float *qh = work, *mb = qh + L * H * D, *mr = mb + N * D, *E = mr + N * D, *addK = E + N * D,
           *addV = addK + N * D, *Kr = addV + N * D, *ku = Kr + N * D, *mp = ku + W * D, *top = mp + W * D,
-          *wsm = top + Cmax, *sc = wsm + Cmax, *ct = sc + Cmax, *ctw = ct + D * padded(N + W),
-          *tmp = ctw + D * padded(N);  /* tmp: D floats, the last */
+          *wsm = top + Cmax, *sq = wsm + Cmax, *qb = sq + QB * Cmax, *ku2 = qb + QB * D,
+          *ct = ku2 + W * D, *ctw = ct + D * padded(N + W), *tmp = ctw + D * padded(N);  /* tmp: D floats, the last */
     const int64_t C = window ? N + W : N;  /* a read's candidates: the slots, then the window's writes */
     const int64_t Cp = padded(C), Np = padded(N);  /* columns of ct and ctw */
     for (int64_t b = b0; b < b1; b++) {
@@ -254,47 +302,45 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         /* read: the top K of the slots (and, in a window, of its earlier writes) by cosine */
         for (int64_t i = 0; i < L * H; i++) normalize(qh + i * D, q + i * D, D, eps);
         memset(ct, 0, (size_t)(D * Cp) * sizeof(float));  /* padding columns score 0 and are never kept */
-        for (int64_t n = 0; n < N; n++) {
-            normalize(mb + n * D, Km + n * D, D, full);
-            put_column(ct, mb + n * D, n, Cp, D);
-        }
+        for (int64_t n = 0; n < N; n++) normalize(mb + n * D, Km + n * D, D, full);
+        put_columns(ct, mb, N, 0, Cp, D);
         for (int64_t w = 0; w < W; w++) {
             unit_key(ku + w * D, k + w * D, D, eps);
             if (window) {
                 for (int64_t i = 0; i < D; i++) tmp[i] = ku[w * D + i] * g[w];
                 normalize(mp + w * D, tmp, D, full);
-                put_column(ct, mp + w * D, N + w, Cp, D);
             }
         }
+        if (window) put_columns(ct, mp, W, N, Cp, D);
         memset(mass, 0, (size_t)N * sizeof(float));
         float real = 0.0f;
         for (int64_t l = 0; l < L; l++) real += valid[l] ? 1.0f : 0.0f;
         float per_token = 1.0f / (real > 1.0f ? real : 1.0f);
-        for (int64_t l = 0; l < L; l++) {
-            for (int64_t h = 0; h < H; h++) {
-                int64_t i = l * H + h, size = 0;
-                const float *qi = qh + i * D;
-                int64_t *src = rsrc + i * K;
-                scores(sc, qi, ct, Cp, D);
-                bad |= any_nan(sc, C);
-                for (int64_t n = 0; n < N; n++) size = push_top(top, src, size, K, sc[n], n);
-                for (int64_t c = N; c < C; c++)
-                    if (pos[c - N] < l) size = push_top(top, src, size, K, sc[c], c);  /* earlier offsets only */
-                float *wt = rweight + i * K, *out = vec + i * D;
-                softmax(wt, top, K, sharpness(lrs[h], fl[FL_SHARP_MAX]));
-                memset(out, 0, (size_t)D * sizeof(float));
-                for (int64_t j = 0; j < K; j++) {
-                    int64_t c = src[j];
-                    if (c < N) {
-                        axpy(out, wt[j], Vm + c * D, D);
-                        rindex[i * K + j] = c;
-                    } else {
-                        float a = wt[j] * g[c - N];
-                        axpy(out, a, v + (c - N) * D, D);
-                        rindex[i * K + j] = alloc[c - N];
-                    }
-                    if (valid[l]) mass[rindex[i * K + j]] += wt[j];
+        for (int64_t i = 0; i < L * H; i++) {
+            if (i % QB == 0) {
+                scores_of(sq, qb, qh, i, L * H, ct, Cp, D);
+                bad |= any_nan(sq, QB * Cp);
+            }
+            const int64_t l = i / H, h = i % H;
+            const float *sc = sq + (i % QB) * Cp;
+            int64_t *src = rsrc + i * K;
+            int64_t size = select_range(top, src, 0, K, sc, 0, N);
+            for (int64_t c = N; c < C; c++)
+                if (pos[c - N] < l) size = push_top(top, src, size, K, sc[c], c);  /* earlier offsets only */
+            float *wt = rweight + i * K, *out = vec + i * D;
+            softmax(wt, top, K, sharpness(lrs[h], fl[FL_SHARP_MAX]));
+            memset(out, 0, (size_t)D * sizeof(float));
+            for (int64_t j = 0; j < K; j++) {
+                int64_t c = src[j];
+                if (c < N) {
+                    axpy(out, wt[j], Vm + c * D, D);
+                    rindex[i * K + j] = c;
+                } else {
+                    float a = wt[j] * g[c - N];
+                    axpy(out, a, v + (c - N) * D, D);
+                    rindex[i * K + j] = alloc[c - N];
                 }
+                if (valid[l]) mass[rindex[i * K + j]] += wt[j];
             }
         }
         for (int64_t n = 0; n < N; n++) mass[n] *= per_token;
@@ -307,18 +353,18 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
                 nV[n * D + i] = Vm[n * D + i] * retention[n];
             }
         memset(ctw, 0, (size_t)(D * Np) * sizeof(float));
-        for (int64_t n = 0; n < N; n++) {
-            normalize(mr + n * D, Kr + n * D, D, full);
-            put_column(ctw, mr + n * D, n, Np, D);
-        }
+        for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
+        put_columns(ctw, mr, N, 0, Np, D);
         memset(E, 0, (size_t)(3 * N * D) * sizeof(float));  /* E, addK, addV */
         memset(strength, 0, (size_t)N * sizeof(float));
+        for (int64_t w = 0; w < W; w++) normalize(ku2 + w * D, ku + w * D, D, eps);
         for (int64_t w = 0; w < W; w++) {
-            int64_t size = 0, *ci = cidx + w * K;
-            normalize(tmp, ku + w * D, D, eps);
-            scores(sc, tmp, ctw, Np, D);
-            bad |= any_nan(sc, N);
-            for (int64_t n = 0; n < N; n++) size = push_top(top, ci, size, K, sc[n], n);
+            int64_t *ci = cidx + w * K;
+            if (w % QB == 0) {
+                scores_of(sq, qb, ku2, w, W, ctw, Np, D);
+                bad |= any_nan(sq, QB * Np);
+            }
+            select_range(top, ci, 0, K, sq + (w % QB) * Np, 0, N);
             softmax(wsm, top, K, ws);
             for (int64_t j = 0; j <= K; j++) {
                 int64_t n = j < K ? ci[j] : alloc[w];
@@ -350,6 +396,7 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         }
         ((float *)p[F_NSEGMENTS])[b * st[F_NSEGMENTS]] = ((const float *)p[F_SEGMENTS])[b * st[F_SEGMENTS]] + 1.0f;
     }
+    if (owned) free(work);
     return bad;
 }
 
@@ -363,9 +410,11 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
     const float *lrs = p[B_LRS], *lws = p[B_LWS], *dl = p[B_DL];
     const float ws = sharpness(lws[0], smax);
     size_t floats = (size_t)(L * H * D + 9 * N * D + 7 * W * D + 6 * (K + 1) + 3 * N + 2 * D);
-    float *work = scratch(floats + (size_t)N);
+    int owned;
+    float *work = scratch(floats + (size_t)N, &owned);  /* and 3N flags in the last N floats */
     if (!work) return 2;
-    uint8_t *pass = (uint8_t *)(work + floats);  /* N flags */
+    uint8_t *pass = (uint8_t *)(work + floats);  /* the retention logit inside its clamp */
+    uint8_t *read_hit = pass + N, *write_hit = read_hit + N;  /* slots whose score a read / a write kept */
     float *qh = work, *mb = qh + L * H * D, *mr = mb + N * D, *E = mr + N * D, *Kr = E + N * D, *Vr = Kr + N * D,
           *gmb = Vr + N * D, *gmr = gmb + N * D, *gKr = gmr + N * D, *gVr = gKr + N * D, *ku = gVr + N * D,
           *ku2 = ku + W * D, *a_ = ku2 + W * D, *mp = a_ + W * D, *gmp = mp + W * D, *gku = gmp + W * D,
@@ -416,6 +465,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
         for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
         memset(E, 0, (size_t)(N * D) * sizeof(float));
         memset(gmb, 0, (size_t)(4 * N * D) * sizeof(float));  /* gmb, gmr, gKr, gVr */
+        memset(read_hit, 0, (size_t)(2 * N));
         memset(gmp, 0, (size_t)(3 * W * D) * sizeof(float));  /* gmp, gku, gku2 */
         /* E: the summed erase of each slot, from the write weights */
         for (int64_t w = 0; w < W; w++) {
@@ -460,10 +510,12 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                 for (int64_t j = 0; j < K; j++) {
                     axpy(gku2 + w * D, gtop[j], mr + ci[j] * D, D);
                     axpy(gmr + ci[j] * D, gtop[j], ku2 + w * D, D);
+                    write_hit[ci[j]] = 1;
                 }
                 normalize_backward(gku + w * D, ku + w * D, gku2 + w * D, D, eps);
             }
-            for (int64_t n = 0; n < N; n++) normalize_backward(gKr + n * D, Kr + n * D, gmr + n * D, D, full);
+            for (int64_t n = 0; n < N; n++)  /* a slot no write kept has no score gradient */
+                if (write_hit[n]) normalize_backward(gKr + n * D, Kr + n * D, gmr + n * D, D, full);
         }
         /* retention: Kr = Km * ret, Vr = Vm * ret */
         for (int64_t n = 0; n < N; n++) {
@@ -525,10 +577,12 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                     int64_t c = src[j];
                     axpy(gqh, gtop[j], c < N ? mb + c * D : mp + (c - N) * D, D);
                     axpy(c < N ? gmb + c * D : gmp + (c - N) * D, gtop[j], qh, D);
+                    if (c < N) read_hit[c] = 1;
                 }
                 normalize_backward(gq + i * D, q + i * D, gqh, D, eps);
             }
-        for (int64_t n = 0; n < N; n++) normalize_backward(gK + n * D, Km + n * D, gmb + n * D, D, full);
+        for (int64_t n = 0; n < N; n++)  /* a slot no read kept has no score gradient */
+            if (read_hit[n]) normalize_backward(gK + n * D, Km + n * D, gmb + n * D, D, full);
         if (window)
             for (int64_t w = 0; w < W; w++) {
                 memset(tmp, 0, (size_t)D * sizeof(float));
@@ -540,5 +594,6 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
             if (!all_zero(k + w * D, D)) normalize_backward(gk + w * D, k + w * D, gku + w * D, D, eps);
         glws[0] = lws[0] <= smax ? gws * ws : 0.0f;
     }
+    if (owned) free(work);
     return 0;
 }
