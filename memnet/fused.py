@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import native
 
@@ -106,6 +107,8 @@ def _rows(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """`t` in `dtype` with each batch row contiguous (the batch stride may be anything): a slice
     ``x[:, s]`` of a contiguous (B, S, ...) tensor passes as it is."""
     t = t if t.dtype == dtype else t.to(dtype)
+    if t.is_contiguous():
+        return t
     expected = 1
     for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
         if size != 1 and stride != expected:
@@ -130,19 +133,32 @@ def _call(fn, consts: "_Constants", B: int, tensors: list[Tensor | None]) -> int
 
 
 class _Constants:
-    """The sizes, modes and constants of a step (the C side's dims[] and floats[]), kept per bank
-    and shape so that a step builds nothing of them."""
+    """The sizes, modes and constants of a step (the C side's dims[] and floats[]), made once per
+    configuration and shape (:func:`_constants`) so that a step builds nothing of them."""
 
-    def __init__(self, cfg, L: int, H: int, W: int, window: bool):
+    def __init__(self, key: tuple):
         from .memory import FADED_MIN, RETENTION_LOGIT_MAX
 
-        self.K = cfg.top_k
-        self.dims = (ctypes.c_int64 * 9)(cfg.num_slots, cfg.slot_dim, L, H, cfg.top_k, W, int(window),
-                                         DECAY_CODES[cfg.decay_mode], ALLOCATION_CODES[cfg.allocation])
-        self.floats = (ctypes.c_float * 7)(cfg.eps, cfg.full_key_norm, cfg.write_threshold, cfg.usage_decay,
-                                           FADED_MIN, RETENTION_LOGIT_MAX, math.log(100.0))
+        N, D, K, decay_mode, allocation, eps, full, threshold, usage_decay, L, H, W, window = key
+        self.K = K
+        self.dims = (ctypes.c_int64 * 9)(N, D, L, H, K, W, int(window), DECAY_CODES[decay_mode],
+                                         ALLOCATION_CODES[allocation])
+        self.floats = (ctypes.c_float * 7)(eps, full, threshold, usage_decay, FADED_MIN, RETENTION_LOGIT_MAX,
+                                           math.log(100.0))
         self.dims_ptr, self.floats_ptr = ctypes.addressof(self.dims), ctypes.addressof(self.floats)
-        self.learned = cfg.decay_mode == "learned"
+        self.learned = decay_mode == "learned"
+
+
+_CONSTANTS: dict[tuple, _Constants] = {}  # held here, not by a bank: a copied or pickled model carries no addresses
+
+
+def _constants(cfg, L: int, H: int, W: int, window: bool) -> _Constants:
+    key = (cfg.num_slots, cfg.slot_dim, cfg.top_k, cfg.decay_mode, cfg.allocation, cfg.eps, cfg.full_key_norm,
+           cfg.write_threshold, cfg.usage_decay, L, H, W, window)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = _CONSTANTS[key] = _Constants(key)
+    return found
 
 
 def _forward(consts: _Constants, given: dict[str, Tensor]) -> tuple[int, dict[str, Tensor]]:
@@ -181,6 +197,7 @@ class FusedStep(torch.autograd.Function):
                 out["strength"], out["events"], out["alloc"], out["retention"])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_new_keys, g_new_values, _age, _usage, _retained, _segments, g_vectors, _index,
                  g_read_weight, g_mass, _strength, _events, _alloc, g_retention):
         (keys, values, q, k, v, g, e, u, decay, valid, lrs, lws, dl,
@@ -213,11 +230,7 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
 
     B, L, H = queries.shape[:3]
     W = req.gate.shape[1]
-    window = bank.cfg.window_reads and req.pos is not None
-    shape = (L, H, W, window)
-    consts = bank._fused_constants.get(shape)
-    if consts is None:
-        consts = bank._fused_constants[shape] = _Constants(bank.cfg, L, H, W, window)
+    consts = _constants(bank.cfg, L, H, W, bank.cfg.window_reads and req.pos is not None)
     pos = req.pos if req.pos is not None else torch.zeros(B, W, dtype=torch.int64)
     given = dict(keys=_rows(state.keys), values=_rows(state.values), age=_rows(state.age), usage=_rows(state.usage),
                  retained=_rows(state.retained), segments=_rows(state.segments), q=_rows(queries), k=_rows(req.key),

@@ -311,7 +311,6 @@ class MultiHeadMemoryBank(nn.Module):
         # step() on the CPU takes the compiled kernel of memnet.fused (same values and gradients, one call
         # each way); False keeps it on the torch operations of reference_step()
         self.fused = True
-        self._fused_constants: dict = {}  # memnet.fused's per-shape constants of a step
         if cfg.decay_mode == "learned":
             self.decay_logit = nn.Parameter(logit)
         else:  # "fixed" / "none": nothing to learn; a buffer of the same name keeps state_dict keys and device

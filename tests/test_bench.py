@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from memnet import MemNet, MemNetConfig
+from memnet import MemNet, MemNetConfig, fused
 from memnet.baselines import FullTransformer
 import memnet.peers as peers
 from memnet.experiments import bench
@@ -120,8 +120,10 @@ def test_compiled_point_and_its_table_lines():
     torch.manual_seed(0)
     model = MemNet(bench.make_config(p))
     rec = bench._compiled_point(model, lambda m: m.compile_memory(backend="aot_eager"), "model.compile_memory()",
-                                64, p, torch.device("cpu"), None, 1)
+                                64, p, torch.device("cpu"), None, 1, torch_step=True)
     assert rec["T"] == 64 and rec["segment_len"] == p.segment_len and model._compiled_step is not None
+    assert rec["torch_step_us_per_token"] > 0 and rec["fused_step"] == (fused.status() == "native")
+    assert model.memory.fused  # the torch step was timed, and the default put back
     assert rec["compiled_us_per_token"] > 0 and rec["speedup"] == pytest.approx(
         rec["eager_us_per_token"] / rec["compiled_us_per_token"])
 
@@ -131,7 +133,8 @@ def test_compiled_point_and_its_table_lines():
     bad = bench._compiled_point(MemNet(bench.make_config(p)), fail, "x", 64, p, torch.device("cpu"), None, 1)
     assert bad["error"] == "RuntimeError: no compiler here" and "compiled_us_per_token" not in bad
     lines = bench.summary_table({"threads": 1, "compile": {"memory_step": rec, "controller": bad}}).splitlines()
-    assert any(line.startswith("model.compile_memory() at T=64") and f"({rec['speedup']:.2f}x)" in line for line in lines)
+    assert any(line.startswith("model.compile_memory() at T=64") and f"({rec['speedup']:.2f}x)" in line
+               and f"the step as torch operations {rec['torch_step_us_per_token']:.1f}" in line for line in lines)
     assert any(line.startswith("x at T=64") and "not compiled: RuntimeError" in line for line in lines)
     with pytest.raises(ValueError, match="compile_points"):
         bench.measure_compile(bench.Profile(compile_points=("nope",)), torch.device("cpu"), None, False)

@@ -231,3 +231,22 @@ def test_the_torch_step_runs_where_the_kernel_does_not(monkeypatch):
     model.memory.fused = False
     model(x)
     assert len(calls) == 3
+
+
+def test_a_copied_or_pickled_model_takes_the_same_step():
+    """The step's constants live in memnet.fused, not in the bank: a deep copy or a pickled and
+    loaded model runs the compiled step with no address of the original."""
+    import copy
+    import io
+
+    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4)
+    model = perturbed(cfg, 0)
+    x = rand_tokens(2, 9, vocab=30, seed=1)
+    want = model(x).logits
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    twin = copy.deepcopy(model)
+    del model
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(twin(x).logits, want) and torch.equal(loaded(x).logits, want)

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from ..baselines import FullTransformer, LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
 from ..encoder import sinusoidal_positions
-from .. import native
+from .. import fused, native
 from ..addressing import cosine_scores_topk
 from ..memory import StreamingMemory
 from ..model import MemNet, truncated_backward
@@ -591,11 +591,19 @@ def read_bandwidth(p: Profile, device: torch.device, progress: bool, cores: int 
 
 
 def _compiled_point(model: MemNet, compile_fn: Callable[[MemNet], None], what: str, T: int, p: Profile,
-                    device: torch.device, dtype, repeats: int) -> dict:
+                    device: torch.device, dtype, repeats: int, torch_step: bool = False) -> dict:
     """Forward+backward time per token at T before and after `compile_fn(model)`, and the compile time
-    (the first pass after it, which compiles every graph the pass needs)."""
+    (the first pass after it, which compiles every graph the pass needs). With `torch_step` also the
+    eager time with the memory step as torch operations (``memory.fused = False``:
+    :meth:`MultiHeadMemoryBank.reference_step`, what ``compile_memory`` compiles), next to the eager
+    time of the step as it runs by default (on CPU the compiled kernel of :mod:`memnet.fused`)."""
     eager = measure_training(model, T, p.vocab_size, device, repeats, dtype)
     res = {"what": what, "T": T, "segment_len": model.cfg.segment_len, "eager_us_per_token": eager["us_per_token"]}
+    if torch_step:
+        model.memory.fused = False
+        res["torch_step_us_per_token"] = measure_training(model, T, p.vocab_size, device, repeats, dtype)["us_per_token"]
+        model.memory.fused = True
+        res["fused_step"] = fused.applies([next(model.parameters())])  # whether the default eager step was the kernel
     try:
         compile_fn(model)
         g = torch.Generator().manual_seed(T)
@@ -635,7 +643,8 @@ def measure_compile(p: Profile, device: torch.device, dtype, progress: bool, win
     res = {}
     for name, cfg, T_, repeats, fn, what in (pt for pt in points if pt[0] in p.compile_points):
         seed_everything(0)
-        res[name] = _compiled_point(MemNet(cfg).to(device), fn, what, T_, p, device, dtype, repeats)
+        res[name] = _compiled_point(MemNet(cfg).to(device), fn, what, T_, p, device, dtype, repeats,
+                                    torch_step=name != "controller")
         if progress:
             print(f"  compile {name}: {res[name]}", flush=True)
     return res
@@ -954,7 +963,9 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
     t_all = time.perf_counter()
     malloc = steady_allocator() if dev.type == "cpu" else None
     result: dict = {"experiment": "bench", "profile": profile, "profile_settings": asdict(p),
-                    "config": make_config(p).to_dict(), "threads": torch.get_num_threads(), "malloc": malloc}
+                    "config": make_config(p).to_dict(), "threads": torch.get_num_threads(), "malloc": malloc,
+                    # how MemNet's memory step ran: the compiled kernel of memnet.fused on CPU, else the torch step
+                    "memory_step": fused.status() if dev.type == "cpu" else f"torch step ({dev.type})"}
     step_t: dict = {}
 
     def timed(part: str, fn: Callable[[], object]):
@@ -1083,6 +1094,9 @@ def summary_table(result: dict) -> str:
                             if "read_torch_token_gbps" in c else ""))
     for c in result.get("compile", {}).values():
         head = f"{c['what']} at T={c['T']} (L={c['segment_len']}): eager {c['eager_us_per_token']:.1f} us/token"
+        if "torch_step_us_per_token" in c:
+            head += (f" ({'compiled kernel' if c.get('fused_step') else 'torch'} step; the step as torch operations "
+                     f"{c['torch_step_us_per_token']:.1f})")
         if "error" in c:
             lines.append(f"{head}; not compiled: {c['error']}")
         else:
