@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
-import threading
-import warnings
 from pathlib import Path
 
 import torch
@@ -56,41 +53,28 @@ BACKWARD_POINTERS = ("keys", "values", "q", "k", "v", "g", "e", "u", "decay", "v
                      "g_dl")
 ROWS_PER_THREAD = 4  # batch rows per thread, at least, before a call is split over threads
 
-_lib: ctypes.CDLL | None = None
-_tried = False
-_error: str | None = None
-_lock = threading.Lock()
+def _build() -> ctypes.CDLL:
+    dll = native.build_library("memory_step", SOURCE_PATH.read_text(), FLAGS)
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    for f in (dll.memnet_step_forward, dll.memnet_step_backward):
+        f.argtypes = [p, p, i64, i64, p, p]
+        f.restype = ctypes.c_int
+    return dll
+
+
+_step = native.LazyLibrary("memnet.fused: the compiled memory step", _build, ("MEMNET_NATIVE", "MEMNET_FUSED"),
+                           "the torch step computes the same")
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled step, built on first call; None when disabled (``MEMNET_NATIVE=0`` or
     ``MEMNET_FUSED=0``) or when it cannot be built (:func:`status` says why)."""
-    global _lib, _tried, _error
-    if os.environ.get("MEMNET_NATIVE", "1") == "0" or os.environ.get("MEMNET_FUSED", "1") == "0":
-        return None
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                dll = native.build_library("memory_step", SOURCE_PATH.read_text(), FLAGS)
-                p, i64 = ctypes.c_void_p, ctypes.c_int64
-                for f in (dll.memnet_step_forward, dll.memnet_step_backward):
-                    f.argtypes = [p, p, i64, i64, p, p]
-                    f.restype = ctypes.c_int
-                _lib = dll
-            except Exception as e:  # no compiler, read-only home, ...: the torch step is always there
-                _error = f"{type(e).__name__}: {e}"
-                warnings.warn(f"memnet.fused: the compiled memory step is unavailable ({_error}); "
-                              "the torch step computes the same", RuntimeWarning, stacklevel=2)
-    return _lib
+    return _step.get()
 
 
 def status() -> str:
     """'native' when the compiled step is in use, else why not."""
-    for var in ("MEMNET_NATIVE", "MEMNET_FUSED"):
-        if os.environ.get(var, "1") == "0":
-            return f"disabled ({var}=0)"
-    return "native" if library() is not None else f"unavailable ({_error})"
+    return _step.status()
 
 
 def applies(tensors: list[Tensor]) -> bool:

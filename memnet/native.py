@@ -39,6 +39,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -148,9 +149,6 @@ int memnet_select_rows(const float *scores, int64_t N, int64_t lo, int64_t hi, i
 """
 
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
-_lib: ctypes.CDLL | None = None
-_tried = False
-_error: str | None = None
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _open_fds: list[int] = []  # the in-memory files of the loaded libraries (see _load)
@@ -266,29 +264,57 @@ def _build() -> ctypes.CDLL:
     return dll
 
 
+class LazyLibrary:
+    """A compiled library built on its first use by `build` (a function returning the loaded library,
+    its functions' signatures declared), or None: when one of the environment variables `switches`
+    is "0", or when the build fails (a RuntimeWarning says why, once, and :meth:`status` keeps it).
+    `what` names it in the warning; `fallback` says what answers instead."""
+
+    def __init__(self, what: str, build: Callable[[], ctypes.CDLL], switches: tuple[str, ...], fallback: str):
+        self.what, self.build, self.switches, self.fallback = what, build, switches, fallback
+        self._lib: ctypes.CDLL | None = None
+        self._tried = False
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    def disabled_by(self) -> str | None:
+        return next((v for v in self.switches if os.environ.get(v, "1") == "0"), None)
+
+    def get(self) -> ctypes.CDLL | None:
+        if self.disabled_by() is not None:
+            return None
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    self._lib = self.build()
+                except Exception as e:  # no compiler, read-only home, ...: the torch path is always there
+                    self._error = f"{type(e).__name__}: {e}"
+                    warnings.warn(f"{self.what} is unavailable ({self._error}); {self.fallback}", RuntimeWarning,
+                                  stacklevel=3)
+        return self._lib
+
+    def status(self) -> str:
+        """'native' when the library is in use, else why not."""
+        var = self.disabled_by()
+        if var is not None:
+            return f"disabled ({var}=0)"
+        return "native" if self.get() is not None else f"unavailable ({self._error})"
+
+
+_topk = LazyLibrary("memnet.native: the compiled top-k kernel", _build, ("MEMNET_NATIVE",),
+                    "the torch path computes the same selections")
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built on first call; None when disabled or when it cannot be built
     (:func:`status` says why)."""
-    global _lib, _tried, _error
-    if os.environ.get("MEMNET_NATIVE", "1") == "0":
-        return None
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                _lib = _build()
-            except Exception as e:  # no compiler, read-only home, ...: the torch path is always there
-                _error = f"{type(e).__name__}: {e}"
-                warnings.warn(f"memnet.native: the compiled top-k kernel is unavailable ({_error}); "
-                              "the torch path computes the same selections", RuntimeWarning, stacklevel=2)
-    return _lib
+    return _topk.get()
 
 
 def status() -> str:
     """'native' when the kernel is in use, else why not."""
-    if os.environ.get("MEMNET_NATIVE", "1") == "0":
-        return "disabled (MEMNET_NATIVE=0)"
-    return "native" if library() is not None else f"unavailable ({_error})"
+    return _topk.status()
 
 
 def _executor(n: int) -> ThreadPoolExecutor:

@@ -189,3 +189,22 @@ def test_compiled_selection_answers_and_gives_way():
     s.grad = None
     (s.topk(3, dim=-1)[0] * w).sum().backward()
     assert torch.equal(got, s.grad)
+
+
+def test_lazy_library_warns_once_and_gives_way(monkeypatch):
+    """A library whose build fails is None with one RuntimeWarning that says why (status keeps the
+    reason); its switch set to "0" disables it without building."""
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+
+    lib = native.LazyLibrary("test: a kernel", broken, ("MEMNET_TEST_SWITCH",), "the torch path answers")
+    with pytest.warns(RuntimeWarning, match="test: a kernel is unavailable .*no C compiler.*the torch path answers"):
+        assert lib.get() is None
+    assert lib.get() is None and calls == [1]  # built (and warned) once
+    assert lib.status() == "unavailable (RuntimeError: no C compiler (cc, gcc or clang) on PATH)"
+    monkeypatch.setenv("MEMNET_TEST_SWITCH", "0")
+    fresh = native.LazyLibrary("test: another", broken, ("MEMNET_TEST_SWITCH",), "x")
+    assert fresh.get() is None and fresh.status() == "disabled (MEMNET_TEST_SWITCH=0)" and calls == [1]
