@@ -53,7 +53,9 @@ BACKWARD_POINTERS = ("keys", "values", "q", "k", "v", "g", "e", "u", "decay", "v
                      "g_dl")
 ROWS_PER_THREAD = 4  # batch rows per thread, at least, before a call is split over threads
 
+
 def _build() -> ctypes.CDLL:
+    """The step's library (:func:`memnet.native.build_library` of SOURCE_PATH), signatures declared."""
     dll = native.build_library("memory_step", SOURCE_PATH.read_text(), FLAGS)
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     for f in (dll.memnet_step_forward, dll.memnet_step_backward):
