@@ -45,12 +45,12 @@ FORWARD_POINTERS = ("keys", "values", "age", "usage", "retained", "segments", "q
                     "pos", "valid", "lrs", "lws", "dl",
                     "new_keys", "new_values", "new_age", "new_usage", "new_retained", "new_segments", "vectors",
                     "read_index", "read_src", "read_weight", "mass", "strength", "events", "alloc", "retention",
-                    "write_index")
+                    "write_index", "read_top", "write_top")
 BACKWARD_POINTERS = ("keys", "values", "q", "k", "v", "g", "e", "u", "decay", "valid", "lrs", "lws", "dl",
                      "read_src", "read_index", "write_index", "alloc",
                      "g_new_keys", "g_new_values", "g_vectors", "g_read_weight", "g_mass", "g_retention",
                      "g_keys", "g_values", "g_q", "g_k", "g_v", "g_g", "g_e", "g_u", "g_decay", "g_lrs", "g_lws",
-                     "g_dl")
+                     "g_dl", "read_top", "write_top")
 ROWS_PER_THREAD = 4  # batch rows per thread, at least, before a call is split over threads
 
 
@@ -103,24 +103,25 @@ def _rows(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return t
 
 
-def _call(fn, consts: "_Constants", B: int, tensors: list[Tensor | None]) -> int:
-    """Run the entry point `fn` on the pointers (and batch strides) of `tensors`, the batch split
-    over torch's threads when it is large enough; the largest flag it returns."""
-    n = len(tensors)
-    ptrs = (ctypes.c_void_p * n)(*[None if t is None else t.data_ptr() for t in tensors])
-    strides = (ctypes.c_int64 * n)(*[0 if t is None or t.dim() == 0 else t.stride(0) for t in tensors])
-    parts = max(1, min(torch.get_num_threads(), B // ROWS_PER_THREAD))
-    bounds = [B * i // parts for i in range(parts + 1)]
+def _call(fn, consts: "_Constants", B: int, ptrs: list[int], strides: list[int]) -> int:
+    """Run the entry point `fn` on the pointers `ptrs` (0 for an absent gradient) and batch strides
+    `strides` of its tensors, the batch split over torch's threads when it is large enough; the
+    largest flag it returns."""
+    n = len(ptrs)
+    p_arr, s_arr = (ctypes.c_void_p * n)(*ptrs), (ctypes.c_int64 * n)(*strides)  # alive until the call returns
+    p, s = ctypes.addressof(p_arr), ctypes.addressof(s_arr)
     at = (consts.dims_ptr, consts.floats_ptr)
-    p, s = ctypes.addressof(ptrs), ctypes.addressof(strides)
+    parts = max(1, min(torch.get_num_threads(), B // ROWS_PER_THREAD))
     if parts == 1:
         return fn(*at, 0, B, p, s)
+    bounds = [B * i // parts for i in range(parts + 1)]
     return max(native._in_parts(lambda i: fn(*at, bounds[i], bounds[i + 1], p, s), parts))
 
 
 class _Constants:
-    """The sizes, modes and constants of a step (the C side's dims[] and floats[]), made once per
-    configuration and shape (:func:`_constants`) so that a step builds nothing of them."""
+    """The sizes, modes and constants of a step (the C side's dims[] and floats[]) and the shapes of
+    what it allocates, made once per configuration and shape (:func:`_constants`) so that a step
+    builds nothing of them."""
 
     def __init__(self, key: tuple):
         from .memory import FADED_MIN, RETENTION_LOGIT_MAX
@@ -133,6 +134,15 @@ class _Constants:
                                            math.log(100.0))
         self.dims_ptr, self.floats_ptr = ctypes.addressof(self.dims), ctypes.addressof(self.floats)
         self.learned = decay_mode == "learned"
+        f32, i64, b8 = torch.float32, torch.int64, torch.bool
+        # per batch row: the forward's outputs (FORWARD_POINTERS after the inputs) and the backward's gradients
+        self.outputs = [((N, D), f32), ((N, D), f32), ((N,), f32), ((N,), f32), ((N,), f32), ((), f32),
+                        ((L, H, D), f32), ((L, H, K), i64), ((L, H, K), i64), ((L, H, K), f32), ((N,), f32),
+                        ((N,), f32), ((N,), b8), ((W,), i64), ((N,), f32), ((W, K), i64), ((L, H, K), f32),
+                        ((W, K), f32)]
+        self.grads = [(N, D), (N, D), (L, H, D), (W, D), (W, D), (W,), (W, D), (W,), (D,), (H,), (1,), (N,)]
+        self.out_strides = [math.prod(shape) for shape, _ in self.outputs]
+        self.grad_strides = [math.prod(shape) for shape in self.grads]
 
 
 _CONSTANTS: dict[tuple, _Constants] = {}  # held here, not by a bank: a copied or pickled model carries no addresses
@@ -147,22 +157,19 @@ def _constants(cfg, L: int, H: int, W: int, window: bool) -> _Constants:
     return found
 
 
-def _forward(consts: _Constants, given: dict[str, Tensor]) -> tuple[int, dict[str, Tensor]]:
-    """The C forward on the `given` inputs (FORWARD_POINTERS' first 18): its flag and every output."""
-    keys, q, g = given["keys"], given["q"], given["g"]
-    B, N, D = keys.shape
-    L, H, W, K = q.shape[1], q.shape[2], g.shape[1], consts.K
-    f32, i64 = torch.float32, torch.int64
-    out = dict(new_keys=torch.empty(B, N, D), new_values=torch.empty(B, N, D), new_age=torch.empty(B, N),
-               new_usage=torch.empty(B, N), new_retained=torch.empty(B, N), new_segments=torch.empty(B),
-               vectors=torch.empty(B, L, H, D), read_index=torch.empty(B, L, H, K, dtype=i64),
-               read_src=torch.empty(B, L, H, K, dtype=i64), read_weight=torch.empty(B, L, H, K, dtype=f32),
-               mass=torch.empty(B, N), strength=torch.empty(B, N), events=torch.empty(B, N, dtype=torch.bool),
-               alloc=torch.empty(B, W, dtype=i64), retention=torch.empty(B, N),
-               write_index=torch.empty(B, W, K, dtype=i64))
-    everything = {**given, **out, "valid": given["valid"].view(torch.uint8), "events": out["events"].view(torch.uint8)}
-    flag = _call(library().memnet_step_forward, consts, B, [everything[n] for n in FORWARD_POINTERS])
-    return flag, out
+def _forward(consts: _Constants, inputs: list[Tensor]) -> tuple[int, list[Tensor]]:
+    """The C forward on `inputs` (the first 18 of FORWARD_POINTERS, in order): its flag and its
+    outputs (the rest of FORWARD_POINTERS, in order)."""
+    B = inputs[0].shape[0]
+    outs = [torch.empty((B, *shape), dtype=dtype) for shape, dtype in consts.outputs]
+    ptrs = [t.data_ptr() for t in inputs] + [o.data_ptr() for o in outs]
+    strides = [t.stride(0) for t in inputs] + consts.out_strides
+    return _call(library().memnet_step_forward, consts, B, ptrs, strides), outs
+
+
+# the forward's outputs by position (FORWARD_POINTERS after its 18 inputs)
+(_NEW_KEYS, _NEW_VALUES, _NEW_AGE, _NEW_USAGE, _NEW_RETAINED, _NEW_SEGMENTS, _VECTORS, _READ_INDEX, _READ_SRC,
+ _READ_WEIGHT, _MASS, _STRENGTH, _EVENTS, _ALLOC, _RETENTION, _WRITE_INDEX, _READ_TOP, _WRITE_TOP) = range(18)
 
 
 class FusedStep(torch.autograd.Function):
@@ -170,41 +177,38 @@ class FusedStep(torch.autograd.Function):
     computes the gradients by the compiled backward."""
 
     @staticmethod
-    def forward(ctx, consts: _Constants, out: dict, keys: Tensor, values: Tensor, q: Tensor, k: Tensor, v: Tensor,
+    def forward(ctx, consts: _Constants, out: list, keys: Tensor, values: Tensor, q: Tensor, k: Tensor, v: Tensor,
                 g: Tensor, e: Tensor, u: Tensor, decay: Tensor, lrs: Tensor, lws: Tensor, dl: Tensor, valid: Tensor):
-        ctx.save_for_backward(keys, values, q, k, v, g, e, u, decay, valid, lrs, lws, dl,
-                              out["read_src"], out["read_index"], out["write_index"], out["alloc"])
+        ctx.save_for_backward(keys, values, q, k, v, g, e, u, decay, valid, lrs, lws, dl, out[_READ_SRC],
+                              out[_READ_INDEX], out[_WRITE_INDEX], out[_ALLOC], out[_READ_TOP], out[_WRITE_TOP])
         ctx.consts = consts
-        ctx.mark_non_differentiable(out["new_age"], out["new_usage"], out["new_retained"], out["new_segments"],
-                                    out["read_index"], out["strength"], out["events"], out["alloc"])
+        ctx.mark_non_differentiable(out[_NEW_AGE], out[_NEW_USAGE], out[_NEW_RETAINED], out[_NEW_SEGMENTS],
+                                    out[_READ_INDEX], out[_STRENGTH], out[_EVENTS], out[_ALLOC])
         ctx.set_materialize_grads(False)
-        return (out["new_keys"], out["new_values"], out["new_age"], out["new_usage"], out["new_retained"],
-                out["new_segments"], out["vectors"], out["read_index"], out["read_weight"], out["mass"],
-                out["strength"], out["events"], out["alloc"], out["retention"])
+        return (out[_NEW_KEYS], out[_NEW_VALUES], out[_NEW_AGE], out[_NEW_USAGE], out[_NEW_RETAINED],
+                out[_NEW_SEGMENTS], out[_VECTORS], out[_READ_INDEX], out[_READ_WEIGHT], out[_MASS], out[_STRENGTH],
+                out[_EVENTS], out[_ALLOC], out[_RETENTION])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_new_keys, g_new_values, _age, _usage, _retained, _segments, g_vectors, _index,
                  g_read_weight, g_mass, _strength, _events, _alloc, g_retention):
-        (keys, values, q, k, v, g, e, u, decay, valid, lrs, lws, dl,
-         read_src, read_index, write_index, alloc) = ctx.saved_tensors
-        B, N, D = keys.shape
-        H = q.shape[2]
-        c = lambda t: None if t is None else _rows(t)
-        grads = dict(g_keys=torch.empty(B, N, D), g_values=torch.empty(B, N, D), g_q=torch.empty(q.shape),
-                     g_k=torch.empty(k.shape), g_v=torch.empty(v.shape), g_g=torch.empty(g.shape),
-                     g_e=torch.empty(e.shape), g_u=torch.empty(u.shape), g_decay=torch.empty(decay.shape),
-                     g_lrs=torch.empty(B, H), g_lws=torch.empty(B, 1), g_dl=torch.empty(B, N))
-        everything = dict(keys=keys, values=values, q=q, k=k, v=v, g=g, e=e, u=u, decay=decay,
-                          valid=valid.view(torch.uint8), lrs=lrs, lws=lws, dl=dl, read_src=read_src,
-                          read_index=read_index, write_index=write_index, alloc=alloc,
-                          g_new_keys=c(g_new_keys), g_new_values=c(g_new_values), g_vectors=c(g_vectors),
-                          g_read_weight=c(g_read_weight), g_mass=c(g_mass), g_retention=c(g_retention), **grads)
-        _call(library().memnet_step_backward, ctx.consts, B, [everything[n] for n in BACKWARD_POINTERS])
-        learned = ctx.consts.learned
-        return (None, None, grads["g_keys"], grads["g_values"], grads["g_q"], grads["g_k"], grads["g_v"],
-                grads["g_g"], grads["g_e"], grads["g_u"], grads["g_decay"] if learned else None,
-                grads["g_lrs"].sum(0), grads["g_lws"].sum(0), grads["g_dl"].sum(0) if learned else None, None)
+        saved = ctx.saved_tensors  # the 17 inputs of BACKWARD_POINTERS, then the kept scores
+        consts = ctx.consts
+        B = saved[0].shape[0]
+        upstream = [None if t is None else _rows(t)
+                    for t in (g_new_keys, g_new_values, g_vectors, g_read_weight, g_mass, g_retention)]
+        grads = [torch.empty((B, *shape)) for shape in consts.grads]
+        ins, tops = saved[:17], saved[17:]
+        ptrs = ([t.data_ptr() for t in ins] + [0 if t is None else t.data_ptr() for t in upstream]
+                + [t.data_ptr() for t in grads] + [t.data_ptr() for t in tops])
+        strides = ([t.stride(0) for t in ins] + [0 if t is None else t.stride(0) for t in upstream]
+                   + consts.grad_strides + [t.stride(0) for t in tops])
+        _call(library().memnet_step_backward, consts, B, ptrs, strides)
+        g_keys, g_values, g_q, g_k, g_v, g_g, g_e, g_u, g_decay, g_lrs, g_lws, g_dl = grads
+        learned = consts.learned
+        return (None, None, g_keys, g_values, g_q, g_k, g_v, g_g, g_e, g_u, g_decay if learned else None,
+                g_lrs.sum(0), g_lws.sum(0), g_dl.sum(0) if learned else None, None)
 
 
 def step(bank, state, queries: Tensor, req, valid: Tensor):
@@ -218,18 +222,18 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
     W = req.gate.shape[1]
     consts = _constants(bank.cfg, L, H, W, bank.cfg.window_reads and req.pos is not None)
     pos = req.pos if req.pos is not None else torch.zeros(B, W, dtype=torch.int64)
-    given = dict(keys=_rows(state.keys), values=_rows(state.values), age=_rows(state.age), usage=_rows(state.usage),
-                 retained=_rows(state.retained), segments=_rows(state.segments), q=_rows(queries), k=_rows(req.key),
-                 v=_rows(req.value), g=_rows(req.gate), e=_rows(req.erase), u=_rows(req.update),
-                 decay=_rows(req.decay), pos=_rows(pos, torch.int64), valid=_rows(valid, torch.bool),
-                 lrs=bank.log_read_sharpness, lws=bank.log_write_sharpness, dl=bank.decay_logit)
+    keys, values, q, k, v, g, e, u, decay = (_rows(t) for t in (state.keys, state.values, queries, req.key, req.value,
+                                                                 req.gate, req.erase, req.update, req.decay))
+    valid = _rows(valid, torch.bool)
+    lrs, lws, dl = bank.log_read_sharpness, bank.log_write_sharpness, bank.decay_logit
+    inputs = [keys, values, _rows(state.age), _rows(state.usage), _rows(state.retained), _rows(state.segments), q, k, v,
+              g, e, u, decay, _rows(pos, torch.int64), valid, lrs, lws, dl]
     with torch.no_grad():
-        flag, out = _forward(consts, given)
+        flag, out = _forward(consts, inputs)
     if flag:
         return bank.reference_step(state, queries, req, valid)
     (new_keys, new_values, age, usage, retained, segments, vectors, read_index, read_weight, mass, strength, events,
-     alloc, retention) = FusedStep.apply(consts, out, *(given[n] for n in (
-         "keys", "values", "q", "k", "v", "g", "e", "u", "decay", "lrs", "lws", "dl", "valid")))
+     alloc, retention) = FusedStep.apply(consts, out, keys, values, q, k, v, g, e, u, decay, lrs, lws, dl, valid)
     new = MemoryState(new_keys, new_values, age, usage, retained, segments, signature=state.signature)
     return StepResult(new, ReadResult(vectors, read_index, read_weight),
                       WriteResult(strength, events, alloc, retention), mass)

@@ -45,20 +45,26 @@ def write_cost(gate: Tensor, valid: Tensor, budget: float = 0.0) -> Tensor:
     return ((gate * v).sum() / v.sum().clamp(min=1.0) - budget).clamp(min=0.0)
 
 
-def aux_losses(cfg: MemNetConfig, mean_read: Tensor, read_weight: Tensor, read_valid: Tensor,
-               retention: Tensor, write_gate: Tensor | None = None, write_valid: Tensor | None = None
+def aux_losses(cfg: MemNetConfig, mean_read: Tensor, read_weight: Tensor | None, read_valid: Tensor,
+               retention: Tensor | None, write_gate: Tensor | None = None, write_valid: Tensor | None = None
                ) -> dict[str, Tensor]:
     """The weighted auxiliary losses, ready to add to the task loss.
 
     mean_read: (N,) summed read weight per slot; read_weight: (B, S, L, H, K);
     read_valid: (B, S, L, 1) mask; retention: (B, S, N); write_gate, write_valid: (B, S, W), the
-    gates of the writes and which of them are real tokens' (no write cost when None).
+    gates of the writes and which of them are real tokens' (no write cost when None). A loss whose
+    weight is 0 is a constant 0 (its input may then be None): nothing of it enters the graph.
     """
+    zero = mean_read.new_zeros(())
+
+    def weighted(weight: float, loss) -> Tensor:
+        return weight * loss() if weight else zero
+
     out = {
-        "utilization": cfg.util_weight * utilization_loss(mean_read, cfg.eps),
-        "pressure": cfg.pressure_weight * pressure_loss(retention),
-        "read_entropy": cfg.read_entropy_weight * read_entropy(read_weight, read_valid, cfg.eps),
+        "utilization": weighted(cfg.util_weight, lambda: utilization_loss(mean_read, cfg.eps)),
+        "pressure": weighted(cfg.pressure_weight, lambda: pressure_loss(retention)),
+        "read_entropy": weighted(cfg.read_entropy_weight, lambda: read_entropy(read_weight, read_valid, cfg.eps)),
     }
     if write_gate is not None:
-        out["write_cost"] = cfg.write_weight * write_cost(write_gate, write_valid, cfg.write_budget)
+        out["write_cost"] = weighted(cfg.write_weight, lambda: write_cost(write_gate, write_valid, cfg.write_budget))
     return out

@@ -186,11 +186,10 @@ class MemNet(nn.Module):
                                     cfg.tbptt_segments)
 
         logits = self._logits(ws.h, [st.read.vectors for st in steps], T)
-        mass_total = ws.h.new_zeros(cfg.num_slots, dtype=torch.float32)
-        for st in steps:
-            mass_total = mass_total + st.read_mass.sum(0)
-        read_weight = torch.stack([st.read.weight for st in steps], dim=1)  # (B, S, L, H, K)
-        retention = torch.stack([st.write.retention for st in steps], dim=1)  # (B, S, N)
+        mass_total = torch.stack([st.read_mass for st in steps]).float().sum((0, 1))  # (N,) over segments and rows
+        # the read weights and retention gates are stacked only for a loss that weighs them (else it is 0)
+        read_weight = torch.stack([st.read.weight for st in steps], dim=1) if cfg.read_entropy_weight else None
+        retention = torch.stack([st.write.retention for st in steps], dim=1) if cfg.pressure_weight else None
         aux = aux_losses(cfg, mass_total, read_weight, ws.valid.unsqueeze(-1), retention, ws.gate,
                          ws.valid.gather(2, ws.pos))
         trace = MemoryTrace.of_steps(requests, valid, steps) if return_trace else None

@@ -29,12 +29,13 @@ enum { FL_EPS, FL_FULL, FL_THRESHOLD, FL_USAGE_DECAY, FL_FADED_MIN, FL_LOGIT_MAX
 enum { F_KEYS, F_VALUES, F_AGE, F_USAGE, F_RETAINED, F_SEGMENTS, F_Q, F_K, F_V, F_G, F_E, F_U, F_DECAY, F_POS,
        F_VALID, F_LRS, F_LWS, F_DL,
        F_NKEYS, F_NVALUES, F_NAGE, F_NUSAGE, F_NRETAINED, F_NSEGMENTS, F_VEC, F_RINDEX, F_RSRC, F_RWEIGHT, F_MASS,
-       F_STRENGTH, F_EVENTS, F_ALLOC, F_RETENTION, F_CIDX, F_PTR_COUNT };
+       F_STRENGTH, F_EVENTS, F_ALLOC, F_RETENTION, F_CIDX, F_RTOP, F_CTOP, F_PTR_COUNT };
 /* the backward's pointers, in memnet/fused.py's BACKWARD_POINTERS order (gradients of outputs may be 0) */
 enum { B_KEYS, B_VALUES, B_Q, B_K, B_V, B_G, B_E, B_U, B_DECAY, B_VALID, B_LRS, B_LWS, B_DL,
        B_RSRC, B_RINDEX, B_CIDX, B_ALLOC,
        B_GNKEYS, B_GNVALUES, B_GVEC, B_GRWEIGHT, B_GMASS, B_GRETENTION,
-       B_GKEYS, B_GVALUES, B_GQ, B_GK, B_GV, B_GG, B_GE, B_GU, B_GDECAY, B_GLRS, B_GLWS, B_GDL, B_PTR_COUNT };
+       B_GKEYS, B_GVALUES, B_GQ, B_GK, B_GV, B_GG, B_GE, B_GU, B_GDECAY, B_GLRS, B_GLWS, B_GDL, B_RTOP, B_CTOP,
+       B_PTR_COUNT };
 
 static float dot(const float *a, const float *b, int64_t D) {
     float s = 0.0f;
@@ -43,13 +44,6 @@ static float dot(const float *a, const float *b, int64_t D) {
     return s;
 }
 
-/* a score: the products summed in index order, as each lane of scores_block() sums them, so that the
-   backward's recomputed scores are the forward's bit for bit */
-static float score(const float *a, const float *b, int64_t D) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < D; i++) s += a[i] * b[i];
-    return s;
-}
 
 /* candidates are held transposed in ct (D, C), C a multiple of SCORE_BLOCK (padded with zero
    columns), so that scores are sums over D in vector lanes, without horizontal sums; vec16 is the
@@ -296,6 +290,7 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         float *mass = (float *)p[F_MASS] + b * st[F_MASS], *strength = (float *)p[F_STRENGTH] + b * st[F_STRENGTH];
         float *retention = (float *)p[F_RETENTION] + b * st[F_RETENTION];
         int64_t *alloc = (int64_t *)p[F_ALLOC] + b * st[F_ALLOC], *cidx = (int64_t *)p[F_CIDX] + b * st[F_CIDX];
+        float *rtop = (float *)p[F_RTOP] + b * st[F_RTOP], *ctop = (float *)p[F_CTOP] + b * st[F_CTOP];
 
         allocate(alloc, age, usage, retained, dm, fl, top);
 
@@ -328,6 +323,7 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
             for (int64_t c = N; c < C; c++)
                 if (pos[c - N] < l) size = push_top(top, src, size, K, sc[c], c);  /* earlier offsets only */
             float *wt = rweight + i * K, *out = vec + i * D;
+            memcpy(rtop + i * K, top, (size_t)K * sizeof(float));  /* the kept scores, for the backward */
             softmax(wt, top, K, sharpness(lrs[h], fl[FL_SHARP_MAX]));
             memset(out, 0, (size_t)D * sizeof(float));
             for (int64_t j = 0; j < K; j++) {
@@ -365,6 +361,7 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
                 bad |= any_nan(sq, QB * Np);
             }
             select_range(top, ci, 0, K, sq + (w % QB) * Np, 0, N);
+            memcpy(ctop + w * K, top, (size_t)K * sizeof(float));
             softmax(wsm, top, K, ws);
             for (int64_t j = 0; j <= K; j++) {
                 int64_t n = j < K ? ci[j] : alloc[w];
@@ -431,6 +428,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
         const int64_t *rsrc = (const int64_t *)p[B_RSRC] + b * st[B_RSRC];
         const int64_t *rindex = (const int64_t *)p[B_RINDEX] + b * st[B_RINDEX];
         const int64_t *cidx = (const int64_t *)p[B_CIDX] + b * st[B_CIDX], *alloc = (const int64_t *)p[B_ALLOC] + b * st[B_ALLOC];
+        const float *rtop = (const float *)p[B_RTOP] + b * st[B_RTOP], *ctop = (const float *)p[B_CTOP] + b * st[B_CTOP];
         const float *gnK = GRAD(B_GNKEYS), *gnV = GRAD(B_GNVALUES);
         const float *gvec = GRAD(B_GVEC), *grw = GRAD(B_GRWEIGHT);
         const float *gmass = GRAD(B_GMASS), *gret_out = GRAD(B_GRETENTION);
@@ -470,8 +468,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
         /* E: the summed erase of each slot, from the write weights */
         for (int64_t w = 0; w < W; w++) {
             const int64_t *ci = cidx + w * K;
-            for (int64_t j = 0; j < K; j++) top[j] = score(ku2 + w * D, mr + ci[j] * D, D);
-            softmax(wsm, top, K, ws);
+            softmax(wsm, ctop + w * K, K, ws);
             for (int64_t j = 0; j <= K; j++) {
                 int64_t n = j < K ? ci[j] : alloc[w];
                 axpy(E + n * D, (j < K ? u[w] * wsm[j] : 1.0f - u[w]) * g[w], e + w * D, D);
@@ -489,8 +486,8 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
             }
             for (int64_t w = 0; w < W; w++) {
                 const int64_t *ci = cidx + w * K;
-                for (int64_t j = 0; j < K; j++) top[j] = score(ku2 + w * D, mr + ci[j] * D, D);
-                softmax(wsm, top, K, ws);
+                const float *top_w = ctop + w * K;
+                softmax(wsm, top_w, K, ws);
                 float gbase_sum_g = 0.0f, gcw[K > 0 ? K : 1];
                 for (int64_t j = 0; j <= K; j++) {
                     int64_t n = j < K ? ci[j] : alloc[w];
@@ -506,7 +503,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                     else gu[w] -= gbase;
                 }
                 gg[w] += gbase_sum_g;
-                softmax_backward(gtop, &gws, wsm, gcw, top, K, ws);
+                softmax_backward(gtop, &gws, wsm, gcw, top_w, K, ws);
                 for (int64_t j = 0; j < K; j++) {
                     axpy(gku2 + w * D, gtop[j], mr + ci[j] * D, D);
                     axpy(gmr + ci[j] * D, gtop[j], ku2 + w * D, D);
@@ -545,11 +542,8 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                 const int64_t *src = rsrc + i * K;
                 float rs = sharpness(lrs[h], smax);
                 normalize(qh, q + i * D, D, eps);
-                for (int64_t j = 0; j < K; j++) {
-                    int64_t c = src[j];
-                    top[j] = score(qh, c < N ? mb + c * D : mp + (c - N) * D, D);
-                }
-                softmax(wt, top, K, rs);
+                const float *top_i = rtop + i * K;
+                softmax(wt, top_i, K, rs);
                 for (int64_t j = 0; j < K; j++) {
                     int64_t c = src[j];
                     float gwj = grw ? grw[i * K + j] : 0.0f;
@@ -570,7 +564,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                     gw[j] = gwj;
                 }
                 float grs = 0.0f;
-                softmax_backward(gtop, &grs, wt, gw, top, K, rs);
+                softmax_backward(gtop, &grs, wt, gw, top_i, K, rs);
                 if (lrs[h] <= smax) glrs[h] += grs * rs;
                 memset(gqh, 0, (size_t)D * sizeof(float));
                 for (int64_t j = 0; j < K; j++) {
