@@ -147,9 +147,8 @@ fig
 # From {glue:text}`ch6_T0` to {glue:text}`ch6_T1` tokens MemNet's training time per token stays
 # between {glue:text}`ch6_us_lo` and {glue:text}`ch6_us_hi` microseconds: within
 # ±{glue:text}`ch6_flat_med`% of their median, the largest {glue:text}`ch6_flat`% above the
-# smallest. Timings of many small operations are sensitive to the machine's
-# load: on cores shared with other jobs, the same 4,096-token point measured anywhere from about
-# 170 to 840 microseconds per token in different runs while we developed this chapter. The sweep
+# smallest. Timings are sensitive to the machine's load: on cores shared with other jobs the same
+# point can measure several times its time on a quiet machine. The sweep
 # therefore times its points interleaved, every model at every length once per round, and keeps
 # each point's fastest round, so that a slow spell lands on all points of a round rather than on
 # one point's whole measurement. Interleaving has a cost of its own: a short pass right after a
@@ -328,8 +327,8 @@ plots.bench_windows(res)
 # as a product with the candidates held transposed, four queries per pass over them, so that the
 # sums run in vector lanes and a bank larger than the cache is read once per four queries, not once
 # per query; it keeps each query's top k in a short sorted list, skipping blocks of candidates
-# whose best score cannot enter it. The backward recomputes the few scores each read and write
-# kept, rather than storing the segment's score matrix.
+# whose best score cannot enter it. The backward takes the few scores each read and write kept
+# (k per query, saved by the forward), never the segment's whole score matrix.
 
 # %% tags=["remove-input"]
 step = (res.get("compile") or {}).get("memory_step", {})
@@ -343,6 +342,7 @@ if "torch_step_us_per_token" in step:
           f"{step['torch_step_us_per_token']:.0f} us/token, the C step {step['eager_us_per_token']:.0f}"
           + (f", the compiled torch step {step['compiled_us_per_token']:.0f}" if "compiled_us_per_token" in step else ""))
 glue("ch6_vs_win_1", f"{win32:.2f}", display=False)
+glue("ch6_vs_win_T", f"{Ts[-1]:,}", display=False)
 glue("ch6_seg_L", res["config"]["segment_len"], display=False)
 glue("ch6_vs_win_B", (f" and {win16:.2f} times at a batch of {pe['B']} sequences of {pe['T']} tokens (the training "
                       "throughput below)") if win16 else "", display=False)
@@ -360,7 +360,8 @@ glue("ch6_step_line", step_line, display=False)
 
 # %% [markdown]
 # {glue:text}`ch6_step_line` With the C step, MemNet's time per token is {glue:text}`ch6_vs_win_1`
-# times the windowed Transformer's at a window of {glue:text}`ch6_seg_L` and one sequence{glue:text}`ch6_vs_win_B`:
+# times the windowed Transformer's at a window of {glue:text}`ch6_seg_L` and one sequence of
+# {glue:text}`ch6_vs_win_T` tokens{glue:text}`ch6_vs_win_B`:
 # what remains of the memory's cost is its arithmetic and the model's own extra layers (the
 # interface projections, the read's LayerNorm and fusion), not the dispatch of small operations.
 #
@@ -536,6 +537,10 @@ if "controller" in ok:
                      + (": its few large operations were fused kernels already." if x < 1.2 else
                         " in this run."))
 glue("ch6_compile_line", compile_line, display=False)
+firsts = sorted(c["compile_s"] for c in ok.values())
+span = (f"{firsts[0]:.0f}" if round(firsts[0]) == round(firsts[-1]) else f"{firsts[0]:.0f} to {firsts[-1]:.0f}"
+        ) if firsts else ""
+glue("ch6_compile_first", f"the first pass took {span} s here, " if firsts else "", display=False)
 
 # %% [markdown]
 # `torch.compile` is optional and nothing depends on it. `model.compile_memory()` compiles the
@@ -545,10 +550,11 @@ glue("ch6_compile_line", compile_line, display=False)
 # sort, with the same tie rule, and `tests/test_model.py` checks that logits, memory, trace and
 # gradients agree with the eager step. On a GPU, where the C step does not run, this is the fast
 # path; on a CPU the C step needs no compilation pass. {glue:text}`ch6_compile_line` The first
-# pass pays for the compilation (the times above, with a cold compiler cache). Times of a loop of
-# small operations move between runs on a shared machine (while we developed this chapter the
-# torch step at the default window measured from under 200 to over 370 microseconds per token), so
-# read these ratios as their order of magnitude.
+# pass pays for the compilation ({glue:text}`ch6_compile_first`tens of seconds with a cold
+# compiler cache). Times of a loop of small operations move most between runs on a shared
+# machine (the torch step at the default window has measured anywhere from under 200 to over 370
+# microseconds per token on this machine's class under load), so read these ratios as their order
+# of magnitude.
 #
 # ## Training throughput against the published memory models
 #
@@ -577,8 +583,11 @@ if "peers" in res:
                     "as many memory cells" if "memnet_vs_dnc_tokens_per_s" in pe else "")
         + "; with " + " and ".join(f"{int(N):,} slots its step takes {v:.2f} times as long"
                                    for N, v in pe["memnet_slots_time_ratio"].items()) + "."), display=False)
-    glue("ch6_peers_not_run", " ".join(f"{name.upper()}: {why}." for name, why in pe["not_run"].items()),
-         display=False)
+    by_reason: dict = {}  # the models not run, grouped by why
+    for name, why in pe["not_run"].items():
+        by_reason.setdefault(why, []).append(name.upper())
+    glue("ch6_peers_not_run", " ".join(f"{' and '.join(names)}: {why}" + ("" if why.endswith((".", "?")) else ".")
+                                       for why, names in by_reason.items()), display=False)
 else:
     print("the training-throughput part is not in this run")
     glue("ch6_peers_line", "The training-throughput part is not in this run.", display=False)
