@@ -52,7 +52,7 @@ settings = book.setup(profile, device, seed, save)
 # {cite}`dao2022flashattention` save memory, not the $O(T)$ work). An LSTM has constant cost and state, but a
 # sequential recurrence (and, in chapter 3, no recall beyond its capacity).
 #
-# Three things make MemNet's cost what the equation says in practice:
+# Four things make MemNet's cost what the equation says in practice:
 #
 # - **Exact top-k in O(N).** Reads keep the top-k slots with ties to the lowest index (empty slots
 #   tie exactly; the split-versus-whole agreement of chapter 2 depends on that rule). A full stable
@@ -66,6 +66,9 @@ settings = book.setup(profile, device, seed, save)
 # - **One gradient per segment, not per slice.** The segment loop used to take `x[:, s]` of each
 #   per-segment tensor; autograd's backward of each slice materialises a zero tensor of the whole
 #   sequence, $O(S^2)$ over the loop. Unbinding once makes the backward linear in $S$.
+# - **One call each way per segment.** On CPU the read and the write of a segment, written as
+#   torch operations, are hundreds of small calls forward and backward; `memnet.fused` computes
+#   the same step in one C function each way (below, "The memory step, one call each way").
 # - **An in-place bank for streaming.** The functional write builds new $(N, D)$ keys and values
 #   every segment because retention scales every slot. `MemNet.stream` folds retention into a
 #   per-slot log scale, caches unit keys, scores reads and content writes in one chunked pass,
