@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
+import memnet.fused as fused
 import memnet.memory as memory_module
 from memnet import MemNet, MemNetConfig, MemoryState, MultiHeadMemoryBank
 
@@ -79,7 +80,11 @@ def near_tie_watch(tol: float = 1e-5):
 
     Two computation paths (one call vs two, a batch vs a row) round differently at the 1e-8 level;
     at such a near tie they may legitimately pick different slots, and top-k turns that into an O(1)
-    difference. Exact ties are fine: they resolve to the lowest index on every path."""
+    difference. Exact ties are fine: they resolve to the lowest index on every path.
+
+    Inside the watch every memory step is the torch step (``MultiHeadMemoryBank.reference_step``),
+    whose decisions are what it watches: the compiled step of memnet.fused makes the same decisions
+    in C, where no patch sees them (tests/test_fused.py checks the two agree)."""
     flags = []
     orig_topk, orig_alloc = memory_module.cosine_topk, MultiHeadMemoryBank.allocate
     orig_scores, orig_merge = memory_module.cosine_top_scores, memory_module.merge_candidates
@@ -119,13 +124,16 @@ def near_tie_watch(tol: float = 1e-5):
             flags.append(bool(((gap > 0) & (gap < tol * (1 + v[:-1].abs()))).any()))
         return orig_alloc(self, state, n)
 
+    orig_applies = fused.applies
     memory_module.cosine_topk, MultiHeadMemoryBank.allocate = topk, allocate
     memory_module.cosine_top_scores, memory_module.merge_candidates = top_scores, merge
+    fused.applies = lambda tensors: False  # the torch step, whose decisions the patches above see
     try:
         yield flags
     finally:
         memory_module.cosine_topk, MultiHeadMemoryBank.allocate = orig_topk, orig_alloc
         memory_module.cosine_top_scores, memory_module.merge_candidates = orig_scores, orig_merge
+        fused.applies = orig_applies
 
 
 # ------------------------------------------------------------------ "nothing changed" after a rejected call

@@ -156,10 +156,13 @@ def test_bank_step_values_and_gradients_on_random_states(cfg, B, decay_mode, pad
         st_ = MemoryState(leaves[0], leaves[1], state.age, state.usage, state.retained, state.segments,
                           signature=state.signature)
         rq = WriteRequest(*leaves[3:], req.pos)
-        with near_tie_watch() as near_ties:
+        if use_fused:  # outside the watch, which runs the torch step
             out = bank.step(st_, leaves[2], rq, valid)
-        if not use_fused and any(near_ties):
-            return
+        else:
+            with near_tie_watch() as near_ties:
+                out = bank.step(st_, leaves[2], rq, valid)
+            if any(near_ties):
+                return
         weight = by_slot(out.read.index, out.read.weight)[1]  # (ordered as the test compares it)
         outs = [out.state.keys, out.state.values, out.read.vectors, weight, out.read_mass, out.write.retention]
         if weights is None:
@@ -210,6 +213,22 @@ def test_threads_split_the_batch_without_changing_a_bit():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(*answers))
+
+
+def test_the_near_tie_watch_runs_the_torch_step(monkeypatch):
+    """helpers.near_tie_watch watches the torch step's decisions, so inside it the bank runs the
+    torch step; outside it the compiled one (what the comparisons above rely on)."""
+    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4)
+    model = perturbed(cfg, 0)
+    x = rand_tokens(1, 8, vocab=30, seed=1)
+    calls = []
+    real = fused.step
+    monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or real(*a))
+    with near_tie_watch():
+        model(x)
+    assert calls == []
+    model(x)
+    assert len(calls) == 2
 
 
 def test_the_torch_step_runs_where_the_kernel_does_not(monkeypatch):
