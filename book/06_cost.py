@@ -356,7 +356,7 @@ if "torch_step_us_per_token" in step and step.get("fused_step"):
                  f"and {step['eager_us_per_token']:.0f} with the C step, "
                  f"{step['torch_step_us_per_token'] / step['eager_us_per_token']:.1f} times faster")
     if "compiled_us_per_token" in step:
-        step_line += (f"; `torch.compile` of the torch step ({step['compiled_us_per_token']:.0f} microseconds per "
+        step_line += (f"; torch.compile of the torch step ({step['compiled_us_per_token']:.0f} microseconds per "
                       "token, after its compilation) is the path for a GPU")
     step_line += "."
 glue("ch6_step_line", step_line, display=False)
