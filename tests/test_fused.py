@@ -215,15 +215,20 @@ def test_threads_split_the_batch_without_changing_a_bit():
     assert all(torch.equal(a, b) for a, b in zip(*answers))
 
 
+def counted_steps(monkeypatch) -> tuple[MemNet, list]:
+    """A small model, and a list that gets one entry per call of the compiled step."""
+    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4)
+    calls: list = []
+    real = fused.step
+    monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or real(*a))
+    return perturbed(cfg, 0), calls
+
+
 def test_the_near_tie_watch_runs_the_torch_step(monkeypatch):
     """helpers.near_tie_watch watches the torch step's decisions, so inside it the bank runs the
     torch step; outside it the compiled one (what the comparisons above rely on)."""
-    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4)
-    model = perturbed(cfg, 0)
+    model, calls = counted_steps(monkeypatch)
     x = rand_tokens(1, 8, vocab=30, seed=1)
-    calls = []
-    real = fused.step
-    monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or real(*a))
     with near_tie_watch():
         model(x)
     assert calls == []
@@ -234,12 +239,8 @@ def test_the_near_tie_watch_runs_the_torch_step(monkeypatch):
 def test_the_torch_step_runs_where_the_kernel_does_not(monkeypatch):
     """MEMNET_FUSED=0 (or MEMNET_NATIVE=0) turns the kernel off, and inside torch.compile or with a
     tensor off the CPU it does not apply; the bank then runs reference_step."""
-    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4)
-    model = perturbed(cfg, 0)
+    model, calls = counted_steps(monkeypatch)
     x = rand_tokens(2, 9, vocab=30, seed=1)
-    calls = []
-    real = fused.step
-    monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or real(*a))
     model(x)
     assert len(calls) == 3  # three windows, each one call
     monkeypatch.setenv("MEMNET_FUSED", "0")
