@@ -70,7 +70,8 @@ print("query of each item at:", b.query_pos[0].tolist(), "(-1: never queried)")
 # alive when the sequence ends is **right-censored**: we know only that it lived at least that
 # long, which is why lifetimes are summarised with the Kaplan-Meier estimator
 # {cite}`kaplan1958nonparametric` and Greenwood's variance, with a log(-log) confidence band,
-# rather than with a mean.
+# rather than with a mean. The estimates are fitted by lifelines {cite}`davidsonpilon2019lifelines`;
+# the package's tests check them against the example below worked by hand.
 #
 # To split lifetimes by item type, every content is attributed to the token that wrote it. The
 # trace records the slot allocated to each write and that write's allocation weight; the

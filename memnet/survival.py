@@ -12,7 +12,6 @@ Everything returned here is numpy; traces may hold tensors on any device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -198,7 +197,8 @@ def _check_km_inputs(duration, observed, alpha: float) -> tuple[np.ndarray, np.n
 
 def kaplan_meier(duration: np.ndarray | Tensor | Sequence[float], observed: np.ndarray | Tensor | Sequence[bool],
                  alpha: float = 0.05) -> KMResult:
-    """Kaplan-Meier survival estimate with Greenwood variance and a log(-log) confidence band.
+    """Kaplan-Meier survival estimate with Greenwood variance and a log(-log) confidence band,
+    fitted by ``lifelines.KaplanMeierFitter`` and read back at time 0 and the observed event times.
 
     At each distinct observed event time t_i, with n_i subjects at risk (duration >= t_i)
     and d_i observed deaths::
@@ -206,39 +206,46 @@ def kaplan_meier(duration: np.ndarray | Tensor | Sequence[float], observed: np.n
         S(t)   = prod_{t_i <= t} (1 - d_i / n_i)
         Var(t) = S(t)^2 * G(t),          G(t) = sum_{t_i <= t} d_i / (n_i (n_i - d_i))   (Greenwood)
 
-    Band (as lifelines computes it), with z = Phi^{-1}(1 - alpha / 2)::
+    Band (the exponential Greenwood band lifelines reports), with z = Phi^{-1}(1 - alpha / 2)::
 
         exp(-exp(log(-log S) +- z * sqrt(G) / log S))
 
-    Edges are handled without NaN: where S = 1 the band is [1, 1] (and Var = 0), where
-    S = 0 it is [0, 0] (Var = 0, although G is infinite there). Censored subjects count
-    as at risk at their own censoring time (ties: deaths before censorings).
+    Edges hold no NaN: where S = 1 the band is [1, 1] (and Var = 0), where S = 0 it is [0, 0]
+    (Var = 0; lifelines leaves the infinite Greenwood term of n_i = d_i out of G). Censored
+    subjects count as at risk at their own censoring time (ties: deaths before censorings).
+    With no observed death the estimate is S = 1 at time 0 alone.
     """
     d, o = _check_km_inputs(duration, observed, alpha)
-    event_times = np.unique(d[o])
-    times = event_times if (len(event_times) and event_times[0] == 0.0) else np.concatenate([[0.0], event_times])
-    at_risk = (d[None, :] >= times[:, None]).sum(1).astype(np.int64)
-    deaths = ((d[None, :] == times[:, None]) & o[None, :]).sum(1).astype(np.int64)
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.where(at_risk > 0, deaths / np.maximum(at_risk, 1), 0.0)
-        surv = np.cumprod(1.0 - frac)
-        surv = np.clip(surv, 0.0, 1.0)
-        term = np.where(deaths > 0, deaths / (at_risk * (at_risk - deaths)).astype(np.float64), 0.0)  # inf if n = d
-        gw = np.cumsum(term)
-        variance = np.where(surv > 0, surv ** 2 * gw, 0.0)
-
-        z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
-        inner = (surv > 0) & (surv < 1)
-        s_in = np.where(inner, surv, 0.5)  # placeholder outside (0, 1), overwritten below
-        log_s = np.log(s_in)
-        half = z * np.sqrt(np.where(inner, gw, 0.0)) / log_s  # <= 0
-        a = np.exp(-np.exp(np.log(-log_s) + half))
-        b = np.exp(-np.exp(np.log(-log_s) - half))
-    lower = np.where(inner, np.minimum(a, b), surv)
-    upper = np.where(inner, np.maximum(a, b), surv)
-    return KMResult(times=times, survival=surv, at_risk=at_risk, events=deaths, variance=variance,
+    if not o.any():  # nothing died: lifelines is not needed (and takes no empty input)
+        one = np.ones(1)
+        return KMResult(times=np.zeros(1), survival=one, at_risk=np.array([len(d)], dtype=np.int64),
+                        events=np.zeros(1, dtype=np.int64), variance=np.zeros(1), lower=one, upper=one.copy(),
+                        alpha=float(alpha))
+    with np.errstate():  # lifelines calls np.seterr; the caller's error state is restored on exit
+        fit = _lifelines_km().fit(d, event_observed=o, alpha=float(alpha))
+    table = fit.event_table  # one row per distinct duration (and 0), censorings included
+    t_all = table.index.to_numpy(dtype=np.float64)
+    keep = (table["observed"].to_numpy() > 0) | (t_all == 0.0)
+    times = t_all[keep]
+    surv = np.clip(fit.survival_function_.to_numpy()[:, 0][keep], 0.0, 1.0)
+    gw = fit._cumulative_sq_.to_numpy(dtype=np.float64)[keep]  # Greenwood's sum G(t); lifelines keeps it private
+    band = fit.confidence_interval_.to_numpy(dtype=np.float64)[keep]
+    inner = (surv > 0) & (surv < 1)
+    lower = np.where(inner, np.minimum(band[:, 0], band[:, 1]), surv)
+    upper = np.where(inner, np.maximum(band[:, 0], band[:, 1]), surv)
+    return KMResult(times=times, survival=surv, at_risk=table["at_risk"].to_numpy()[keep].astype(np.int64),
+                    events=table["observed"].to_numpy()[keep].astype(np.int64),
+                    variance=np.where(surv > 0, surv ** 2 * gw, 0.0),
                     lower=np.clip(lower, 0.0, 1.0), upper=np.clip(upper, 0.0, 1.0), alpha=float(alpha))
+
+
+def _lifelines_km():
+    """A fresh ``lifelines.KaplanMeierFitter`` (the package is the extra ``memnet[survival]``)."""
+    try:
+        from lifelines import KaplanMeierFitter
+    except ImportError as e:  # pragma: no cover - the test environment installs it
+        raise ImportError("kaplan_meier needs lifelines: pip install 'memnet[survival]' (or lifelines)") from e
+    return KaplanMeierFitter()
 
 
 def median_survival(km: KMResult) -> float:

@@ -1,4 +1,5 @@
-"""Survival analysis of memory contents: Kaplan-Meier by hand, content lifetimes on hand-built and real traces."""
+"""Survival analysis of memory contents: Kaplan-Meier (lifelines) against the estimate worked by hand, content
+lifetimes on hand-built and real traces."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +17,7 @@ from memnet.survival import (Lifetimes, age_histogram, content_lifetimes, conten
 
 
 # ---------------------------------------------------------------------------- Kaplan-Meier
+# Agreement: lifelines' fit (memnet.survival.kaplan_meier) against the textbook example worked by hand.
 # Textbook example: 7 subjects, durations 1 2 2 3 4 4 5, the second 2 and the second 4 censored.
 #   t   n_i  d_i  1 - d/n   S(t)                      Greenwood term d / (n (n - d))
 #   0    7    0     1       1                         0
@@ -94,6 +96,21 @@ def test_km_all_censored():
     np.testing.assert_array_equal(km.survival, [1])
     assert median_survival(km) == math.inf
     assert km([0, 5])[1] == 1
+
+
+def test_km_leaves_numpy_error_state_alone():
+    before = np.geterr()
+    kaplan_meier(DUR, OBS)
+    assert np.geterr() == before
+
+
+def test_km_ties_at_time_zero():
+    # two deaths at 0 of four subjects: S(0) = 1/2, and time 0 is not listed twice
+    km = kaplan_meier([0, 0, 1, 2], [1, 1, 1, 0])
+    np.testing.assert_array_equal(km.times, [0, 1])
+    np.testing.assert_allclose(km.survival, [0.5, 0.25])
+    np.testing.assert_array_equal(km.at_risk, [4, 2])
+    np.testing.assert_array_equal(km.events, [2, 1])
 
 
 def test_km_accepts_tensors_and_int_flags():
