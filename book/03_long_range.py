@@ -32,7 +32,7 @@ save = False
 import numpy as np
 from myst_nb import glue
 
-from memnet import book, plots, widgets
+from memnet import book, plots, survival, widgets
 from memnet.experiments import long_range
 from memnet.tasks import KeyValueRecall
 
@@ -351,7 +351,7 @@ if seed_shown is not None:
     stored = run.traces[seed_shown]
     trace = stored["trace"]
     rows = stored["tokens"].shape[0]
-    occ = [plots.item_occupancy(trace, stored["tokens"], stored["targets"], stored["distance"], batch=i)
+    occ = [survival.item_occupancy(trace, stored["tokens"], stored["targets"], stored["distance"], batch=i)
            for i in range(rows)]
     hits = [h for o in occ for h in o["hits"]]
     glue("ch3_hits", f"{100 * np.mean(hits):.0f}", display=False)

@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 from myst_nb import glue
 
-from memnet import book, continual, plots
+from memnet import book, continual, plots, widgets
 from memnet.experiments import continual as experiment
 from memnet.tasks.digits import SplitDigits
 
@@ -385,7 +385,7 @@ fig2
 # with the memory reset per task.
 
 # %% tags=["nbval-ignore-output"]
-experiment.explorer(res, run.traces)
+widgets.continual_explorer(res, run.traces)
 
 # %% [markdown]
 # Without a kernel: the fixed-address MemNet's carried memory at the end of every task (seed shown
@@ -396,7 +396,7 @@ seed_shown = seed if seed in run.traces else min(run.traces)
 rec = run.traces[seed_shown]["memnet_fixed"][S]
 T = res["streams"][S]["stream"]["n_tasks"]
 n_slots = next(r["num_slots"] for r in res["streams"][S]["runs"] if r["model"] == "memnet_fixed")
-own = plots.slot_owner_over_time(experiment.slot_events(rec), rec["segment_task"], T)
+own = continual.slot_owner_over_time(experiment.slot_events(rec), rec["segment_task"], T)
 ends = [int(np.flatnonzero(rec["segment_task"].numpy() == t)[-1]) for t in range(T)]
 fig, axes = plots.new_figure(1, T, figsize=(2.6 * T, 2.8), sharey=True)
 for t, ax in enumerate(axes.flat):

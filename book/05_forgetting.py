@@ -34,7 +34,7 @@ from myst_nb import glue
 
 from memnet import MemNet, MemNetConfig, MemoryState, book, plots, widgets
 from memnet.experiments import forgetting as fx
-from memnet.survival import Lifetimes, content_lifetimes, content_sources, kaplan_meier, median_survival
+from memnet.survival import Lifetimes, content_lifetimes, content_sources, counts_to_km, kaplan_meier, median_survival
 from memnet.tasks import ForgettingStream
 
 settings = book.setup(profile, device, seed, save)
@@ -279,7 +279,7 @@ groups = ["useful", "expiring", "distractor"]
 names = list(res["ablations"])
 shown_abl = [n for n in ("learned", "faded", "fixed", "none") if n in names]
 seeds_run = sorted({r["seed"] for r in res["runs"]})
-plots.survival_grid(res, shown_abl, groups, title="Kaplan-Meier survival of contents by the type of the item that "
+plots.survival_grid(fx.survival_panels(res, shown_abl, groups), res["num_segments"], title="Kaplan-Meier survival of contents by the type of the item that "
                     "wrote them (95% bands), per seed")
 
 # %% [markdown]
@@ -306,7 +306,7 @@ fig, axes = plots.new_figure(2, len(seeds_run), figsize=(4.2 * len(seeds_run), 6
 for i, name in enumerate(["learned", "none"]):
     for j, sd in enumerate(seeds_run):
         r = next(r for r in res["runs"] if r["ablation"] == name and r["seed"] == sd)
-        kms = {g: fx.counts_to_km(r["item_counts"][g]) for g in groups}
+        kms = {g: counts_to_km(r["item_counts"][g]) for g in groups}
         plots.survival_curves(kms, ax=axes[i, j], title=f"{name}, seed {sd}: items", max_time=S_max)
         axes[i, j].set_xlabel("segments since the item was shown")
 fig.suptitle("Kaplan-Meier survival of items in memory (0: never written), per seed", fontsize=10)
@@ -634,7 +634,7 @@ def forced_shown(fv: fx.ForcedView) -> list:
 
 fv_main = fx.forced_view(res)
 forced_glue(res, fv_main, "ch5_forced")
-plots.survival_grid(res, forced_shown(fv_main), title="every item written: survival of contents by item type "
+plots.survival_grid(fx.survival_panels(res, forced_shown(fv_main)), res["num_segments"], title="every item written: survival of contents by item type "
                     "(95% bands), per seed")
 
 # %%
@@ -684,7 +684,7 @@ if lres is not res:
 glue("ch5_long_shape", f"{lres['num_segments']} segments and {lres['config']['num_slots']} slots, "
      f"{lres['pressure']:.1f} items per slot", display=False)
 forced_glue(lres, fv_long, "ch5_long")
-plots.survival_grid(lres, forced_shown(fv_long), title="twice the trace and the bank, every item written: survival "
+plots.survival_grid(fx.survival_panels(lres, forced_shown(fv_long)), lres["num_segments"], title="twice the trace and the bank, every item written: survival "
                     "of contents by item type, per seed")
 
 # %%

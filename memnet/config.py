@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+IGNORE_INDEX = -100  # the target of a position that is not scored (cross-entropy's ignore_index)
+
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: every float field must fit in one
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: the floor of the positive float fields
 NORM_FLOOR_MIN = 1e-12  # eps and full_key_norm floor a norm; the gradient of x / max(|x|, floor) is 1 / floor,

@@ -6,9 +6,8 @@ import math
 import torch
 from torch import Tensor
 
+from .config import IGNORE_INDEX  # noqa: F401  (re-exported: the constant lives in config, below the tasks)
 from .trace import MemoryTrace
-
-IGNORE_INDEX = -100
 
 
 def correct_at_queries(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

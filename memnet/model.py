@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bottleneck import SemanticBottleneck
-from .config import MemNetConfig
+from .config import IGNORE_INDEX, MemNetConfig
 from .controller import MemoryInterface, MemorySignals, TransformerController
 from .encoder import Encoder, check_tokens
 from .losses import aux_losses
@@ -233,8 +233,6 @@ def truncated_backward(model: MemNet, tokens: Tensor, targets: Tensor, chunk_seg
     ``IGNORE_INDEX``. Every argument is checked before the first chunk runs, so a bad one raises
     with no ``.grad`` touched. Returns the loss (a float) and the final memory (detached).
     """
-    from .metrics import IGNORE_INDEX
-
     if not isinstance(model, MemNet):
         raise TypeError(f"model must be a MemNet, got {type(model).__name__}")
     if isinstance(chunk_segments, bool) or not isinstance(chunk_segments, int) or chunk_segments < 1:

@@ -22,7 +22,6 @@ import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .metrics import IGNORE_INDEX  # noqa: E402
 from .trace import MemoryTrace  # noqa: E402
 
 
@@ -259,52 +258,6 @@ def training_curves(curves: dict, ax: Axes | None = None, title: str = "", plate
 
 
 # ---------------------------------------------------------------------------- where stored items live
-def item_occupancy(trace: MemoryTrace, tokens, targets, distance, batch: int = 0, ignore_index: int = IGNORE_INDEX) -> dict:
-    """Follow each stored key-value item of a recall sequence through the slots.
-
-    An item is born when the write issued by its value token lands, by allocation, on a slot;
-    it lives in that slot until a later write event there overwrites it, and fades with the
-    slot's retention gates meanwhile. Returns
-      owner:  (N, S) int, the item a slot holds after each segment (-1: none)
-      signal: (N, S) float, the product of retention gates since the item's write (0: none)
-      slots:  list of the slot each item was allocated to
-      query_read: (n_items, N) read weight (summed over heads) of each item's query token
-      hits: list of bool, whether the query's strongest read is the item's slot.
-    """
-    targets, distance = torch.as_tensor(targets)[batch], torch.as_tensor(distance)[batch]
-    S, L = trace.valid.shape[1], trace.valid.shape[2]
-    N = trace.num_slots
-    qpos = torch.nonzero(targets != ignore_index).flatten().tolist()
-    vpos = [q - int(distance[q]) for q in qpos]
-    owner = np.full((N, S), -1)
-    signal = np.zeros((N, S))
-    slots, query_read, hits = [], [], []
-    events = _np(trace.write_events[batch]) > 0  # (S, N)
-    ret = _np(trace.retention[batch])  # (S, N)
-    dense = trace.read_weights_dense()[batch].sum(2)  # (S, L, N)
-    for i, (v, q) in enumerate(zip(vpos, qpos)):
-        s0, off = divmod(v, L)
-        w = (trace.write_pos[batch, s0] == off).nonzero().flatten()
-        if len(w) == 0:
-            slots.append(-1)
-            continue
-        slot = int(trace.write_alloc[batch, s0, int(w[0])])
-        slots.append(slot)
-        sig = 1.0
-        for s in range(s0, S):
-            if s > s0:
-                sig *= ret[s, slot]
-                if events[s, slot]:
-                    break
-            owner[slot, s], signal[slot, s] = i, sig
-        qs, qo = divmod(q, L)
-        r = _np(dense[qs, qo])
-        query_read.append(r)
-        hits.append(bool(r.argmax() == slot))
-    return {"owner": owner, "signal": signal, "slots": slots, "query_read": np.array(query_read), "hits": hits,
-            "value_pos": vpos, "query_pos": qpos}
-
-
 def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str | None = None) -> Figure:
     """Which slot holds which stored item over time (color = item, brightness = retained signal);
     a star marks each item's query segment, on the slot its query read most."""
@@ -377,21 +330,22 @@ def survival_curves(kms: dict, ax: Axes | None = None, title: str = "", colors: 
     return ax.figure
 
 
-def survival_grid(result: dict, names: Sequence[str], groups: Sequence[str] = ("useful", "expiring", "distractor"),
-                  title: str = "") -> Figure:
-    """A forgetting run's content survival curves: one row per configuration in `names`, one
-    column per seed, the groups' Kaplan-Meier curves in each panel (recall of useful items in
-    its title)."""
-    from .experiments.forgetting import counts_to_km
-
-    seeds = sorted({r["seed"] for r in result["runs"]})
+def survival_grid(panels: dict, max_time: float, title: str = "") -> Figure:
+    """Survival curves of a forgetting run: one row per configuration, one column per seed, the
+    groups' Kaplan-Meier curves in each panel (recall of useful items in its title).
+    panels: {configuration: {seed: {"kms": {group: KMResult or None}, "recall": float}}}, as
+    :func:`memnet.experiments.forgetting.survival_panels` computes it."""
+    names = list(panels)
+    seeds = sorted({sd for by_seed in panels.values() for sd in by_seed})
     fig, axes = new_figure(len(names), len(seeds), figsize=(4.2 * len(seeds), 3.0 * len(names)), sharey=True)
     for i, name in enumerate(names):
         for j, sd in enumerate(seeds):
-            r = next(r for r in result["runs"] if r["ablation"] == name and r["seed"] == sd)
-            kms = {g: counts_to_km(r["counts"][g]) for g in groups}
-            survival_curves(kms, ax=axes[i, j], max_time=result["num_segments"],
-                            title=f"{name}, seed {sd} (recall {100 * r['accuracy']['useful']:.0f}%)")
+            cell = panels[name].get(sd)
+            if cell is None:
+                axes[i, j].set_axis_off()
+                continue
+            survival_curves(cell["kms"], ax=axes[i, j], max_time=max_time,
+                            title=f"{name}, seed {sd} (recall {100 * cell['recall']:.0f}%)")
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -582,22 +536,6 @@ def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: d
     return fig
 
 
-def slot_owner_over_time(trace_write_events, segment_task, n_tasks: int) -> np.ndarray:
-    """(S, N) task whose item each slot holds after each segment of a fill stream (-1: none yet), from
-    write events (S, N) and the task of each segment (S,)."""
-    ev = _np(trace_write_events) > 0
-    seg_task = np.asarray(_np(segment_task), dtype=np.int64)
-    S, N = ev.shape
-    if seg_task.shape != (S,):
-        raise ValueError(f"segment_task must have shape ({S},), got {seg_task.shape}")
-    own = np.full((S, N), -1, dtype=np.int64)
-    cur = np.full(N, -1, dtype=np.int64)
-    for s in range(S):
-        cur[ev[s]] = seg_task[s]
-        own[s] = cur
-    return own
-
-
 def slot_owner_map(owner: np.ndarray, n_tasks: int, ax: Axes | None = None, upto: int | None = None,
                    title: str = "", segment_task=None) -> Axes:
     """Slot x segment map coloured by the task whose item the slot holds (white: empty); segments after
@@ -627,6 +565,32 @@ def slot_owner_map(owner: np.ndarray, n_tasks: int, ax: Axes | None = None, upto
     ax.set_xlabel("support item streamed into memory (segment)")
     ax.set_ylabel("slot")
     return ax
+
+
+def stream_view(own: np.ndarray, segment_task, accuracy: dict, segment: int, n_tasks: int, title: str = "") -> Figure:
+    """A carried memory after one item of a fill stream: the slot map up to `segment` (who holds
+    which slot, :func:`slot_owner_map`) beside bars of accuracy on every task after the task that
+    item belongs to, one bar group per entry of `accuracy` (label -> (n_tasks,) accuracies), and
+    the items of each task the memory holds then (scaled to the largest).
+    own: (S, N) task of the item each slot holds after each segment (-1: none)."""
+    seg_task = np.asarray(_np(segment_task), dtype=np.int64)
+    stage = int(seg_task[segment])
+    fig, axes = new_figure(1, 2, figsize=(11, 3.4), width_ratios=[1.7, 1])
+    slot_owner_map(own, n_tasks, ax=axes[0, 0], upto=segment, segment_task=seg_task, title=title)
+    ax = axes[0, 1]
+    w = 0.8 / max(1, len(accuracy))
+    for k, (label, acc) in enumerate(accuracy.items()):
+        ax.bar(np.arange(n_tasks) + 1 + (k - (len(accuracy) - 1) / 2) * w, acc, width=w, color=f"C{[0, 3, 2, 1][k % 4]}",
+               label=label)
+    held = np.array([(own[segment] == t).sum() for t in range(n_tasks)], dtype=float)
+    ax.plot(np.arange(n_tasks) + 1, held / max(1.0, held.max()), "k_", ms=14, mew=2, label="items held (scaled)")
+    ax.set_ylim(0, 1.05)
+    ax.set_xticks(range(1, n_tasks + 1))
+    ax.set_xlabel("task")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"after training on task {stage + 1}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
 
 
 # ---------------------------------------------------------------------------- the cost of memory (chapter 6)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .metrics import IGNORE_INDEX
 from .trace import MemoryTrace
 
 CAUSES = ("overwrite", "decay", "censored")
@@ -254,6 +255,31 @@ def median_survival(km: KMResult) -> float:
     return float(km.times[hit[0]]) if len(hit) else float("inf")
 
 
+def counts_to_km(counts: dict[str, list[int]] | list[dict], alpha: float = 0.05) -> KMResult | None:
+    """Kaplan-Meier from stored counts: ``counts["deaths"][t]`` and ``counts["censored"][t]`` are the
+    subjects that died, or were censored, at duration t (one dict, or a list of them pooled).
+    None when the counts hold no subject."""
+    items = counts if isinstance(counts, list) else [counts]
+    dur, obs = [], []
+    for c in items:
+        for flag, key in ((True, "deaths"), (False, "censored")):
+            k = np.asarray(c[key], dtype=np.int64)
+            if k.ndim != 1 or (k < 0).any():
+                raise ValueError(f"counts[{key!r}] must be a 1-D list of non-negative counts, got {c[key]!r}")
+            dur.append(np.repeat(np.arange(len(k)), k))
+            obs.append(np.full(int(k.sum()), flag))
+    dur, obs = np.concatenate(dur), np.concatenate(obs)
+    return kaplan_meier(dur, obs, alpha) if len(dur) else None
+
+
+def rmst(km: KMResult | None, tau: float) -> float:
+    """Restricted mean survival time: the area under S(t) on [0, tau] (nan for no estimate)."""
+    if km is None:
+        return float("nan")
+    t = np.append(km.times[km.times < tau], tau)
+    return float(np.sum(km.survival[: len(t) - 1] * np.diff(t)))
+
+
 # ---------------------------------------------------------------------------- other slot statistics
 def write_frequency(trace: MemoryTrace) -> np.ndarray:
     """(N,) mean write events per segment for every slot: mean_{b, s} write_events[b, s, n]."""
@@ -376,3 +402,50 @@ def km_curve_dict(km: KMResult) -> dict[str, list[float]]:
     """A JSON-ready copy of the curve (times, survival, lower, upper, at_risk)."""
     return {"times": km.times.tolist(), "survival": km.survival.tolist(), "lower": km.lower.tolist(),
             "upper": km.upper.tolist(), "at_risk": km.at_risk.tolist()}
+
+
+# ---------------------------------------------------------------------------- where stored items live
+def item_occupancy(trace: MemoryTrace, tokens, targets, distance, batch: int = 0, ignore_index: int = IGNORE_INDEX) -> dict:
+    """Follow each stored key-value item of a recall sequence through the slots.
+
+    An item is born when the write issued by its value token lands, by allocation, on a slot;
+    it lives in that slot until a later write event there overwrites it, and fades with the
+    slot's retention gates meanwhile. Returns
+      owner:  (N, S) int, the item a slot holds after each segment (-1: none)
+      signal: (N, S) float, the product of retention gates since the item's write (0: none)
+      slots:  list of the slot each item was allocated to
+      query_read: (n_items, N) read weight (summed over heads) of each item's query token
+      hits: list of bool, whether the query's strongest read is the item's slot.
+    """
+    targets, distance = torch.as_tensor(targets)[batch], torch.as_tensor(distance)[batch]
+    S, L = trace.valid.shape[1], trace.valid.shape[2]
+    N = trace.num_slots
+    qpos = torch.nonzero(targets != ignore_index).flatten().tolist()
+    vpos = [q - int(distance[q]) for q in qpos]
+    owner = np.full((N, S), -1)
+    signal = np.zeros((N, S))
+    slots, query_read, hits = [], [], []
+    events = _np(trace.write_events[batch]) > 0  # (S, N)
+    ret = _np(trace.retention[batch])  # (S, N)
+    dense = trace.read_weights_dense()[batch].sum(2)  # (S, L, N)
+    for i, (v, q) in enumerate(zip(vpos, qpos)):
+        s0, off = divmod(v, L)
+        w = (trace.write_pos[batch, s0] == off).nonzero().flatten()
+        if len(w) == 0:
+            slots.append(-1)
+            continue
+        slot = int(trace.write_alloc[batch, s0, int(w[0])])
+        slots.append(slot)
+        sig = 1.0
+        for s in range(s0, S):
+            if s > s0:
+                sig *= ret[s, slot]
+                if events[s, slot]:
+                    break
+            owner[slot, s], signal[slot, s] = i, sig
+        qs, qo = divmod(q, L)
+        r = _np(dense[qs, qo])
+        query_read.append(r)
+        hits.append(bool(r.argmax() == slot))
+    return {"owner": owner, "signal": signal, "slots": slots, "query_read": np.array(query_read), "hits": hits,
+            "value_pos": vpos, "query_pos": qpos}

@@ -81,3 +81,43 @@ def explorer(trace: MemoryTrace, batch: int = 0, segment: int | None = None, hea
     slot_w = W.IntSlider(value=slot, min=0, max=N - 1, description="slot", continuous_update=False)
     return live_figure([seg_w, head_w, slot_w],
                        lambda seg, hd, sl: draw_view(trace, seg, None if hd < 0 else hd, sl, batch))
+
+
+def stream_frame(result: dict, traces: dict, seed: int, segment: int, stream: str = "digits", model: str = "memnet"):
+    """The continual explorer's figure (:func:`memnet.plots.stream_view`): the carried memory of
+    ``model`` after item `segment` of a stored fill stream, and its accuracy on every task after the
+    task that item belongs to, with the memory carried and reset per task."""
+    from .continual import slot_owner_over_time
+    from .experiments.continual import slot_events
+
+    rec = traces[seed][model][stream]
+    T = result["streams"][stream]["stream"]["n_tasks"]
+    seg_task = rec["segment_task"]
+    own = slot_owner_over_time(slot_events(rec), seg_task, T)
+    stage = int(seg_task[segment])
+    accuracy = {}
+    for m in (model, f"{model}_reset"):
+        R = [r for r in result["streams"][stream]["runs"] if r["model"] == m and r["seed"] == seed]
+        if R:
+            accuracy[plots.CONTINUAL_LABELS.get(m, m)] = np.array(R[0]["R"])[stage]
+    title = (f"{plots.CONTINUAL_LABELS.get(model, model)}, seed {seed}: slots after item {segment + 1} of "
+             f"{len(seg_task)} (task {stage + 1})")
+    return plots.stream_view(own, seg_task, accuracy, segment, T, title)
+
+
+def continual_explorer(result: dict, traces: dict, stream: str = "digits") -> W.VBox:
+    """Seed and model dropdowns and a slider over the support items streamed into a carried
+    memory, above the redrawn :func:`stream_frame`, for a stored continual-learning run."""
+    from .experiments.continual import MEMNETS
+
+    if not traces:
+        raise ValueError("traces must hold at least one seed's stored trace (trace_seed*.pt)")
+    seeds = sorted(traces)
+    models = [m for m in MEMNETS if stream in traces[seeds[0]].get(m, {})]
+    if not models:
+        raise ValueError(f"traces hold no MemNet fill record of stream {stream!r}")
+    S = int(traces[seeds[0]][models[0]][stream]["segment_task"].shape[0])
+    seed_w = W.Dropdown(options=seeds, value=seeds[0], description="seed")
+    model_w = W.Dropdown(options=models, value=models[-1], description="model")
+    seg_w = W.IntSlider(value=S - 1, min=0, max=S - 1, description="item", continuous_update=False)
+    return live_figure([seed_w, model_w, seg_w], lambda sd, m, seg: stream_frame(result, traces, sd, seg, stream, m))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memnet import MemNet, MemNetConfig
-from memnet.continual import accuracy_matrix, stream_memnet, summarize
+from memnet.continual import accuracy_matrix, slot_owner_over_time, stream_memnet, summarize
 from memnet.experiments import continual as C
 from memnet.tasks.shift import ShiftingPrototypes
 
@@ -225,7 +225,7 @@ def test_smoke_run_stores_consistent_results(tmp_path):
     assert rec["segment_task"].tolist() == sum([[t] * 6 for t in range(5)], [])
     # the stored fill record rebuilds the write events the owners were computed from
     from memnet import plots
-    own = plots.slot_owner_over_time(C.slot_events(rec), rec["segment_task"], 5)
+    own = slot_owner_over_time(C.slot_events(rec), rec["segment_task"], 5)
     np.testing.assert_array_equal(own[-1], owners.numpy())
     # the fixed-address MemNet: a bank sized to the stream, every item kept, nothing evicted
     fx = next(r for r in runs if r["model"] == "memnet_fixed")
@@ -236,24 +236,22 @@ def test_smoke_run_stores_consistent_results(tmp_path):
     assert "memnet_reset" in table and "lstm_joint" in table and "ACC" in table
     assert all(v.claim.endswith(("model", "points")) for v in C.summarize(res))  # one seed, one stream: still checked
     # the stored run loads back into the explorer: one figure per model's carried memory
-    from memnet import book
+    from memnet import book, widgets
     loaded = book.load_run(tmp_path)
     for m in ("memnet", "memnet_fixed"):
-        fig = C.draw_stream_view(loaded.result, loaded.traces, 0, 7, "shift", m)
+        fig = widgets.stream_frame(loaded.result, loaded.traces, 0, 7, "shift", m)
         assert fig.axes[0].get_title().startswith(f"{plots.CONTINUAL_LABELS[m]}, seed 0: slots after item 8")
-    box = C.explorer(loaded.result, loaded.traces, "shift")
+    box = widgets.continual_explorer(loaded.result, loaded.traces, "shift")
     assert [c.description for c in box.children[0].children] == ["seed", "model", "item"]
 
 
 def test_slot_owner_over_time_by_hand():
-    from memnet import plots
-
     ev = np.zeros((4, 3), dtype=bool)
     ev[0, 0] = ev[1, 1] = ev[2, 0] = ev[3, 2] = True
-    own = plots.slot_owner_over_time(ev, [0, 0, 1, 1], 2)
+    own = slot_owner_over_time(ev, [0, 0, 1, 1], 2)
     np.testing.assert_array_equal(own, [[0, -1, -1], [0, 0, -1], [1, 0, -1], [1, 0, 1]])
     with pytest.raises(ValueError, match="segment_task"):
-        plots.slot_owner_over_time(ev, [0, 1], 2)
+        slot_owner_over_time(ev, [0, 1], 2)
 
 
 def test_with_memory_starts_every_sequence_from_the_carried_state(stream):

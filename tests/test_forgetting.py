@@ -14,7 +14,7 @@ from memnet import MemoryTrace
 from memnet.book import load_run
 from memnet.experiments import forgetting as fx
 from memnet.metrics import IGNORE_INDEX
-from memnet.survival import content_lifetimes, kaplan_meier, median_survival
+from memnet.survival import content_lifetimes
 from memnet.tasks import ITEM_TYPES, ForgettingBatch, ForgettingStream
 
 
@@ -205,22 +205,6 @@ def test_recall_by_retention_by_hand():
     assert out["expiring"] == {"queries": [0, 0, 1, 0, 0], "correct": [0, 0, 0, 0, 0]}
 
 
-@given(st.lists(st.tuples(st.integers(0, 6), st.booleans()), min_size=1, max_size=30))
-def test_counts_to_km_agrees_with_kaplan_meier(pairs):
-    dur = np.array([d for d, _ in pairs])
-    obs = np.array([o for _, o in pairs])
-    counts = {"deaths": np.bincount(dur[obs], minlength=7).tolist(),
-              "censored": np.bincount(dur[~obs], minlength=7).tolist()}
-    a, b = fx.counts_to_km(counts), kaplan_meier(dur, obs)
-    np.testing.assert_allclose(a.survival, b.survival)
-    np.testing.assert_array_equal(a.times, b.times)
-    assert median_survival(a) == median_survival(b)
-    # restricted mean: the area under the step function
-    tau = 7.0
-    grid = np.linspace(0, tau, 7001)[:-1] + tau / 14000
-    assert fx.rmst(a, tau) == pytest.approx(float(b(grid).mean() * tau), abs=2e-3)
-
-
 def test_format():
     assert fx.fmt([1.0, 2.0, 3.0]) == "2.0 ± 2.5" and fx.fmt([4.0]) == "4.0"  # common.mean_ci
     assert fx.fmt([2.0, float("inf")]) == "2/inf" and fx.fmt([float("inf")]) == "inf"
@@ -334,7 +318,7 @@ def test_forced_run_writes_every_item_and_its_view_and_figures(tmp_path):
     assert all(len(fv.ratios[n]) == len(p.seeds) for n in fv.names)
     from memnet import plots
 
-    fig = plots.survival_grid(res, ["forced_none", fv.best], title="t")
+    fig = plots.survival_grid(fx.survival_panels(res, ["forced_none", fv.best]), res["num_segments"], title="t")
     assert len(fig.axes) == 2 * len(p.seeds)
     assert len(plots.forced_pressure_panels(res, fv.rows, fv.names).axes) == 3
     with pytest.raises(ValueError, match="forced_none"):

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from helpers import rand_tokens, tiny_model  # noqa: E402
 from memnet import book, plots  # noqa: E402
 from memnet.memory import MultiHeadMemoryBank, WriteRequest  # noqa: E402
+from memnet.survival import item_occupancy  # noqa: E402
 from memnet.trace import MemoryTrace  # noqa: E402
 
 B, T = 2, 22  # tiny_cfg: segment_len 4 -> S = 6 segments (the last padded), 16 slots, 2 heads, top_k 2
@@ -115,7 +116,7 @@ def test_item_occupancy_follows_value_writes(trace):
     targets = torch.full((B, T), -100)
     distance = torch.zeros(B, T, dtype=torch.long)
     targets[:, 13], distance[:, 13] = 3, 12
-    occ = plots.item_occupancy(trace, None, targets, distance, batch=0)
+    occ = item_occupancy(trace, None, targets, distance, batch=0)
     assert occ["owner"].shape == (trace.num_slots, trace.num_segments)
     assert len(occ["slots"]) == len(occ["hits"]) == 1
     slot = occ["slots"][0]

@@ -9,11 +9,13 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memnet import MemNet, MemNetConfig, MemoryTrace
-from memnet.survival import (Lifetimes, age_histogram, content_lifetimes, content_sources, event_label_matrix,
+from memnet.survival import (Lifetimes, age_histogram, content_lifetimes, content_sources, counts_to_km, event_label_matrix,
                              kaplan_meier, km_by_group, km_curve_dict, median_survival, read_entropy_per_segment,
-                             retained_at_read, write_frequency)
+                             retained_at_read, rmst, write_frequency)
 
 
 # ---------------------------------------------------------------------------- Kaplan-Meier
@@ -131,6 +133,29 @@ def test_km_accepts_tensors_and_int_flags():
 def test_km_validates_inputs(dur, obs, alpha, name):
     with pytest.raises(ValueError, match=name):
         kaplan_meier(dur, obs, alpha)
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.booleans()), min_size=1, max_size=30))
+def test_counts_to_km_agrees_with_kaplan_meier(pairs):
+    dur = np.array([d for d, _ in pairs])
+    obs = np.array([o for _, o in pairs])
+    counts = {"deaths": np.bincount(dur[obs], minlength=7).tolist(),
+              "censored": np.bincount(dur[~obs], minlength=7).tolist()}
+    a, b = counts_to_km(counts), kaplan_meier(dur, obs)
+    np.testing.assert_allclose(a.survival, b.survival)
+    np.testing.assert_array_equal(a.times, b.times)
+    assert median_survival(a) == median_survival(b)
+    # restricted mean: the area under the step function
+    tau = 7.0
+    grid = np.linspace(0, tau, 7001)[:-1] + tau / 14000
+    assert rmst(a, tau) == pytest.approx(float(b(grid).mean() * tau), abs=2e-3)
+
+
+def test_counts_to_km_of_nothing_and_bad_counts():
+    assert counts_to_km({"deaths": [0, 0], "censored": [0]}) is None
+    assert math.isnan(rmst(None, 5.0))
+    with pytest.raises(ValueError, match="deaths"):
+        counts_to_km({"deaths": [1, -1], "censored": [0]})
 
 
 # ---------------------------------------------------------------------------- content lifetimes

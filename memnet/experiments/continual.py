@@ -70,7 +70,7 @@ from torch import Tensor
 from ..baselines import LSTMBaseline, WindowedTransformer, count_params
 from ..config import MemNetConfig
 from ..continual import (accuracy_matrix, fit_key_map, forgetting, max_drop, realign_keys, segment_keys,
-                         stream_memnet)
+                         slot_owner_over_time, stream_memnet)
 from ..continual import summarize as matrix_summary
 from ..memory import MemoryState, WriteRequest
 from ..model import MemNet
@@ -696,60 +696,6 @@ def summary_table(result: dict) -> str:
             f"{s}: class-incremental, {entry['stream']['n_tasks']} tasks, chance {100 * entry['chance']:.0f}% "
             "(percent, mean ± 95% t-interval over seeds)"))
     return "\n\n".join(blocks)
-
-
-def draw_stream_view(result: dict, traces: dict, seed: int, segment: int, stream: str = "digits",
-                     model: str = "memnet"):
-    """The explorer's figure: the carried memory's slot map of ``model`` up to `segment` of the fill
-    stream, and accuracy on every task after the task that segment belongs to (carried vs reset)."""
-    from .. import plots
-
-    rec = traces[seed][model][stream]
-    T = result["streams"][stream]["stream"]["n_tasks"]
-    seg_task = rec["segment_task"]
-    own = plots.slot_owner_over_time(slot_events(rec), seg_task, T)
-    stage = int(seg_task[segment])
-    fig, axes = plots.new_figure(1, 2, figsize=(11, 3.4), width_ratios=[1.7, 1])
-    plots.slot_owner_map(own, T, ax=axes[0, 0], upto=segment, segment_task=seg_task,
-                         title=f"{plots.CONTINUAL_LABELS.get(model, model)}, seed {seed}: slots after item "
-                               f"{segment + 1} of {len(seg_task)} (task {stage + 1})")
-    ax = axes[0, 1]
-    w = 0.38
-    for k, (m, col) in enumerate(((model, "C0"), (f"{model}_reset", "C3"))):
-        R = [r for r in result["streams"][stream]["runs"] if r["model"] == m and r["seed"] == seed]
-        if R:
-            ax.bar(np.arange(T) + 1 + (k - 0.5) * w, np.array(R[0]["R"])[stage], width=w, color=col,
-                   label=plots.CONTINUAL_LABELS.get(m, m))
-    held = np.array([(own[segment] == t).sum() for t in range(T)], dtype=float)
-    ax.plot(np.arange(T) + 1, held / max(1.0, held.max()), "k_", ms=14, mew=2, label="items held (scaled)")
-    ax.set_ylim(0, 1.05)
-    ax.set_xticks(range(1, T + 1))
-    ax.set_xlabel("task")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"after training on task {stage + 1}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
-    return fig
-
-
-def explorer(result: dict, traces: dict, stream: str = "digits"):
-    """An ipywidgets VBox: seed and model dropdowns and a slider over the support items streamed
-    into the carried memory, above the redrawn :func:`draw_stream_view`."""
-    import ipywidgets as W
-
-    from ..widgets import live_figure
-
-    if not traces:
-        raise ValueError("traces must hold at least one seed's stored trace (trace_seed*.pt)")
-    seeds = sorted(traces)
-    models = [m for m in MEMNETS if stream in traces[seeds[0]].get(m, {})]
-    if not models:
-        raise ValueError(f"traces hold no MemNet fill record of stream {stream!r}")
-    S = int(traces[seeds[0]][models[0]][stream]["segment_task"].shape[0])
-    seed_w = W.Dropdown(options=seeds, value=seeds[0], description="seed")
-    model_w = W.Dropdown(options=models, value=models[-1], description="model")
-    seg_w = W.IntSlider(value=S - 1, min=0, max=S - 1, description="item", continuous_update=False)
-    return live_figure([seed_w, model_w, seg_w],
-                       lambda sd, m, seg: draw_stream_view(result, traces, sd, seg, stream, m))
 
 
 def main(argv: list[str] | None = None) -> None:

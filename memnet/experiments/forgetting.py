@@ -34,7 +34,7 @@ import torch
 from ..baselines import count_params
 from ..config import MemNetConfig
 from ..model import MemNet
-from ..survival import (age_histogram, content_lifetimes, content_sources, event_label_matrix, kaplan_meier, median_survival,
+from ..survival import (age_histogram, content_lifetimes, content_sources, counts_to_km, event_label_matrix, median_survival, rmst,
                         read_entropy_per_segment, retained_at_read, write_frequency)
 from ..tasks.forgetting import EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
 from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
@@ -198,27 +198,6 @@ def _counts_by_type(types: np.ndarray, duration: np.ndarray, observed: np.ndarra
 def item_counts(trace, life, batch: ForgettingBatch) -> dict[str, dict[str, list[int]]]:
     """Per item type: deaths and censorings at every duration 0..S, as :func:`lifetime_counts`."""
     return _counts_by_type(*item_lifetimes(trace, life, batch), life.num_segments)
-
-
-def counts_to_km(counts: dict[str, list[int]] | list[dict], alpha: float = 0.05):
-    """Kaplan-Meier from stored death/censoring counts (one dict, or several pooled); None if empty."""
-    items = counts if isinstance(counts, list) else [counts]
-    dur, obs = [], []
-    for c in items:
-        for flag, key in ((True, "deaths"), (False, "censored")):
-            k = np.asarray(c[key])
-            dur.append(np.repeat(np.arange(len(k)), k))
-            obs.append(np.full(int(k.sum()), flag))
-    dur, obs = np.concatenate(dur), np.concatenate(obs)
-    return kaplan_meier(dur, obs, alpha) if len(dur) else None
-
-
-def rmst(km, tau: float) -> float:
-    """Restricted mean survival time: the area under S(t) on [0, tau]."""
-    if km is None:
-        return float("nan")
-    t = np.append(km.times[km.times < tau], tau)
-    return float(np.sum(km.survival[: len(t) - 1] * np.diff(t)))
 
 
 def recall_by_retention(trace, batch: ForgettingBatch, pred: np.ndarray) -> dict[str, dict[str, list[int]]]:
@@ -505,6 +484,19 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
 def run_keys(result: dict) -> list[tuple]:
     """One key per run of a result, (ablation, seed): what a stored result must keep."""
     return [(r["ablation"], r["seed"]) for r in result["runs"]]
+
+
+def survival_panels(result: dict, names: list[str], groups: tuple = ("useful", "expiring", "distractor"),
+                    counts: str = "counts") -> dict[str, dict[int, dict]]:
+    """{configuration: {seed: {"kms": {group: KMResult or None}, "recall": accuracy on useful items}}}
+    for the configurations `names` of a stored run: the Kaplan-Meier estimate of each group's
+    contents ("counts") or items ("item_counts"), per seed (what :func:`memnet.plots.survival_grid` draws)."""
+    if counts not in ("counts", "item_counts"):
+        raise ValueError(f"counts must be 'counts' or 'item_counts', got {counts!r}")
+    return {name: {r["seed"]: {"kms": {g: counts_to_km(r[counts][g]) for g in groups},
+                               "recall": r["accuracy"]["useful"]}
+                   for r in result["runs"] if r["ablation"] == name}
+            for name in names}
 
 
 # ---------------------------------------------------------------------------- the table

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..metrics import IGNORE_INDEX as IGNORE  # target at positions that are not queries
+from ..config import IGNORE_INDEX as IGNORE  # target at positions that are not queries
 
 ITEM_TYPES = ("useful", "distractor", "expiring")  # item_type codes 0, 1, 2
 USEFUL, DISTRACTOR, EXPIRING = range(3)

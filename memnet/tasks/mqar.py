@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..metrics import IGNORE_INDEX as IGNORE
+from ..config import IGNORE_INDEX as IGNORE
 from .recall import RecallBatch  # tokens, targets, distance: (B, T); distance back to the (latest) value asked for
 
 SPLITS = ("train", "validation", "test")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..metrics import IGNORE_INDEX as IGNORE  # target at positions that are not queries
+from ..config import IGNORE_INDEX as IGNORE  # target at positions that are not queries
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..metrics import IGNORE_INDEX
+from ..config import IGNORE_INDEX
 
 
 def check_index(value: object, name: str, upper: int) -> int:
