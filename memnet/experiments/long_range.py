@@ -628,7 +628,7 @@ def summarize(result: dict) -> list[Verdict]:
     out.append(Verdict("every model answers in-window queries at >= 10x chance (else its protocol failed)",
                        min((mean(in_window(result, n)) for n in names if n != "full"), default=float("nan")),
                        10 * result["chance"], not failed,
-                       "at chance in-window: " + ", ".join(LABELS[n] for n in failed) if failed else ""))
+                       "below 10x chance in-window: " + ", ".join(LABELS[n] for n in failed) if failed else ""))
     if "memnet" in names:
         far = max([m for m in p["distances"] if m <= 64], default=None)
         if p["eval_pairs"] == half and far == 64:
