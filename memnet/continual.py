@@ -387,16 +387,11 @@ def realign_keys(state: MemoryState, key_map: Tensor) -> MemoryState:
                        signature=state.signature)
 
 
-def _array(x) -> np.ndarray:
-    """A tensor (any device, any grad state) or array-like as a numpy array."""
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
-
-
 def slot_owner_over_time(trace_write_events, segment_task, n_tasks: int) -> np.ndarray:
     """(S, N) task whose item each slot holds after each segment of a fill stream (-1: none yet), from
     write events (S, N) and the task of each segment (S,)."""
-    ev = _array(trace_write_events) > 0
-    seg_task = np.asarray(_array(segment_task), dtype=np.int64)
+    ev = torch.as_tensor(trace_write_events).detach().cpu().numpy() > 0
+    seg_task = torch.as_tensor(segment_task).detach().cpu().numpy().astype(np.int64)
     S, N = ev.shape
     if seg_task.shape != (S,):
         raise ValueError(f"segment_task must have shape ({S},), got {seg_task.shape}")

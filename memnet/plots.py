@@ -567,11 +567,12 @@ def slot_owner_map(owner: np.ndarray, n_tasks: int, ax: Axes | None = None, upto
     return ax
 
 
-def stream_view(own: np.ndarray, segment_task, accuracy: dict, segment: int, n_tasks: int, title: str = "") -> Figure:
+def stream_view(own: np.ndarray, segment_task, accuracy: dict, held, segment: int, n_tasks: int,
+                title: str = "") -> Figure:
     """A carried memory after one item of a fill stream: the slot map up to `segment` (who holds
     which slot, :func:`slot_owner_map`) beside bars of accuracy on every task after the task that
     item belongs to, one bar group per entry of `accuracy` (label -> (n_tasks,) accuracies), and
-    the items of each task the memory holds then (scaled to the largest).
+    `held` (n_tasks,), the items of each task the memory holds then (drawn scaled to the largest).
     own: (S, N) task of the item each slot holds after each segment (-1: none)."""
     seg_task = np.asarray(_np(segment_task), dtype=np.int64)
     stage = int(seg_task[segment])
@@ -582,7 +583,7 @@ def stream_view(own: np.ndarray, segment_task, accuracy: dict, segment: int, n_t
     for k, (label, acc) in enumerate(accuracy.items()):
         ax.bar(np.arange(n_tasks) + 1 + (k - (len(accuracy) - 1) / 2) * w, acc, width=w, color=f"C{[0, 3, 2, 1][k % 4]}",
                label=label)
-    held = np.array([(own[segment] == t).sum() for t in range(n_tasks)], dtype=float)
+    held = np.asarray(held, dtype=float)
     ax.plot(np.arange(n_tasks) + 1, held / max(1.0, held.max()), "k_", ms=14, mew=2, label="items held (scaled)")
     ax.set_ylim(0, 1.05)
     ax.set_xticks(range(1, n_tasks + 1))

@@ -102,7 +102,8 @@ def stream_frame(result: dict, traces: dict, seed: int, segment: int, stream: st
             accuracy[plots.CONTINUAL_LABELS.get(m, m)] = np.array(R[0]["R"])[stage]
     title = (f"{plots.CONTINUAL_LABELS.get(model, model)}, seed {seed}: slots after item {segment + 1} of "
              f"{len(seg_task)} (task {stage + 1})")
-    return plots.stream_view(own, seg_task, accuracy, segment, T, title)
+    held = np.bincount(own[segment][own[segment] >= 0], minlength=T)  # (T,) items of each task in the memory
+    return plots.stream_view(own, seg_task, accuracy, held, segment, T, title)
 
 
 def continual_explorer(result: dict, traces: dict, stream: str = "digits") -> W.VBox:
