@@ -19,7 +19,7 @@ LOSS_WEIGHT_MAX = 1e6  # loss weights above this make a weighted loss or its gra
 MEMORY_FIELDS = ("num_slots", "slot_dim", "mem_heads", "top_k", "segment_len", "writes_per_segment", "write_tokens",
                  "write_key_shift", "window_reads", "write_threshold", "usage_decay", "decay_mode", "decay_init",
                  "allocation", "full_key_norm", "eps", "segment_codes")
-DECAY_MODES = ("learned", "fixed", "none")  # MemNetConfig.decay_mode: how slots forget (see MultiHeadMemoryBank.retention)
+DECAY_MODES = ("learned", "fixed", "none", "evidence")  # MemNetConfig.decay_mode: how slots forget (see MultiHeadMemoryBank.retention)
 ALLOCATION_MODES = ("lru", "faded", "weakest")  # MemNetConfig.allocation: which slot a new write takes (MultiHeadMemoryBank.allocate)
 
 
@@ -58,7 +58,9 @@ class MemNetConfig:
     write_threshold: float = 0.5  # write strength that counts as a write event (resets age)
     usage_decay: float = 0.9  # per-segment decay of the usage trace
     decay_init: float = 5.0  # initial logit of the slot-wise retention gate (sigmoid(5) ~ 0.993)
-    decay_mode: str = "learned"  # "learned": slot-wise logit + content direction; "fixed": sigmoid(decay_init); "none": 1
+    # "learned": slot-wise logit + content direction; "fixed": sigmoid(decay_init); "none": 1; "evidence": as
+    # "learned", plus learned weights on what reads revealed of the slot since its last write and on its age
+    decay_mode: str = "learned"
     # which slot a write takes: "lru" the stalest by age and usage; "faded" staleness divided by the retained
     # fraction; "weakest" the slot holding its content most weakly (event strength times retention since)
     allocation: str = "lru"

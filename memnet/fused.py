@@ -21,6 +21,8 @@ Differentiable outputs: the new keys and values, the read vectors, the read weig
 and the retention gate; the gradient reaches the state's keys and values, the queries, every field
 of the write request but ``pos``, and the bank's three parameters. The counts (age, usage,
 retained, segments), indices, write strength and events carry no gradient, as in the torch step.
+The state's evidence passes through unchanged: the kernel does not compute ``decay_mode =
+"evidence"`` (the only mode that keeps it), which the bank leaves to the torch step.
 """
 from __future__ import annotations
 
@@ -234,6 +236,6 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
         return bank.reference_step(state, queries, req, valid)
     (new_keys, new_values, age, usage, retained, segments, vectors, read_index, read_weight, mass, strength, events,
      alloc, retention) = FusedStep.apply(consts, out, keys, values, q, k, v, g, e, u, decay, lrs, lws, dl, valid)
-    new = MemoryState(new_keys, new_values, age, usage, retained, segments, signature=state.signature)
-    return StepResult(new, ReadResult(vectors, read_index, read_weight),
+    new = MemoryState(new_keys, new_values, age, usage, retained, segments, state.evidence, signature=state.signature)
+    return StepResult(new, ReadResult(vectors, read_index, read_weight, out[_READ_TOP]),
                       WriteResult(strength, events, alloc, retention), mass)

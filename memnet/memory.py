@@ -51,7 +51,12 @@ STATE_MAX_ABS = 1e8
 # a state's counts (age, segments) must lie in [0, COUNT_MAX]: counting up by 1.0 in float32 stops
 # at 2**24 (2**24 + 1 rounds back to it), so no state the model makes holds more
 COUNT_MAX = float(2 ** 24)
-TENSOR_FIELDS = ("keys", "values", "age", "usage", "retained", "segments")  # MemoryState's tensors, in order
+TENSOR_FIELDS = ("keys", "values", "age", "usage", "retained", "segments", "evidence")  # MemoryState's tensors, in order
+# decay_mode "evidence": the age a slot's retention sees is capped here (windows), and its two learned weights
+# (on read evidence and on age) enter the logit times EVIDENCE_SCALE, so that an optimiser's steps of about
+# its learning rate move the logit by a useful amount (a weight of 1 is 10 logits)
+EVIDENCE_AGE_CAP = 8.0
+EVIDENCE_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,16 @@ class MemoryState:
             a slot never written. None when constructed means all ones
     segments: (B,) float32 in [0, COUNT_MAX], windows this memory has seen (integer valued; what
             MemNet's segment codes are counted from); None when constructed means zeros
+    evidence: (B, N) float32 in [0, 1], what reads revealed of the slot since its last write event:
+            the strongest read hit it received (:func:`read_hits`), 0 after a write event. Kept with
+            ``decay_mode = "evidence"``, whose retention weighs it; zeros otherwise. None when
+            constructed means zeros
     signature: the config the state was made for, as :meth:`MemNetConfig.memory_signature` gives it
             (a tuple of ``(field, value)`` pairs, not a tensor); a model rejects a state made for
             another config. None: unknown (a state built by hand), checked by its shapes and values only.
 
     The signature is an init-only argument kept as a plain attribute, so that ``dataclasses.fields``
-    (and what iterates it) still sees the six tensors only. Every method here that makes a new state
+    (and what iterates it) still sees the seven tensors only. Every method here that makes a new state
     keeps it; ``dataclasses.replace`` does not unless given ``signature=state.signature``.
     """
 
@@ -83,6 +92,7 @@ class MemoryState:
     usage: Tensor
     retained: Tensor | None = None
     segments: Tensor | None = None
+    evidence: Tensor | None = None
     signature: InitVar[tuple | None] = None
 
     def __post_init__(self, signature: tuple | None) -> None:
@@ -91,17 +101,19 @@ class MemoryState:
             object.__setattr__(self, "retained", torch.ones_like(self.age))
         if self.segments is None and isinstance(self.age, Tensor) and self.age.dim() >= 1:
             object.__setattr__(self, "segments", self.age.new_zeros(self.age.shape[:1]))
+        if self.evidence is None and isinstance(self.age, Tensor):
+            object.__setattr__(self, "evidence", torch.zeros_like(self.age))
 
     @property
     def batch_size(self) -> int:
         return self.keys.shape[0]
 
     def tensors(self) -> tuple[Tensor, ...]:
-        """The six tensors (keys, values, age, usage, retained, segments), in that order."""
+        """The seven tensors (keys, values, age, usage, retained, segments, evidence), in that order."""
         return tuple(getattr(self, f) for f in TENSOR_FIELDS)
 
     def _map(self, fn) -> "MemoryState":
-        """A state of ``fn(t)`` for each of the six tensors, with the same signature."""
+        """A state of ``fn(t)`` for each of the seven tensors, with the same signature."""
         return MemoryState(*(fn(t) for t in self.tensors()), signature=self.signature)
 
     def detach(self) -> "MemoryState":
@@ -150,11 +162,14 @@ class MemoryState:
 
 @dataclass(frozen=True)
 class ReadResult:
-    """One segment's reads. vectors: (B, L, H, D); index, weight: (B, L, H, K) sparse weights."""
+    """One segment's reads. vectors: (B, L, H, D); index, weight: (B, L, H, K) sparse weights;
+    score: (B, L, H, K) the kept candidates' scores before the softmax (what :func:`read_hits`
+    weighs), or None where a path does not return them."""
 
     vectors: Tensor
     index: Tensor
     weight: Tensor
+    score: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,20 @@ def read_mass(index: Tensor, weight: Tensor, valid: Tensor, num_slots: int) -> T
     return mass / v.sum(1, keepdim=True).clamp(min=1.0)
 
 
+def read_hits(index: Tensor, weight: Tensor, score: Tensor, valid: Tensor, num_slots: int) -> Tensor:
+    """(B, N) the strongest read hit each slot received in a segment: for each real token (`valid`
+    (B, L)), the read weight (B, L, H, K) times the score (clamped at 0) the slot was kept with,
+    averaged over the heads, then the maximum over the tokens. A query that finds its slot in every
+    head scores near its cosine; one that matches nothing spreads low scores, so a slot's hit tells a
+    read that found it from the reads that only passed by. No gradient flows."""
+    B, L, H, K = index.shape
+    hit = (weight.detach().float() * score.detach().float().clamp(min=0.0) / H
+           * valid[:, :, None, None].to(weight.dtype))  # (B, L, H, K)
+    per_token = torch.zeros(B, L, num_slots, device=index.device).scatter_add(2, index.reshape(B, L, H * K),
+                                                                              hit.reshape(B, L, H * K))
+    return per_token.amax(1).clamp(0.0, 1.0)
+
+
 def window_index(src: Tensor, alloc: Tensor, num_slots: int) -> Tensor:
     """Read addresses src (B, L, H, K) into [slots; the window's writes] -> slots: an address
     ``num_slots + j`` is write j, which lands in the slot allocation gives it, alloc (B, W)."""
@@ -259,12 +288,15 @@ def erase_then_add(keys: Tensor, values: Tensor, rows: Tensor, weight: Tensor, e
 
 def bookkeeping(age: Tensor, usage: Tensor, retained: Tensor | None, retention: Tensor, strength: Tensor,
                 read_mass: Tensor | None, write_threshold: float,
-                usage_decay: float, held: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+                usage_decay: float, held: bool = False, evidence: Tensor | None = None,
+                hits: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Per-slot counts after a segment's writes, all (..., N): a write of `strength` at least
     `write_threshold` is an event that resets the slot's age (else it grows by 1) and its retained
     fraction to 1, or with `held` to the event's strength capped at 1 (else scaled by `retention`);
-    usage decays by `usage_decay` and gains the write strength and `read_mass`, clamped to [0, 1].
-    `retained` None stays None. No gradient flows. Returns events (bool), age, usage, retained."""
+    usage decays by `usage_decay` and gains the write strength and `read_mass`, clamped to [0, 1];
+    `evidence` becomes the larger of itself and the segment's `hits` (:func:`read_hits`, the reads
+    come before the writes), and 0 at an event (hits None: unchanged). `retained` or `evidence` None
+    stays None. No gradient flows. Returns events (bool), age, usage, retained, evidence."""
     strength = strength.detach()
     events = strength >= write_threshold
     age = torch.where(events, torch.zeros_like(age), age + 1.0)
@@ -274,7 +306,9 @@ def bookkeeping(age: Tensor, usage: Tensor, retained: Tensor | None, retention: 
     usage = usage_decay * usage + strength
     if read_mass is not None:
         usage = usage + read_mass.detach().float()
-    return events, age, usage.clamp(0.0, 1.0), retained
+    if evidence is not None and hits is not None:
+        evidence = torch.where(events, torch.zeros_like(evidence), torch.maximum(evidence, hits.detach().float()))
+    return events, age, usage.clamp(0.0, 1.0), retained, evidence
 
 
 def run_segments(step: Callable[[MemoryState, Tensor, WriteRequest, Tensor], StepResult], state: MemoryState,
@@ -311,10 +345,13 @@ class MultiHeadMemoryBank(nn.Module):
         # step() on the CPU takes the compiled kernel of memnet.fused (same values and gradients, one call
         # each way); False keeps it on the torch operations of reference_step()
         self.fused = True
-        if cfg.decay_mode == "learned":
+        if cfg.decay_mode in ("learned", "evidence"):
             self.decay_logit = nn.Parameter(logit)
         else:  # "fixed" / "none": nothing to learn; a buffer of the same name keeps state_dict keys and device
             self.register_buffer("decay_logit", logit)
+        if cfg.decay_mode == "evidence":  # the retention logit's weights on read evidence and on age, 0 at init
+            self.evidence_weight = nn.Parameter(torch.zeros(()))
+            self.age_weight = nn.Parameter(torch.zeros(()))
 
     # ------------------------------------------------------------------ state
     @property
@@ -333,7 +370,7 @@ class MultiHeadMemoryBank(nn.Module):
         z = torch.zeros(batch_size, N, device=device)
         held = z.clone() if self.holds_strength else torch.ones_like(z)  # an empty slot holds nothing
         return MemoryState(torch.zeros(batch_size, N, D, device=device), torch.zeros(batch_size, N, D, device=device),
-                           z, z.clone(), held, torch.zeros(batch_size, device=device),
+                           z, z.clone(), held, torch.zeros(batch_size, device=device), z.clone(),
                            signature=self.cfg.memory_signature())
 
     def check_state(self, state: object, batch_size: int, name: str = "memory") -> MemoryState:
@@ -346,7 +383,7 @@ class MultiHeadMemoryBank(nn.Module):
         N, D = self.cfg.num_slots, self.cfg.slot_dim
         slots, scalars = ((N, D), f"(B, num_slots={N}, slot_dim={D})"), ((N,), f"(B, num_slots={N})")
         tails = {"keys": slots, "values": slots, "age": scalars, "usage": scalars, "retained": scalars,
-                 "segments": ((), "(B,)")}
+                 "segments": ((), "(B,)"), "evidence": scalars}
         for f, (tail, shape) in tails.items():  # tensors of the right rank and trailing shape, before indexing shapes
             t = getattr(state, f)
             if not isinstance(t, Tensor):
@@ -355,7 +392,7 @@ class MultiHeadMemoryBank(nn.Module):
                 raise ValueError(f"{name}.{f} must have shape {shape}, got {tuple(t.shape)}")
         if state.batch_size != batch_size:
             raise ValueError(f"{name} was made for batch size {state.batch_size}, but tokens have batch size {batch_size}")
-        for f in ("values", "age", "usage", "retained", "segments"):
+        for f in ("values", "age", "usage", "retained", "segments", "evidence"):
             t = getattr(state, f)
             if t.shape[0] != batch_size:
                 raise ValueError(f"{name}.{f} has shape {tuple(t.shape)}, expected batch {batch_size} and {N} slots")
@@ -364,7 +401,8 @@ class MultiHeadMemoryBank(nn.Module):
         ranges = {"keys": slot_range, "values": slot_range,
                   "age": (0.0, COUNT_MAX, f">= 0 and <= {COUNT_MAX:g} (segments since the last write; COUNT_MAX)"),
                   "usage": (0.0, 1.0, "in [0, 1]"), "retained": (0.0, 1.0, "in [0, 1]"),
-                  "segments": (0.0, COUNT_MAX, f">= 0 and <= {COUNT_MAX:g} (windows seen; COUNT_MAX)")}
+                  "segments": (0.0, COUNT_MAX, f">= 0 and <= {COUNT_MAX:g} (windows seen; COUNT_MAX)"),
+                  "evidence": (0.0, 1.0, "in [0, 1]")}
         for f, (lo, hi, allowed) in ranges.items():
             t = getattr(state, f)
             if t.dtype != torch.float32:
@@ -419,10 +457,10 @@ class MultiHeadMemoryBank(nn.Module):
         cfg = self.cfg
         queries = queries.float()
         if pending is None or pending.pos is None:
-            index, weight = cosine_topk(queries, state.keys, cfg.top_k, self.read_sharpness, cfg.eps,
-                                        full_norm=cfg.full_key_norm)
+            top, index = cosine_top_scores(queries, state.keys, cfg.top_k, cfg.eps, full_norm=cfg.full_key_norm)
+            weight = torch.softmax(top * self.read_sharpness.view(1, 1, -1, 1), dim=-1)  # as cosine_topk
             vectors = (weight.unsqueeze(-1) * gather_slots(state.values, index)).sum(-2)  # (B, L, H, D)
-            return ReadResult(vectors, index, weight)
+            return ReadResult(vectors, index, weight, top)
         N = state.keys.shape[1]
         top_b, idx_b = cosine_top_scores(queries, state.keys, cfg.top_k, cfg.eps, full_norm=cfg.full_key_norm)
         top_p, idx_p = pending_top_scores(queries, pending.key, pending.gate, pending.pos, cfg.top_k, cfg.eps,
@@ -432,7 +470,7 @@ class MultiHeadMemoryBank(nn.Module):
         both = torch.cat([state.values, pending.value.float() * pending.gate.float().unsqueeze(-1)], 1)  # (B, N+W, D)
         vectors = (weight.unsqueeze(-1) * gather_slots(both, src)).sum(-2)
         alloc = self.allocate(state, pending.gate.shape[1])  # (B, W)
-        return ReadResult(vectors, window_index(src, alloc, N), weight)
+        return ReadResult(vectors, window_index(src, alloc, N), weight, top)
 
     # ------------------------------------------------------------------ write
     def retention(self, state: MemoryState, decay: Tensor) -> Tensor:
@@ -440,27 +478,44 @@ class MultiHeadMemoryBank(nn.Module):
 
         The logit is clamped to [-15, 15] so the gate stays strictly inside (0, 1) in float32
         (an unclamped sigmoid rounds to exactly 0 or 1 for large `decay`: a slot wiped or frozen).
-        With ``cfg.decay_mode`` "fixed" the gate is the constant sigmoid(decay_init) and with "none"
-        exactly 1; both ignore `decay` and learn nothing.
+        With ``cfg.decay_mode`` "evidence" the logit also weighs what the slot's reads revealed since
+        its last write event and its age (:meth:`evidence_logit`). With "fixed" the gate is the
+        constant sigmoid(decay_init) and with "none" exactly 1; both ignore `decay` and learn nothing.
         """
         B, N = state.age.shape
-        if self.cfg.decay_mode != "learned":
+        if self.cfg.decay_mode not in ("learned", "evidence"):
             return self._gate(None, B, state.keys.device)
         k = F.normalize(state.keys, dim=-1, eps=self.cfg.eps)
-        return self._gate(torch.einsum("bnd,bd->bn", k, decay.float()), B, state.keys.device)
+        return self._gate(torch.einsum("bnd,bd->bn", k, decay.float()) + self.evidence_logit(state.evidence, state.age),
+                          B, state.keys.device)
 
-    def retention_of_directions(self, unit: Tensor, factor: Tensor, decay: Tensor) -> Tensor:
+    def evidence_logit(self, evidence: Tensor, age: Tensor) -> Tensor | float:
+        """(..., N) what ``decay_mode = "evidence"`` adds to a slot's retention logit: ``EVIDENCE_SCALE *
+        (evidence_weight * evidence + age_weight * min(age, EVIDENCE_AGE_CAP) / EVIDENCE_AGE_CAP)``, two
+        learned weights (0 at init) on the strongest read hit since the slot's last write event and on
+        the windows since then. So a retention can learn that what has been read is read again, and
+        how long to wait for that evidence. 0 in every other mode."""
+        if self.cfg.decay_mode != "evidence":
+            return 0.0
+        aged = age.float().clamp(max=EVIDENCE_AGE_CAP) / EVIDENCE_AGE_CAP
+        return EVIDENCE_SCALE * (self.evidence_weight * evidence.float() + self.age_weight * aged)
+
+    def retention_of_directions(self, unit: Tensor, factor: Tensor, decay: Tensor, evidence: Tensor,
+                                age: Tensor) -> Tensor:
         """(N,) the retention gate of one sequence's slots given as directions: keys ``unit * length``
-        with unit (N, D) of norm 1 (or 0 for an empty slot), factor (N,) = min(length / eps, 1) and
-        decay (D,). Equal to :meth:`retention` of those keys, since F.normalize(key, eps) is
-        ``unit * factor``, without forming the keys: one pass over `unit`, no (N, D) temporary."""
-        if self.cfg.decay_mode != "learned":
+        with unit (N, D) of norm 1 (or 0 for an empty slot), factor (N,) = min(length / eps, 1),
+        decay (D,), and the slots' evidence and age (N,). Equal to :meth:`retention` of those keys,
+        since F.normalize(key, eps) is ``unit * factor``, without forming the keys: one pass over
+        `unit`, no (N, D) temporary."""
+        if self.cfg.decay_mode not in ("learned", "evidence"):
             return self._gate(None, 1, unit.device)[0]
-        return self._gate((factor * (unit @ decay.float()))[None], 1, unit.device)[0]
+        return self._gate((factor * (unit @ decay.float()) + self.evidence_logit(evidence, age))[None], 1,
+                          unit.device)[0]
 
     def _gate(self, alignment: Tensor | None, B: int, device: torch.device) -> Tensor:
-        """(B, N) sigmoid of the clamped slot-wise logit plus the keys' `alignment` (B, N) with the
-        decay direction ("learned"); the constant gate ("fixed") or ones ("none") otherwise."""
+        """(B, N) sigmoid of the clamped slot-wise logit plus `alignment` (B, N): the keys' with the
+        decay direction, and with "evidence" the evidence term ("learned", "evidence"); the constant
+        gate ("fixed") or ones ("none") otherwise."""
         N = self.cfg.num_slots
         if self.cfg.decay_mode == "none":
             return torch.ones(B, N, device=device)
@@ -491,8 +546,10 @@ class MultiHeadMemoryBank(nn.Module):
         """(B, n) the n slots of highest allocation score, highest first; ties go to the lowest index."""
         return stable_topk(self.allocation_score(state), n)[1]
 
-    def write(self, state: MemoryState, req: WriteRequest, read_mass: Tensor | None = None) -> tuple[MemoryState, WriteResult]:
-        """Apply one segment's writes. read_mass: (B, N) read weight this segment (feeds usage)."""
+    def write(self, state: MemoryState, req: WriteRequest, read_mass: Tensor | None = None,
+              hits: Tensor | None = None) -> tuple[MemoryState, WriteResult]:
+        """Apply one segment's writes. read_mass: (B, N) read weight this segment (feeds usage);
+        hits: (B, N) its reads' hits (:func:`read_hits`; feed the evidence, None: unchanged)."""
         cfg = self.cfg
         B, N, D = state.keys.shape
         W = req.gate.shape[1]
@@ -519,10 +576,11 @@ class MultiHeadMemoryBank(nn.Module):
 
         # 4. bookkeeping: write events reset age; usage is a decaying trace of reads and writes
         strength = torch.zeros(B, N, device=keys.device).scatter_add(1, flat_index, weight.reshape(B, -1))
-        events, age, usage, retained = bookkeeping(state.age, state.usage, state.retained, retention, strength,
-                                                   read_mass, cfg.write_threshold, cfg.usage_decay, self.holds_strength)
+        events, age, usage, retained, evidence = bookkeeping(
+            state.age, state.usage, state.retained, retention, strength, read_mass, cfg.write_threshold,
+            cfg.usage_decay, self.holds_strength, state.evidence, hits)
         new_state = MemoryState(new_keys.view(B, N, D), new_values.view(B, N, D), age, usage, retained,
-                                state.segments + 1.0, signature=state.signature)
+                                state.segments + 1.0, evidence, signature=state.signature)
         return new_state, WriteResult(strength, events, alloc, retention)
 
     # ------------------------------------------------------------------ the step
@@ -535,9 +593,12 @@ class MultiHeadMemoryBank(nn.Module):
         its window (:meth:`read`). The reads' mass per real token (:func:`read_mass`), divided by the
         heads, feeds usage. The new state keeps `state`'s signature. Everything here is a function
         of its arguments and the bank's parameters, so ``torch.compile(bank.step, fullgraph=True)``
-        traces it whole (:meth:`memnet.MemNet.compile_memory`).
+        traces it whole (:meth:`memnet.MemNet.compile_memory`). On the CPU the compiled kernel of
+        :mod:`memnet.fused` takes the step, except with ``decay_mode = "evidence"``, whose retention
+        it does not compute: there the torch step runs.
         """
-        if self.fused and fused.applies([state.keys, queries, req.key, self.decay_logit]):
+        if self.fused and self.cfg.decay_mode != "evidence" and fused.applies([state.keys, queries, req.key,
+                                                                                self.decay_logit]):
             return fused.step(self, state, queries, req, valid)
         return self.reference_step(state, queries, req, valid)
 
@@ -547,7 +608,8 @@ class MultiHeadMemoryBank(nn.Module):
         cfg = self.cfg
         read = self.read(state, queries, req if cfg.window_reads else None)  # vectors (B, L, H, D)
         mass = read_mass(read.index, read.weight, valid, cfg.num_slots)  # (B, N)
-        new, write = self.write(state, req, mass / cfg.mem_heads)
+        hits = read_hits(read.index, read.weight, read.score, valid, cfg.num_slots) if cfg.decay_mode == "evidence" else None
+        new, write = self.write(state, req, mass / cfg.mem_heads, hits)
         return StepResult(new, read, write, mass)
 
 
@@ -591,28 +653,33 @@ class StreamingMemory:
             self.usage = state.usage[0].clone()  # (N,)
             # (N,) retained fraction, kept only where allocation reads it, so an "lru" state stays as small
             self.retained = state.retained[0].clone() if bank.cfg.allocation != "lru" else None
+            # (N,) read evidence, kept only where retention reads it
+            self.evidence = state.evidence[0].clone() if bank.cfg.decay_mode == "evidence" else None
 
     def nbytes(self) -> int:
         """Bytes held: stored keys and values, unit keys and the per-slot buffers (constant in tokens seen)."""
-        ts = (self.keys, self.values, self.unit, self.log_scale, self.norm, self.age, self.usage, self.retained)
+        ts = (self.keys, self.values, self.unit, self.log_scale, self.norm, self.age, self.usage, self.retained,
+              self.evidence)
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
     def clone(self) -> "StreamingMemory":
         """An independent copy (same bank), e.g. to branch a stream."""
         new = object.__new__(StreamingMemory)
         new.__dict__.update(self.__dict__)
-        for name in ("keys", "values", "log_scale", "norm", "unit", "age", "usage", "retained"):
+        for name in ("keys", "values", "log_scale", "norm", "unit", "age", "usage", "retained", "evidence"):
             if getattr(self, name) is not None:
                 setattr(new, name, getattr(self, name).clone())
         return new
 
     def to_state(self) -> MemoryState:
         """The equivalent functional state (batch size 1). With ``allocation = "lru"`` the retained
-        fraction is not kept (nothing reads it) and comes back as ones."""
+        fraction is not kept (nothing reads it) and comes back as ones; the evidence is kept only
+        with ``decay_mode = "evidence"`` and comes back as zeros otherwise."""
         s = self.log_scale.exp().float().unsqueeze(-1)  # (N, 1)
         return MemoryState((self.keys * s)[None], (self.values * s)[None], self.age[None].clone(),
                            self.usage[None].clone(), None if self.retained is None else self.retained[None].clone(),
                            torch.full((1,), min(float(self.segments), COUNT_MAX), device=self.keys.device),
+                           None if self.evidence is None else self.evidence[None].clone(),
                            signature=self.bank.cfg.memory_signature())
 
     def _addressing_scale(self, scale: Tensor, full_norm: float) -> Tensor:
@@ -640,7 +707,9 @@ class StreamingMemory:
         # retention of every slot (needs only key directions); the write addresses the retained keys
         scale = self.log_scale.exp().float()  # (N,) slot scale before this segment's write
         f_read = self._addressing_scale(scale, cfg.full_key_norm)
-        retention = bank.retention_of_directions(self.unit, self._addressing_scale(scale, cfg.eps), req.decay[0])  # (N,)
+        zeros = torch.zeros_like(self.age)
+        retention = bank.retention_of_directions(self.unit, self._addressing_scale(scale, cfg.eps), req.decay[0],
+                                                 zeros if self.evidence is None else self.evidence, self.age)  # (N,)
         log_post = self.log_scale + retention.double().log()
         f_write = self._addressing_scale(log_post.exp().float(), cfg.full_key_norm)
 
@@ -671,6 +740,7 @@ class StreamingMemory:
         r_weight = torch.softmax(top_r * bank.read_sharpness.view(1, 1, -1, 1), dim=-1)
         vectors = (r_weight.unsqueeze(-1) * vals).sum(-2)  # (1, L, H, D)
         mass = read_mass(r_index, r_weight, valid, N)  # (1, N)
+        hits = read_hits(r_index, r_weight, top_r, valid, N)[0] if self.evidence is not None else None  # (N,)
 
         # the write: content top-k mixed with the stalest slots, erase then add on the touched rows only
         key, value, erase = q[L * H:], req.value[0].float(), req.erase[0].float()  # (W, D), unit keys as in write()
@@ -690,8 +760,8 @@ class StreamingMemory:
 
         # bookkeeping, as the functional write does it
         strength = torch.zeros(N, device=self.keys.device).scatter_add(0, flat_index, flat_w)
-        _, self.age, self.usage, self.retained = bookkeeping(self.age, self.usage, self.retained, retention, strength,
-                                                             mass[0] / H, cfg.write_threshold, cfg.usage_decay,
-                                                             bank.holds_strength)
+        _, self.age, self.usage, self.retained, self.evidence = bookkeeping(
+            self.age, self.usage, self.retained, retention, strength, mass[0] / H, cfg.write_threshold,
+            cfg.usage_decay, bank.holds_strength, self.evidence, hits)
         self.segments += 1
-        return ReadResult(vectors, r_index, r_weight)
+        return ReadResult(vectors, r_index, r_weight, top_r)

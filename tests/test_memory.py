@@ -86,7 +86,7 @@ def test_initial_state_and_helpers():
     assert s.batch_size == 3
     assert torch.equal(s.retained, torch.ones(3, 8))
     assert torch.equal(s.segments, torch.zeros(3))
-    assert s.nbytes() == (2 * 3 * 8 * 4 + 3 * 3 * 8 + 3) * 4
+    assert s.nbytes() == (2 * 3 * 8 * 4 + 4 * 3 * 8 + 3) * 4  # keys, values; age, usage, retained, evidence; segments
     torch.testing.assert_close(s.staleness(), torch.ones(3, 8))
     c = s.clone()
     c.keys.add_(1)
@@ -501,7 +501,7 @@ def test_retention_of_directions_agrees_with_retention(mode):
     decay = torch.randn(D, generator=g) * 2
     state = MemoryState(keys[None], keys[None], torch.zeros(1, N), torch.zeros(1, N))
     want = bank.retention(state, decay[None])[0]
-    got = bank.retention_of_directions(unit, factor, decay)
+    got = bank.retention_of_directions(unit, factor, decay, torch.zeros(N), torch.zeros(N))
     assert got.shape == (N,)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     if mode == "learned":
@@ -582,3 +582,74 @@ def test_decay_fades_how_strongly_a_slot_is_found():
         after = bank.read(faded, d.view(1, 1, 1, 4))
     torch.testing.assert_close(before, torch.tensor([0.5, 0.5]))
     assert after.index[0, 0, 0].tolist() == [1, 0] and after.weight[0, 0, 0, 0] > 0.9
+
+
+# ================================================================ read evidence (decay_mode "evidence")
+def test_read_hits_by_hand():
+    from memnet.memory import read_hits
+
+    # one sequence, two tokens, two heads, top-2 of 3 slots
+    index = torch.tensor([[[[0, 1], [0, 2]], [[1, 2], [1, 0]]]])  # (1, 2, 2, 2)
+    weight = torch.tensor([[[[0.9, 0.1], [0.8, 0.2]], [[0.5, 0.5], [0.6, 0.4]]]])
+    score = torch.tensor([[[[0.9, 0.1], [0.7, -0.5]], [[0.2, 0.2], [0.3, 0.1]]]])
+    hits = read_hits(index, weight, score, torch.tensor([[True, True]]), 3)
+    # token 0: slot 0 gets (0.9*0.9 + 0.8*0.7) / 2, slot 1 0.1*0.1/2, slot 2 nothing (negative score)
+    # token 1: slot 1 gets (0.5*0.2 + 0.6*0.3) / 2, slot 2 0.5*0.2/2, slot 0 0.4*0.1/2; then the max over tokens
+    want = torch.tensor([[(0.81 + 0.56) / 2, (0.10 + 0.18) / 2, 0.05]])
+    torch.testing.assert_close(hits, want)
+    only_first = read_hits(index, weight, score, torch.tensor([[True, False]]), 3)  # padding adds nothing
+    torch.testing.assert_close(only_first, torch.tensor([[(0.81 + 0.56) / 2, 0.005, 0.0]]))
+
+
+def test_evidence_is_the_strongest_hit_since_the_last_write_event():
+    from memnet.memory import bookkeeping
+
+    age, usage, retention = torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3)
+    evidence = torch.tensor([[0.2, 0.7, 0.4]])
+    hits = torch.tensor([[0.5, 0.1, 0.9]])
+    strength = torch.tensor([[0.0, 0.0, 1.0]])  # slot 2 is written: an event
+    *_, ev = bookkeeping(age, usage, None, retention, strength, None, 0.5, 0.9, False, evidence, hits)
+    torch.testing.assert_close(ev, torch.tensor([[0.5, 0.7, 0.0]]))
+    *_, same = bookkeeping(age, usage, None, retention, strength, None, 0.5, 0.9, False, evidence, None)
+    assert same is evidence  # no hits: unchanged
+
+
+def test_evidence_mode_learns_from_reads_and_age():
+    """decay_mode "evidence": two weights, 0 at init (so it starts as "learned"), on the slots' read
+    evidence and age; the model's loss reaches both, and the state's evidence fills from reads."""
+    cfg = tiny_cfg(decay_mode="evidence", pressure_weight=0.1)
+    torch.manual_seed(0)
+    model = MemNet(cfg)
+    torch.manual_seed(0)
+    learned = MemNet(dataclasses.replace(cfg, decay_mode="learned"))
+    assert {k for k, _ in model.named_parameters()} - {k for k, _ in learned.named_parameters()} == {
+        "memory.evidence_weight", "memory.age_weight"}
+    tokens = rand_tokens(2, 4 * cfg.segment_len)
+    out, ref = model(tokens), learned(tokens)
+    torch.testing.assert_close(out.logits, ref.logits)  # zero weights: the "learned" gate
+    assert bool((out.memory.evidence > 0).any()) and not bool(ref.memory.evidence.any())
+    assert float(out.memory.evidence.max()) <= 1.0
+    (out.logits.square().mean() + sum(out.aux_losses.values())).backward()
+    for name in ("evidence_weight", "age_weight"):
+        g = getattr(model.memory, name).grad
+        assert g is not None and torch.isfinite(g) and float(g) != 0.0, name
+
+
+def test_evidence_mode_retention_by_hand():
+    import math
+
+    from memnet.memory import EVIDENCE_AGE_CAP, EVIDENCE_SCALE
+
+    cfg = tiny_cfg(decay_mode="evidence", decay_init=1.0)
+    bank = MultiHeadMemoryBank(cfg)
+    with torch.no_grad():
+        bank.evidence_weight.fill_(0.3)
+        bank.age_weight.fill_(-0.2)
+    N, D = cfg.num_slots, cfg.slot_dim
+    ev = torch.linspace(0, 1, N)[None]
+    age = torch.arange(N, dtype=torch.float32)[None] * 3  # some beyond the cap
+    state = MemoryState(torch.randn(1, N, D), torch.randn(1, N, D), age, torch.zeros(1, N), None, None, ev)
+    ret = bank.retention(state, torch.zeros(1, D))  # no content direction
+    logit = 1.0 + EVIDENCE_SCALE * (0.3 * ev - 0.2 * age.clamp(max=EVIDENCE_AGE_CAP) / EVIDENCE_AGE_CAP)
+    torch.testing.assert_close(ret, 1 / (1 + torch.exp(-logit)))
+    assert math.isclose(float(ret[0, -1]), 1 / (1 + math.exp(-(1.0 + EVIDENCE_SCALE * (0.3 - 0.2)))), rel_tol=1e-5)

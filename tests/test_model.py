@@ -525,18 +525,22 @@ def _streamed(model, x, chunk, split, native=True):
     return torch.cat(logits, 1), mem
 
 
-@settings(max_examples=examples(12), deadline=None)
+@settings(max_examples=examples(16), deadline=None)
 @given(small_configs(max_slots=40), st.integers(1, 6), st.integers(1, 3), st.integers(1, 50),
-       st.integers(0, 1000), st.booleans())
-def test_streaming_memory_matches_functional_forward(cfg, segments, per_call, chunk, seed, native):
+       st.integers(0, 1000), st.booleans(), st.sampled_from(["learned", "evidence"]))
+def test_streaming_memory_matches_functional_forward(cfg, segments, per_call, chunk, seed, native, decay_mode):
     """MemNet.stream (in-place bank, folded retention, fused scoring by the compiled kernel or the
     torch chunk loop) gives forward's logits and state up to float rounding, calls split at
-    multiples of segment_len."""
+    multiples of segment_len; with decay_mode "evidence" also the read evidence its retention weighs."""
     torch.manual_seed(seed)
+    cfg = dataclasses.replace(cfg, decay_mode=decay_mode)
     model = MemNet(cfg).eval()
     with torch.no_grad():  # a content-dependent, uneven retention, as after training
         model.memory.decay_logit.uniform_(-1.0, 4.0)
         model.interface.decay.weight.normal_()
+        if decay_mode == "evidence":
+            model.memory.evidence_weight.fill_(0.5)
+            model.memory.age_weight.fill_(-0.3)
     T = segments * cfg.segment_len + seed % cfg.segment_len  # possibly a partial last segment
     x = rand_tokens(1, T, seed=seed)
     with torch.no_grad(), near_tie_watch() as near_ties:  # a near (not exact) tie may resolve differently
@@ -547,9 +551,11 @@ def test_streaming_memory_matches_functional_forward(cfg, segments, per_call, ch
     st_ = mem.to_state()
     assert torch.allclose(logits, ref.logits, atol=1e-4, rtol=1e-4)
     assert torch.equal(st_.age, ref.memory.age)
-    for f in ("keys", "values", "usage") + (("retained",) if cfg.allocation != "lru" else ()):
+    for f in ("keys", "values", "usage", "evidence") + (("retained",) if cfg.allocation != "lru" else ()):
         assert torch.allclose(getattr(st_, f), getattr(ref.memory, f), atol=1e-5, rtol=1e-4), f
     assert (mem.retained is None) == (cfg.allocation == "lru")  # kept only where allocation reads it
+    assert (mem.evidence is None) == (decay_mode != "evidence") and bool(ref.memory.evidence.any()) <= (
+        decay_mode == "evidence")  # kept, and non-zero, only where retention weighs it
     assert mem.segments == -(-T // cfg.segment_len)
 
 

@@ -499,7 +499,8 @@ def fuzz_setup(i: int) -> tuple[MemNet, MemNet, dict]:
 
 
 RANGES = {"keys": (-STATE_MAX_ABS, STATE_MAX_ABS), "values": (-STATE_MAX_ABS, STATE_MAX_ABS),
-          "age": (0.0, COUNT_MAX), "usage": (0.0, 1.0), "retained": (0.0, 1.0), "segments": (0.0, COUNT_MAX)}
+          "age": (0.0, COUNT_MAX), "usage": (0.0, 1.0), "retained": (0.0, 1.0), "segments": (0.0, COUNT_MAX),
+          "evidence": (0.0, 1.0)}
 FUZZ_VALUES = [float("nan"), float("inf"), float("-inf"), 1e38, -1e38, 1e9, -1e9, 1e5, -1e5, 2.0 ** 25, 0.5, 1.0,
                0.0, -1e-3, 1.5, 7.0]
 

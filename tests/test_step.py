@@ -118,7 +118,7 @@ def test_compiled_step_takes_and_gives_pytrees():
     want = model.memory.step(state, queries[0], requests[0], valid[0])
     assert isinstance(got, StepResult) and got.state.signature == state.signature
     leaves, spec = pytree.tree_flatten(got)
-    assert all(isinstance(t, torch.Tensor) for t in leaves) and len(leaves) == 6 + 3 + 4 + 1
+    assert all(isinstance(t, torch.Tensor) for t in leaves) and len(leaves) == 7 + 4 + 4 + 1  # state, read, write, mass
     again = pytree.tree_unflatten(leaves, spec)
     assert isinstance(again.state, MemoryState) and again.state.signature == state.signature
     assert pickle.loads(pickle.dumps(got.state.detach())).signature == state.signature
