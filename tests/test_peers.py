@@ -120,8 +120,8 @@ def test_training_reduces_loss(name):
 
 def test_memnet_state_bytes_by_hand():
     N, D = CFG.num_slots, CFG.slot_dim
-    # keys and values (N, D); age, usage, retained (N,); segments (1,): float32
-    assert memnet_state_bytes(CFG) == 4 * (2 * N * D + 3 * N + 1)
+    # keys and values (N, D); age, usage, retained, evidence (N,); segments (1,): float32
+    assert memnet_state_bytes(CFG) == 4 * (2 * N * D + 4 * N + 1)
 
 
 def test_dnc_state_bytes():
