@@ -28,6 +28,8 @@ class MemoryTrace:
     write_events: (B, S, N) bool, slots whose age was reset (a new content's birth)
     retention: (B, S, N) retention gate applied before the segment's writes
     age, usage: (B, S, N) after the segment's writes
+    evidence: (B, S, N) the slots' read evidence after the segment (MemoryState.evidence; zeros unless
+        decay_mode is "evidence"), or None in a trace recorded without it
     """
 
     read_index: Tensor
@@ -43,6 +45,7 @@ class MemoryTrace:
     retention: Tensor
     age: Tensor
     usage: Tensor
+    evidence: Tensor | None = None
 
     @property
     def num_slots(self) -> int:
@@ -63,20 +66,25 @@ class MemoryTrace:
         n = self.valid.sum(-1).clamp(min=1)[..., None, None]
         return dense / n
 
+    def _map(self, fn) -> "MemoryTrace":
+        """The trace of ``fn(t)`` for every tensor (an absent one stays None)."""
+        return MemoryTrace(**{k: None if t is None else fn(t) for k, t in self.as_dict().items()})
+
     def to(self, *args, **kwargs) -> "MemoryTrace":
-        return MemoryTrace(*(getattr(self, f.name).to(*args, **kwargs) for f in fields(self)))
+        return self._map(lambda t: t.to(*args, **kwargs))
 
     def detach(self) -> "MemoryTrace":
-        return MemoryTrace(*(getattr(self, f.name).detach() for f in fields(self)))
+        return self._map(lambda t: t.detach())
 
-    def as_dict(self) -> dict[str, Tensor]:
-        """Field name -> tensor (for saving with torch.save / numpy)."""
+    def as_dict(self) -> dict[str, Tensor | None]:
+        """Field name -> tensor (for saving with torch.save / numpy); None for an absent one."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def stack(cls, steps: list[dict[str, Tensor]]) -> "MemoryTrace":
-        """Build from one dict of (B, ...) tensors per segment."""
-        return cls(**{f.name: torch.stack([s[f.name] for s in steps], dim=1) for f in fields(cls)})
+        """Build from one dict of (B, ...) tensors per segment (a field absent from the dicts: None)."""
+        return cls(**{f.name: torch.stack([s[f.name] for s in steps], dim=1) for f in fields(cls)
+                      if f.name in steps[0]})
 
     @classmethod
     def of_steps(cls, requests: list[WriteRequest], valid: list[Tensor], steps: list[StepResult]) -> "MemoryTrace":
@@ -91,5 +99,5 @@ class MemoryTrace:
                              write_gate=req.gate, write_update=req.update, write_erase=req.erase.mean(-1),
                              write_alloc=st.write.alloc, write_strength=st.write.strength,
                              write_events=st.write.events, retention=st.write.retention, age=st.state.age,
-                             usage=st.state.usage))
+                             usage=st.state.usage, evidence=st.state.evidence))
         return cls.stack(rows).detach()

@@ -653,3 +653,17 @@ def test_evidence_mode_retention_by_hand():
     logit = 1.0 + EVIDENCE_SCALE * (0.3 * ev - 0.2 * age.clamp(max=EVIDENCE_AGE_CAP) / EVIDENCE_AGE_CAP)
     torch.testing.assert_close(ret, 1 / (1 + torch.exp(-logit)))
     assert math.isclose(float(ret[0, -1]), 1 / (1 + math.exp(-(1.0 + EVIDENCE_SCALE * (0.3 - 0.2)))), rel_tol=1e-5)
+
+
+def test_trace_records_evidence_and_reads_traces_without_it():
+    from memnet.trace import MemoryTrace
+
+    cfg = tiny_cfg(decay_mode="evidence")
+    torch.manual_seed(0)
+    model = MemNet(cfg)
+    out = model(rand_tokens(2, 3 * cfg.segment_len), return_trace=True)
+    assert out.trace.evidence.shape == out.trace.age.shape
+    assert torch.equal(out.trace.evidence[:, -1], out.memory.evidence.detach())
+    old = {k: v for k, v in out.trace.as_dict().items() if k != "evidence"}  # a trace stored before evidence existed
+    tr = MemoryTrace(**old).to(torch.float64).detach()
+    assert tr.evidence is None and tr.age.dtype == torch.float64
