@@ -21,8 +21,9 @@ Differentiable outputs: the new keys and values, the read vectors, the read weig
 and the retention gate; the gradient reaches the state's keys and values, the queries, every field
 of the write request but ``pos``, and the bank's three parameters. The counts (age, usage,
 retained, segments), indices, write strength and events carry no gradient, as in the torch step.
-The state's evidence passes through unchanged: the kernel does not compute ``decay_mode =
-"evidence"`` (the only mode that keeps it), which the bank leaves to the torch step.
+With ``decay_mode = "evidence"`` the retention's evidence term is computed in torch and enters the
+kernel as each row's slot-wise logit (the kernel's gradient of it reaches the two evidence weights),
+and the state's evidence is updated in torch from the kernel's reads and write events.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ SOURCE_PATH = Path(__file__).with_name("csrc") / "memory_step.c"
 # no fused multiply-add contraction: the allocation scores and the clamps compute as the torch
 # step's separate float32 operations do, so that ties break the same way
 FLAGS = [*native.FLAGS, "-ffp-contract=off"]
-DECAY_CODES = {"learned": 0, "fixed": 1, "none": 2}
+# "evidence" is "learned" to the kernel: its evidence term enters as the row's slot-wise logit (step())
+DECAY_CODES = {"learned": 0, "fixed": 1, "none": 2, "evidence": 0}
 ALLOCATION_CODES = {"lru": 0, "faded": 1, "weakest": 2}
 # the pointers each entry point reads, in the order of its C enum
 FORWARD_POINTERS = ("keys", "values", "age", "usage", "retained", "segments", "q", "k", "v", "g", "e", "u", "decay",
@@ -135,7 +137,7 @@ class _Constants:
         self.floats = (ctypes.c_float * 7)(eps, full, threshold, usage_decay, FADED_MIN, RETENTION_LOGIT_MAX,
                                            math.log(100.0))
         self.dims_ptr, self.floats_ptr = ctypes.addressof(self.dims), ctypes.addressof(self.floats)
-        self.learned = decay_mode == "learned"
+        self.learned = decay_mode in ("learned", "evidence")
         f32, i64, b8 = torch.float32, torch.int64, torch.bool
         # per batch row: the forward's outputs (FORWARD_POINTERS after the inputs) and the backward's gradients
         self.outputs = [((N, D), f32), ((N, D), f32), ((N,), f32), ((N,), f32), ((N,), f32), ((), f32),
@@ -209,8 +211,9 @@ class FusedStep(torch.autograd.Function):
         _call(library().memnet_step_backward, consts, B, ptrs, strides)
         g_keys, g_values, g_q, g_k, g_v, g_g, g_e, g_u, g_decay, g_lrs, g_lws, g_dl = grads
         learned = consts.learned
+        # g_dl per row: the gradient of each row's slot-wise logit (an expanded decay_logit's sums in autograd)
         return (None, None, g_keys, g_values, g_q, g_k, g_v, g_g, g_e, g_u, g_decay if learned else None,
-                g_lrs.sum(0), g_lws.sum(0), g_dl.sum(0) if learned else None, None)
+                g_lrs.sum(0), g_lws.sum(0), g_dl if learned else None, None)
 
 
 def step(bank, state, queries: Tensor, req, valid: Tensor):
@@ -218,7 +221,7 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
     (state, queries (B, L, H, D), the :class:`~memnet.memory.WriteRequest` and valid (B, L)) and the
     same :class:`~memnet.memory.StepResult`. Call it where :func:`applies` holds. A step whose
     scores hold NaN is taken by the torch step (whose sort places NaN as its own rule says)."""
-    from .memory import MemoryState, ReadResult, StepResult, WriteResult
+    from .memory import MemoryState, ReadResult, StepResult, WriteResult, read_hits
 
     B, L, H = queries.shape[:3]
     W = req.gate.shape[1]
@@ -227,7 +230,12 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
     keys, values, q, k, v, g, e, u, decay = (_rows(t) for t in (state.keys, state.values, queries, req.key, req.value,
                                                                  req.gate, req.erase, req.update, req.decay))
     valid = _rows(valid, torch.bool)
-    lrs, lws, dl = bank.log_read_sharpness, bank.log_write_sharpness, bank.decay_logit
+    lrs, lws = bank.log_read_sharpness, bank.log_write_sharpness
+    # (B, N) each row's slot-wise retention logit: the bank's, shared (a batch stride of 0), or with
+    # "evidence" plus the row's evidence term, summed in the torch step's order
+    dl = bank.decay_logit.expand(B, -1)
+    if bank.cfg.decay_mode == "evidence":
+        dl = (bank.decay_logit + bank.evidence_logit(state.evidence, state.age)).contiguous()
     inputs = [keys, values, _rows(state.age), _rows(state.usage), _rows(state.retained), _rows(state.segments), q, k, v,
               g, e, u, decay, _rows(pos, torch.int64), valid, lrs, lws, dl]
     with torch.no_grad():
@@ -236,6 +244,10 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
         return bank.reference_step(state, queries, req, valid)
     (new_keys, new_values, age, usage, retained, segments, vectors, read_index, read_weight, mass, strength, events,
      alloc, retention) = FusedStep.apply(consts, out, keys, values, q, k, v, g, e, u, decay, lrs, lws, dl, valid)
-    new = MemoryState(new_keys, new_values, age, usage, retained, segments, state.evidence, signature=state.signature)
+    evidence = state.evidence
+    if bank.cfg.decay_mode == "evidence":  # the reads' hits, as the torch step's bookkeeping takes them
+        hits = read_hits(read_index, read_weight, out[_READ_TOP], valid, bank.cfg.num_slots)
+        evidence = torch.where(events, torch.zeros_like(evidence), torch.maximum(evidence, hits))
+    new = MemoryState(new_keys, new_values, age, usage, retained, segments, evidence, signature=state.signature)
     return StepResult(new, ReadResult(vectors, read_index, read_weight, out[_READ_TOP]),
                       WriteResult(strength, events, alloc, retention), mass)

@@ -486,8 +486,8 @@ class MultiHeadMemoryBank(nn.Module):
         if self.cfg.decay_mode not in ("learned", "evidence"):
             return self._gate(None, B, state.keys.device)
         k = F.normalize(state.keys, dim=-1, eps=self.cfg.eps)
-        return self._gate(torch.einsum("bnd,bd->bn", k, decay.float()) + self.evidence_logit(state.evidence, state.age),
-                          B, state.keys.device)
+        return self._gate(torch.einsum("bnd,bd->bn", k, decay.float()), B, state.keys.device,
+                          self.evidence_logit(state.evidence, state.age))
 
     def evidence_logit(self, evidence: Tensor, age: Tensor) -> Tensor | float:
         """(..., N) what ``decay_mode = "evidence"`` adds to a slot's retention logit: ``EVIDENCE_SCALE *
@@ -509,19 +509,21 @@ class MultiHeadMemoryBank(nn.Module):
         `unit`, no (N, D) temporary."""
         if self.cfg.decay_mode not in ("learned", "evidence"):
             return self._gate(None, 1, unit.device)[0]
-        return self._gate((factor * (unit @ decay.float()) + self.evidence_logit(evidence, age))[None], 1,
-                          unit.device)[0]
+        return self._gate((factor * (unit @ decay.float()))[None], 1, unit.device,
+                          self.evidence_logit(evidence, age))[0]
 
-    def _gate(self, alignment: Tensor | None, B: int, device: torch.device) -> Tensor:
-        """(B, N) sigmoid of the clamped slot-wise logit plus `alignment` (B, N): the keys' with the
-        decay direction, and with "evidence" the evidence term ("learned", "evidence"); the constant
-        gate ("fixed") or ones ("none") otherwise."""
+    def _gate(self, alignment: Tensor | None, B: int, device: torch.device,
+              offset: Tensor | float = 0.0) -> Tensor:
+        """(B, N) sigmoid of the clamped ``(slot-wise logit + offset) + alignment`` (B, N): the keys'
+        alignment with the decay direction, and with "evidence" the evidence term as the offset
+        (summed in this order, as the compiled step does); the constant gate ("fixed") or ones
+        ("none") otherwise."""
         N = self.cfg.num_slots
         if self.cfg.decay_mode == "none":
             return torch.ones(B, N, device=device)
         if self.cfg.decay_mode == "fixed":
             return torch.sigmoid(self.decay_logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX)).expand(B, N)
-        logit = self.decay_logit + alignment
+        logit = (self.decay_logit + offset) + alignment
         return torch.sigmoid(logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX))
 
     def allocation_score(self, state: MemoryState) -> Tensor:
@@ -593,12 +595,9 @@ class MultiHeadMemoryBank(nn.Module):
         its window (:meth:`read`). The reads' mass per real token (:func:`read_mass`), divided by the
         heads, feeds usage. The new state keeps `state`'s signature. Everything here is a function
         of its arguments and the bank's parameters, so ``torch.compile(bank.step, fullgraph=True)``
-        traces it whole (:meth:`memnet.MemNet.compile_memory`). On the CPU the compiled kernel of
-        :mod:`memnet.fused` takes the step, except with ``decay_mode = "evidence"``, whose retention
-        it does not compute: there the torch step runs.
+        traces it whole (:meth:`memnet.MemNet.compile_memory`).
         """
-        if self.fused and self.cfg.decay_mode != "evidence" and fused.applies([state.keys, queries, req.key,
-                                                                                self.decay_logit]):
+        if self.fused and fused.applies([state.keys, queries, req.key, self.decay_logit]):
             return fused.step(self, state, queries, req, valid)
         return self.reference_step(state, queries, req, valid)
 

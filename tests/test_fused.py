@@ -27,6 +27,9 @@ def perturbed(cfg, seed: int) -> MemNet:
     with torch.no_grad():
         model.memory.decay_logit.uniform_(-1.0, 4.0)
         model.interface.decay.weight.normal_()
+        if cfg.decay_mode == "evidence":  # read evidence keeps, age lets go
+            model.memory.evidence_weight.fill_(0.4)
+            model.memory.age_weight.fill_(-0.3)
     return model
 
 
@@ -62,7 +65,7 @@ def run(model: MemNet, x: torch.Tensor, use_fused: bool) -> dict:
 
 @settings(max_examples=examples(40), deadline=None, derandomize=True)
 @given(small_configs(), st.integers(1, 3), st.integers(1, 5), st.sampled_from([None, 1, 2]),
-       st.sampled_from(["learned", "fixed", "none"]), st.integers(0, 10_000))
+       st.sampled_from(["learned", "fixed", "none", "evidence"]), st.integers(0, 10_000))
 def test_model_takes_the_same_step_either_way(cfg, B, segments, tbptt, decay_mode, seed):
     """A whole forward and backward through MemNet: logits, final state, every field of the trace,
     auxiliary losses and the gradient of every parameter agree; the same parameters get a gradient
@@ -77,7 +80,7 @@ def test_model_takes_the_same_step_either_way(cfg, B, segments, tbptt, decay_mod
     got = run(model, x, True)
     for f in ("age", "segments"):  # counts: the same write events
         assert torch.equal(getattr(got["memory"], f), getattr(ref["memory"], f)), f
-    for f in ("keys", "values", "usage", "retained"):
+    for f in ("keys", "values", "usage", "retained", "evidence"):
         torch.testing.assert_close(getattr(got["memory"], f), getattr(ref["memory"], f), atol=ATOL, rtol=RTOL)
     for t in (ref["trace"], got["trace"]):
         t["read_index"], t["read_weight"] = by_slot(t["read_index"], t["read_weight"])
@@ -109,7 +112,8 @@ def random_state(model, B: int, g: torch.Generator) -> MemoryState:
     age = torch.randint(0, 6, (B, N), generator=g).float()
     usage = torch.rand(B, N, generator=g).round(decimals=1)
     retained = torch.rand(B, N, generator=g).round(decimals=1)
-    return MemoryState(keys, values, age, usage, retained, torch.zeros(B), signature=cfg.memory_signature())
+    evidence = torch.rand(B, N, generator=g).round(decimals=1)
+    return MemoryState(keys, values, age, usage, retained, torch.zeros(B), evidence, signature=cfg.memory_signature())
 
 
 def random_request(cfg, B: int, g: torch.Generator) -> WriteRequest:
@@ -129,7 +133,7 @@ def random_request(cfg, B: int, g: torch.Generator) -> WriteRequest:
 
 
 @settings(max_examples=examples(40), deadline=None, derandomize=True)
-@given(small_configs(), st.integers(1, 4), st.sampled_from(["learned", "fixed", "none"]), st.booleans(),
+@given(small_configs(), st.integers(1, 4), st.sampled_from(["learned", "fixed", "none", "evidence"]), st.booleans(),
        st.integers(0, 10_000))
 def test_bank_step_values_and_gradients_on_random_states(cfg, B, decay_mode, padded, seed):
     """One step of the bank on a random state and request: every output agrees (indices exactly),
@@ -154,7 +158,7 @@ def test_bank_step_values_and_gradients_on_random_states(cfg, B, decay_mode, pad
     for use_fused in (False, True):
         bank.fused = use_fused
         st_ = MemoryState(leaves[0], leaves[1], state.age, state.usage, state.retained, state.segments,
-                          signature=state.signature)
+                          state.evidence, signature=state.signature)
         rq = WriteRequest(*leaves[3:], req.pos)
         if use_fused:  # outside the watch, which runs the torch step
             out = bank.step(st_, leaves[2], rq, valid)
@@ -178,7 +182,7 @@ def test_bank_step_values_and_gradients_on_random_states(cfg, B, decay_mode, pad
     assert torch.equal(got.write.alloc, ref.write.alloc) and torch.equal(got.write.events, ref.write.events)
     for f in ("age", "segments"):
         assert torch.equal(getattr(got.state, f), getattr(ref.state, f)), f
-    for f in ("usage", "retained"):
+    for f in ("usage", "retained", "evidence"):
         torch.testing.assert_close(getattr(got.state, f), getattr(ref.state, f), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(got.write.strength, ref.write.strength, atol=1e-6, rtol=1e-6)
     for a, b in zip(got_outs, ref_outs):

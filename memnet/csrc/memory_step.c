@@ -195,7 +195,9 @@ static void softmax_backward(float *gtop, float *gscale, const float *w, const f
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
-/* the retention gate of every slot (N,) and, "learned", the clamped logit's pass mask (N,) */
+/* the retention gate of every slot (N,) and, "learned", the clamped logit's pass mask (N,); dl is the
+   row's slot-wise logit (N,): the bank's decay logit, with "evidence" plus the row's evidence term (the
+   caller passes a batch stride of 0 when every row shares it) */
 static void retention_gate(float *ret, uint8_t *pass, const float *K_, const float *d, const float *dl,
                            const int64_t *dm, const float *fl, float *tmp) {
     int64_t N = dm[DM_N], D = dm[DM_D];
@@ -342,7 +344,7 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         for (int64_t n = 0; n < N; n++) mass[n] *= per_token;
 
         /* write: retention, content addressing on the retained keys, erase then add */
-        retention_gate(retention, pass, Km, d, dl, dm, fl, tmp);
+        retention_gate(retention, pass, Km, d, dl + b * st[F_DL], dm, fl, tmp);
         for (int64_t n = 0; n < N; n++)
             for (int64_t i = 0; i < D; i++) {
                 Kr[n * D + i] = Km[n * D + i] * retention[n];
@@ -457,7 +459,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                 normalize(mp + w * D, a_ + w * D, D, full);
             }
         }
-        retention_gate(ret, pass, Km, d, dl, dm, fl, tmp);
+        retention_gate(ret, pass, Km, d, dl + b * st[B_DL], dm, fl, tmp);
         for (int64_t n = 0; n < N; n++)
             for (int64_t i = 0; i < D; i++) { Kr[n * D + i] = Km[n * D + i] * ret[n]; Vr[n * D + i] = Vm[n * D + i] * ret[n]; }
         for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
