@@ -332,7 +332,8 @@ class MultiHeadMemoryBank(nn.Module):
     """Slot memory with multi-head top-k reads and gated, allocating, decaying writes.
 
     Parameters: per-head read sharpness, a write sharpness, and a slot-wise retention logit
-    (the learnable decay gate; the controller's decay direction modulates it by content).
+    (the learnable decay gate; the controller's decay direction modulates it by content); with
+    ``decay_mode = "evidence"`` also the retention's weights on read evidence and on age.
     """
 
     def __init__(self, cfg: MemNetConfig):

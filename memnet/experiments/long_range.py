@@ -115,9 +115,9 @@ PROFILES = {
     # profile's 1,500 steps, each at the learning rate the full profile chose for it on validation
     "laptop": Profile(lr_of=(("memnet", 1e-3), ("full", 3e-3)), seeds=(0,), models=("memnet", "full"),
                       distances=(0, 4, 16, 64), capacity_pairs=(4, 16, 32, 64), capacity_delays=(16,)),
-    # the stored run: every model, three learning rates on seed 0, three seeds; the LSTM and Titans,
-    # whose loss stayed on the plateau through 1,500 steps at every rate of their sweep, train 3,000
-    "full": Profile(steps_of=(("lstm", 3000), ("titans", 3000))),
+    # the stored run: every model, three learning rates on seed 0, three seeds; the LSTM, Titans and
+    # the RMT, whose loss stayed on the plateau through 1,500 steps at every rate of their sweep, train 3,000
+    "full": Profile(steps_of=(("lstm", 3000), ("titans", 3000), ("rmt", 3000))),
     "gpu": Profile(batch_size=64, steps=3000, eval_batch=128),
 }
 
