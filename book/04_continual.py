@@ -414,8 +414,14 @@ fig
 for m in ("memnet", "memnet_reset", "memnet_frozen", "memnet_unaligned", "windowed", "lstm"):
     Rs = plots.continual_matrices(res, S, m)
     assert Rs.shape[1:] == (T, T) and np.all((Rs >= 0) & (Rs <= 1)), m
-    for R in Rs:
-        assert np.isclose(continual.average_accuracy(R), R[-1].mean())
+# every sequential run's stored summary is what the analysis layer computes from its stored matrix
+# (ACC, BWT, forgetting): the numbers of the tables and of the matrices shown cannot drift apart
+for stream in res["streams"].values():
+    for r in (r for r in stream["runs"] if "R" in r):  # joint training has one accuracy, no matrix
+        R, got = np.asarray(r["R"], dtype=float), r["summary"]
+        want = {"acc": continual.average_accuracy(R), "bwt": continual.backward_transfer(R),
+                "forgetting": float(np.mean(continual.forgetting(R)))}
+        assert all(np.isclose(got[k], v) for k, v in want.items()), (r["model"], r["seed"], got, want)
 # after the first task every variant but the reset one holds the same memory under the same weights
 first = {m: plots.continual_matrices(res, S, m)[:, 0] for m in ("memnet", "memnet_frozen", "memnet_unaligned")}
 assert np.array_equal(first["memnet"], first["memnet_frozen"]) and np.array_equal(first["memnet"], first["memnet_unaligned"])
