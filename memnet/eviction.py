@@ -72,7 +72,7 @@ def held_at_queries(batch, segment_len: int, num_slots: int, policy: str, grace:
             while q < len(queries) and queries[q][0] // segment_len == w:  # the window's reads
                 p, m = queries[q]
                 held[b, p] = m in kept
-                if m in kept:
+                if held[b, p]:
                     asked.add(m)
                 q += 1
             for m in np.flatnonzero(written[b] == w):  # then its writes

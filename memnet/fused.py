@@ -221,7 +221,7 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
     (state, queries (B, L, H, D), the :class:`~memnet.memory.WriteRequest` and valid (B, L)) and the
     same :class:`~memnet.memory.StepResult`. Call it where :func:`applies` holds. A step whose
     scores hold NaN is taken by the torch step (whose sort places NaN as its own rule says)."""
-    from .memory import MemoryState, ReadResult, StepResult, WriteResult, read_hits
+    from .memory import MemoryState, ReadResult, StepResult, WriteResult, read_hits, update_evidence
 
     B, L, H = queries.shape[:3]
     W = req.gate.shape[1]
@@ -231,11 +231,9 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
                                                                  req.gate, req.erase, req.update, req.decay))
     valid = _rows(valid, torch.bool)
     lrs, lws = bank.log_read_sharpness, bank.log_write_sharpness
-    # (B, N) each row's slot-wise retention logit: the bank's, shared (a batch stride of 0), or with
-    # "evidence" plus the row's evidence term, summed in the torch step's order
-    dl = bank.decay_logit.expand(B, -1)
-    if bank.cfg.decay_mode == "evidence":
-        dl = (bank.decay_logit + bank.evidence_logit(state.evidence, state.age)).contiguous()
+    # (B, N) each row's slot-wise retention logit (bank.slot_logit): the bank's, shared by every row
+    # (a batch stride of 0), or with "evidence" each row's own
+    dl = bank.slot_logit(state.evidence, state.age).expand(B, -1)
     inputs = [keys, values, _rows(state.age), _rows(state.usage), _rows(state.retained), _rows(state.segments), q, k, v,
               g, e, u, decay, _rows(pos, torch.int64), valid, lrs, lws, dl]
     with torch.no_grad():
@@ -247,7 +245,7 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
     evidence = state.evidence
     if bank.cfg.decay_mode == "evidence":  # the reads' hits, as the torch step's bookkeeping takes them
         hits = read_hits(read_index, read_weight, out[_READ_TOP], valid, bank.cfg.num_slots)
-        evidence = torch.where(events, torch.zeros_like(evidence), torch.maximum(evidence, hits))
+        evidence = update_evidence(evidence, hits, events)
     new = MemoryState(new_keys, new_values, age, usage, retained, segments, evidence, signature=state.signature)
     return StepResult(new, ReadResult(vectors, read_index, read_weight, out[_READ_TOP]),
                       WriteResult(strength, events, alloc, retention), mass)

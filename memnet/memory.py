@@ -286,6 +286,12 @@ def erase_then_add(keys: Tensor, values: Tensor, rows: Tensor, weight: Tensor, e
     return keys * keep + acc(key), values * keep + acc(value)
 
 
+def update_evidence(evidence: Tensor, hits: Tensor, events: Tensor) -> Tensor:
+    """(..., N) the evidence after a segment: the larger of `evidence` and the segment's `hits`
+    (:func:`read_hits`; the reads come before the writes), and 0 where `events` (bool) reset a slot."""
+    return torch.where(events, torch.zeros_like(evidence), torch.maximum(evidence, hits.detach().float()))
+
+
 def bookkeeping(age: Tensor, usage: Tensor, retained: Tensor | None, retention: Tensor, strength: Tensor,
                 read_mass: Tensor | None, write_threshold: float,
                 usage_decay: float, held: bool = False, evidence: Tensor | None = None,
@@ -307,7 +313,7 @@ def bookkeeping(age: Tensor, usage: Tensor, retained: Tensor | None, retention: 
     if read_mass is not None:
         usage = usage + read_mass.detach().float()
     if evidence is not None and hits is not None:
-        evidence = torch.where(events, torch.zeros_like(evidence), torch.maximum(evidence, hits.detach().float()))
+        evidence = update_evidence(evidence, hits, events)
     return events, age, usage.clamp(0.0, 1.0), retained, evidence
 
 
@@ -480,7 +486,7 @@ class MultiHeadMemoryBank(nn.Module):
         The logit is clamped to [-15, 15] so the gate stays strictly inside (0, 1) in float32
         (an unclamped sigmoid rounds to exactly 0 or 1 for large `decay`: a slot wiped or frozen).
         With ``cfg.decay_mode`` "evidence" the logit also weighs what the slot's reads revealed since
-        its last write event and its age (:meth:`evidence_logit`). With "fixed" the gate is the
+        its last write event and its age (:meth:`slot_logit`). With "fixed" the gate is the
         constant sigmoid(decay_init) and with "none" exactly 1; both ignore `decay` and learn nothing.
         """
         B, N = state.age.shape
@@ -488,43 +494,42 @@ class MultiHeadMemoryBank(nn.Module):
             return self._gate(None, B, state.keys.device)
         k = F.normalize(state.keys, dim=-1, eps=self.cfg.eps)
         return self._gate(torch.einsum("bnd,bd->bn", k, decay.float()), B, state.keys.device,
-                          self.evidence_logit(state.evidence, state.age))
+                          self.slot_logit(state.evidence, state.age))
 
-    def evidence_logit(self, evidence: Tensor, age: Tensor) -> Tensor | float:
-        """(..., N) what ``decay_mode = "evidence"`` adds to a slot's retention logit: ``EVIDENCE_SCALE *
-        (evidence_weight * evidence + age_weight * min(age, EVIDENCE_AGE_CAP) / EVIDENCE_AGE_CAP)``, two
-        learned weights (0 at init) on the strongest read hit since the slot's last write event and on
-        the windows since then. So a retention can learn that what has been read is read again, and
-        how long to wait for that evidence. 0 in every other mode."""
+    def slot_logit(self, evidence: Tensor | None, age: Tensor) -> Tensor:
+        """The slot-wise retention logit, before the content term: ``decay_logit`` (N,), and with
+        ``decay_mode = "evidence"`` (..., N) ``decay_logit + EVIDENCE_SCALE * (evidence_weight * evidence
+        + age_weight * min(age, EVIDENCE_AGE_CAP) / EVIDENCE_AGE_CAP)``: two learned weights (0 at
+        init) on the strongest read hit since the slot's last write event and on the windows since
+        then, so a retention can learn that what has been read is read again, and how long to wait
+        for that evidence. `evidence` and `age` are read in that mode only."""
         if self.cfg.decay_mode != "evidence":
-            return 0.0
+            return self.decay_logit
         aged = age.float().clamp(max=EVIDENCE_AGE_CAP) / EVIDENCE_AGE_CAP
-        return EVIDENCE_SCALE * (self.evidence_weight * evidence.float() + self.age_weight * aged)
+        return self.decay_logit + EVIDENCE_SCALE * (self.evidence_weight * evidence.float() + self.age_weight * aged)
 
-    def retention_of_directions(self, unit: Tensor, factor: Tensor, decay: Tensor, evidence: Tensor,
+    def retention_of_directions(self, unit: Tensor, factor: Tensor, decay: Tensor, evidence: Tensor | None,
                                 age: Tensor) -> Tensor:
         """(N,) the retention gate of one sequence's slots given as directions: keys ``unit * length``
         with unit (N, D) of norm 1 (or 0 for an empty slot), factor (N,) = min(length / eps, 1),
-        decay (D,), and the slots' evidence and age (N,). Equal to :meth:`retention` of those keys,
+        decay (D,), and the slots' evidence and age (N,; read with "evidence" only). Equal to :meth:`retention` of those keys,
         since F.normalize(key, eps) is ``unit * factor``, without forming the keys: one pass over
         `unit`, no (N, D) temporary."""
         if self.cfg.decay_mode not in ("learned", "evidence"):
             return self._gate(None, 1, unit.device)[0]
-        return self._gate((factor * (unit @ decay.float()))[None], 1, unit.device,
-                          self.evidence_logit(evidence, age))[0]
+        return self._gate((factor * (unit @ decay.float()))[None], 1, unit.device, self.slot_logit(evidence, age))[0]
 
-    def _gate(self, alignment: Tensor | None, B: int, device: torch.device,
-              offset: Tensor | float = 0.0) -> Tensor:
-        """(B, N) sigmoid of the clamped ``(slot-wise logit + offset) + alignment`` (B, N): the keys'
-        alignment with the decay direction, and with "evidence" the evidence term as the offset
-        (summed in this order, as the compiled step does); the constant gate ("fixed") or ones
-        ("none") otherwise."""
+    def _gate(self, alignment: Tensor | None, B: int, device: torch.device, slot: Tensor | None = None) -> Tensor:
+        """(B, N) sigmoid of the clamped ``slot + alignment`` (B, N): the slot-wise logit
+        (:meth:`slot_logit`, what the compiled step takes as its logit) plus the keys' alignment with
+        the decay direction ("learned", "evidence"); the constant gate ("fixed") or ones ("none")
+        otherwise."""
         N = self.cfg.num_slots
         if self.cfg.decay_mode == "none":
             return torch.ones(B, N, device=device)
         if self.cfg.decay_mode == "fixed":
             return torch.sigmoid(self.decay_logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX)).expand(B, N)
-        logit = (self.decay_logit + offset) + alignment
+        logit = slot + alignment
         return torch.sigmoid(logit.clamp(-RETENTION_LOGIT_MAX, RETENTION_LOGIT_MAX))
 
     def allocation_score(self, state: MemoryState) -> Tensor:
@@ -707,9 +712,8 @@ class StreamingMemory:
         # retention of every slot (needs only key directions); the write addresses the retained keys
         scale = self.log_scale.exp().float()  # (N,) slot scale before this segment's write
         f_read = self._addressing_scale(scale, cfg.full_key_norm)
-        zeros = torch.zeros_like(self.age)
         retention = bank.retention_of_directions(self.unit, self._addressing_scale(scale, cfg.eps), req.decay[0],
-                                                 zeros if self.evidence is None else self.evidence, self.age)  # (N,)
+                                                 self.evidence, self.age)  # (N,)
         log_post = self.log_scale + retention.double().log()
         f_write = self._addressing_scale(log_post.exp().float(), cfg.full_key_norm)
 
