@@ -55,12 +55,30 @@ def held_at_queries(batch, segment_len: int, num_slots: int, policy: str, grace:
     """(B, T) bool: True at each cue and recall whose item the memory still holds under `policy`
     (see the module's docstring), False at every other position. `grace` (windows) is used by
     ``"evidence"`` only."""
+    return torch.from_numpy(_replay(batch, segment_len, num_slots, policy, grace)[0])
+
+
+def replay_lifetimes(batch, segment_len: int, num_slots: int, policy: str, grace: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """How long each item is held under `policy`: (duration, observed), both (B, M). duration: windows
+    from the item's write to the write that lets it go (it is read for the last time at that window),
+    or to the end of the sequence when it is still held there (observed False), as
+    :func:`memnet.lifetimes.item_lifetimes` counts a model's items."""
+    _, gone = _replay(batch, segment_len, num_slots, policy, grace)
+    written = batch.item_pos.numpy() // segment_len
+    n_windows = batch.tokens.shape[1] // segment_len
+    observed = gone >= 0
+    return np.where(observed, gone, n_windows) - written, observed
+
+
+def _replay(batch, segment_len: int, num_slots: int, policy: str, grace: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held (B, T) bool at the queries, gone (B, M) int: the window whose writes let each item go, -1: never)."""
     _check(batch, segment_len, num_slots, policy, grace)
     item_pos, cue_pos, recall_pos = (t.numpy() for t in (batch.item_pos, batch.cue_pos, batch.recall_pos))
     never_asked = batch.item_type.numpy() == DISTRACTOR
     B, M = item_pos.shape
     written = item_pos // segment_len  # (B, M) window of each item's write
     held = np.zeros(batch.tokens.shape, dtype=bool)
+    gone = np.full((B, M), -1, dtype=np.int64)
     n_windows = batch.tokens.shape[1] // segment_len
     for b in range(B):
         queries = sorted((int(p), m) for m in range(M) for p in (cue_pos[b, m], recall_pos[b, m]) if p >= 0)
@@ -77,9 +95,12 @@ def held_at_queries(batch, segment_len: int, num_slots: int, policy: str, grace:
                 q += 1
             for m in np.flatnonzero(written[b] == w):  # then its writes
                 if len(kept) >= num_slots:
-                    kept.remove(_victim(policy, kept, w, written[b], asked, never_asked[b], times, grace))
+                    old = [k for k in kept if written[b, k] < w]  # a window's writes never take each other's slots
+                    victim = _victim(policy, old, w, written[b], asked, never_asked[b], times, grace)
+                    kept.remove(victim)
+                    gone[b, victim] = w
                 kept.append(int(m))
-    return torch.from_numpy(held)
+    return held, gone
 
 
 def _victim(policy: str, kept: list[int], w: int, written: np.ndarray, asked: set[int], never_asked: np.ndarray,

@@ -300,169 +300,96 @@ def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str
 
 
 # ---------------------------------------------------------------------------- forgetting (chapter 5)
-CONTENT_COLORS = {"useful": "C2", "distractor": "C3", "expiring": "C1", "other": "C7", "unattributed": "C4"}
+TYPE_STYLES = {"useful": "-", "distractor": "--", "once": ":"}  # line style per item type; colour per configuration
+TYPE_COLORS = {"useful": "C2", "distractor": "C3", "once": "C1"}
 
 
-def survival_curves(kms: dict, ax: Axes | None = None, title: str = "", colors: dict | None = None,
-                    max_time: float | None = None) -> Figure:
-    """Kaplan-Meier step curves with their confidence bands, one per group (name -> KMResult)."""
+def _type_lines(ax: Axes, x: np.ndarray, series: dict, colors: Sequence[str] | None = None, marker: str = "") -> None:
+    """series: {configuration label: {item type: y values at x}}; colour per configuration, style per type."""
+    for i, (name, by_type) in enumerate(series.items()):
+        color = (colors[i] if colors else f"C{i}")
+        for t, y in by_type.items():
+            ax.plot(x, np.asarray(y, dtype=float), ls=TYPE_STYLES.get(t, "-"), color=color, marker=marker,
+                    drawstyle="steps-post" if not marker else "default", label=f"{name}: {t}")
+
+
+def survival_by_type(curves: dict, ax: Axes | None = None, title: str = "") -> Figure:
+    """Kaplan-Meier survival on whole windows, one colour per configuration and one line style per item
+    type. curves: {configuration label: {item type: S(t) at t = 0, 1, ..., horizon}}."""
     if ax is None:
-        _, axes = new_figure(figsize=(4.6, 3.2))
+        _, axes = new_figure(figsize=(5.4, 3.4))
         ax = axes[0, 0]
-    colors = colors or CONTENT_COLORS
-    for name, km in kms.items():
-        if km is None:
-            continue
-        t = np.asarray(km.times, dtype=float)
-        end = max_time if max_time is not None else (t[-1] + 1 if len(t) else 1)
-        tt = np.append(t, end)
-        c = colors.get(name, None)
-        ax.step(tt, np.append(km.survival, km.survival[-1]), where="post", color=c,
-                label=f"{name} (n={int(km.at_risk[0])})")
-        ax.fill_between(tt, np.append(km.lower, km.lower[-1]), np.append(km.upper, km.upper[-1]), step="post",
-                        color=c, alpha=0.2, lw=0)
-    ax.axhline(0.5, color="k", lw=0.6, ls=":")
+    h = max(len(y) for c in curves.values() for y in c.values()) - 1
+    _type_lines(ax, np.arange(h + 1), curves)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("segments since the write")
-    ax.set_ylabel("S(t): still alive")
+    ax.set_xlim(0, h)
+    ax.set_xlabel("windows since the write")
+    ax.set_ylabel("S(t): share of items still held")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return ax.figure
 
 
-def survival_grid(panels: dict, max_time: float, title: str = "") -> Figure:
-    """Survival curves of a forgetting run: one row per configuration, one column per seed, the
-    groups' Kaplan-Meier curves in each panel (recall of useful items in its title).
-    panels: {configuration: {seed: {"kms": {group: KMResult or None}, "recall": float}}}, as
-    :func:`memnet.experiments.forgetting.survival_panels` computes it."""
-    names = list(panels)
-    seeds = sorted({sd for by_seed in panels.values() for sd in by_seed})
-    fig, axes = new_figure(len(names), len(seeds), figsize=(4.2 * len(seeds), 3.0 * len(names)), sharey=True)
-    for i, name in enumerate(names):
-        for j, sd in enumerate(seeds):
-            cell = panels[name].get(sd)
-            if cell is None:
-                axes[i, j].set_axis_off()
-                continue
-            survival_curves(cell["kms"], ax=axes[i, j], max_time=max_time,
-                            title=f"{name}, seed {sd} (recall {100 * cell['recall']:.0f}%)")
-    fig.suptitle(title, fontsize=10)
-    return fig
-
-
-def forced_pressure_panels(result: dict, rows: dict, names: Sequence[str]) -> Figure:
-    """Forced-write configurations (`names`: "forced_none" first, then learned decay by pressure
-    weight) side by side: the useful/distractor median ratio, the recall of useful items and the
-    share of useful and distractor contents that died by decay, one dot per seed and the mean.
-    rows: :func:`memnet.experiments.forgetting.ablation_rows` by name."""
-    fig, axes = new_figure(1, 3, figsize=(13.5, 3.2))
-    x = np.arange(len(names))
-    panels = (("ratio_bound", axes[0, 0], "median lifetime, useful / distractor"),
-              ("acc_useful", axes[0, 1], "recall of useful items"),
-              ("decay", axes[0, 2], "share of contents that died by decay"))
-    labels = ["no decay" if n == "forced_none" else f"{result['ablations'][n]['pressure_weight']:g}" for n in names]
-    for key, ax, label in panels:
-        for g, color in ([("useful", "C0"), ("distractor", "C3")] if key == "decay" else [(None, "C0")]):
-            vals = [rows[n]["decay_share"][g] if key == "decay" else rows[n][key] for n in names]
-            for xi, v in zip(x, vals):
-                ax.scatter([xi] * len(v), v, color=color, s=14, alpha=0.6)
-            ax.plot(x, [np.nanmean(v) for v in vals], color=color, marker="o", label=g)
-        ax.set_xticks(x, labels)
-        ax.set_xlabel("pressure_weight (every item written)")
-        ax.set_title(label, fontsize=9)
-    axes[0, 1].axhline(result["chance"], color="k", ls=":", lw=0.8)
-    axes[0, 2].legend(fontsize=7)
-    return fig
-
-
-def lifetime_histograms(counts: dict, groups: Sequence[str], ax: Axes | None = None, title: str = "",
-                        colors: dict | None = None) -> Figure:
-    """Share of contents per lifetime (segments), one bar series per group; hatched: censored
-    (still alive when the trace ended). counts: group -> {"deaths": [...], "censored": [...]}."""
+def hazard_by_age(hazards: dict, ax: Axes | None = None, title: str = "", min_at_risk: int = 20) -> Figure:
+    """Discrete hazard by age, one colour per configuration and one line style per item type; ages with
+    fewer than `min_at_risk` items still held are not drawn. hazards: {label: {item type: (hazard, held)}}
+    with both arrays at ages 1..horizon."""
     if ax is None:
-        _, axes = new_figure(figsize=(5, 3.2))
+        _, axes = new_figure(figsize=(5.4, 3.4))
         ax = axes[0, 0]
-    colors = colors or CONTENT_COLORS
-    width = 0.8 / max(len(groups), 1)
-    for i, g in enumerate(groups):
-        d, c = np.asarray(counts[g]["deaths"], float), np.asarray(counts[g]["censored"], float)
-        total = d.sum() + c.sum()
-        if total == 0:
-            continue
-        x = np.arange(len(d)) + (i - (len(groups) - 1) / 2) * width
-        ax.bar(x, d / total, width, color=colors.get(g), label=f"{g} (n={int(total)})")
-        ax.bar(x, c / total, width, bottom=d / total, color=colors.get(g), alpha=0.35, hatch="//", lw=0)
-    ax.set_xlabel("lifetime (segments)")
-    ax.set_ylabel("share of contents")
+    series = {}
+    for name, by_type in hazards.items():
+        series[name] = {t: np.where(np.asarray(n) >= min_at_risk, np.asarray(hz, dtype=float), np.nan)
+                        for t, (hz, n) in by_type.items()}
+    h = max(len(y) for c in series.values() for y in c.values())
+    _type_lines(ax, np.arange(1, h + 1), series, marker="o")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("age (windows since the write)")
+    ax.set_ylabel("hazard: share of held items let go")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return ax.figure
 
 
-def content_map(labels, groups: Sequence[str], retention=None, decay_threshold: float = 0.1,
-                ax: Axes | None = None, title: str = "", colors: dict | None = None) -> Figure:
-    """Slot x segment map of contents coloured by type.
-
-    labels: (S, N) int, the group code of the content born at each (segment, slot), -2 where no
-    write event happened, -1 for an unattributed content. A birth is drawn in full colour; the
-    content's life after it (until the next event on the slot, or until the product of the
-    slot's retention gates falls below `decay_threshold`, when `retention` (S, N) is given) is
-    drawn in a pale shade of the same colour.
-    """
+def probe_by_age(acc: dict, chance: float, ax: Axes | None = None, title: str = "") -> Figure:
+    """Accuracy of probes by age, one colour per configuration and one line style per item type.
+    acc: {label: {item type: {age: (probes, correct)}}}; ages without probes are left out."""
     if ax is None:
-        _, axes = new_figure(figsize=(6, 3.2))
+        _, axes = new_figure(figsize=(5.4, 3.4))
         ax = axes[0, 0]
-    colors = colors or CONTENT_COLORS
-    lab = np.asarray(_np(labels), dtype=np.int64)
-    S, N = lab.shape
-    ret = np.ones((S, N)) if retention is None else _np(retention).astype(float)
-    rgb = np.ones((N, S, 3))
-    palette = {c: np.array(matplotlib.colors.to_rgb(colors.get(g, "k"))) for c, g in enumerate(groups)}
-    palette[-1] = np.array(matplotlib.colors.to_rgb(colors.get("unattributed", "C4")))
-    for n in range(N):
-        cur, p = None, 1.0
-        for s in range(S):
-            p *= ret[s, n]
-            if cur is not None and p < decay_threshold:
-                cur = None
-            if lab[s, n] >= -1:
-                cur, p = lab[s, n], 1.0
-                rgb[n, s] = palette.get(cur, palette[-1])
-            elif cur is not None:
-                rgb[n, s] = 1 - 0.35 * (1 - palette.get(cur, palette[-1]))
+    for i, (name, by_type) in enumerate(acc.items()):
+        for t, cells in by_type.items():
+            ages = sorted(a for a, (n, _) in cells.items() if n > 0)
+            ax.plot(ages, [cells[a][1] / cells[a][0] for a in ages], ls=TYPE_STYLES.get(t, "-"), color=f"C{i}",
+                    marker="o", label=f"{name}: {t}")
+    ax.axhline(chance, color="k", lw=0.7, ls=":", label="chance")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("age of the item asked for (windows)")
+    ax.set_ylabel("probe accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def occupancy_map(owner, type_names: Sequence[str], ax: Axes | None = None, title: str = "") -> Figure:
+    """Slot x window map of what each slot holds at the end of each window, coloured by item type
+    (white: empty). owner: (N, S) int type codes, -1 where empty (:func:`memnet.lifetimes.occupancy`)."""
+    if ax is None:
+        _, axes = new_figure(figsize=(5.4, 3.0))
+        ax = axes[0, 0]
+    own = np.asarray(_np(owner), dtype=np.int64)
+    rgb = np.ones(own.shape + (3,))
+    for c, t in enumerate(type_names):
+        rgb[own == c] = matplotlib.colors.to_rgb(TYPE_COLORS.get(t, "C7"))
     ax.imshow(rgb, aspect="auto", origin="lower", interpolation="nearest")
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=colors.get(g), label=g) for g in groups]
-    handles.append(Patch(color=colors.get("unattributed", "C4"), label="unattributed"))
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.set_xlabel("segment")
+    present = [t for c, t in enumerate(type_names) if (own == c).any()]
+    ax.legend(handles=[Patch(color=TYPE_COLORS.get(t, "C7"), label=t) for t in present], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_xlabel("window")
     ax.set_ylabel("slot")
-    ax.set_title(title or "contents by type (full: write event, pale: alive)", fontsize=9)
-    return ax.figure
-
-
-def probe_curves(result: dict, key: str = "read_entropy", ax: Axes | None = None, title: str = "",
-                 ablations: Sequence[str] | None = None, ylabel: str | None = None) -> Figure:
-    """A quantity logged during training (`key` of each run's probe_curve), mean over seeds with
-    the min-max range shaded, one line per ablation."""
-    if ax is None:
-        _, axes = new_figure(figsize=(4.8, 3.2))
-        ax = axes[0, 0]
-    names = list(ablations or result["ablations"])
-    for i, name in enumerate(names):
-        rs = [r for r in result["runs"] if r["ablation"] == name]
-        if not rs:
-            continue
-        steps = np.array([c["step"] for c in rs[0]["probe_curve"]])
-        v = np.array([[c[key] for c in r["probe_curve"]] for r in rs])  # (seeds, probes)
-        ax.plot(steps, v.mean(0), color=f"C{i}", label=name)
-        if len(rs) > 1:
-            ax.fill_between(steps, v.min(0), v.max(0), color=f"C{i}", alpha=0.15, lw=0)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel or key.replace("_", " "))
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
     return ax.figure
 
 

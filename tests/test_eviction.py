@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from memnet.eviction import POLICIES, held_at_queries, held_fraction
+from memnet.eviction import POLICIES, held_at_queries, held_fraction, replay_lifetimes
 from memnet.tasks import ReuseStream
 
 L = 4  # segment_len of the hand-made schedule
@@ -82,6 +82,24 @@ def test_pressure_orders_the_rules():
     recall = {p: held_fraction(b, held_at_queries(b, 16, 12, p))["recall"] for p in POLICIES}
     assert recall["lru"] + 0.2 < recall["evidence"] < recall["distractors_first"]
     assert recall["evidence"] < recall["belady"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), slots=st.integers(2, 8), policy=st.sampled_from(POLICIES))
+def test_replay_lifetimes_agree_with_what_the_queries_find(seed, slots, policy):
+    """Two readings of one replay: an item is held at a query exactly when the query's age is within its lifetime."""
+    batch = TASK.sample(4, seed=seed)
+    held = held_at_queries(batch, 8, slots, policy).numpy()
+    duration, observed = replay_lifetimes(batch, 8, slots, policy)
+    written = batch.item_pos.numpy() // 8
+    assert duration.shape == written.shape and (duration >= 1).all()
+    assert ((written + duration <= TASK.n_windows) & ((written + duration < TASK.n_windows) | ~observed)).all()
+    assert observed.sum() == max(0, TASK.n_items - slots) * 4  # a full memory lets one item go per write
+    for field in (batch.cue_pos, batch.recall_pos):
+        rows, items = np.nonzero(field.numpy() >= 0)
+        pos = field.numpy()[rows, items]
+        age = pos // 8 - written[rows, items]
+        assert np.array_equal(held[rows, pos], age <= duration[rows, items])
 
 
 def test_bad_input():

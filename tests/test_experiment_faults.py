@@ -244,8 +244,8 @@ def test_write_json_replaces_in_place_keeping_the_mode(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- never replace a more complete result
-def fake_forgetting(p, task, seed, name, over, device, amp, progress, threads=None):
-    return {"ablation": name, "seed": seed}, {"maps": name}, {"trace": torch.zeros(1)}
+def fake_forgetting(p, task, seed, name, over, device, threads=None):
+    return {"config": name, "seed": seed}
 
 
 def fake_continual(p, sname, seed, m, device, amp, progress, threads=None):

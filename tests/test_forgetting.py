@@ -1,371 +1,334 @@
-"""The forgetting task (items of known future value), the attribution of contents to items, and the
-experiment's analysis, table and stored run (smoke profile)."""
+"""Experiment 3, learned forgetting on ReuseStream (memnet.experiments.forgetting): the smoke run end to
+end, the choice of the fixed decay, the claims on hand-made results, and argument checks."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
-from memnet import MemoryTrace
-from memnet.book import load_run
 from memnet.experiments import forgetting as fx
-from memnet.metrics import IGNORE_INDEX
-from memnet.survival import content_lifetimes
-from memnet.tasks import ITEM_TYPES, ForgettingBatch, ForgettingStream
+from memnet.experiments.common import Verdict
+from memnet.lifetimes import ItemLifetimes
+from memnet.tasks.reuse import REUSE_TYPES
+
+SMOKE = fx.PROFILES["smoke"]
+SEEDS = [0, 1]  # seed 1 is not among the smoke profile's select_seeds: the chosen fixed rate is trained for it
+FIXED = [fx.fixed_name(x) for x in SMOKE.fixed_logits]
 
 
-
-@st.composite
-def streams(draw):
-    L = draw(st.integers(5, 12))
-    ipw = draw(st.integers(1, (L - 1) // 2))
-    S = draw(st.integers(2, 6))
-    pu = draw(st.floats(0, 1))
-    pe = draw(st.floats(0, 1 - pu))
-    return ForgettingStream(n_keys=ipw * (S - 1) + draw(st.integers(0, 3)), n_values=draw(st.integers(1, 6)),
-                            n_filler=draw(st.integers(1, 4)), segment_len=L, items_per_window=ipw, n_windows=S,
-                            p_useful=pu, p_expiring=pe, horizon=draw(st.integers(1, 3)), min_gap=draw(st.integers(1, 2)))
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke run for the whole module (about 2 s), stored under a temporary folder."""
+    out = tmp_path_factory.mktemp("forgetting")
+    res = fx.run("smoke", "cpu", seeds=SEEDS, out_dir=out, progress=False)
+    return out, res
 
 
-def check_batch(t: ForgettingStream, b: ForgettingBatch) -> None:
-    B, T = b.tokens.shape
-    L, I, K = t.segment_len, t.items_per_window, t.n_keys
-    assert T == t.seq_len and b.item_type.shape == (B, t.n_items)
-    assert int(b.tokens.min()) >= 0 and int(b.tokens.max()) < t.vocab_size
-    for r in range(B):
-        tok, tgt, at = b.tokens[r].tolist(), b.targets[r].tolist(), b.item_at[r].tolist()
-        for i in range(t.n_items):
-            w, kind = i // I, int(b.item_type[r, i])
-            vp = int(b.item_pos[r, i])
-            assert vp == w * L + 2 * (i % I) + 1 and at[vp] == at[vp - 1] == i
-            key, value = tok[vp - 1], tok[vp]
-            assert key // K == kind and 3 * K <= value < 3 * K + t.n_values  # the key says the type
-            q = int(b.query_pos[r, i])
-            if kind == 1:
-                assert q == -1  # distractors are never queried
-            if q >= 0:
-                assert tok[q] == key and tgt[q] == value and at[q] == -1
-                qw = q // L
-                assert q % L >= 2 * I  # queries sit after the item block
-                if kind == 0:
-                    assert qw >= w + t.min_gap
-                else:
-                    assert w + 1 <= qw <= w + t.horizon
-        # keys of a type are distinct within the sequence, so a query is unambiguous
-        keys = [tok[int(p) - 1] for p in b.item_pos[r]]
-        assert len(set(keys)) == len(keys)
-        # every target is a query of an item, and nothing else
-        assert sorted(i for i, v in enumerate(tgt) if v != IGNORE_INDEX) == sorted(
-            int(q) for q in b.query_pos[r] if q >= 0)
-        # the last window holds no items
-        assert all(a == -1 for a in at[(t.n_windows - 1) * L:])
+def canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True)  # NaN-safe comparison of JSON-ready results
 
 
-@given(streams(), st.integers(1, 3), st.integers(0, 10_000))
-def test_stream_structure(task, B, seed):
-    check_batch(task, task.sample(B, seed))
+# ---------------------------------------------------------------------------- the smoke run
+def test_smoke_run_result(smoke):
+    out, res = smoke
+    assert set(res) == {"experiment", "profile", "profile_settings", "config", "task", "chance", "item_types",
+                        "configurations", "fixed_choice", "fixed_selected_on", "pressure", "num_segments",
+                        "ceilings", "runs", "provenance"}
+    assert res["fixed_selected_on"] == [0]
+    assert res["experiment"] == "forgetting" and res["profile"] == "smoke"
+    assert res["profile_settings"] == dataclasses.asdict(SMOKE)
+    conf = fx.configurations(SMOKE)
+    assert res["configurations"] == conf and list(conf) == ["none", *FIXED, "learned", "evidence", "evidence_faded"]
+    assert conf["none"]["allocation"] == "faded" and conf["evidence_faded"]["allocation"] == "faded"
+    assert all(conf[n]["allocation"] == SMOKE.allocation == "weakest" for n in (*FIXED, "learned", "evidence"))
+    assert res["fixed_choice"] in FIXED
+    assert res["pressure"] > 1 and res["num_segments"] == SMOKE.n_windows and res["item_types"] == list(REUSE_TYPES)
+    assert res["provenance"]["seed"] == SEEDS and res["provenance"]["workers"] == 1
+    # every configuration for every seed; the candidate fixed rates on the select seeds, the chosen one elsewhere,
+    # the faded-first ablation on the ablation seeds
+    expect = [(n, s) for s in SEEDS for n in conf
+              if (n not in FIXED or s in SMOKE.select_seeds or n == res["fixed_choice"])
+              and (n != "evidence_faded" or s in SMOKE.ablation_seeds)]
+    assert [(r["config"], r["seed"]) for r in res["runs"]] == expect
+    assert {s for n, s in expect if n == res["fixed_choice"]} == set(SEEDS)
+    assert res["fixed_choice"] == fx.choose_fixed(res["runs"], SMOKE)
+    assert set(res["ceilings"]) == {str(s) for s in SEEDS}
+    stored = json.loads((out / "results.json").read_text())
+    assert canonical(stored) == canonical(json.loads(json.dumps(res)))
+    assert not (out / "partial").exists()
 
 
-def test_stream_determinism_rates_and_queries():
-    t = ForgettingStream(n_windows=12)
-    a, b = t.sample(8, seed=3), t.sample(8, seed=3)
-    for f in ("tokens", "targets", "item_at", "item_type", "item_pos", "query_pos"):
-        assert torch.equal(getattr(a, f), getattr(b, f))
-    assert not torch.equal(t.sample(8, seed=4).tokens, a.tokens)
-    big = t.sample(64, seed=0)
-    share = [(big.item_type == c).float().mean().item() for c in range(3)]
-    assert share[0] == pytest.approx(t.p_useful, abs=0.05) and share[2] == pytest.approx(t.p_expiring, abs=0.05)
-    queried = big.query_pos[big.item_type != 1] >= 0
-    assert queried.float().mean() > 0.95  # the query positions rarely run out
-    assert t.pressure(16) == t.n_items / 16 and t.chance == 1 / t.n_values
-    assert t.key_type(torch.tensor([0, t.n_keys, 2 * t.n_keys, 3 * t.n_keys])).tolist() == [0, 1, 2, -1]
-    assert ITEM_TYPES == ("useful", "distractor", "expiring")
+def test_smoke_runs_measure_the_test_draw(smoke):
+    """Each run's lifetimes cover every item of its seed's test draw; its probes and recall counts add up;
+    without decay (and with one fixed rate for every slot) the share of recalls held is the age-order
+    replay's ceiling."""
+    _, res = smoke
+    task = fx.make_task(SMOKE)
+    for r in res["runs"]:
+        test = task.sample(SMOKE.test_batch, seed=fx.draws(r["seed"])["test"])
+        life = fx.lifetimes_of(r)
+        assert isinstance(life, ItemLifetimes) and len(life) == SMOKE.test_batch * task.n_items
+        np.testing.assert_array_equal(life.type, test.item_type.numpy().ravel())
+        np.testing.assert_array_equal(life.window, (test.item_pos.numpy() // SMOKE.segment_len).ravel())
+        assert (life.duration > 0).all()  # every item is written
+        assert (life.window + life.duration <= SMOKE.n_windows).all()
+        n_recalls = int((test.recall_pos >= 0).sum())
+        (held, held_ok), (gone, gone_ok) = r["recall_if_held"]["held"], r["recall_if_held"]["gone"]
+        assert held + gone == n_recalls and 0 <= held_ok <= held and 0 <= gone_ok <= gone
+        assert r["held_recall"] == pytest.approx(held / n_recalls)
+        assert r["test"]["recall"] == pytest.approx((held_ok + gone_ok) / n_recalls)
+        for kind in ("cue", "recall"):
+            assert 0.0 <= r["val"][kind] <= 1.0 and 0.0 <= r["test"][kind] <= 1.0
+        assert set(r["probes"]) <= set(REUSE_TYPES) and r["probes"]
+        for per_age in r["probes"].values():
+            assert set(per_age) == {str(a) for a in SMOKE.probe_ages}
+            for c in per_age.values():
+                assert 0 <= c["held_correct"] <= min(c["held"], c["correct"]) and max(c["held"], c["correct"]) <= c["n"]
+        if r["config"] == "none" or r["config"] in FIXED:
+            assert r["held_recall"] == pytest.approx(res["ceilings"][str(r["seed"])]["lru"]["recall"], abs=1e-6)
+    assert len({r["weights"]["decay_logit"] for r in res["runs"] if r["config"] in FIXED}) == len(FIXED)
+
+
+def test_smoke_table_and_claims(smoke):
+    _, res = smoke
+    table = fx.summary_table(res)
+    assert "nan" not in table.lower() and "inf" not in table.lower()
+    for label in ("no decay", f"fixed decay, logit {res['fixed_choice'].split('@')[1]}", "learned decay",
+                  "evidence decay", "lru", "distractors_first"):
+        assert label in table
+    rows = fx.config_rows(res)
+    assert [r["config"] for r in rows] == ["none", "fixed", "learned", "evidence", "evidence_faded"]
+    assert all(r["seeds"] == (list(SMOKE.ablation_seeds) if r["config"] == "evidence_faded" else SEEDS) for r in rows)
+    verdicts = fx.summarize(res)
+    assert len(verdicts) == 3 and all(isinstance(v, Verdict) for v in verdicts)
+    assert [v.threshold for v in verdicts] == [fx.MARGIN, fx.RATIO, 1.0]
+    assert all(isinstance(v.passed, bool) and np.isfinite(v.measured) for v in verdicts)
+    assert fx.ceiling(res, "distractors_first") == [res["ceilings"][str(s)]["distractors_first"]["recall"]
+                                                    for s in SEEDS]
+
+
+def test_held_at_recalls_by_hand():
+    """Windows of 4 tokens; item 0 is written in window 0 and replaced by the write of window 3 (duration 3),
+    item 1 is written in window 1 and never replaced (censored after 5 windows), item 2 is never written.
+    Reads of window 3 still see item 0; reads of window 4 no longer do."""
+    life = ItemLifetimes(row=np.repeat([0, 1], 3), item=np.tile(np.arange(3), 2), type=np.zeros(6, dtype=np.int64),
+                         window=np.array([0, 1, 1] * 2), duration=np.array([3, 5, 0] * 2),
+                         observed=np.array([True, False, True] * 2))
+    batch = SimpleNamespace(recall_pos=torch.tensor([[13, 23, 10], [17, -1, 22]]))  # windows 3 5 2 and 4 - 5
+    held = fx.held_at_recalls(life, batch, 4)
+    assert held.tolist() == [[True, True, False], [False, False, False]]
+
+
+# ---------------------------------------------------------------------------- choosing the fixed decay
+def val_run(config: str, seed: int, recall: float) -> dict:
+    return {"config": config, "seed": seed, "val": {"cue": 0.0, "recall": recall}}
+
+
+def test_choose_fixed():
+    p = dataclasses.replace(SMOKE, fixed_logits=(5.0, 2.0, 0.0), select_seeds=(0, 1))
+    runs = [val_run("fixed@5", 0, 0.25), val_run("fixed@5", 1, 0.75),  # mean 0.5
+            val_run("fixed@2", 0, 0.5), val_run("fixed@2", 1, 0.625),  # mean 0.5625: the best
+            val_run("fixed@0", 0, 0.5), val_run("fixed@0", 1, 0.5),
+            val_run("fixed@0", 2, 1.0),  # not a select seed: left out
+            val_run("none", 0, 1.0), val_run("evidence", 1, 1.0)]  # not fixed rates
+    assert fx.choose_fixed(runs, p) == "fixed@2"
+    runs[3] = val_run("fixed@2", 1, 0.5)  # now all three tie at 0.5: the first of fixed_logits
+    assert fx.choose_fixed(runs, p) == "fixed@5"
+    runs[0] = val_run("fixed@5", 0, 0.0)  # fixed@2 and fixed@0 tie: the first of them
+    assert fx.choose_fixed(runs, p) == "fixed@2"
+    assert fx.choose_fixed(runs, dataclasses.replace(p, fixed_logits=(0.0, 2.0, 5.0))) == "fixed@0"
+    runs.append(val_run("fixed@0", 1, 0.75))  # a better draw of seed 1 (two runs of a seed are averaged)
+    assert fx.choose_fixed(runs, p) == "fixed@0"
+
+
+# ---------------------------------------------------------------------------- which jobs a run trains
+@pytest.fixture
+def fake_training(monkeypatch):
+    """_train_one replaced by a stub that records its jobs (the measurements are not trained); fixed@0
+    gets the best validation recall."""
+    jobs = []
+
+    def stub(p, task, seed, name, over, device, threads=None):
+        jobs.append((name, seed))
+        return {"config": name, "seed": seed, "overrides": over, "val": {"recall": 0.9 if name == "fixed@0" else 0.1}}
+
+    monkeypatch.setattr(fx, "_train_one", stub)
+    return jobs
+
+
+def test_run_chooses_then_trains_the_choice(fake_training):
+    res = fx.run("smoke", "cpu", seeds=[2, 0, 1], save=False, progress=False)
+    assert res["fixed_choice"] == "fixed@0"
+    candidates = [("none", 2), ("learned", 2), ("evidence", 2), ("none", 0), ("fixed@5", 0), ("fixed@0", 0),
+                  ("learned", 0), ("evidence", 0), ("evidence_faded", 0), ("none", 1), ("learned", 1), ("evidence", 1)]
+    assert fake_training == candidates + [("fixed@0", 2), ("fixed@0", 1)]  # the ablation: seed 0 only
+    # stored by seed, then in the order of the configurations
+    assert [(r["config"], r["seed"]) for r in res["runs"]] == [
+        (n, s) for s in (0, 1, 2) for n in ("none", "fixed@5", "fixed@0", "learned", "evidence", "evidence_faded")
+        if n not in ("fixed@5", "evidence_faded") or s == 0]
+    assert [r["seed"] for r in fx.runs_of(res, "fixed")] == [0, 1, 2]
+    assert all(r["config"] == "fixed@0" for r in fx.runs_of(res, "fixed"))
+
+
+def test_run_without_a_selection_seed_chooses_on_the_first_seed_asked_for(fake_training):
+    res = fx.run("smoke", "cpu", seeds=[2, 1], save=False, progress=False)
+    assert res["fixed_selected_on"] == [2] and res["fixed_choice"] == "fixed@0"
+    assert ("fixed@5", 2) in fake_training and ("fixed@5", 1) not in fake_training
+    assert fake_training[-1] == ("fixed@0", 1)
+    assert [r["seed"] for r in fx.runs_of(res, "fixed")] == [1, 2]
+
+
+def test_choose_fixed_ignores_rates_without_runs_and_refuses_when_none_has_one():
+    p = dataclasses.replace(SMOKE, fixed_logits=(5.0, 0.0), select_seeds=(0,))
+    assert fx.choose_fixed([val_run("fixed@0", 0, 0.1)], p) == "fixed@0"  # fixed@5 has no run: it cannot win
+    with pytest.raises(ValueError, match="runs must hold a fixed-decay run"):
+        fx.choose_fixed([val_run("fixed@0", 1, 0.9), val_run("none", 0, 0.9)], p)
+
+
+@pytest.mark.parametrize("only", [["none", "fixed@5"], ["evidence"], ["fixed@0", "fixed@5", "learned"]])
+def test_only_trains_only_those(fake_training, only):
+    res = fx.run("smoke", "cpu", seeds=[0, 1], save=False, progress=False, only=only)
+    conf = list(fx.configurations(SMOKE))
+    wanted = [n for n in conf if n in only]
+    assert sorted(fake_training) == sorted((n, s) for n in wanted for s in (0, 1))  # a fixed rate named: no choice
+    assert list(res["configurations"]) == wanted and res["fixed_choice"] is None
+    assert {r["config"] for r in res["runs"]} == set(only)
+    assert fx.runs_of(res, "fixed") == []
+
+
+def test_only_really_trains_only_those(tmp_path):
+    res = fx.run("smoke", "cpu", seeds=[1], out_dir=tmp_path, progress=False, only=["none"])
+    assert [(r["config"], r["seed"]) for r in res["runs"]] == [("none", 1)]
+    assert json.loads((tmp_path / "results.json").read_text())["configurations"] == {
+        "none": {"decay_mode": "none", "allocation": "faded"}}
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(n_keys=0), "n_keys"), (dict(n_windows=1), "n_windows"), (dict(items_per_window=8), "items_per_window"),
-    (dict(p_useful=1.5), "p_useful"), (dict(p_useful=0.7, p_expiring=0.5), "p_expiring"),
-    (dict(n_keys=4), "n_keys"), (dict(horizon=True), "horizon"), (dict(p_expiring="a"), "p_expiring")])
-def test_stream_validation(kw, match):
+    (dict(profile="huge"), "profile must be one of"),
+    (dict(only="none"), "only must be a list"),
+    (dict(only=[]), "only must name at least one"),
+    (dict(only=["nope"]), "only must be among"),
+    (dict(only=["fixed@2"]), "only must be among"),  # not a rate of the smoke profile
+    (dict(only=["none", "none"]), "only must be distinct"),
+    (dict(workers=0), "workers must be an int >= 1"),
+    (dict(workers=True), "workers must be an int >= 1"),
+    (dict(workers=1.5), "workers must be an int >= 1"),
+    (dict(workers="2"), "workers must be an int >= 1"),
+    (dict(seeds=[-1]), "seeds must be ints >= 0"),
+    (dict(seeds=[0, 0]), "seeds must be distinct"),
+])
+def test_bad_arguments_leave_the_stored_run(smoke, kw, match):
+    out, _ = smoke
+    stored = out / "results.json"
+    before, stamp = stored.read_bytes(), stored.stat().st_mtime_ns
+    args = {"profile": "smoke", "device": "cpu", "out_dir": out, "progress": False, **kw}
     with pytest.raises(ValueError, match=match):
-        ForgettingStream(**kw)
+        fx.run(**args)
+    assert stored.read_bytes() == before and stored.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
 
 
-def test_stream_bad_sample_arguments():
-    t = ForgettingStream()
-    with pytest.raises(ValueError, match="batch"):
-        t.sample(0, 1)
-    with pytest.raises(TypeError, match="seed"):
-        t.sample(2, 1.5)
+def test_main(smoke, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        fx.main(["--profile", "smoke", "--only", "nope", "--no-save"])
+    assert e.value.code == 2 and "--only" in capsys.readouterr().err
+    _, res = smoke
+    got = {}
+    monkeypatch.setattr(fx, "run", lambda *a: got.setdefault("args", a) and res)
+    fx.main(["--profile", "smoke", "--device", "cpu", "--seeds", "0", "1", "--only", "none", "evidence",
+             "--workers", "1", "--no-save", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert got["args"] == ("smoke", "cpu", [0, 1], None, False, False, "auto", ["none", "evidence"], 1)
+    assert fx.summary_table(res) in printed
+    assert sum(line.startswith(("holds: ", "MISSES: ")) for line in printed.splitlines()) == 3
 
 
-# ---------------------------------------------------------------------------- analysis
-def _hand_trace():
-    """Items 0..3 of types useful, distractor, expiring, distractor (items 0, 1 in segment 0, items
-    2, 3 in segment 1); contents written by item 0's value and item 1's key at segment 0, by a
-    filler token at segment 1, and an unattributable one at segment 2."""
-    t = ForgettingStream(n_keys=8, segment_len=6, items_per_window=2, n_windows=3)
-    b = t.sample(1, seed=0)
-    types = torch.tensor([[0, 1, 2, 1]])
-    b = ForgettingBatch(b.tokens, b.targets, b.item_at, types, b.item_pos, b.query_pos)
-    S, N, W, L = 3, 4, 2, 6
-    ev = torch.zeros(1, S, N, dtype=torch.bool)
-    ev[0, 0, 0] = ev[0, 0, 1] = ev[0, 1, 2] = ev[0, 2, 3] = True
-    strength = ev.float()
-    tr = MemoryTrace(read_index=torch.zeros(1, S, L, 1, 1, dtype=torch.long), read_weight=torch.ones(1, S, L, 1, 1),
-                     valid=torch.ones(1, S, L, dtype=torch.bool),
-                     write_pos=torch.tensor([[[1, 2], [5, 0], [0, 0]]]),  # s0: item 0's value, item 1's key; s1: filler
-                     write_gate=torch.ones(1, S, W), write_update=torch.zeros(1, S, W),
-                     write_erase=torch.zeros(1, S, W),
-                     write_alloc=torch.tensor([[[0, 1], [2, 3], [0, 1]]]),  # s2: nothing allocated to slot 3
-                     write_strength=strength, write_events=ev, retention=torch.ones(1, S, N),
-                     age=torch.zeros(1, S, N), usage=torch.zeros(1, S, N))
-    return tr, b
+# ---------------------------------------------------------------------------- the claims on hand-made results
+def lifetimes(rows: list[list[tuple[int, int, bool]]]) -> dict:
+    """A stored lifetimes record from rows of (type, duration, observed) items."""
+    flat = [(r, i, t, i, d, int(o)) for r, row in enumerate(rows) for i, (t, d, o) in enumerate(row)]
+    return dict(zip(("row", "item", "type", "window", "duration", "observed"), map(list, zip(*flat))))
 
 
-def test_content_groups_by_hand():
-    """Contents written by a useful item's value, a distractor's key, a filler token and an
-    unattributable write get codes 0, 1, OTHER and -1."""
-    tr, b = _hand_trace()
-    life = content_lifetimes(tr)
-    np.testing.assert_array_equal(fx.content_groups(tr, life, b), [0, 1, fx.OTHER, -1])
-    counts = fx.lifetime_counts(life, fx.content_groups(tr, life, b))
-    assert counts["useful"]["censored"][3] == 1 and counts["unattributed"]["count"] == 1
+U, D = 0, 1  # type codes: useful, distractor
+LONG = [[(U, 9, False), (U, 9, False), (D, 1, True), (D, 1, True)]] * 3  # useful 8 windows, distractors 1: ratio 8
+ALIKE = [[(U, 3, True), (U, 9, False), (D, 3, True), (D, 9, False)]] * 3  # ratio 1
+SHORT = [[(U, 4, True), (D, 1, True)]] * 3  # ratio 4
 
 
-def test_decay_share_by_hand():
-    """Of five useful contents two died by decay, one was overwritten and two are still alive: 2/5;
-    a type without contents gives nan; the table lists the share per type."""
-    useful = {"deaths": [0, 2, 1], "censored": [0, 0, 2], "overwrite": 1, "decay": 2}
-    empty = {"deaths": [0, 0, 0], "censored": [0, 0, 0], "overwrite": 0, "decay": 0}
-    run = {"counts": {"useful": useful, "distractor": empty, "expiring": {**empty, "censored": [0, 1, 0]},
-                      "other": empty}}
-    assert fx.decay_share(run, "useful") == pytest.approx(0.4)
-    assert fx.decay_share(run, "expiring") == 0.0
-    assert np.isnan(fx.decay_share(run, "distractor"))
+def record(config: str, seed: int, recall: float, rows) -> dict:
+    return {"config": config, "seed": seed, "test": {"cue": 1.0, "recall": recall}, "held_recall": 0.5,
+            "lifetimes": lifetimes(rows),
+            "probes": {"useful": {"1": {"n": 4, "correct": 3, "held": 3, "held_correct": 3},
+                                  "2": {"n": 2, "correct": 0, "held": 0, "held_correct": 0}}}}
 
 
-def test_item_lifetimes_by_hand():
-    """Items 0 and 1 wrote contents alive at the end (censored after 3 segments); items 2 and 3
-    wrote nothing (0 segments, observed). Then a death: item 0's slot overwritten at segment 2."""
-    tr, b = _hand_trace()
-    types, duration, observed = fx.item_lifetimes(tr, content_lifetimes(tr), b)
-    np.testing.assert_array_equal(types, [0, 1, 2, 1])
-    np.testing.assert_array_equal(duration, [3, 3, 0, 0])
-    np.testing.assert_array_equal(observed, [False, False, True, True])
-    counts = fx.item_counts(tr, content_lifetimes(tr), b)
-    assert counts["distractor"] == {"deaths": [1, 0, 0, 0], "censored": [0, 0, 0, 1]}
-    ev, strength, alloc = tr.write_events.clone(), tr.write_strength.clone(), tr.write_alloc.clone()
-    ev[0, 2, 0] = True
-    strength[0, 2, 0] = 1.0
-    alloc[0, 2] = torch.tensor([0, 1])  # slot 0 overwritten at segment 2 by a filler write
-    tr2 = dataclasses.replace(tr, write_events=ev, write_strength=strength, write_alloc=alloc)
-    types, duration, observed = fx.item_lifetimes(tr2, content_lifetimes(tr2), b)
-    assert duration[0] == 2 and observed[0]
-    res = {"item_median": {"useful": 2.0, "distractor": 0.0}}
-    assert fx.item_ratio(res) == float("inf")
-    assert np.isnan(fx.item_ratio({"item_median": {"useful": 0.0, "distractor": 0.0}}))
+# replayed lifetimes as stored (counts per duration 0..8): useful items held 8 windows (censored at the
+# horizon), distractors let go after 2: ratio 4
+REPLAYED = {"useful": {"deaths": [0] * 9, "censored": [0] * 8 + [3]},
+            "distractor": {"deaths": [0, 0, 3] + [0] * 6, "censored": [0] * 9}}
 
 
-def test_recall_by_retention_by_hand():
-    """Two queries, each reading two slots over two heads: the slot with the larger summed weight
-    decides the bin, through its retained fraction at the query's segment."""
-    t = ForgettingStream(n_keys=8, segment_len=6, items_per_window=2, n_windows=3)
-    b0 = t.sample(1, seed=0)
-    S, L, N, H, K = 3, 6, 4, 2, 2
-    query_pos = torch.tensor([[8, 14, -1, -1]])  # item 0 queried at segment 1 (offset 2), item 1 at segment 2 (offset 2)
-    types = torch.tensor([[0, 2, 1, 1]])  # useful, expiring, distractors
-    targets = torch.full((1, 18), -100)
-    targets[0, 8], targets[0, 14] = 5, 6
-    b = ForgettingBatch(b0.tokens, targets, b0.item_at, types, b0.item_pos, query_pos)
-    ev = torch.zeros(1, S, N, dtype=torch.bool)
-    ev[0, 0, 0] = ev[0, 0, 1] = True  # contents born in slots 0 and 1 at segment 0
-    ret = torch.ones(1, S, N)
-    ret[0, 1, 1] = 0.05  # slot 1 decays at segment 1: retained 0.05 when segment 2 reads
-    index = torch.zeros(1, S, L, H, K, dtype=torch.long)
-    weight = torch.zeros(1, S, L, H, K)
-    index[0, 1, 2] = torch.tensor([[0, 1], [1, 0]])
-    weight[0, 1, 2] = torch.tensor([[0.9, 0.1], [0.4, 0.6]])  # slot 0: 1.5, slot 1: 0.5 -> slot 0 (retained 1)
-    index[0, 2, 2] = torch.tensor([[1, 0], [1, 0]])
-    weight[0, 2, 2] = torch.tensor([[0.7, 0.3], [0.8, 0.2]])  # slot 1 (retained 0.05)
-    tr = MemoryTrace(read_index=index, read_weight=weight, valid=torch.ones(1, S, L, dtype=torch.bool),
-                     write_pos=torch.zeros(1, S, 1, dtype=torch.long), write_gate=torch.ones(1, S, 1),
-                     write_update=torch.zeros(1, S, 1), write_erase=torch.zeros(1, S, 1),
-                     write_alloc=torch.zeros(1, S, 1, dtype=torch.long), write_strength=ev.float(), write_events=ev,
-                     retention=ret, age=torch.zeros(1, S, N), usage=torch.zeros(1, S, N))
-    pred = np.zeros((1, 18), dtype=np.int64)
-    pred[0, 8], pred[0, 14] = 5, 0  # the useful query is right, the expiring one wrong
-    out = fx.recall_by_retention(tr, b, pred)
-    assert fx.RETAINED_BINS[3] == 0.1 and fx.RETAINED_BINS[4] == 0.5
-    assert out["useful"] == {"queries": [0, 0, 0, 0, 1], "correct": [0, 0, 0, 0, 1]}
-    assert out["expiring"] == {"queries": [0, 0, 1, 0, 0], "correct": [0, 0, 0, 0, 0]}
+def hand_result(runs: list[dict]) -> dict:
+    return {"profile_settings": {"horizon": 8, "n_boot": 200, "num_slots": 4}, "fixed_choice": "fixed@2",
+            "configurations": {"none": {}, "fixed@2": {}, "learned": {}, "evidence": {}},
+            "ceilings": {s: {pol: {"cue": 1.0, "recall": 0.25 * int(s), "lifetimes": REPLAYED}
+                             for pol in fx.POLICIES} for s in ("10", "2")},
+            "runs": runs}
 
 
-def test_format():
-    assert fx.fmt([1.0, 2.0, 3.0]) == "2.0 ± 2.5" and fx.fmt([4.0]) == "4.0"  # common.mean_ci
-    assert fx.fmt([2.0, float("inf")]) == "2/inf" and fx.fmt([float("inf")]) == "inf"
-    assert fx.fmt([2.5, float("nan")]) == "2.5/nan"
-    assert fx.ratio({"median": {"useful": 8.0, "distractor": 2.0}}) == 4.0
-    assert np.isnan(fx.ratio({"median": {"useful": 8.0, "distractor": float("nan")}}))
-
-
-def test_ablations_and_profiles():
-    for name, p in fx.PROFILES.items():
-        abl = fx.ablations(p)
-        assert {"learned", "fixed", "none", "faded", "no_util"} <= set(abl)
-        assert abl["faded"]["allocation"] == "faded" and abl["faded"]["decay_mode"] == "learned"
-        assert abl["fixed"]["decay_mode"] == "fixed" and abl["none"]["decay_mode"] == "none"
-        assert abl["no_util"]["util_weight"] == 0 and abl["learned"]["pressure_weight"] == p.pressure
-        assert {a["pressure_weight"] for a in abl.values()} >= set(p.pressure_sweep)
-        task = fx.make_task(p)
-        cfg = fx.make_config(p, task, **abl["none"])
-        assert cfg.decay_mode == "none" and task.pressure(p.num_slots) > 1  # more items than slots
-        assert abl["forced_none"]["decay_mode"] == "none" and len(p.forced_pressures) >= 1
-        assert p.only is None or set(p.only) <= set(abl), (name, p.only)
-        for w in p.forced_pressures:
-            a = abl[f"forced_p={w:g}"]
-            assert (a["decay_mode"], a["allocation"], a["pressure_weight"]) == ("learned", "faded", w)
-        lo, hi = abl["forced_none"]["write_tokens"]
-        b = task.sample(3, seed=1)
-        is_value = (b.tokens >= lo) & (b.tokens < hi)
-        # the value tokens are exactly the items' value positions: one writer per item
-        assert torch.equal(is_value.nonzero()[:, 1].view(3, -1), b.item_pos)
-    assert len(fx.PROFILES["laptop"].seeds) >= 3
-    with pytest.raises(ValueError, match="profile"):
-        fx.run("huge", save=False)
-    with pytest.raises(ValueError, match="only"):
-        fx.run("smoke", save=False, only=["nope"])
-
-
-# ---------------------------------------------------------------------------- the stored run (smoke)
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("forgetting")
-    fx.run("smoke", "cpu", out_dir=out, save=True, progress=False, only=["learned", "none"])
-    return out
-
-
-def test_smoke_run_is_stored_and_loads(smoke_run):
-    run = load_run(smoke_run)
-    res = run.result
-    p = fx.PROFILES["smoke"]
-    assert res["experiment"] == "forgetting" and res["provenance"]["seed"] == [0]
-    assert {r["ablation"] for r in res["runs"]} == {"learned", "none"}
-    tr = run.traces[0]["trace"]
-    assert tr.write_strength.shape == (p.trace_rows, p.n_windows, p.num_slots)
-    assert run.traces[0]["trace_ablation"] == "learned"
-    for name in ("learned", "none"):
-        lab = run.traces[0]["ablations"][name]["labels"]
-        assert lab.shape == (p.trace_rows, p.n_windows, p.num_slots)
-        assert int(lab.min()) >= -2 and int(lab.max()) < len(fx.GROUPS)
-    none = next(r for r in res["runs"] if r["ablation"] == "none")
-    assert none["retention_mean"] == 1.0  # no decay: nothing dies by decay
-    assert all(c["decay"] == 0 for g, c in none["counts"].items() if g != "unattributed")
-    for r in res["runs"]:
-        assert len(r["probe_curve"]) == p.probes + 1 and r["probe_curve"][-1]["step"] == p.steps
-        n = sum(sum(r["counts"][g]["deaths"]) + sum(r["counts"][g]["censored"]) for g in fx.GROUPS)
-        assert n + r["counts"]["unattributed"]["count"] == r["contents"]
-        for k in ("useful", "expiring"):  # binned by retained fraction, the same queries as the accuracy
-            rb = r["recall_by_retention"][k]
-            assert len(rb["queries"]) == len(fx.RETAINED_BINS) - 1
-            assert all(0 <= c <= q for c, q in zip(rb["correct"], rb["queries"]))
-            assert sum(rb["queries"]) > 0 and sum(rb["correct"]) / sum(rb["queries"]) == pytest.approx(r["accuracy"][k])
-    none_rb = none["recall_by_retention"]["useful"]["queries"]
-    assert sum(none_rb[:-1]) == 0  # no decay: every read content keeps all its strength
+def test_summarize_holds():
+    res = hand_result([record("fixed@2", 0, 0.5, ALIKE), record("evidence", 0, 0.625, LONG),
+                       record("fixed@2", 1, 0.25, ALIKE), record("evidence", 1, 0.5, LONG),
+                       record("none", 0, 0.25, ALIKE), record("none", 1, 0.25, ALIKE),
+                       record("fixed@5", 0, 0.0, SHORT)])  # a candidate not chosen: never compared
+    v = fx.summarize(res)
+    assert [x.passed for x in v] == [True, True, True]
+    assert v[0].measured == pytest.approx(0.125) and "fixed@2" in v[0].claim and "+12.5, +25.0" in v[0].detail
+    assert v[1].measured == pytest.approx(8.0) and "[8.00, 8.00]" in v[1].detail
+    assert v[2].measured == pytest.approx(1.0)
+    rows = fx.config_rows(res)
+    assert [r["config"] for r in rows] == ["none", "fixed", "evidence"]
+    ev = rows[2]
+    assert ev["recall"] == [0.625, 0.5] and ev["rmst_useful"] == pytest.approx(8.0) and ev["rmst_distractor"] == 1.0
+    assert rows[1]["seeds"] == [0, 1] and rows[1]["recall"] == [0.5, 0.25]
     table = fx.summary_table(res)
-    assert "learned" in table and "none" in table and "ratio" in table
+    assert "fixed decay, logit 2" in table and "8.00 [8.00, 8.00]" in table
+    assert fx.ceiling(res, "lru") == [0.5, 2.5]  # seeds in numeric order: 2, then 10
 
 
-def test_stored_labels_agree_with_the_stored_trace(smoke_run):
-    """The event labels stored for the learned ablation mark exactly the write events of its trace."""
-    run = load_run(smoke_run)
-    tr = run.traces[0]["trace"]
-    lab = run.traces[0]["ablations"]["learned"]["labels"]
-    assert torch.equal(lab >= -1, tr.write_events)
-    # only the stored rows are saved, not the storage of the whole evaluation batch
-    assert tr.read_index.untyped_storage().nbytes() == tr.read_index.numel() * tr.read_index.element_size()
-    assert run.traces[0]["tokens"].untyped_storage().nbytes() == run.traces[0]["tokens"].numel() * 8
+def test_summarize_misses():
+    res = hand_result([record("fixed@2", 0, 0.5, ALIKE), record("evidence", 0, 0.75, SHORT),
+                       record("fixed@2", 1, 0.5, ALIKE), record("evidence", 1, 0.53, SHORT),  # +3 points in seed 1
+                       record("none", 0, 0.25, LONG), record("none", 1, 0.25, ALIKE)])
+    v = fx.summarize(res)
+    assert [x.passed for x in v] == [False, False, False]
+    assert v[0].measured == pytest.approx(0.03)
+    assert v[1].measured == pytest.approx(4.0)  # a ratio under 5
+    # no decay: pooled useful 0.5 * 8 + 0.5 * (3 + 5 * 0.5) = 6.75 windows, distractors 0.5 * 1 + 0.5 * 5.5 = 3.25
+    assert v[2].measured == pytest.approx(6.75 / 3.25)
+    assert all("MISSES" in x.line() for x in v)
+    # a ratio of 5 or more is not enough when the bootstrap interval reaches 1: pooled, useful items live
+    # 1 + 7 * 2/3 windows and distractors 1; a replicate that draws seed 1 twice gives 1, seed 0 twice 8
+    brief = [[(U, 1, True), (D, 1, True)]] * 3
+    res = hand_result([record("evidence", 0, 0.5, LONG), record("evidence", 1, 0.5, brief)])
+    (v,) = fx.summarize(res)  # no fixed decay and no run without decay: one claim
+    assert v.measured == pytest.approx(1 + 7 * 2 / 3) and v.measured >= fx.RATIO
+    assert not v.passed and "[1.00, 8.00]" in v.detail
 
 
-def test_two_worker_processes_give_the_same_run(smoke_run):
-    """Jobs seed themselves: training them in 2 spawned processes reproduces the in-process run."""
-    one = load_run(smoke_run).result
-    two = fx.run("smoke", "cpu", save=False, progress=False, only=["learned", "none"], workers=2)
-    assert two["provenance"]["workers"] == 2
-    for a, b in zip(one["runs"], two["runs"]):
-        assert (a["ablation"], a["seed"]) == (b["ablation"], b["seed"])
-        assert a["counts"] == b["counts"] and a["history"] == b["history"]
-    with pytest.raises(ValueError, match="workers"):
-        fx.run("smoke", "cpu", save=False, workers=0)
-
-
-def test_forced_run_writes_every_item_and_its_view_and_figures(tmp_path):
-    """A forced-write smoke run: every item of every type is written, the view names its
-    configurations, and the chapter's two figures have one panel per (configuration, seed) and
-    three panels."""
-    p = fx.PROFILES["smoke"]
-    only = ["forced_none"] + [f"forced_p={w:g}" for w in p.forced_pressures]
-    res = fx.run("smoke", "cpu", out_dir=tmp_path, save=False, progress=False, only=only)
-    for r in res["runs"]:
-        assert r["write_rate"] == {g: 1.0 for g in fx.ITEM_TYPES}, (r["ablation"], r["write_rate"])
-        assert r["overrides"]["write_tokens"] == fx.make_task(p).value_tokens
-    fv = fx.forced_view(res)
-    assert fv.names == only and fv.forced == only[1:] and fv.best in fv.forced and fv.top == only[-1]
-    assert all(len(fv.ratios[n]) == len(p.seeds) for n in fv.names)
-    from memnet import plots
-
-    fig = plots.survival_grid(fx.survival_panels(res, ["forced_none", fv.best]), res["num_segments"], title="t")
-    assert len(fig.axes) == 2 * len(p.seeds)
-    assert len(plots.forced_pressure_panels(res, fv.rows, fv.names).axes) == 3
-    with pytest.raises(ValueError, match="forced_none"):
-        fx.forced_view({**res, "runs": [r for r in res["runs"] if r["ablation"] != "forced_none"]})
-
-
-def test_meets_bar_needs_every_seed_and_enough_seeds():
-    assert fx.meets_bar([10.0, 11.0, float("inf")])
-    assert not fx.meets_bar([11.0, 10.0, 5.0])  # one seed short of the factor
-    assert not fx.meets_bar([20.0, 30.0])  # too few seeds
-    assert not fx.meets_bar([12.0, float("nan"), 15.0])  # a seed without a ratio
-
-
-@pytest.mark.parametrize("profile", ["laptop", "long"])
-def test_stored_run_table_and_claims(profile):
-    """A stored run prints its three tables through format_table with every ablation's numbers, and
-    summarize checks the claim as meets_bar does on the same ratios."""
-    import json
-
-    from memnet.experiments.common import DATA_DIR
-
-    res = json.loads((DATA_DIR / "forgetting" / profile / "results.json").read_text())
-    rows = {r["ablation"]: r for r in fx.ablation_rows(res)}
-    blocks = fx.summary_table(res).split("\n\n")
-    assert len(blocks) == 3
-    for block in blocks:
-        lines = block.splitlines()
-        assert lines[1].split()[0] == "ablation" and set(lines[2]) == {"-", " "}  # format_table's header and rule
-        assert [line.split()[0] for line in lines[3:]] == list(rows)
-    for name, r in rows.items():
-        row = next(line for line in blocks[0].splitlines() if line.split()[0] == name)
-        pm = r["pooled_median"]
-        cells = [fx.fmt(r["median_useful"]), fx.fmt(r["median_distractor"]), fx.fmt(r["ratio"]),
-                 fx.fmt(r["rmst_ratio"], 2), f"{pm['useful']:g}/{pm['distractor']:g}", fx.fmt(r["write_useful"], 2),
-                 fx.fmt(r["write_distractor"], 2), fx.fmt(r["acc_useful"], 2), fx.fmt(r["read_entropy"], 2)]
-        assert [c.strip() for c in row[len(name):].split("  ") if c.strip()] == cells
-    verdicts = fx.summarize(res)
-    names = [n for n in ("learned", "faded") if n in rows] + [fx.forced_view(res).best]
-    assert [v.claim.split(":")[0] for v in verdicts] == names
-    for v, n in zip(verdicts, names):
-        assert v.passed == fx.meets_bar(rows[n]["ratio_bound"]) and v.threshold == 10
-    if profile == "long":  # forced_p=0.3: per-seed ratios 11, 10 and 5
-        assert not verdicts[0].passed
-        assert verdicts[0].measured == pytest.approx(min(rows["forced_p=0.3"]["ratio_bound"]))
-    else:  # learned decay with a ratio of 12 in every seed holds
-        for r in res["runs"]:
-            if r["ablation"] == "learned":
-                r["median"] = {**r["median"], "useful": 12.0, "distractor": 1.0}
-        v = fx.summarize(res)[0]
-        assert v.claim.startswith("learned") and v.passed and v.measured == 12.0
+def test_probe_accuracy_and_runs_of():
+    res = hand_result([record("evidence", 1, 0.5, LONG), record("evidence", 0, 0.5, LONG),
+                       record("none", 0, 0.5, ALIKE)])
+    assert [r["seed"] for r in fx.runs_of(res, "evidence")] == [0, 1]
+    assert fx.runs_of(res, "fixed") == []  # fixed@2 chosen but not run
+    assert fx.runs_of({**res, "fixed_choice": None}, "fixed") == []
+    assert fx.probe_accuracy(res, "evidence", "useful") == {1: (8, 6), 2: (4, 0)}
+    assert fx.probe_accuracy(res, "evidence", "useful", "held") == {1: (6, 6), 2: (0, 0)}
+    assert fx.probe_accuracy(res, "evidence", "useful", "gone") == {1: (2, 0), 2: (4, 0)}
+    assert fx.probe_accuracy(res, "evidence", "distractor") == {}
+    assert fx.probe_accuracy(res, "none", "useful") == {1: (4, 3), 2: (2, 0)}

@@ -14,7 +14,7 @@ ORDER = ("core", "analysis", "training", "tasks", "peers", "experiments", "prese
 LAYER = {
     **{m: "core" for m in ("config", "addressing", "memory", "fused", "native", "encoder", "controller", "bottleneck",
                            "losses", "model", "trace", "baselines", "distributed")},
-    **{m: "analysis" for m in ("metrics", "survival", "continual", "eviction")},
+    **{m: "analysis" for m in ("metrics", "survival", "continual", "eviction", "lifetimes")},
     "train": "training",
     "tasks": "tasks",
     "peers": "peers",

@@ -225,3 +225,37 @@ def test_forgetting_curves_wrap_into_rows():
     assert len(axes[0].lines) == 3 + 3  # one curve per task, one dotted joint line per task
     one_row = plots.forgetting_curves(res, "s", ["a", "b"])
     assert len(one_row.axes) == 2
+
+
+# ---------------------------------------------------------------------------- forgetting (chapter 5)
+def test_survival_by_type_draws_one_line_per_configuration_and_type_with_the_given_values():
+    curves = {"a": {"useful": [1.0, 0.8, 0.5], "distractor": [1.0, 0.4, 0.1]}, "b": {"useful": [1.0, 1.0, 0.9]}}
+    ax = plots.survival_by_type(curves, title="t").axes[0]
+    assert len(ax.lines) == 3
+    assert np.allclose(ax.lines[1].get_ydata(), [1.0, 0.4, 0.1]) and ax.lines[1].get_linestyle() == "--"
+    assert ax.lines[0].get_color() == ax.lines[1].get_color() != ax.lines[2].get_color()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a: useful", "a: distractor", "b: useful"]
+
+
+def test_hazard_by_age_hides_ages_with_too_few_items_held():
+    hz = {"a": {"useful": (np.array([0.1, 0.5, 1.0]), np.array([100, 30, 2]))}}
+    ax = plots.hazard_by_age(hz, min_at_risk=20).axes[0]
+    y = np.asarray(ax.lines[0].get_ydata(), dtype=float)
+    assert np.allclose(y[:2], [0.1, 0.5]) and np.isnan(y[2])
+    assert np.allclose(ax.lines[0].get_xdata(), [1, 2, 3])
+
+
+def test_probe_by_age_plots_accuracy_and_leaves_out_ages_without_probes():
+    acc = {"a": {"useful": {1: (10, 9), 2: (0, 0), 4: (20, 5)}}}
+    ax = plots.probe_by_age(acc, chance=0.1).axes[0]
+    assert np.allclose(ax.lines[0].get_xdata(), [1, 4]) and np.allclose(ax.lines[0].get_ydata(), [0.9, 0.25])
+    assert any(np.allclose(line.get_ydata(), 0.1) for line in ax.lines[1:]), "the chance line"
+
+
+def test_occupancy_map_colours_each_type_and_leaves_empty_slots_white():
+    own = np.array([[-1, 0, 0], [1, 1, -1]])
+    img = plots.occupancy_map(own, ("useful", "distractor")).axes[0].get_images()[0].get_array()
+    assert img.shape == (2, 3, 3)
+    assert np.allclose(img[0, 0], 1.0) and np.allclose(img[1, 2], 1.0)
+    assert not np.allclose(img[0, 1], img[1, 0])
+    assert np.allclose(img[0, 1], img[0, 2])

@@ -1,26 +1,43 @@
-"""Experiment 3: learned forgetting. Does the memory keep what will be needed and let go of the rest?
+"""Experiment 3: learned forgetting. Can a memory learn what to keep from evidence that arrives after the write?
 
-MemNet trains on :class:`~memnet.tasks.ForgettingStream`: windows of key-value items, each
-useful (queried once, later), expiring (queried within a short horizon) or a distractor
-(never queried), with more items per sequence than slots. After training, every content
-written on a fixed evaluation batch is followed from its write event to its overwrite or
-decay (:mod:`memnet.survival`), attributed to the item whose token wrote it, and the
-lifetimes are summarised per item type with Kaplan-Meier.
+MemNet trains on :class:`~memnet.tasks.ReuseStream`: every window opens with key-value items
+drawn from one shared vocabulary, so nothing about an item at write time tells whether it will
+be needed. A useful item is asked for once (the *cue*) one or two windows after its write, and
+again (the *recall*) several windows later; a distractor is never asked for. Every item is
+written (``write_tokens`` = the value tokens), each into a slot of its own, and there are more
+items per sequence than slots: what is kept is decided by forgetting alone.
 
-Ablations, trained in the same run on the same batches and seeds: learned decay gates
-(the default), a fixed retention sigmoid(decay_init), no decay; learned decay with "faded"
-allocation (a slot's staleness divided by the retained fraction of its content, so what
-decay lets go of is reused first); the utilization loss off; a sweep of the
-memory-pressure weight; and a fixed write schedule ("forced_*": every item is written, so
-decay and allocation alone decide what is kept), with no decay and with learned decay
-and faded allocation at a few pressure weights. The table prints medians, their ratio, write
-rates and recall per ablation (mean ± 95% t-interval over seeds); the run is stored under
-data/forgetting/<profile>/ with its provenance. A result that lacks runs of the stored
-results.json (fewer ablations or seeds) does not replace it: it is stored, with its traces, in
-``partial/`` of that folder. Worker processes end when the run's process dies.
+Configurations, all declared in the profile before the run:
+
+* ``none``: no decay, and faded-first allocation: with nothing fading, the oldest content goes
+  (age order);
+* ``fixed@x``: a type-agnostic retention sigmoid(x) for every slot; x is chosen among
+  ``fixed_logits`` by recall on a validation draw of the ``select_seeds``, and the choice is
+  trained for every seed;
+* ``learned``: the slot-wise learned retention gate (no read evidence);
+* ``evidence``: the retention logit also learns from read evidence (``decay_mode="evidence"``:
+  the strongest read hit of the slot since its write, and its age), at memory-pressure weight
+  ``pressure`` (and ``evidence@w`` for each weight of ``pressure_sweep``);
+* ``evidence_faded``: evidence decay with faded-first allocation, on the ``ablation_seeds``.
+
+The decaying configurations reuse the slot that holds least (``allocation="weakest"``: the
+strength of its last write times the retention since), so what decay lets go of is what a new
+write takes; with a retention that treats all slots alike that is the oldest slot, as with
+faded-first allocation. Faded-first allocation divides a slot's age by its retained fraction, so
+age dominates unless retention falls far, and a gate that has learned to keep read slots a
+little longer barely changes which slot goes (``evidence_faded`` measures it).
+* replayed eviction rules (:mod:`memnet.eviction`, no network): what any model could hold under
+  age order, under "re-use predicts re-use", and with an oracle that lets distractors go first.
+
+Measured on a test draw per seed: accuracy at cues and recalls; which items are still held at
+each recall; each item's lifetime in memory (:mod:`memnet.lifetimes`), summarised per type with
+Kaplan-Meier, the restricted mean survival time (RMST) with a bootstrap interval over sequences
+and seeds, and the hazard by age; and behavioural probes that ask for every item at several ages
+(can a content that is still held, or one that is gone, be read?). The run is stored under
+data/forgetting/<profile>/ with its provenance; a result that lacks runs of the stored one goes
+to ``partial/``.
 
     python -m memnet.experiments.forgetting --profile laptop
-    python -m memnet.experiments.forgetting --profile long   # forced writes, twice the trace and bank
 """
 from __future__ import annotations
 
@@ -32,410 +49,270 @@ import numpy as np
 import torch
 
 from ..baselines import count_params
-from ..config import MemNetConfig
+from ..config import IGNORE_INDEX, MemNetConfig
+from ..eviction import held_at_queries, held_fraction, replay_lifetimes
+from ..lifetimes import (ItemLifetimes, bootstrap_rmst_ratio, hazard, item_lifetimes, probe_sequences, rmst_steps,
+                         survival_steps)
 from ..model import MemNet
-from ..survival import (age_histogram, content_lifetimes, content_sources, counts_to_km, event_label_matrix, median_survival, rmst,
-                        read_entropy_per_segment, retained_at_read, write_frequency)
-from ..tasks.forgetting import EXPIRING, ITEM_TYPES, USEFUL, ForgettingBatch, ForgettingStream
-from ..train import Trainer, TrainConfig, amp_dtype, autocast, resolve_device
+from ..tasks.reuse import DISTRACTOR, REUSE_TYPES, USEFUL, ReuseBatch, ReuseStream
+from ..train import resolve_device
 from .common import (DATA_DIR, DistinctList, Verdict, check_device, check_names, check_out, check_seeds, done_line,
-                     experiment_parser, format_table, mean_ci, positive_int, provenance, result_folder, save_torch,
-                     seed_everything, worker_pool, writable_folder, write_json)
+                     experiment_parser, format_table, mean_ci, positive_int, provenance, result_folder, seed_everything,
+                     train_steps, worker_pool, writable_folder, write_json)
 
-# content groups: the three item types, then "other" (written by a filler or query token);
-# contents whose writer cannot be identified (see survival.content_sources) get code -1
-GROUPS = ITEM_TYPES + ("other",)
-OTHER = len(ITEM_TYPES)
-# bins of the retained fraction of the slot a query reads most (recall_by_retention); the last edge lets 1 in
-RETAINED_BINS = (0.0, 1e-3, 1e-2, 1e-1, 0.5, 1.0 + 1e-9)
+POLICIES = ("lru", "evidence", "distractors_first")  # replayed eviction rules stored with every seed
+KINDS = ("cue", "recall")
 
 
 @dataclass
 class Profile:
-    """Everything a profile fixes: model size, task, budget, ablations."""
+    """Everything a profile fixes: task, model, budget, configurations, measurements."""
 
-    d_model: int = 64
+    # the task: 11 item windows of 3 items (33 items per sequence) for 12 slots
+    n_keys: int = 64
+    n_values: int = 32
+    n_filler: int = 32
     segment_len: int = 16
-    # 8 slots for 33 items, about 16 of them useful or expiring: even a memory that writes no
-    # distractor must let go of something, so lifetimes end inside the trace
-    num_slots: int = 8
+    items_per_window: int = 3
+    n_windows: int = 16
+    p_useful: float = 0.3
+    cue_gap: tuple = (1, 2)
+    min_gap: int = 3
+    # the model
+    d_model: int = 48
+    num_slots: int = 12
     top_k: int = 4
     mem_heads: int = 4
     writes_per_segment: int = 4
-    items_per_window: int = 3
-    n_windows: int = 12
-    p_useful: float = 0.3
-    p_expiring: float = 0.2
-    horizon: int = 2
+    util_weight: float = 0.01
+    # the budget (the plain loop of memnet.experiments.common.train_steps: AdamW, constant lr)
     batch_size: int = 32
-    steps: int = 240
+    steps: int = 400
     lr: float = 3e-3
-    # the learning rate stays at lr after warm-up (TrainConfig.min_lr_ratio): the memory path is
-    # found late (a jump in recall after 100-250 steps), and a cosine decay to 0.1 x lr over a short
-    # run stalled some seeds half-way through that jump
-    min_lr_ratio: float = 1.0
-    pressure: float = 0.01  # pressure_weight of the main ("learned") configuration
-    pressure_sweep: tuple = (0.0, 0.01, 0.1)  # pressure_weight values trained with learned decay
-    # a fixed write schedule (MemNetConfig.write_tokens = the value tokens: every item is written, each
-    # into a slot of its own, so the write gate cannot refuse a distractor): learned decay with "faded"
-    # allocation at these pressure weights, and no decay ("forced_none"); at 1.0 decay also takes most
-    # useful content in a trial run, so the sweep brackets the best weight
-    forced_pressures: tuple = (0.1, 0.3, 1.0)
-    decay_threshold: float = 0.1  # a content has decayed once its retention product falls below this
-    probes: int = 10  # read entropy and write events logged this many times during training
-    probe_batch: int = 8
-    eval_batch: int = 64
-    trace_rows: int = 2  # evaluation sequences whose traces are stored
+    # the configurations
+    allocation: str = "weakest"  # allocation of the decaying configurations ("none" uses "faded")
+    fixed_logits: tuple = (5.0, 2.0, 0.0)  # candidate decay_init of the fixed decay
+    select_seeds: tuple = (0,)  # seeds whose validation recall chooses among fixed_logits
+    pressure: float = 0.3  # pressure_weight of "learned" and "evidence"
+    pressure_sweep: tuple = ()  # further pressure weights of the evidence decay ("evidence@w")
+    ablation_seeds: tuple = (0,)  # seeds that train "evidence_faded"
+    grace: int = 2  # windows the replayed evidence rule waits for a first query
+    # the measurements
+    val_batch: int = 128
+    test_batch: int = 128
+    probe_rows: int = 16  # test sequences whose items are probed at every age
+    probe_ages: tuple = (1, 2, 3, 4, 6, 8)
+    horizon: int = 8  # windows: the restricted mean survival time is the area under S(t) on [0, horizon]
+    n_boot: int = 1000
     seeds: tuple = (0, 1, 2)
-    workers: int = 2  # processes training jobs side by side on a CPU (one thread each)
-    only: tuple | None = None  # the ablations this profile trains (None: all of them)
+    workers: int = 2  # processes training side by side on a CPU (one thread each)
 
 
 PROFILES = {
-    "smoke": Profile(d_model=16, num_slots=8, segment_len=8, items_per_window=2, n_windows=6, writes_per_segment=2,
-                     top_k=2, mem_heads=2, batch_size=4, steps=6, probes=2, probe_batch=2, eval_batch=4,
-                     pressure_sweep=(0.0, 0.01), forced_pressures=(0.1,), seeds=(0,), workers=1),
-    # d_model 48, batch 18 and 6 probes (rather than the defaults 64, 32 and 10) keep 11 configurations x 3
-    # seeds, 360 steps each, within 10 minutes on 2 CPU cores (2 worker processes); 360 steps at a constant
-    # learning rate bring every seed of the main configurations past the jump in recall. The gpu profile
-    # trains the larger model longer, with as many useful or expiring items per slot
-    "laptop": Profile(d_model=48, batch_size=18, probes=6, steps=360),
-    # the laptop model and budget on the gpu profile's task shape (twice the trace and the bank, as many
-    # items per slot), forced-write configurations only: how far the ratio of median lifetimes moves when
-    # useful content has room to stay (4 configurations x 3 seeds of twice the laptop's sequence length)
-    "long": Profile(d_model=48, batch_size=18, probes=6, steps=360, n_windows=24, num_slots=16,
-                    only=("forced_none", "forced_p=0.1", "forced_p=0.3", "forced_p=1")),
-    "gpu": Profile(d_model=128, num_slots=16, segment_len=16, items_per_window=3, n_windows=24, writes_per_segment=4,
-                   batch_size=64, steps=1500, eval_batch=256, pressure_sweep=(0.0, 0.003, 0.01, 0.03, 0.1)),
+    "smoke": Profile(n_keys=16, n_values=8, n_filler=8, segment_len=8, items_per_window=2, n_windows=7, min_gap=2,
+                     d_model=16, num_slots=4, top_k=2, mem_heads=2, writes_per_segment=2, batch_size=4, steps=4,
+                     fixed_logits=(5.0, 0.0), val_batch=4, test_batch=4, probe_rows=2, probe_ages=(1, 2), horizon=4,
+                     n_boot=20, seeds=(0,), workers=1),
+    # 15 trainings of 400 steps (3 candidate fixed rates on seed 0, then the chosen rate, no decay, learned and
+    # evidence decay for 3 seeds, evidence decay with faded-first allocation for one): about 10 minutes on 2 CPU cores
+    "laptop": Profile(),
+    "gpu": Profile(d_model=128, batch_size=64, steps=1500, select_seeds=(0, 1, 2), ablation_seeds=(0, 1, 2),
+                   pressure_sweep=(0.1, 1.0),
+                   test_batch=256, probe_rows=32, workers=1),
 }
 
 
-def make_task(p: Profile) -> ForgettingStream:
-    n_items = p.items_per_window * (p.n_windows - 1)
-    return ForgettingStream(n_keys=max(8, n_items), segment_len=p.segment_len, items_per_window=p.items_per_window,
-                            n_windows=p.n_windows, p_useful=p.p_useful, p_expiring=p.p_expiring, horizon=p.horizon)
+def make_task(p: Profile) -> ReuseStream:
+    return ReuseStream(n_keys=p.n_keys, n_values=p.n_values, n_filler=p.n_filler, segment_len=p.segment_len,
+                       items_per_window=p.items_per_window, n_windows=p.n_windows, p_useful=p.p_useful,
+                       cue_gap=tuple(p.cue_gap), min_gap=p.min_gap)
 
 
-def ablations(p: Profile) -> dict[str, dict]:
-    """Ablation name -> MemNetConfig overrides. "learned" is the full model."""
-    base = {"decay_mode": "learned", "util_weight": 0.01, "pressure_weight": p.pressure}
-    out = {"learned": base, "fixed": {**base, "decay_mode": "fixed"}, "none": {**base, "decay_mode": "none"},
-           "faded": {**base, "allocation": "faded"}, "no_util": {**base, "util_weight": 0.0}}
+def fixed_name(logit: float) -> str:
+    return f"fixed@{logit:g}"
+
+
+def configurations(p: Profile) -> dict[str, dict]:
+    """Configuration name -> MemNetConfig overrides (on top of :func:`make_config`'s shared settings)."""
+    a = p.allocation
+    out: dict[str, dict] = {"none": {"decay_mode": "none", "allocation": "faded"}}
+    for x in p.fixed_logits:
+        out[fixed_name(x)] = {"decay_mode": "fixed", "decay_init": float(x), "allocation": a}
+    out["learned"] = {"decay_mode": "learned", "pressure_weight": float(p.pressure), "allocation": a}
+    out["evidence"] = {"decay_mode": "evidence", "pressure_weight": float(p.pressure), "allocation": a}
     for w in p.pressure_sweep:
-        if w != p.pressure:
-            out[f"pressure={w:g}"] = {**base, "pressure_weight": float(w)}
-    if p.forced_pressures:
-        forced = {**base, "write_tokens": make_task(p).value_tokens}
-        out["forced_none"] = {**forced, "decay_mode": "none"}
-        for w in p.forced_pressures:
-            out[f"forced_p={w:g}"] = {**forced, "allocation": "faded", "pressure_weight": float(w)}
+        out[f"evidence@{w:g}"] = {"decay_mode": "evidence", "pressure_weight": float(w), "allocation": a}
+    out["evidence_faded"] = {"decay_mode": "evidence", "pressure_weight": float(p.pressure), "allocation": "faded"}
     return out
 
 
-def make_config(p: Profile, task: ForgettingStream, **overrides) -> MemNetConfig:
+def make_config(p: Profile, task: ReuseStream, **overrides) -> MemNetConfig:
+    """Shared settings: every item written into a slot of its own (write_tokens = the value tokens), and the
+    profile's allocation unless `overrides` name one."""
+    over = {"allocation": p.allocation, **overrides}
     return MemNetConfig(vocab_size=task.vocab_size, d_model=p.d_model, num_slots=p.num_slots, top_k=p.top_k,
                         mem_heads=p.mem_heads, segment_len=p.segment_len, writes_per_segment=p.writes_per_segment,
-                        **overrides)
+                        util_weight=p.util_weight, write_tokens=task.value_tokens, **over)
 
 
-# ---------------------------------------------------------------------------- analysis of one trace
-def content_groups(trace, life, batch: ForgettingBatch) -> np.ndarray:
-    """(M,) group code of every content: the type of the item whose token wrote it, OTHER for a
-    filler or query token, -1 when the writer cannot be identified."""
-    src = content_sources(trace, life)
-    item_at = batch.item_at.cpu().numpy()
-    item_type = batch.item_type.cpu().numpy()
-    ok = src >= 0
-    item = np.where(ok, item_at[life.batch, np.clip(src, 0, None)], -1)
-    return np.where(~ok, -1, np.where(item >= 0, item_type[life.batch, np.clip(item, 0, None)], OTHER))
+def draws(seed: int) -> dict[str, int]:
+    """The seeds of a run's draws: training batch i is drawn with ``train + i``."""
+    return {"train": 1_000_003 * seed, "val": 5_000_011 * (seed + 1), "test": 9_000_011 * (seed + 1),
+            "probe": 13_000_027 * (seed + 1)}
 
 
-def lifetime_counts(life, group: np.ndarray) -> dict[str, dict[str, list[int]]]:
-    """Per group: deaths and censorings at every duration 0..S (enough to rebuild Kaplan-Meier), and
-    deaths by cause."""
-    S = life.num_segments
-    out = {}
-    for c, name in enumerate(GROUPS):
-        sel = group == c
-        d, o = life.duration[sel], life.observed[sel]
-        out[name] = {"deaths": np.bincount(d[o], minlength=S + 1).tolist(),
-                     "censored": np.bincount(d[~o], minlength=S + 1).tolist(),
-                     "overwrite": int((life.cause[sel] == "overwrite").sum()),
-                     "decay": int((life.cause[sel] == "decay").sum())}
-    out["unattributed"] = {"count": int((group == -1).sum())}
-    return out
+# ---------------------------------------------------------------------------- measuring one trained model
+def query_accuracy(pred: torch.Tensor, batch: ReuseBatch) -> dict[str, float]:
+    """Accuracy at the cues and at the recalls."""
+    ok = pred == batch.targets
+    return {k: float(ok[batch.kind == c].float().mean()) for c, k in enumerate(KINDS, start=1)}
 
 
-def item_lifetimes(trace, life, batch: ForgettingBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """How long each *item* stays in memory, counted from the end of the segment that shows it.
-
-    An item that wrote no attributable content never entered the memory: duration 0, observed
-    (the write gate forgot it on arrival). An item that did lives as long as its longest-lived
-    content (a content created by the item's own tokens, see :func:`~memnet.survival.content_sources`):
-    observed once all of them died, censored while one is alive at the end of the trace.
-    Returns (type, duration, observed), one entry per item of every row (flattened, row-major).
-    """
-    src = content_sources(trace, life)
-    item_at = batch.item_at.cpu().numpy()  # (B, T)
-    item_type = batch.item_type.cpu().numpy()  # (B, M)
-    duration = np.zeros(item_type.shape, dtype=np.int64)
-    alive = np.zeros(item_type.shape, dtype=bool)
-    ok = src >= 0
-    items = item_at[life.batch[ok], src[ok]]
-    keep = items >= 0
-    b, m = life.batch[ok][keep], items[keep]
-    np.maximum.at(duration, (b, m), life.duration[ok][keep])
-    np.logical_or.at(alive, (b, m), ~life.observed[ok][keep])
-    return item_type.ravel(), duration.ravel(), ~alive.ravel()
+def held_at_recalls(life: ItemLifetimes, batch: ReuseBatch, segment_len: int) -> np.ndarray:
+    """(B, M) bool: whether each recalled item is still held when its recall reads (False elsewhere)."""
+    rp = batch.recall_pos.numpy()
+    B, M = rp.shape
+    age = rp // segment_len - life.window.reshape(B, M)
+    return (rp >= 0) & life.held_at(age.ravel()).reshape(B, M)
 
 
-def _counts_by_type(types: np.ndarray, duration: np.ndarray, observed: np.ndarray, S: int) -> dict:
-    return {name: {"deaths": np.bincount(duration[(types == c) & observed], minlength=S + 1).tolist(),
-                   "censored": np.bincount(duration[(types == c) & ~observed], minlength=S + 1).tolist()}
-            for c, name in enumerate(ITEM_TYPES)}
-
-
-def item_counts(trace, life, batch: ForgettingBatch) -> dict[str, dict[str, list[int]]]:
-    """Per item type: deaths and censorings at every duration 0..S, as :func:`lifetime_counts`."""
-    return _counts_by_type(*item_lifetimes(trace, life, batch), life.num_segments)
-
-
-def recall_by_retention(trace, batch: ForgettingBatch, pred: np.ndarray) -> dict[str, dict[str, list[int]]]:
-    """Does a content that has "decayed" still answer its query?
-
-    For every query of a useful or expiring item: the slot its read weighs most (summed over heads
-    and the top-k) and that slot's retained fraction at the query's segment
-    (:func:`~memnet.survival.retained_at_read`), binned by ``RETAINED_BINS``. Returns, per item
-    type, the number of queries ("queries") and of correct predictions ("correct") in every bin.
-    pred: (B, T) predicted tokens.
-    """
-    R = retained_at_read(trace)  # (B, S, N)
-    L = trace.valid.shape[2]
-    index = trace.read_index.cpu().numpy()  # (B, S, L, H, K)
-    weight = trace.read_weight.float().cpu().numpy()
-    tgt = batch.targets.cpu().numpy()
-    qp = batch.query_pos.cpu().numpy()
-    item_type = batch.item_type.cpu().numpy()
-    out = {}
-    for c in (USEFUL, EXPIRING):
-        rows, cols = np.nonzero((qp >= 0) & (item_type == c))
-        q = qp[rows, cols]
-        s, pos = q // L, q % L
-        idx = index[rows, s, pos].reshape(len(q), -1)  # (Q, H*K)
-        mass = np.zeros((len(q), R.shape[-1]))
-        np.add.at(mass, (np.arange(len(q))[:, None], idx), weight[rows, s, pos].reshape(len(q), -1))
-        kept = R[rows, s, mass.argmax(1)] if len(q) else np.zeros(0)
-        ok = pred[rows, q] == tgt[rows, q]
-        out[ITEM_TYPES[c]] = {"queries": np.histogram(kept, bins=RETAINED_BINS)[0].tolist(),
-                              "correct": np.histogram(kept[ok], bins=RETAINED_BINS)[0].tolist()}
-    return out
-
-
-def analyse(trace, batch: ForgettingBatch, logits: torch.Tensor, decay_threshold: float) -> dict:
-    """Every number the table and the chapter need, from one evaluation trace."""
-    life = content_lifetimes(trace, decay_threshold=decay_threshold)
-    group = content_groups(trace, life, batch)
-    counts = lifetime_counts(life, group)
-    S = life.num_segments
-    res: dict = {"contents": len(life), "counts": counts, "median": {}, "rmst": {}}
-    for name in GROUPS:
-        km = counts_to_km(counts[name])
-        res["median"][name] = median_survival(km) if km is not None else float("nan")
-        res["rmst"][name] = rmst(km, S)
-    types, duration, observed = item_lifetimes(trace, life, batch)
-    res["item_counts"] = _counts_by_type(types, duration, observed, S)
-    res["item_median"] = {}
-    for name in ITEM_TYPES:
-        km = counts_to_km(res["item_counts"][name])
-        res["item_median"][name] = median_survival(km) if km is not None else float("nan")
-    # write rate: share of the items of each type that wrote at least one content (a lifetime >= 1)
-    res["write_rate"] = {name: float((duration[types == c] > 0).mean()) if (types == c).any() else float("nan")
-                         for c, name in enumerate(ITEM_TYPES)}
-    item_type = batch.item_type.cpu().numpy()
-    # recall at the queries of useful and of expiring items
-    pred = logits.argmax(-1).cpu().numpy()
-    tgt = batch.targets.cpu().numpy()
-    qp = batch.query_pos.cpu().numpy()
-    res["accuracy"] = {}
-    for c in (USEFUL, EXPIRING):
-        rows, cols = np.nonzero((qp >= 0) & (item_type == c))
-        q = qp[rows, cols]
-        res["accuracy"][ITEM_TYPES[c]] = float((pred[rows, q] == tgt[rows, q]).mean()) if len(q) else float("nan")
-    res["recall_by_retention"] = recall_by_retention(trace, batch, pred)
-    res["read_entropy"] = float(np.nanmean(read_entropy_per_segment(trace)))
-    res["write_frequency"] = write_frequency(trace).tolist()
-    res["events_per_segment"] = float(trace.write_events.float().sum(-1).mean())
-    B = trace.write_events.shape[0]
-    res["events_per_segment_by_group"] = {g: float((group == c).sum() / (B * S)) for c, g in enumerate(GROUPS)}
-    res["age_histogram"] = age_histogram(trace, bins=np.arange(S + 2) - 0.5)[0].astype(int).tolist()
-    res["retention_mean"] = float(trace.retention.float().mean())
-    return res
-
-
-def ratio(res: dict) -> float:
-    """Median survival of useful contents over that of distractor contents (inf when the useful
-    median is beyond the trace, nan when a group has no content)."""
-    u, d = res["median"]["useful"], res["median"]["distractor"]
-    if not (u == u and d == d) or d == 0:
-        return float("nan")
-    return u / d
-
-
-def ratio_lower_bound(res: dict, num_segments: int) -> float:
-    """What the trace can vouch for: the median ratio where both medians were observed, and
-    ``num_segments / distractor median`` where the useful median lies beyond the trace (the useful
-    median exceeds anything the trace can show, so the true ratio is at least that); nan as
-    :func:`ratio`."""
-    r = ratio(res)
-    if r == float("inf"):
-        return num_segments / res["median"]["distractor"]
-    return r
-
-
-FACTOR, MIN_SEEDS = 10.0, 3  # the claim's thresholds: useful/distractor median ratio, in every one of this many seeds
-
-
-def meets_bar(ratios, factor: float = FACTOR, min_seeds: int = MIN_SEEDS) -> bool:
-    """The claim on per-seed useful/distractor ratios: at least `min_seeds` seeds, and at least
-    `factor` in every one of them (nan fails)."""
-    r = np.asarray(ratios, dtype=float)
-    return bool(len(r) >= min_seeds and np.all(r >= factor))
-
-
-def decay_share(res: dict, group: str) -> float:
-    """Share of the contents of `group` (an item type or "other") that died by decay, out of all
-    its contents (overwritten and still alive included); nan when there is none. With decay
-    "none" or "fixed" it is 0 by construction: no retention product falls below the threshold
-    (sigmoid(decay_init) ** num_segments stays above it at the profiles' settings)."""
-    c = res["counts"][group]
-    total = sum(c["deaths"]) + sum(c["censored"])
-    return c["decay"] / total if total else float("nan")
-
-
-def item_ratio(res: dict) -> float:
-    """Median time in memory of useful items over that of distractor items (inf when distractors'
-    median is 0 and useful items' is not: most distractors were never written)."""
-    u, d = res["item_median"]["useful"], res["item_median"]["distractor"]
-    if not (u == u and d == d):
-        return float("nan")
-    return u / d if d > 0 else (float("inf") if u > 0 else float("nan"))
-
-
-@dataclass
-class ForcedView:
-    """The forced-write configurations of a run (those with a fixed write schedule, see
-    :func:`ablations`): their :func:`ablation_rows` by name, the learned-decay names in run order,
-    all names with "forced_none" first, the per-seed lower bounds on the useful/distractor median
-    ratio (:func:`ratio_lower_bound`), the pressure that separates the types most (highest mean
-    ratio) and the highest pressure trained."""
-
-    rows: dict
-    forced: list
-    names: list
-    ratios: dict
-    best: str
-    top: str
-
-
-def forced_view(result: dict) -> ForcedView:
-    """:class:`ForcedView` of a run; ValueError when it has no "forced_none" or no "forced_p=w" runs."""
-    rows = {r["ablation"]: r for r in ablation_rows(result)}
-    forced = [n for n in result["ablations"] if n.startswith("forced_p=") and n in rows]
-    if "forced_none" not in rows or not forced:
-        raise ValueError(f"result must hold forced_none and forced_p=w runs, got ablations {sorted(rows)}")
-    names = ["forced_none"] + forced
-    ratios = {n: np.array(rows[n]["ratio_bound"], dtype=float) for n in names}
-    best = max(forced, key=lambda n: np.nanmean(ratios[n]) if np.isfinite(ratios[n]).any() else -np.inf)
-    top = max(forced, key=lambda n: result["ablations"][n]["pressure_weight"])
-    return ForcedView(rows, forced, names, ratios, best, top)
-
-
-# ---------------------------------------------------------------------------- the run
 @torch.no_grad()
-def _probe(model: MemNet, batch: ForgettingBatch, device: torch.device, dtype) -> dict:
-    model.eval()
-    with autocast(device, dtype):
-        tr = model(batch.tokens, return_trace=True).trace
-    return {"read_entropy": float(np.nanmean(read_entropy_per_segment(tr))),
-            "events_per_segment": float(tr.write_events.float().sum(-1).mean()),
-            "retention_mean": float(tr.retention.float().mean())}
+def _forward(model: MemNet, tokens: torch.Tensor, trace: bool = False, chunk: int = 64):
+    outs = [model(tokens[i:i + chunk], return_trace=trace) for i in range(0, len(tokens), chunk)]
+    logits = torch.cat([o.logits.float() for o in outs])
+    return logits, ([o.trace for o in outs] if trace else None)
 
 
-def _train_one(p: Profile, task: ForgettingStream, seed: int, name: str, over: dict, device: str, amp: str,
-               progress: bool, threads: int | None = None) -> tuple[dict, dict, dict | None]:
-    """Train and analyse one (ablation, seed): a pure function of its arguments, so jobs can run in
-    any order or process. Returns the run record, the stored per-ablation maps, and the trace
-    rows to store (for the "learned" ablation) or None."""
+def probe_counts(model: MemNet, batch: ReuseBatch, life: ItemLifetimes, p: Profile, seed: int) -> dict:
+    """Per item type and age: probes asked, answered, asked of a held item, answered by a held item."""
+    rows = min(p.probe_rows, len(batch.tokens))
+    sub = ReuseBatch(*(t[:rows] for t in (batch.tokens, batch.targets, batch.kind, batch.item_at, batch.item_type,
+                                           batch.item_pos, batch.cue_pos, batch.recall_pos)))
+    M = batch.item_type.shape[1]
+    held_of = {a: life.held_at(a).reshape(-1, M) for a in p.probe_ages}
+    out = {t: {str(a): {"n": 0, "correct": 0, "held": 0, "held_correct": 0} for a in p.probe_ages}
+           for t in REUSE_TYPES}
+    for probes in probe_sequences(sub, p.segment_len, p.probe_ages, IGNORE_INDEX, seed=draws(seed)["probe"]).values():
+        logits, _ = _forward(model, probes.tokens)
+        n = torch.arange(len(probes.row))
+        ok = (logits[n, probes.pos].argmax(-1) == probes.targets[n, probes.pos]).numpy()
+        r, i, a = probes.row.numpy(), probes.item.numpy(), probes.age.numpy()
+        types = batch.item_type.numpy()[r, i]
+        held = np.array([held_of[int(x)][rr, ii] for x, rr, ii in zip(a, r, i)], dtype=bool)
+        for t, name in enumerate(REUSE_TYPES):
+            for age in p.probe_ages:
+                sel = (types == t) & (a == age)
+                c = out[name][str(age)]
+                c["n"] += int(sel.sum())
+                c["correct"] += int(ok[sel].sum())
+                c["held"] += int((sel & held).sum())
+                c["held_correct"] += int((ok & sel & held).sum())
+    return {t: v for t, v in out.items() if any(c["n"] for c in v.values())}
+
+
+def _train_one(p: Profile, task: ReuseStream, seed: int, name: str, over: dict, device: str,
+               threads: int | None = None) -> dict:
+    """Train and measure one (configuration, seed): a pure function of its arguments, so jobs can run in
+    any order or process."""
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    dtype = amp_dtype(dev, amp)
-    chunk = max(1, p.steps // p.probes)
-    probe = task.sample(p.probe_batch, seed=7_000_003 * (seed + 1)).to(dev)
-    ev = task.sample(p.eval_batch, seed=9_000_011 * (seed + 1)).to(dev)
+    d = draws(seed)
     seed_everything(seed)
-    cfg = make_config(p, task, **over)
-    model = MemNet(cfg)
-    tc = TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, min_lr_ratio=p.min_lr_ratio, amp=amp,
-                     warmup=min(50, p.steps // 10 + 1),
-                     log_every=chunk, progress=progress)
-    trainer = Trainer(model, tc, dev, name=f"{name}_seed{seed}")
+    model = MemNet(make_config(p, task, **over)).to(dev)
 
     def batch_fn(step: int):
-        b = task.sample(p.batch_size, seed=seed * 1_000_003 + step)
-        return b.tokens, b.targets
+        b = task.sample(p.batch_size, seed=d["train"] + step)
+        return b.tokens.to(dev), b.targets.to(dev)
 
-    t0 = time.perf_counter()
-    curve = [{"step": 0, **_probe(trainer.model, probe, dev, dtype)}]
-    while trainer.step < p.steps:
-        trainer.fit(batch_fn, steps=min(p.steps, trainer.step + chunk))
-        curve.append({"step": trainer.step, **_probe(trainer.model, probe, dev, dtype)})
-    train_s = time.perf_counter() - t0
-    trainer.model.eval()
-    with torch.no_grad(), autocast(dev, dtype):
-        out = trainer.model(ev.tokens, return_trace=True)
-    tr = out.trace.to("cpu")
-    ev = ev.to("cpu")
-    res = analyse(tr, ev, out.logits.float().cpu(), p.decay_threshold)
-    hist = [{k: h[k] for k in ("step", "loss", "acc") if k in h} for h in trainer.history]
-    record = {"ablation": name, "seed": seed, "overrides": over, "params": count_params(model),
-              "train_s": round(train_s, 1), "history": hist, "probe_curve": curve, **res}
-    rows = slice(0, p.trace_rows)
-    life = content_lifetimes(tr, decay_threshold=p.decay_threshold)
-    grp = content_groups(tr, life, ev)
-    labels = torch.stack([torch.from_numpy(event_label_matrix(life, grp, cfg.num_slots, b).astype(np.int8))
-                          for b in range(min(p.trace_rows, ev.tokens.shape[0]))])
-    maps = {"labels": labels,  # (rows, S, N) group code of each write event
-            "write_strength": tr.write_strength[rows].half().clone(),
-            "retention": tr.retention[rows].half().clone()}
-    trace = {k: v[rows].clone() for k, v in tr.as_dict().items()}  # clone: a saved view carries its whole storage
-    return record, maps, trace
+    fit = train_steps(model, batch_fn, p.lr, p.steps, log_every=max(1, p.steps // 8))
+    model.eval()
+    model.to("cpu")
+    val = task.sample(p.val_batch, seed=d["val"])
+    test = task.sample(p.test_batch, seed=d["test"])
+    val_logits, _ = _forward(model, val.tokens)
+    with torch.no_grad():
+        out = model(test.tokens, return_trace=True)  # one pass: the trace covers every test sequence
+    logits = out.logits.float()
+    life = item_lifetimes(out.trace, test)
+    pred = logits.argmax(-1)
+    held = held_at_recalls(life, test, p.segment_len)
+    recalled = test.recall_pos.numpy() >= 0
+    rows_r, items_r = np.nonzero(recalled)
+    ok_recall = (pred == test.targets).numpy()[rows_r, test.recall_pos.numpy()[rows_r, items_r]]
+    held_r = held[rows_r, items_r]
+    mem = model.memory
+    weight = lambda n: float(getattr(mem, n).detach()) if hasattr(mem, n) else None
+    return {"config": name, "seed": seed, "overrides": over, "params": count_params(model),
+            "train_s": fit["train_s"], "curve": fit["curve"],
+            "val": query_accuracy(val_logits.argmax(-1), val), "test": query_accuracy(pred, test),
+            "held_recall": float(held_r.mean()),
+            "recall_if_held": {"held": [int(held_r.sum()), int(ok_recall[held_r].sum())],
+                               "gone": [int((~held_r).sum()), int(ok_recall[~held_r].sum())]},
+            "weights": {"evidence": weight("evidence_weight"), "age": weight("age_weight"),
+                        "decay_logit": float(mem.decay_logit.detach().float().mean())},
+            "lifetimes": life.to_dict(), "probes": probe_counts(model, test, life, p, seed)}
+
+
+def lifetime_counts(duration: np.ndarray, observed: np.ndarray, types: np.ndarray, horizon: int) -> dict:
+    """Per item type (useful, distractor): items let go ("deaths") and still held ("censored") at each
+    duration 0..horizon, durations beyond the horizon counted at the horizon as censored (all that
+    Kaplan-Meier needs up to the horizon)."""
+    out = {}
+    for code, t in ((USEFUL, "useful"), (DISTRACTOR, "distractor")):
+        d, o = duration[types == code], observed[types == code]
+        late = d > horizon
+        out[t] = {"deaths": np.bincount(d[o & ~late], minlength=horizon + 1).tolist(),
+                  "censored": np.bincount(np.where(late, horizon, d)[~o | late], minlength=horizon + 1).tolist()}
+    return out
+
+
+def replay_ceilings(p: Profile, task: ReuseStream, seed: int) -> dict[str, dict]:
+    """Per replayed rule, on the test draw of `seed`: the fraction of cues and recalls whose item a memory of
+    ``num_slots`` slots still holds (:func:`memnet.eviction.held_at_queries`), and the lifetimes of useful and
+    distractor items as :func:`lifetime_counts` (:func:`memnet.eviction.replay_lifetimes`)."""
+    test = task.sample(p.test_batch, seed=draws(seed)["test"])
+    out = {}
+    for pol in POLICIES:
+        d, o = replay_lifetimes(test, p.segment_len, p.num_slots, pol, p.grace)
+        out[pol] = {**held_fraction(test, held_at_queries(test, p.segment_len, p.num_slots, pol, p.grace)),
+                    "lifetimes": lifetime_counts(d.ravel(), o.ravel(), test.item_type.numpy().ravel(), p.horizon)}
+    return out
+
+
+# ---------------------------------------------------------------------------- the run
+def choose_fixed(runs: list[dict], p: Profile, select: list[int] | None = None) -> str:
+    """The fixed-decay configuration with the highest mean validation recall over the selection seeds
+    (`select`, default ``select_seeds``) among the candidates that have runs there (ties: the first of
+    ``fixed_logits``); ValueError when none has."""
+    select = list(p.select_seeds) if select is None else select
+    names = [fixed_name(x) for x in p.fixed_logits]
+    score = {n: [r["val"]["recall"] for r in runs if r["config"] == n and r["seed"] in select] for n in names}
+    have = [n for n in names if score[n]]
+    if not have:
+        raise ValueError(f"runs must hold a fixed-decay run ({', '.join(names)}) on a selection seed {select}")
+    return max(have, key=lambda n: (float(np.mean(score[n])), -names.index(n)))
 
 
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None, out_dir: Path | None = None,
         save: bool = True, progress: bool = True, amp: str = "auto", only: list[str] | None = None,
         workers: int | None = None) -> dict:
-    """Train every ablation of the profile for every seed, analyse the lifetimes; returns (and stores) the results.
+    """Train every configuration of the profile for every seed and measure it; returns (and stores) the results.
 
-    workers: processes that train (ablation, seed) jobs side by side, each on one CPU thread (default: the
-    profile's ``workers`` on CPU, 1 on CUDA). Every job seeds itself, so the results do not depend on it.
-    """
+    The fixed decay trains its candidate rates on ``select_seeds`` first; the rate with the best validation
+    recall is then trained for the other seeds. only: train only these configurations (a fixed rate among
+    them skips the choice). workers: processes training side by side on a CPU, one thread each (default: the
+    profile's; 1 on CUDA). The loop trains in float32 (``amp`` is recorded, not used)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
     seeds = check_seeds(seeds if seeds is not None else p.seeds)
-    abl = ablations(p)
-    only = only if only is not None else p.only
+    conf = configurations(p)
     if only is not None:
         if isinstance(only, str):
-            raise ValueError(f"only must be a list of ablation names among {sorted(abl)}, got {only!r}")
-        unknown = set(only) - set(abl)
-        if unknown:
-            raise ValueError(f"only must name ablations among {sorted(abl)}, got {sorted(unknown)}")
-        check_names(only, tuple(abl), "only")
-        abl = {k: v for k, v in abl.items() if k in only}
+            raise ValueError(f"only must be a list of configuration names among {sorted(conf)}, got {only!r}")
+        check_names(only, tuple(conf), "only")
     dev = resolve_device(check_device(device))
-    dtype = amp_dtype(dev, amp)
     if workers is None:
         workers = p.workers if dev.type == "cpu" else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -444,161 +321,239 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "forgetting" / profile
     if save:  # fail now, not after the training, when the folder cannot be written
         writable_folder(out_dir, "out_dir")
+    fixed_all = [fixed_name(x) for x in p.fixed_logits]
+    wanted = list(conf) if only is None else [n for n in conf if n in only]
+    choose = only is None
+    # the seeds whose validation chooses the fixed rate: the profile's, or the first seed asked for when
+    # none of them is
+    select = [s for s in seeds if s in p.select_seeds] or seeds[:1]
+    ablation_only = ("evidence_faded",)  # trained on the profile's ablation_seeds unless named in `only`
+    first = [(s, n) for s in seeds for n in wanted if (n not in fixed_all or not choose or s in select)
+             and (n not in ablation_only or only is not None or s in p.ablation_seeds)]
     t_all = time.perf_counter()
-    jobs = [(seed, name, over) for seed in seeds for name, over in abl.items()]
-    if workers == 1 or len(jobs) == 1:
-        done = [_train_one(p, task, seed, name, over, str(dev), amp, progress) for seed, name, over in jobs]
-    else:  # tiny models: one thread per process beats two threads in one process
-        with worker_pool(min(workers, len(jobs))) as pool:  # workers end when this process dies
-            futures = [pool.submit(_train_one, p, task, seed, name, over, str(dev), amp, False, 1)
-                       for seed, name, over in jobs]
-            done = [f.result() for f in futures]
-    runs, stored = [], {}
-    for (seed, name, _), (record, maps, trace) in zip(jobs, done):
-        runs.append(record)
-        if seed not in stored:
-            ev = task.sample(p.eval_batch, seed=9_000_011 * (seed + 1))
-            keep = lambda t: t[: p.trace_rows].cpu().clone()
-            stored[seed] = {"tokens": keep(ev.tokens), "targets": keep(ev.targets), "item_at": keep(ev.item_at),
-                            "item_type": keep(ev.item_type), "query_pos": keep(ev.query_pos), "ablations": {}}
-        stored[seed]["ablations"][name] = maps
-        if name == "learned" or (name == next(iter(abl)) and "trace" not in stored[seed]):
-            stored[seed]["trace"] = trace
-            stored[seed]["trace_ablation"] = name
+    pool = worker_pool(min(workers, max(1, len(first)))) if workers > 1 else None
+
+    def launch(jobs):
+        if pool is None:
+            return [_train_one(p, task, s, n, conf[n], str(dev)) for s, n in jobs]
+        return [pool.submit(_train_one, p, task, s, n, conf[n], str(dev), 1) for s, n in jobs]
+
+    try:
+        futures = launch(first)
+        sel_idx = [i for i, (s, n) in enumerate(first) if n in fixed_all]
+        get = (lambda f: f) if pool is None else (lambda f: f.result())
+        chosen = None
+        later = []
+        if choose and sel_idx:
+            chosen = choose_fixed([get(futures[i]) for i in sel_idx], p, select)
+            later = [(s, chosen) for s in seeds if s not in select]
+            futures += launch(later)
+        runs = [get(f) for f in futures]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    jobs = first + later
+    runs = [runs[i] for i in sorted(range(len(jobs)), key=lambda i: (jobs[i][0], list(conf).index(jobs[i][1])))]
     wall = time.perf_counter() - t_all
-    cfg0 = make_config(p, task, **next(iter(abl.values())))
     result = {
-        "experiment": "forgetting", "profile": profile, "profile_settings": asdict(p), "config": cfg0.to_dict(),
-        "task": asdict(task), "chance": task.chance, "groups": list(GROUPS), "ablations": abl,
-        "num_segments": p.n_windows, "pressure": task.pressure(p.num_slots), "runs": runs,
-        "provenance": provenance(dev, seeds, wall, amp=str(dtype), workers=workers),
+        "experiment": "forgetting", "profile": profile, "profile_settings": asdict(p),
+        "config": make_config(p, task).to_dict(), "task": asdict(task), "chance": task.chance,
+        "item_types": list(REUSE_TYPES), "configurations": {n: conf[n] for n in wanted},
+        "fixed_choice": chosen, "fixed_selected_on": select if chosen else None,
+        "pressure": task.pressure(p.num_slots), "num_segments": p.n_windows,
+        "ceilings": {str(s): replay_ceilings(p, task, s) for s in seeds}, "runs": runs,
+        "provenance": provenance(dev, seeds, wall, amp="off (float32 loop)", workers=workers),
     }
     if save:  # never over a stored result that holds runs this one lacks: those go to partial/
-        folder = result_folder(out_dir, result, run_keys)
-        for seed, d in stored.items():
-            save_torch(d, folder / f"trace_seed{seed}.pt")
-        write_json(folder / "results.json", result)
+        write_json(result_folder(out_dir, result, run_keys) / "results.json", result)
     return result
 
 
 def run_keys(result: dict) -> list[tuple]:
-    """One key per run of a result, (ablation, seed): what a stored result must keep."""
-    return [(r["ablation"], r["seed"]) for r in result["runs"]]
+    """One key per run of a result, (configuration, seed): what a stored result must keep."""
+    return [(r["config"], r["seed"]) for r in result["runs"]]
 
 
-def survival_panels(result: dict, names: list[str], groups: tuple = ("useful", "expiring", "distractor"),
-                    counts: str = "counts") -> dict[str, dict[int, dict]]:
-    """{configuration: {seed: {"kms": {group: KMResult or None}, "recall": accuracy on useful items}}}
-    for the configurations `names` of a stored run: the Kaplan-Meier estimate of each group's
-    contents ("counts") or items ("item_counts"), per seed (what :func:`memnet.plots.survival_grid` draws)."""
-    if counts not in ("counts", "item_counts"):
-        raise ValueError(f"counts must be 'counts' or 'item_counts', got {counts!r}")
-    return {name: {r["seed"]: {"kms": {g: counts_to_km(r[counts][g]) for g in groups},
-                               "recall": r["accuracy"]["useful"]}
-                   for r in result["runs"] if r["ablation"] == name}
-            for name in names}
+# ---------------------------------------------------------------------------- reading a stored run
+def runs_of(result: dict, name: str) -> list[dict]:
+    """The runs of a configuration, by seed; ``"fixed"`` names the chosen fixed rate."""
+    if name == "fixed":
+        name = result.get("fixed_choice") or ""
+    return sorted((r for r in result["runs"] if r["config"] == name), key=lambda r: r["seed"])
 
 
-# ---------------------------------------------------------------------------- the table
-def fmt(values, digits: int = 1) -> str:
-    """:func:`~memnet.experiments.common.mean_ci` of per-seed values, or the per-seed values joined
-    by '/' when one is inf or nan (their mean would hide the others)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) and not np.isfinite(v).all():
-        return "/".join(f"{x:g}" if not np.isfinite(x) or x == round(x) else f"{x:.{digits}f}" for x in v)
-    return mean_ci(v, 1.0, digits)
+def shown(result: dict) -> list[str]:
+    """The configurations the chapter compares, in order: no decay, the chosen fixed decay, learned
+    decay, evidence decay (its pressure sweep, then with faded-first allocation), those the run holds."""
+    names = (["none", "fixed", "learned", "evidence"] + [n for n in result["configurations"] if n.startswith("evidence@")]
+             + ["evidence_faded"])
+    return [n for n in names if runs_of(result, n)]
 
 
-def ablation_rows(result: dict) -> list[dict]:
-    """One row per ablation: per-seed values of every table column."""
-    rows = []
-    for name in result["ablations"]:
-        rs = [r for r in result["runs"] if r["ablation"] == name]
-        if not rs:
-            continue
-        pooled = {g: counts_to_km([r["counts"][g] for r in rs]) for g in ("useful", "distractor")}
-        rows.append({
-            "ablation": name, "n_seeds": len(rs),
-            "median_useful": [r["median"]["useful"] for r in rs],
-            "median_distractor": [r["median"]["distractor"] for r in rs],
-            "median_expiring": [r["median"]["expiring"] for r in rs],
-            "decay_share": {g: [decay_share(r, g) for r in rs] for g in ITEM_TYPES},
-            "ratio": [ratio(r) for r in rs],
-            "ratio_bound": [ratio_lower_bound(r, result["num_segments"]) for r in rs],
-            "rmst_ratio": [r["rmst"]["useful"] / r["rmst"]["distractor"] for r in rs],
-            "pooled_median": {g: median_survival(km) if km is not None else float("nan") for g, km in pooled.items()},
-            "pooled_ratio": (median_survival(pooled["useful"]) / median_survival(pooled["distractor"])
-                             if all(pooled.values()) else float("nan")),
-            "item_median_useful": [r["item_median"]["useful"] for r in rs],
-            "item_median_distractor": [r["item_median"]["distractor"] for r in rs],
-            "item_ratio": [item_ratio(r) for r in rs],
-            "write_useful": [r["write_rate"]["useful"] for r in rs],
-            "write_distractor": [r["write_rate"]["distractor"] for r in rs],
-            "acc_useful": [r["accuracy"]["useful"] for r in rs],
-            "read_entropy": [r["read_entropy"] for r in rs],
-        })
-    return rows
+def lifetimes_of(run_record: dict) -> ItemLifetimes:
+    return ItemLifetimes.from_dict(run_record["lifetimes"])
 
 
-def summarize(result: dict) -> list[Verdict]:
-    """The claim, per configuration: the useful/distractor median lifetime ratio
-    (:func:`ratio_lower_bound`) is at least ``FACTOR`` in every one of at least ``MIN_SEEDS`` seeds
-    (:func:`meets_bar`), for learned decay, faded-first allocation and, in a run with forced
-    writes, the pressure that separates the types most (:func:`forced_view`). ``measured`` is the
-    smallest per-seed ratio (nan when a seed has none)."""
-    rows = {r["ablation"]: r for r in ablation_rows(result)}
-    names = [n for n in ("learned", "faded") if n in rows]
-    if "forced_none" in rows and any(n.startswith("forced_p=") for n in rows):
-        names.append(forced_view(result).best)
-    out = []
-    for n in names:
-        r = np.asarray(rows[n]["ratio_bound"], dtype=float)
-        out.append(Verdict(f"{n}: useful/distractor median lifetime ratio >= {FACTOR:g} in every one of "
-                           f">= {MIN_SEEDS} seeds", float(np.min(r)) if len(r) else float("nan"), FACTOR,
-                           meets_bar(r), f"per seed {', '.join(f'{x:.3g}' for x in r)}"))
+def survival_by_type(result: dict, name: str) -> dict[str, np.ndarray]:
+    """Kaplan-Meier S(t), t = 0..horizon, of useful and distractor items pooled over seeds."""
+    h = result["profile_settings"]["horizon"]
+    life = [lifetimes_of(r) for r in runs_of(result, name)]
+    out = {}
+    for code, t in ((USEFUL, "useful"), (DISTRACTOR, "distractor")):
+        d = np.concatenate([x.duration[x.type == code] for x in life])
+        o = np.concatenate([x.observed[x.type == code] for x in life])
+        out[t] = survival_steps(d, o, h)
     return out
 
 
+def hazard_by_type(result: dict, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Hazard at ages 1..horizon of useful and distractor items pooled over seeds, with the items held."""
+    h = result["profile_settings"]["horizon"]
+    life = [lifetimes_of(r) for r in runs_of(result, name)]
+    out = {}
+    for code, t in ((USEFUL, "useful"), (DISTRACTOR, "distractor")):
+        d = np.concatenate([x.duration[x.type == code] for x in life])
+        o = np.concatenate([x.observed[x.type == code] for x in life])
+        out[t] = hazard(d, o, h)
+    return out
+
+
+def rmst_ratio(result: dict, name: str) -> dict[str, float]:
+    """Useful over distractor restricted mean survival, pooled over seeds, with its bootstrap interval
+    (:func:`memnet.lifetimes.bootstrap_rmst_ratio`; seed 0 of the bootstrap, so the interval is a
+    function of the stored run)."""
+    p = result["profile_settings"]
+    return bootstrap_rmst_ratio([lifetimes_of(r) for r in runs_of(result, name)], USEFUL, DISTRACTOR, p["horizon"],
+                                n_boot=p["n_boot"], seed=0)
+
+
+def _expand(counts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    d = np.concatenate([np.repeat(np.arange(len(c[k])), c[k]) for c in counts for k in ("deaths", "censored")])
+    o = np.concatenate([np.full(int(sum(c[k])), k == "deaths") for c in counts for k in ("deaths", "censored")])
+    return d.astype(np.int64), o.astype(bool)
+
+
+def replay_rmst(result: dict, policy: str) -> dict[str, float]:
+    """Restricted mean survival of useful and distractor items under a replayed rule, pooled over the
+    run's seeds, and their ratio: what the rule itself would give on the same test draws."""
+    h = result["profile_settings"]["horizon"]
+    out = {t: rmst_steps(*_expand([c[policy]["lifetimes"][t] for c in result["ceilings"].values()]), h)
+           for t in ("useful", "distractor")}
+    out["ratio"] = out["useful"] / out["distractor"] if out["distractor"] > 0 else float("nan")
+    return out
+
+
+def probe_accuracy(result: dict, name: str, item_type: str, held: str = "all") -> dict[int, tuple[int, int]]:
+    """{age: (probes, correct)} of one item type pooled over seeds: all probes (``held="all"``), those of
+    items still held (``"held"``), or of items already let go (``"gone"``)."""
+    out = {}
+    for r in runs_of(result, name):
+        for age, c in r["probes"].get(item_type, {}).items():
+            n, k = {"all": (c["n"], c["correct"]), "held": (c["held"], c["held_correct"]),
+                    "gone": (c["n"] - c["held"], c["correct"] - c["held_correct"])}[held]
+            a, b = out.get(int(age), (0, 0))
+            out[int(age)] = (a + n, b + k)
+    return out
+
+
+def ceiling(result: dict, policy: str, kind: str = "recall") -> list[float]:
+    """Per seed: the share of `kind` queries whose item a replayed rule still holds."""
+    return [result["ceilings"][s][policy][kind] for s in sorted(result["ceilings"], key=int)]
+
+
+def recall(result: dict, name: str, kind: str = "recall") -> list[float]:
+    """Per seed: test accuracy at `kind` queries."""
+    return [r["test"][kind] for r in runs_of(result, name)]
+
+
+def config_rows(result: dict) -> list[dict]:
+    """One row per shown configuration: per-seed recall, cue accuracy, share of recalls held, and the pooled
+    RMST of each type with the ratio's bootstrap interval."""
+    rows = []
+    for n in shown(result):
+        rs = runs_of(result, n)
+        ratio = rmst_ratio(result, n)
+        rows.append({"config": n, "seeds": [r["seed"] for r in rs], "recall": recall(result, n),
+                     "cue": recall(result, n, "cue"), "held_recall": [r["held_recall"] for r in rs],
+                     "rmst_useful": ratio["numerator"], "rmst_distractor": ratio["denominator"], "ratio": ratio})
+    return rows
+
+
+MARGIN = 0.05  # recall of useful items: evidence decay over the fixed decay, in every seed
+RATIO = 5.0  # RMST of useful over distractor items under evidence decay
+NEAR_ONE = 0.25  # without decay the RMST ratio is within this of 1
+
+
+def summarize(result: dict) -> list[Verdict]:
+    """The claims, with thresholds fixed before the run: evidence decay recalls useful items at least
+    ``MARGIN`` better than the chosen fixed decay in every seed; its useful/distractor RMST ratio is at
+    least ``RATIO`` with a bootstrap interval above 1; without decay the ratio is within ``NEAR_ONE`` of 1."""
+    out = []
+    ev, fx = runs_of(result, "evidence"), runs_of(result, "fixed")
+    by_seed = {r["seed"]: r["test"]["recall"] for r in fx}
+    gaps = [r["test"]["recall"] - by_seed[r["seed"]] for r in ev if r["seed"] in by_seed]  # paired by seed
+    if gaps:
+        out.append(Verdict(f"evidence decay recalls useful items >= {100 * MARGIN:g} points better than the fixed "
+                           f"decay ({result['fixed_choice']}) in every seed", min(gaps), MARGIN, min(gaps) >= MARGIN,
+                           "per seed " + ", ".join(f"{100 * g:+.1f}" for g in gaps)))
+    if ev:
+        r = rmst_ratio(result, "evidence")
+        rules = "; ".join(f"replayed {pol}: {replay_rmst(result, pol)['ratio']:.2f}" for pol in POLICIES)
+        out.append(Verdict(f"evidence decay: RMST useful / distractor >= {RATIO:g}, 95% bootstrap interval above 1",
+                           r["ratio"], RATIO, r["ratio"] >= RATIO and r["lo"] > 1.0,
+                           f"interval [{r['lo']:.2f}, {r['hi']:.2f}]; {rules}"))
+    if runs_of(result, "none"):
+        r = rmst_ratio(result, "none")
+        out.append(Verdict(f"no decay: RMST useful / distractor within {NEAR_ONE:g} of 1", r["ratio"], 1.0,
+                           abs(r["ratio"] - 1.0) <= NEAR_ONE, f"interval [{r['lo']:.2f}, {r['hi']:.2f}]"))
+    return out
+
+
+LABELS = {"none": "no decay", "fixed": "fixed decay", "learned": "learned decay", "evidence": "evidence decay",
+          "evidence_faded": "evidence decay, faded-first"}
+
+
+def label(result: dict, name: str) -> str:
+    """A reader's name for a configuration."""
+    if name == "fixed" and result.get("fixed_choice"):
+        return f"fixed decay, logit {result['fixed_choice'].split('@')[1]}"
+    if name.startswith("evidence@"):
+        return f"evidence decay, pressure {name.split('@')[1]}"
+    return LABELS.get(name, name)
+
+
 def summary_table(result: dict) -> str:
-    """Per ablation: median lifetime (segments) of useful and distractor contents, their ratio,
-    the RMST ratio, write rates and recall of useful items; then items' median time in memory,
-    and the share of contents that died by decay; mean ± 95% t-interval over seeds (:func:`fmt`)."""
-    rows = ablation_rows(result)
-    n = max((r["n_seeds"] for r in rows), default=0)
-    note = (f"lifetimes in segments of {result['profile_settings']['segment_len']} tokens over a trace of "
-            f"{result['num_segments']}; {result['pressure']:.1f} items per slot; mean"
-            + (f" ± 95% t-interval over {n} seeds" if n > 1 else " (one seed)")
-            + "; a/b/c: per-seed values (inf: median beyond the trace; nan: no content of the type)")
-    lifetimes = format_table(
-        ["ablation", "med useful", "med distr", "ratio", "RMST ratio", "pooled u/d", "wr useful", "wr distr",
-         "acc useful", "read H"],
-        [[r["ablation"], fmt(r["median_useful"]), fmt(r["median_distractor"]), fmt(r["ratio"]), fmt(r["rmst_ratio"], 2),
-          f"{r['pooled_median']['useful']:g}/{r['pooled_median']['distractor']:g}", fmt(r["write_useful"], 2),
-          fmt(r["write_distractor"], 2), fmt(r["acc_useful"], 2), fmt(r["read_entropy"], 2)] for r in rows], note)
-    items = format_table(
-        ["ablation", "useful", "distractor", "ratio"],
-        [[r["ablation"], fmt(r["item_median_useful"]), fmt(r["item_median_distractor"]), fmt(r["item_ratio"])]
-         for r in rows],
-        "items (from the end of their segment; an item never written lives 0 segments): median time in memory")
-    decay = format_table(
-        ["ablation", "useful", "expiring", "distractor", "med expiring"],
-        [[r["ablation"]] + [fmt(r["decay_share"][g], 2) for g in ("useful", "expiring", "distractor")]
-         + [fmt(r["median_expiring"])] for r in rows],
-        "contents that died by decay (share of the type's contents) and the expiring contents' median lifetime")
-    return "\n\n".join([lifetimes, items, decay])
+    """Per configuration: recall and cue accuracy, share of recalls whose item is still held, and the RMST of
+    useful and distractor items with the ratio's bootstrap interval; then the replayed rules."""
+    h = result["profile_settings"]["horizon"]
+    rows = config_rows(result)
+    n = max((len(r["seeds"]) for r in rows), default=0)
+    main = format_table(
+        ["configuration", "recall %", "cue %", "held at recall %", f"RMST useful (<= {h})", "RMST distractor",
+         "ratio [95% CI]"],
+        [[label(result, r["config"]), mean_ci(r["recall"], 100), mean_ci(r["cue"], 100), mean_ci(r["held_recall"], 100),
+          f"{r['rmst_useful']:.2f}", f"{r['rmst_distractor']:.2f}",
+          f"{r['ratio']['ratio']:.2f} [{r['ratio']['lo']:.2f}, {r['ratio']['hi']:.2f}]"] for r in rows],
+        f"test draws; mean ± 95% t-interval over {n} seeds; lifetimes in windows, pooled over seeds")
+    ceil = format_table(["replayed rule", "recalls held %", "RMST useful", "RMST distractor", "ratio"],
+                        [[pol, mean_ci(ceiling(result, pol), 100)] + [f"{replay_rmst(result, pol)[k]:.2f}" for k in (
+                            "useful", "distractor", "ratio")] for pol in POLICIES],
+                        f"what a memory of {result['profile_settings']['num_slots']} slots could hold (no network)")
+    return main + "\n\n" + ceil
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, PROFILES, "forgetting")
-    ap.add_argument("--only", action=DistinctList, what="ablation", default=None, help="train only these ablations")
+    ap.add_argument("--only", action=DistinctList, what="configuration", default=None,
+                    help="train only these configurations")
     ap.add_argument("--workers", type=positive_int, default=None,
                     help="training processes on a CPU (default: the profile's)")
     a = ap.parse_args(argv)
     if a.only is not None:
-        known = ablations(PROFILES[a.profile])
+        known = configurations(PROFILES[a.profile])
         for name in a.only:
             if name not in known:
-                ap.error(f"argument --only: expected ablations of profile {a.profile!r} among "
+                ap.error(f"argument --only: expected configurations of profile {a.profile!r} among "
                          f"{', '.join(known)}, got {name!r}")
     check_out(ap, a, "forgetting")
     res = run(a.profile, a.device, a.seeds, a.out, not a.no_save, not a.no_progress, a.amp, a.only, a.workers)
