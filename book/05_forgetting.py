@@ -27,6 +27,8 @@ seed = 0
 save = False
 
 # %%
+import textwrap
+
 import ipywidgets as W
 import numpy as np
 from myst_nb import glue
@@ -121,8 +123,8 @@ glue("ch5_oracle", f"{held[n0]['distractors_first']:.0f}", display=False)
 # ## A retention gate that learns from reads
 #
 # MemNet forgets through a retention gate per slot: before each segment's writes, every slot's
-# content is scaled by `sigmoid(logit)`, and a new write takes the slot whose content has faded
-# most (faded-first allocation). With `decay_mode = "learned"` the logit is a learned constant
+# content is scaled by `sigmoid(logit)`, and a new write takes a slot that decay has let go of
+# before one that still holds its content (allocation, below). With `decay_mode = "learned"` the logit is a learned constant
 # per slot plus the alignment of the slot's key with a learned direction: it can only learn
 # what the content looks like, and here all items look alike. With `decay_mode = "evidence"` the
 # logit also weighs two numbers the memory keeps per slot:
@@ -226,20 +228,13 @@ verdicts = fx.summarize(res)
 # (a read slot keeps its strength), not from keeping the right items.
 
 # %%
-fig, axes = plots.new_figure(1, 2, figsize=(11, 3.4))
-x = np.arange(len(names))
-for j, (key, title) in enumerate((("recall", "recall of useful items"), ("held_recall", "recalls whose item is held"))):
-    ax = axes[0, j]
-    for i, n in enumerate(names):
-        v = rows[n][key]
-        ax.scatter([i] * len(v), v, color=f"C{i}", s=18)
-        ax.hlines(mean(v), i - 0.3, i + 0.3, color=f"C{i}")
-    for pol, ls in zip(fx.POLICIES, (":", "--", "-.")):
-        ax.axhline(ceil_runs[pol] / 100, color="k", lw=0.8, ls=ls, label=f"replayed: {pol.replace('_', ' ')}")
-    ax.set_xticks(x, [fx.label(res, n) for n in names], rotation=15, fontsize=8)
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title + " (dots: seeds)", fontsize=9)
-axes[0, 1].legend(fontsize=7)
+fig, axes = plots.new_figure(1, 2, figsize=(11, 3.6))
+replayed = {f"replayed: {pol.replace('_', ' ')}": ceil_runs[pol] / 100 for pol in fx.POLICIES}
+plots.seeds_and_references({fx.label(res, n): rows[n]["recall"] for n in names}, {}, ax=axes[0, 0],
+                           title="recall of useful items (dots: seeds, bars: mean)")
+plots.seeds_and_references({fx.label(res, n): rows[n]["held_recall"] for n in names}, replayed, ax=axes[0, 1],
+                           title="recalls whose item is still held")
+fig
 
 # %% [markdown]
 # ## How long items stay
@@ -277,6 +272,7 @@ plots.survival_by_type({fx.label(res, n): fx.survival_by_type(res, n) for n in s
                        title="Kaplan-Meier: share of items still held (solid: useful, dashed: distractor)")
 plots.hazard_by_age({fx.label(res, n): fx.hazard_by_type(res, n) for n in shown4}, ax=axes[0, 1],
                     title="hazard: share of the held items let go at each age")
+fig
 
 # %% tags=["remove-input"]
 for pol in fx.POLICIES:
@@ -288,8 +284,9 @@ for pol in fx.POLICIES:
 # %% [markdown]
 # Without evidence the two types share one curve: every item stays about as many windows as
 # the slots hold windows of items, and then goes, whatever its type; the hazard is a wall at
-# that age. With evidence the curves part after the cue: the hazard of a distractor rises
-# early, while a useful item, once cued, is let go far later.
+# that age (the items never let go are those written too late for enough writes to follow).
+# With evidence the curves part after the cue: the hazard of a distractor rises early, while a
+# useful item, once cued, is let go far later.
 #
 # ## Is a forgotten item gone?
 #
@@ -305,30 +302,17 @@ show_probe = [n for n in ("fixed", "evidence") if n in names]
 plots.probe_by_age({fx.label(res, n): {t: fx.probe_accuracy(res, n, t) for t in ("useful", "distractor")}
                     for n in show_probe}, res["chance"], ax=axes[0, 0],
                    title="probe accuracy (solid: useful, dashed: distractor)")
-ax = axes[0, 1]
-width = 0.2
-for i, n in enumerate(show_probe):
-    for j, part in enumerate(("held", "gone")):
-        acc = {t: fx.probe_accuracy(res, n, t, part) for t in ("useful", "distractor")}
-        tot = [sum(c[0] for c in acc[t].values()) for t in ("useful", "distractor")]
-        ok = [sum(c[1] for c in acc[t].values()) for t in ("useful", "distractor")]
-        vals = [k / m if m else 0.0 for k, m in zip(ok, tot)]
-        ax.bar(np.arange(2) + (2 * i + j - 1.5) * width, vals, width, color=f"C{names.index(n)}",
-               alpha=1.0 if part == "held" else 0.45, hatch="" if part == "held" else "//",
-               label=f"{fx.label(res, n)}: item {part}")
-ax.axhline(res["chance"], color="k", lw=0.7, ls=":")
-ax.set_xticks(np.arange(2), ["useful", "distractor"])
-ax.set_ylim(0, 1.02)
-ax.set_title("probe accuracy: item still held vs already replaced", fontsize=9)
-ax.legend(fontsize=7)
+split = {fx.label(res, n): {part: {t: fx.probe_totals(res, n, t, part) for t in ("useful", "distractor")}
+                            for part in ("held", "gone")} for n in show_probe}
+plots.probe_held_vs_gone(split, res["chance"], ax=axes[0, 1], title="probe accuracy: item still held vs already replaced")
+fig
 
 # %% tags=["remove-input"]
 glue("ch5_probe_rows", p["probe_rows"], display=False)
 for n in ("fixed", "evidence"):
     for part in ("held", "gone"):
-        cells = [c for t in ("useful", "distractor") for c in fx.probe_accuracy(res, n, t, part).values()] \
-            if n in names else []
-        tot, ok = sum(c[0] for c in cells), sum(c[1] for c in cells)
+        totals = [fx.probe_totals(res, n, t, part) for t in ("useful", "distractor")] if n in names else []
+        tot, ok = sum(c[0] for c in totals), sum(c[1] for c in totals)
         glue(f"ch5_probe_{n}_{part}", f"{100 * ok / tot:.0f}% of {tot:,}" if tot else "no probe", display=False)
 
 # %% [markdown]
@@ -352,17 +336,19 @@ fig, axes = plots.new_figure(1, len(show_probe), figsize=(5.6 * len(show_probe),
 for i, n in enumerate(show_probe):
     own = occupancy(fx.lifetimes_of(seq_runs[n]), 0, p["num_slots"], p["n_windows"])
     plots.occupancy_map(own, res["item_types"], ax=axes[0, i], title=f"{fx.label(res, n)}, seed {seq_runs[n]['seed']}")
+fig
 
 # %% [markdown]
-# The explorer shows any test sequence of any configuration and seed (in JupyterLab; the book
-# shows its first view).
+# Opened in JupyterLab, the explorer below shows any test sequence of any configuration and
+# seed (the rendered book shows no output here).
 
 # %% tags=["nbval-ignore-output"]
 def show_sequence(config: str, seed_shown: int, sequence: int):
     rs = {r["seed"]: r for r in fx.runs_of(res, config)}
     r = rs.get(seed_shown, next(iter(rs.values())))
     own = occupancy(fx.lifetimes_of(r), sequence, p["num_slots"], p["n_windows"])
-    plots.occupancy_map(own, res["item_types"], title=f"{fx.label(res, config)}, seed {r['seed']}, sequence {sequence}")
+    return plots.occupancy_map(own, res["item_types"],
+                               title=f"{fx.label(res, config)}, seed {r['seed']}, sequence {sequence}")
 
 
 W.interact(show_sequence, config=W.Dropdown(options=names, value=names[-1]),
@@ -389,7 +375,7 @@ for r in fx.runs_of(res, "evidence"):
 # (`memnet.experiments.forgetting.summarize`):
 
 # %%
-print("\n".join(v.line() for v in verdicts))
+print("\n\n".join(textwrap.fill(v.line(), 96, subsequent_indent="    ") for v in verdicts))
 
 # %% tags=["remove-cell"]
 # Checks: two computation paths agree on the stored run, and the run is what the text says it is.
@@ -423,8 +409,7 @@ if run.profile != "smoke":
     assert mean(rows["evidence"]["held_recall"]) < ceil_runs["evidence"] / 100
     assert rows["evidence"]["ratio"]["ratio"] > rows["fixed"]["ratio"]["ratio"]
     for n in ("fixed", "evidence"):  # a replaced item is mostly gone, yet a trace of it stays
-        acc = {part: [c for t in ("useful", "distractor") for c in fx.probe_accuracy(res, n, t, part).values()]
-               for part in ("held", "gone")}
+        acc = {part: [fx.probe_totals(res, n, t, part) for t in ("useful", "distractor")] for part in ("held", "gone")}
         held_acc, gone_acc = (sum(c[1] for c in acc[k]) / sum(c[0] for c in acc[k]) for k in ("held", "gone"))
         assert res["chance"] < gone_acc < 0.5 * held_acc, (n, gone_acc, held_acc)
     # faded-first allocation: the evidence gate holds what age holds, and still gains recall on its seed

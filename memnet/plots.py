@@ -393,6 +393,56 @@ def occupancy_map(owner, type_names: Sequence[str], ax: Axes | None = None, titl
     return ax.figure
 
 
+def seeds_and_references(values: dict, references: dict, ax: Axes | None = None, title: str = "",
+                         ylabel: str = "") -> Figure:
+    """One column per configuration: its per-seed values as dots and their mean as a bar; horizontal
+    reference lines (a distinct style each) across all columns. values: {label: [per seed]};
+    references: {label: value}."""
+    if ax is None:
+        _, axes = new_figure(figsize=(5.6, 3.4))
+        ax = axes[0, 0]
+    for i, (name, v) in enumerate(values.items()):
+        v = np.asarray(v, dtype=float)
+        ax.scatter(np.full(len(v), i), v, color=f"C{i}", s=18, zorder=3)
+        ax.hlines(v.mean(), i - 0.3, i + 0.3, color=f"C{i}")
+    for (name, y), ls in zip(references.items(), (":", "--", "-.", (0, (1, 4)))):
+        ax.axhline(y, color="k", lw=0.8, ls=ls, label=name)
+    ax.set_xticks(np.arange(len(values)), list(values), rotation=15, fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if references:
+        ax.legend(fontsize=7)
+    return ax.figure
+
+
+def probe_held_vs_gone(acc: dict, chance: float, ax: Axes | None = None, title: str = "") -> Figure:
+    """Probe accuracy per item type, one bar per configuration and state of the item (solid: still held,
+    hatched: already replaced). acc: {label: {"held" | "gone": {item type: (probes, correct)}}}; a bar
+    without probes is left out."""
+    if ax is None:
+        _, axes = new_figure(figsize=(5.6, 3.4))
+        ax = axes[0, 0]
+    types = list(dict.fromkeys(t for by_part in acc.values() for cells in by_part.values() for t in cells))
+    n_bars = sum(len(by_part) for by_part in acc.values())
+    width, k = 0.8 / max(n_bars, 1), 0
+    for i, (name, by_part) in enumerate(acc.items()):
+        for part, cells in by_part.items():
+            x = [j for j, t in enumerate(types) if cells.get(t, (0, 0))[0] > 0]
+            y = [cells[types[j]][1] / cells[types[j]][0] for j in x]
+            ax.bar(np.asarray(x) + (k - (n_bars - 1) / 2) * width, y, width, color=f"C{i}",
+                   alpha=1.0 if part == "held" else 0.45, hatch="" if part == "held" else "//",
+                   label=f"{name}: item {part}")
+            k += 1
+    ax.axhline(chance, color="k", lw=0.7, ls=":", label="chance")
+    ax.set_xticks(np.arange(len(types)), types)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("probe accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
 # ---------------------------------------------------------------------------- continual learning (chapter 4)
 CONTINUAL_LABELS = {"memnet": "MemNet (carried memory)", "memnet_reset": "MemNet, memory reset per task",
                     "memnet_rewrite": "MemNet, memory rewritten (diagnostic)",

@@ -259,3 +259,23 @@ def test_occupancy_map_colours_each_type_and_leaves_empty_slots_white():
     assert np.allclose(img[0, 0], 1.0) and np.allclose(img[1, 2], 1.0)
     assert not np.allclose(img[0, 1], img[1, 0])
     assert np.allclose(img[0, 1], img[0, 2])
+
+
+def test_seeds_and_references_draw_every_seed_its_mean_and_each_reference():
+    ax = plots.seeds_and_references({"a": [0.2, 0.4], "b": [0.9]}, {"ceiling": 0.8, "floor": 0.1}).axes[0]
+    from matplotlib.collections import LineCollection, PathCollection
+
+    dots = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]
+    assert np.allclose(dots[0], [[0, 0.2], [0, 0.4]]) and np.allclose(dots[1], [[1, 0.9]])
+    means = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert np.allclose([m.get_segments()[0][0][1] for m in means], [0.3, 0.9])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ceiling", "floor"]
+    assert [line.get_linestyle() for line in ax.lines] == [":", "--"]
+
+
+def test_probe_held_vs_gone_draws_one_bar_per_state_with_its_accuracy():
+    acc = {"a": {"held": {"useful": (10, 9), "distractor": (4, 2)}, "gone": {"useful": (0, 0), "distractor": (5, 1)}}}
+    ax = plots.probe_held_vs_gone(acc, chance=0.1).axes[0]
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.2, 0.5, 0.9]  # the useful "gone" bar has no probe: left out
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["a: item gone", "a: item held", "chance"]

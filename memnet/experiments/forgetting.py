@@ -456,6 +456,12 @@ def probe_accuracy(result: dict, name: str, item_type: str, held: str = "all") -
     return out
 
 
+def probe_totals(result: dict, name: str, item_type: str, held: str = "all") -> tuple[int, int]:
+    """(probes, correct) of one item type over all ages and seeds, as :func:`probe_accuracy` splits them."""
+    cells = probe_accuracy(result, name, item_type, held).values()
+    return sum(c[0] for c in cells), sum(c[1] for c in cells)
+
+
 def ceiling(result: dict, policy: str, kind: str = "recall") -> list[float]:
     """Per seed: the share of `kind` queries whose item a replayed rule still holds."""
     return [result["ceilings"][s][policy][kind] for s in sorted(result["ceilings"], key=int)]
