@@ -189,6 +189,13 @@ def test_choose_fixed_ignores_rates_without_runs_and_refuses_when_none_has_one()
         fx.choose_fixed([val_run("fixed@0", 1, 0.9), val_run("none", 0, 0.9)], p)
 
 
+def test_a_profile_that_names_its_configurations_trains_only_those(fake_training):
+    res = fx.run("sweep", "cpu", seeds=[0], save=False, progress=False)
+    assert sorted(fake_training) == [("evidence@0.1", 0), ("evidence@1", 0)]
+    assert list(res["configurations"]) == ["evidence@0.1", "evidence@1"] and res["fixed_choice"] is None
+    assert all(c["pressure_weight"] in (0.1, 1.0) and c["decay_mode"] == "evidence" for c in res["configurations"].values())
+
+
 @pytest.mark.parametrize("only", [["none", "fixed@5"], ["evidence"], ["fixed@0", "fixed@5", "learned"]])
 def test_only_trains_only_those(fake_training, only):
     res = fx.run("smoke", "cpu", seeds=[0, 1], save=False, progress=False, only=only)

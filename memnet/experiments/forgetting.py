@@ -106,6 +106,7 @@ class Profile:
     n_boot: int = 1000
     seeds: tuple = (0, 1, 2)
     workers: int = 2  # processes training side by side on a CPU (one thread each)
+    only: tuple | None = None  # the configurations this profile trains (None: all of them)
 
 
 PROFILES = {
@@ -116,6 +117,9 @@ PROFILES = {
     # 15 trainings of 400 steps (3 candidate fixed rates on seed 0, then the chosen rate, no decay, learned and
     # evidence decay for 3 seeds, evidence decay with faded-first allocation for one): about 10 minutes on 2 CPU cores
     "laptop": Profile(),
+    # evidence decay at two more memory-pressure weights, on the laptop's task, model, budget and draws
+    # (6 trainings: about 4 minutes on 2 CPU cores); the chapter sets them beside the laptop run's 0.3
+    "sweep": Profile(pressure_sweep=(0.1, 1.0), only=("evidence@0.1", "evidence@1")),
     "gpu": Profile(d_model=128, batch_size=64, steps=1500, select_seeds=(0, 1, 2), ablation_seeds=(0, 1, 2),
                    pressure_sweep=(0.1, 1.0),
                    test_batch=256, probe_rows=32, workers=1),
@@ -300,14 +304,16 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     """Train every configuration of the profile for every seed and measure it; returns (and stores) the results.
 
     The fixed decay trains its candidate rates on ``select_seeds`` first; the rate with the best validation
-    recall is then trained for the other seeds. only: train only these configurations (a fixed rate among
-    them skips the choice). workers: processes training side by side on a CPU, one thread each (default: the
+    recall is then trained for the other seeds. only: train only these configurations (default: the profile's
+    ``only``, else all; a fixed rate among them skips the choice). workers: processes training side by side on a CPU, one thread each (default: the
     profile's; 1 on CUDA). The loop trains in float32 (``amp`` is recorded, not used)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
     seeds = check_seeds(seeds if seeds is not None else p.seeds)
     conf = configurations(p)
+    if only is None and p.only is not None:
+        only = list(p.only)
     if only is not None:
         if isinstance(only, str):
             raise ValueError(f"only must be a list of configuration names among {sorted(conf)}, got {only!r}")
