@@ -190,7 +190,7 @@ def test_choose_fixed_ignores_rates_without_runs_and_refuses_when_none_has_one()
 
 
 def test_a_profile_that_names_its_configurations_trains_only_those(fake_training):
-    res = fx.run("sweep", "cpu", seeds=[0], save=False, progress=False)
+    res = fx.run("sweep", "cpu", seeds=[0], save=False, progress=False, workers=1)
     assert sorted(fake_training) == [("evidence@0.1", 0), ("evidence@1", 0)]
     assert list(res["configurations"]) == ["evidence@0.1", "evidence@1"] and res["fixed_choice"] is None
     assert all(c["pressure_weight"] in (0.1, 1.0) and c["decay_mode"] == "evidence" for c in res["configurations"].values())
