@@ -339,8 +339,9 @@ for i, n in enumerate(show_probe):
 fig
 
 # %% [markdown]
-# Opened in JupyterLab, the explorer below shows any test sequence of any configuration and
-# seed (the rendered book shows no output here).
+# ### Explore the test sequences
+#
+# The explorer shows any test sequence of any configuration and seed.
 
 # %% tags=["nbval-ignore-output"]
 def show_sequence(config: str, seed_shown: int, sequence: int):
@@ -369,6 +370,37 @@ for r in fx.runs_of(res, "evidence"):
           f"slot logit (mean) {w['decay_logit']:+.2f}")
 
 # %% [markdown]
+# ## Memory pressure
+#
+# The memory-pressure loss pushes every retention down; the evidence term pushes read slots back
+# up. Evidence decay was also trained at two more pressure weights, fixed before those runs,
+# with the same task, model, budget and draws (the stored profile `sweep`, beside the main run):
+
+# %%
+sweep_path = book.DATA_DIR / "forgetting" / "sweep"
+same_draws = run.profile == "laptop" and (sweep_path / "results.json").is_file()
+sweep = book.load_run(sweep_path).result if same_draws else None
+by_weight = {p["pressure"]: fx.runs_of(res, "evidence")}
+if sweep is not None:
+    by_weight.update({w: fx.runs_of(sweep, f"evidence@{w:g}") for w in sweep["profile_settings"]["pressure_sweep"]})
+print("pressure weight   recall %        held at recall %   seeds")
+for w in sorted(by_weight):
+    rs = by_weight[w]
+    print(f"{w:15g}   {fx.mean_ci([r['test']['recall'] for r in rs], 100):14s}  "
+          f"{fx.mean_ci([r['held_recall'] for r in rs], 100):17s}  {len(rs)}")
+
+# %% tags=["remove-input"]
+lo, hi = min(fx.PROFILES["sweep"].pressure_sweep), max(fx.PROFILES["sweep"].pressure_sweep)
+for key, w in (("lo", lo), ("main", p["pressure"]), ("hi", hi)):
+    glue(f"ch5_w_{key}", f"{w:g}", display=False)
+    rs = by_weight.get(w, [])
+    glue(f"ch5_sweep_{key}", f"{100 * mean([r['test']['recall'] for r in rs]):.1f}%" if rs else "not run", display=False)
+
+# %% [markdown]
+# Recall of useful items at pressure weight {glue:text}`ch5_w_lo`: {glue:text}`ch5_sweep_lo`; at
+# {glue:text}`ch5_w_main` (the main run): {glue:text}`ch5_sweep_main`; at {glue:text}`ch5_w_hi`:
+# {glue:text}`ch5_sweep_hi`.
+#
 # ## Verdicts
 #
 # The claims, with thresholds fixed before the run
