@@ -90,6 +90,10 @@ print("item types:", [("useful", "distractor", "once")[t] for t in b.item_type[0
 # %%
 run = book.load_or_train(profile, device, seed, save, experiment="forgetting")
 res = run.result
+# the stored sweep shares the laptop run's task, model, budget and draws: read the two as one
+sweep_path = book.DATA_DIR / "forgetting" / "sweep"
+if run.profile == "laptop" and (sweep_path / "results.json").is_file():
+    res = fx.merge_runs(res, book.load_run(sweep_path).result)
 p = res["profile_settings"]
 task = ReuseStream(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["task"].items()})
 sizes = sorted({max(task.items_per_window, p["num_slots"] * f // 3) for f in (2, 3, 4)})
@@ -147,7 +151,7 @@ glue("ch5_oracle", f"{held[n0]['distractors_first']:.0f}", display=False)
 # allocation of {ref}`ch-memnet`, which divides a slot's age by its retained fraction. Under
 # faded-first allocation age dominates unless retention falls far, so a gate that has learned to
 # keep a read slot a little longer hardly changes which slot goes; evidence decay is also
-# trained with it, on one seed, to measure that. The memory's own bookkeeping of a hit:
+# trained with it, to measure that. The memory's own bookkeeping of a hit:
 
 # %%
 from memnet.memory import read_hits
@@ -166,7 +170,7 @@ book.show_source(read_hits)
 #   recall on a validation draw of one seed, then trained for every seed.
 # - **learned decay**: the slot-wise learned gate, no evidence.
 # - **evidence decay**: the gate above, at the same memory-pressure weight as learned decay.
-# - **evidence decay, faded-first**: the same with faded-first allocation (one seed).
+# - **evidence decay, faded-first**: the same with faded-first allocation.
 #
 # All share the model (48 dimensions, 4 read heads, top-4 reads), the budget (the same
 # steps, batch and learning rate) and the training draws; each is trained for three seeds and
@@ -175,6 +179,9 @@ book.show_source(read_hits)
 
 # %%
 print(run.describe())
+if "merged" in res:
+    m = res["merged"]["provenance"]
+    print(f"with the stored {res['merged']['profile']} run: commit {m['git_commit'][:12]}; {m['date']}; wall {m['wall_s']} s")
 print(f"fixed decay chosen on validation: {res['fixed_choice']}")
 print(fx.summary_table(res))
 
@@ -214,7 +221,7 @@ verdicts = fx.summarize(res)
 # | fixed decay | {glue:text}`ch5_fixed_recall` | {glue:text}`ch5_fixed_held` |
 # | learned decay | {glue:text}`ch5_learned_recall` | {glue:text}`ch5_learned_held` |
 # | evidence decay | {glue:text}`ch5_evidence_recall` | {glue:text}`ch5_evidence_held` |
-# | evidence decay, faded-first (one seed) | {glue:text}`ch5_evidence_faded_recall` | {glue:text}`ch5_evidence_faded_held` |
+# | evidence decay, faded-first | {glue:text}`ch5_evidence_faded_recall` | {glue:text}`ch5_evidence_faded_held` |
 # | *replayed: by age* | | {glue:text}`ch5_ceil_lru` |
 # | *replayed: by evidence* | | {glue:text}`ch5_ceil_evidence` |
 # | *replayed: oracle* | | {glue:text}`ch5_ceil_distractors_first` |
@@ -374,18 +381,16 @@ for r in fx.runs_of(res, "evidence"):
 #
 # The memory-pressure loss pushes every retention down; the evidence term pushes read slots back
 # up. Evidence decay was also trained at two more pressure weights, fixed before those runs,
-# with the same task, model, budget and draws (the stored profile `sweep`, beside the main run):
+# with the same task, model, budget and draws:
 
 # %%
-sweep_path = book.DATA_DIR / "forgetting" / "sweep"
-same_draws = run.profile == "laptop" and (sweep_path / "results.json").is_file()
-sweep = book.load_run(sweep_path).result if same_draws else None
-by_weight = {p["pressure"]: fx.runs_of(res, "evidence")}
-if sweep is not None:
-    by_weight.update({w: fx.runs_of(sweep, f"evidence@{w:g}") for w in sweep["profile_settings"]["pressure_sweep"]})
+weights = sorted({p["pressure"], *fx.PROFILES["sweep"].pressure_sweep})
+by_weight = {w: fx.runs_of(res, "evidence" if w == p["pressure"] else f"evidence@{w:g}") for w in weights}
 print("pressure weight   recall %        held at recall %   seeds")
-for w in sorted(by_weight):
-    rs = by_weight[w]
+for w, rs in by_weight.items():
+    if not rs:
+        print(f"{w:15g}   not run")
+        continue
     print(f"{w:15g}   {fx.mean_ci([r['test']['recall'] for r in rs], 100):14s}  "
           f"{fx.mean_ci([r['held_recall'] for r in rs], 100):17s}  {len(rs)}")
 
@@ -432,7 +437,7 @@ for r in res["runs"]:
         assert all(0 <= c["held_correct"] <= min(c["held"], c["correct"]) <= c["n"] for c in by_age.values())
 # 4. every configuration of the run was declared in the profile, and every seed ran each shown one
 assert set(res["configurations"]) <= set(fx.configurations(fx.PROFILES[res["profile"]]))
-assert all(len(fx.runs_of(res, n)) == len(p["ablation_seeds"] if n == "evidence_faded" else p["seeds"]) for n in names)
+assert all(len(fx.runs_of(res, n)) == len(p["seeds"]) for n in names)
 # 5. what the prose says of a real run (not of a smoke run, which trains for a few steps)
 if run.profile != "smoke":
     for n in ("none", "fixed", "learned"):
@@ -446,8 +451,7 @@ if run.profile != "smoke":
         assert res["chance"] < gone_acc < 0.5 * held_acc, (n, gone_acc, held_acc)
     # faded-first allocation: the evidence gate holds what age holds, and still gains recall on its seed
     assert abs(mean(rows["evidence_faded"]["held_recall"]) - ceil_runs["lru"] / 100) < 0.05
-    s0 = rows["evidence_faded"]["seeds"][0]
-    assert rows["evidence_faded"]["recall"][0] > rows["fixed"]["recall"][rows["fixed"]["seeds"].index(s0)]
+    assert mean(rows["evidence_faded"]["recall"]) > mean(rows["fixed"]["recall"])
     assert fx.replay_rmst(res, "distractors_first")["ratio"] < fx.RATIO  # the oracle's ratio, as the text says
     assert all(r["weights"]["evidence"] > 0 and r["weights"]["age"] < 0 for r in fx.runs_of(res, "evidence"))
 print(f"chapter 5 checks passed ({run.profile} run)")

@@ -42,7 +42,8 @@ def test_smoke_run_result(smoke):
     assert res["experiment"] == "forgetting" and res["profile"] == "smoke"
     assert res["profile_settings"] == dataclasses.asdict(SMOKE)
     conf = fx.configurations(SMOKE)
-    assert res["configurations"] == conf and list(conf) == ["none", *FIXED, "learned", "evidence", "evidence_faded"]
+    assert list(conf) == ["none", *FIXED, "learned", "evidence", "evidence_faded"]
+    assert res["configurations"] == {n: c for n, c in conf.items() if n not in fx.NAMED_ONLY}
     assert conf["none"]["allocation"] == "faded" and conf["evidence_faded"]["allocation"] == "faded"
     assert all(conf[n]["allocation"] == SMOKE.allocation == "weakest" for n in (*FIXED, "learned", "evidence"))
     assert res["fixed_choice"] in FIXED
@@ -51,8 +52,7 @@ def test_smoke_run_result(smoke):
     # every configuration for every seed; the candidate fixed rates on the select seeds, the chosen one elsewhere,
     # the faded-first ablation on the ablation seeds
     expect = [(n, s) for s in SEEDS for n in conf
-              if (n not in FIXED or s in SMOKE.select_seeds or n == res["fixed_choice"])
-              and (n != "evidence_faded" or s in SMOKE.ablation_seeds)]
+              if (n not in FIXED or s in SMOKE.select_seeds or n == res["fixed_choice"]) and n not in fx.NAMED_ONLY]
     assert [(r["config"], r["seed"]) for r in res["runs"]] == expect
     assert {s for n, s in expect if n == res["fixed_choice"]} == set(SEEDS)
     assert res["fixed_choice"] == fx.choose_fixed(res["runs"], SMOKE)
@@ -101,8 +101,8 @@ def test_smoke_table_and_claims(smoke):
                   "evidence decay", "lru", "distractors_first"):
         assert label in table
     rows = fx.config_rows(res)
-    assert [r["config"] for r in rows] == ["none", "fixed", "learned", "evidence", "evidence_faded"]
-    assert all(r["seeds"] == (list(SMOKE.ablation_seeds) if r["config"] == "evidence_faded" else SEEDS) for r in rows)
+    assert [r["config"] for r in rows] == ["none", "fixed", "learned", "evidence"]
+    assert all(r["seeds"] == SEEDS for r in rows)
     verdicts = fx.summarize(res)
     assert len(verdicts) == 3 and all(isinstance(v, Verdict) for v in verdicts)
     assert [v.threshold for v in verdicts] == [fx.MARGIN, fx.RATIO, 1.0]
@@ -164,12 +164,11 @@ def test_run_chooses_then_trains_the_choice(fake_training):
     res = fx.run("smoke", "cpu", seeds=[2, 0, 1], save=False, progress=False)
     assert res["fixed_choice"] == "fixed@0"
     candidates = [("none", 2), ("learned", 2), ("evidence", 2), ("none", 0), ("fixed@5", 0), ("fixed@0", 0),
-                  ("learned", 0), ("evidence", 0), ("evidence_faded", 0), ("none", 1), ("learned", 1), ("evidence", 1)]
+                  ("learned", 0), ("evidence", 0), ("none", 1), ("learned", 1), ("evidence", 1)]
     assert fake_training == candidates + [("fixed@0", 2), ("fixed@0", 1)]  # the ablation: seed 0 only
     # stored by seed, then in the order of the configurations
     assert [(r["config"], r["seed"]) for r in res["runs"]] == [
-        (n, s) for s in (0, 1, 2) for n in ("none", "fixed@5", "fixed@0", "learned", "evidence", "evidence_faded")
-        if n not in ("fixed@5", "evidence_faded") or s == 0]
+        (n, s) for s in (0, 1, 2) for n in ("none", "fixed@5", "fixed@0", "learned", "evidence") if n != "fixed@5" or s == 0]
     assert [r["seed"] for r in fx.runs_of(res, "fixed")] == [0, 1, 2]
     assert all(r["config"] == "fixed@0" for r in fx.runs_of(res, "fixed"))
 
@@ -190,10 +189,26 @@ def test_choose_fixed_ignores_rates_without_runs_and_refuses_when_none_has_one()
 
 
 def test_a_profile_that_names_its_configurations_trains_only_those(fake_training):
-    res = fx.run("sweep", "cpu", seeds=[0], save=False, progress=False, workers=1)
-    assert sorted(fake_training) == [("evidence@0.1", 0), ("evidence@1", 0)]
-    assert list(res["configurations"]) == ["evidence@0.1", "evidence@1"] and res["fixed_choice"] is None
-    assert all(c["pressure_weight"] in (0.1, 1.0) and c["decay_mode"] == "evidence" for c in res["configurations"].values())
+    res = fx.run("sweep", "cpu", seeds=[0, 1], save=False, progress=False, workers=1)
+    names = ["evidence@0.1", "evidence@1", "evidence_faded"]
+    assert sorted(fake_training) == sorted((n, s) for n in names for s in (0, 1))
+    assert list(res["configurations"]) == names and res["fixed_choice"] is None
+    assert all(c["decay_mode"] == "evidence" for c in res["configurations"].values())
+    assert res["configurations"]["evidence_faded"]["allocation"] == "faded"
+
+
+def test_merge_runs_reads_two_runs_of_the_same_settings_as_one(smoke, tmp_path):
+    _, main = smoke
+    extra = fx.run("smoke", "cpu", seeds=[0], out_dir=tmp_path, progress=False, only=["evidence_faded"])
+    merged = fx.merge_runs(main, extra)
+    assert [r["config"] for r in fx.runs_of(merged, "evidence_faded")] == ["evidence_faded"]
+    assert len(merged["runs"]) == len(main["runs"]) + 1 and merged["merged"]["profile"] == "smoke"
+    assert fx.runs_of(merged, "fixed") == fx.runs_of(main, "fixed") and "evidence_faded" in fx.shown(merged)
+    with pytest.raises(ValueError, match="must not repeat runs"):
+        fx.merge_runs(main, main)
+    other = {**extra, "profile_settings": {**extra["profile_settings"], "steps": 1}}
+    with pytest.raises(ValueError, match=r"differing in \['steps'\]"):
+        fx.merge_runs(main, other)
 
 
 @pytest.mark.parametrize("only", [["none", "fixed@5"], ["evidence"], ["fixed@0", "fixed@5", "learned"]])

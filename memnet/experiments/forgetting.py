@@ -18,7 +18,8 @@ Configurations, all declared in the profile before the run:
 * ``evidence``: the retention logit also learns from read evidence (``decay_mode="evidence"``:
   the strongest read hit of the slot since its write, and its age), at memory-pressure weight
   ``pressure`` (and ``evidence@w`` for each weight of ``pressure_sweep``);
-* ``evidence_faded``: evidence decay with faded-first allocation, on the ``ablation_seeds``.
+* ``evidence_faded``: evidence decay with faded-first allocation (trained only where a profile or
+  ``--only`` names it).
 
 The decaying configurations reuse the slot that holds least (``allocation="weakest"``: the
 strength of its last write times the retention since), so what decay lets go of is what a new
@@ -61,6 +62,7 @@ from .common import (DATA_DIR, DistinctList, Verdict, check_device, check_names,
                      train_steps, worker_pool, writable_folder, write_json)
 
 POLICIES = ("lru", "evidence", "distractors_first")  # replayed eviction rules stored with every seed
+NAMED_ONLY = ("evidence_faded",)  # configurations trained only where a profile's `only` or run(only=) names them
 KINDS = ("cue", "recall")
 
 
@@ -95,7 +97,6 @@ class Profile:
     select_seeds: tuple = (0,)  # seeds whose validation recall chooses among fixed_logits
     pressure: float = 0.3  # pressure_weight of "learned" and "evidence"
     pressure_sweep: tuple = ()  # further pressure weights of the evidence decay ("evidence@w")
-    ablation_seeds: tuple = (0,)  # seeds that train "evidence_faded"
     grace: int = 2  # windows the replayed evidence rule waits for a first query
     # the measurements
     val_batch: int = 128
@@ -117,11 +118,11 @@ PROFILES = {
     # 15 trainings of 400 steps (3 candidate fixed rates on seed 0, then the chosen rate, no decay, learned and
     # evidence decay for 3 seeds, evidence decay with faded-first allocation for one): about 10 minutes on 2 CPU cores
     "laptop": Profile(),
-    # evidence decay at two more memory-pressure weights, on the laptop's task, model, budget and draws
-    # (6 trainings: about 4 minutes on 2 CPU cores); the chapter sets them beside the laptop run's 0.3
-    "sweep": Profile(pressure_sweep=(0.1, 1.0), only=("evidence@0.1", "evidence@1")),
-    "gpu": Profile(d_model=128, batch_size=64, steps=1500, select_seeds=(0, 1, 2), ablation_seeds=(0, 1, 2),
-                   pressure_sweep=(0.1, 1.0),
+    # evidence decay at two more memory-pressure weights and with faded-first allocation, on the laptop's task,
+    # model, budget and draws (9 trainings: about 6 minutes on 2 CPU cores); the chapter merges it with the
+    # laptop run (merge_runs)
+    "sweep": Profile(pressure_sweep=(0.1, 1.0), only=("evidence@0.1", "evidence@1", "evidence_faded")),
+    "gpu": Profile(d_model=128, batch_size=64, steps=1500, select_seeds=(0, 1, 2), pressure_sweep=(0.1, 1.0),
                    test_batch=256, probe_rows=32, workers=1),
 }
 
@@ -328,14 +329,12 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if save:  # fail now, not after the training, when the folder cannot be written
         writable_folder(out_dir, "out_dir")
     fixed_all = [fixed_name(x) for x in p.fixed_logits]
-    wanted = list(conf) if only is None else [n for n in conf if n in only]
+    wanted = [n for n in conf if n not in NAMED_ONLY] if only is None else [n for n in conf if n in only]
     choose = only is None
     # the seeds whose validation chooses the fixed rate: the profile's, or the first seed asked for when
     # none of them is
     select = [s for s in seeds if s in p.select_seeds] or seeds[:1]
-    ablation_only = ("evidence_faded",)  # trained on the profile's ablation_seeds unless named in `only`
-    first = [(s, n) for s in seeds for n in wanted if (n not in fixed_all or not choose or s in select)
-             and (n not in ablation_only or only is not None or s in p.ablation_seeds)]
+    first = [(s, n) for s in seeds for n in wanted if n not in fixed_all or not choose or s in select]
     t_all = time.perf_counter()
     pool = worker_pool(min(workers, max(1, len(first)))) if workers > 1 else None
 
@@ -373,6 +372,31 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if save:  # never over a stored result that holds runs this one lacks: those go to partial/
         write_json(result_folder(out_dir, result, run_keys) / "results.json", result)
     return result
+
+
+SHARED = ("n_keys", "n_values", "n_filler", "segment_len", "items_per_window", "n_windows", "p_useful", "cue_gap",
+          "min_gap", "d_model", "num_slots", "top_k", "mem_heads", "writes_per_segment", "util_weight", "batch_size",
+          "steps", "lr", "allocation", "pressure", "grace", "val_batch", "test_batch", "probe_rows", "probe_ages",
+          "horizon", "n_boot")  # profile settings two runs must share to be read as one (merge_runs)
+
+
+def merge_runs(main: dict, extra: dict) -> dict:
+    """One result holding the runs of two stored runs made with the same task, model, budget, draws and
+    measurements (every ``SHARED`` profile setting equal), e.g. the laptop run and the sweep: `main` with
+    `extra`'s configurations and runs added and its provenance kept under ``merged``. ValueError when a
+    shared setting differs or a (configuration, seed) is in both."""
+    a, b = main["profile_settings"], extra["profile_settings"]
+    differ = [k for k in SHARED if a.get(k) != b.get(k)]
+    if main.get("experiment") != "forgetting" or extra.get("experiment") != "forgetting" or differ:
+        raise ValueError(f"extra must be a forgetting run with the same settings as main, differing in {differ}")
+    both = set(run_keys(main)) & set(run_keys(extra))
+    if both:
+        raise ValueError(f"extra must not repeat runs of main, got {sorted(both)}")
+    out = dict(main)
+    out["configurations"] = {**main["configurations"], **extra["configurations"]}
+    out["runs"] = main["runs"] + extra["runs"]
+    out["merged"] = {"profile": extra["profile"], "provenance": extra["provenance"]}
+    return out
 
 
 def run_keys(result: dict) -> list[tuple]:
