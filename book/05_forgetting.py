@@ -107,7 +107,9 @@ for n in sizes:
 
 # %% tags=["remove-input"]
 n0 = p["num_slots"]
-glue("ch5_run", run.describe(), display=False)
+glue("ch5_run", run.describe() + (f"; with the stored {res['merged']['profile']} run, commit "
+                                  f"{res['merged']['provenance']['git_commit'][:12]}" if "merged" in res else ""),
+     display=False)
 glue("ch5_items", task.n_items, display=False)
 glue("ch5_slots", n0, display=False)
 glue("ch5_pressure", f"{res['pressure']:.1f}", display=False)
@@ -404,7 +406,8 @@ for key, w in (("lo", lo), ("main", p["pressure"]), ("hi", hi)):
 # %% [markdown]
 # Recall of useful items at pressure weight {glue:text}`ch5_w_lo`: {glue:text}`ch5_sweep_lo`; at
 # {glue:text}`ch5_w_main` (the main run): {glue:text}`ch5_sweep_main`; at {glue:text}`ch5_w_hi`:
-# {glue:text}`ch5_sweep_hi`.
+# {glue:text}`ch5_sweep_hi`. A lighter pressure changes little; a heavy one holds fewer of the
+# recalled items and loses recall.
 #
 # ## Verdicts
 #
@@ -412,7 +415,7 @@ for key, w in (("lo", lo), ("main", p["pressure"]), ("hi", hi)):
 # (`memnet.experiments.forgetting.summarize`):
 
 # %%
-print("\n\n".join(textwrap.fill(v.line(), 96, subsequent_indent="    ") for v in verdicts))
+print("\n\n".join(textwrap.fill(v.line(), 76, subsequent_indent="    ") for v in verdicts))
 
 # %% tags=["remove-cell"]
 # Checks: two computation paths agree on the stored run, and the run is what the text says it is.
@@ -436,7 +439,8 @@ for r in res["runs"]:
     for t, by_age in r["probes"].items():
         assert all(0 <= c["held_correct"] <= min(c["held"], c["correct"]) <= c["n"] for c in by_age.values())
 # 4. every configuration of the run was declared in the profile, and every seed ran each shown one
-assert set(res["configurations"]) <= set(fx.configurations(fx.PROFILES[res["profile"]]))
+made_by = [res["profile"]] + ([res["merged"]["profile"]] if "merged" in res else [])
+assert set(res["configurations"]) <= {n for prof in made_by for n in fx.configurations(fx.PROFILES[prof])}
 assert all(len(fx.runs_of(res, n)) == len(p["seeds"]) for n in names)
 # 5. what the prose says of a real run (not of a smoke run, which trains for a few steps)
 if run.profile != "smoke":
@@ -452,6 +456,10 @@ if run.profile != "smoke":
     # faded-first allocation: the evidence gate holds what age holds, and still gains recall on its seed
     assert abs(mean(rows["evidence_faded"]["held_recall"]) - ceil_runs["lru"] / 100) < 0.05
     assert mean(rows["evidence_faded"]["recall"]) > mean(rows["fixed"]["recall"])
+    rec = {w: mean([r["test"]["recall"] for r in rs]) for w, rs in by_weight.items()}
+    held_w = {w: mean([r["held_recall"] for r in rs]) for w, rs in by_weight.items()}
+    assert abs(rec[lo] - rec[p["pressure"]]) < 0.02 and rec[hi] < rec[p["pressure"]] - 0.02, rec
+    assert held_w[hi] < held_w[p["pressure"]], held_w
     assert fx.replay_rmst(res, "distractors_first")["ratio"] < fx.RATIO  # the oracle's ratio, as the text says
     assert all(r["weights"]["evidence"] > 0 and r["weights"]["age"] < 0 for r in fx.runs_of(res, "evidence"))
 print(f"chapter 5 checks passed ({run.profile} run)")
