@@ -36,6 +36,7 @@ from myst_nb import glue
 from memnet import book, plots
 from memnet.eviction import held_at_queries, held_fraction
 from memnet.experiments import forgetting as fx
+from memnet.experiments.common import mean_ci
 from memnet.lifetimes import occupancy, rmst_steps, survival_steps
 from memnet.survival import kaplan_meier, rmst
 from memnet.tasks import ReuseStream
@@ -185,10 +186,11 @@ if "merged" in res:
     m = res["merged"]["provenance"]
     print(f"with the stored {res['merged']['profile']} run: commit {m['git_commit'][:12]}; {m['date']}; wall {m['wall_s']} s")
 print(f"fixed decay chosen on validation: {res['fixed_choice']}")
-print(fx.summary_table(res))
+row_list = fx.config_rows(res)  # per configuration, with the bootstrap of its RMST ratio
+print(fx.summary_table(res, row_list))
 
 # %% tags=["remove-input"]
-rows = {r["config"]: r for r in fx.config_rows(res)}
+rows = {r["config"]: r for r in row_list}
 names = fx.shown(res)
 mean = lambda v: float(np.mean(v))
 for n in ("none", "fixed", "learned", "evidence", "evidence_faded"):
@@ -208,7 +210,7 @@ glue("ch5_steps", p["steps"], display=False)
 ceil_runs = {pol: 100 * mean(fx.ceiling(res, pol)) for pol in fx.POLICIES}
 for pol, v in ceil_runs.items():
     glue(f"ch5_ceil_{pol}", f"{v:.1f}", display=False)
-verdicts = fx.summarize(res)
+verdicts = fx.summarize(res, row_list)
 
 # %% [markdown]
 # Figures in this chapter come from: {glue:text}`ch5_run`.
@@ -393,8 +395,8 @@ for w, rs in by_weight.items():
     if not rs:
         print(f"{w:15g}   not run")
         continue
-    print(f"{w:15g}   {fx.mean_ci([r['test']['recall'] for r in rs], 100):14s}  "
-          f"{fx.mean_ci([r['held_recall'] for r in rs], 100):17s}  {len(rs)}")
+    print(f"{w:15g}   {mean_ci([r['test']['recall'] for r in rs], 100):14s}  "
+          f"{mean_ci([r['held_recall'] for r in rs], 100):17s}  {len(rs)}")
 
 # %% tags=["remove-input"]
 lo, hi = min(fx.PROFILES["sweep"].pressure_sweep), max(fx.PROFILES["sweep"].pressure_sweep)

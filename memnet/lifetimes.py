@@ -28,14 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .survival import content_lifetimes, content_sources
+from .survival import _np, content_lifetimes, content_sources
 from .trace import MemoryTrace
 
 FIELDS = ("tokens", "kind", "item_at", "item_type", "item_pos")  # what is read of a batch
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
 def _check_batch(batch, fields: Sequence[str] = FIELDS) -> None:
@@ -74,7 +70,7 @@ class ItemLifetimes:
         return len(self.duration)
 
     def select(self, mask: np.ndarray) -> "ItemLifetimes":
-        """The items where `mask` is True."""
+        """The items where `mask` is True, or at the positions `mask` lists."""
         return ItemLifetimes(*(None if getattr(self, f) is None else getattr(self, f)[mask] for f in _FIELDS))
 
     def held_at(self, age: int | np.ndarray) -> np.ndarray:
@@ -165,20 +161,26 @@ def _check_durations(duration, observed) -> tuple[np.ndarray, np.ndarray]:
     return d.astype(np.int64), o.astype(bool)
 
 
+def _risk_table(duration, observed, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """(deaths, at_risk), both (horizon + 1,) at t = 0, 1, ..., horizon: the observed deaths at t and
+    the subjects whose duration is >= t."""
+    d, o = _check_durations(duration, observed)
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
+    top = max(int(horizon), int(d.max()) if d.size else 0) + 1
+    deaths = np.bincount(d[o], minlength=top)[: horizon + 1]
+    at_risk = (len(d) - np.concatenate([[0], np.cumsum(np.bincount(d, minlength=top))[:-1]]))[: horizon + 1]
+    return deaths, at_risk
+
+
 def survival_steps(duration, observed, horizon: int) -> np.ndarray:
     """(horizon + 1,) Kaplan-Meier S(t) = P(T > t) at t = 0, 1, ..., horizon for integer durations:
     ``S(t) = prod_{u <= t} (1 - d_u / n_u)`` with d_u the deaths at u and n_u the subjects whose
     duration is >= u. An empty input gives nan."""
-    d, o = _check_durations(duration, observed)
-    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
-        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
-    if d.size == 0:
+    deaths, at_risk = _risk_table(duration, observed, horizon)
+    if at_risk[0] == 0:
         return np.full(horizon + 1, np.nan)
-    top = max(int(horizon), int(d.max())) + 1
-    deaths = np.bincount(d[o], minlength=top)[: horizon + 1]
-    at_risk = (len(d) - np.concatenate([[0], np.cumsum(np.bincount(d, minlength=top))[:-1]]))[: horizon + 1]
-    factor = np.where(at_risk > 0, 1.0 - deaths / np.maximum(at_risk, 1), 1.0)
-    return np.cumprod(factor)
+    return np.cumprod(np.where(at_risk > 0, 1.0 - deaths / np.maximum(at_risk, 1), 1.0))
 
 
 def rmst_steps(duration, observed, horizon: int) -> float:
@@ -190,14 +192,9 @@ def rmst_steps(duration, observed, horizon: int) -> float:
 def hazard(duration, observed, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Discrete hazard at ages 1..horizon: (deaths at t / subjects held at t, subjects held at t);
     the hazard is nan where nobody is held any more (read it with the counts)."""
-    d, o = _check_durations(duration, observed)
-    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
-        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
-    t = np.arange(1, horizon + 1)
-    n = (d[None, :] >= t[:, None]).sum(1)
-    deaths = ((d[None, :] == t[:, None]) & o[None, :]).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, deaths / np.maximum(n, 1), np.nan), n
+    deaths, at_risk = _risk_table(duration, observed, horizon)
+    n = at_risk[1:]
+    return np.where(n > 0, deaths[1:] / np.maximum(n, 1), np.nan), n
 
 
 def bootstrap_rmst_ratio(lifetimes: Sequence[ItemLifetimes], numerator: int, denominator: int, horizon: int,

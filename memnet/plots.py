@@ -304,13 +304,23 @@ TYPE_STYLES = {"useful": "-", "distractor": "--", "once": ":"}  # line style per
 TYPE_COLORS = {"useful": "C2", "distractor": "C3", "once": "C1"}
 
 
-def _type_lines(ax: Axes, x: np.ndarray, series: dict, colors: Sequence[str] | None = None, marker: str = "") -> None:
-    """series: {configuration label: {item type: y values at x}}; colour per configuration, style per type."""
+def _type_lines(ax: Axes, x: np.ndarray, series: dict, marker: str = "") -> None:
+    """series: {configuration label: {item type: y values at x}}; colour per configuration, style per type;
+    steps without a marker, points joined with one."""
     for i, (name, by_type) in enumerate(series.items()):
-        color = (colors[i] if colors else f"C{i}")
         for t, y in by_type.items():
-            ax.plot(x, np.asarray(y, dtype=float), ls=TYPE_STYLES.get(t, "-"), color=color, marker=marker,
+            ax.plot(x, np.asarray(y, dtype=float), ls=TYPE_STYLES.get(t, "-"), color=f"C{i}", marker=marker,
                     drawstyle="steps-post" if not marker else "default", label=f"{name}: {t}")
+
+
+def _share_axes(ax: Axes, xlabel: str, ylabel: str, title: str) -> Figure:
+    """Labels, a [0, 1] y axis with a margin, the title and the legend of a plot of shares; its figure."""
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax.figure
 
 
 def survival_by_type(curves: dict, ax: Axes | None = None, title: str = "") -> Figure:
@@ -321,13 +331,8 @@ def survival_by_type(curves: dict, ax: Axes | None = None, title: str = "") -> F
         ax = axes[0, 0]
     h = max(len(y) for c in curves.values() for y in c.values()) - 1
     _type_lines(ax, np.arange(h + 1), curves)
-    ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(0, h)
-    ax.set_xlabel("windows since the write")
-    ax.set_ylabel("S(t): share of items still held")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    return ax.figure
+    return _share_axes(ax, "windows since the write", "S(t): share of items still held", title)
 
 
 def hazard_by_age(hazards: dict, ax: Axes | None = None, title: str = "", min_at_risk: int = 20) -> Figure:
@@ -343,12 +348,7 @@ def hazard_by_age(hazards: dict, ax: Axes | None = None, title: str = "", min_at
                         for t, (hz, n) in by_type.items()}
     h = max(len(y) for c in series.values() for y in c.values())
     _type_lines(ax, np.arange(1, h + 1), series, marker="o")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("age (windows since the write)")
-    ax.set_ylabel("hazard: share of held items let go")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    return ax.figure
+    return _share_axes(ax, "age (windows since the write)", "hazard: share of held items let go", title)
 
 
 def probe_by_age(acc: dict, chance: float, ax: Axes | None = None, title: str = "") -> Figure:
@@ -363,12 +363,7 @@ def probe_by_age(acc: dict, chance: float, ax: Axes | None = None, title: str = 
             ax.plot(ages, [cells[a][1] / cells[a][0] for a in ages], ls=TYPE_STYLES.get(t, "-"), color=f"C{i}",
                     marker="o", label=f"{name}: {t}")
     ax.axhline(chance, color="k", lw=0.7, ls=":", label="chance")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("age of the item asked for (windows)")
-    ax.set_ylabel("probe accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    return ax.figure
+    return _share_axes(ax, "age of the item asked for (windows)", "probe accuracy", title)
 
 
 def occupancy_map(owner, type_names: Sequence[str], ax: Axes | None = None, title: str = "") -> Figure:

@@ -52,9 +52,9 @@ import torch
 from ..baselines import count_params
 from ..config import IGNORE_INDEX, MemNetConfig
 from ..eviction import held_at_queries, held_fraction, replay_lifetimes
-from ..lifetimes import (ItemLifetimes, bootstrap_rmst_ratio, hazard, item_lifetimes, probe_sequences, rmst_steps,
-                         survival_steps)
+from ..lifetimes import ItemLifetimes, bootstrap_rmst_ratio, hazard, item_lifetimes, probe_sequences, survival_steps
 from ..model import MemNet
+from ..survival import counts_to_km, rmst
 from ..tasks.reuse import DISTRACTOR, REUSE_TYPES, USEFUL, ReuseBatch, ReuseStream
 from ..train import resolve_device
 from .common import (DATA_DIR, DistinctList, Verdict, check_device, check_names, check_out, check_seeds, done_line,
@@ -194,7 +194,6 @@ def probe_counts(model: MemNet, batch: ReuseBatch, life: ItemLifetimes, p: Profi
     sub = ReuseBatch(*(t[:rows] for t in (batch.tokens, batch.targets, batch.kind, batch.item_at, batch.item_type,
                                            batch.item_pos, batch.cue_pos, batch.recall_pos)))
     M = batch.item_type.shape[1]
-    held_of = {a: life.held_at(a).reshape(-1, M) for a in p.probe_ages}
     out = {t: {str(a): {"n": 0, "correct": 0, "held": 0, "held_correct": 0} for a in p.probe_ages}
            for t in REUSE_TYPES}
     for probes in probe_sequences(sub, p.segment_len, p.probe_ages, IGNORE_INDEX, seed=draws(seed)["probe"]).values():
@@ -203,7 +202,7 @@ def probe_counts(model: MemNet, batch: ReuseBatch, life: ItemLifetimes, p: Profi
         ok = (logits[n, probes.pos].argmax(-1) == probes.targets[n, probes.pos]).numpy()
         r, i, a = probes.row.numpy(), probes.item.numpy(), probes.age.numpy()
         types = batch.item_type.numpy()[r, i]
-        held = np.array([held_of[int(x)][rr, ii] for x, rr, ii in zip(a, r, i)], dtype=bool)
+        held = life.select(r * M + i).held_at(a)  # lifetimes are row-major (B, M)
         for t, name in enumerate(REUSE_TYPES):
             for age in p.probe_ages:
                 sel = (types == t) & (a == age)
@@ -424,28 +423,23 @@ def lifetimes_of(run_record: dict) -> ItemLifetimes:
     return ItemLifetimes.from_dict(run_record["lifetimes"])
 
 
-def survival_by_type(result: dict, name: str) -> dict[str, np.ndarray]:
-    """Kaplan-Meier S(t), t = 0..horizon, of useful and distractor items pooled over seeds."""
+def _by_type(result: dict, name: str, fn) -> dict:
+    """``fn(duration, observed, horizon)`` of useful and of distractor items, pooled over the seeds of `name`."""
     h = result["profile_settings"]["horizon"]
     life = [lifetimes_of(r) for r in runs_of(result, name)]
-    out = {}
-    for code, t in ((USEFUL, "useful"), (DISTRACTOR, "distractor")):
-        d = np.concatenate([x.duration[x.type == code] for x in life])
-        o = np.concatenate([x.observed[x.type == code] for x in life])
-        out[t] = survival_steps(d, o, h)
-    return out
+    return {t: fn(np.concatenate([x.duration[x.type == code] for x in life]),
+                  np.concatenate([x.observed[x.type == code] for x in life]), h)
+            for code, t in ((USEFUL, "useful"), (DISTRACTOR, "distractor"))}
+
+
+def survival_by_type(result: dict, name: str) -> dict[str, np.ndarray]:
+    """Kaplan-Meier S(t), t = 0..horizon, of useful and distractor items pooled over seeds."""
+    return _by_type(result, name, survival_steps)
 
 
 def hazard_by_type(result: dict, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Hazard at ages 1..horizon of useful and distractor items pooled over seeds, with the items held."""
-    h = result["profile_settings"]["horizon"]
-    life = [lifetimes_of(r) for r in runs_of(result, name)]
-    out = {}
-    for code, t in ((USEFUL, "useful"), (DISTRACTOR, "distractor")):
-        d = np.concatenate([x.duration[x.type == code] for x in life])
-        o = np.concatenate([x.observed[x.type == code] for x in life])
-        out[t] = hazard(d, o, h)
-    return out
+    return _by_type(result, name, hazard)
 
 
 def rmst_ratio(result: dict, name: str) -> dict[str, float]:
@@ -457,17 +451,11 @@ def rmst_ratio(result: dict, name: str) -> dict[str, float]:
                                 n_boot=p["n_boot"], seed=0)
 
 
-def _expand(counts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    d = np.concatenate([np.repeat(np.arange(len(c[k])), c[k]) for c in counts for k in ("deaths", "censored")])
-    o = np.concatenate([np.full(int(sum(c[k])), k == "deaths") for c in counts for k in ("deaths", "censored")])
-    return d.astype(np.int64), o.astype(bool)
-
-
 def replay_rmst(result: dict, policy: str) -> dict[str, float]:
     """Restricted mean survival of useful and distractor items under a replayed rule, pooled over the
     run's seeds, and their ratio: what the rule itself would give on the same test draws."""
     h = result["profile_settings"]["horizon"]
-    out = {t: rmst_steps(*_expand([c[policy]["lifetimes"][t] for c in result["ceilings"].values()]), h)
+    out = {t: rmst(counts_to_km([c[policy]["lifetimes"][t] for c in result["ceilings"].values()]), h)
            for t in ("useful", "distractor")}
     out["ratio"] = out["useful"] / out["distractor"] if out["distractor"] > 0 else float("nan")
     return out
@@ -520,10 +508,13 @@ RATIO = 5.0  # RMST of useful over distractor items under evidence decay
 NEAR_ONE = 0.25  # without decay the RMST ratio is within this of 1
 
 
-def summarize(result: dict) -> list[Verdict]:
+def summarize(result: dict, rows: list[dict] | None = None) -> list[Verdict]:
     """The claims, with thresholds fixed before the run: evidence decay recalls useful items at least
     ``MARGIN`` better than the chosen fixed decay in every seed; its useful/distractor RMST ratio is at
-    least ``RATIO`` with a bootstrap interval above 1; without decay the ratio is within ``NEAR_ONE`` of 1."""
+    least ``RATIO`` with a bootstrap interval above 1; without decay the ratio is within ``NEAR_ONE`` of 1.
+    rows: the result's :func:`config_rows`, when already computed (their bootstrap is not redone)."""
+    ratios = {r["config"]: r["ratio"] for r in rows} if rows is not None else {}
+    ratio_of = lambda n: ratios[n] if n in ratios else rmst_ratio(result, n)
     out = []
     ev, fx = runs_of(result, "evidence"), runs_of(result, "fixed")
     by_seed = {r["seed"]: r["test"]["recall"] for r in fx}
@@ -533,13 +524,13 @@ def summarize(result: dict) -> list[Verdict]:
                            f"decay ({result['fixed_choice']}) in every seed", min(gaps), MARGIN, min(gaps) >= MARGIN,
                            "per seed " + ", ".join(f"{100 * g:+.1f}" for g in gaps)))
     if ev:
-        r = rmst_ratio(result, "evidence")
+        r = ratio_of("evidence")
         rules = "; ".join(f"replayed {pol}: {replay_rmst(result, pol)['ratio']:.2f}" for pol in POLICIES)
         out.append(Verdict(f"evidence decay: RMST useful / distractor >= {RATIO:g}, 95% bootstrap interval above 1",
                            r["ratio"], RATIO, r["ratio"] >= RATIO and r["lo"] > 1.0,
                            f"interval [{r['lo']:.2f}, {r['hi']:.2f}]; {rules}"))
     if runs_of(result, "none"):
-        r = rmst_ratio(result, "none")
+        r = ratio_of("none")
         out.append(Verdict(f"no decay: RMST useful / distractor within {NEAR_ONE:g} of 1", r["ratio"], 1.0,
                            abs(r["ratio"] - 1.0) <= NEAR_ONE, f"interval [{r['lo']:.2f}, {r['hi']:.2f}]"))
     return out
@@ -558,11 +549,12 @@ def label(result: dict, name: str) -> str:
     return LABELS.get(name, name)
 
 
-def summary_table(result: dict) -> str:
+def summary_table(result: dict, rows: list[dict] | None = None) -> str:
     """Per configuration: recall and cue accuracy, share of recalls whose item is still held, and the RMST of
-    useful and distractor items with the ratio's bootstrap interval; then the replayed rules."""
+    useful and distractor items with the ratio's bootstrap interval; then the replayed rules.
+    rows: the result's :func:`config_rows`, when already computed."""
     h = result["profile_settings"]["horizon"]
-    rows = config_rows(result)
+    rows = config_rows(result) if rows is None else rows
     n = max((len(r["seeds"]) for r in rows), default=0)
     main = format_table(
         ["configuration", "recall %", "cue %", "held at recall %", f"RMST useful (<= {h})", "RMST distractor",
