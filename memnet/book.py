@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .experiments.common import DATA_DIR, seed_everything
-from .memory import MemoryState, MultiHeadMemoryBank, WriteRequest, run_segments
+from .memory import MemoryState, MultiHeadMemoryBank, WriteRequest, stack_requests
 from .trace import MemoryTrace
 from .train import resolve_device
 
@@ -109,8 +109,9 @@ def run_bank(bank: MultiHeadMemoryBank, queries: torch.Tensor, requests: list[Wr
     if valid.shape != (B, S, L) or valid.dtype != torch.bool:
         raise ValueError(f"valid must be a bool tensor of shape (B, S, L) = {(B, S, L)}, got "
                          f"{valid.dtype} {tuple(valid.shape)}")
-    state, steps = run_segments(bank.step, state, queries.unbind(1), requests, valid.unbind(1))
-    return state, MemoryTrace.of_steps(requests, valid.unbind(1), steps)
+    req = stack_requests(requests)
+    state, seg = bank.scan(state, queries, req, valid)
+    return state, MemoryTrace.of_segments(req, valid, seg)
 
 
 # ---------------------------------------------------------------------------- stored runs

@@ -65,6 +65,9 @@ def _build() -> ctypes.CDLL:
     for f in (dll.memnet_step_forward, dll.memnet_step_backward):
         f.argtypes = [p, p, i64, i64, p, p]
         f.restype = ctypes.c_int
+    dll.memnet_scan_forward.argtypes = [p, p, i64, i64, i64, p, p, p]
+    dll.memnet_scan_backward.argtypes = [p, p, i64, i64, i64, i64, p, p, p]
+    dll.memnet_scan_forward.restype = dll.memnet_scan_backward.restype = ctypes.c_int
     return dll
 
 
@@ -107,19 +110,25 @@ def _rows(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return t
 
 
-def _call(fn, consts: "_Constants", B: int, ptrs: list[int], strides: list[int]) -> int:
+def _call(fn, consts: "_Constants", B: int, ptrs: list[int], strides: list[int], head: tuple = (),
+          segment_bytes: list[int] | None = None) -> int:
     """Run the entry point `fn` on the pointers `ptrs` (0 for an absent gradient) and batch strides
     `strides` of its tensors, the batch split over torch's threads when it is large enough; the
-    largest flag it returns."""
+    largest flag it returns. A scan takes its integers `head` before the pointers and the bytes
+    each pointer advances per segment (`segment_bytes`) after the strides."""
     n = len(ptrs)
     p_arr, s_arr = (ctypes.c_void_p * n)(*ptrs), (ctypes.c_int64 * n)(*strides)  # alive until the call returns
+    tail = ()
+    if segment_bytes is not None:
+        g_arr = (ctypes.c_int64 * n)(*segment_bytes)
+        tail = (ctypes.addressof(g_arr),)
     p, s = ctypes.addressof(p_arr), ctypes.addressof(s_arr)
     at = (consts.dims_ptr, consts.floats_ptr)
     parts = max(1, min(torch.get_num_threads(), B // ROWS_PER_THREAD))
     if parts == 1:
-        return fn(*at, 0, B, p, s)
+        return fn(*at, 0, B, *head, p, s, *tail)
     bounds = [B * i // parts for i in range(parts + 1)]
-    return max(native._in_parts(lambda i: fn(*at, bounds[i], bounds[i + 1], p, s), parts))
+    return max(native._in_parts(lambda i: fn(*at, bounds[i], bounds[i + 1], *head, p, s, *tail), parts))
 
 
 class _Constants:
@@ -249,3 +258,117 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
     new = MemoryState(new_keys, new_values, age, usage, retained, segments, evidence, signature=state.signature)
     return StepResult(new, ReadResult(vectors, read_index, read_weight, out[_READ_TOP]),
                       WriteResult(strength, events, alloc, retention), mass)
+
+
+# ---------------------------------------------------------------------------- the scan over segments
+def scan_applies(bank, state, queries: Tensor) -> bool:
+    """Whether :func:`scan` can take a whole call's segments: where the step can (:func:`applies`),
+    except with ``decay_mode = "evidence"``, whose evidence is updated in torch between segments."""
+    return bank.cfg.decay_mode != "evidence" and applies([state.keys, queries, bank.decay_logit])
+
+
+def _blocks(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`t` (B, S, ...) in `dtype` with each (row, segment) block contiguous; the batch and segment
+    strides may be anything (an expanded mask passes as it is)."""
+    t = t if t.dtype == dtype else t.to(dtype)
+    expected = 1
+    for size, stride in zip(reversed(t.shape[2:]), reversed(t.stride()[2:])):
+        if size != 1 and stride != expected:
+            return t.contiguous()
+        expected *= size
+    return t
+
+
+def _bytes(t: Tensor) -> int:
+    """How many bytes a (B, S, ...) tensor's segment s+1 lies after its segment s."""
+    return t.stride(1) * t.element_size()
+
+
+class FusedScan(torch.autograd.Function):
+    """S memory steps whose forward has run (:func:`scan`): hands the differentiable outputs to
+    autograd and computes every gradient by one call of the compiled backward, last segment first."""
+
+    @staticmethod
+    def forward(ctx, consts: _Constants, chain: list, outs: list, detach_every: int, keys: Tensor, values: Tensor,
+                q: Tensor, k: Tensor, v: Tensor, g: Tensor, e: Tensor, u: Tensor, decay: Tensor, lrs: Tensor,
+                lws: Tensor, dl: Tensor, valid: Tensor):
+        ctx.save_for_backward(chain[0], chain[1], q, k, v, g, e, u, decay, valid, lrs, lws, dl,
+                              *(outs[i - 6] for i in (_READ_SRC, _READ_INDEX, _WRITE_INDEX, _ALLOC, _READ_TOP,
+                                                      _WRITE_TOP)))
+        ctx.consts, ctx.detach_every = consts, detach_every
+        ctx.set_materialize_grads(False)
+        S = q.shape[1]
+        return (chain[0][:, S].clone(), chain[1][:, S].clone(), outs[_VECTORS - 6], outs[_READ_WEIGHT - 6],
+                outs[_MASS - 6], outs[_RETENTION - 6])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_keys, g_values, g_vectors, g_read_weight, g_mass, g_retention):
+        saved = ctx.saved_tensors
+        consts = ctx.consts
+        keys, values, q = saved[0], saved[1], saved[2]
+        B, S = q.shape[:2]
+        N, D = keys.shape[2:]
+        final = [None if t is None else _rows(t) for t in (g_keys, g_values)]
+        upstream = [None if t is None else _blocks(t) for t in (g_vectors, g_read_weight, g_mass, g_retention)]
+        turns = [torch.empty(B, 2, N, D) for _ in range(2)]  # the state's gradient, passed segment to segment
+        grads = [torch.empty((B, S, *shape)) for shape in consts.grads[2:]]
+        ins, tops = saved[:17], saved[17:]
+        ptrs = ([t.data_ptr() for t in ins] + [0 if t is None else t.data_ptr() for t in final + upstream]
+                + [t.data_ptr() for t in turns + grads] + [t.data_ptr() for t in tops])
+        strides = ([t.stride(0) for t in ins] + [0 if t is None else t.stride(0) for t in final + upstream]
+                   + [t.stride(0) for t in turns + grads] + [t.stride(0) for t in tops])
+        shared = (10, 11, 12)  # lrs, lws, dl: one for every segment
+        seg = ([0 if i in shared else _bytes(t) for i, t in enumerate(ins)] + [0, 0]
+               + [0 if t is None else _bytes(t) for t in upstream] + [_bytes(t) for t in turns + grads]
+               + [_bytes(t) for t in tops])
+        _call(library().memnet_scan_backward, consts, B, ptrs, strides, (S, ctx.detach_every or 0), seg)
+        g_q, g_k, g_v, g_g, g_e, g_u, g_decay, g_lrs, g_lws, g_dl = grads
+        learned = consts.learned
+        return (None, None, None, None, turns[0][:, 0], turns[1][:, 0], g_q, g_k, g_v, g_g, g_e, g_u,
+                g_decay if learned else None, g_lrs.sum((0, 1)), g_lws.sum((0, 1)), g_dl.sum(1) if learned else None,
+                None)
+
+
+def scan(bank, state, queries: Tensor, req, valid: Tensor, detach_every: int | None = None):
+    """The loop over a call's S segments (:func:`memnet.memory.run_segments` with the bank's step)
+    in one compiled call forward and one backward: queries (B, S, L, H, D), the segments' writes as one
+    :class:`~memnet.memory.WriteRequest` of (B, S, W, ...) fields, valid (B, S, L). Returns the final
+    state and the :class:`~memnet.memory.Segments`, the same values (bit for bit: the same C step on the
+    same inputs) as the loop; None where a score is NaN (the loop then takes that segment by the torch
+    step). Call it where :func:`scan_applies` holds."""
+    from .memory import MemoryState, Segments
+
+    cfg = bank.cfg
+    B, S, L, H = queries.shape[:4]
+    W = req.gate.shape[2]
+    consts = _constants(cfg, L, H, W, cfg.window_reads and req.pos is not None)
+    pos = req.pos if req.pos is not None else torch.zeros(B, S, W, dtype=torch.int64)
+    q, k, v, g, e, u, decay = (_blocks(t) for t in (queries, req.key, req.value, req.gate, req.erase, req.update,
+                                                     req.decay))
+    valid = _blocks(valid, torch.bool)
+    lrs, lws = bank.log_read_sharpness, bank.log_write_sharpness
+    dl = bank.slot_logit(None, state.age).expand(B, -1)  # (B, N): the bank's, the same for every row and segment
+    # the state as a chain (B, S+1, ...): segment s reads entry s and writes entry s+1
+    chain = [torch.empty((B, S + 1, *shape), dtype=dtype) for shape, dtype in consts.outputs[:6]]
+    with torch.no_grad():
+        for buf, t in zip(chain, (state.keys, state.values, state.age, state.usage, state.retained, state.segments)):
+            buf[:, 0].copy_(t)
+    outs = [torch.empty((B, S, *shape), dtype=dtype) for shape, dtype in consts.outputs[6:]]
+    inputs = [q, k, v, g, e, u, decay, _blocks(pos, torch.int64), valid]
+    ptrs = ([t.data_ptr() for t in chain] + [t.data_ptr() for t in inputs] + [lrs.data_ptr(), lws.data_ptr(),
+            dl.data_ptr()] + [t[:, 1].data_ptr() for t in chain] + [t.data_ptr() for t in outs])
+    strides = ([t.stride(0) for t in chain] + [t.stride(0) for t in inputs] + [0, 0, dl.stride(0)]
+               + [t.stride(0) for t in chain] + [t.stride(0) for t in outs])
+    seg = ([_bytes(t) for t in chain] + [_bytes(t) for t in inputs] + [0, 0, 0] + [_bytes(t) for t in chain]
+           + [_bytes(t) for t in outs])
+    if _call(library().memnet_scan_forward, consts, B, ptrs, strides, (S,), seg):
+        return None
+    keys, values, vectors, read_weight, mass, retention = FusedScan.apply(
+        consts, chain, outs, detach_every, state.keys, state.values, q, k, v, g, e, u, decay, lrs, lws, dl, valid)
+    at = lambda i: outs[i - 6]  # noqa: E731  (an output by its position in the step's list)
+    evidence = state.evidence
+    last = [t[:, S].clone() for t in chain[2:]]
+    new = MemoryState(keys, values, *last, evidence, signature=state.signature)
+    return new, Segments(vectors, at(_READ_INDEX), read_weight, at(_READ_TOP), mass, at(_STRENGTH), at(_EVENTS),
+                         at(_ALLOC), retention, chain[2][:, 1:], chain[3][:, 1:], evidence.unsqueeze(1).expand(-1, S, -1))

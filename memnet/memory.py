@@ -218,6 +218,56 @@ class StepResult:
     read_mass: Tensor
 
 
+@dataclass(frozen=True)
+class Segments:
+    """What the steps of S segments gave back, stacked along dim 1 (:meth:`MultiHeadMemoryBank.scan`).
+
+    vectors (B, S, L, H, D); read_index, read_weight (B, S, L, H, K); read_score (B, S, L, H, K) or
+    None; read_mass, write_strength, write_events (bool), retention (B, S, N); write_alloc (B, S, W);
+    age, usage, evidence (B, S, N): the state's counts after each segment's writes."""
+
+    vectors: Tensor
+    read_index: Tensor
+    read_weight: Tensor
+    read_score: Tensor | None
+    read_mass: Tensor
+    write_strength: Tensor
+    write_events: Tensor
+    write_alloc: Tensor
+    retention: Tensor
+    age: Tensor
+    usage: Tensor
+    evidence: Tensor
+
+    @classmethod
+    def of_steps(cls, steps: Sequence[StepResult]) -> "Segments":
+        """The stacked results of S steps, in order."""
+        stack = lambda ts: torch.stack(list(ts), dim=1)  # noqa: E731
+        scores = [st.read.score for st in steps]
+        return cls(stack(st.read.vectors for st in steps), stack(st.read.index for st in steps),
+                   stack(st.read.weight for st in steps), None if any(t is None for t in scores) else stack(scores),
+                   stack(st.read_mass for st in steps), stack(st.write.strength for st in steps),
+                   stack(st.write.events for st in steps), stack(st.write.alloc for st in steps),
+                   stack(st.write.retention for st in steps), stack(st.state.age for st in steps),
+                   stack(st.state.usage for st in steps), stack(st.state.evidence for st in steps))
+
+
+def stack_requests(requests: Sequence[WriteRequest]) -> WriteRequest:
+    """S requests of (B, W, ...) fields -> one of (B, S, W, ...) fields (pos None unless every one has it)."""
+    pos = [r.pos for r in requests]
+    return WriteRequest(*(torch.stack([getattr(r, f) for r in requests], dim=1)
+                          for f in ("key", "value", "gate", "erase", "update", "decay")),
+                        None if any(p is None for p in pos) else torch.stack(pos, dim=1))
+
+
+def unbind_requests(req: WriteRequest) -> list[WriteRequest]:
+    """A request of (B, S, W, ...) fields -> the S requests of its segments (views; unbind's backward
+    stacks their gradients in one go)."""
+    fields_ = [req.key, req.value, req.gate, req.erase, req.update, req.decay]
+    parts = [t.unbind(1) for t in fields_] + [req.pos.unbind(1) if req.pos is not None else [None] * req.gate.shape[1]]
+    return [WriteRequest(*f) for f in zip(*parts)]
+
+
 # the step's inputs and outputs as pytrees (torch.utils._pytree), so that tracers and compilers see their
 # tensors as leaves; a state's signature is the context of its node, so it survives flattening
 pytree.register_pytree_node(MemoryState, lambda s: (list(s.tensors()), s.signature),
@@ -606,6 +656,23 @@ class MultiHeadMemoryBank(nn.Module):
         if self.fused and fused.applies([state.keys, queries, req.key, self.decay_logit]):
             return fused.step(self, state, queries, req, valid)
         return self.reference_step(state, queries, req, valid)
+
+    def scan(self, state: MemoryState, queries: Tensor, req: WriteRequest, valid: Tensor,
+             detach_every: int | None = None, step: Callable | None = None) -> tuple[MemoryState, Segments]:
+        """The steps of S segments, each reading the state the one before wrote (:func:`run_segments`):
+        queries (B, S, L, H, D), the writes as one :class:`WriteRequest` of (B, S, W, ...) fields
+        (:func:`stack_requests`), valid (B, S, L). With `detach_every` k the state is cut from the
+        autograd graph before every k-th segment. Returns the final state and the stacked
+        :class:`Segments`. On the CPU the whole loop is one compiled call each way
+        (:func:`memnet.fused.scan`: the same step, so the same values); elsewhere, with `step` given
+        (a compiled step) or with ``decay_mode = "evidence"``, the loop runs :meth:`step` per segment."""
+        if step is None and self.fused and fused.scan_applies(self, state, queries):
+            done = fused.scan(self, state, queries, req, valid, detach_every)
+            if done is not None:
+                return done
+        state, steps = run_segments(step or self.step, state, queries.unbind(1), unbind_requests(req),
+                                    valid.unbind(1), detach_every)
+        return state, Segments.of_steps(steps)
 
     def reference_step(self, state: MemoryState, queries: Tensor, req: WriteRequest, valid: Tensor) -> StepResult:
         """:meth:`step` as torch operations (what the compiled kernel of :mod:`memnet.fused` agrees with,

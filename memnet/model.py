@@ -20,7 +20,7 @@ from .config import IGNORE_INDEX, MemNetConfig
 from .controller import MemoryInterface, MemorySignals, TransformerController
 from .encoder import Encoder, check_tokens
 from .losses import aux_losses
-from .memory import MemoryState, MultiHeadMemoryBank, StreamingMemory, WriteRequest, run_segments
+from .memory import MemoryState, MultiHeadMemoryBank, StreamingMemory, WriteRequest, unbind_requests
 from .trace import MemoryTrace
 
 
@@ -150,20 +150,23 @@ class MemNet(nn.Module):
         return WindowSignals(h, valid, sig, pos, gate, key, value, erase, update)
 
     @staticmethod
-    def _segments(ws: WindowSignals) -> tuple[list[Tensor], list[WriteRequest], list[Tensor]]:
+    def _request(ws: WindowSignals) -> WriteRequest:
+        """Every window's writes as one :class:`WriteRequest` of (B, S, W, ...) fields."""
+        return WriteRequest(ws.key, ws.value, ws.gate, ws.erase, ws.update, ws.sig.decay, ws.pos)
+
+    @classmethod
+    def _segments(cls, ws: WindowSignals) -> tuple[list[Tensor], list[WriteRequest], list[Tensor]]:
         """Per segment: the read queries (B, L, H, Dm), the :class:`WriteRequest` and the valid mask (B, L).
 
         Views made once: unbind's backward stacks the S gradients in one go, where S slices x[:, s]
         would each materialise a zero gradient of the whole tensor (O(S^2) in backward)."""
-        queries, key, value, gate, erase, update, decay, pos, valid = (t.unbind(1) for t in (
-            ws.sig.read_query, ws.key, ws.value, ws.gate, ws.erase, ws.update, ws.sig.decay, ws.pos, ws.valid))
-        return list(queries), [WriteRequest(*f) for f in zip(key, value, gate, erase, update, decay, pos)], list(valid)
+        return list(ws.sig.read_query.unbind(1)), unbind_requests(cls._request(ws)), list(ws.valid.unbind(1))
 
-    def _logits(self, h: Tensor, reads: list[Tensor], T: int) -> Tensor:
-        """LayerNorm'd reads fused residually into the controller's stream -> logits (B, T, V)."""
+    def _logits(self, h: Tensor, read: Tensor, T: int) -> Tensor:
+        """The reads (B, S, L, H, Dm), LayerNorm'd and fused residually into the controller's stream ->
+        logits (B, T, V)."""
         B, S, L = h.shape[:3]
-        read = torch.stack(reads, dim=1).reshape(B, S, L, -1)  # (B, S, L, H*Dm)
-        z = h + self.fuse(self.read_norm(read.to(h.dtype)))
+        z = h + self.fuse(self.read_norm(read.reshape(B, S, L, -1).to(h.dtype)))
         z = z + self.fuse_mlp(z)
         return self.head(self.ln_out(z)).view(B, S * L, -1)[:, :T]
 
@@ -181,18 +184,18 @@ class MemNet(nn.Module):
         state = self.initial_state(B, tokens.device) if memory is None else self.memory.check_state(memory, B)
         state = MemoryState(*state.tensors(), signature=cfg.memory_signature())  # the states made here: this config's
         ws = self._signals(tokens, state.segments)
-        queries, requests, valid = self._segments(ws)
-        state, steps = run_segments(self._compiled_step or self.memory.step, state, queries, requests, valid,
-                                    cfg.tbptt_segments)
+        req = self._request(ws)
+        state, seg = self.memory.scan(state, ws.sig.read_query, req, ws.valid, cfg.tbptt_segments,
+                                      self._compiled_step)
 
-        logits = self._logits(ws.h, [st.read.vectors for st in steps], T)
-        mass_total = torch.stack([st.read_mass for st in steps]).float().sum((0, 1))  # (N,) over segments and rows
-        # the read weights and retention gates are stacked only for a loss that weighs them (else it is 0)
-        read_weight = torch.stack([st.read.weight for st in steps], dim=1) if cfg.read_entropy_weight else None
-        retention = torch.stack([st.write.retention for st in steps], dim=1) if cfg.pressure_weight else None
+        logits = self._logits(ws.h, seg.vectors, T)
+        mass_total = seg.read_mass.float().sum((0, 1))  # (N,) over rows and segments
+        # the read weights and retention gates enter only a loss that weighs them (else it is 0)
+        read_weight = seg.read_weight if cfg.read_entropy_weight else None
+        retention = seg.retention if cfg.pressure_weight else None
         aux = aux_losses(cfg, mass_total, read_weight, ws.valid.unsqueeze(-1), retention, ws.gate,
                          ws.valid.gather(2, ws.pos))
-        trace = MemoryTrace.of_steps(requests, valid, steps) if return_trace else None
+        trace = MemoryTrace.of_segments(req, ws.valid, seg) if return_trace else None
         return MemNetOutput(logits, state, aux, trace)
 
     @torch.no_grad()
@@ -215,7 +218,7 @@ class MemNet(nn.Module):
         seen = torch.full((1,), float(memory.segments), device=tokens.device)
         ws = self._signals(tokens, seen)
         reads = [memory.step(q, req, v).vectors for q, req, v in zip(*self._segments(ws))]  # the only loop over time
-        return self._logits(ws.h, reads, tokens.shape[1]), memory
+        return self._logits(ws.h, torch.stack(reads, dim=1), tokens.shape[1]), memory
 
 
 def truncated_backward(model: MemNet, tokens: Tensor, targets: Tensor, chunk_segments: int,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .addressing import sparse_to_dense
-from .memory import StepResult, WriteRequest
+from .memory import Segments, StepResult, WriteRequest, stack_requests
 
 
 @dataclass(frozen=True)
@@ -87,17 +87,19 @@ class MemoryTrace:
                       if f.name in steps[0]})
 
     @classmethod
+    def of_segments(cls, req: WriteRequest, valid: Tensor, seg: Segments) -> "MemoryTrace":
+        """The trace (detached) of S memory steps: their writes as one request of (B, S, W, ...)
+        fields, valid (B, S, L) and their stacked :class:`~memnet.memory.Segments`. A request without
+        ``pos`` records its writes at offsets 0..W-1."""
+        B, S, W = req.gate.shape
+        pos = req.pos if req.pos is not None else torch.arange(W, device=req.gate.device).expand(B, S, -1)
+        return cls(read_index=seg.read_index, read_weight=seg.read_weight, valid=valid, write_pos=pos,
+                   write_gate=req.gate, write_update=req.update, write_erase=req.erase.mean(-1),
+                   write_alloc=seg.write_alloc, write_strength=seg.write_strength, write_events=seg.write_events,
+                   retention=seg.retention, age=seg.age, usage=seg.usage, evidence=seg.evidence).detach()
+
+    @classmethod
     def of_steps(cls, requests: list[WriteRequest], valid: list[Tensor], steps: list[StepResult]) -> "MemoryTrace":
         """The trace (detached) of S memory steps: each segment's request, valid mask (B, L) and
-        :class:`~memnet.memory.StepResult`. A request without ``pos`` records its writes at offsets
-        0..W-1."""
-        rows = []
-        for req, v, st in zip(requests, valid, steps):
-            B, W = req.gate.shape
-            pos = req.pos if req.pos is not None else torch.arange(W, device=req.gate.device).expand(B, -1)
-            rows.append(dict(read_index=st.read.index, read_weight=st.read.weight, valid=v, write_pos=pos,
-                             write_gate=req.gate, write_update=req.update, write_erase=req.erase.mean(-1),
-                             write_alloc=st.write.alloc, write_strength=st.write.strength,
-                             write_events=st.write.events, retention=st.write.retention, age=st.state.age,
-                             usage=st.state.usage, evidence=st.state.evidence))
-        return cls.stack(rows).detach()
+        :class:`~memnet.memory.StepResult` (:meth:`of_segments` of them stacked)."""
+        return cls.of_segments(stack_requests(requests), torch.stack(list(valid), dim=1), Segments.of_steps(steps))

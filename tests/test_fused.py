@@ -219,25 +219,29 @@ def test_threads_split_the_batch_without_changing_a_bit():
     assert all(torch.equal(a, b) for a, b in zip(*answers))
 
 
-def counted_steps(monkeypatch) -> tuple[MemNet, list]:
-    """A small model, and a list that gets one entry per call of the compiled step."""
-    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4)
-    calls: list = []
-    real = fused.step
-    monkeypatch.setattr(fused, "step", lambda *a: calls.append(1) or real(*a))
+def counted_steps(monkeypatch, decay_mode: str = "learned") -> tuple[MemNet, dict]:
+    """A small model, and lists that get one entry per call of the compiled step ("step") and of
+    the compiled scan over a call's segments ("scan")."""
+    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=8, top_k=2, mem_heads=2, segment_len=4,
+                       decay_mode=decay_mode)
+    calls: dict = {"step": [], "scan": []}
+    for name in calls:
+        real = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, real=real, name=name: calls[name].append(1) or real(*a))
     return perturbed(cfg, 0), calls
 
 
 def test_the_near_tie_watch_runs_the_torch_step(monkeypatch):
     """helpers.near_tie_watch watches the torch step's decisions, so inside it the bank runs the
-    torch step; outside it the compiled one (what the comparisons above rely on)."""
+    torch step; outside it the compiled scan, one call for all windows (what the comparisons above
+    rely on)."""
     model, calls = counted_steps(monkeypatch)
     x = rand_tokens(1, 8, vocab=30, seed=1)
     with near_tie_watch():
         model(x)
-    assert calls == []
+    assert calls == {"step": [], "scan": []}
     model(x)
-    assert len(calls) == 2
+    assert calls == {"step": [], "scan": [1]}
 
 
 def test_the_torch_step_runs_where_the_kernel_does_not(monkeypatch):
@@ -246,15 +250,52 @@ def test_the_torch_step_runs_where_the_kernel_does_not(monkeypatch):
     model, calls = counted_steps(monkeypatch)
     x = rand_tokens(2, 9, vocab=30, seed=1)
     model(x)
-    assert len(calls) == 3  # three windows, each one call
+    assert len(calls["scan"]) == 1  # three windows, one call
     monkeypatch.setenv("MEMNET_FUSED", "0")
     assert fused.status() == "disabled (MEMNET_FUSED=0)" and not fused.applies([x])
     model(x)
-    assert len(calls) == 3
+    assert len(calls["scan"]) == 1 and calls["step"] == []
     monkeypatch.delenv("MEMNET_FUSED")
     model.memory.fused = False
     model(x)
-    assert len(calls) == 3
+    assert len(calls["scan"]) == 1 and calls["step"] == []
+
+
+def test_evidence_decay_takes_the_compiled_step_window_by_window(monkeypatch):
+    """With decay_mode "evidence" the evidence is updated in torch between windows, so the loop over
+    windows stays in Python and each window is one call of the compiled step."""
+    model, calls = counted_steps(monkeypatch, "evidence")
+    model(rand_tokens(2, 9, vocab=30, seed=1))
+    assert calls == {"step": [1, 1, 1], "scan": []}
+
+
+@settings(max_examples=examples(30), deadline=None, derandomize=True)
+@given(small_configs(), st.integers(1, 3), st.integers(1, 5), st.sampled_from([None, 1, 2]),
+       st.sampled_from(["learned", "fixed", "none"]), st.integers(0, 10_000))
+def test_the_scan_takes_every_window_as_the_loop_of_steps_does(cfg, B, segments, tbptt, decay_mode, seed):
+    """One compiled call over all windows (fused.scan) against the Python loop of compiled steps:
+    logits, final state and every field of the trace bit for bit (the same C step on the same
+    inputs), and the gradient of every parameter up to the order in which they are summed; truncated
+    backprop and padding included."""
+    cfg = dataclasses.replace(cfg, tbptt_segments=tbptt, decay_mode=decay_mode)
+    model = perturbed(cfg, seed)
+    x = rand_tokens(B, segments * cfg.segment_len - seed % cfg.segment_len, seed=seed)
+    got = run(model, x, True)
+    real = fused.scan_applies
+    try:
+        fused.scan_applies = lambda *a: False
+        want = run(model, x, True)
+    finally:
+        fused.scan_applies = real
+    assert torch.equal(got["logits"], want["logits"])
+    for f in ("keys", "values", "age", "usage", "retained", "segments", "evidence"):
+        assert torch.equal(getattr(got["memory"], f), getattr(want["memory"], f)), f
+    for name, t in want["trace"].items():
+        assert torch.equal(got["trace"][name], t), name
+    torch.testing.assert_close(got["aux"], want["aux"], atol=1e-6, rtol=1e-6)
+    assert got["grads"].keys() == want["grads"].keys()
+    for name, t in want["grads"].items():
+        close_grads(got["grads"][name], t, name)
 
 
 def test_a_copied_or_pickled_model_takes_the_same_step():

@@ -593,3 +593,59 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
     if (owned) free(work);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------ scans */
+/* S segments in one call: the step above on each in turn, every pointer advanced by sst[i] bytes per
+   segment (0: the same tensor for every segment). The state is a chain of buffers: the caller points
+   the state's inputs at segment 0 of a (B, S+1, ...) buffer and its outputs at segment 1 of the same
+   one, so that segment s reads what segment s-1 wrote. Returns the largest flag of the steps (a NaN
+   score in any segment: the caller takes the loop of single steps). */
+int memnet_scan_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t b1, int64_t S, void **p,
+                        const int64_t *st, const int64_t *sst) {
+    void *ps[F_PTR_COUNT];
+    int flag = 0;
+    for (int64_t s = 0; s < S && flag < 2; s++) {
+        for (int i = 0; i < F_PTR_COUNT; i++) ps[i] = p[i] ? (char *)p[i] + s * sst[i] : NULL;
+        int f = memnet_step_forward(dm, fl, b0, b1, ps, st);
+        flag = f > flag ? f : flag;
+    }
+    return flag;
+}
+
+/* the backward of a scan, last segment first. The gradient of the state passes from segment s+1 to
+   segment s through two buffers that take turns (p[B_GKEYS], p[B_GVALUES]: (B, 2, N, D), the second
+   sst[] bytes after the first): segment s writes the gradient of the state it read into buffer s % 2,
+   and reads the gradient of the state it wrote from buffer (s + 1) % 2, or, for the last segment, from
+   p[B_GNKEYS] and p[B_GNVALUES] (the gradient of the scan's final state; may be 0). With detach_every
+   k > 0, no gradient passes into segment s from segment s+1 where s+1 is a multiple of k (truncated
+   backprop: the state was cut there). The gradient of the initial state is left in buffer 0. */
+int memnet_scan_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t b1, int64_t S,
+                         int64_t detach_every, void **p, const int64_t *st, const int64_t *sst) {
+    void *ps[B_PTR_COUNT];
+    int64_t sts[B_PTR_COUNT];
+    int flag = 0;
+    for (int64_t s = S - 1; s >= 0; s--) {
+        for (int i = 0; i < B_PTR_COUNT; i++) {
+            ps[i] = p[i] ? (char *)p[i] + s * sst[i] : NULL;
+            sts[i] = st[i];
+        }
+        const int64_t mine = s % 2, next = (s + 1) % 2;
+        ps[B_GKEYS] = (char *)p[B_GKEYS] + mine * sst[B_GKEYS];
+        ps[B_GVALUES] = (char *)p[B_GVALUES] + mine * sst[B_GVALUES];
+        if (s == S - 1) {
+            ps[B_GNKEYS] = p[B_GNKEYS];
+            ps[B_GNVALUES] = p[B_GNVALUES];
+        } else if (detach_every > 0 && (s + 1) % detach_every == 0) {
+            ps[B_GNKEYS] = NULL;
+            ps[B_GNVALUES] = NULL;
+        } else {
+            ps[B_GNKEYS] = (char *)p[B_GKEYS] + next * sst[B_GKEYS];
+            ps[B_GNVALUES] = (char *)p[B_GVALUES] + next * sst[B_GVALUES];
+            sts[B_GNKEYS] = st[B_GKEYS];
+            sts[B_GNVALUES] = st[B_GVALUES];
+        }
+        int f = memnet_step_backward(dm, fl, b0, b1, ps, sts);
+        flag = f > flag ? f : flag;
+    }
+    return flag;
+}

@@ -230,7 +230,7 @@ def query_logits(model: MemNet, tokens: Tensor, memory: MemoryState) -> Tensor:
         vectors = model.memory.read(state.expand(n), q.unsqueeze(1), mine).vectors  # (n, 1, H, Dm)
     else:
         vectors = model.memory.read(state, q.unsqueeze(0)).vectors.view(n, 1, *q.shape[1:])  # one read of the bank
-    return model._logits(ws.h[:, :, -1:], [vectors], 1)[:, -1]
+    return model._logits(ws.h[:, :, -1:], vectors.unsqueeze(1), 1)[:, -1]  # reads (n, 1, 1, H, Dm)
 
 
 @torch.no_grad()
