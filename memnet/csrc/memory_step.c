@@ -18,6 +18,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 /* dims[] */
 enum { DM_N, DM_D, DM_L, DM_H, DM_K, DM_W, DM_WINDOW, DM_DECAY, DM_ALLOC, DM_COUNT };
@@ -53,14 +56,17 @@ typedef float vec16 __attribute__((vector_size(64)));
 static int64_t padded(int64_t C) { return (C + SCORE_BLOCK - 1) / SCORE_BLOCK * SCORE_BLOCK; }
 
 /* the scores (QB, C) of QB queries (QB, D) at once, 32 candidates at a time in eight registers:
-   each column block of ct is read once for QB queries, not once per query (a large bank's ct is
-   beyond the first-level cache, and reading it per query would bound the step) */
+   each column block of ct (rows of `ld` floats, the first C scored) is read once for QB queries, not
+   once per query (a large bank's ct is beyond the first-level cache, and reading it per query would
+   bound the step). Products and sums fuse (one rounding each): these scores only rank and weigh, as
+   a matrix product's would, and the clamps and allocation scores elsewhere keep torch's order */
 #define QB 4
-static void scores_block(float *s, const float *q, const float *ct, int64_t C, int64_t D) {
+__attribute__((optimize("fp-contract=fast")))
+static void scores_block(float *s, const float *q, const float *ct, int64_t C, int64_t ld, int64_t D) {
     for (int64_t c0 = 0; c0 < C; c0 += 32) {
         vec16 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0}, x0, x1;
         for (int64_t i = 0; i < D; i++) {
-            const float *col = ct + i * C + c0;
+            const float *col = ct + i * ld + c0;
             memcpy(&x0, col, sizeof x0); memcpy(&x1, col + 16, sizeof x1);
             const float q0 = q[i], q1 = q[D + i], q2 = q[2 * D + i], q3 = q[3 * D + i];
             a00 += q0 * x0; a01 += q0 * x1; a10 += q1 * x0; a11 += q1 * x1;
@@ -73,13 +79,14 @@ static void scores_block(float *s, const float *q, const float *ct, int64_t C, i
     }
 }
 
-/* the scores of queries r0..r0+QB-1 of q (R, D) (missing ones zero) into s (QB, C) */
+/* the scores (QB, C) of queries r0..r0+QB-1 of q (R, D) (missing ones zero) against the first C
+   columns of ct (rows of ld floats) */
 static void scores_of(float *s, float *qb, const float *q, int64_t r0, int64_t R, const float *ct, int64_t C,
-                      int64_t D) {
+                      int64_t ld, int64_t D) {
     const int64_t n = R - r0 < QB ? R - r0 : QB;
     memcpy(qb, q + r0 * D, (size_t)(n * D) * sizeof(float));
     if (n < QB) memset(qb + n * D, 0, (size_t)((QB - n) * D) * sizeof(float));
-    scores_block(s, qb, ct, C, D);
+    scores_block(s, qb, ct, C, ld, D);
 }
 
 static int64_t push_top(float *v, int64_t *ix, int64_t size, int64_t K, float s, int64_t c);
@@ -93,9 +100,21 @@ static int64_t select_range(float *top, int64_t *idx, int64_t size, int64_t K, c
     while (c < c1) {
         const int64_t end = c1 - c < 16 ? c1 : c + 16;
         if (size == K && end - c == 16) {
+#ifdef __AVX512F__
+            /* the candidates of the block that beat the list's last, as bits: usually none */
+            unsigned m = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + c), _mm512_set1_ps(top[K - 1]), _CMP_GT_OQ);
+            while (m) {
+                const int j = __builtin_ctz(m);
+                size = push_top(top, idx, size, K, s[c + j], c + j);
+                m &= m - 1;
+            }
+            c = end;
+            continue;
+#else
             float m = s[c];
             for (int64_t j = c + 1; j < end; j++) m = s[j] > m ? s[j] : m;
             if (!(m > top[K - 1])) { c = end; continue; }
+#endif
         }
         for (; c < end; c++) size = push_top(top, idx, size, K, s[c], c);
     }
@@ -110,14 +129,59 @@ static int any_nan(const float *s, int64_t n) {
     return bad;
 }
 
-/* rows (R, D) into columns c0..c0+R-1 of ct (D, C), sixteen rows at a time: each row of ct then
-   receives a whole cache line of consecutive columns, not one float per line */
-static void put_columns(float *ct, const float *rows, int64_t R, int64_t c0, int64_t C, int64_t D) {
+#ifdef __AVX512F__
+/* the 16 x 16 block at src (rows lds floats apart, row r divided by den[r] unless den is 0) into dst
+   transposed (rows ldd floats apart): four rounds of shuffles in registers */
+static void block_transpose16(float *dst, int64_t ldd, const float *src, int64_t lds, const float *den) {
+    __m512 r[16], t[16];
+    for (int k = 0; k < 16; k++) {
+        r[k] = _mm512_loadu_ps(src + k * lds);
+        if (den) r[k] = _mm512_div_ps(r[k], _mm512_set1_ps(den[k]));
+    }
+    for (int k = 0; k < 16; k += 2) {
+        t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+    }
+#define PD(x) _mm512_castps_pd(x)
+#define PS(x) _mm512_castpd_ps(x)
+    for (int k = 0; k < 16; k += 4) {
+        r[k] = PS(_mm512_unpacklo_pd(PD(t[k]), PD(t[k + 2])));
+        r[k + 1] = PS(_mm512_unpackhi_pd(PD(t[k]), PD(t[k + 2])));
+        r[k + 2] = PS(_mm512_unpacklo_pd(PD(t[k + 1]), PD(t[k + 3])));
+        r[k + 3] = PS(_mm512_unpackhi_pd(PD(t[k + 1]), PD(t[k + 3])));
+    }
+#undef PD
+#undef PS
+    for (int k = 0; k < 4; k++) {
+        t[k] = _mm512_shuffle_f32x4(r[k], r[k + 4], 0x88);
+        t[k + 4] = _mm512_shuffle_f32x4(r[k], r[k + 4], 0xdd);
+        t[k + 8] = _mm512_shuffle_f32x4(r[k + 8], r[k + 12], 0x88);
+        t[k + 12] = _mm512_shuffle_f32x4(r[k + 8], r[k + 12], 0xdd);
+    }
+    for (int k = 0; k < 8; k++) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+        r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xdd);
+    }
+    for (int k = 0; k < 16; k++) _mm512_storeu_ps(dst + k * ldd, r[k]);
+}
+#endif
+
+/* rows (R, D), row r divided by den[r] (den 0: as they are), into columns c0..c0+R-1 of ct (D, C):
+   16 x 16 blocks transposed in registers where the machine has AVX-512, else sixteen rows at a time
+   (each row of ct then receives a whole cache line of consecutive columns, not one float per line) */
+static void put_columns(float *ct, const float *rows, const float *den, int64_t R, int64_t c0, int64_t C,
+                        int64_t D) {
     for (int64_t r0 = 0; r0 < R; r0 += 16) {
         const int64_t n = R - r0 < 16 ? R - r0 : 16;
-        for (int64_t i = 0; i < D; i++) {
+        int64_t i = 0;
+#ifdef __AVX512F__
+        if (n == 16)
+            for (; i + 16 <= D; i += 16)
+                block_transpose16(ct + i * C + c0 + r0, C, rows + r0 * D + i, D, den ? den + r0 : NULL);
+#endif
+        for (; i < D; i++) {
             float *out = ct + i * C + c0 + r0;
-            for (int64_t j = 0; j < n; j++) out[j] = rows[(r0 + j) * D + i];
+            for (int64_t j = 0; j < n; j++) out[j] = den ? rows[(r0 + j) * D + i] / den[r0 + j] : rows[(r0 + j) * D + i];
         }
     }
 }
@@ -136,13 +200,22 @@ static void normalize(float *out, const float *x, int64_t D, float c) {
 
 /* gx += the gradient of F.normalize(x, eps=c) given gy: (gy - y (y.gy)) / |x| where |x| >= c,
    else gy / c (the clamp holds the denominator) */
+static void normalize_backward_n(float *gx, const float *x, const float *gy, int64_t D, float c, float n);
+
 static void normalize_backward(float *gx, const float *x, const float *gy, int64_t D, float c) {
-    float n = sqrtf(dot(x, x, D));
+    normalize_backward_n(gx, x, gy, D, c, sqrtf(dot(x, x, D)));
+}
+
+/* normalize_backward of x whose norm n is known (a gradient: divisions by n are products with 1/n) */
+static void normalize_backward_n(float *gx, const float *x, const float *gy, int64_t D, float c, float n) {
     if (n >= c && n > 0.0f) {
-        float s = dot(x, gy, D) / (n * n);
-        for (int64_t i = 0; i < D; i++) gx[i] += (gy[i] - x[i] * s) / n;
+        const float inv = 1.0f / n, s = dot(x, gy, D) * inv * inv;
+#pragma omp simd
+        for (int64_t i = 0; i < D; i++) gx[i] += (gy[i] - x[i] * s) * inv;
     } else {
-        for (int64_t i = 0; i < D; i++) gx[i] += gy[i] / c;
+        const float inv = 1.0f / c;
+#pragma omp simd
+        for (int64_t i = 0; i < D; i++) gx[i] += gy[i] * inv;
     }
 }
 
@@ -195,20 +268,22 @@ static void softmax_backward(float *gtop, float *gscale, const float *w, const f
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
-/* the retention gate of every slot (N,) and, "learned", the clamped logit's pass mask (N,); dl is the
-   row's slot-wise logit (N,): the bank's decay logit, with "evidence" plus the row's evidence term (the
-   caller passes a batch stride of 0 when every row shares it) */
-static void retention_gate(float *ret, uint8_t *pass, const float *K_, const float *d, const float *dl,
-                           const int64_t *dm, const float *fl, float *tmp) {
-    int64_t N = dm[DM_N], D = dm[DM_D];
-    float lim = fl[FL_LOGIT_MAX];
+/* per slot of the bank K_ (N, D): the key's norm (N,), its product with d (N,; "learned"), the retention gate (N,) and, "learned", the
+   clamped logit's pass mask (N,). The logit is dl[n] (the row's slot-wise logit: the bank's decay
+   logit, with "evidence" plus the row's evidence term; the caller passes a batch stride of 0 when
+   every row shares it) plus, "learned", the cosine of the key (normalised with eps) and the decay
+   direction d. One pass over the keys. */
+static void slot_gates(float *nrm, float *kd, float *ret, uint8_t *pass, const float *K_, const float *d,
+                       const float *dl, const int64_t *dm, const float *fl) {
+    const int64_t N = dm[DM_N], D = dm[DM_D];
+    const float lim = fl[FL_LOGIT_MAX], eps = fl[FL_EPS];
     for (int64_t n = 0; n < N; n++) {
+        const float *k = K_ + n * D;
+        nrm[n] = sqrtf(dot(k, k, D));
         if (dm[DM_DECAY] == DECAY_NONE) { ret[n] = 1.0f; pass[n] = 0; continue; }
         float logit = dl[n];
-        if (dm[DM_DECAY] == DECAY_LEARNED) {
-            normalize(tmp, K_ + n * D, D, fl[FL_EPS]);
-            logit = dl[n] + dot(tmp, d, D);
-        }
+        kd[n] = dm[DM_DECAY] == DECAY_LEARNED ? dot(k, d, D) : 0.0f;
+        if (dm[DM_DECAY] == DECAY_LEARNED) logit += kd[n] / (nrm[n] > eps ? nrm[n] : eps);
         pass[n] = dm[DM_DECAY] == DECAY_LEARNED && logit >= -lim && logit <= lim;
         ret[n] = sigmoid(clampf(logit, -lim, lim));
     }
@@ -261,21 +336,22 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
     const float *lrs = p[F_LRS], *lws = p[F_LWS], *dl = p[F_DL];
     float ws = sharpness(lws[0], fl[FL_SHARP_MAX]);
     int bad = 0;
-    /* workspace: qh (L*H*D), mb, mr, E, addK, addV, Kr (N*D each), ku, mp (W*D each), the candidates
-       transposed (D*(N+W), D*N), small lists */
-    const int64_t Cmax = padded(N + W) + K + 1;
-    size_t floats = (size_t)(L * H * D + 6 * N * D + 3 * W * D + 2 * Cmax + QB * Cmax + QB * D + D * padded(N + W)
-                            + D * padded(N) + D);
-    int owned;
-    float *work = scratch(floats + (size_t)N, &owned);
-    if (!work) return 2;
-    uint8_t *pass = (uint8_t *)(work + floats);  /* N flags */
-    float *qh = work, *mb = qh + L * H * D, *mr = mb + N * D, *E = mr + N * D, *addK = E + N * D,
-          *addV = addK + N * D, *Kr = addV + N * D, *ku = Kr + N * D, *mp = ku + W * D, *top = mp + W * D,
-          *wsm = top + Cmax, *sq = wsm + Cmax, *qb = sq + QB * Cmax, *ku2 = qb + QB * D,
-          *ct = ku2 + W * D, *ctw = ct + D * padded(N + W), *tmp = ctw + D * padded(N);  /* tmp: D floats, the last */
+    if (N < 1 || D < 1) return 2;
     const int64_t C = window ? N + W : N;  /* a read's candidates: the slots, then the window's writes */
-    const int64_t Cp = padded(C), Np = padded(N);  /* columns of ct and ctw */
+    const int64_t Cp = padded(C), Np = padded(N);  /* columns of ct; a write scores the first Np */
+    const int64_t Cmax = Cp + K + 1;
+    /* workspace: qh (L*H*D), E, addK, addV (N*D each: only the rows a write reaches are used), ku, mp,
+       ku2 (W*D each), the candidates transposed (D*Cp), per-slot norms, denominators and write scales
+       (N each), small lists; then 2N flags */
+    size_t floats = (size_t)(L * H * D + 3 * N * D + 3 * W * D + D * Cp + 4 * N + 2 * Cmax + QB * Cmax + QB * D + D);
+    int owned;
+    float *work = scratch(floats + (size_t)(2 * N + 3) / 4 + 1, &owned);
+    if (!work) return 2;
+    uint8_t *pass = (uint8_t *)(work + floats), *touched = pass + N;
+    float *qh = work, *E = qh + L * H * D, *addK = E + N * D, *addV = addK + N * D, *ku = addV + N * D,
+          *mp = ku + W * D, *ku2 = mp + W * D, *ct = ku2 + W * D, *nrm = ct + D * Cp, *denf = nrm + N,
+          *fw = denf + N, *tmp_kd = fw + N, *top = tmp_kd + N, *wsm = top + Cmax, *sq = wsm + Cmax, *qb = sq + QB * Cmax,
+          *tmp = qb + QB * D;  /* tmp: D floats, the last */
     for (int64_t b = b0; b < b1; b++) {
         const float *Km = (const float *)p[F_KEYS] + b * st[F_KEYS], *Vm = (const float *)p[F_VALUES] + b * st[F_VALUES];
         const float *age = (const float *)p[F_AGE] + b * st[F_AGE], *usage = (const float *)p[F_USAGE] + b * st[F_USAGE];
@@ -295,12 +371,13 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         float *rtop = (float *)p[F_RTOP] + b * st[F_RTOP], *ctop = (float *)p[F_CTOP] + b * st[F_CTOP];
 
         allocate(alloc, age, usage, retained, dm, fl, top);
+        /* one pass over the keys: norms and retention */
+        slot_gates(nrm, tmp_kd, retention, pass, Km, d, dl + b * st[F_DL], dm, fl);
+        for (int64_t n = 0; n < N; n++) denf[n] = nrm[n] > full ? nrm[n] : full;
 
         /* read: the top K of the slots (and, in a window, of its earlier writes) by cosine */
         for (int64_t i = 0; i < L * H; i++) normalize(qh + i * D, q + i * D, D, eps);
-        memset(ct, 0, (size_t)(D * Cp) * sizeof(float));  /* padding columns score 0 and are never kept */
-        for (int64_t n = 0; n < N; n++) normalize(mb + n * D, Km + n * D, D, full);
-        put_columns(ct, mb, N, 0, Cp, D);
+        put_columns(ct, Km, denf, N, 0, Cp, D);  /* the keys normalised (F.normalize, eps full), as columns */
         for (int64_t w = 0; w < W; w++) {
             unit_key(ku + w * D, k + w * D, D, eps);
             if (window) {
@@ -308,14 +385,16 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
                 normalize(mp + w * D, tmp, D, full);
             }
         }
-        if (window) put_columns(ct, mp, W, N, Cp, D);
+        if (window) put_columns(ct, mp, NULL, W, N, Cp, D);
+        for (int64_t i = 0; i < D; i++)  /* padding columns score 0 and are never kept */
+            memset(ct + i * Cp + C, 0, (size_t)(Cp - C) * sizeof(float));
         memset(mass, 0, (size_t)N * sizeof(float));
         float real = 0.0f;
         for (int64_t l = 0; l < L; l++) real += valid[l] ? 1.0f : 0.0f;
         float per_token = 1.0f / (real > 1.0f ? real : 1.0f);
         for (int64_t i = 0; i < L * H; i++) {
             if (i % QB == 0) {
-                scores_of(sq, qb, qh, i, L * H, ct, Cp, D);
+                scores_of(sq, qb, qh, i, L * H, ct, Cp, Cp, D);
                 bad |= any_nan(sq, QB * Cp);
             }
             const int64_t l = i / H, h = i % H;
@@ -343,41 +422,55 @@ int memnet_step_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         }
         for (int64_t n = 0; n < N; n++) mass[n] *= per_token;
 
-        /* write: retention, content addressing on the retained keys, erase then add */
-        retention_gate(retention, pass, Km, d, dl + b * st[F_DL], dm, fl, tmp);
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t i = 0; i < D; i++) {
-                Kr[n * D + i] = Km[n * D + i] * retention[n];
-                nV[n * D + i] = Vm[n * D + i] * retention[n];
-            }
-        memset(ctw, 0, (size_t)(D * Np) * sizeof(float));
-        for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
-        put_columns(ctw, mr, N, 0, Np, D);
-        memset(E, 0, (size_t)(3 * N * D) * sizeof(float));  /* E, addK, addV */
+        /* write: content addressing on the retained keys Km * retention, normalised with eps full: the
+           read's columns times fw[n] = retention * max(|Km|, full) / max(|Km| retention, full) */
+        for (int64_t n = 0; n < N; n++) {
+            const float kr = nrm[n] * retention[n];
+            fw[n] = nrm[n] > 0.0f ? retention[n] * denf[n] / (kr > full ? kr : full) : 0.0f;
+        }
         memset(strength, 0, (size_t)N * sizeof(float));
+        memset(touched, 0, (size_t)N);
         for (int64_t w = 0; w < W; w++) normalize(ku2 + w * D, ku + w * D, D, eps);
         for (int64_t w = 0; w < W; w++) {
             int64_t *ci = cidx + w * K;
             if (w % QB == 0) {
-                scores_of(sq, qb, ku2, w, W, ctw, Np, D);
+                scores_of(sq, qb, ku2, w, W, ct, Np, Cp, D);
                 bad |= any_nan(sq, QB * Np);
             }
-            select_range(top, ci, 0, K, sq + (w % QB) * Np, 0, N);
+            float *sw = sq + (w % QB) * Np;
+            for (int64_t n = 0; n < N; n++) sw[n] *= fw[n];
+            select_range(top, ci, 0, K, sw, 0, N);
             memcpy(ctop + w * K, top, (size_t)K * sizeof(float));
             softmax(wsm, top, K, ws);
             for (int64_t j = 0; j <= K; j++) {
                 int64_t n = j < K ? ci[j] : alloc[w];
                 float a = (j < K ? u[w] * wsm[j] : 1.0f - u[w]) * g[w];
+                if (!touched[n]) {  /* the first write to reach slot n: its sums start at zero */
+                    touched[n] = 1;
+                    memset(E + n * D, 0, (size_t)D * sizeof(float));
+                    memset(addK + n * D, 0, (size_t)D * sizeof(float));
+                    memset(addV + n * D, 0, (size_t)D * sizeof(float));
+                }
                 axpy(E + n * D, a, e + w * D, D);
                 axpy(addK + n * D, a, ku + w * D, D);
                 axpy(addV + n * D, a, v + w * D, D);
                 strength[n] += a;
             }
         }
-        for (int64_t x = 0; x < N * D; x++) {
-            float keep = 1.0f - (E[x] < 1.0f ? E[x] : 1.0f);
-            nK[x] = Kr[x] * keep + addK[x];
-            nV[x] = nV[x] * keep + addV[x];
+        /* retention, then erase and add where a write reached */
+        for (int64_t n = 0; n < N; n++) {
+            const float r = retention[n], *km = Km + n * D, *vm = Vm + n * D;
+            float *nk = nK + n * D, *nv = nV + n * D;
+            if (touched[n]) {
+                const float *en = E + n * D, *ak = addK + n * D, *av = addV + n * D;
+                for (int64_t i = 0; i < D; i++) {
+                    float keep = 1.0f - (en[i] < 1.0f ? en[i] : 1.0f);
+                    nk[i] = (km[i] * r) * keep + ak[i];
+                    nv[i] = (vm[i] * r) * keep + av[i];
+                }
+            } else {
+                for (int64_t i = 0; i < D; i++) { nk[i] = km[i] * r; nv[i] = vm[i] * r; }
+            }
         }
 
         /* bookkeeping: write events reset age and retained; usage traces reads and writes */
@@ -408,18 +501,22 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
     const float eps = fl[FL_EPS], full = fl[FL_FULL], smax = fl[FL_SHARP_MAX];
     const float *lrs = p[B_LRS], *lws = p[B_LWS], *dl = p[B_DL];
     const float ws = sharpness(lws[0], smax);
-    size_t floats = (size_t)(L * H * D + 9 * N * D + 7 * W * D + 6 * (K + 1) + 3 * N + 2 * D);
+    /* the (N, D) arrays are used only in the rows of the slots a read or a write reached (their
+       flags below); the rest of the bank is read in one pass, for its retention and gradient */
+    size_t floats = (size_t)(D + 9 * N * D + 7 * W * D + 6 * (K + 1) + 3 * N + 2 * D);
     int owned;
-    float *work = scratch(floats + (size_t)N, &owned);  /* and 3N flags in the last N floats */
+    float *work = scratch(floats + (size_t)(4 * N + 3) / 4 + 1, &owned);  /* and 4N flags after the floats */
     if (!work) return 2;
     uint8_t *pass = (uint8_t *)(work + floats);  /* the retention logit inside its clamp */
-    uint8_t *read_hit = pass + N, *write_hit = read_hit + N;  /* slots whose score a read / a write kept */
-    float *qh = work, *mb = qh + L * H * D, *mr = mb + N * D, *E = mr + N * D, *Kr = E + N * D, *Vr = Kr + N * D,
+    /* slots whose score a read / a write kept, and slots a write reached */
+    uint8_t *read_hit = pass + N, *write_hit = read_hit + N, *touched = write_hit + N;
+    float *qh = work, *mb = qh + D, *mr = mb + N * D, *E = mr + N * D, *Kr = E + N * D, *Vr = Kr + N * D,
           *gmb = Vr + N * D, *gmr = gmb + N * D, *gKr = gmr + N * D, *gVr = gKr + N * D, *ku = gVr + N * D,
           *ku2 = ku + W * D, *a_ = ku2 + W * D, *mp = a_ + W * D, *gmp = mp + W * D, *gku = gmp + W * D,
           *gku2 = gku + W * D, *top = gku2 + W * D, *wsm = top + (K + 1), *gw = wsm + (K + 1), *gtop = gw + (K + 1),
-          *wt = gtop + (K + 1), *gwt = wt + (K + 1), *ret = gwt + (K + 1), *gret = ret + N, *gqh = gret + N,
+          *wt = gtop + (K + 1), *gwt = wt + (K + 1), *ret = gwt + (K + 1), *nrm = ret + N, *kd = nrm + N, *gqh = kd + N,
           *tmp = gqh + D;
+    (void)top; (void)gwt;
     for (int64_t b = b0; b < b1; b++) {
         const float *Km = (const float *)p[B_KEYS] + b * st[B_KEYS], *Vm = (const float *)p[B_VALUES] + b * st[B_VALUES];
         const float *q = (const float *)p[B_Q] + b * st[B_Q], *k = (const float *)p[B_K] + b * st[B_K];
@@ -440,8 +537,8 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
         float *ge = (float *)p[B_GE] + b * st[B_GE], *gu = (float *)p[B_GU] + b * st[B_GU];
         float *gd = (float *)p[B_GDECAY] + b * st[B_GDECAY], *glrs = (float *)p[B_GLRS] + b * st[B_GLRS];
         float *glws = (float *)p[B_GLWS] + b * st[B_GLWS], *gdl = (float *)p[B_GDL] + b * st[B_GDL];
-        /* every output gradient of this row starts at zero */
-        memset(gK, 0, (size_t)(N * D) * sizeof(float)); memset(gV, 0, (size_t)(N * D) * sizeof(float));
+        const int wrote = gnK || gnV;  /* a gradient reaches the written state */
+        /* every output gradient of this row starts at zero (gK and gV are set whole below) */
         memset(gq, 0, (size_t)(L * H * D) * sizeof(float)); memset(gk, 0, (size_t)(W * D) * sizeof(float));
         memset(gv, 0, (size_t)(W * D) * sizeof(float)); memset(gg, 0, (size_t)W * sizeof(float));
         memset(ge, 0, (size_t)(W * D) * sizeof(float)); memset(gu, 0, (size_t)W * sizeof(float));
@@ -450,7 +547,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
         float gws = 0.0f;
 
         /* recompute what the forward kept in registers */
-        for (int64_t n = 0; n < N; n++) normalize(mb + n * D, Km + n * D, D, full);
+        slot_gates(nrm, kd, ret, pass, Km, d, dl + b * st[B_DL], dm, fl);
         for (int64_t w = 0; w < W; w++) {
             unit_key(ku + w * D, k + w * D, D, eps);
             normalize(ku2 + w * D, ku + w * D, D, eps);
@@ -459,32 +556,36 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                 normalize(mp + w * D, a_ + w * D, D, full);
             }
         }
-        retention_gate(ret, pass, Km, d, dl + b * st[B_DL], dm, fl, tmp);
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t i = 0; i < D; i++) { Kr[n * D + i] = Km[n * D + i] * ret[n]; Vr[n * D + i] = Vm[n * D + i] * ret[n]; }
-        for (int64_t n = 0; n < N; n++) normalize(mr + n * D, Kr + n * D, D, full);
-        memset(E, 0, (size_t)(N * D) * sizeof(float));
-        memset(gmb, 0, (size_t)(4 * N * D) * sizeof(float));  /* gmb, gmr, gKr, gVr */
-        memset(read_hit, 0, (size_t)(2 * N));
+        memset(read_hit, 0, (size_t)(3 * N));  /* read_hit, write_hit, touched */
         memset(gmp, 0, (size_t)(3 * W * D) * sizeof(float));  /* gmp, gku, gku2 */
-        /* E: the summed erase of each slot, from the write weights */
+        /* E: the summed erase of each slot a write reached, from the write weights */
         for (int64_t w = 0; w < W; w++) {
             const int64_t *ci = cidx + w * K;
             softmax(wsm, ctop + w * K, K, ws);
             for (int64_t j = 0; j <= K; j++) {
                 int64_t n = j < K ? ci[j] : alloc[w];
+                if (!touched[n]) { touched[n] = 1; memset(E + n * D, 0, (size_t)D * sizeof(float)); }
                 axpy(E + n * D, (j < K ? u[w] * wsm[j] : 1.0f - u[w]) * g[w], e + w * D, D);
             }
         }
 
-        /* write backward: erase then add */
-        if (gnK || gnV) {
-            for (int64_t x = 0; x < N * D; x++) {
-                float keep = 1.0f - (E[x] < 1.0f ? E[x] : 1.0f);
-                float gkeep = 0.0f;
-                if (gnK) { gKr[x] = gnK[x] * keep; gkeep += gnK[x] * Kr[x]; }
-                if (gnV) { gVr[x] = gnV[x] * keep; gkeep += gnV[x] * Vr[x]; }
-                E[x] = E[x] <= 1.0f ? -gkeep : 0.0f;  /* E now holds the gradient of the summed erase */
+        /* write backward: erase then add, on the slots a write reached */
+        if (wrote) {
+            for (int64_t n = 0; n < N; n++) {
+                if (!touched[n]) continue;
+                const float r = ret[n];
+                for (int64_t i = 0; i < D; i++) {
+                    const int64_t x = n * D + i;
+                    Kr[x] = Km[x] * r;
+                    Vr[x] = Vm[x] * r;
+                    float keep = 1.0f - (E[x] < 1.0f ? E[x] : 1.0f);
+                    float gkeep = 0.0f;
+                    gKr[x] = gnK ? gnK[x] * keep : 0.0f;
+                    gVr[x] = gnV ? gnV[x] * keep : 0.0f;
+                    if (gnK) gkeep += gnK[x] * Kr[x];
+                    if (gnV) gkeep += gnV[x] * Vr[x];
+                    E[x] = E[x] <= 1.0f ? -gkeep : 0.0f;  /* E now holds the gradient of the summed erase */
+                }
             }
             for (int64_t w = 0; w < W; w++) {
                 const int64_t *ci = cidx + w * K;
@@ -507,30 +608,54 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                 gg[w] += gbase_sum_g;
                 softmax_backward(gtop, &gws, wsm, gcw, top_w, K, ws);
                 for (int64_t j = 0; j < K; j++) {
-                    axpy(gku2 + w * D, gtop[j], mr + ci[j] * D, D);
-                    axpy(gmr + ci[j] * D, gtop[j], ku2 + w * D, D);
-                    write_hit[ci[j]] = 1;
+                    const int64_t n = ci[j];
+                    if (!write_hit[n]) {  /* the retained key normalised (eps full), and its gradient from zero */
+                        write_hit[n] = 1;
+                        normalize(mr + n * D, Kr + n * D, D, full);
+                        memset(gmr + n * D, 0, (size_t)D * sizeof(float));
+                    }
+                    axpy(gku2 + w * D, gtop[j], mr + n * D, D);
+                    axpy(gmr + n * D, gtop[j], ku2 + w * D, D);
                 }
                 normalize_backward(gku + w * D, ku + w * D, gku2 + w * D, D, eps);
             }
             for (int64_t n = 0; n < N; n++)  /* a slot no write kept has no score gradient */
                 if (write_hit[n]) normalize_backward(gKr + n * D, Kr + n * D, gmr + n * D, D, full);
         }
-        /* retention: Kr = Km * ret, Vr = Vm * ret */
+        /* every slot: retention (Kr = Km * ret, Vr = Vm * ret) and the gradient the state carries */
         for (int64_t n = 0; n < N; n++) {
+            const float *km = Km + n * D, *vm = Vm + n * D;
+            const float *gkr = wrote && touched[n] ? gKr + n * D : (gnK ? gnK + n * D : NULL);
+            const float *gvr = wrote && touched[n] ? gVr + n * D : (gnV ? gnV + n * D : NULL);
+            float *gkn = gK + n * D, *gvn = gV + n * D;
+            const float r = ret[n];
             float gr = gret_out ? gret_out[n] : 0.0f;
-            gr += dot(gKr + n * D, Km + n * D, D) + dot(gVr + n * D, Vm + n * D, D);
-            for (int64_t i = 0; i < D; i++) {
-                gK[n * D + i] += gKr[n * D + i] * ret[n];
-                gV[n * D + i] += gVr[n * D + i] * ret[n];
+            if (gkr) {
+                gr += dot(gkr, km, D);
+                for (int64_t i = 0; i < D; i++) gkn[i] = gkr[i] * r;
+            } else {
+                memset(gkn, 0, (size_t)D * sizeof(float));
             }
-            if (pass[n]) {  /* "learned" and the logit inside its clamp */
-                float glogit = gr * ret[n] * (1.0f - ret[n]);
+            if (gvr) {
+                gr += dot(gvr, vm, D);
+                for (int64_t i = 0; i < D; i++) gvn[i] = gvr[i] * r;
+            } else {
+                memset(gvn, 0, (size_t)D * sizeof(float));
+            }
+            if (pass[n]) {  /* "learned" and the logit inside its clamp: logit = dl + <km, d> / max(|km|, eps) */
+                const float glogit = gr * r * (1.0f - r), nn = nrm[n];
                 gdl[n] += glogit;
-                normalize(tmp, Km + n * D, D, eps);
-                axpy(gd, glogit, tmp, D);
-                for (int64_t i = 0; i < D; i++) tmp[i] = glogit * d[i];
-                normalize_backward(gK + n * D, Km + n * D, tmp, D, eps);
+                const float inv = 1.0f / (nn > eps ? nn : eps);
+#pragma omp simd
+                for (int64_t i = 0; i < D; i++) gd[i] += glogit * (km[i] * inv);
+                if (nn >= eps && nn > 0.0f) {  /* normalize_backward_n of glogit d, with <km, d> kept by slot_gates */
+                    const float s = glogit * kd[n] * inv * inv;
+#pragma omp simd
+                    for (int64_t i = 0; i < D; i++) gkn[i] += (glogit * d[i] - km[i] * s) * inv;
+                } else {
+#pragma omp simd
+                    for (int64_t i = 0; i < D; i++) gkn[i] += glogit * d[i] * inv;
+                }
             }
         }
 
@@ -571,14 +696,19 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
                 memset(gqh, 0, (size_t)D * sizeof(float));
                 for (int64_t j = 0; j < K; j++) {
                     int64_t c = src[j];
+                    if (c < N && !read_hit[c]) {  /* the key normalised (eps full), and its gradient from zero */
+                        read_hit[c] = 1;
+                        const float den = nrm[c] > full ? nrm[c] : full;
+                        for (int64_t x = 0; x < D; x++) mb[c * D + x] = Km[c * D + x] / den;
+                        memset(gmb + c * D, 0, (size_t)D * sizeof(float));
+                    }
                     axpy(gqh, gtop[j], c < N ? mb + c * D : mp + (c - N) * D, D);
                     axpy(c < N ? gmb + c * D : gmp + (c - N) * D, gtop[j], qh, D);
-                    if (c < N) read_hit[c] = 1;
                 }
                 normalize_backward(gq + i * D, q + i * D, gqh, D, eps);
             }
         for (int64_t n = 0; n < N; n++)  /* a slot no read kept has no score gradient */
-            if (read_hit[n]) normalize_backward(gK + n * D, Km + n * D, gmb + n * D, D, full);
+            if (read_hit[n]) normalize_backward_n(gK + n * D, Km + n * D, gmb + n * D, D, full, nrm[n]);
         if (window)
             for (int64_t w = 0; w < W; w++) {
                 memset(tmp, 0, (size_t)D * sizeof(float));
