@@ -9,8 +9,14 @@ forward in one call, the hand-derived backward in another, as a ``torch.autograd
 
 It is the same function: the same normalisations, clamps and tie rules (the top-k keeps the lowest
 index among equal scores, slots before a window's writes), the writes applied in the same order.
-Values and gradients agree with the torch step up to float rounding (``tests/test_fused.py``), and
+Scores are summed with fused multiply-adds, as a matrix product's are, and a write scores the read's
+normalised keys times each slot's retained scale (mathematically the retained key normalised), so
+values and gradients agree with the torch step up to float rounding (``tests/test_fused.py``), and
 selections agree exactly wherever scores are not within rounding of a tie.
+
+:func:`scan` runs a whole call's segments (the loop of :func:`memnet.memory.run_segments`) as one C
+call forward and one backward (:class:`FusedScan`), the same step on each segment: what
+:meth:`memnet.memory.MultiHeadMemoryBank.scan`, so ``MemNet.forward``, takes on the CPU.
 
 The bank takes this path (:meth:`MultiHeadMemoryBank.step`) when every tensor is on the CPU, the
 kernel is available and the step is not being traced by ``torch.compile``; elsewhere (GPU, no C

@@ -18,10 +18,11 @@ All updates are functional: a `MemoryState` passed in is never modified.
 
 One segment of memory is one step, :meth:`MultiHeadMemoryBank.step`: read with the memory as it
 stands, then write. Its inputs (a `MemoryState`, the queries, a `WriteRequest`, the valid mask) and
-its output (a `StepResult`) are pytrees of tensors. :func:`run_segments` is the loop over segments
-that MemNet and the book drive it with; :class:`StreamingMemory` takes the same step in place, for
-inference, from the same parts (:func:`read_mass`, :func:`write_weights`, :func:`erase_then_add`,
-:func:`bookkeeping`). Which slots a query finds is :mod:`memnet.addressing`.
+its output (a `StepResult`) are pytrees of tensors. :meth:`MultiHeadMemoryBank.scan` takes the steps of
+a call's segments, as MemNet and the book drive it: on the CPU as one compiled call each way
+(:func:`memnet.fused.scan`), elsewhere as :func:`run_segments`, the loop of steps.
+:class:`StreamingMemory` takes the same step in place, for inference, from the same parts
+(:func:`read_mass`, :func:`write_weights`, :func:`erase_then_add`, :func:`bookkeeping`). Which slots a query finds is :mod:`memnet.addressing`.
 """
 from __future__ import annotations
 
