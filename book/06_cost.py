@@ -66,9 +66,10 @@ settings = book.setup(profile, device, seed, save)
 # - **One gradient per segment, not per slice.** The segment loop used to take `x[:, s]` of each
 #   per-segment tensor; autograd's backward of each slice materialises a zero tensor of the whole
 #   sequence, $O(S^2)$ over the loop. Unbinding once makes the backward linear in $S$.
-# - **One call each way per segment.** On CPU the read and the write of a segment, written as
+# - **One call each way for all segments.** On CPU the read and the write of a segment, written as
 #   torch operations, are hundreds of small calls forward and backward; `memnet.fused` computes
-#   the same step in one C function each way (below, "The memory step, one call each way").
+#   the same step in C, and runs the loop over a call's segments inside one C call forward and one
+#   backward (below, "The memory step, one call each way").
 # - **An in-place bank for streaming.** The functional write builds new $(N, D)$ keys and values
 #   every segment because retention scales every slot. `MemNet.stream` folds retention into a
 #   per-slot log scale, caches unit keys, scores reads and content writes in one chunked pass,
@@ -195,7 +196,7 @@ glue("ch6_lstm_ratio", f"{s['ratios']['lstm'][str(Ts[-1])]:.2f}", display=False)
 # budget) takes {glue:text}`ch6_full_ratio` times MemNet's time. The WindowedTransformer (MemNet
 # without memory) takes {glue:text}`ch6_win_ratio` times and the LSTM {glue:text}`ch6_lstm_ratio`
 # times MemNet's time at the longest length: what the memory costs is the gap to the windowed
-# model, Python's loop over segments included. In chapter 3 that cost buys recall far beyond the
+# model. In chapter 3 that cost buys recall far beyond the
 # window, which neither the windowed Transformer nor the LSTM had.
 #
 # ## How long a window?
@@ -222,10 +223,19 @@ glue("ch6_win_ceiling", (f"The windowed Transformer, the same controller without
 mem_w = {r["segment_len"]: r["us_per_token"] for r in wins if r["model"] == "memnet"}
 win_w = {r["segment_len"]: r["us_per_token"] for r in wins if r["model"] == "windowed"}
 L0, L1 = min(mem_w), max(mem_w)
-glue("ch6_win_L0", L0, display=False)
-glue("ch6_win_L1", L1, display=False)
-glue("ch6_win_gap0", f"{(mem_w[L0] - win_w[L0]) * L0 / 1000:.1f}", display=False)
-glue("ch6_win_gap1", f"{(mem_w[L1] - win_w[L1]) * L1 / 1000:.1f}", display=False)
+gaps = {L: (mem_w[L] - win_w[L]) * L / 1000 for L in sorted(mem_w)}  # ms per segment above the windowed model
+
+
+def gap_phrase(L: int) -> str:
+    g = gaps[L]
+    if g > 0:
+        return f"{g:.2f} ms per segment at a window of {L}"
+    return (f"nothing at a window of {L}, where MemNet was {-g:.2f} ms per segment faster than the windowed model "
+            "(its controller is smaller: the memory's parameters come out of the same budget)")
+
+
+glue("ch6_win_gap_line", "MemNet's memory overhead per segment (its time per token above the windowed model's, times the window) is "
+     + " and ".join(gap_phrase(L) for L in (L0, L1)) + ".", display=False)
 full_T = next((r["us_per_token"] for r in res["seq_len"] if r["model"] == "full" and r["T"] == wins[0]["T"]
                and "skipped" not in r), None)
 if full_T is not None:  # the memory's budget per segment for 10x: (full / 10 - windowed) * L
@@ -282,8 +292,8 @@ fused_f, fused_b = calls_per_segment(count_L, wins[-1]["writes_per_segment"], us
 glue("ch6_calls_L", count_L, display=False)
 glue("ch6_calls_f", f"{calls_f:.0f}", display=False)
 glue("ch6_calls_b", f"{calls_b:.0f}", display=False)
-glue("ch6_fused_calls_f", f"{fused_f:.0f}", display=False)
-glue("ch6_fused_calls_b", f"{fused_b:.0f}", display=False)
+glue("ch6_fused_calls", "no operator call at all, forward or backward" if fused_f == fused_b == 0 else
+     f"{fused_f:.0f} operator calls forward and {fused_b:.0f} backward", display=False)
 cores = res.get("cores")  # absent where the run already used every core
 if cores:
     full_c = next(r["us_per_token"] for r in cores["rows"] if r["model"] == "full")
@@ -299,10 +309,8 @@ glue("ch6_cores_line", cores_line, display=False)
 plots.bench_windows(res)
 
 # %% [markdown]
-# MemNet's memory overhead per segment (its time above the windowed model's, times $L$) is
-# about {glue:text}`ch6_win_gap0` ms at a window of {glue:text}`ch6_win_L0` and
-# {glue:text}`ch6_win_gap1` ms at {glue:text}`ch6_win_L1`: it grows with the reads of a longer
-# segment, but is shared by more tokens. The fastest window measured,
+# {glue:text}`ch6_win_gap_line` A longer segment has more reads, but shares them among more
+# tokens, and its controller costs more per token. The fastest window measured,
 # {glue:text}`ch6_win_best_L` tokens, trains at {glue:text}`ch6_win_best_us` microseconds per token,
 # {glue:text}`ch6_win_best_ratio` times faster than the FullTransformer at this length,
 # {glue:text}`ch6_win_verdict` the tenfold of the question. {glue:text}`ch6_win_ceiling`
@@ -315,23 +323,34 @@ plots.bench_windows(res)
 # in the cell above at a window of {glue:text}`ch6_calls_L`, one more segment adds
 # {glue:text}`ch6_calls_f` operator calls to the forward and {glue:text}`ch6_calls_b` to the
 # backward (calls that reach a kernel, views included). Each costs microseconds of dispatch and
-# autograd bookkeeping, for arithmetic on a few dozen slots that takes less. So on the CPU
-# `MultiHeadMemoryBank.step` runs the whole step as one C function forward and one backward, with
-# a hand-derived gradient, wrapped as a `torch.autograd.Function` (`memnet.fused`, source in
-# `memnet/csrc/memory_step.c`, compiled on first use like the top-k kernel). It is the same
-# function: the same normalisations and clamps, the same tie rule, the writes applied in the same
-# order; `tests/test_fused.py` checks selections, values and every gradient against the torch step
-# (`reference_step`, still what runs on a GPU and what `torch.compile` traces) on random states
-# with exact ties, padding, every decay and allocation mode and truncated backprop. With it one
-# more segment costs {glue:text}`ch6_fused_calls_f` operator calls forward and
-# {glue:text}`ch6_fused_calls_b` backward, most of them allocating the outputs.
+# autograd bookkeeping, for arithmetic on a few dozen slots that takes less. So on the CPU the
+# memory step runs as one C function forward and one backward, with a hand-derived gradient
+# (`memnet.fused`, source in `memnet/csrc/memory_step.c`, compiled on first use like the top-k
+# kernel). It is the same function: the same normalisations and clamps, the same tie rule, the
+# writes applied in the same order; `tests/test_fused.py` checks selections, values and every
+# gradient against the torch step (`reference_step`, still what runs on a GPU and what
+# `torch.compile` traces) on random states with exact ties, padding, every decay and allocation
+# mode and truncated backprop.
 #
-# Inside, the kernel scores a segment's queries against the slots (and the window's own writes)
-# as a product with the candidates held transposed, four queries per pass over them, so that the
-# sums run in vector lanes and a bank larger than the cache is read once per four queries, not once
-# per query; it keeps each query's top k in a short sorted list, skipping blocks of candidates
-# whose best score cannot enter it. The backward takes the few scores each read and write kept
-# (k per query, saved by the forward), never the segment's whole score matrix.
+# Since the controller never sees a read (the reads join its stream after it, in the fusion
+# layers), everything the memory needs for all segments of a call is known before the first
+# segment is read. `MultiHeadMemoryBank.scan` therefore hands the whole loop over segments to C:
+# the state passes from segment to segment through buffers of the call's length, and the backward
+# walks the segments last to first, passing the state's gradient back through two buffers that
+# take turns (cut every `tbptt_segments` segments where truncated backprop asks for it). One more
+# segment then costs {glue:text}`ch6_fused_calls`; the test suite checks that the scan and the
+# loop of single steps give the same logits, state and trace bit for bit and the same gradients.
+# (With `decay_mode="evidence"` the evidence is updated in torch between segments, and the loop
+# of single C steps runs instead.)
+#
+# Inside, the kernel normalises the bank's keys once per segment and holds them transposed, so
+# that the scores of four queries are sums in vector lanes from one pass over the keys; the
+# content writes score the same columns, each slot's score scaled by what its retention leaves of
+# it. It keeps each query's top k in a short sorted list, testing sixteen candidates at once
+# against the list's last entry, and erases and adds only in the rows a write reaches. The
+# backward takes the few scores each read and write kept (k per query, saved by the forward),
+# never the segment's whole score matrix, and touches the rest of the bank once, for its
+# retention and the gradient the state carries.
 
 # %% tags=["remove-input"]
 step = (res.get("compile") or {}).get("memory_step", {})
@@ -678,7 +697,7 @@ print(f"chapter 6 checks passed ({run.profile} run)")
 #   kernel that scores each row once and keeps the top k as it goes gets close to a plain copy.
 # - The ratios are measured in one process on the same cores. Written as torch operations, a
 #   segment's read and write are hundreds of small calls whose dispatch, not their arithmetic, set
-#   MemNet's speed at short windows; one C function forward and one backward
+#   MemNet's speed at short windows; one C call forward and one backward for all segments
 #   (`memnet.fused`), checked against the torch step value for value and gradient for gradient,
 #   remove that loop of calls. A longer window shares what remains among more tokens;
 #   `model.compile_memory()` is the path on a GPU.
