@@ -611,6 +611,18 @@ if "peers" in res:
                     "as many memory cells" if "memnet_vs_dnc_tokens_per_s" in pe else "")
         + "; with " + " and ".join(f"{int(N):,} slots its step takes {v:.2f} times as long"
                                    for N, v in pe["memnet_slots_time_ratio"].items()) + "."), display=False)
+    pc = s.get("peers_cores")
+    glue("ch6_peers_cores_line", (
+        f"With every core ({pc['threads']} threads) MemNet trains at {pc['tokens_per_s'][pc['memnet']]:,.0f} tokens "
+        "per second" + (f", {pc['memnet_vs_dnc_tokens_per_s']:.1f} times the DNC's {pc['tokens_per_s']['dnc']:,.0f}"
+                        if "memnet_vs_dnc_tokens_per_s" in pc else "")
+        + (f" (the windowed model: {pc['tokens_per_s']['windowed'] / pc['tokens_per_s']['dnc']:.1f} times)"
+           if {"windowed", "dnc"} <= set(pc["tokens_per_s"]) else "")
+        + f"; from {pe['threads']} to {pc['threads']} threads MemNet's throughput grows "
+        + " and ".join(f"{pc['tokens_per_s'][n] / pe['tokens_per_s'][n]:.2f}-fold ({label})"
+                       for n, label in ((pc["memnet"], "MemNet"), ("windowed", "the windowed model"), ("dnc", "the DNC"))
+                       if n in pc["tokens_per_s"] and n in pe["tokens_per_s"]) + "."
+        if pc else ""), display=False)
     by_reason: dict = {}  # the models not run, grouped by why
     for name, why in pe["not_run"].items():
         by_reason.setdefault(why, []).append(name.upper())
@@ -620,11 +632,12 @@ else:
     print("the training-throughput part is not in this run")
     glue("ch6_peers_line", "The training-throughput part is not in this run.", display=False)
     glue("ch6_peers_not_run", "", display=False)
+    glue("ch6_peers_cores_line", "", display=False)
     fig = None
 fig
 
 # %% [markdown]
-# {glue:text}`ch6_peers_line` The package's sparse variants did not run here:
+# {glue:text}`ch6_peers_line` {glue:text}`ch6_peers_cores_line` The package's sparse variants did not run here:
 # {glue:text}`ch6_peers_not_run` The DNC reads and writes its whole memory with dense soft
 # attention, through a temporal link matrix of cells by cells, one token at a time; MemNet reads a
 # few slots per head and writes once per segment.

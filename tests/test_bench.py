@@ -49,6 +49,12 @@ def test_smoke_run_is_stored_with_every_part(smoke_result):
         assert stored["cores"]["threads"] > stored["threads"]
         assert {r["model"] for r in stored["cores"]["rows"]} == {"full", "memnet"}
         assert stored["read"]["cores"]["threads"] == stored["cores"]["threads"]
+    assert ("peers_cores" in stored) == ("cores" in stored)  # the peers' step on every core, where the run has fewer
+    if "peers_cores" in stored:
+        assert stored["peers_cores"]["threads"] == stored["cores"]["threads"]
+        assert stored["summary"]["peers_cores"] == bench.peers_summary(stored["peers_cores"])
+        assert sum(line.startswith("training throughput, forward+backward+AdamW")
+                   for line in bench.summary_table(stored).splitlines()) == 2
     assert "training, forward+backward" in bench.summary_table(stored)
 
 

@@ -17,9 +17,10 @@ Everything is measured in one process, so the ratios between models share the ma
   (``dst.copy_(src)``, counted as bytes read + written, the STREAM convention) measured in the
   same run, for the queries of one token (H heads) and of a whole segment, and the time of a
   full streaming step (read + write) there;
-- **training throughput against the published peers** (part ``peers``): tokens/s of a whole training
-  step (forward + backward + AdamW step, the same loop for every model) on one batch of ``peers_B``
-  sequences of ``peers_T`` tokens, for MemNet at each of ``peers_slots`` slots, the DNC, RMT and
+- **training throughput against the published peers** (part ``peers``; on CPU, when the run uses
+  fewer threads than the machine's cores, again with every core as ``peers_cores``): tokens/s of a
+  whole training step (forward + backward + AdamW step, the same loop for every model) on one batch
+  of ``peers_B`` sequences of ``peers_T`` tokens, for MemNet at each of ``peers_slots`` slots, the DNC, RMT and
   Titans (MAC) of :mod:`memnet.peers` and the LSTM, WindowedTransformer and FullTransformer, all at
   the bench's width and MemNet's parameter budget (at ``peers_slots[0]`` slots, which is also the
   DNC's number of cells and RMT's number of memory tokens), timed interleaved like the
@@ -888,6 +889,8 @@ def summarize(result: dict) -> dict:
         s["read_torch_token_vs_copy"] = result["read"]["read_torch_token_vs_copy"]
     if "peers" in result:  # runs stored before the peers part lack it
         s["peers"] = peers_summary(result["peers"])
+    if "peers_cores" in result:
+        s["peers_cores"] = peers_summary(result["peers_cores"])
     return s
 
 
@@ -995,6 +998,11 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
         result["read"] = timed("read", lambda: read_bandwidth(p, dev, progress, cores))
     if "peers" in parts:
         result["peers"] = timed("peers", lambda: measure_peers(p, dev, dtype, progress))
+        if cores is not None:  # the same step on every core: the small operations of the peers parallelise less
+            def peers_cores():
+                with torch_threads(cores):
+                    return measure_peers(p, dev, dtype, progress)
+            result["peers_cores"] = timed("peers_cores", peers_cores)
     if "compile" in parts and p.compile:
         result["compile"] = timed("compile", lambda: measure_compile(p, dev, dtype, progress, result.get("windows")))
     if set(all_parts) - {"compile", "cores", "peers"} <= set(parts):
@@ -1104,9 +1112,10 @@ def summary_table(result: dict) -> str:
                          f"after {c['compile_s']:.0f} s of compiling")
     if s and "compiled_step_full_ratio" in s:
         lines.append(f"FullTransformer / MemNet with the compiled memory step: {s['compiled_step_full_ratio']:.2f}x")
-    if "peers" in result:
-        lines.append("")
-        lines.extend(peers_table(result["peers"]))
+    for key in ("peers", "peers_cores"):
+        if key in result:
+            lines.append("")
+            lines.extend(peers_table(result[key]))
     return "\n".join(lines)
 
 
