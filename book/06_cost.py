@@ -251,7 +251,7 @@ if full_T is not None:  # the memory's budget per segment for 10x: (full / 10 - 
     budget_line = "To be ten times faster than the FullTransformer here, MemNet's memory may cost a tenth of the " \
                   "FullTransformer's time per token, less the windowed model's, times the window: "
     if room:
-        budget_line += ("at most " + " and ".join(f"{b:.2f} ms per segment at a window of {L}" for L, b in room.items()))
+        budget_line += "at most " + book.join_words([f"{b:.2f} ms per segment at a window of {L}" for L, b in room.items()])
     if none:
         budget_line += ((", and nothing at all" if room else "nothing at all") + " at a window of "
                         + " or ".join(str(L) for L in none) + ", where the controller alone is already too slow")
@@ -305,7 +305,7 @@ if cores:
     full_c = next(r["us_per_token"] for r in cores["rows"] if r["model"] == "full")
     cores_line = (f"With every core in use ({cores['threads']} threads) the FullTransformer's fused attention uses the "
                   "extra cores well "
-                  f"({full_c:.0f} microseconds per token at this length) and MemNet's small operations much less: "
+                  f"({full_c:.0f} microseconds per token at this length) and MemNet's less: "
                   "the FullTransformer then takes " + " and ".join(
                       f"{v:.1f} (window {L})" for L, v in s["cores"]["full_ratio"].items()) + " times MemNet's time.")
 else:
@@ -618,11 +618,11 @@ if "peers" in res:
                         if "memnet_vs_dnc_tokens_per_s" in pc else "")
         + (f" (the windowed model: {pc['tokens_per_s']['windowed'] / pc['tokens_per_s']['dnc']:.1f} times)"
            if {"windowed", "dnc"} <= set(pc["tokens_per_s"]) else "")
-        + f"; from {pe['threads']} to {pc['threads']} threads MemNet's throughput grows "
-        + " and ".join(f"{pc['tokens_per_s'][n] / pe['tokens_per_s'][n]:.2f}-fold ({label})"
-                       for n, label in ((pc["memnet"], "MemNet"), ("windowed", "the windowed model"), ("dnc", "the DNC"))
-                       if n in pc["tokens_per_s"] and n in pe["tokens_per_s"]) + "."
-        if pc else ""), display=False)
+        + f"; from {pe['threads']} to {pc['threads']} threads the throughput grows "
+        + book.join_words([f"{pc['tokens_per_s'][n] / pe['tokens_per_s'][n]:.2f}-fold ({label})"
+                           for n, label in ((pc["memnet"], "MemNet"), ("windowed", "the windowed model"),
+                                            ("dnc", "the DNC")) if n in pc["tokens_per_s"] and n in pe["tokens_per_s"]])
+        + "." if pc else ""), display=False)
     by_reason: dict = {}  # the models not run, grouped by why
     for name, why in pe["not_run"].items():
         by_reason.setdefault(why, []).append(name.upper())

@@ -79,6 +79,12 @@ def show_source(obj: Any, dedent: bool = True):
     return None
 
 
+def join_words(items: list[str]) -> str:
+    """Phrases joined as prose: "a", "a and b", "a, b and c"."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
 def note(text: str, kind: str = "note", title: str | None = None) -> None:
     """A visible admonition that renders in JupyterLab and in the book (HTML with Sphinx's classes);
     the text is also printed so papermill logs show it."""

@@ -279,3 +279,9 @@ def test_probe_held_vs_gone_draws_one_bar_per_state_with_its_accuracy():
     heights = sorted(round(p.get_height(), 3) for p in ax.patches)
     assert heights == [0.2, 0.5, 0.9]  # the useful "gone" bar has no probe: left out
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["a: item gone", "a: item held", "chance"]
+
+
+def test_join_words_reads_as_prose():
+    from memnet.book import join_words
+
+    assert [join_words(x) for x in ([], ["a"], ["a", "b"], ["a", "b", "c"])] == ["", "a", "a and b", "a, b and c"]
