@@ -346,8 +346,8 @@ plots.bench_windows(res)
 # take turns (cut every `tbptt_segments` segments where truncated backprop asks for it). One more
 # segment then costs {glue:text}`ch6_fused_calls`; the test suite checks that the scan and the
 # loop of single steps give the same logits, state and trace bit for bit and the same gradients.
-# (With `decay_mode="evidence"` the evidence is updated in torch between segments, and the loop
-# of single C steps runs instead.)
+# (With `decay_mode="evidence"` the scan also carries each row's read evidence from segment to
+# segment and makes the retention logit of it before every segment.)
 #
 # Inside, the kernel normalises the bank's keys once per segment and holds them transposed, so
 # that the scores of four queries are sums in vector lanes from one pass over the keys; the

@@ -73,7 +73,9 @@ def _build() -> ctypes.CDLL:
         f.restype = ctypes.c_int
     dll.memnet_scan_forward.argtypes = [p, p, i64, i64, i64, p, p, p]
     dll.memnet_scan_backward.argtypes = [p, p, i64, i64, i64, i64, p, p, p]
+    dll.memnet_scan_forward_evidence.argtypes = [p, p, i64, i64, i64, p, p, p, p, p, p, i64, p, i64]
     dll.memnet_scan_forward.restype = dll.memnet_scan_backward.restype = ctypes.c_int
+    dll.memnet_scan_forward_evidence.restype = ctypes.c_int
     return dll
 
 
@@ -117,17 +119,18 @@ def _rows(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
 
 def _call(fn, consts: "_Constants", B: int, ptrs: list[int], strides: list[int], head: tuple = (),
-          segment_bytes: list[int] | None = None) -> int:
+          segment_bytes: list[int] | None = None, extra: tuple = ()) -> int:
     """Run the entry point `fn` on the pointers `ptrs` (0 for an absent gradient) and batch strides
     `strides` of its tensors, the batch split over torch's threads when it is large enough; the
-    largest flag it returns. A scan takes its integers `head` before the pointers and the bytes
-    each pointer advances per segment (`segment_bytes`) after the strides."""
+    largest flag it returns. A scan takes its integers `head` before the pointers, the bytes each
+    pointer advances per segment (`segment_bytes`) after the strides, and then `extra`."""
     n = len(ptrs)
     p_arr, s_arr = (ctypes.c_void_p * n)(*ptrs), (ctypes.c_int64 * n)(*strides)  # alive until the call returns
     tail = ()
     if segment_bytes is not None:
         g_arr = (ctypes.c_int64 * n)(*segment_bytes)
         tail = (ctypes.addressof(g_arr),)
+    tail = (*tail, *extra)
     p, s = ctypes.addressof(p_arr), ctypes.addressof(s_arr)
     at = (consts.dims_ptr, consts.floats_ptr)
     parts = max(1, min(torch.get_num_threads(), B // ROWS_PER_THREAD))
@@ -268,9 +271,8 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
 
 # ---------------------------------------------------------------------------- the scan over segments
 def scan_applies(bank, state, queries: Tensor) -> bool:
-    """Whether :func:`scan` can take a whole call's segments: where the step can (:func:`applies`),
-    except with ``decay_mode = "evidence"``, whose evidence is updated in torch between segments."""
-    return bank.cfg.decay_mode != "evidence" and applies([state.keys, queries, bank.decay_logit])
+    """Whether :func:`scan` can take a whole call's segments: where the step can (:func:`applies`)."""
+    return applies([state.keys, queries, bank.decay_logit])
 
 
 def _blocks(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -290,18 +292,31 @@ def _bytes(t: Tensor) -> int:
     return t.stride(1) * t.element_size()
 
 
+def _aged(age: Tensor) -> Tensor:
+    """The age term of decay_mode "evidence" (:meth:`memnet.memory.MultiHeadMemoryBank.slot_logit`)."""
+    from .memory import EVIDENCE_AGE_CAP
+
+    return age.clamp(max=EVIDENCE_AGE_CAP) / EVIDENCE_AGE_CAP
+
+
 class FusedScan(torch.autograd.Function):
     """S memory steps whose forward has run (:func:`scan`): hands the differentiable outputs to
-    autograd and computes every gradient by one call of the compiled backward, last segment first."""
+    autograd and computes every gradient by one call of the compiled backward, last segment first.
+
+    `slot_logit` is the tensor whose values the steps' retention used as each row's slot-wise logit:
+    the bank's decay logit (N,), or with decay_mode "evidence" the (B, S, N) logits the forward made
+    from the evidence and age each row carried (`evidence`: that chain, (B, S+1, N)); the gradient
+    reaches the decay logit and, with "evidence", the evidence and age weights."""
 
     @staticmethod
-    def forward(ctx, consts: _Constants, chain: list, outs: list, detach_every: int, keys: Tensor, values: Tensor,
-                q: Tensor, k: Tensor, v: Tensor, g: Tensor, e: Tensor, u: Tensor, decay: Tensor, lrs: Tensor,
-                lws: Tensor, dl: Tensor, valid: Tensor):
-        ctx.save_for_backward(chain[0], chain[1], q, k, v, g, e, u, decay, valid, lrs, lws, dl,
+    def forward(ctx, consts: _Constants, chain: list, outs: list, detach_every: int, slot_logit: Tensor,
+                evidence, keys: Tensor, values: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor, e: Tensor,
+                u: Tensor, decay: Tensor, lrs: Tensor, lws: Tensor, decay_logit: Tensor, ew, aw, valid: Tensor):
+        ctx.save_for_backward(chain[0], chain[1], q, k, v, g, e, u, decay, valid, lrs, lws, slot_logit,
                               *(outs[i - 6] for i in (_READ_SRC, _READ_INDEX, _WRITE_INDEX, _ALLOC, _READ_TOP,
                                                       _WRITE_TOP)))
         ctx.consts, ctx.detach_every = consts, detach_every
+        ctx.evidence = None if evidence is None else (evidence, chain[2])  # the evidence and age chains
         ctx.set_materialize_grads(False)
         S = q.shape[1]
         return (chain[0][:, S].clone(), chain[1][:, S].clone(), outs[_VECTORS - 6], outs[_READ_WEIGHT - 6],
@@ -312,7 +327,7 @@ class FusedScan(torch.autograd.Function):
     def backward(ctx, g_keys, g_values, g_vectors, g_read_weight, g_mass, g_retention):
         saved = ctx.saved_tensors
         consts = ctx.consts
-        keys, values, q = saved[0], saved[1], saved[2]
+        keys, values, q, slot_logit = saved[0], saved[1], saved[2], saved[12]
         B, S = q.shape[:2]
         N, D = keys.shape[2:]
         final = [None if t is None else _rows(t) for t in (g_keys, g_values)]
@@ -320,20 +335,29 @@ class FusedScan(torch.autograd.Function):
         turns = [torch.empty(B, 2, N, D) for _ in range(2)]  # the state's gradient, passed segment to segment
         grads = [torch.empty((B, S, *shape)) for shape in consts.grads[2:]]
         ins, tops = saved[:17], saved[17:]
+        per_row = slot_logit.dim() == 3  # "evidence": a logit per row and segment; else the bank's, shared
         ptrs = ([t.data_ptr() for t in ins] + [0 if t is None else t.data_ptr() for t in final + upstream]
                 + [t.data_ptr() for t in turns + grads] + [t.data_ptr() for t in tops])
-        strides = ([t.stride(0) for t in ins] + [0 if t is None else t.stride(0) for t in final + upstream]
+        strides = ([t.stride(0) for t in ins[:10]] + [0, 0, slot_logit.stride(0) if per_row else 0]
+                   + [t.stride(0) for t in ins[13:]] + [0 if t is None else t.stride(0) for t in final + upstream]
                    + [t.stride(0) for t in turns + grads] + [t.stride(0) for t in tops])
-        shared = (10, 11, 12)  # lrs, lws, dl: one for every segment
-        seg = ([0 if i in shared else _bytes(t) for i, t in enumerate(ins)] + [0, 0]
-               + [0 if t is None else _bytes(t) for t in upstream] + [_bytes(t) for t in turns + grads]
-               + [_bytes(t) for t in tops])
+        seg = ([_bytes(t) for t in ins[:10]] + [0, 0, _bytes(slot_logit) if per_row else 0]
+               + [_bytes(t) for t in ins[13:]] + [0, 0] + [0 if t is None else _bytes(t) for t in upstream]
+               + [_bytes(t) for t in turns + grads] + [_bytes(t) for t in tops])
         _call(library().memnet_scan_backward, consts, B, ptrs, strides, (S, ctx.detach_every or 0), seg)
         g_q, g_k, g_v, g_g, g_e, g_u, g_decay, g_lrs, g_lws, g_dl = grads
         learned = consts.learned
-        return (None, None, None, None, turns[0][:, 0], turns[1][:, 0], g_q, g_k, g_v, g_g, g_e, g_u,
-                g_decay if learned else None, g_lrs.sum((0, 1)), g_lws.sum((0, 1)), g_dl.sum(1) if learned else None,
-                None)
+        g_base = g_ew = g_aw = None
+        if learned:
+            g_base = g_dl.sum((0, 1))
+        if ctx.evidence is not None:  # logit = base + scale * (ew * evidence + aw * aged)
+            from .memory import EVIDENCE_SCALE
+
+            evidence, age = ctx.evidence
+            g_ew = EVIDENCE_SCALE * (g_dl * evidence[:, :S]).sum()
+            g_aw = EVIDENCE_SCALE * (g_dl * _aged(age[:, :S])).sum()
+        return (None, None, None, None, None, None, turns[0][:, 0], turns[1][:, 0], g_q, g_k, g_v, g_g, g_e, g_u,
+                g_decay if learned else None, g_lrs.sum((0, 1)), g_lws.sum((0, 1)), g_base, g_ew, g_aw, None)
 
 
 def scan(bank, state, queries: Tensor, req, valid: Tensor, detach_every: int | None = None):
@@ -342,19 +366,20 @@ def scan(bank, state, queries: Tensor, req, valid: Tensor, detach_every: int | N
     :class:`~memnet.memory.WriteRequest` of (B, S, W, ...) fields, valid (B, S, L). Returns the final
     state and the :class:`~memnet.memory.Segments`, the same values (bit for bit: the same C step on the
     same inputs) as the loop; None where a score is NaN (the loop then takes that segment by the torch
-    step). Call it where :func:`scan_applies` holds."""
-    from .memory import MemoryState, Segments
+    step). With decay_mode "evidence" the evidence a row carries, and the retention logit made of it,
+    are updated between segments inside the same call. Call it where :func:`scan_applies` holds."""
+    from .memory import EVIDENCE_AGE_CAP, EVIDENCE_SCALE, MemoryState, Segments
 
     cfg = bank.cfg
     B, S, L, H = queries.shape[:4]
-    W = req.gate.shape[2]
+    N, W = cfg.num_slots, req.gate.shape[2]
     consts = _constants(cfg, L, H, W, cfg.window_reads and req.pos is not None)
     pos = req.pos if req.pos is not None else torch.zeros(B, S, W, dtype=torch.int64)
     q, k, v, g, e, u, decay = (_blocks(t) for t in (queries, req.key, req.value, req.gate, req.erase, req.update,
                                                      req.decay))
     valid = _blocks(valid, torch.bool)
     lrs, lws = bank.log_read_sharpness, bank.log_write_sharpness
-    dl = bank.slot_logit(None, state.age).expand(B, -1)  # (B, N): the bank's, the same for every row and segment
+    base = bank.decay_logit  # (N,): the slot-wise logit of every row and segment, unless "evidence"
     # the state as a chain (B, S+1, ...): segment s reads entry s and writes entry s+1
     chain = [torch.empty((B, S + 1, *shape), dtype=dtype) for shape, dtype in consts.outputs[:6]]
     with torch.no_grad():
@@ -363,18 +388,36 @@ def scan(bank, state, queries: Tensor, req, valid: Tensor, detach_every: int | N
     outs = [torch.empty((B, S, *shape), dtype=dtype) for shape, dtype in consts.outputs[6:]]
     inputs = [q, k, v, g, e, u, decay, _blocks(pos, torch.int64), valid]
     ptrs = ([t.data_ptr() for t in chain] + [t.data_ptr() for t in inputs] + [lrs.data_ptr(), lws.data_ptr(),
-            dl.data_ptr()] + [t[:, 1].data_ptr() for t in chain] + [t.data_ptr() for t in outs])
-    strides = ([t.stride(0) for t in chain] + [t.stride(0) for t in inputs] + [0, 0, dl.stride(0)]
+            base.data_ptr()] + [t[:, 1].data_ptr() for t in chain] + [t.data_ptr() for t in outs])
+    strides = ([t.stride(0) for t in chain] + [t.stride(0) for t in inputs] + [0, 0, 0]
                + [t.stride(0) for t in chain] + [t.stride(0) for t in outs])
     seg = ([_bytes(t) for t in chain] + [_bytes(t) for t in inputs] + [0, 0, 0] + [_bytes(t) for t in chain]
            + [_bytes(t) for t in outs])
-    if _call(library().memnet_scan_forward, consts, B, ptrs, strides, (S,), seg):
+    evidence, ew, aw, slot_logit = None, None, None, base
+    if cfg.decay_mode == "evidence":
+        ew, aw = bank.evidence_weight, bank.age_weight
+        evidence = torch.empty(B, S + 1, N)  # (B, S+1, N), as the state chain
+        evidence[:, 0] = state.evidence.detach()
+        slot_logit = torch.empty(B, S, N)  # each row's logit before each segment, made in C
+        weights = torch.tensor([float(ew.detach()), float(aw.detach()), EVIDENCE_SCALE, EVIDENCE_AGE_CAP],
+                               dtype=torch.float32)
+        base_c = base.detach().contiguous()  # (N,), alive through the call
+        flag = _call(library().memnet_scan_forward_evidence, consts, B, ptrs, strides, (S,), seg,
+                     (base_c.data_ptr(), weights.data_ptr(), evidence.data_ptr(),
+                      evidence.stride(0), slot_logit.data_ptr(), slot_logit.stride(0)))
+    else:
+        flag = _call(library().memnet_scan_forward, consts, B, ptrs, strides, (S,), seg)
+    if flag:
         return None
     keys, values, vectors, read_weight, mass, retention = FusedScan.apply(
-        consts, chain, outs, detach_every, state.keys, state.values, q, k, v, g, e, u, decay, lrs, lws, dl, valid)
+        consts, chain, outs, detach_every, slot_logit, evidence, state.keys, state.values, q, k, v, g, e, u, decay,
+        lrs, lws, base, ew, aw, valid)
     at = lambda i: outs[i - 6]  # noqa: E731  (an output by its position in the step's list)
-    evidence = state.evidence
     last = [t[:, S].clone() for t in chain[2:]]
-    new = MemoryState(keys, values, *last, evidence, signature=state.signature)
+    if evidence is None:
+        new_evidence, trace_evidence = state.evidence, state.evidence.unsqueeze(1).expand(-1, S, -1)
+    else:
+        new_evidence, trace_evidence = evidence[:, S].clone(), evidence[:, 1:]
+    new = MemoryState(keys, values, *last, new_evidence, signature=state.signature)
     return new, Segments(vectors, at(_READ_INDEX), read_weight, at(_READ_TOP), mass, at(_STRENGTH), at(_EVENTS),
-                         at(_ALLOC), retention, chain[2][:, 1:], chain[3][:, 1:], evidence.unsqueeze(1).expand(-1, S, -1))
+                         at(_ALLOC), retention, chain[2][:, 1:], chain[3][:, 1:], trace_evidence)

@@ -665,8 +665,8 @@ class MultiHeadMemoryBank(nn.Module):
         (:func:`stack_requests`), valid (B, S, L). With `detach_every` k the state is cut from the
         autograd graph before every k-th segment. Returns the final state and the stacked
         :class:`Segments`. On the CPU the whole loop is one compiled call each way
-        (:func:`memnet.fused.scan`: the same step, so the same values); elsewhere, with `step` given
-        (a compiled step) or with ``decay_mode = "evidence"``, the loop runs :meth:`step` per segment."""
+        (:func:`memnet.fused.scan`: the same step, so the same values); elsewhere, or with `step` given
+        (a compiled step), the loop runs :meth:`step` per segment."""
         if step is None and self.fused and fused.scan_applies(self, state, queries):
             done = fused.scan(self, state, queries, req, valid, detach_every)
             if done is not None:

@@ -73,6 +73,13 @@ def small_configs(draw, max_slots: int = 24) -> MemNetConfig:
 
 
 # ------------------------------------------------------------------ near ties between computation paths
+def by_slot(index: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A read's kept entries (..., K) in slot order: two paths may order kept scores that tie up to
+    rounding differently, and what a read returns does not depend on the order."""
+    order = index.argsort(dim=-1, stable=True)
+    return index.gather(-1, order), weight.gather(-1, order)
+
+
 @contextlib.contextmanager
 def near_tie_watch(tol: float = 1e-5):
     """Record whether any discrete memory decision (the top-k slots of a read or content write, the

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from helpers import examples, near_tie_watch, rand_tokens, small_configs
+from helpers import by_slot, examples, near_tie_watch, rand_tokens, small_configs
 from memnet import MemNet, MemNetConfig, MemoryState, fused
 from memnet.memory import WriteRequest
 
@@ -31,13 +31,6 @@ def perturbed(cfg, seed: int) -> MemNet:
             model.memory.evidence_weight.fill_(0.4)
             model.memory.age_weight.fill_(-0.3)
     return model
-
-
-def by_slot(index: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A read's kept entries (..., K) in slot order: two paths may order scores that tie up to
-    rounding differently, and what a read returns does not depend on the order."""
-    order = index.argsort(dim=-1, stable=True)
-    return index.gather(-1, order), weight.gather(-1, order)
 
 
 def close_grads(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
@@ -261,17 +254,20 @@ def test_the_torch_step_runs_where_the_kernel_does_not(monkeypatch):
     assert len(calls["scan"]) == 1 and calls["step"] == []
 
 
-def test_evidence_decay_takes_the_compiled_step_window_by_window(monkeypatch):
-    """With decay_mode "evidence" the evidence is updated in torch between windows, so the loop over
-    windows stays in Python and each window is one call of the compiled step."""
+def test_evidence_decay_takes_the_scan_and_compiled_models_the_step(monkeypatch):
+    """decay_mode "evidence" carries the evidence through the scan too (one call for all windows);
+    a compiled step (compile_memory) is a step per window, so the scan steps aside for it."""
     model, calls = counted_steps(monkeypatch, "evidence")
     model(rand_tokens(2, 9, vocab=30, seed=1))
-    assert calls == {"step": [1, 1, 1], "scan": []}
+    assert calls == {"step": [], "scan": [1]}
+    model._compiled_step = model.memory.step  # what compile_memory() installs, uncompiled: the loop of steps
+    model(rand_tokens(2, 9, vocab=30, seed=1))
+    assert calls == {"step": [1, 1, 1], "scan": [1]}
 
 
 @settings(max_examples=examples(30), deadline=None, derandomize=True)
 @given(small_configs(), st.integers(1, 3), st.integers(1, 5), st.sampled_from([None, 1, 2]),
-       st.sampled_from(["learned", "fixed", "none"]), st.integers(0, 10_000))
+       st.sampled_from(["learned", "fixed", "none", "evidence"]), st.integers(0, 10_000))
 def test_the_scan_takes_every_window_as_the_loop_of_steps_does(cfg, B, segments, tbptt, decay_mode, seed):
     """One compiled call over all windows (fused.scan) against the Python loop of compiled steps:
     logits, final state and every field of the trace bit for bit (the same C step on the same

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch.utils import _pytree as pytree
 
-from helpers import V, examples, near_tie_watch, rand_tokens, small_configs, states_equal, tiny_cfg
+from helpers import V, by_slot, examples, near_tie_watch, rand_tokens, small_configs, states_equal, tiny_cfg
 from memnet import MemNet, MemoryState, MemoryTrace, StreamingMemory, book, truncated_backward
 from memnet.memory import StepResult, run_segments
 
@@ -73,8 +73,11 @@ def test_streaming_memory_takes_the_step_in_place(cfg, segments, chunk, native, 
         mem = StreamingMemory(model.memory, chunk=chunk, native=native)
         for q, req, v, st_ in zip(queries, requests, valid, steps):
             r = mem.step(q, req, v)
-            assert torch.equal(r.index, st_.read.index)
-            torch.testing.assert_close(r.weight, st_.read.weight, atol=1e-5, rtol=1e-4)
+            # the kept slots in slot order: two kept scores within rounding of each other (where every
+            # slot is kept, no near tie decides what is kept) may come in either order
+            (got_i, got_w), (want_i, want_w) = by_slot(r.index, r.weight), by_slot(st_.read.index, st_.read.weight)
+            assert torch.equal(got_i, want_i)
+            torch.testing.assert_close(got_w, want_w, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(r.vectors, st_.read.vectors, atol=1e-4, rtol=1e-4)
             got = mem.to_state()
             assert torch.equal(got.age, st_.state.age) and got.segments.item() == st_.state.segments.item()

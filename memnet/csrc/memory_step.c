@@ -779,3 +779,70 @@ int memnet_scan_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
     }
     return flag;
 }
+
+/* memnet_scan_forward with decay_mode "evidence": before each segment every row's slot-wise logit
+   (dls, (B, S, N), row b at b * dl_bst) is made from the evidence and the age the row carries,
+   base[n] + scale * (ew * evidence[n] + aw * min(age[n], cap) / cap), and after it the evidence
+   (a (B, S+1, N) chain, row b at b * ev_bst) becomes 0 where a write event reset the slot, else the
+   larger of itself and the segment's strongest read hit: for each real token, the read weight times
+   the kept score (clamped at 0) over the heads, summed per slot (memnet.memory.read_hits). */
+int memnet_scan_forward_evidence(const int64_t *dm, const float *fl, int64_t b0, int64_t b1, int64_t S, void **p,
+                                 const int64_t *st, const int64_t *sst, const float *base, const float *ew_aw,
+                                 float *evidence, int64_t ev_bst, float *dls, int64_t dl_bst) {
+    const int64_t N = dm[DM_N], L = dm[DM_L], H = dm[DM_H], K = dm[DM_K];
+    const float ew = ew_aw[0], aw = ew_aw[1], scale = ew_aw[2], cap = ew_aw[3];
+    void *ps[F_PTR_COUNT];
+    int64_t sts[F_PTR_COUNT];
+    int flag = 0;
+    float *acc = malloc((size_t)(2 * N) * sizeof(float));
+    if (!acc) return 2;
+    float *hits = acc + N;
+    for (int64_t n = 0; n < N; n++) acc[n] = 0.0f;
+    for (int64_t s = 0; s < S && flag < 2; s++) {
+        for (int i = 0; i < F_PTR_COUNT; i++) {
+            ps[i] = p[i] ? (char *)p[i] + s * sst[i] : NULL;
+            sts[i] = st[i];
+        }
+        for (int64_t b = b0; b < b1; b++) {
+            const float *age = (const float *)ps[F_AGE] + b * st[F_AGE], *ev = evidence + b * ev_bst + s * N;
+            float *d = dls + b * dl_bst + s * N;
+            for (int64_t n = 0; n < N; n++) {
+                const float aged = (age[n] < cap ? age[n] : cap) / cap;
+                d[n] = base[n] + scale * (ew * ev[n] + aw * aged);
+            }
+        }
+        ps[F_DL] = dls + s * N;
+        sts[F_DL] = dl_bst;
+        int f = memnet_step_forward(dm, fl, b0, b1, ps, sts);
+        flag = f > flag ? f : flag;
+        for (int64_t b = b0; b < b1; b++) {
+            const int64_t *rindex = (const int64_t *)ps[F_RINDEX] + b * st[F_RINDEX];
+            const float *rw = (const float *)ps[F_RWEIGHT] + b * st[F_RWEIGHT];
+            const float *rtop = (const float *)ps[F_RTOP] + b * st[F_RTOP];
+            const uint8_t *valid = (const uint8_t *)ps[F_VALID] + b * st[F_VALID];
+            const uint8_t *events = (const uint8_t *)ps[F_EVENTS] + b * st[F_EVENTS];
+            const float *ev = evidence + b * ev_bst + s * N;
+            float *next = evidence + b * ev_bst + (s + 1) * N;
+            for (int64_t n = 0; n < N; n++) hits[n] = 0.0f;
+            for (int64_t l = 0; l < L; l++) {
+                const float v = valid[l] ? 1.0f : 0.0f;
+                const int64_t *ix = rindex + l * H * K;
+                for (int64_t x = 0; x < H * K; x++) {  /* the token's sum per slot, in index order */
+                    const float sc = rtop[l * H * K + x] > 0.0f ? rtop[l * H * K + x] : 0.0f;
+                    acc[ix[x]] += rw[l * H * K + x] * sc / (float)H * v;
+                }
+                for (int64_t x = 0; x < H * K; x++) {  /* the strongest token so far, and the sums back to 0 */
+                    const int64_t n = ix[x];
+                    if (acc[n] > hits[n]) hits[n] = acc[n];
+                }
+                for (int64_t x = 0; x < H * K; x++) acc[ix[x]] = 0.0f;
+            }
+            for (int64_t n = 0; n < N; n++) {
+                const float h = hits[n] < 1.0f ? hits[n] : 1.0f;
+                next[n] = events[n] ? 0.0f : (ev[n] > h ? ev[n] : h);
+            }
+        }
+    }
+    free(acc);
+    return flag;
+}
