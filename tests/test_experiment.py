@@ -71,7 +71,7 @@ def test_learning_rate_is_chosen_on_validation_and_only_swept_on_sweep_seeds(tmp
     val = {1e-4: 0.2, 1e-3: 0.6, 1e-2: 0.5}
     test = {1e-4: 0.1, 1e-3: 0.3, 1e-2: 0.9}
 
-    def fake(name, lr, seed, prof, device, trace_path, progress):
+    def fake(name, lr, seed, prof, device, trace_path, progress, checkpoint=None):
         calls.append((lr, seed))
         return fake_record(name, lr, seed, val[lr], test[lr])
     monkeypatch.setattr(lr_exp, "train_and_test", fake)
@@ -91,12 +91,14 @@ def test_the_sweep_goes_past_its_upper_edge_while_the_best_rate_is_there(tmp_pat
     val = {1e-4: 0.1, 1e-3: 0.3, 1e-2: 0.5, 1e-1: 0.4, 1.0: 0.9}  # 1.0 would win: it must not be tried
     calls = []
 
-    def fake(name, lr, seed, prof, device, trace_path, progress):
+    def fake(name, lr, seed, prof, device, trace_path, progress, checkpoint=None):
         calls.append(lr)
+        checkpoint.write_bytes(b"a training part-way")  # what a real run leaves until its record is kept
         return fake_record(name, lr, seed, val[lr], val[lr])
     monkeypatch.setattr(lr_exp, "train_and_test", fake)
     res = lr_exp.run("fake", device="cpu", out_dir=tmp_path, progress=False)
     assert calls == [1e-4, 1e-3, 1e-2, 1e-1]
+    assert not list((tmp_path / "runs").glob("*.ckpt"))  # each removed once its run's record was written
     assert res["chosen"]["lstm"]["lr"] == 1e-2
     assert set(res["chosen"]["lstm"]["validation"]) == {"0.0001", "0.001", "0.01", "0.1"}
     (tmp_path / "runs" / "lstm_lr0.1_seed0.json").unlink()
@@ -343,3 +345,37 @@ def test_a_longer_budget_trains_only_its_model_and_is_cached_beside_the_shared_o
     mixed = {**res, "runs": res["runs"] + [{**first["runs"][0]}]}
     with pytest.raises(ValueError, match="one step budget"):
         lr_exp.budget(mixed, "lstm")
+
+
+def test_train_steps_resumes_from_its_checkpoint_to_the_uninterrupted_weights(tmp_path):
+    """A run killed after its checkpoint at step 4 of 6 and started again ends with the weights,
+    curve and step count of the run that was never interrupted; a checkpoint of another run is refused."""
+    from helpers import V, rand_tokens, tiny_model
+    from memnet.experiments.common import train_steps
+
+    def batch(step: int):
+        x = rand_tokens(2, 12, seed=step)
+        return x, torch.roll(x, -1, dims=1)
+
+    whole = tiny_model(0, dropout=0.1)  # dropout: the random state must resume too
+    want = train_steps(whole, batch, 3e-3, 6, log_every=1)
+
+    def dies_at_5(step: int):
+        if step == 5:
+            raise KeyboardInterrupt("killed")
+        return batch(step)
+
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train_steps(tiny_model(0, dropout=0.1), dies_at_5, 3e-3, 6, log_every=1, checkpoint=ckpt, checkpoint_every=2)
+    assert ckpt.exists()
+    resumed = tiny_model(1, dropout=0.1)  # other initial weights: the checkpoint's replace them
+    got = train_steps(resumed, batch, 3e-3, 6, log_every=1, checkpoint=ckpt, checkpoint_every=2)
+    assert got["steps"] == want["steps"] == 6
+    assert [c[::2] for c in got["curve"]] == [c[::2] for c in want["curve"]]  # step and loss (times differ)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="another run"):
+        train_steps(tiny_model(0), batch, 1e-3, 6, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="other settings"):
+        train_steps(tiny_model(0), batch, 3e-3, 6, checkpoint=ckpt, checkpoint_tag={"seed": 1})

@@ -252,7 +252,7 @@ def fake_continual(p, sname, seed, m, device, amp, progress, threads=None):
     return [{"model": m, "seed": seed}], None
 
 
-def fake_long_range(name, lr, seed, p, device, trace_path, progress):
+def fake_long_range(name, lr, seed, p, device, trace_path, progress, checkpoint=None):
     if trace_path is not None and name == "memnet":
         torch.save({"seed": seed}, trace_path)
     return {"model": name, "lr": lr, "seed": seed, "validation": 0.5, "train_s": 0.0, "params": 1}

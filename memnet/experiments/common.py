@@ -447,18 +447,39 @@ def cached_record(path: Path | None, make: Callable[[], dict], fresh: bool = Fal
 
 
 def train_steps(model: torch.nn.Module, batch_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]], lr: float,
-                steps: int, log_every: int = 50, clip: float = 1.0, budget_s: float | None = None) -> dict:
+                steps: int, log_every: int = 50, clip: float = 1.0, budget_s: float | None = None,
+                checkpoint: Path | None = None, checkpoint_every: int = 50, checkpoint_tag: dict | None = None) -> dict:
     """The plain loop every model of a comparison gets: AdamW at `lr` (no schedule), gradient clipping,
     cross-entropy over the targets (IGNORE elsewhere) plus the model's auxiliary losses if it has any,
     for `steps` steps, or fewer when a wall-clock `budget_s` (seconds) runs out first.
-    Returns {"steps" (taken), "train_s", "curve": [[step, seconds, loss], ...]}."""
+
+    checkpoint: a file the loop saves itself to every `checkpoint_every` steps (model, optimizer,
+    torch's random state, step, time and curve; atomically) and resumes from when it exists, so a
+    run killed part-way goes on where its last checkpoint left it, with the same batches (`batch_fn`
+    is a function of the step), to the weights of the uninterrupted run. A checkpoint of another lr,
+    number of steps or `checkpoint_tag` (what else the run depends on, JSON-ready: settings, seed) is
+    an error. The caller removes it once the run's record is kept.
+    Returns {"steps" (taken), "train_s" (over every part of the run), "curve": [[step, seconds, loss], ...]}."""
     from ..metrics import IGNORE_INDEX
     import torch.nn.functional as F
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
-    t0, curve, step = time.perf_counter(), [], 0
-    for step in range(steps):
+    t0, curve, start = time.perf_counter(), [], 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        ck = torch.load(checkpoint, weights_only=True)
+        tag = json.dumps(checkpoint_tag, sort_keys=True)
+        if (ck["lr"], ck["steps"], ck["tag"]) != (lr, steps, tag):
+            raise ValueError(f"the checkpoint {checkpoint} is of another run (lr {ck['lr']:g}, {ck['steps']} steps"
+                             f"{'' if ck['tag'] == tag else ', other settings'}; this one: lr {lr:g}, {steps} steps): "
+                             "remove it or train elsewhere")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        torch.set_rng_state(ck["rng"])
+        start, curve = ck["step"], ck["curve"]
+        t0 -= ck["train_s"]  # the time already spent counts towards train_s and budget_s
+    step = start
+    for step in range(start, steps):
         if budget_s is not None and time.perf_counter() - t0 >= budget_s:
             break
         tokens, targets = batch_fn(step)
@@ -474,6 +495,11 @@ def train_steps(model: torch.nn.Module, batch_fn: Callable[[int], tuple[torch.Te
         opt.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             curve.append([step + 1, round(time.perf_counter() - t0, 1), round(float(loss.detach()), 4)])
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            save_torch({"lr": lr, "steps": steps, "tag": json.dumps(checkpoint_tag, sort_keys=True),
+                        "step": step + 1, "model": model.state_dict(),
+                        "opt": opt.state_dict(), "rng": torch.get_rng_state(), "curve": curve,
+                        "train_s": time.perf_counter() - t0}, Path(checkpoint))
     else:
         step = steps
     return {"steps": step, "train_s": round(time.perf_counter() - t0, 3), "curve": curve}

@@ -25,7 +25,10 @@ Protocol, fixed before the run (the profile):
   (the capacity curve); in-window queries and queries beyond the window are scored apart.
 
 Every trained (model, lr, seed) is cached as one JSON file under ``runs/`` of the run folder, so
-the stored run can be assembled over several sittings; ``--fresh`` retrains. A result that lacks
+the stored run can be assembled over several sittings; ``--fresh`` retrains. A training in progress
+saves itself every 50 steps beside its record (``<run>.ckpt``, not kept in git), so one killed
+part-way resumes from there, to the weights of an uninterrupted run, and the checkpoint is removed
+once the record is written. A result that lacks
 runs of the stored results.json (a subset of the models or seeds, or ``--cached-only`` with runs
 missing from the cache) does not replace it: it is stored in ``partial/`` of the run folder, and
 ``--cached-only`` with every model and seed assembles the complete results.json again.
@@ -302,13 +305,15 @@ def memory_use(model: MemNet, p: Profile, seed: int) -> tuple[dict, dict]:
 
 
 def train_and_test(name: str, lr: float, seed: int, p: Profile, device: torch.device, trace_path: Path | None,
-                   progress: bool) -> dict:
-    """Train one (model, lr, seed) for the profile's steps and score it; the record is what is cached."""
+                   progress: bool, checkpoint: Path | None = None) -> dict:
+    """Train one (model, lr, seed) for the profile's steps and score it; the record is what is cached.
+    checkpoint: where the training saves itself as it goes and resumes from (:func:`train_steps`)."""
     cfg = make_config(p)
     seed_everything(seed)
     model = build(name, cfg).to(device)
     steps = p.steps_for(name)
-    fit = train_steps(model, batch_fn(p, seed, device), lr, steps)
+    fit = train_steps(model, batch_fn(p, seed, device), lr, steps, checkpoint=checkpoint,
+                      checkpoint_tag={"model": name, "seed": seed, "settings": run_settings(p, name)})
     seq_len = {st: make_task(p, *st, training=True).seq_len for st in train_settings(p)}
     tokens = p.batch_size * sum(seq_len[train_draw(p, seed, s)] for s in range(steps))
     rec = {"model": name, "lr": lr, "seed": seed, "params": count_params(model),
@@ -427,8 +432,15 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     def one(n, lr, s):
         if cached_only and not path(n, lr, s).exists():
             return None
-        return cached_record(path(n, lr, s), lambda: train_and_test(n, lr, s, p, dev, path(n, lr, s, "pt"), progress),
-                             fresh, run_settings(p, n), legacy=() if n == "memnet" else ("config",))
+        ckpt = path(n, lr, s, "ckpt")  # a training killed part-way goes on from here (not kept in git)
+        if fresh and ckpt is not None:
+            ckpt.unlink(missing_ok=True)
+        rec = cached_record(path(n, lr, s), lambda: train_and_test(n, lr, s, p, dev, path(n, lr, s, "pt"), progress,
+                                                                   ckpt), fresh, run_settings(p, n),
+                            legacy=() if n == "memnet" else ("config",))
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)  # the record is kept: its training is done
+        return rec
 
     runs, chosen, missing, traces = [], {}, [], {}
     for name in models:
