@@ -71,11 +71,9 @@ def _build() -> ctypes.CDLL:
     for f in (dll.memnet_step_forward, dll.memnet_step_backward):
         f.argtypes = [p, p, i64, i64, p, p]
         f.restype = ctypes.c_int
-    dll.memnet_scan_forward.argtypes = [p, p, i64, i64, i64, p, p, p]
+    dll.memnet_scan_forward.argtypes = [p, p, i64, i64, i64, p, p, p, p, p, p, i64, p, i64]
     dll.memnet_scan_backward.argtypes = [p, p, i64, i64, i64, i64, p, p, p]
-    dll.memnet_scan_forward_evidence.argtypes = [p, p, i64, i64, i64, p, p, p, p, p, p, i64, p, i64]
     dll.memnet_scan_forward.restype = dll.memnet_scan_backward.restype = ctypes.c_int
-    dll.memnet_scan_forward_evidence.restype = ctypes.c_int
     return dll
 
 
@@ -104,18 +102,26 @@ def applies(tensors: list[Tensor]) -> bool:
     return library() is not None
 
 
-def _rows(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """`t` in `dtype` with each batch row contiguous (the batch stride may be anything): a slice
-    ``x[:, s]`` of a contiguous (B, S, ...) tensor passes as it is."""
+def _inner(t: Tensor, lead: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`t` in `dtype` with its dims after the first `lead` contiguous (the strides of the leading
+    dims may be anything: a slice ``x[:, s]`` or an expanded mask passes as it is)."""
     t = t if t.dtype == dtype else t.to(dtype)
-    if t.is_contiguous():
-        return t
     expected = 1
-    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+    for size, stride in zip(reversed(t.shape[lead:]), reversed(t.stride()[lead:])):
         if size != 1 and stride != expected:
             return t.contiguous()
         expected *= size
     return t
+
+
+def _rows(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`t` in `dtype` with each batch row contiguous."""
+    return _inner(t, 1, dtype)
+
+
+def _blocks(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`t` (B, S, ...) in `dtype` with each (row, segment) block contiguous."""
+    return _inner(t, 2, dtype)
 
 
 def _call(fn, consts: "_Constants", B: int, ptrs: list[int], strides: list[int], head: tuple = (),
@@ -270,23 +276,6 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
 
 
 # ---------------------------------------------------------------------------- the scan over segments
-def scan_applies(bank, state, queries: Tensor) -> bool:
-    """Whether :func:`scan` can take a whole call's segments: where the step can (:func:`applies`)."""
-    return applies([state.keys, queries, bank.decay_logit])
-
-
-def _blocks(t: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """`t` (B, S, ...) in `dtype` with each (row, segment) block contiguous; the batch and segment
-    strides may be anything (an expanded mask passes as it is)."""
-    t = t if t.dtype == dtype else t.to(dtype)
-    expected = 1
-    for size, stride in zip(reversed(t.shape[2:]), reversed(t.stride()[2:])):
-        if size != 1 and stride != expected:
-            return t.contiguous()
-        expected *= size
-    return t
-
-
 def _bytes(t: Tensor) -> int:
     """How many bytes a (B, S, ...) tensor's segment s+1 lies after its segment s."""
     return t.stride(1) * t.element_size()
@@ -367,7 +356,7 @@ def scan(bank, state, queries: Tensor, req, valid: Tensor, detach_every: int | N
     state and the :class:`~memnet.memory.Segments`, the same values (bit for bit: the same C step on the
     same inputs) as the loop; None where a score is NaN (the loop then takes that segment by the torch
     step). With decay_mode "evidence" the evidence a row carries, and the retention logit made of it,
-    are updated between segments inside the same call. Call it where :func:`scan_applies` holds."""
+    are updated between segments inside the same call. Call it where :func:`applies` holds."""
     from .memory import EVIDENCE_AGE_CAP, EVIDENCE_SCALE, MemoryState, Segments
 
     cfg = bank.cfg
@@ -394,6 +383,7 @@ def scan(bank, state, queries: Tensor, req, valid: Tensor, detach_every: int | N
     seg = ([_bytes(t) for t in chain] + [_bytes(t) for t in inputs] + [0, 0, 0] + [_bytes(t) for t in chain]
            + [_bytes(t) for t in outs])
     evidence, ew, aw, slot_logit = None, None, None, base
+    ev_args = (0, 0, 0, 0, 0, 0)  # no evidence: the bank's logit for every row and segment
     if cfg.decay_mode == "evidence":
         ew, aw = bank.evidence_weight, bank.age_weight
         evidence = torch.empty(B, S + 1, N)  # (B, S+1, N), as the state chain
@@ -402,11 +392,9 @@ def scan(bank, state, queries: Tensor, req, valid: Tensor, detach_every: int | N
         weights = torch.tensor([float(ew.detach()), float(aw.detach()), EVIDENCE_SCALE, EVIDENCE_AGE_CAP],
                                dtype=torch.float32)
         base_c = base.detach().contiguous()  # (N,), alive through the call
-        flag = _call(library().memnet_scan_forward_evidence, consts, B, ptrs, strides, (S,), seg,
-                     (base_c.data_ptr(), weights.data_ptr(), evidence.data_ptr(),
-                      evidence.stride(0), slot_logit.data_ptr(), slot_logit.stride(0)))
-    else:
-        flag = _call(library().memnet_scan_forward, consts, B, ptrs, strides, (S,), seg)
+        ev_args = (base_c.data_ptr(), weights.data_ptr(), evidence.data_ptr(), evidence.stride(0),
+                   slot_logit.data_ptr(), slot_logit.stride(0))
+    flag = _call(library().memnet_scan_forward, consts, B, ptrs, strides, (S,), seg, ev_args)
     if flag:
         return None
     keys, values, vectors, read_weight, mass, retention = FusedScan.apply(

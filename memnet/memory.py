@@ -667,7 +667,7 @@ class MultiHeadMemoryBank(nn.Module):
         :class:`Segments`. On the CPU the whole loop is one compiled call each way
         (:func:`memnet.fused.scan`: the same step, so the same values); elsewhere, or with `step` given
         (a compiled step), the loop runs :meth:`step` per segment."""
-        if step is None and self.fused and fused.scan_applies(self, state, queries):
+        if step is None and self.fused and fused.applies([state.keys, queries, self.decay_logit]):
             done = fused.scan(self, state, queries, req, valid, detach_every)
             if done is not None:
                 return done

@@ -81,12 +81,6 @@ class MemoryTrace:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def stack(cls, steps: list[dict[str, Tensor]]) -> "MemoryTrace":
-        """Build from one dict of (B, ...) tensors per segment (a field absent from the dicts: None)."""
-        return cls(**{f.name: torch.stack([s[f.name] for s in steps], dim=1) for f in fields(cls)
-                      if f.name in steps[0]})
-
-    @classmethod
     def of_segments(cls, req: WriteRequest, valid: Tensor, seg: Segments) -> "MemoryTrace":
         """The trace (detached) of S memory steps: their writes as one request of (B, S, W, ...)
         fields, valid (B, S, L) and their stacked :class:`~memnet.memory.Segments`. A request without

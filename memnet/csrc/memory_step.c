@@ -725,23 +725,6 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
 }
 
 /* ------------------------------------------------------------------------------------ scans */
-/* S segments in one call: the step above on each in turn, every pointer advanced by sst[i] bytes per
-   segment (0: the same tensor for every segment). The state is a chain of buffers: the caller points
-   the state's inputs at segment 0 of a (B, S+1, ...) buffer and its outputs at segment 1 of the same
-   one, so that segment s reads what segment s-1 wrote. Returns the largest flag of the steps (a NaN
-   score in any segment: the caller takes the loop of single steps). */
-int memnet_scan_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t b1, int64_t S, void **p,
-                        const int64_t *st, const int64_t *sst) {
-    void *ps[F_PTR_COUNT];
-    int flag = 0;
-    for (int64_t s = 0; s < S && flag < 2; s++) {
-        for (int i = 0; i < F_PTR_COUNT; i++) ps[i] = p[i] ? (char *)p[i] + s * sst[i] : NULL;
-        int f = memnet_step_forward(dm, fl, b0, b1, ps, st);
-        flag = f > flag ? f : flag;
-    }
-    return flag;
-}
-
 /* the backward of a scan, last segment first. The gradient of the state passes from segment s+1 to
    segment s through two buffers that take turns (p[B_GKEYS], p[B_GVALUES]: (B, 2, N, D), the second
    sst[] bytes after the first): segment s writes the gradient of the state it read into buffer s % 2,
@@ -780,29 +763,43 @@ int memnet_scan_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
     return flag;
 }
 
-/* memnet_scan_forward with decay_mode "evidence": before each segment every row's slot-wise logit
-   (dls, (B, S, N), row b at b * dl_bst) is made from the evidence and the age the row carries,
-   base[n] + scale * (ew * evidence[n] + aw * min(age[n], cap) / cap), and after it the evidence
-   (a (B, S+1, N) chain, row b at b * ev_bst) becomes 0 where a write event reset the slot, else the
-   larger of itself and the segment's strongest read hit: for each real token, the read weight times
-   the kept score (clamped at 0) over the heads, summed per slot (memnet.memory.read_hits). */
-int memnet_scan_forward_evidence(const int64_t *dm, const float *fl, int64_t b0, int64_t b1, int64_t S, void **p,
-                                 const int64_t *st, const int64_t *sst, const float *base, const float *ew_aw,
-                                 float *evidence, int64_t ev_bst, float *dls, int64_t dl_bst) {
+/* S segments in one call: the step above on each in turn, every pointer advanced by sst[i] bytes per
+   segment (0: the same tensor for every segment). The state is a chain of buffers: the caller points
+   the state's inputs at segment 0 of a (B, S+1, ...) buffer and its outputs at segment 1 of the same
+   one, so that segment s reads what segment s-1 wrote. Returns the largest flag of the steps (a NaN
+   score in any segment: the caller takes the loop of single steps).
+
+   With evidence (decay_mode "evidence"; else 0 and the row's logit is p[F_DL]): before each segment
+   every row's slot-wise logit (dls, (B, S, N), row b at b * dl_bst) is made from the evidence and the
+   age the row carries, base[n] + scale * (ew * evidence[n] + aw * min(age[n], cap) / cap) (ew_aw:
+   ew, aw, scale, cap), and after it the evidence (a (B, S+1, N) chain, row b at b * ev_bst) becomes 0
+   where a write event reset the slot, else the larger of itself and the segment's strongest read hit:
+   for each real token, the read weight times the kept score (clamped at 0) over the heads, summed per
+   slot (memnet.memory.read_hits). */
+int memnet_scan_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t b1, int64_t S, void **p,
+                        const int64_t *st, const int64_t *sst, const float *base, const float *ew_aw,
+                        float *evidence, int64_t ev_bst, float *dls, int64_t dl_bst) {
     const int64_t N = dm[DM_N], L = dm[DM_L], H = dm[DM_H], K = dm[DM_K];
-    const float ew = ew_aw[0], aw = ew_aw[1], scale = ew_aw[2], cap = ew_aw[3];
     void *ps[F_PTR_COUNT];
     int64_t sts[F_PTR_COUNT];
     int flag = 0;
-    float *acc = malloc((size_t)(2 * N) * sizeof(float));
-    if (!acc) return 2;
-    float *hits = acc + N;
-    for (int64_t n = 0; n < N; n++) acc[n] = 0.0f;
+    float *acc = NULL, *hits = NULL;
+    if (evidence) {
+        acc = calloc((size_t)(2 * N), sizeof(float));
+        if (!acc) return 2;
+        hits = acc + N;
+    }
     for (int64_t s = 0; s < S && flag < 2; s++) {
         for (int i = 0; i < F_PTR_COUNT; i++) {
             ps[i] = p[i] ? (char *)p[i] + s * sst[i] : NULL;
             sts[i] = st[i];
         }
+        if (!evidence) {
+            int f = memnet_step_forward(dm, fl, b0, b1, ps, sts);
+            flag = f > flag ? f : flag;
+            continue;
+        }
+        const float ew = ew_aw[0], aw = ew_aw[1], scale = ew_aw[2], cap = ew_aw[3];
         for (int64_t b = b0; b < b1; b++) {
             const float *age = (const float *)ps[F_AGE] + b * st[F_AGE], *ev = evidence + b * ev_bst + s * N;
             float *d = dls + b * dl_bst + s * N;
