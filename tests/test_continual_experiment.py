@@ -390,3 +390,38 @@ def test_nearest_neighbour_reference_by_hand():
     np.testing.assert_array_equal(C.nearest_neighbour_matrix(s, 2, None, seed=0), np.tril(np.ones((3, 3))))
     with pytest.raises(ValueError, match="k"):
         C.nearest_neighbour_matrix(s, 0, None, seed=0)
+
+
+def test_configurations_are_chosen_on_validation_and_only_chosen_runs_are_reported(tmp_path, monkeypatch):
+    """Every configuration of the grid runs on the sweep seed; the chosen one is the argmax of the
+    stored validation accuracies (never of the test ones), and only its runs enter the tables."""
+    torch.set_num_threads(1)
+    tiny = dataclasses.replace(C.PROFILES["smoke"], lrs=(1e-3, 3e-2), er_policies=("reservoir", "balanced"),
+                               knn_ks=(1, 5), sweep_seeds=(0,))
+    monkeypatch.setitem(C.PROFILES, "tiny", tiny)
+    res = C.run("tiny", "cpu", seeds=[0, 1], out_dir=tmp_path, progress=False, streams=["shift"],
+                models=["er_lstm", "knn", "ncm"])
+    entry = json.loads((tmp_path / "results.json").read_text())["streams"]["shift"]
+    for m in ("er_lstm", "knn"):
+        sel, runs = entry["selection"][m], [r for r in entry["runs"] if r["model"] == m]
+        assert len(sel["grid"]) == 4 if m == "er_lstm" else 2
+        sweep = {json.dumps(r["config"], sort_keys=True): r for r in runs if r["seed"] == 0}
+        assert len(sweep) == len(sel["grid"])  # every configuration ran on the sweep seed
+        val = [np.mean(sweep[json.dumps(c, sort_keys=True)]["R_val"][-1]) for c in sel["grid"]]
+        assert sel["validation"] == pytest.approx(val)
+        assert sel["chosen"] == sel["grid"][int(np.argmax(val))]
+        chosen = [r for r in runs if r["selected"]]
+        assert sorted(r["seed"] for r in chosen) == [0, 1] and all(r["config"] == sel["chosen"] for r in chosen)
+        assert len(runs) == len(sel["grid"]) + 1  # seed 1 ran the chosen configuration only
+    assert entry["selection"]["ncm"]["grid"] == [{}]  # nothing to choose: no sweep
+    values = C.seed_values(res, "shift")
+    assert len(values["er_lstm"]["acc"]) == 2 and len(values["knn"]["acc"]) == 2
+    er = next(r for r in entry["runs"] if r["model"] == "er_lstm" and r["selected"])
+    stream = C.make_stream("shift", tiny, 0)
+    cfg = C.make_config(tiny, stream)
+    # ER stores as many bytes as memnet_replay: its bank and its raw buffer (capped at every training item)
+    assert er["buffer_items"] == C.replay_capacity(tiny, stream, cfg)
+    assert er["memory_bytes"] == er["buffer_items"] * (stream.item_len + 1)
+    want = (C.memnet_state_bytes(cfg) + stream.n_classes * tiny.replay_per_class * (stream.item_len + 1)) \
+        // (stream.item_len + 1)
+    assert er["buffer_items"] == min(want, stream.items(None, "train")[1].size)

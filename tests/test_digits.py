@@ -119,7 +119,7 @@ def test_bad_stream_calls(digits):
     with pytest.raises(ValueError, match="task"):
         digits.items(5, "train")
     with pytest.raises(ValueError, match="split"):
-        digits.items(0, "val")
+        digits.items(0, "valid")
     with pytest.raises(ValueError, match="per_class"):
         digits.support_set(0, per_class=0, seed=0)
     with pytest.raises(ValueError, match="per_class"):
@@ -181,3 +181,49 @@ def test_token_substitution_perturbs_at_the_stated_rate():
     assert changed == pytest.approx(0.3 * (1 - 1 / s.n_symbols), abs=0.01)
     assert (s.perturb(big, 0, rng) == big).all()
     assert s.perturb(big, 3, rng).max() < s.n_symbols
+
+
+@pytest.mark.parametrize("make", [lambda **kw: SplitDigits(pool=2, **kw), lambda **kw: ShiftingPrototypes(**kw)])
+def test_validation_is_carved_from_training_items_only(make):
+    plain, carved = make(seed=4), make(seed=4, val_fraction=0.25)
+    for task in range(plain.n_tasks):
+        test_plain, test_carved = plain.items(task, "test"), carved.items(task, "test")
+        for a, b in zip(test_plain, test_carved):  # the test items do not move
+            np.testing.assert_array_equal(a, b)
+        (xp, yp), (xt, yt), (xv, yv) = plain.items(task, "train"), carved.items(task, "train"), carved.items(task, "val")
+        assert len(yt) + len(yv) == len(yp) and len(plain.items(task, "val")[1]) == 0
+        # every class gives its share (stratified), and train and val are the plain training items, split
+        for c in plain.task_classes(task):
+            assert (yv == c).sum() == round(0.25 * (yp == c).sum())
+        rows = lambda x, y: sorted(map(tuple, np.concatenate([x, y[:, None]], 1).tolist()))
+        assert rows(np.concatenate([xt, xv]), np.concatenate([yt, yv])) == rows(xp, yp)
+    other = make(seed=5, val_fraction=0.25)
+    assert not np.array_equal(other._val, carved._val)  # each seed its own validation items
+    counts = carved.describe()["train_val_test_per_task"]
+    assert counts[0] == [len(carved.items(0, s)[1]) for s in ("train", "val", "test")]
+    for bad in (1.0, -0.1, "a", True):
+        with pytest.raises(ValueError, match="val_fraction"):
+            make(seed=0, val_fraction=bad)
+
+
+def test_episodes_and_batches_draw_from_a_given_source(digits):
+    x, y = digits.items(None, "train")
+    pick = np.concatenate([np.flatnonzero(y == c)[:8] for c in (3, 7, 8)])
+    src = (x[pick], y[pick])
+    allowed = {tuple(r) for r in x[pick]}
+    P = digits.item_len
+    tok, tgt = digits.episodes(0, 6, 4, 3, seed=1, source=src, permute=False)
+    segs = tok.view(6, 7, P + 1)
+    assert all(tuple(r) in allowed for r in segs[:, :, :P].reshape(-1, P).tolist())
+    assert set(segs[:, :4, P].unique().tolist()) <= {int(digits.label_token(c)) for c in (3, 7, 8)}
+    tok, _ = digits.instance_episodes(0, 4, 3, 2, seed=2, source=src)
+    assert all(tuple(r) in allowed for r in tok.view(4, 5, P + 1)[:, :3, :P].reshape(-1, P).tolist())
+    tok, tgt = digits.classifier_batch(0, 16, seed=3, source=src)
+    assert all(tuple(r) in allowed for r in tok[:, :P].tolist())
+    assert set((tgt[:, P] - digits.n_symbols).tolist()) <= {3, 7, 8}
+    with pytest.raises(ValueError, match="source"):
+        digits.classifier_batch(0, 4, seed=0, source=(x[:3, :5], y[:3]))
+    with pytest.raises(ValueError, match="source"):
+        digits.episodes(0, 2, 2, 1, seed=0, source=(x[:3] + 100, y[:3]))
+    with pytest.raises(ValueError, match="source"):
+        digits.episodes(0, 2, 2, 1, seed=0, source=x[:3])

@@ -58,6 +58,7 @@ data/continual/<profile>/ with provenance. A result that lacks runs of the store
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -74,6 +75,8 @@ from ..continual import (accuracy_matrix, fit_key_map, forgetting, max_drop, rea
 from ..continual import summarize as matrix_summary
 from ..memory import MemoryState, WriteRequest
 from ..model import MemNet
+from ..peers import memnet_state_bytes
+from ..replay import ReplayBuffer
 from ..tasks.digits import SplitDigits
 from ..tasks.shift import ShiftingPrototypes
 from ..tasks.stream import TaskStream
@@ -83,10 +86,12 @@ from .common import (DATA_DIR, DistinctList, Verdict, check_device, check_names,
                      experiment_parser, format_table, mean_ci, positive_int, provenance, result_folder, save_torch,
                      seed_everything, t_interval, worker_pool, writable_folder, write_json)
 
-SEQUENTIAL = ("memnet", "memnet_fixed", "windowed", "lstm")
+SEQUENTIAL = ("memnet", "memnet_replay", "memnet_fixed", "windowed", "lstm", "er_windowed", "er_lstm")
 JOINT = ("memnet_joint", "memnet_fixed_joint", "windowed_joint", "lstm_joint")
+REFERENCES = ("knn", "ncm")  # no network: votes over the stored items' fixed codes
 DERIVED = ("memnet_reset", "memnet_rewrite", "memnet_frozen")  # computed along the memnet run, no extra training
 MEMNETS = ("memnet", "memnet_fixed")  # the runs that make derived variants (memnet_fixed_reset, ...)
+DERIVED_OF = {"memnet": ("memnet",) + DERIVED + ("memnet_unaligned",), "memnet_fixed": ("memnet_fixed", "memnet_fixed_reset")}
 STREAMS = ("digits", "shift")
 
 
@@ -114,16 +119,23 @@ class Profile:
     n_query: int = 6  # ... then query segments
     episode_batch: int = 16
     memnet_steps: tuple = (120, 30)  # MemNet: steps on the first task, on each later task (0: no training)
-    memnet_later_lr: float | None = None  # MemNet's learning rate on tasks after the first (None: lr)
     realign: bool = True  # after each later task, move the carried keys by the drift measured on that task's items
     realign_ridge: float = 0.1  # pull of the drift map towards the identity (memnet.continual.fit_key_map)
     clf_steps: int = 150  # baselines: steps per task (cheap: enough that the joint upper bound is trained,
     # not left at an easy-to-reach 60-70%)
     clf_batch: int = 32
-    lr: float = 3e-3
+    lr: float = 3e-3  # the learning rate of a run (the grid ``lrs`` sets it per run)
+    replay_per_class: int = 10  # memnet_replay: its raw buffer holds this many items per class seen (class-balanced)
+    er_policy: str = "balanced"  # er_*: the buffer's policy (memnet.replay), chosen on validation among er_policies
+    knn_k: int = 3  # knn: neighbours that vote, chosen on validation among knn_ks
+    val_fraction: float = 0.2  # share of every class's training items held out for validation
+    lrs: tuple = (1e-3, 3e-3, 1e-2)  # every trained model's learning rate is chosen among these on validation
+    er_policies: tuple = ("reservoir", "balanced")
+    knn_ks: tuple = (1, 3, 5)
+    sweep_seeds: tuple = (0,)  # the seeds whose validation accuracy chooses each model's configuration
     seeds: tuple = (0, 1, 2)
     streams: tuple = STREAMS
-    models: tuple = SEQUENTIAL + JOINT
+    models: tuple = SEQUENTIAL + JOINT + REFERENCES
     eval_chunk: int = 128
     workers: int = 2  # processes running (stream, seed, model) jobs side by side on a CPU (one thread each)
 
@@ -131,8 +143,9 @@ class Profile:
 PROFILES = {
     "smoke": Profile(d_model=16, num_slots=64, support_per_class=3, fixed_support_per_class=3, fixed_train_slots=16,
                      n_support=4, n_query=2, episode_batch=4,
-                     memnet_steps=(3, 2), clf_steps=3, clf_batch=8, seeds=(0,),
-                     models=SEQUENTIAL + ("windowed_joint", "lstm_joint"), workers=1),
+                     memnet_steps=(3, 2), clf_steps=3, clf_batch=8, seeds=(0,), replay_per_class=3,
+                     lrs=(3e-3,), er_policies=("balanced",), knn_ks=(3,),
+                     models=SEQUENTIAL + ("windowed_joint", "lstm_joint") + REFERENCES, workers=1),
     "laptop": Profile(),
     "gpu": Profile(d_model=64, n_layers=2, num_slots=256, digits_pool=1, support_per_class=20, n_support=10,
                    n_query=10, episode_batch=64, memnet_steps=(1500, 500), clf_steps=300, clf_batch=64,
@@ -143,9 +156,9 @@ PROFILES = {
 def make_stream(name: str, p: Profile, seed: int) -> TaskStream:
     """The stream ``name`` with its train/test split fixed by ``seed``."""
     if name == "digits":
-        return SplitDigits(n_tasks=5, seed=seed, pool=p.digits_pool)
+        return SplitDigits(n_tasks=5, seed=seed, pool=p.digits_pool, val_fraction=p.val_fraction)
     if name == "shift":
-        return ShiftingPrototypes(n_tasks=5, seed=seed)
+        return ShiftingPrototypes(n_tasks=5, seed=seed, val_fraction=p.val_fraction)
     raise ValueError(f"stream must be one of {STREAMS}, got {name!r}")
 
 
@@ -161,9 +174,10 @@ def make_config(p: Profile, stream: TaskStream) -> MemNetConfig:
     age, stays the stalest, and the next item is allocated to it again. With the default 0.5 and
     gates that hover around 0.5, a carried memory keeps only a fraction of the items streamed into
     it; the profile's low threshold makes every item's write claim its own slot."""
-    needed = support_count(stream, p.support_per_class)
+    needed = max(support_count(stream, p.support_per_class), stream.n_classes * p.replay_per_class)
     if needed > p.num_slots:
-        raise ValueError(f"num_slots ({p.num_slots}) must hold every support item of the stream ({needed})")
+        raise ValueError(f"num_slots ({p.num_slots}) must hold every support item of the stream and the replay buffer "
+                         f"({needed})")
     return MemNetConfig(vocab_size=stream.vocab_size, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads,
                         num_slots=p.num_slots, top_k=p.top_k, mem_heads=p.mem_heads, segment_len=stream.segment_len,
                         writes_per_segment=1, decay_init=p.decay_init, write_threshold=p.write_threshold)
@@ -171,8 +185,8 @@ def make_config(p: Profile, stream: TaskStream) -> MemNetConfig:
 
 def build(name: str, cfg: MemNetConfig, stream: TaskStream) -> torch.nn.Module:
     """The untrained model ``name`` (``*_joint`` builds the same model) for ``stream``."""
-    base = name.removesuffix("_joint")
-    if base == "memnet":
+    base = name.removesuffix("_joint").removeprefix("er_")
+    if base in ("memnet", "memnet_replay"):
         return stream_memnet(cfg)
     if base == "memnet_fixed":
         return stream_memnet(cfg, address="fixed", code=stream.symbol_code())
@@ -235,11 +249,11 @@ def query_logits(model: MemNet, tokens: Tensor, memory: MemoryState) -> Tensor:
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, stream: TaskStream, task: int, device: torch.device, amp: str,
-             memory: MemoryState | None = None, chunk: int = 128) -> float:
-    """Accuracy on `task`'s test items, argmax over every label token (no task id). MemNet reads a
-    copy of `memory` per query; the memory a query writes is thrown away."""
+             memory: MemoryState | None = None, chunk: int = 128, split: str = "test") -> float:
+    """Accuracy on `task`'s items of `split` (test by default), argmax over every label token (no
+    task id). MemNet reads a copy of `memory` per query; the memory a query writes is thrown away."""
     model.eval()
-    x, y = stream.items(task, "test")
+    x, y = stream.items(task, split)
     tok, _ = stream.query_tokens(x, y)
     labels = stream.label_tokens.to(device)
     ok = 0
@@ -253,6 +267,16 @@ def accuracy(model: torch.nn.Module, stream: TaskStream, task: int, device: torc
             pred = logits[:, labels].argmax(-1).cpu().numpy()  # (n,) class index
             ok += int((pred == y[i:i + chunk]).sum())
     return ok / len(y)
+
+
+def evaluate(model: torch.nn.Module, stream: TaskStream, device: torch.device, amp: str,
+             memory: MemoryState | None = None, chunk: int = 128) -> dict[str, list[float]]:
+    """:func:`accuracy` on every task, on its test and its validation items: {"test": (T,), "val": (T,)}
+    (no validation items: "val" is empty)."""
+    out = {"test": [accuracy(model, stream, j, device, amp, memory, chunk) for j in range(stream.n_tasks)], "val": []}
+    if stream.items(None, "val")[1].size:
+        out["val"] = [accuracy(model, stream, j, device, amp, memory, chunk, "val") for j in range(stream.n_tasks)]
+    return out
 
 
 def track_items(slot_item: np.ndarray, trace, first_id: int) -> np.ndarray:
@@ -275,6 +299,26 @@ def slot_events(rec: dict) -> Tensor:
     ev = torch.zeros(alloc.shape[0], rec["slot_owner"].shape[1], dtype=torch.bool)
     ev[torch.arange(alloc.shape[0]), alloc] = event
     return ev
+
+
+def item_keys(model: MemNet, stream: TaskStream, x: np.ndarray, y: np.ndarray, device: torch.device) -> Tensor:
+    """(n, Dm) the keys the current weights would store items ``x`` (n, P) with classes ``y`` under
+    (their support segments, one window each)."""
+    return segment_keys(model, stream.support_tokens(x, y).view(len(y), -1).to(device))
+
+
+def mean_cosine(a: Tensor, b: Tensor) -> float:
+    """Mean cosine similarity between matching rows of (n, D) ``a`` and ``b``."""
+    return float(F.cosine_similarity(a.float(), b.float(), dim=-1).mean())
+
+
+def matrices(rows: list[dict]) -> dict:
+    """The accuracy matrices of a run from its :func:`evaluate` rows (one per task trained):
+    ``R`` on the test items and ``R_val`` on the validation items (omitted without them)."""
+    out = {"R": [r["test"] for r in rows]}
+    if all(r["val"] for r in rows):
+        out["R_val"] = [r["val"] for r in rows]
+    return out
 
 
 def key_cosine(a: MemoryState, a_items: np.ndarray, b: MemoryState, b_items: np.ndarray, ids: np.ndarray) -> float:
@@ -308,10 +352,15 @@ class WithMemory(torch.nn.Module):
 
 def train_on(model, p: Profile, stream: TaskStream, task: int | None, steps: int, seed: int, device, amp: str,
              progress: bool, name: str, memory: MemoryState | None = None,
-             label_pool: list[int] | None = None, lr: float | None = None) -> list[dict]:
+             label_pool: list[int] | None = None, lr: float | None = None,
+             replay: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
     """Train `model` on `task` (all tasks when None) with a fresh optimizer for `steps` steps (0: not
     at all) at learning rate `lr` (None: the profile's); returns the history. MemNet trains on
-    episodes (starting from `memory` when given, labels permuted within `label_pool`)."""
+    episodes (starting from `memory` when given, labels permuted within `label_pool`).
+
+    replay: items (x, y) kept from earlier tasks. A classifier's every batch gets as many of them
+    again (experience replay, Chaudhry et al. 2019: the current batch and a replayed one); a
+    MemNet's episodes draw from the task's training items and these together."""
     if steps == 0:
         return []
     memnet = isinstance(model, MemNet)
@@ -319,16 +368,27 @@ def train_on(model, p: Profile, stream: TaskStream, task: int | None, steps: int
     trainer = Trainer(net, train_config(p, steps, amp, progress, lr), device, name=name)
     tag = 99 if task is None else task
 
+    source = None
+    if memnet and replay is not None and len(replay[1]):
+        x, y = stream.items(task, "train")
+        source = (np.concatenate([replay[0], x]), np.concatenate([replay[1], y]))
+
     def batch_fn(step: int):
         s = seed * 1_000_003 + tag * 10_007 + step
         if memnet:
-            tok, tgt = stream.episodes(task, p.episode_batch, p.n_support, p.n_query, seed=s, label_pool=label_pool)
+            tok, tgt = stream.episodes(task, p.episode_batch, p.n_support, p.n_query, seed=s, label_pool=label_pool,
+                                       source=source)
             n_inst = int(round(p.instance_share * p.episode_batch))
             if n_inst:  # the first rows become instance episodes (same layout, the task's own items)
                 tok[:n_inst], tgt[:n_inst] = stream.instance_episodes(
-                    task, n_inst, p.n_support, p.n_query, seed=s + 500_009, strength=p.instance_noise, label_pool=label_pool)
+                    task, n_inst, p.n_support, p.n_query, seed=s + 500_009, strength=p.instance_noise, label_pool=label_pool,
+                    source=source)
             return tok, tgt
-        return stream.classifier_batch(task, p.clf_batch, seed=s)
+        tok, tgt = stream.classifier_batch(task, p.clf_batch, seed=s)
+        if replay is not None and len(replay[1]):
+            rt, rg = stream.classifier_batch(None, p.clf_batch, seed=s + 700_001, source=replay)
+            tok, tgt = torch.cat([tok, rt]), torch.cat([tgt, rg])
+        return tok, tgt
 
     return trainer.fit(batch_fn)
 
@@ -380,8 +440,9 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
     T = stream.n_tasks
     seed_everything(seed)
     model = build("memnet", cfg, stream).to(device)
-    R = {k: np.zeros((T, T)) for k in ("memnet",) + DERIVED + (("memnet_unaligned",) if p.realign else ())}
+    R = {k: [] for k in ("memnet",) + DERIVED + (("memnet_unaligned",) if p.realign else ())}  # rows of evaluate()
     drift = np.full((T, T), np.nan)  # drift[i, j]: key cosine, carried vs rewritten, items of task j after task i
+    task_drift = [float("nan")] * T  # over task i: cosine of the old tasks' support keys before and after it
     carried, unaligned, history = None, None, []
     supports = [stream.support_set(t, p.support_per_class, seed=seed * 7 + t) for t in range(T)]
     log = CarriedLog(supports, cfg.num_slots)
@@ -398,13 +459,16 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
             x_i, y_i = stream.items(i, "train")
             seg = stream.support_tokens(x_i, y_i).view(len(y_i), -1).to(device)
             keys_before = segment_keys(model, seg)
+        olds = [np.concatenate(a) for a in zip(*supports[:i])] if i else None
+        old_keys = item_keys(model, stream, *olds, device) if i else None
         history += train_on(model, p, stream, i, steps, seed, device, amp, progress, f"memnet_{stream.name}_s{seed}_t{i}",
-                            memory=carried if p.train_with_memory else None, label_pool=pool,
-                            lr=None if i == 0 else p.memnet_later_lr)
+                            memory=carried if p.train_with_memory else None, label_pool=pool)
         if i == 0:  # memnet_frozen: the weights after the first task, every later task only written
             frozen = copy.deepcopy(model).eval()
             frozen_mem = None
         frozen_mem, _ = fill(frozen, stream, *supports[i], frozen_mem, device)
+        if i:
+            task_drift[i] = mean_cosine(old_keys, item_keys(model, stream, *olds, device))
         if p.realign and i > 0:  # drift of the key encoder over this task, measured on this task's items only
             carried = realign_keys(carried, fit_key_map(keys_before, segment_keys(model, seg), p.realign_ridge))
         # this task's items into the carried memory, a fresh one (the reset variant) and the unaligned one
@@ -416,19 +480,16 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
         for t in range(i + 1):
             rewrite, rtr = fill(model, stream, *supports[t], rewrite, device)
             rewrite_items = track_items(rewrite_items, rtr, int(log.first[t]))
-        for j in range(T):
-            R["memnet"][i, j] = accuracy(model, stream, j, device, amp, carried, p.eval_chunk)
-            R["memnet_reset"][i, j] = accuracy(model, stream, j, device, amp, fresh, p.eval_chunk)
-            R["memnet_rewrite"][i, j] = accuracy(model, stream, j, device, amp, rewrite, p.eval_chunk)
-            R["memnet_frozen"][i, j] = accuracy(frozen, stream, j, device, amp, frozen_mem, p.eval_chunk)
-            if p.realign:
-                R["memnet_unaligned"][i, j] = accuracy(model, stream, j, device, amp, unaligned, p.eval_chunk)
-            if j <= i:
-                drift[i, j] = key_cosine(carried, log.slot_item, rewrite, rewrite_items, log.ids(j))
+        read = {"memnet": (model, carried), "memnet_reset": (model, fresh), "memnet_rewrite": (model, rewrite),
+                "memnet_frozen": (frozen, frozen_mem), "memnet_unaligned": (model, unaligned)}
+        for k in R:
+            R[k].append(evaluate(read[k][0], stream, device, amp, read[k][1], p.eval_chunk))
+        for j in range(i + 1):
+            drift[i, j] = key_cosine(carried, log.slot_item, rewrite, rewrite_items, log.ids(j))
     train_s = time.perf_counter() - t0
-    runs = {k: {"R": R[k].tolist(), "baseline_b": b.tolist()} for k in R}
-    runs["memnet"].update(key_drift=drift.tolist(), retained=log.retained.tolist(), history=history,
-                          train_s=round(train_s, 1))
+    runs = {k: {**matrices(rows), "baseline_b": b.tolist(), "memory_bytes": memnet_state_bytes(cfg)} for k, rows in R.items()}
+    runs["memnet"].update(key_drift=drift.tolist(), task_drift=task_drift, retained=log.retained.tolist(),
+                          history=history, train_s=round(train_s, 1))
     return runs, log.record("memnet")
 
 
@@ -472,34 +533,118 @@ def run_memnet_fixed(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: in
                                    f"memnet_fixed_{stream.name}_s{seed}_t0")
     supports = [stream.support_set(t, p.fixed_support_per_class, seed=seed * 7 + t) for t in range(T)]
     log = CarriedLog(supports, big.num_slots)
-    R = {k: np.zeros((T, T)) for k in ("memnet_fixed", "memnet_fixed_reset")}
+    R: dict[str, list] = {k: [] for k in ("memnet_fixed", "memnet_fixed_reset")}
     carried = None
     for i in range(T):
         (carried, fresh), tr = fill_each(model, stream, *supports[i], [carried, None], device)
         log.add(i, tr)
-        for j in range(T):
-            R["memnet_fixed"][i, j] = accuracy(model, stream, j, device, amp, carried, p.eval_chunk)
-            R["memnet_fixed_reset"][i, j] = accuracy(model, stream, j, device, amp, fresh, p.eval_chunk)
-    runs = {k: {"R": R[k].tolist(), "baseline_b": b.tolist(), "num_slots": big.num_slots} for k in R}
+        R["memnet_fixed"].append(evaluate(model, stream, device, amp, carried, p.eval_chunk))
+        R["memnet_fixed_reset"].append(evaluate(model, stream, device, amp, fresh, p.eval_chunk))
+    runs = {k: {**matrices(rows), "baseline_b": b.tolist(), "num_slots": big.num_slots,
+                "memory_bytes": memnet_state_bytes(big)} for k, rows in R.items()}
     runs["memnet_fixed"].update(retained=log.retained.tolist(), history=history,
                                 train_s=round(time.perf_counter() - t0, 1))
     return runs, log.record("memnet_fixed")
 
 
+def replay_capacity(p: Profile, stream: TaskStream, cfg: MemNetConfig) -> int:
+    """Items the buffer of ``er_*`` holds: as many as fit the bytes memnet_replay stores (its bank
+    and its raw buffer), at most every training item of the stream."""
+    buf = ReplayBuffer(stream.n_classes * p.replay_per_class, stream.item_len)
+    per_item = ReplayBuffer(1, stream.item_len).nbytes
+    return min((memnet_state_bytes(cfg) + buf.nbytes) // per_item, stream.items(None, "train")[1].size)
+
+
 def run_sequential(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
                    progress: bool) -> dict:
-    """A baseline fine-tuned on the tasks in order; returns its accuracy matrix."""
+    """A baseline fine-tuned on the tasks in order; returns its accuracy matrices. ``er_*``: with
+    experience replay from a buffer of :func:`replay_capacity` items (policy ``er_policy``), fed
+    every training item of a task after that task."""
     T = stream.n_tasks
     seed_everything(seed)
     model = build(name, cfg, stream).to(device)
     b = untrained_accuracy(model, p, stream, device, amp)
-    R, history = np.zeros((T, T)), []
+    buf = ReplayBuffer(replay_capacity(p, stream, cfg), stream.item_len, p.er_policy, seed) if name.startswith("er_") else None
+    rows, history = [], []
     t0 = time.perf_counter()
     for i in range(T):
-        history += train_on(model, p, stream, i, p.clf_steps, seed, device, amp, progress, f"{name}_{stream.name}_s{seed}_t{i}")
-        R[i] = [accuracy(model, stream, j, device, amp, chunk=p.eval_chunk) for j in range(T)]
-    return {"R": R.tolist(), "baseline_b": b.tolist(), "history": history,
-            "train_s": round(time.perf_counter() - t0, 1)}
+        history += train_on(model, p, stream, i, p.clf_steps, seed, device, amp, progress, f"{name}_{stream.name}_s{seed}_t{i}",
+                            replay=buf.items() if buf is not None else None)
+        if buf is not None:
+            buf.add(*stream.support_set(i, None, seed=seed * 7 + i))
+        rows.append(evaluate(model, stream, device, amp, chunk=p.eval_chunk))
+    out = {**matrices(rows), "baseline_b": b.tolist(), "history": history, "train_s": round(time.perf_counter() - t0, 1),
+           "memory_bytes": 0 if buf is None else buf.nbytes}
+    if buf is not None:
+        out.update(buffer_items=buf.capacity, buffer_policy=p.er_policy)
+    return out
+
+
+def run_memnet_replay(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
+                      progress: bool) -> dict:
+    """The learned-address MemNet that keeps its memory readable while it keeps learning: every
+    weight trains on every task, on episodes drawn from the task's items and from a bounded raw
+    buffer of earlier items (``replay_per_class`` per class seen, class-balanced), so the key
+    encoder keeps separating the old classes; after each task the buffer takes the task's items
+    and the memory is rebuilt from the buffer by the current weights (re-keying), so no stored key
+    is stale. ``task_drift[i]`` is the cosine between the buffer's keys before and after task i's
+    training: the drift that re-keying removes."""
+    T = stream.n_tasks
+    seed_everything(seed)
+    model = build("memnet_replay", cfg, stream).to(device)
+    b = untrained_accuracy(model, p, stream, device, amp)
+    buf = ReplayBuffer(stream.n_classes * p.replay_per_class, stream.item_len, "balanced", seed)
+    memory, rows, history, task_drift = None, [], [], [float("nan")] * T
+    t0 = time.perf_counter()
+    for i in range(T):
+        steps = p.memnet_steps[0] if i == 0 else p.memnet_steps[1]
+        before = item_keys(model, stream, *buf.items(), device) if len(buf) else None
+        history += train_on(model, p, stream, i, steps, seed, device, amp, progress,
+                            f"memnet_replay_{stream.name}_s{seed}_t{i}",
+                            memory=memory if p.train_with_memory else None, replay=buf.items() if len(buf) else None)
+        if before is not None:
+            task_drift[i] = mean_cosine(before, item_keys(model, stream, *buf.items(), device))
+        buf.add(*stream.support_set(i, None, seed=seed * 7 + i))
+        memory, _ = fill(model, stream, *buf.items(), None, device)  # every held item keyed by the current weights
+        rows.append(evaluate(model, stream, device, amp, memory, p.eval_chunk))
+    return {**matrices(rows), "baseline_b": b.tolist(), "history": history, "task_drift": task_drift,
+            "train_s": round(time.perf_counter() - t0, 1), "memory_bytes": memnet_state_bytes(cfg) + buf.nbytes,
+            "buffer_items": buf.capacity}
+
+
+def reference_matrices(name: str, p: Profile, stream: TaskStream, seed: int) -> dict:
+    """kNN (cosine-weighted vote of the ``knn_k`` nearest) or nearest-class-mean over the items a
+    class-balanced buffer of ``replay_per_class`` per class holds (memnet_replay's raw buffer, fed
+    the same way), coded by the stream's fixed code: no network, no training."""
+    code = stream.symbol_code().numpy()
+    unit = lambda x: (lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))(code[x].reshape(len(x), -1))
+    buf = ReplayBuffer(stream.n_classes * p.replay_per_class, stream.item_len, "balanced", seed)
+    rows = []
+    for i in range(stream.n_tasks):
+        buf.add(*stream.support_set(i, None, seed=seed * 7 + i))
+        bx, by = buf.items()
+        B = unit(bx)
+        if name == "ncm":
+            held = np.unique(by)
+            B = np.stack([B[by == c].mean(0) for c in held])
+            B, by = B / np.maximum(np.linalg.norm(B, axis=1, keepdims=True), 1e-12), held
+        row = {}
+        for split in ("test", "val"):
+            acc = []
+            for j in range(stream.n_tasks):
+                x, y = stream.items(j, split)
+                if not y.size:
+                    break
+                sim = unit(x) @ B.T  # (n, M)
+                k = 1 if name == "ncm" else min(p.knn_k, B.shape[0])
+                top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+                votes = np.zeros((len(y), stream.n_classes))
+                np.add.at(votes, (np.arange(len(y))[:, None], by[top]), np.take_along_axis(sim, top, 1))
+                acc.append(float((votes.argmax(1) == y).mean()))
+            row[split] = acc
+        rows.append(row)
+    return {**matrices(rows), "baseline_b": [stream.chance] * stream.n_tasks, "memory_bytes": buf.nbytes,
+            "buffer_items": buf.capacity}
 
 
 def run_joint(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
@@ -522,26 +667,70 @@ def run_joint(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed
         per_class = p.fixed_support_per_class if fixed else p.support_per_class
         for t in range(T):
             memory, _ = fill(model, stream, *stream.support_set(t, per_class, seed=seed * 7 + t), memory, device)
-    final = [accuracy(model, stream, j, device, amp, memory, p.eval_chunk) for j in range(T)]
-    return {"final": final, "acc": float(np.mean(final)), "history": history,
-            "train_s": round(time.perf_counter() - t0, 1)}
+    final = evaluate(model, stream, device, amp, memory, p.eval_chunk)
+    out = {"final": final["test"], "acc": float(np.mean(final["test"])), "history": history,
+           "train_s": round(time.perf_counter() - t0, 1)}
+    if final["val"]:
+        out.update(final_val=final["val"], acc_val=float(np.mean(final["val"])))
+    return out
 
 
-def _run_job(p: Profile, sname: str, seed: int, m: str, device: str, amp: str, progress: bool,
+def grid(p: Profile, model: str) -> list[dict]:
+    """The configurations (overrides of the profile) among which ``model``'s is chosen on validation:
+    every learning rate of ``lrs`` for a trained model (with every policy of ``er_policies`` for
+    ``er_*``), every ``knn_ks`` for ``knn``, nothing to choose for ``ncm``."""
+    if model in REFERENCES:
+        return [{"knn_k": int(k)} for k in p.knn_ks] if model == "knn" else [{}]
+    configs = [{"lr": float(lr)} for lr in p.lrs]
+    if model.startswith("er_"):
+        configs = [{**c, "er_policy": pol} for c in configs for pol in p.er_policies]
+    return configs
+
+
+def _run_job(p: Profile, sname: str, seed: int, m: str, config: dict, device: str, amp: str, progress: bool,
              threads: int | None = None) -> tuple[list[dict], dict | None]:
-    """One (stream, seed, model) job: a pure function of its arguments, so jobs can run in any order
-    or process. Returns its run entries (MemNet: one per derived variant) and MemNet's trace record."""
+    """One (stream, seed, model, configuration) job: a pure function of its arguments, so jobs can
+    run in any order or process. Returns its run entries (MemNet: one per derived variant, each
+    naming the job's model in ``of``) and MemNet's trace record."""
     if threads is not None:
         torch.set_num_threads(threads)
+    p = replace(p, **config)
     dev = resolve_device(device)
     stream = make_stream(sname, p, seed)
     cfg = make_config(p, stream)
+    tag = {"seed": seed, "of": m, "config": config}
+    if m in REFERENCES:
+        return [{"model": m, "params": 0, **tag, **reference_matrices(m, p, stream, seed)}], None
     params = count_params(build(m, cfg, stream))
     if m in MEMNETS:
         runs, rec = (run_memnet if m == "memnet" else run_memnet_fixed)(p, stream, cfg, seed, dev, amp, progress)
-        return [{"model": k, "seed": seed, "params": params, **r} for k, r in runs.items()], rec
+        return [{"model": k, "params": params, **tag, **r} for k, r in runs.items()], rec
+    if m == "memnet_replay":
+        return [{"model": m, "params": params, **tag, **run_memnet_replay(p, stream, cfg, seed, dev, amp, progress)}], None
     r = (run_joint if m in JOINT else run_sequential)(m, p, stream, cfg, seed, dev, amp, progress)
-    return [{"model": m, "seed": seed, "params": params, **r}], None
+    return [{"model": m, "params": params, **tag, **r}], None
+
+
+def validation_score(entry: dict) -> float:
+    """What a configuration is chosen by: the validation accuracy over every task after the last
+    one (a joint model: its final validation accuracy)."""
+    if "acc_val" in entry:
+        return float(entry["acc_val"])
+    if "R_val" in entry:
+        return float(np.mean(entry["R_val"][-1]))
+    raise ValueError(f"run {entry.get('model')!r} has no validation accuracy: a stream with val_fraction > 0 is needed "
+                     "to choose among several configurations")
+
+
+def _execute(p: Profile, jobs: list[tuple], dev: torch.device, amp: str, progress: bool, workers: int) -> list:
+    """The results of ``jobs`` ((stream, seed, model, config) each), in order: in this process, or
+    on ``workers`` processes of one thread each (MemNet's jobs, the longest, first)."""
+    if workers == 1 or len(jobs) <= 1:
+        return [_run_job(p, *job, str(dev), amp, progress) for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda k: not jobs[k][2].startswith("memnet"))
+    with worker_pool(min(workers, len(jobs))) as pool:  # workers end when this process dies
+        futures = {k: pool.submit(_run_job, p, *jobs[k], str(dev), amp, False, 1) for k in order}
+        return [futures[k].result() for k in range(len(jobs))]
 
 
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None, out_dir: Path | None = None,
@@ -549,14 +738,20 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         models: list[str] | None = None, workers: int | None = None) -> dict:
     """Run every stream, model and seed of the profile; returns (and with `save`, stores) the results.
 
-    workers: processes that run (stream, seed, model) jobs side by side, each on one CPU thread
-    (default: the profile's ``workers`` on CPU, 1 on CUDA). Every job seeds itself, so the results
-    do not depend on it."""
+    Every model's configuration is chosen on validation before any test accuracy is read: each
+    configuration of :func:`grid` is run on the ``sweep_seeds``, the one with the best
+    :func:`validation_score` (mean over those seeds; ties: the first in the grid) is run on the
+    other seeds, and only its runs are ``selected`` for the tables. Every run of the sweep is
+    stored. A model with one configuration skips the sweep.
+
+    workers: processes that run (stream, seed, model, configuration) jobs side by side, each on one
+    CPU thread (default: the profile's ``workers`` on CPU, 1 on CUDA). Every job seeds itself, so
+    the results do not depend on it."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
     streams = check_names(streams, STREAMS, "streams") or list(p.streams)
-    models = check_names(models, SEQUENTIAL + JOINT, "models") or list(p.models)
+    models = check_names(models, SEQUENTIAL + JOINT + REFERENCES, "models") or list(p.models)
     seeds = check_seeds(seeds if seeds is not None else p.seeds)
     dev = resolve_device(check_device(device))
     if workers is None:
@@ -567,31 +762,44 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if save:  # fail now, not after the training, when the folder cannot be written
         writable_folder(out_dir, "out_dir")
     t_all = time.perf_counter()
-    jobs = [(sname, seed, m) for sname in streams for seed in seeds for m in models]
-    if workers == 1 or len(jobs) == 1:
-        done = [_run_job(p, sname, seed, m, str(dev), amp, progress) for sname, seed, m in jobs]
-    else:  # tiny models: one thread per process beats two threads in one process
-        order = sorted(range(len(jobs)), key=lambda k: not jobs[k][2].startswith("memnet"))  # long jobs first
-        with worker_pool(min(workers, len(jobs))) as pool:  # workers end when this process dies
-            futures = {k: pool.submit(_run_job, p, *jobs[k], str(dev), amp, False, 1) for k in order}
-            done = [futures[k].result() for k in range(len(jobs))]
+    sweep = [(sname, seed, m, c) for sname in streams for m in models if len(grid(p, m)) > 1
+             for seed in p.sweep_seeds for c in grid(p, m)]
+    ckey = lambda job: job[:3] + (json.dumps(job[3], sort_keys=True),)  # jobs as dict keys
+    done = {ckey(j): r for j, r in zip(sweep, _execute(p, sweep, dev, amp, progress, workers))}
+    chosen, selection = {}, {}
+    for sname in streams:
+        for m in models:
+            configs = grid(p, m)
+            own = lambda key: next(e for e in done[key][0] if e["model"] == m)  # not a derived variant
+            scores = [float(np.mean([validation_score(own(ckey((sname, seed, m, c)))) for seed in p.sweep_seeds]))
+                      if len(configs) > 1 else float("nan") for c in configs]
+            best = configs[int(np.argmax(scores))] if len(configs) > 1 else configs[0]
+            chosen[(sname, m)] = best
+            selection.setdefault(sname, {})[m] = {"grid": configs, "validation": scores, "chosen": best,
+                                                  "sweep_seeds": list(p.sweep_seeds)}
+    rest = [(sname, seed, m, chosen[(sname, m)]) for sname in streams for seed in seeds for m in models
+            if ckey((sname, seed, m, chosen[(sname, m)])) not in done]
+    done.update({ckey(j): r for j, r in zip(rest, _execute(p, rest, dev, amp, progress, workers))})
     result = {"experiment": "continual", "profile": profile, "profile_settings": asdict(p), "streams": {}}
-    records: dict[int, dict] = {}  # seed -> model -> stream -> fill record
-    for (sname, seed, m), (entries, rec) in zip(jobs, done):
+    records: dict[int, dict] = {}  # seed -> model -> stream -> fill record (selected runs only)
+    for (sname, seed, m, c), (entries, rec) in done.items():
+        c = json.loads(c)
         if sname not in result["streams"]:
             stream = make_stream(sname, p, seed)
-            result["streams"][sname] = {"runs": [], "stream": stream.describe(),
+            result["streams"][sname] = {"runs": [], "stream": stream.describe(), "selection": selection[sname],
                                         "config": make_config(p, stream).to_dict(), "chance": stream.chance}
-        result["streams"][sname]["runs"] += entries
-        if rec is not None:
+        selected = c == chosen[(sname, m)] and seed in seeds
+        result["streams"][sname]["runs"] += [{**e, "selected": selected} for e in entries]
+        if rec is not None and selected:
             records.setdefault(seed, {}).setdefault(m, {})[sname] = rec
     for entry in result["streams"].values():
         for r in entry["runs"]:
-            if "R" in r:
-                R = accuracy_matrix(r["R"])
-                r["summary"] = matrix_summary(R, r["baseline_b"])
-                r["summary"]["max_drop"] = max_drop(R)
-                r["summary"]["forgetting_per_task"] = forgetting(R).tolist()
+            for key, name in (("R", "summary"), ("R_val", "summary_val")):
+                if key in r:
+                    R = accuracy_matrix(r[key])
+                    r[name] = matrix_summary(R, r["baseline_b"])
+                    r[name]["max_drop"] = max_drop(R)
+                    r[name]["forgetting_per_task"] = forgetting(R).tolist()
     wall = time.perf_counter() - t_all
     result["provenance"] = provenance(dev, seeds, wall, amp=amp, workers=workers)
     if save:  # never over a stored result that holds runs this one lacks: those go to partial/
@@ -603,8 +811,9 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
 
 
 def run_keys(result: dict) -> list[tuple]:
-    """One key per run of a result, (stream, model, seed): what a stored result must keep."""
-    return [(s, r["model"], r["seed"]) for s, entry in result["streams"].items() for r in entry["runs"]]
+    """One key per run of a result, (stream, model, seed, configuration): what a stored result must keep."""
+    return [(s, r["model"], r["seed"], json.dumps(r.get("config", {}), sort_keys=True))
+            for s, entry in result["streams"].items() for r in entry["runs"]]
 
 
 # ---------------------------------------------------------------------------- references
@@ -647,7 +856,7 @@ GAP_POINTS, BWT_POINTS = 5.0, -5.0  # the claim's thresholds: ACC gap to the bes
 
 def seed_values(result: dict, stream: str) -> dict[str, dict[str, list[float]]]:
     """model -> metric -> its per-seed values on `stream` (joint models: ``acc`` only)."""
-    runs = result["streams"][stream]["runs"]
+    runs = [r for r in result["streams"][stream]["runs"] if r.get("selected", True)]
     out: dict = {}
     for m in dict.fromkeys(r["model"] for r in runs):
         rs = [r for r in runs if r["model"] == m]
@@ -701,7 +910,8 @@ def summary_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = experiment_parser(__doc__, PROFILES, "continual")
     ap.add_argument("--streams", action=DistinctList, what="stream", default=None, choices=STREAMS)
-    ap.add_argument("--models", action=DistinctList, what="model", default=None, choices=SEQUENTIAL + JOINT)
+    ap.add_argument("--models", action=DistinctList, what="model", default=None,
+                    choices=SEQUENTIAL + JOINT + REFERENCES)
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads of a single worker (these models are small: 1 is often faster)")
     ap.add_argument("--workers", type=positive_int, default=None, help="processes running jobs side by side on a "

@@ -35,11 +35,14 @@ class SplitDigits(TaskStream):
     """Class-incremental Split-Digits: ``n_tasks`` tasks of ``10 // n_tasks`` digits each.
 
     test_fraction: share of every class held out for testing (stratified, fixed by ``seed``).
+    val_fraction: share of every class's *training* items held out for validation
+    (:meth:`~memnet.tasks.stream.TaskStream.hold_out_validation`).
     """
 
     name = "split_digits"
 
-    def __init__(self, n_tasks: int = 5, test_fraction: float = 0.3, seed: int = 0, pool: int = 1):
+    def __init__(self, n_tasks: int = 5, test_fraction: float = 0.3, seed: int = 0, pool: int = 1,
+                 val_fraction: float = 0.0):
         n_tasks = check_count(n_tasks, "n_tasks")
         if 10 % n_tasks != 0:
             raise ValueError(f"n_tasks must divide the 10 digit classes (1, 2, 5 or 10), got {n_tasks}")
@@ -60,6 +63,7 @@ class SplitDigits(TaskStream):
         for c in range(self.n_classes):  # stratified: the same share of every class is held out
             idx = rng.permutation(np.flatnonzero(self._y == c))
             self._split[idx[: int(round(test_fraction * idx.size))]] = True
+        self.hold_out_validation(val_fraction, seed)
 
     def symbol_code(self) -> Tensor:
         """(vocab_size, 1): a pixel token's intensity scaled to [0, 1], zero for labels and QUERY.

@@ -16,13 +16,14 @@ from .stream import TaskStream, check_count
 
 class ShiftingPrototypes(TaskStream):
     """``n_tasks`` tasks of ``classes_per_task`` classes; ``train_per_class`` + ``test_per_class``
-    items per class, all fixed by ``seed``."""
+    items per class, all fixed by ``seed``; ``val_fraction`` of every class's training items held
+    out for validation (:meth:`~memnet.tasks.stream.TaskStream.hold_out_validation`)."""
 
     name = "shifting_prototypes"
 
     def __init__(self, n_tasks: int = 5, classes_per_task: int = 2, item_len: int = 8, window: int = 6,
                  stride: int = 3, noise: float = 0.3, train_per_class: int = 60, test_per_class: int = 30,
-                 seed: int = 0):
+                 seed: int = 0, val_fraction: float = 0.0):
         for k, v in (("n_tasks", n_tasks), ("classes_per_task", classes_per_task), ("item_len", item_len),
                      ("window", window), ("stride", stride), ("train_per_class", train_per_class),
                      ("test_per_class", test_per_class)):
@@ -53,3 +54,4 @@ class ShiftingPrototypes(TaskStream):
         self._x = np.concatenate(xs).astype(np.int64)
         self._y = np.concatenate(ys).astype(np.int64)
         self._split = np.concatenate(splits)
+        self.hold_out_validation(val_fraction, seed)

@@ -84,12 +84,33 @@ class TaskStream:
         per = self.n_classes // self.n_tasks
         return list(range(task * per, (task + 1) * per))
 
+    SPLITS = ("train", "val", "test")
+
+    def hold_out_validation(self, fraction: float, seed: int) -> None:
+        """Carve a validation part from the training items only: ``fraction`` of every class's
+        training items (rounded, stratified, drawn by ``seed``) move to ``"val"``. The test items
+        are untouched, so choices made on ``"val"`` never see them. Called once, by the
+        constructor of a subclass; ``fraction=0`` leaves no validation items."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"val_fraction must be a float in [0, 1), got {fraction!r}")
+        if getattr(self, "_val", None) is not None:
+            raise RuntimeError("the validation part of this stream is already carved")
+        self.val_fraction = float(fraction)
+        self._val = np.zeros(self._y.shape[0], dtype=bool)
+        rng = np.random.default_rng([int(seed), 7])  # its own draw: the test split's draws stay as they were
+        for c in range(self.n_classes):
+            idx = rng.permutation(np.flatnonzero((self._y == c) & ~self._split))
+            self._val[idx[: int(round(fraction * idx.size))]] = True
+
     def items(self, task: int | None, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(x (n, item_len) int64, y (n,) int64) of one task (or of every task when ``task`` is None),
-        ``split`` "train" or "test", in a fixed order."""
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        sel = self._split == (split == "test")
+        ``split`` "train", "val" (carved from the training items by :meth:`hold_out_validation`; none
+        without it) or "test", in a fixed order."""
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
+        val = getattr(self, "_val", None)
+        val = np.zeros_like(self._split) if val is None else val
+        sel = self._split.copy() if split == "test" else (~self._split & (val == (split == "val")))
         if task is not None:
             sel &= np.isin(self._y, self.task_classes(task))
         return self._x[sel], self._y[sel]
@@ -130,7 +151,8 @@ class TaskStream:
         return as_t(tokens), as_t(targets)
 
     def episodes(self, task: int | None, batch: int, n_support: int, n_query: int, seed: int,
-                 permute: bool = True, label_pool: list[int] | None = None) -> tuple[Tensor, Tensor]:
+                 permute: bool = True, label_pool: list[int] | None = None,
+                 source: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
         """A batch of meta-training episodes from ``task``'s training items (every task when None).
 
         Each episode is ``n_support`` support segments (items with their labels) followed by
@@ -140,11 +162,13 @@ class TaskStream:
         With ``permute`` the episode's classes get fresh random label tokens (MANN, Santoro et al.
         2016), so the label of a query can only come from the support segments. ``label_pool``
         (default: every class) is the set of labels the permutation draws from; it must hold at
-        least as many labels as the episode shows classes.
+        least as many labels as the episode shows classes. ``source`` (items (n, P), classes (n,))
+        replaces the task's training items as what the episodes draw from (``task`` is then
+        ignored): a replay buffer, say; every class in it needs ``n_support + n_query`` items.
         """
         batch, n_support, n_query = (check_count(v, k) for k, v in
                                      (("batch", batch), ("n_support", n_support), ("n_query", n_query)))
-        x, y = self.items(task, "train")
+        x, y = self.items(task, "train") if source is None else self._source(source)
         classes = np.unique(y)
         rng = np.random.default_rng(seed)
         P = self.item_len
@@ -197,7 +221,8 @@ class TaskStream:
         return x
 
     def instance_episodes(self, task: int | None, batch: int, n_support: int, n_query: int, seed: int,
-                          strength: int = 2, label_pool: list[int] | None = None) -> tuple[Tensor, Tensor]:
+                          strength: int = 2, label_pool: list[int] | None = None,
+                          source: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
         """Self-supervised episodes from ``task``'s training items (every task when None), in the
         layout of :meth:`episodes`: ``n_support`` distinct items, each its own class with a label
         drawn at random from ``label_pool`` (default: every label), then ``n_query`` queries, each a
@@ -205,13 +230,14 @@ class TaskStream:
 
         No class label is used: an episode asks only "which of these items is this one, give or
         take some noise", so the keys it trains separate items, not just the classes of the task
-        at hand (instance discrimination, as in unsupervised meta-learning).
+        at hand (instance discrimination, as in unsupervised meta-learning). ``source`` as in
+        :meth:`episodes`.
         """
         batch, n_support, n_query = (check_count(v, k) for k, v in
                                      (("batch", batch), ("n_support", n_support), ("n_query", n_query)))
         if isinstance(strength, bool) or not isinstance(strength, (int, np.integer)) or strength < 0:
             raise ValueError(f"strength must be an int >= 0, got {strength!r}")
-        x, _ = self.items(task, "train")
+        x, _ = self.items(task, "train") if source is None else self._source(source)
         pool = np.arange(self.n_classes) if label_pool is None else np.unique(np.asarray(label_pool, dtype=np.int64))
         if n_support > min(pool.size, x.shape[0]):
             raise ValueError(f"n_support ({n_support}) must be at most the {pool.size} labels of label_pool and "
@@ -231,18 +257,35 @@ class TaskStream:
             tgt[b, n_support:, P] = self.label_token(lab[which])
         return torch.from_numpy(tok.reshape(batch, -1)), torch.from_numpy(tgt.reshape(batch, -1))
 
-    def classifier_batch(self, task: int | None, batch: int, seed: int) -> tuple[Tensor, Tensor]:
-        """A batch of query segments (batch, P + 1) from ``task``'s training items, true labels:
-        what the plain classifiers (the baselines) are trained on."""
+    def _source(self, source: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``source`` checked as items (n, item_len) of symbols with classes (n,) of this stream."""
+        try:
+            x, y = (np.asarray(a) for a in source)
+        except (TypeError, ValueError):
+            raise ValueError("source must be a pair (items (n, item_len), classes (n,))") from None
+        if (x.ndim != 2 or x.shape[1] != self.item_len or y.shape != (x.shape[0],) or x.shape[0] == 0
+                or not np.issubdtype(x.dtype, np.integer) or not np.issubdtype(y.dtype, np.integer)):
+            raise ValueError(f"source must be integer items (n >= 1, {self.item_len}) with classes (n,), got shapes "
+                             f"{x.shape} and {y.shape}")
+        if x.min() < 0 or x.max() >= self.n_symbols or y.min() < 0 or y.max() >= self.n_classes:
+            raise ValueError(f"source items must be symbols in 0..{self.n_symbols - 1} and classes in "
+                             f"0..{self.n_classes - 1}")
+        return x.astype(np.int64), y.astype(np.int64)
+
+    def classifier_batch(self, task: int | None, batch: int, seed: int,
+                         source: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
+        """A batch of query segments (batch, P + 1) from ``task``'s training items (``source``, as in
+        :meth:`episodes`, instead when given), true labels: what the plain classifiers (the
+        baselines) are trained on."""
         batch = check_count(batch, "batch")
-        x, y = self.items(task, "train")
+        x, y = self.items(task, "train") if source is None else self._source(source)
         idx = np.random.default_rng(seed).integers(0, x.shape[0], batch)
         return self.query_tokens(x[idx], y[idx])
 
     def describe(self) -> dict:
         """Sizes and per-task train/test counts (JSON-ready)."""
-        counts = [[int(self.items(t, s)[0].shape[0]) for s in ("train", "test")] for t in range(self.n_tasks)]
+        counts = [[int(self.items(t, s)[0].shape[0]) for s in self.SPLITS] for t in range(self.n_tasks)]
         return {"name": self.name, "n_tasks": self.n_tasks, "n_classes": self.n_classes,
                 "n_symbols": self.n_symbols, "item_len": self.item_len, "vocab_size": self.vocab_size,
                 "task_classes": [self.task_classes(t) for t in range(self.n_tasks)],
-                "train_test_per_task": counts}
+                "train_val_test_per_task": counts}
