@@ -425,3 +425,23 @@ def test_configurations_are_chosen_on_validation_and_only_chosen_runs_are_report
     want = (C.memnet_state_bytes(cfg) + stream.n_classes * tiny.replay_per_class * (stream.item_len + 1)) \
         // (stream.item_len + 1)
     assert er["buffer_items"] == min(want, stream.items(None, "train")[1].size)
+
+
+@pytest.mark.parametrize("rising, tried", [(True, [1e-3, 3e-3, 1e-2, 3e-2]), (False, [1e-3, 3e-3])])
+def test_the_grid_grows_while_the_best_rate_is_the_largest_tried(tmp_path, monkeypatch, rising, tried):
+    calls = []
+
+    def fake_job(p, sname, seed, m, config, device, amp, progress, threads=None):
+        calls.append((seed, config["lr"]))
+        acc = 10 * config["lr"] if rising else 0.5 - 10 * config["lr"]
+        row = [acc] * 5
+        return [{"model": m, "seed": seed, "of": m, "config": config, "params": 0, "R": [row] * 5,
+                 "R_val": [row] * 5, "baseline_b": [0.1] * 5}], None
+
+    monkeypatch.setattr(C, "_run_job", fake_job)
+    tiny = dataclasses.replace(C.PROFILES["smoke"], lrs=(1e-3, 3e-3), lrs_more=(1e-2, 3e-2), sweep_seeds=(0,))
+    monkeypatch.setitem(C.PROFILES, "tiny", tiny)
+    res = C.run("tiny", "cpu", seeds=[0, 1], save=False, progress=False, streams=["shift"], models=["lstm"], workers=1)
+    sel = res["streams"]["shift"]["selection"]["lstm"]
+    assert [c["lr"] for c in sel["grid"]] == tried and sel["chosen"]["lr"] == (tried[-1] if rising else tried[0])
+    assert sorted(calls) == sorted([(0, lr) for lr in tried] + [(1, sel["chosen"]["lr"])])

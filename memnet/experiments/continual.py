@@ -89,6 +89,7 @@ from .common import (DATA_DIR, DistinctList, Verdict, check_device, check_names,
 SEQUENTIAL = ("memnet", "memnet_replay", "memnet_fixed", "windowed", "lstm", "er_windowed", "er_lstm")
 JOINT = ("memnet_joint", "memnet_fixed_joint", "windowed_joint", "lstm_joint")
 REFERENCES = ("knn", "ncm")  # no network: votes over the stored items' fixed codes
+BUDGET_MODELS = ("memnet_replay", "er_windowed", "er_lstm", "knn")  # the models of the memory-budget axis
 DERIVED = ("memnet_reset", "memnet_rewrite", "memnet_frozen")  # computed along the memnet run, no extra training
 MEMNETS = ("memnet", "memnet_fixed")  # the runs that make derived variants (memnet_fixed_reset, ...)
 DERIVED_OF = {"memnet": ("memnet",) + DERIVED + ("memnet_unaligned",), "memnet_fixed": ("memnet_fixed", "memnet_fixed_reset")}
@@ -118,7 +119,7 @@ class Profile:
     n_support: int = 6  # meta-training episode: support segments ...
     n_query: int = 6  # ... then query segments
     episode_batch: int = 16
-    memnet_steps: tuple = (120, 30)  # MemNet: steps on the first task, on each later task (0: no training)
+    memnet_steps: tuple = (120, 60)  # MemNet: steps on the first task, on each later task (0: no training)
     realign: bool = True  # after each later task, move the carried keys by the drift measured on that task's items
     realign_ridge: float = 0.1  # pull of the drift map towards the identity (memnet.continual.fit_key_map)
     clf_steps: int = 150  # baselines: steps per task (cheap: enough that the joint upper bound is trained,
@@ -127,12 +128,16 @@ class Profile:
     lr: float = 3e-3  # the learning rate of a run (the grid ``lrs`` sets it per run)
     replay_per_class: int = 10  # memnet_replay: its raw buffer holds this many items per class seen (class-balanced)
     er_policy: str = "balanced"  # er_*: the buffer's policy (memnet.replay), chosen on validation among er_policies
+    er_per_class: int | None = None  # er_*: items per class its buffer holds (None: as many bytes as memnet_replay's)
     knn_k: int = 3  # knn: neighbours that vote, chosen on validation among knn_ks
     val_fraction: float = 0.2  # share of every class's training items held out for validation
-    lrs: tuple = (1e-3, 3e-3, 1e-2)  # every trained model's learning rate is chosen among these on validation
+    lrs: tuple = (1e-3, 3e-3, 1e-2)  # every trained model's learning rate is chosen among these on validation ...
+    lrs_more: tuple = (3e-2,)  # ... and these, in turn, while its best rate so far is the largest tried
     er_policies: tuple = ("reservoir", "balanced")
     knn_ks: tuple = (1, 3, 5)
     sweep_seeds: tuple = (0,)  # the seeds whose validation accuracy chooses each model's configuration
+    budgets: tuple = (10, 30, None)  # items per class stored, the memory-budget axis (None: every training item)
+    budget_streams: tuple = ("digits",)
     seeds: tuple = (0, 1, 2)
     streams: tuple = STREAMS
     models: tuple = SEQUENTIAL + JOINT + REFERENCES
@@ -144,7 +149,7 @@ PROFILES = {
     "smoke": Profile(d_model=16, num_slots=64, support_per_class=3, fixed_support_per_class=3, fixed_train_slots=16,
                      n_support=4, n_query=2, episode_batch=4,
                      memnet_steps=(3, 2), clf_steps=3, clf_batch=8, seeds=(0,), replay_per_class=3,
-                     lrs=(3e-3,), er_policies=("balanced",), knn_ks=(3,),
+                     lrs=(3e-3,), lrs_more=(), er_policies=("balanced",), knn_ks=(3,), budgets=(3,),
                      models=SEQUENTIAL + ("windowed_joint", "lstm_joint") + REFERENCES, workers=1),
     "laptop": Profile(),
     "gpu": Profile(d_model=64, n_layers=2, num_slots=256, digits_pool=1, support_per_class=20, n_support=10,
@@ -548,11 +553,14 @@ def run_memnet_fixed(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: in
 
 
 def replay_capacity(p: Profile, stream: TaskStream, cfg: MemNetConfig) -> int:
-    """Items the buffer of ``er_*`` holds: as many as fit the bytes memnet_replay stores (its bank
-    and its raw buffer), at most every training item of the stream."""
+    """Items the buffer of ``er_*`` holds: ``er_per_class`` per class, or (None) as many as fit the
+    bytes memnet_replay stores (its bank and its raw buffer); at most every training item."""
+    every = stream.items(None, "train")[1].size
+    if p.er_per_class is not None:
+        return min(stream.n_classes * p.er_per_class, every)
     buf = ReplayBuffer(stream.n_classes * p.replay_per_class, stream.item_len)
     per_item = ReplayBuffer(1, stream.item_len).nbytes
-    return min((memnet_state_bytes(cfg) + buf.nbytes) // per_item, stream.items(None, "train")[1].size)
+    return min((memnet_state_bytes(cfg) + buf.nbytes) // per_item, every)
 
 
 def run_sequential(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
@@ -675,13 +683,13 @@ def run_joint(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed
     return out
 
 
-def grid(p: Profile, model: str) -> list[dict]:
+def grid(p: Profile, model: str, lrs: tuple | None = None) -> list[dict]:
     """The configurations (overrides of the profile) among which ``model``'s is chosen on validation:
-    every learning rate of ``lrs`` for a trained model (with every policy of ``er_policies`` for
-    ``er_*``), every ``knn_ks`` for ``knn``, nothing to choose for ``ncm``."""
+    every learning rate of ``lrs`` (default: the profile's) for a trained model (with every policy
+    of ``er_policies`` for ``er_*``), every ``knn_ks`` for ``knn``, nothing to choose for ``ncm``."""
     if model in REFERENCES:
         return [{"knn_k": int(k)} for k in p.knn_ks] if model == "knn" else [{}]
-    configs = [{"lr": float(lr)} for lr in p.lrs]
+    configs = [{"lr": float(lr)} for lr in (p.lrs if lrs is None else lrs)]
     if model.startswith("er_"):
         configs = [{**c, "er_policy": pol} for c in configs for pol in p.er_policies]
     return configs
@@ -709,6 +717,42 @@ def _run_job(p: Profile, sname: str, seed: int, m: str, config: dict, device: st
         return [{"model": m, "params": params, **tag, **run_memnet_replay(p, stream, cfg, seed, dev, amp, progress)}], None
     r = (run_joint if m in JOINT else run_sequential)(m, p, stream, cfg, seed, dev, amp, progress)
     return [{"model": m, "params": params, **tag, **r}], None
+
+
+def choose(p: Profile, grids: dict, done: dict, ckey) -> tuple[dict, dict]:
+    """For every (stream, model) of ``grids``, the configuration with the best validation score
+    (mean over the sweep seeds; ties: the first in the grid) among the runs ``done`` (keyed by
+    ``ckey``), and the record of the choice: (chosen, selection)."""
+    chosen, selection = {}, {}
+    for (sname, m), configs in grids.items():
+        own = lambda key: next(e for e in done[key][0] if e["model"] == m)  # not a derived variant
+        scores = [float(np.mean([validation_score(own(ckey((sname, seed, m, c)))) for seed in p.sweep_seeds]))
+                  if len(configs) > 1 else float("nan") for c in configs]
+        chosen[(sname, m)] = configs[int(np.argmax(scores))] if len(configs) > 1 else configs[0]
+        selection.setdefault(sname, {})[m] = {"grid": configs, "validation": scores, "chosen": chosen[(sname, m)],
+                                              "sweep_seeds": list(p.sweep_seeds)}
+    return chosen, selection
+
+
+def budget_overrides(p: Profile, stream: TaskStream, model: str, per_class: int | None) -> dict:
+    """The overrides of the profile that make ``model`` store ``per_class`` items of every class
+    (None: every training item), its bank grown to hold them; only those that differ from the
+    profile, so a budget equal to the profile's is the main run itself."""
+    n = int(np.bincount(stream.items(None, "train")[1]).max()) if per_class is None else int(per_class)
+    if model.startswith("er_"):
+        want = {"er_per_class": n}
+    else:
+        want = {"replay_per_class": n}
+        if model == "memnet_replay":
+            want["num_slots"] = max(p.num_slots, -(-n * stream.n_classes // 64) * 64)
+    return {k: v for k, v in want.items() if getattr(p, k) != v}
+
+
+def budget_points(entry: dict) -> list[dict]:
+    """The memory-budget axis of a stream's runs: model, seed, items per class stored, bytes,
+    ACC and BWT of every run made for a budget (``budget`` set)."""
+    return [{"model": r["model"], "seed": r["seed"], "per_class": r["budget"], "memory_bytes": r["memory_bytes"],
+             "acc": r["summary"]["acc"], "bwt": r["summary"]["bwt"]} for r in entry["runs"] if "budget" in r]
 
 
 def validation_score(entry: dict) -> float:
@@ -739,7 +783,8 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     """Run every stream, model and seed of the profile; returns (and with `save`, stores) the results.
 
     Every model's configuration is chosen on validation before any test accuracy is read: each
-    configuration of :func:`grid` is run on the ``sweep_seeds``, the one with the best
+    configuration of :func:`grid` is run on the ``sweep_seeds`` (while a model's best rate is the
+    largest tried, it also tries the next of ``lrs_more``), the one with the best
     :func:`validation_score` (mean over those seeds; ties: the first in the grid) is run on the
     other seeds, and only its runs are ``selected`` for the tables. Every run of the sweep is
     stored. A model with one configuration skips the sweep.
@@ -762,34 +807,48 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if save:  # fail now, not after the training, when the folder cannot be written
         writable_folder(out_dir, "out_dir")
     t_all = time.perf_counter()
-    sweep = [(sname, seed, m, c) for sname in streams for m in models if len(grid(p, m)) > 1
-             for seed in p.sweep_seeds for c in grid(p, m)]
     ckey = lambda job: job[:3] + (json.dumps(job[3], sort_keys=True),)  # jobs as dict keys
-    done = {ckey(j): r for j, r in zip(sweep, _execute(p, sweep, dev, amp, progress, workers))}
-    chosen, selection = {}, {}
-    for sname in streams:
-        for m in models:
-            configs = grid(p, m)
-            own = lambda key: next(e for e in done[key][0] if e["model"] == m)  # not a derived variant
-            scores = [float(np.mean([validation_score(own(ckey((sname, seed, m, c)))) for seed in p.sweep_seeds]))
-                      if len(configs) > 1 else float("nan") for c in configs]
-            best = configs[int(np.argmax(scores))] if len(configs) > 1 else configs[0]
-            chosen[(sname, m)] = best
-            selection.setdefault(sname, {})[m] = {"grid": configs, "validation": scores, "chosen": best,
-                                                  "sweep_seeds": list(p.sweep_seeds)}
+    grids = {(sname, m): grid(p, m) for sname in streams for m in models}
+    swept = [key for key, g in grids.items() if len(g) > 1]
+    sweep = [(sname, seed, m, c) for sname, m in swept for seed in p.sweep_seeds for c in grids[(sname, m)]]
+    done, more = {}, list(p.lrs_more)
+    while True:
+        done.update({ckey(j): r for j, r in zip(sweep, _execute(p, sweep, dev, amp, progress, workers))})
+        chosen, selection = choose(p, grids, done, ckey)
+        edge = [key for key in swept if "lr" in chosen[key]
+                and chosen[key]["lr"] == max(c["lr"] for c in grids[key])]
+        if not (edge and more):
+            break
+        lr = more.pop(0)  # the best rate is the largest tried: try the next one
+        sweep = []
+        for sname, m in edge:
+            grids[(sname, m)] = grids[(sname, m)] + grid(p, m, (lr,))
+            sweep += [(sname, seed, m, c) for seed in p.sweep_seeds for c in grid(p, m, (lr,))]
     rest = [(sname, seed, m, chosen[(sname, m)]) for sname in streams for seed in seeds for m in models
             if ckey((sname, seed, m, chosen[(sname, m)])) not in done]
     done.update({ckey(j): r for j, r in zip(rest, _execute(p, rest, dev, amp, progress, workers))})
+    budget = {}  # job key -> items per class it stores, for the memory-budget axis (chosen configurations only)
+    for sname in (s for s in streams if s in p.budget_streams):
+        for seed in seeds:
+            stream = make_stream(sname, p, seed)
+            for m in (m for m in BUDGET_MODELS if m in models):
+                for b in p.budgets:
+                    over = budget_overrides(p, stream, m, b)
+                    budget[ckey((sname, seed, m, {**chosen[(sname, m)], **over}))] = (
+                        b if b is not None else int(np.bincount(stream.items(None, "train")[1]).max()))
+    todo = [k[:3] + (json.loads(k[3]),) for k in budget if k not in done]
+    done.update({ckey(j): r for j, r in zip(todo, _execute(p, todo, dev, amp, progress, workers))})
     result = {"experiment": "continual", "profile": profile, "profile_settings": asdict(p), "streams": {}}
     records: dict[int, dict] = {}  # seed -> model -> stream -> fill record (selected runs only)
-    for (sname, seed, m, c), (entries, rec) in done.items():
-        c = json.loads(c)
+    for key, (entries, rec) in done.items():
+        sname, seed, m, c = key[:3] + (json.loads(key[3]),)
         if sname not in result["streams"]:
             stream = make_stream(sname, p, seed)
             result["streams"][sname] = {"runs": [], "stream": stream.describe(), "selection": selection[sname],
                                         "config": make_config(p, stream).to_dict(), "chance": stream.chance}
         selected = c == chosen[(sname, m)] and seed in seeds
-        result["streams"][sname]["runs"] += [{**e, "selected": selected} for e in entries]
+        mark = {"budget": budget[key]} if key in budget else {}
+        result["streams"][sname]["runs"] += [{**e, "selected": selected, **mark} for e in entries]
         if rec is not None and selected:
             records.setdefault(seed, {}).setdefault(m, {})[sname] = rec
     for entry in result["streams"].values():
