@@ -445,12 +445,14 @@ CONTINUAL_LABELS = {"memnet": "MemNet (carried memory)", "memnet_reset": "MemNet
                     "windowed": "WindowedTransformer, fine-tuned", "lstm": "LSTM, fine-tuned", "memnet_joint": "MemNet, joint",
                     "windowed_joint": "WindowedTransformer, joint", "lstm_joint": "LSTM, joint",
                     "memnet_fixed": "MemNet, fixed addresses", "memnet_fixed_reset": "MemNet, fixed addresses, reset",
-                    "memnet_fixed_joint": "MemNet, fixed addresses, joint"}
+                    "memnet_fixed_joint": "MemNet, fixed addresses, joint",
+                    "memnet_replay": "MemNet, replay and re-keying", "er_windowed": "WindowedTransformer + ER",
+                    "er_lstm": "LSTM + ER", "knn": "kNN vote (no network)", "ncm": "nearest class mean (no network)"}
 
 
 def continual_matrices(result: dict, stream: str, model: str) -> np.ndarray:
     """(seeds, T, T) accuracy matrices of `model` on `stream` in a continual result."""
-    rs = [r for r in result["streams"][stream]["runs"] if r["model"] == model and "R" in r]
+    rs = [r for r in result["streams"][stream]["runs"] if r["model"] == model and "R" in r and r.get("selected", True)]
     if not rs:
         raise ValueError(f"model {model!r} has no accuracy matrix on stream {stream!r}")
     return np.array([r["R"] for r in rs], dtype=float)
@@ -495,7 +497,7 @@ def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: d
                 ax.fill_between(x + 1, v.min(0), v.max(0), color=f"C{j}", alpha=0.12, lw=0)
             jm = (joint or {}).get(m)
             if jm:
-                fin = [r["final"][j] for r in runs if r["model"] == jm]
+                fin = [r["final"][j] for r in runs if r["model"] == jm and r.get("selected", True)]
                 if fin:
                     ax.axhline(np.mean(fin), color=f"C{j}", ls=":", lw=0.8)
         ax.set_title(CONTINUAL_LABELS.get(m, m), fontsize=9)
@@ -506,6 +508,56 @@ def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: d
         row[0].set_ylabel("test accuracy")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
+
+
+def memory_budget_curve(points: Sequence[dict], models: Sequence[str] | None = None, ax: Axes | None = None) -> Axes:
+    """Final average accuracy against the bytes a model stores (log scale), one line per model:
+    ``points`` as :func:`memnet.experiments.continual.budget_points` gives them (model, seed,
+    per_class, memory_bytes, acc); mean over seeds at each budget, min-max as error bars, each
+    point labelled with its items per class."""
+    if ax is None:
+        _, ax = new_figure(figsize=(6.0, 3.6))
+    models = list(dict.fromkeys(p["model"] for p in points)) if models is None else list(models)
+    for i, m in enumerate(models):
+        mine = [p for p in points if p["model"] == m]
+        budgets = sorted({p["per_class"] for p in mine})
+        if not budgets:
+            continue
+        x = [np.mean([p["memory_bytes"] for p in mine if p["per_class"] == b]) for b in budgets]
+        v = [100 * np.array([p["acc"] for p in mine if p["per_class"] == b]) for b in budgets]
+        y = np.array([a.mean() for a in v])
+        err = np.array([[a.mean() - a.min() for a in v], [a.max() - a.mean() for a in v]])
+        ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, color=f"C{i}", label=CONTINUAL_LABELS.get(m, m))
+        for xb, yb, b in zip(x, y, budgets):
+            ax.annotate(str(b), (xb, yb), textcoords="offset points", xytext=(4, -10), fontsize=7, color=f"C{i}")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes stored (log scale; labels: items per class)")
+    ax.set_ylabel("final average accuracy (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    return ax
+
+
+def key_drift_curve(result: dict, stream: str, models: Sequence[str], ax: Axes | None = None) -> Axes:
+    """Per task t >= 2, the cosine between the keys of earlier items before and after training on
+    task t (``task_drift`` of each run; 1: the keys did not move), mean over seeds, min-max shaded."""
+    if ax is None:
+        _, ax = new_figure(figsize=(5.0, 3.2))
+    for i, m in enumerate(models):
+        rs = [r["task_drift"] for r in result["streams"][stream]["runs"]
+              if r["model"] == m and r.get("selected", True) and "task_drift" in r]
+        if not rs:
+            raise ValueError(f"model {m!r} has no task_drift on stream {stream!r}")
+        v = np.array(rs, dtype=float)[:, 1:]  # (seeds, T - 1): no earlier items before the first task
+        x = np.arange(2, v.shape[1] + 2)
+        ax.plot(x, v.mean(0), marker="o", ms=4, color=f"C{i}", label=CONTINUAL_LABELS.get(m, m))
+        if len(v) > 1:
+            ax.fill_between(x, v.min(0), v.max(0), color=f"C{i}", alpha=0.15, lw=0)
+    ax.set_xticks(x)
+    ax.set_xlabel("training on task")
+    ax.set_ylabel("cosine, old keys before vs after")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="lower left")
+    return ax
 
 
 def slot_owner_map(owner: np.ndarray, n_tasks: int, ax: Axes | None = None, upto: int | None = None,
