@@ -85,6 +85,13 @@ def join_words(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
 
 
+def markdown(text: str) -> None:
+    """Show ``text`` as Markdown (a table, say): rendered in JupyterLab and in the book."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
 def note(text: str, kind: str = "note", title: str | None = None) -> None:
     """A visible admonition that renders in JupyterLab and in the book (HTML with Sphinx's classes);
     the text is also printed so papermill logs show it."""

@@ -285,12 +285,14 @@ class StreamMemNet(MemNet):
     """The :class:`~memnet.MemNet` of :func:`stream_memnet`: writes at window ends, and optionally
     keys and queries from a :class:`FixedAddress` (``fixed_address``) instead of learned projections."""
 
-    def __init__(self, cfg: MemNetConfig, fixed_address: FixedAddress | None = None):
-        super().__init__(cfg)
+    def __init__(self, cfg: MemNetConfig, interface: SegmentEndWrites, fixed_address: FixedAddress | None = None):
+        super().__init__(cfg, interface)
         self.fixed_address = fixed_address
 
-    def _signals(self, tokens: Tensor, seen: Tensor | None = None):
-        ws = super()._signals(tokens, seen)
+    def signals(self, tokens: Tensor, seen: Tensor | None = None):
+        """:meth:`memnet.MemNet.signals`, with keys and queries replaced by the fixed addresses when
+        there are any."""
+        ws = super().signals(tokens, seen)
         if self.fixed_address is None:
             return ws
         a = self.fixed_address(segment(tokens, self.cfg.segment_len)[0]).to(ws.h.dtype)  # (B, S, L, Dm)
@@ -321,8 +323,8 @@ def stream_memnet(cfg: MemNetConfig, tie_query_key: bool = True, address: str = 
                              f"{None if code is None else tuple(code.shape)}")
     elif code is not None:
         raise ValueError(f"code is only used with address='fixed', got address={address!r}")
-    model = StreamMemNet(cfg, FixedAddress(code, cfg.segment_len, cfg.slot_dim) if address == "fixed" else None)
-    model.interface = SegmentEndWrites(cfg, "token" if address == "fixed" else address)
+    model = StreamMemNet(cfg, SegmentEndWrites(cfg, "token" if address == "fixed" else address),
+                         FixedAddress(code, cfg.segment_len, cfg.slot_dim) if address == "fixed" else None)
     if tie_query_key:
         with torch.no_grad():
             model.interface.read_query.weight.copy_(model.interface.write_key.weight.repeat(cfg.mem_heads, 1))
@@ -343,7 +345,7 @@ def segment_keys(model: MemNet, segments: Tensor) -> Tensor:
                          f"got {tuple(segments.shape)}")
     was = model.training
     model.eval()
-    key = model._signals(segments).key  # (n, 1, W, Dm)
+    key = model.signals(segments).key  # (n, 1, W, Dm)
     model.train(was)
     return key[:, 0, 0].float()
 

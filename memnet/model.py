@@ -73,12 +73,18 @@ class MemNet(nn.Module):
     ``model(tokens)`` with tokens (B, T) of any T >= 1 returns a :class:`MemNetOutput`.
     Pass ``memory=out.memory`` to continue a sequence; a sequence split at multiples of
     ``segment_len`` gives the same logits in pieces as in one call.
+
+    interface: the module that turns the controller's states into write requests and read
+    queries (default :class:`~memnet.controller.MemoryInterface`); a subclass changes where and
+    what the memory is asked, as :class:`memnet.continual.SegmentEndWrites` does for item streams.
     """
 
-    def __init__(self, cfg: MemNetConfig):
+    def __init__(self, cfg: MemNetConfig, interface: nn.Module | None = None):
         super().__init__()
         if not isinstance(cfg, MemNetConfig):
             raise TypeError(f"cfg must be a MemNetConfig, got {type(cfg).__name__}")
+        if interface is not None and not isinstance(interface, MemoryInterface):
+            raise TypeError(f"interface must be a MemoryInterface (or a subclass), got {type(interface).__name__}")
         self.cfg = cfg
         D, Dm, H = cfg.d_model, cfg.slot_dim, cfg.mem_heads
         self.encoder = Encoder(cfg.vocab_size, D, cfg.segment_len, cfg.dropout)
@@ -87,7 +93,7 @@ class MemNet(nn.Module):
         if self.segment_code is not None:
             nn.init.normal_(self.segment_code.weight, std=0.02)
         self.controller = TransformerController(cfg)
-        self.interface = MemoryInterface(cfg)
+        self.interface = MemoryInterface(cfg) if interface is None else interface
         self.bottleneck = SemanticBottleneck(cfg)
         self.memory = MultiHeadMemoryBank(cfg)
         self.read_norm = nn.LayerNorm(H * Dm)
@@ -115,8 +121,13 @@ class MemNet(nn.Module):
         """An empty memory for `batch_size` sequences."""
         return self.memory.initial_state(batch_size, device)
 
-    def _signals(self, tokens: Tensor, seen: Tensor | None = None) -> WindowSignals:
-        """The controller over every window at once (it never looks past its window) and each window's
+    def signals(self, tokens: Tensor, seen: Tensor | None = None) -> WindowSignals:
+        """What the memory is asked for every window of ``tokens`` (B, T): the hook between the
+        controller and the memory, which :meth:`forward` and :meth:`stream` call once per call and
+        a subclass may override to change how keys and queries are formed (as
+        :class:`memnet.continual.StreamMemNet` does with fixed addresses).
+
+        The controller over every window at once (it never looks past its window) and each window's
         write requests: its top-W tokens by write score (all tokens by default), strongest first;
         gate = sigmoid(score), so padding (score -inf) never writes. With ``cfg.write_tokens`` only
         the tokens of that id range are candidates, and they write at gate 1 with update 0 (each
@@ -183,7 +194,7 @@ class MemNet(nn.Module):
         B, T = tokens.shape
         state = self.initial_state(B, tokens.device) if memory is None else self.memory.check_state(memory, B)
         state = MemoryState(*state.tensors(), signature=cfg.memory_signature())  # the states made here: this config's
-        ws = self._signals(tokens, state.segments)
+        ws = self.signals(tokens, state.segments)
         req = self._request(ws)
         state, seg = self.memory.scan(state, ws.sig.read_query, req, ws.valid, cfg.tbptt_segments,
                                       self._compiled_step)
@@ -216,7 +227,7 @@ class MemNet(nn.Module):
         elif not isinstance(memory, StreamingMemory) or memory.bank is not self.memory:
             raise TypeError("memory must be a StreamingMemory of this model's bank (from a previous stream() call)")
         seen = torch.full((1,), float(memory.segments), device=tokens.device)
-        ws = self._signals(tokens, seen)
+        ws = self.signals(tokens, seen)
         reads = [memory.step(q, req, v).vectors for q, req, v in zip(*self._segments(ws))]  # the only loop over time
         return self._logits(ws.h, torch.stack(reads, dim=1), tokens.shape[1]), memory
 

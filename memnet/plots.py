@@ -516,7 +516,8 @@ def memory_budget_curve(points: Sequence[dict], models: Sequence[str] | None = N
     per_class, memory_bytes, acc); mean over seeds at each budget, min-max as error bars, each
     point labelled with its items per class."""
     if ax is None:
-        _, ax = new_figure(figsize=(6.0, 3.6))
+        _, axes = new_figure(figsize=(6.0, 3.6))
+        ax = axes[0, 0]
     models = list(dict.fromkeys(p["model"] for p in points)) if models is None else list(models)
     for i, m in enumerate(models):
         mine = [p for p in points if p["model"] == m]
@@ -541,7 +542,8 @@ def key_drift_curve(result: dict, stream: str, models: Sequence[str], ax: Axes |
     """Per task t >= 2, the cosine between the keys of earlier items before and after training on
     task t (``task_drift`` of each run; 1: the keys did not move), mean over seeds, min-max shaded."""
     if ax is None:
-        _, ax = new_figure(figsize=(5.0, 3.2))
+        _, axes = new_figure(figsize=(5.0, 3.2))
+        ax = axes[0, 0]
     for i, m in enumerate(models):
         rs = [r["task_drift"] for r in result["streams"][stream]["runs"]
               if r["model"] == m and r.get("selected", True) and "task_drift" in r]

@@ -97,7 +97,8 @@ def stream_frame(result: dict, traces: dict, seed: int, segment: int, stream: st
     stage = int(seg_task[segment])
     accuracy = {}
     for m in (model, f"{model}_reset"):
-        R = [r for r in result["streams"][stream]["runs"] if r["model"] == m and r["seed"] == seed]
+        R = [r for r in result["streams"][stream]["runs"]
+             if r["model"] == m and r["seed"] == seed and r.get("selected", True)]
         if R:
             accuracy[plots.CONTINUAL_LABELS.get(m, m)] = np.array(R[0]["R"])[stage]
     title = (f"{plots.CONTINUAL_LABELS.get(model, model)}, seed {seed}: slots after item {segment + 1} of "

@@ -51,7 +51,7 @@ def test_item_address_is_the_same_for_support_and_query_and_causal(stream):
     other = sup.clone()
     other[:, -1] = torch.from_numpy(stream.label_token((y + 1) % stream.n_classes))  # the same items with wrong labels
     with torch.no_grad():
-        ks, kq, ko = (model._signals(t)[2] for t in (sup, qry, other))  # MemorySignals
+        ks, kq, ko = (model.signals(t)[2] for t in (sup, qry, other))  # MemorySignals
     # the key an item is written under ignores its label, and equals (tied projections) its query
     torch.testing.assert_close(ks.write_key[:, 0, -1], ko.write_key[:, 0, -1])
     torch.testing.assert_close(ks.write_key[:, 0, -1], kq.read_query[:, 0, -1, 0])
@@ -61,7 +61,7 @@ def test_item_address_is_the_same_for_support_and_query_and_causal(stream):
     bent = sup.clone()
     bent[:, t] = (bent[:, t] + 1) % stream.n_symbols
     with torch.no_grad():
-        kb = model._signals(bent)[2]
+        kb = model.signals(bent)[2]
     torch.testing.assert_close(kb.write_key[:, :, : t + 1], ks.write_key[:, :, : t + 1])
     assert not torch.allclose(kb.write_key[:, :, t + 1:], ks.write_key[:, :, t + 1:])
 
@@ -305,7 +305,7 @@ def test_fixed_address_keeps_item_cosines_and_ignores_labels_and_weights():
     sup = d.support_tokens(x, y).view(len(y), -1)
     qry, _ = d.query_tokens(x, y)
     with torch.no_grad():
-        ka, kb, qa = a._signals(sup).key[:, 0, 0], b._signals(sup).key[:, 0, 0], a._signals(qry).sig.read_query
+        ka, kb, qa = a.signals(sup).key[:, 0, 0], b.signals(sup).key[:, 0, 0], a.signals(qry).sig.read_query
     torch.testing.assert_close(ka, kb)
     torch.testing.assert_close(ka, qa[:, 0, -1, 0])  # a query item finds the key its support item was written under
     torch.testing.assert_close(qa[:, 0, -1, 0], qa[:, 0, -1, 1])  # every head asks the same
@@ -494,3 +494,17 @@ def test_key_anchor_penalty_is_zero_at_the_start_and_pulls_the_key_encoder(strea
     pen.backward()
     grads = [prm.grad for prm in model.parameters() if prm.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_memnet_takes_its_memory_interface_at_construction(stream):
+    from memnet.continual import SegmentEndWrites
+
+    cfg = cfg_for(stream)
+    with pytest.raises(TypeError, match="interface"):
+        MemNet(cfg, interface=torch.nn.Linear(2, 2))
+    model = stream_memnet(cfg)
+    assert isinstance(model.interface, SegmentEndWrites) and model.interface.address == "item"
+    plain = MemNet(cfg)
+    # the same parameters but the item maps: a plain MemNet's state dict loads into the stream one
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["interface.item_map"] and not unexpected

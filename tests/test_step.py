@@ -45,7 +45,7 @@ def test_forward_run_segments_and_run_bank_take_the_same_step(cfg, B, segments, 
     x = padded_tokens(cfg, B, segments, seed)
     with torch.no_grad():
         out = model(x, return_trace=True)
-        queries, requests, valid = model._segments(model._signals(x))
+        queries, requests, valid = model._segments(model.signals(x))
         state, steps = run_segments(model.memory.step, model.initial_state(B), queries, requests, valid)
         bank_state, bank_trace = book.run_bank(model.memory, torch.stack(queries, 1), requests,
                                                valid=torch.stack(valid, 1))
@@ -65,7 +65,7 @@ def test_streaming_memory_takes_the_step_in_place(cfg, segments, chunk, native, 
     model = perturbed(cfg, seed)
     x = padded_tokens(cfg, 1, segments, seed)
     with torch.no_grad():
-        queries, requests, valid = model._segments(model._signals(x))
+        queries, requests, valid = model._segments(model.signals(x))
         with near_tie_watch() as near_ties:  # a near (not exact) tie may resolve differently
             _, steps = run_segments(model.memory.step, model.initial_state(1), queries, requests, valid)
         if any(near_ties):
@@ -114,7 +114,7 @@ def test_compiled_step_takes_and_gives_pytrees():
     torch._dynamo.reset()
     model = MemNet(tiny_cfg(writes_per_segment=2))
     x = rand_tokens(2, 2 * model.cfg.segment_len - 1)
-    queries, requests, valid = model._segments(model._signals(x))
+    queries, requests, valid = model._segments(model.signals(x))
     state = model.initial_state(2)
     step = torch.compile(model.memory.step, backend="aot_eager", fullgraph=True)
     got = step(state, queries[0], requests[0], valid[0])

@@ -262,7 +262,7 @@ def query_logits(model: MemNet, tokens: Tensor, memory: MemoryState) -> Tensor:
         raise ValueError(f"tokens must be one window per row (L <= {model.cfg.segment_len}) and memory one sequence's "
                          f"(batch 1); got tokens {tuple(tokens.shape)}, memory batch {memory.keys.shape[0]}")
     state = model.memory.check_state(memory, 1)
-    ws = model._signals(tokens, state.segments.expand(n))  # the window's code counts from the memory's windows
+    ws = model.signals(tokens, state.segments.expand(n))  # the window's code counts from the memory's windows
     q = ws.sig.read_query[:, 0, -1]  # (n, H, Dm) the last token's queries
     if model.cfg.window_reads:  # the last token also reads its window's earlier writes: one bank view per row
         mine = WriteRequest(*(t[:, 0] for t in (ws.key, ws.value, ws.gate, ws.erase, ws.update, ws.sig.decay)),
@@ -377,7 +377,7 @@ class KeyAnchored(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor):
         out = self.net(tokens)
-        keys = self.model._signals(self.anchors).key[:, 0, 0].float()  # (n, Dm) with gradients
+        keys = self.model.signals(self.anchors).key[:, 0, 0].float()  # (n, Dm) with gradients
         drift = 1 - F.cosine_similarity(keys, self.targets, dim=-1).mean()
         out.aux_losses = {**out.aux_losses, "key_anchor": self.weight * drift}
         return out
