@@ -227,6 +227,39 @@ def test_forgetting_curves_wrap_into_rows():
     assert len(one_row.axes) == 2
 
 
+def test_unselected_sweep_runs_stay_out_of_the_continual_figures():
+    R, bad = np.tril(np.ones((3, 3))).tolist(), np.zeros((3, 3)).tolist()
+    runs = [{"model": "a", "seed": 0, "R": R, "selected": True}, {"model": "a", "seed": 0, "R": bad, "selected": False},
+            {"model": "b", "seed": 0, "R": R}]  # a run stored before selection counts as selected
+    res = {"streams": {"s": {"stream": {"n_tasks": 3}, "runs": runs}}}
+    assert plots.continual_matrices(res, "s", "a").shape == (1, 3, 3)
+    assert plots.continual_matrices(res, "s", "a").min() == 0 and plots.continual_matrices(res, "s", "a")[0, 2, 2] == 1
+    assert plots.continual_matrices(res, "s", "b").shape == (1, 3, 3)
+
+
+def test_memory_budget_curve_draws_seed_means_at_each_budget():
+    points = [{"model": m, "seed": s, "per_class": b, "memory_bytes": b * k, "acc": a + 0.01 * s}
+              for m, k, a in (("x", 17, 0.5), ("y", 300, 0.8)) for b in (10, 30) for s in (0, 1, 2)]
+    ax = plots.memory_budget_curve(points)
+    lines = [c.lines[0] for c in ax.containers]  # each model's data line (not its error-bar caps)
+    assert [c.get_label() for c in ax.containers] == ["x", "y"]
+    xs = sorted(tuple(ln.get_xdata()) for ln in lines)
+    assert xs == [(170, 510), (3000, 9000)]
+    ys = sorted(tuple(np.round(ln.get_ydata(), 6)) for ln in lines)
+    assert ys == [(51.0, 51.0), (81.0, 81.0)]  # mean of a, a + 1, a + 2 points
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
+
+
+def test_key_drift_curve_skips_the_first_task_and_rejects_a_model_without_drift():
+    runs = [{"model": "m", "seed": s, "task_drift": [float("nan"), 0.9, 0.8, 0.7 + 0.1 * s]} for s in (0, 1)]
+    res = {"streams": {"s": {"runs": runs}}}
+    ax = plots.key_drift_curve(res, "s", ["m"])
+    line = ax.lines[0]
+    assert list(line.get_xdata()) == [2, 3, 4] and np.allclose(line.get_ydata(), [0.9, 0.8, 0.75])
+    with pytest.raises(ValueError, match="task_drift"):
+        plots.key_drift_curve(res, "s", ["other"])
+
+
 # ---------------------------------------------------------------------------- forgetting (chapter 5)
 def test_survival_by_type_draws_one_line_per_configuration_and_type_with_the_given_values():
     curves = {"a": {"useful": [1.0, 0.8, 0.5], "distractor": [1.0, 0.4, 0.1]}, "b": {"useful": [1.0, 1.0, 0.9]}}
