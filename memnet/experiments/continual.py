@@ -80,6 +80,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -768,7 +769,7 @@ def _run_job(p: Profile, sname: str, seed: int, m: str, config: dict, device: st
     return [{"model": m, "params": params, **tag, **r}], None
 
 
-def choose(p: Profile, grids: dict, done: dict, ckey) -> tuple[dict, dict]:
+def choose(p: Profile, grids: dict, done: dict, ckey: Callable[[tuple], tuple]) -> tuple[dict, dict]:
     """For every (stream, model) of ``grids``, the configuration with the best validation score
     (mean over the sweep seeds; ties: the first in the grid) among the runs ``done`` (keyed by
     ``ckey``), and the record of the choice: (chosen, selection)."""
@@ -863,6 +864,78 @@ def _execute(p: Profile, jobs: list[tuple], dev: torch.device, amp: str, progres
         return [futures[k].result() for k in range(len(jobs))]
 
 
+def job_key(job: tuple) -> tuple:
+    """A (stream, seed, model, configuration) job as a dict key: the configuration as sorted JSON."""
+    return job[:3] + (json.dumps(job[3], sort_keys=True),)
+
+
+def sweep_and_choose(p: Profile, streams: list[str], models: list[str], dev: torch.device, amp: str, progress: bool,
+                     workers: int, cache: Path | None) -> tuple[dict, dict, dict]:
+    """Run every configuration of :func:`grid` on the sweep seeds (the grid of a model whose best
+    rate is the largest tried grows by the next of ``lrs_more``, while there is one) and choose on
+    validation (:func:`choose`). Returns (the jobs done by :func:`job_key`, chosen, selection)."""
+    grids = {(sname, m): grid(p, m) for sname in streams for m in models}
+    swept = [key for key, g in grids.items() if len(g) > 1]
+    sweep = [(sname, seed, m, c) for sname, m in swept for seed in p.sweep_seeds for c in grids[(sname, m)]]
+    done, more = {}, list(p.lrs_more)
+    while True:
+        done.update({job_key(j): r for j, r in zip(sweep, _execute(p, sweep, dev, amp, progress, workers, cache))})
+        chosen, selection = choose(p, grids, done, job_key)
+        edge = [key for key in swept if "lr" in chosen[key] and chosen[key]["lr"] == max(c["lr"] for c in grids[key])]
+        if not (edge and more):
+            return done, chosen, selection
+        lr = more.pop(0)  # the best rate is the largest tried: try the next one
+        sweep = []
+        for sname, m in edge:
+            grids[(sname, m)] = grids[(sname, m)] + grid(p, m, (lr,))
+            sweep += [(sname, seed, m, c) for seed in p.sweep_seeds for c in grid(p, m, (lr,))]
+
+
+def budget_jobs(p: Profile, streams: list[str], seeds: list[int], models: list[str], chosen: dict) -> dict:
+    """The memory-budget axis: job key -> items per class it stores, for every model of
+    ``BUDGET_MODELS`` run, seed and budget of the profile, at the configuration chosen on validation."""
+    budget = {}
+    for sname in (s for s in streams if s in p.budget_streams):
+        for seed in seeds:
+            stream = make_stream(sname, p, seed)
+            most = int(np.bincount(stream.items(None, "train")[1]).max())
+            for m in (m for m in BUDGET_MODELS if m in models):
+                for b in p.budgets:
+                    over = budget_overrides(p, stream, m, b)
+                    budget[job_key((sname, seed, m, {**chosen[(sname, m)], **over}))] = most if b is None else b
+    return budget
+
+
+def assemble(p: Profile, profile: str, done: dict, chosen: dict, selection: dict, budget: dict,
+             seeds: list[int]) -> tuple[dict, dict]:
+    """The result of a run from its jobs: every run entry, marked ``selected`` (the chosen
+    configuration, a reported seed) and with its ``budget`` when it is a point of the budget axis,
+    with the summaries of its matrices; and the trace records of the selected MemNet runs
+    (seed -> model -> stream)."""
+    result = {"experiment": "continual", "profile": profile, "profile_settings": asdict(p), "streams": {}}
+    records: dict[int, dict] = {}
+    for key, (entries, rec) in done.items():
+        sname, seed, m, c = key[:3] + (json.loads(key[3]),)
+        if sname not in result["streams"]:
+            stream = make_stream(sname, p, seed)
+            result["streams"][sname] = {"runs": [], "stream": stream.describe(), "selection": selection[sname],
+                                        "config": make_config(p, stream).to_dict(), "chance": stream.chance}
+        selected = c == chosen[(sname, m)] and seed in seeds
+        mark = {"budget": budget[key]} if key in budget else {}
+        result["streams"][sname]["runs"] += [{**e, "selected": selected, **mark} for e in entries]
+        if rec is not None and selected:
+            records.setdefault(seed, {}).setdefault(m, {})[sname] = rec
+    for entry in result["streams"].values():
+        for r in entry["runs"]:
+            for key, name in (("R", "summary"), ("R_val", "summary_val")):
+                if key in r:
+                    R = accuracy_matrix(r[key])
+                    r[name] = matrix_summary(R, r["baseline_b"])
+                    r[name]["max_drop"] = max_drop(R)
+                    r[name]["forgetting_per_task"] = forgetting(R).tolist()
+    return result, records
+
+
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None, out_dir: Path | None = None,
         save: bool = True, progress: bool = True, amp: str = "auto", streams: list[str] | None = None,
         models: list[str] | None = None, workers: int | None = None) -> dict:
@@ -896,58 +969,14 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         cache = out_dir / "runs"  # one record per job: a killed run resumes where it stopped
         cache.mkdir(exist_ok=True)
     t_all = time.perf_counter()
-    ckey = lambda job: job[:3] + (json.dumps(job[3], sort_keys=True),)  # jobs as dict keys
-    grids = {(sname, m): grid(p, m) for sname in streams for m in models}
-    swept = [key for key, g in grids.items() if len(g) > 1]
-    sweep = [(sname, seed, m, c) for sname, m in swept for seed in p.sweep_seeds for c in grids[(sname, m)]]
-    done, more = {}, list(p.lrs_more)
-    while True:
-        done.update({ckey(j): r for j, r in zip(sweep, _execute(p, sweep, dev, amp, progress, workers, cache))})
-        chosen, selection = choose(p, grids, done, ckey)
-        edge = [key for key in swept if "lr" in chosen[key]
-                and chosen[key]["lr"] == max(c["lr"] for c in grids[key])]
-        if not (edge and more):
-            break
-        lr = more.pop(0)  # the best rate is the largest tried: try the next one
-        sweep = []
-        for sname, m in edge:
-            grids[(sname, m)] = grids[(sname, m)] + grid(p, m, (lr,))
-            sweep += [(sname, seed, m, c) for seed in p.sweep_seeds for c in grid(p, m, (lr,))]
+    done, chosen, selection = sweep_and_choose(p, streams, models, dev, amp, progress, workers, cache)
     rest = [(sname, seed, m, chosen[(sname, m)]) for sname in streams for seed in seeds for m in models
-            if ckey((sname, seed, m, chosen[(sname, m)])) not in done]
-    done.update({ckey(j): r for j, r in zip(rest, _execute(p, rest, dev, amp, progress, workers, cache))})
-    budget = {}  # job key -> items per class it stores, for the memory-budget axis (chosen configurations only)
-    for sname in (s for s in streams if s in p.budget_streams):
-        for seed in seeds:
-            stream = make_stream(sname, p, seed)
-            for m in (m for m in BUDGET_MODELS if m in models):
-                for b in p.budgets:
-                    over = budget_overrides(p, stream, m, b)
-                    budget[ckey((sname, seed, m, {**chosen[(sname, m)], **over}))] = (
-                        b if b is not None else int(np.bincount(stream.items(None, "train")[1]).max()))
+            if job_key((sname, seed, m, chosen[(sname, m)])) not in done]
+    done.update({job_key(j): r for j, r in zip(rest, _execute(p, rest, dev, amp, progress, workers, cache))})
+    budget = budget_jobs(p, streams, seeds, models, chosen)
     todo = [k[:3] + (json.loads(k[3]),) for k in budget if k not in done]
-    done.update({ckey(j): r for j, r in zip(todo, _execute(p, todo, dev, amp, progress, workers, cache))})
-    result = {"experiment": "continual", "profile": profile, "profile_settings": asdict(p), "streams": {}}
-    records: dict[int, dict] = {}  # seed -> model -> stream -> fill record (selected runs only)
-    for key, (entries, rec) in done.items():
-        sname, seed, m, c = key[:3] + (json.loads(key[3]),)
-        if sname not in result["streams"]:
-            stream = make_stream(sname, p, seed)
-            result["streams"][sname] = {"runs": [], "stream": stream.describe(), "selection": selection[sname],
-                                        "config": make_config(p, stream).to_dict(), "chance": stream.chance}
-        selected = c == chosen[(sname, m)] and seed in seeds
-        mark = {"budget": budget[key]} if key in budget else {}
-        result["streams"][sname]["runs"] += [{**e, "selected": selected, **mark} for e in entries]
-        if rec is not None and selected:
-            records.setdefault(seed, {}).setdefault(m, {})[sname] = rec
-    for entry in result["streams"].values():
-        for r in entry["runs"]:
-            for key, name in (("R", "summary"), ("R_val", "summary_val")):
-                if key in r:
-                    R = accuracy_matrix(r[key])
-                    r[name] = matrix_summary(R, r["baseline_b"])
-                    r[name]["max_drop"] = max_drop(R)
-                    r[name]["forgetting_per_task"] = forgetting(R).tolist()
+    done.update({job_key(j): r for j, r in zip(todo, _execute(p, todo, dev, amp, progress, workers, cache))})
+    result, records = assemble(p, profile, done, chosen, selection, budget, seeds)
     wall = time.perf_counter() - t_all
     result["provenance"] = provenance(dev, seeds, wall, amp=amp, workers=workers)
     if save:  # never over a stored result that holds runs this one lacks: those go to partial/
