@@ -276,7 +276,8 @@ fig
 # %% [markdown]
 # Row $i$ is the model after task $i$; the diagonal is "just learned", below it is what remains of
 # earlier tasks and above it are tasks not seen yet (zero in a class-incremental stream: an unseen
-# class is never predicted correctly, so forward transfer means nothing here and the tables omit it).
+# class is never predicted correctly, so the forward transfer in the table, $R_{j-1,j}$ minus the
+# untrained model's accuracy on task $j$, only restates that the untrained model guessed).
 #
 # ## Keys that stay valid
 #

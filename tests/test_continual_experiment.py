@@ -157,7 +157,7 @@ def test_stored_run_table_and_claims():
         nbytes = {r["model"]: r.get("memory_bytes") for r in res["streams"][s]["runs"] if r["selected"]}
         for m, d in C.seed_values(res, s).items():
             row = next(line for line in lines[3:] if line.split()[0] == m)
-            cells = [mean_ci(d[k], 100) if k in d else "-" for k in ("acc", "bwt", "forgetting", "max_drop")]
+            cells = [mean_ci(d[k], 100) if k in d else "-" for k in ("acc", "bwt", "forgetting", "max_drop", "fwt")]
             cells += [f"{nbytes[m]:,}" if nbytes[m] is not None else "-", str(len(d["acc"]))]
             assert [c.strip() for c in row[len(m):].split("  ") if c.strip()] == cells
     verdicts = {v.claim: v for v in C.summarize(res)}

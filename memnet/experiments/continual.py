@@ -1026,7 +1026,7 @@ def nearest_neighbour_matrix(stream: TaskStream, k: int, per_class: int | None, 
 
 
 # ---------------------------------------------------------------------------- tables
-METRICS = ("acc", "bwt", "forgetting", "max_drop", "fwt")  # per-run summary entries (joint models: "acc" only)
+METRICS = ("acc", "bwt", "forgetting", "max_drop", "fwt")  # per-run summary entries (joint models: "acc" only), table columns
 ER_POINTS, REPLAY_BWT_POINTS = 0.0, -10.0  # the claim: memnet_replay's ACC minus the best ER's, its backward transfer
 
 
@@ -1075,15 +1075,16 @@ def summarize(result: dict) -> list[Verdict]:
 
 
 def summary_table(result: dict) -> str:
-    """The ACC / BWT / forgetting table of every stream (percent, mean ± 95% t-interval over seeds)."""
+    """The ACC / BWT / forgetting / FWT table of every stream (percent, mean ± 95% t-interval over
+    seeds), with the bytes each model stores."""
     blocks = []
     for s, entry in result["streams"].items():
         nbytes = {r["model"]: r.get("memory_bytes") for r in entry["runs"] if r.get("selected", True)}
-        rows = [[m] + [mean_ci(d[k], 100) if k in d else "-" for k in ("acc", "bwt", "forgetting", "max_drop")]
+        rows = [[m] + [mean_ci(d[k], 100) if k in d else "-" for k in METRICS]
                 + [f"{nbytes[m]:,}" if nbytes.get(m) is not None else "-", len(d["acc"])]
                 for m, d in seed_values(result, s).items()]
         blocks.append(format_table(
-            ["model", "ACC", "BWT", "forgetting", "max drop", "bytes stored", "seeds"], rows,
+            ["model", "ACC", "BWT", "forgetting", "max drop", "FWT", "bytes stored", "seeds"], rows,
             f"{s}: class-incremental, {entry['stream']['n_tasks']} tasks, chance {100 * entry['chance']:.0f}% "
             "(percent, mean ± 95% t-interval over seeds)"))
     return "\n\n".join(blocks)
