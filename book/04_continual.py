@@ -188,6 +188,8 @@ glue("ch4_er_holds", "every training item of the stream" if er_all["buffer_items
 glue("ch4_lead", f"{abs(lead):.1f}", display=False)
 glue("ch4_lead_word", "ahead of" if lead > 0 else "behind", display=False)
 bwt_mr = 100 * summ["memnet_replay"]["bwt"][0]
+bwt_lo, bwt_hi = bwt_mr - 100 * summ["memnet_replay"]["bwt"][1], bwt_mr + 100 * summ["memnet_replay"]["bwt"][1]
+glue("ch4_bwt_interval_side", "inside" if bwt_lo <= experiment.REPLAY_BWT_POINTS <= bwt_hi else "outside", display=False)
 glue("ch4_bwt_side", "above" if bwt_mr >= experiment.REPLAY_BWT_POINTS else "below", display=False)
 knn_gap = 100 * (summ["knn"]["acc"][0] - summ["memnet_replay"]["acc"][0])
 glue("ch4_knn_gap", f"{abs(knn_gap):.1f}", display=False)
@@ -302,8 +304,10 @@ glue("ch4_drift_memnet", f"{drift_mn.min():.2f} to {drift_mn.max():.2f}", displa
 glue("ch4_drift_replay", f"{drift_mr.min():.2f} to {drift_mr.max():.2f}", display=False)
 glue("ch4_anchor", f"{sel['memnet_replay']['chosen'].get('key_anchor', 0):g}", display=False)
 anchor_on = sel["memnet_replay"]["chosen"].get("key_anchor", 0) > 0
-glue("ch4_anchor_words", "with the key anchor that validation chose, the buffer's keys barely move"
-     if anchor_on else "validation chose no key anchor, and the buffer's keys move as far", display=False)
+further = drift_mr.mean() < drift_mn.mean()
+glue("ch4_anchor_words", "the key anchor that validation chose holds the buffer's keys in place" if anchor_on else
+     "validation chose no key anchor, and the buffer's keys move " + ("further than" if further else "about as far as")
+     + " the first edition's: re-keying makes that harmless", display=False)
 glue("ch4_rewrite_acc_cmp", pct("memnet_rewrite", "acc"), display=False)
 
 # %% [markdown]
@@ -311,16 +315,16 @@ glue("ch4_rewrite_acc_cmp", pct("memnet_rewrite", "acc"), display=False)
 # {glue:text}`ch4_drift_memnet` over a task: realigned by a map fitted on two classes, its bank
 # ends at {glue:text}`ch4_memnet_acc`% (carried without realignment {glue:text}`ch4_memnet_unaligned_acc`%;
 # rebuilt from every task's items by the final weights {glue:text}`ch4_rewrite_acc_cmp`%).
-# MemNet with replay removes the problem twice. Re-keying rebuilds the bank after every task, so
-# a stale key never reaches a query; and {glue:text}`ch4_anchor_words` (cosine
-# {glue:text}`ch4_drift_replay`, anchor weight {glue:text}`ch4_anchor`). What is left of forgetting
-# is no longer stale keys: it is how well the final encoder separates ten classes it met two at a
-# time.
+# MemNet with replay takes the drift out of the memory. Re-keying rebuilds the bank after every
+# task, so a stale key never reaches a query. On the digits {glue:text}`ch4_anchor_words` (cosine
+# {glue:text}`ch4_drift_replay`, anchor weight {glue:text}`ch4_anchor`). What is left of
+# forgetting is no longer stale keys: it is how well the final encoder separates ten classes it
+# met two at a time.
 #
 # ## Accuracy against bytes
 #
 # How does the comparison change with the memory budget? Below, MemNet with replay, ER and the
-# kNN vote store 10, 30 or every training item per class, each at the configuration chosen above;
+# kNN vote store from ten to every training item per class, each at the configuration chosen above;
 # the x-axis is the bytes each stores (MemNet: its bank, grown to hold the buffer, and the buffer).
 
 # %%
@@ -341,29 +345,39 @@ for m in experiment.BUDGET_MODELS:
         glue(f"ch4_budget_{m}_large", f"{budget_acc(m, large):.1f}", display=False)
 glue("ch4_budget_small", small, display=False)
 glue("ch4_budget_large", large, display=False)
+per_item = entry["stream"]["item_len"] + 1  # bytes of a raw item: a byte per token and one for its label
+all_items = any(p["model"] == "er_lstm" and p["per_class"] == large and p["memory_bytes"] == every * per_item
+                for p in points)
+glue("ch4_budget_large_words", "every training item" if all_items else "the largest budget run", display=False)
+
 slot_bytes = next(p["memory_bytes"] for p in points if p["model"] == "memnet_replay" and p["per_class"] == small)
 raw_bytes = next(p["memory_bytes"] for p in points if p["model"] == "er_lstm" and p["per_class"] == small)
 glue("ch4_bytes_ratio", f"{slot_bytes / raw_bytes:.0f}", display=False)
-mr_best = max(budgets, key=lambda b: budget_acc("memnet_replay", b))
-glue("ch4_mr_best_budget", mr_best, display=False)
-glue("ch4_mr_best_acc", f"{budget_acc('memnet_replay', mr_best):.1f}", display=False)
+mid = budgets[len(budgets) // 2]
+glue("ch4_budget_mid", mid, display=False)
+glue("ch4_budget_memnet_replay_mid", f"{budget_acc('memnet_replay', mid):.1f}", display=False)
+mr_gain = budget_acc("memnet_replay", large) - budget_acc("memnet_replay", small)
+knn_gain = budget_acc("knn", large) - budget_acc("knn", small)
+glue("ch4_mr_gain", f"{mr_gain:+.1f}", display=False)
+glue("ch4_knn_gain", f"{knn_gain:+.1f}", display=False)
+glue("ch4_bytes_knn_ratio", f"{nbytes['memnet_replay'] / nbytes['knn']:.0f}", display=False)
 knn_beats = [b for b in budgets if budget_acc("knn", b) > max(budget_acc("memnet_replay", c) for c in budgets)]
 glue("ch4_knn_beats_from", knn_beats[0] if knn_beats else "-", display=False)
 
 # %% [markdown]
 # At {glue:text}`ch4_budget_small` items per class MemNet answers {glue:text}`ch4_budget_memnet_replay_small`%,
 # the LSTM with replay {glue:text}`ch4_budget_er_lstm_small`% and the kNN vote
-# {glue:text}`ch4_budget_knn_small`%; at {glue:text}`ch4_budget_large` per class (every training
-# item) they answer {glue:text}`ch4_budget_memnet_replay_large`%, {glue:text}`ch4_budget_er_lstm_large`%
+# {glue:text}`ch4_budget_knn_small`%; at {glue:text}`ch4_budget_large` per class
+# ({glue:text}`ch4_budget_large_words`) they answer {glue:text}`ch4_budget_memnet_replay_large`%, {glue:text}`ch4_budget_er_lstm_large`%
 # and {glue:text}`ch4_budget_knn_large`%. Three things stand out. Per item stored, a memory that
 # is *read* (MemNet, the vote) gets far more out of a few items than one that is *replayed into
 # the weights*. Per byte, MemNet's store is the expensive one: at the same number of items it
 # costs {glue:text}`ch4_bytes_ratio` times the bytes of a raw buffer, since a slot holds a float32
-# key and value where a raw item holds seventeen bytes. And MemNet's accuracy peaks at
-# {glue:text}`ch4_mr_best_budget` items per class ({glue:text}`ch4_mr_best_acc`%), while the vote
-# over raw pixels keeps climbing and passes every MemNet point from {glue:text}`ch4_knn_beats_from`
-# items per class on: what limits MemNet here is how well its learned keys separate the digits,
-# not how many it stores.
+# key and value where a raw item holds seventeen bytes. And from the smallest budget to every
+# item MemNet gains {glue:text}`ch4_mr_gain` points ({glue:text}`ch4_budget_memnet_replay_mid`% at
+# {glue:text}`ch4_budget_mid` per class), the vote over raw pixels {glue:text}`ch4_knn_gain`, passing
+# every MemNet point from {glue:text}`ch4_knn_beats_from` items per class on: what limits MemNet
+# here is how well its learned keys separate the digits, more than how many items it stores.
 
 # %% [markdown]
 # ## The first edition's MemNets
@@ -377,9 +391,12 @@ with warnings.catch_warnings():  # NaN entries: tasks not written yet, or no ite
     warnings.simplefilter("ignore", RuntimeWarning)
     kept = np.nanmean(np.array([r["retained"] for r in mems], dtype=float), axis=0)
 np.set_printoptions(precision=2, suppress=True)
-print("share of task j's support items still in a slot after task i (rows i, columns j):")
-print(kept)
+print("share of task j's support items still in a slot after task i (rows i, columns j; -: not written yet):")
+print("\n".join(" ".join("   -" if np.isnan(v) else f"{v:4.2f}" for v in row) for row in kept))
 glue("ch4_kept_first", f"{100 * kept[-1, 0]:.0f}", display=False)
+fixed_seeds = [100 * r["summary"]["acc"] for r in chosen_runs if r["model"] == "memnet_fixed"]
+glue("ch4_fixed_seeds", " / ".join(f"{v:.1f}" for v in fixed_seeds), display=False)
+glue("ch4_knn_all", f"{budget_acc('knn', large):.1f}", display=False)
 first_views = [m for m in ("memnet_unaligned", "memnet", "memnet_rewrite", "memnet_frozen", "memnet_fixed") if m in summ]
 fig, axes = plots.new_figure(1, len(first_views), figsize=(2.9 * len(first_views), 3.0))
 for ax, m in zip(axes.flat, first_views):
@@ -395,9 +412,10 @@ fig
 # transfer {glue:text}`ch4_memnet_frozen_bwt`%) but learns each new task less well (just after a
 # task, {glue:text}`ch4_memnet_frozen_diag`%): its keys were trained on two digits. MemNet with fixed
 # addresses, the pixel vector itself, reaches {glue:text}`ch4_memnet_fixed_acc`% (backward transfer
-# {glue:text}`ch4_memnet_fixed_bwt`%) with every training item in a bank of
-# {glue:text}`ch4_memnet_fixed_bytes` bytes: it is a nearest-neighbour memory over the raw pixels,
-# and it agrees with the kNN vote over the same items in the budget figure above.
+# {glue:text}`ch4_memnet_fixed_bwt`%; per seed {glue:text}`ch4_fixed_seeds`) with every training
+# item in a bank of {glue:text}`ch4_memnet_fixed_bytes` bytes. It is a nearest-neighbour memory over
+# the raw pixels that learned, on the first task only, to store a label and read a vote; the plain
+# vote over the same items, with no network, scores {glue:text}`ch4_knn_all`%.
 
 # %% [markdown]
 # ## The synthetic stream
@@ -513,13 +531,12 @@ print(f"chapter 4 checks passed ({run.profile} run)")
 #   replay at as many bytes. The first edition's MemNet, its bank carried along and realigned, ends at
 #   {glue:text}`ch4_memnet_acc`%: its stored keys were written by weights that no longer exist.
 # - The interval of that backward transfer is wide: three seeds, each with its own split, and the
-#   −10-point line lies inside it. The mean is what the claim was stated on.
+#   −10-point line lies {glue:text}`ch4_bwt_interval_side` it. The mean is what the claim was stated on.
 # - What a slot memory buys here is reading, not learning to address. A cosine vote over the same
-#   ten raw items per class, with no network, is as accurate ({glue:text}`ch4_knn_acc`%) at a
-#   twentieth of the bytes, and with more items it pulls ahead. MemNet with fixed addresses, a
-#   nearest-neighbour memory over the pixels, is the most accurate continual model of the chapter
-#   ({glue:text}`ch4_memnet_fixed_acc`%). On these digits, pixel cosine already separates the
-#   classes; learned keys trained two classes at a time do not separate them better.
+#   ten raw items per class, with no network, scores {glue:text}`ch4_knn_acc`% with
+#   {glue:text}`ch4_bytes_knn_ratio` times fewer bytes, and with every item {glue:text}`ch4_knn_all`%.
+#   On these digits pixel cosine already separates the classes; learned keys trained two classes
+#   at a time do not separate them better.
 # - On the synthetic stream, where tasks share no symbols, every model that keeps items ends near
 #   the top and the comparison says little.
 #
@@ -537,5 +554,5 @@ print(f"chapter 4 checks passed ({run.profile} run)")
 # 3. Set `instance_share=0`: which MemNet variants lose most, and why the frozen one?
 # 4. Store slots in half precision: how many bytes would MemNet's bank take, and where would it sit
 #    on the accuracy-against-bytes figure?
-# 5. Compute forward transfer with `continual.forward_transfer(R, r["baseline_b"])`. Why is it
-#    zero in a class-incremental stream?
+# 5. Compute forward transfer with `continual.forward_transfer(R, r["baseline_b"])` by hand from a
+#    stored matrix. Why does it say nothing about learning in a class-incremental stream?
