@@ -248,7 +248,7 @@ def fake_forgetting(p, task, seed, name, over, device, threads=None):
     return {"config": name, "seed": seed}
 
 
-def fake_continual(p, sname, seed, m, device, amp, progress, threads=None):
+def fake_continual(p, sname, seed, m, config, device, amp, progress, threads=None):
     return [{"model": m, "seed": seed}], None
 
 

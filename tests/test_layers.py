@@ -15,7 +15,7 @@ LAYER = {
     **{m: "core" for m in ("config", "addressing", "memory", "fused", "native", "encoder", "controller", "bottleneck",
                            "losses", "model", "trace", "baselines", "distributed")},
     **{m: "analysis" for m in ("metrics", "survival", "continual", "eviction", "lifetimes")},
-    "train": "training",
+    **{m: "training" for m in ("train", "replay")},
     "tasks": "tasks",
     "peers": "peers",
     "experiments": "experiments",

@@ -1051,7 +1051,8 @@ def model_summary(result: dict, stream: str) -> dict[str, dict[str, tuple[float,
 def summarize(result: dict) -> list[Verdict]:
     """The claims on every stream that has the runs: the learned-address MemNet that keeps training
     (memnet_replay) ends at an ACC at least that of experience replay storing as many bytes (the
-    best of ``er_*``, whose buffers hold at least memnet_replay's bytes or every training item),
+    best of ``er_*``, whose buffers hold as many whole items as memnet_replay's bytes pay for, or every
+    training item),
     and its backward transfer is at least ``REPLAY_BWT_POINTS`` (means over seeds)."""
     out = []
     for s, entry in result["streams"].items():
