@@ -219,12 +219,9 @@ STORES = {
     "memnet": ("slot bank, 10 items per class, carried and realigned", "every weight, every task"),
     "memnet_fixed": ("slot bank, every training item", "read and write maps, task 1 only"),
 }
-rows = ["| model | stores | bytes stored | learned | configuration chosen |", "|---|---|---:|---|---|"]
-for m, (what, learned) in STORES.items():
-    if m in summ:
-        b = nbytes.get(m)
-        rows.append(f"| {plots.CONTINUAL_LABELS[m]} | {what} | {b:,} | {learned} | {fmt_cfg(sel[m]['chosen'])} |")
-book.markdown("\n".join(rows))
+book.table(["model", "stores", "bytes stored", "learned", "configuration chosen"],
+           [[plots.CONTINUAL_LABELS[m], what, f"{nbytes[m]:,}", learned, fmt_cfg(sel[m]["chosen"])]
+            for m, (what, learned) in STORES.items() if m in summ], right=(2,))
 
 # %% [markdown]
 # ## Replay at the same bytes

@@ -85,11 +85,16 @@ def join_words(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
 
 
-def markdown(text: str) -> None:
-    """Show ``text`` as Markdown (a table, say): rendered in JupyterLab and in the book."""
-    from IPython.display import Markdown, display
+def table(header: list[str], rows: list[list], right: tuple[int, ...] = ()) -> None:
+    """Show a table (HTML, so it renders the same in JupyterLab and in the book): ``header`` and
+    ``rows`` of cells (any value; shown with str), the columns numbered in ``right`` aligned right."""
+    from IPython.display import HTML, display
 
-    display(Markdown(text))
+    def cells(values, tag: str) -> str:
+        return "".join(f'<{tag} style="text-align:{"right" if j in right else "left"};padding:2px 8px">'
+                       f"{html.escape(str(v))}</{tag}>" for j, v in enumerate(values))
+    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+    display(HTML(f'<table class="table"><thead><tr>{cells(header, "th")}</tr></thead><tbody>{body}</tbody></table>'))
 
 
 def note(text: str, kind: str = "note", title: str | None = None) -> None:

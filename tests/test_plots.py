@@ -318,3 +318,16 @@ def test_join_words_reads_as_prose():
     from memnet.book import join_words
 
     assert [join_words(x) for x in ([], ["a"], ["a", "b"], ["a", "b", "c"])] == ["", "a", "a and b", "a, b and c"]
+
+
+def test_book_table_escapes_cells_and_aligns_the_asked_columns(monkeypatch):
+    from IPython import display as ipd
+
+    from memnet import book
+
+    shown = []
+    monkeypatch.setattr(ipd, "display", lambda obj: shown.append(obj))
+    book.table(["model", "bytes"], [["a<b", "1,700"], ["c", 3]], right=(1,))
+    html_text = shown[0].data
+    assert html_text.count("<tr>") == 3 and "a&lt;b" in html_text and "<b" not in html_text.replace("<br", "")
+    assert html_text.count('text-align:right') == 3 and html_text.count('text-align:left') == 3
