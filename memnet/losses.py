@@ -17,7 +17,8 @@ def utilization_loss(mean_weight: Tensor, eps: float = 1e-6) -> Tensor:
 
     mean_weight: (N,) mean addressing weight per slot (renormalised to sum to 1 here).
     Zero when every slot is used equally, log N when one slot takes everything;
-    minimising it maximises the seed's L_util.
+    minimising it maximises the slot-utilisation entropy H(w_bar) (L_util = H(w_bar) is the quantity
+    to raise; this loss is log N - L_util, so it is never negative).
     """
     w = mean_weight / mean_weight.sum().clamp(min=eps)
     entropy = -(w * torch.log(w + eps)).sum()

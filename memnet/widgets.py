@@ -118,8 +118,17 @@ def continual_explorer(result: dict, traces: dict, stream: str = "digits") -> W.
     models = [m for m in MEMNETS if stream in traces[seeds[0]].get(m, {})]
     if not models:
         raise ValueError(f"traces hold no MemNet fill record of stream {stream!r}")
-    S = int(traces[seeds[0]][models[0]][stream]["segment_task"].shape[0])
+    items = lambda sd, m: int(traces[sd][m][stream]["segment_task"].shape[0])  # items streamed into that memory
     seed_w = W.Dropdown(options=seeds, value=seeds[0], description="seed")
     model_w = W.Dropdown(options=models, value=models[-1], description="model")
-    seg_w = W.IntSlider(value=S - 1, min=0, max=S - 1, description="item", continuous_update=False)
-    return live_figure([seed_w, model_w, seg_w], lambda sd, m, seg: stream_frame(result, traces, sd, seg, stream, m))
+    n = items(seeds[0], models[-1])
+    seg_w = W.IntSlider(value=n - 1, min=0, max=n - 1, description="item", continuous_update=False)
+
+    def fit_slider(_=None) -> None:  # the slider spans the items of the memory shown (runs before the redraw)
+        last = items(seed_w.value, model_w.value) - 1
+        seg_w.max, seg_w.value = last, min(seg_w.value, last)
+
+    seed_w.observe(fit_slider, "value")
+    model_w.observe(fit_slider, "value")
+    return live_figure([seed_w, model_w, seg_w], lambda sd, m, seg: stream_frame(
+        result, traces, sd, min(seg, items(sd, m) - 1), stream, m))

@@ -509,3 +509,22 @@ def test_memnet_takes_its_memory_interface_at_construction(stream):
     # the same parameters but the item maps: a plain MemNet's state dict loads into the stream one
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
     assert missing == ["interface.item_map"] and not unexpected
+
+
+def test_explorer_slider_spans_the_items_of_the_memory_shown():
+    """In the stored run the fixed-address MemNet streams every training item and the carried one
+    ten per class: switching the model resizes the item slider (and keeps its value inside)."""
+    from memnet import book, widgets
+    from memnet.experiments.common import DATA_DIR
+
+    folder = next(DATA_DIR / "continual" / p for p in ("full", "laptop") if (DATA_DIR / "continual" / p).exists())
+    loaded = book.load_run(folder)
+    box = widgets.continual_explorer(loaded.result, loaded.traces, "digits")
+    seed_w, model_w, item_w = box.children[0].children
+    count = lambda m: int(loaded.traces[seed_w.value][m]["digits"]["segment_task"].shape[0])
+    assert count("memnet_fixed") > count("memnet")
+    assert model_w.value == "memnet_fixed" and item_w.max == count("memnet_fixed") - 1
+    model_w.value = "memnet"
+    assert item_w.max == count("memnet") - 1 and item_w.value == item_w.max
+    model_w.value = "memnet_fixed"
+    assert item_w.max == count("memnet_fixed") - 1
