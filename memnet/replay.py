@@ -43,10 +43,15 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    @staticmethod
+    def item_bytes(item_len: int) -> int:
+        """Bytes one stored item costs: a byte per token and one for its class."""
+        return int(item_len) + 1
+
     @property
     def nbytes(self) -> int:
-        """Bytes of stored data when full: a byte per token and one per class, per item."""
-        return self.capacity * (self.item_len + 1)
+        """Bytes of stored data when full (``item_bytes`` per item)."""
+        return self.capacity * self.item_bytes(self.item_len)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(x (size, item_len), y (size,)): copies of the items held, in slot order."""

@@ -507,9 +507,8 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
         old = [c for t in range(i) for c in stream.task_classes(t)]
         pool = [c for c in range(stream.n_classes) if c not in old] if p.restrict_labels else None
         if p.realign and i > 0:  # this task's items, keyed by the weights that wrote the carried keys
-            x_i, y_i = stream.items(i, "train")
-            seg = stream.support_tokens(x_i, y_i).view(len(y_i), -1).to(device)
-            keys_before = segment_keys(model, seg)
+            task_items = stream.items(i, "train")
+            keys_before = item_keys(model, stream, *task_items, device)
         olds = [np.concatenate(a) for a in zip(*supports[:i])] if i else None
         old_keys = item_keys(model, stream, *olds, device) if i else None
         history += train_on(model, p, stream, i, steps, seed, device, amp, progress, f"memnet_{stream.name}_s{seed}_t{i}",
@@ -521,7 +520,7 @@ def run_memnet(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, dev
         if i:
             task_drift[i] = mean_cosine(old_keys, item_keys(model, stream, *olds, device))
         if p.realign and i > 0:  # drift of the key encoder over this task, measured on this task's items only
-            carried = realign_keys(carried, fit_key_map(keys_before, segment_keys(model, seg), p.realign_ridge))
+            carried = realign_keys(carried, fit_key_map(keys_before, item_keys(model, stream, *task_items, device), p.realign_ridge))
         # this task's items into the carried memory, a fresh one (the reset variant) and the unaligned one
         (carried, fresh, unaligned), tr = fill_each(model, stream, *supports[i], [carried, None, unaligned], device)
         if i == 0:
@@ -604,9 +603,8 @@ def replay_capacity(p: Profile, stream: TaskStream, cfg: MemNetConfig) -> int:
     every = stream.items(None, "train")[1].size
     if p.er_per_class is not None:
         return min(stream.n_classes * p.er_per_class, every)
-    buf = ReplayBuffer(stream.n_classes * p.replay_per_class, stream.item_len)
-    per_item = ReplayBuffer(1, stream.item_len).nbytes
-    return min((memnet_state_bytes(cfg) + buf.nbytes) // per_item, every)
+    per_item = ReplayBuffer.item_bytes(stream.item_len)
+    return min((memnet_state_bytes(cfg) + stream.n_classes * p.replay_per_class * per_item) // per_item, every)
 
 
 def run_sequential(name: str, p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: int, device, amp: str,
@@ -667,18 +665,33 @@ def run_memnet_replay(p: Profile, stream: TaskStream, cfg: MemNetConfig, seed: i
             "buffer_items": buf.capacity}
 
 
+def coded_units(stream: TaskStream, x: np.ndarray) -> np.ndarray:
+    """Items ``x`` (n, P) as unit vectors (n, P * c) of the stream's fixed code (no learning)."""
+    v = stream.symbol_code().numpy()[x].reshape(len(x), -1)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def vote_accuracy(units: np.ndarray, y: np.ndarray, bank: np.ndarray, labels: np.ndarray, k: int,
+                  n_classes: int) -> float:
+    """Accuracy of the cosine-weighted vote of the ``k`` most cosine-similar rows of ``bank`` (M, d),
+    with classes ``labels`` (M,), on unit queries ``units`` (n, d) of classes ``y`` (n,)."""
+    sim = units @ bank.T  # (n, M)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    votes = np.zeros((len(y), n_classes))
+    np.add.at(votes, (np.arange(len(y))[:, None], labels[top]), np.take_along_axis(sim, top, 1))
+    return float((votes.argmax(1) == y).mean())
+
+
 def reference_matrices(name: str, p: Profile, stream: TaskStream, seed: int) -> dict:
     """kNN (cosine-weighted vote of the ``knn_k`` nearest) or nearest-class-mean over the items a
     class-balanced buffer of ``replay_per_class`` per class holds (memnet_replay's raw buffer, fed
     the same way), coded by the stream's fixed code: no network, no training."""
-    code = stream.symbol_code().numpy()
-    unit = lambda x: (lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))(code[x].reshape(len(x), -1))
     buf = ReplayBuffer(stream.n_classes * p.replay_per_class, stream.item_len, "balanced", seed)
     rows = []
     for i in range(stream.n_tasks):
         buf.add(*stream.support_set(i, None, seed=seed * 7 + i))
         bx, by = buf.items()
-        B = unit(bx)
+        B = coded_units(stream, bx)
         if name == "ncm":
             held = np.unique(by)
             B = np.stack([B[by == c].mean(0) for c in held])
@@ -690,12 +703,8 @@ def reference_matrices(name: str, p: Profile, stream: TaskStream, seed: int) -> 
                 x, y = stream.items(j, split)
                 if not y.size:
                     break
-                sim = unit(x) @ B.T  # (n, M)
                 k = 1 if name == "ncm" else min(p.knn_k, B.shape[0])
-                top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-                votes = np.zeros((len(y), stream.n_classes))
-                np.add.at(votes, (np.arange(len(y))[:, None], by[top]), np.take_along_axis(sim, top, 1))
-                acc.append(float((votes.argmax(1) == y).mean()))
+                acc.append(vote_accuracy(coded_units(stream, x), y, B, by, k, stream.n_classes))
             row[split] = acc
         rows.append(row)
     return {**matrices(rows), "baseline_b": [stream.chance] * stream.n_tasks, "memory_bytes": buf.nbytes,
@@ -784,11 +793,17 @@ def choose(p: Profile, grids: dict, done: dict, ckey: Callable[[tuple], tuple]) 
     return chosen, selection
 
 
+def budget_items(stream: TaskStream, per_class: int | None) -> int:
+    """Items per class a budget stores: ``per_class``, or (None) every training item of the
+    largest class."""
+    return int(np.bincount(stream.items(None, "train")[1]).max()) if per_class is None else int(per_class)
+
+
 def budget_overrides(p: Profile, stream: TaskStream, model: str, per_class: int | None) -> dict:
     """The overrides of the profile that make ``model`` store ``per_class`` items of every class
     (None: every training item), its bank grown to hold them; only those that differ from the
     profile, so a budget equal to the profile's is the main run itself."""
-    n = int(np.bincount(stream.items(None, "train")[1]).max()) if per_class is None else int(per_class)
+    n = budget_items(stream, per_class)
     if model.startswith("er_"):
         want = {"er_per_class": n}
     else:
@@ -898,11 +913,10 @@ def budget_jobs(p: Profile, streams: list[str], seeds: list[int], models: list[s
     for sname in (s for s in streams if s in p.budget_streams):
         for seed in seeds:
             stream = make_stream(sname, p, seed)
-            most = int(np.bincount(stream.items(None, "train")[1]).max())
             for m in (m for m in BUDGET_MODELS if m in models):
                 for b in p.budgets:
                     over = budget_overrides(p, stream, m, b)
-                    budget[job_key((sname, seed, m, {**chosen[(sname, m)], **over}))] = most if b is None else b
+                    budget[job_key((sname, seed, m, {**chosen[(sname, m)], **over}))] = budget_items(stream, b)
     return budget
 
 
@@ -1003,25 +1017,17 @@ def nearest_neighbour_matrix(stream: TaskStream, k: int, per_class: int | None, 
     k = int(k)
     if k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
-    code = stream.symbol_code().numpy()
-    as_vec = lambda x: code[x].reshape(len(x), -1)  # (n, P * c)
-    unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     T = stream.n_tasks
     R = np.zeros((T, T))
-    tests = [stream.items(j, "test") for j in range(T)]
-    tests = [(unit(as_vec(xt)), yt) for xt, yt in tests]  # every task's test items, coded once
+    tests = [(coded_units(stream, xt), yt) for xt, yt in (stream.items(j, "test") for j in range(T))]  # coded once
     bank, labels = [], []
     for i in range(T):
         x, y = stream.support_set(i, per_class, seed=seed * 7 + i)
-        bank.append(unit(as_vec(x)))
+        bank.append(coded_units(stream, x))
         labels.append(y)
         B, Y = np.concatenate(bank), np.concatenate(labels)
         for j, (ut, yt) in enumerate(tests):
-            sim = ut @ B.T  # (n, M)
-            top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-            votes = np.zeros((len(yt), stream.n_classes))
-            np.add.at(votes, (np.arange(len(yt))[:, None], Y[top]), np.take_along_axis(sim, top, 1))
-            R[i, j] = float((votes.argmax(1) == yt).mean())
+            R[i, j] = vote_accuracy(ut, yt, B, Y, k, stream.n_classes)
     return R
 
 
