@@ -46,8 +46,7 @@ torch.set_printoptions(precision=2, sci_mode=False)
 # no trained weights besides a sharpness per head and a decay logit per slot. We use one tiny
 # configuration throughout.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 cfg = MemNetConfig(vocab_size=16, d_model=8, num_slots=8, top_k=2, mem_heads=2, segment_len=4, n_heads=2)
 print(f"slots N={cfg.num_slots}, slot_dim D={cfg.slot_dim}, heads H={cfg.mem_heads}, top_k K={cfg.top_k}")
 bank = MultiHeadMemoryBank(cfg)
@@ -106,8 +105,7 @@ book.show_source(cosine_top_scores)
 # %% [markdown]
 # Four queries, noisy copies of the keys of slots 2, 5, 5 and 7, addressed both ways:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 g = torch.Generator().manual_seed(seed)
 keys = torch.randn(1, cfg.num_slots, cfg.slot_dim, generator=g)  # (B, N, D)
 targets = [2, 5, 5, 7]
@@ -146,8 +144,7 @@ fig
 # %%
 book.show_source(MultiHeadMemoryBank.read)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 values = torch.randn(1, cfg.num_slots, cfg.slot_dim, generator=g)
 full = MemoryState(keys, values, torch.zeros(1, cfg.num_slots), torch.zeros(1, cfg.num_slots))
 # head 0 looks for slots 2, 5, 5, 7; head 1 for slot 0 at every token of the window
@@ -191,8 +188,7 @@ book.show_source(MemoryState.staleness)
 book.show_source(MultiHeadMemoryBank.allocation_score)
 book.show_source(MultiHeadMemoryBank.allocate)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 age = torch.tensor([[0.0, 5.0, 1.0, 4.0, 0.0, 2.0, 7.0, 1.0]])
 usage = torch.tensor([[0.9, 0.0, 0.5, 0.8, 0.0, 0.3, 0.95, 0.0]])
 aged = MemoryState(keys, values, age, usage)
@@ -227,8 +223,7 @@ fig
 # %%
 book.show_source(MultiHeadMemoryBank.write)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 D = cfg.slot_dim
 new = torch.randn(1, 2, D, generator=g)
 req = WriteRequest(
@@ -329,10 +324,10 @@ plots.trace_overview(trace, title="a hand-driven bank over 12 segments")
 #
 # ### Explore it
 #
-# In JupyterLab, the explorer below redraws one segment's reads (token $\times$ slot) and the
-# life of one slot (age, usage, retention, write strength) as you move the sliders. The
-# rendered page shows its first view, and the small multiples under it show the same view for
-# several segments without a kernel.
+# The explorer below shows one segment's reads (token $\times$ slot) and the life of one slot
+# (age, usage, retention, write strength). On this page its controls switch among views drawn in
+# advance (every segment); in JupyterLab every control, head and slot included, redraws the figure.
+# The small multiples under it show the same view for several segments side by side.
 
 # %% tags=["nbval-ignore-output"]
 widgets.explorer(trace)

@@ -52,8 +52,7 @@ torch.set_printoptions(precision=3, sci_mode=False)
 # (keys, values and distractors from separate id ranges), whatever the profile, so this chapter
 # stays a quick read; only the brief training run below grows with the profile.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 task = KeyValueRecall(n_pairs=2, segment_len=8)
 cfg = MemNetConfig(vocab_size=task.vocab_size, d_model=32, num_slots=32, top_k=4, mem_heads=4, segment_len=8)
 torch.manual_seed(seed)
@@ -77,8 +76,7 @@ glue("ch2_params", f"{count_params(model):,}", display=False)
 # %%
 book.show_source(Encoder.forward)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 batch = task.sample(2, 5 * cfg.segment_len, seed=seed)
 windows = batch.tokens[:, : cfg.segment_len]
 x0 = model.encoder(windows)
@@ -153,8 +151,7 @@ book.show_source(MemNet.forward)
 book.show_source(utilization_loss)
 book.show_source(aux_losses)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 N = cfg.num_slots
 print(f"uniform use:   {float(utilization_loss(torch.ones(N))):.3f}")
 print(f"half the slots:{float(utilization_loss(torch.cat([torch.ones(N // 2), torch.zeros(N // 2)]))):.3f}"
@@ -169,8 +166,7 @@ print(f"one slot:      {float(utilization_loss(torch.nn.functional.one_hot(torch
 # untrained model on a recall sequence: reads spread over whatever slots exist, and every
 # token's write lands, weakly, on fresh slots.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 model.eval()
 with torch.no_grad():
     out = model(batch.tokens, return_trace=True)
@@ -214,6 +210,9 @@ plots.trace_overview(tr1, title=f"MemNet after {steps} training steps")
 # shape of the pictures, not the effect, which {ref}`ch-long-range` measures on a stored run.
 #
 # ### Explore the trained model's trace
+#
+# The same explorer over the trained model's trace: on this page it switches among views drawn in
+# advance; in JupyterLab every control redraws the figure.
 
 # %% tags=["nbval-ignore-output"]
 widgets.explorer(tr1)
@@ -232,8 +231,7 @@ plots.small_multiples(tr1)
 # updates and retention factors near 1 away. We can check the numbers on the CPU, which
 # supports bf16 autocast too.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     ref = trained(batch.tokens, return_trace=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):

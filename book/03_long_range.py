@@ -46,8 +46,7 @@ settings = book.setup(profile, device, seed, save)
 # from separate id ranges, as below, a model can decide what to store by looking at a token's
 # id alone: store every value. That makes the task too easy to say much about a memory.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 demo = KeyValueRecall(n_keys=4, n_values=4, n_distractors=4, n_pairs=2, segment_len=6)
 b = demo.sample_at_distance(batch=1, distance=8, seed=seed)
 print("vocabulary: keys 0-3, values 4-7, distractors 8-11")
@@ -73,8 +72,7 @@ print("distance:", [d if d else "." for d in b.distance[0].tolist()])
 # slots), the delay between the pairs and the queries (0 to 256 windows), and the local pairs. A
 # small example (window 8, P = 4, delay of 2 windows, one local pair):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 small = long_range.PROFILES["smoke"]
 task = long_range.make_task(small, n_pairs=4, delay_windows=2)
 ex = task.sample(1, seed=3, split="test")
@@ -399,9 +397,9 @@ fig
 #
 # ### Explore the stored trace
 #
-# The explorer needs a running kernel (open this chapter in JupyterLab): slide through the
-# segments to see the pairs written in the first windows and the reads of their queries many
-# segments later.
+# Slide through the segments to see the pairs written in the first windows and the reads of their
+# queries many segments later. On this page the slider moves among segments drawn in advance (the
+# head and slot stay as shown); in JupyterLab every control redraws the figure.
 
 # %% tags=["nbval-ignore-output"]
 if seed_shown is not None:

@@ -61,8 +61,7 @@ settings = book.setup(profile, device, seed, save)
 # noisy copy; task $t$ draws its prototypes and its noise from its own window of symbols, so
 # the token statistics move from task to task.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 digits = SplitDigits(seed=0, pool=2, val_fraction=0.2)
 info = digits.describe()
 print("tasks (classes):", info["task_classes"])
@@ -447,7 +446,8 @@ fig2
 # ## Explore the carried memory
 #
 # Scrub through the stream of support items written into the carried memory of the first
-# edition's MemNets: the left panel colours each slot by the task whose item it holds after that
+# edition's MemNets (on this page, among items drawn in advance for the model shown; in JupyterLab,
+# any seed, model and item): the left panel colours each slot by the task whose item it holds after that
 # item; the right one shows that MemNet's accuracy on every task after the task being written,
 # with the memory carried and with the memory reset per task.
 

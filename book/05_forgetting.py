@@ -33,7 +33,7 @@ import ipywidgets as W
 import numpy as np
 from myst_nb import glue
 
-from memnet import book, plots
+from memnet import book, plots, widgets
 from memnet.eviction import held_at_queries, held_fraction
 from memnet.experiments import forgetting as fx
 from memnet.experiments.common import mean_ci
@@ -62,8 +62,7 @@ settings = book.setup(profile, device, seed, save)
 # items than the memory has slots: which items stay is decided by forgetting alone. A small
 # stream shows the layout:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 demo = ReuseStream(n_keys=8, n_values=4, n_filler=2, segment_len=8, items_per_window=2, n_windows=5,
                    p_useful=0.5, cue_gap=(1, 1), min_gap=2)
 b = demo.sample(batch=1, seed=3)
@@ -352,7 +351,9 @@ fig
 # %% [markdown]
 # ### Explore the test sequences
 #
-# The explorer shows any test sequence of any configuration and seed.
+# The explorer shows any test sequence of any configuration and seed. On this page its controls
+# switch among views drawn in advance (every configuration, a few sequences, the first seed); in
+# JupyterLab every control redraws the figure.
 
 # %% tags=["nbval-ignore-output"]
 def show_sequence(config: str, seed_shown: int, sequence: int):
@@ -363,9 +364,11 @@ def show_sequence(config: str, seed_shown: int, sequence: int):
                                title=f"{fx.label(res, config)}, seed {r['seed']}, sequence {sequence}")
 
 
-W.interact(show_sequence, config=W.Dropdown(options=names, value=names[-1]),
-           seed_shown=W.Dropdown(options=sorted({r["seed"] for r in res["runs"]})),
-           sequence=W.IntSlider(min=0, max=p["test_batch"] - 1, value=0));
+widgets.live_figure([W.Dropdown(options=names, value=names[-1], description="configuration"),
+                     W.Dropdown(options=sorted({r["seed"] for r in res["runs"]}), description="seed"),
+                     W.IntSlider(min=0, max=p["test_batch"] - 1, value=0, description="sequence",
+                                 continuous_update=False)],
+                    show_sequence, vary=(0, 2))
 
 # %% [markdown]
 # ## What the gate learned

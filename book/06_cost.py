@@ -84,8 +84,7 @@ book.show_source(torch_stable_topk)
 # A tiny check that the O(N) top-k gives the stable sort's answer where it matters: scores with
 # ties (as empty slots give), and the constant size of a streaming state.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 scores = torch.tensor([[0.0, 0.5, 0.0, 0.5, -0.0, 0.9, 0.0, 0.5] * 40])  # 320 slots, many exact ties
 top, index = stable_topk(scores, 4)
 top_t, index_t = torch_stable_topk(scores, 4)
@@ -645,7 +644,8 @@ fig
 # ## Explore the costs
 #
 # Pick a metric and slide over the sequence lengths: the left panel marks the length on the
-# log-log curves, the right compares the models at that length.
+# log-log curves, the right compares the models at that length. Every view is drawn in advance, so
+# the controls work on this page as in JupyterLab.
 
 # %% tags=["nbval-ignore-output"]
 lengths = sorted({r["T"] for r in res["seq_len"]})

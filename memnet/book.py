@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import inspect
 import json
+import subprocess
 import tempfile
 import textwrap
 from dataclasses import dataclass, field
@@ -166,6 +167,43 @@ class Run:
                 f"torch {p.get('torch', '?')}; commit {commit}; {p.get('date', '?')}; wall {p.get('wall_s', '?')} s")
 
 
+PRESENTATION = ("memnet/plots.py", "memnet/widgets.py", "memnet/book.py")  # draw stored runs, compute none of them
+MODEL_CODE = ("memnet",) + tuple(f":(exclude){f}" for f in PRESENTATION)  # git pathspecs: what a stored run depends on
+
+
+def code_changes_since(commit: str, paths: tuple[str, ...] = MODEL_CODE) -> int | None:
+    """How many commits of this checkout's history since `commit` changed `paths` (relative to the
+    repository root): ``git rev-list --count <commit>..HEAD -- <paths>``. None when there is no git,
+    no repository, or `commit` is not in it (a shallow clone, an unknown commit)."""
+    sha = str(commit).split("+", 1)[0]
+    if not sha or not all(ch in "0123456789abcdef" for ch in sha.lower()):
+        return None
+    try:
+        out = subprocess.run(["git", "rev-list", "--count", f"{sha}..HEAD", "--", *paths], cwd=DATA_DIR.parent,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+
+
+def note_code_changes(run: "Run", experiment: str) -> int | None:
+    """A visible note when commits changed the code that made `run` (``memnet/`` but the modules
+    that only draw, :data:`PRESENTATION`) after it was made (see :func:`code_changes_since`);
+    returns their number (None: unknown)."""
+    p = run.provenance
+    commit = str(p.get("git_commit", ""))
+    n = code_changes_since(commit)
+    if n:
+        note(f"This stored run was made at commit {commit[:7]} ({p.get('date', 'date unknown')}). Since then "
+             f"{n} commit{'s' if n > 1 else ''} changed the code that trains and evaluates the models (memnet/, "
+             "apart from the modules that only draw). The numbers below are those of the run as stored; a "
+             "change that alters what the "
+             f"models compute shows only once the run is made again (scripts/reproduce.py --chapter "
+             f"{EXPERIMENT_CHAPTERS[experiment]} --profile laptop, or the experiment's module).",
+             title="The stored run and the code")
+    return n
+
+
 def find_stored_run(experiment: str = "long_range", data_dir: Path | str | None = None,
                     preference: tuple[str, ...] = STORED_PREFERENCE) -> Path | None:
     """The folder of the best stored run (gpu, then full, then laptop) that has a results.json, or None."""
@@ -220,7 +258,9 @@ def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, 
     if profile == "stored":
         found = find_stored_run(experiment, root)
         if found is not None:
-            return load_run(found)
+            run = load_run(found)
+            note_code_changes(run, experiment)
+            return run
         try:
             where = (root / experiment).relative_to(DATA_DIR.parent)
         except ValueError:

@@ -1,13 +1,22 @@
-"""A live ipywidgets explorer over a :class:`~memnet.trace.MemoryTrace`, for JupyterLab.
+"""The chapters' explorers: ipywidgets controls above a figure redrawn on every change.
 
-``explorer(trace)`` returns a widget: a segment slider, a head selector, a slot selector
-and an Output area that redraws a matplotlib figure on every change: the segment's read
-weights (token x slot) next to the selected slot's age, usage, retention and write
-strength over all segments. The rendered (static) book shows the first view from the
-saved widget state; a page without a kernel should also show
-:func:`memnet.plots.small_multiples`.
+``explorer(trace)`` returns one over a :class:`~memnet.trace.MemoryTrace`: a segment slider, a
+head selector, a slot selector and an Output area with the segment's read weights (token x slot)
+next to the selected slot's age, usage, retention and write strength over all segments.
+
+Every explorer is built by :func:`live_figure`, and its display carries two views of the same
+figures: the live widget, which JupyterLab shows and redraws through the kernel, and a static
+player (``text/html``) of precomputed views with plain HTML controls, which the rendered book shows
+(its configuration ranks ``text/html`` above the widget view) and which works without a kernel.
 """
 from __future__ import annotations
+
+import base64
+import html
+import itertools
+import json
+import uuid
+from typing import Callable, Sequence
 
 import ipywidgets as W
 import numpy as np
@@ -16,11 +25,140 @@ from IPython.display import display
 from . import plots
 from .trace import MemoryTrace
 
+MAX_FRAMES = 24  # views a static player precomputes, at most
 
-def live_figure(controls: list, draw) -> W.VBox:
+
+def control_options(c: W.Widget) -> list[tuple[str, object]]:
+    """(label, value) of every value control `c` can take: an integer slider's steps, or the
+    options of a selection widget (Dropdown, SelectionSlider, ...)."""
+    if isinstance(c, W.IntSlider):
+        return [(str(v), v) for v in range(c.min, c.max + 1, c.step)]
+    if hasattr(c, "_options_labels") and hasattr(c, "_options_values"):
+        return list(zip(c._options_labels, c._options_values))
+    raise TypeError(f"controls must be IntSliders or selection widgets, got {type(c).__name__}")
+
+
+def _current(controls: Sequence[W.Widget], opts: list[list[tuple[str, object]]]) -> list[int]:
+    """Each control's current value, as an index into its options."""
+    return [next(i for i, (_, v) in enumerate(o) if v == c.value) for o, c in zip(opts, controls)]
+
+
+def _spread(n_options: int, n: int, keep: int) -> list[int]:
+    """`n` indices spread evenly over range(n_options), `keep` among them."""
+    idx = sorted(set(np.round(np.linspace(0, n_options - 1, n)).astype(int).tolist()))
+    if keep not in idx:
+        idx[int(np.argmin([abs(i - keep) for i in idx]))] = keep
+    return sorted(set(idx))
+
+
+def static_views(controls: Sequence[W.Widget], vary: Sequence[int] | None = None,
+                 max_frames: int = MAX_FRAMES) -> list[list[int]]:
+    """For each control, the indices (into :func:`control_options`) a static player precomputes.
+
+    The controls named by `vary` (all, in order, by default) take every option while the number of
+    views stays within `max_frames`; the first of them that does not fit takes options spread
+    evenly (the current one among them) and the rest keep their current value."""
+    opts = [control_options(c) for c in controls]
+    current = _current(controls, opts)
+    chosen = [[i] for i in current]
+    order = range(len(controls)) if vary is None else vary
+    views = 1
+    for k in order:
+        room = max_frames // views
+        if room >= len(opts[k]):
+            chosen[k] = list(range(len(opts[k])))
+        elif room >= 2:
+            chosen[k] = _spread(len(opts[k]), room, current[k])
+        views *= len(chosen[k])
+    return chosen
+
+
+def static_player(controls: Sequence[W.Widget], draw: Callable, vary: Sequence[int] | None = None,
+                  max_frames: int = MAX_FRAMES, alt: str = "explorer view") -> str:
+    """HTML of a player that works without a kernel: a plain control for each control that varies
+    (a range slider or a select) above an image that switches among views drawn in advance by
+    ``draw(*values)``; a line under it names the values held fixed. The images are PNGs inlined
+    as data URIs; a short script swaps them."""
+    opts = [control_options(c) for c in controls]
+    chosen = static_views(controls, vary, max_frames)
+    pos = [idx.index(i) for idx, i in zip(chosen, _current(controls, opts))]  # the first view: the current values
+    frames = {}
+    for combo in itertools.product(*chosen):
+        fig = draw(*(opts[k][i][1] for k, i in enumerate(combo)))
+        frames["|".join(map(str, combo))] = base64.b64encode(plots.figure_png(fig)).decode()
+    uid = "memnet-player-" + uuid.uuid4().hex[:12]
+    rows, fixed = [], []
+    for k, (c, idx) in enumerate(zip(controls, chosen)):
+        name = html.escape(c.description or f"control {k}")
+        if len(idx) == 1:
+            fixed.append(f"{name} {html.escape(opts[k][idx[0]][0])}")
+            continue
+        labels, start = [opts[k][i][0] for i in idx], pos[k]
+        if isinstance(c, W.IntSlider) or type(c).__name__ == "SelectionSlider":
+            rows.append(f'<label>{name} <input type="range" min="0" max="{len(idx) - 1}" step="1" value="{start}" '
+                        f'data-k="{k}"> <output>{html.escape(labels[start])}</output></label>')
+        else:
+            items = "".join(f'<option value="{j}"{" selected" if j == start else ""}>{html.escape(lab)}</option>'
+                            for j, lab in enumerate(labels))
+            rows.append(f'<label>{name} <select data-k="{k}">{items}</select></label>')
+    first = "|".join(str(idx[j]) for idx, j in zip(chosen, pos))
+    shown = f"{len(frames)} views drawn in advance" + (f"; held at {', '.join(fixed)}" if fixed else "")
+    data = json.dumps({"chosen": chosen, "labels": [[opts[k][i][0] for i in idx] for k, idx in enumerate(chosen)],
+                       "frames": frames}).replace("</", "<\\/")  # no "</script>" inside the script element
+    return f"""<div class="memnet-player" id="{uid}">
+<div class="memnet-player-controls" style="display:flex;flex-wrap:wrap;gap:0.4em 1.5em;font-size:0.9em">{"".join(rows)}</div>
+<img src="data:image/png;base64,{frames[first]}" alt="{html.escape(alt)}" style="max-width:100%">
+<p class="memnet-player-note" style="font-size:0.85em;color:#555">{html.escape(shown)}. In JupyterLab every control redraws the figure live.</p>
+<script type="application/json">{data}</script>
+<script>
+(function () {{
+  var root = document.getElementById("{uid}");
+  var spec = JSON.parse(root.querySelector('script[type="application/json"]').textContent);
+  var img = root.querySelector("img");
+  var pos = {json.dumps(pos)};
+  root.querySelectorAll("[data-k]").forEach(function (el) {{
+    el.addEventListener("input", function () {{
+      var k = +el.dataset.k;
+      pos[k] = +el.value;
+      var out = el.parentNode.querySelector("output");
+      if (out) out.textContent = spec.labels[k][pos[k]];
+      img.src = "data:image/png;base64," + spec.frames[pos.map(function (j, i) {{ return spec.chosen[i][j]; }}).join("|")];
+    }});
+  }});
+}})();
+</script>
+</div>"""
+
+
+class LiveFigure(W.VBox):
+    """What :func:`live_figure` returns: the controls above the redrawn Output. Displayed, it offers
+    the live widget and, as ``text/html``, its :func:`static_player`."""
+
+    def __init__(self, controls: list, out: W.Output, redraw: Callable, draw: Callable,
+                 vary: Sequence[int] | None, max_frames: int):
+        super().__init__([W.HBox(list(controls)), out])
+        self.controls, self.redraw = controls, redraw
+        self._draw, self._vary, self._max_frames = draw, vary, max_frames
+
+    def static_html(self) -> str:
+        """The static player of this explorer's figures (drawn now)."""
+        return static_player(self.controls, self._draw, self._vary, self._max_frames)
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if self._max_frames > 0:
+            bundle["text/html"] = self.static_html()
+        return bundle
+
+
+def live_figure(controls: list, draw: Callable, vary: Sequence[int] | None = None,
+                max_frames: int = MAX_FRAMES) -> LiveFigure:
     """A VBox of `controls` (a row of ipywidgets) above an Output that shows ``draw(*values)``,
     the controls' current values in order, redrawn whenever one of them changes. The box's
-    ``redraw()`` redraws by hand (for tests and callers that set a control programmatically)."""
+    ``redraw()`` redraws by hand (for tests and callers that set a control programmatically).
+
+    Its display also carries a player that needs no kernel (:func:`static_player`), of up to
+    `max_frames` views over the controls `vary` (all by default; ``max_frames=0``: none)."""
     out = W.Output()
 
     def redraw(*_):
@@ -32,9 +170,7 @@ def live_figure(controls: list, draw) -> W.VBox:
     for c in controls:
         c.observe(redraw, names="value")
     redraw()
-    box = W.VBox([W.HBox(list(controls)), out])
-    box.redraw = redraw
-    return box
+    return LiveFigure(controls, out, redraw, draw, vary, max_frames)
 
 
 def draw_view(trace: MemoryTrace, segment: int = 0, head: int | None = None, slot: int = 0, batch: int = 0):
@@ -63,10 +199,11 @@ def draw_view(trace: MemoryTrace, segment: int = 0, head: int | None = None, slo
 
 
 def explorer(trace: MemoryTrace, batch: int = 0, segment: int | None = None, head: int | None = None,
-             slot: int | None = None) -> W.VBox:
+             slot: int | None = None) -> LiveFigure:
     """A VBox: sliders for segment, head (or all heads) and slot above a redrawn figure.
 
-    Starts on the middle segment and, unless `slot` is given, on the slot written most."""
+    Starts on the middle segment and, unless `slot` is given, on the slot written most. Its static
+    player moves over the segments (up to :data:`MAX_FRAMES` of them) at the head and slot shown."""
     if not isinstance(trace, MemoryTrace):
         raise TypeError(f"trace must be a MemoryTrace, got {type(trace).__name__}")
     S, N = trace.num_segments, trace.num_slots
@@ -80,7 +217,7 @@ def explorer(trace: MemoryTrace, batch: int = 0, segment: int | None = None, hea
                         description="head")
     slot_w = W.IntSlider(value=slot, min=0, max=N - 1, description="slot", continuous_update=False)
     return live_figure([seg_w, head_w, slot_w],
-                       lambda seg, hd, sl: draw_view(trace, seg, None if hd < 0 else hd, sl, batch))
+                       lambda seg, hd, sl: draw_view(trace, seg, None if hd < 0 else hd, sl, batch), vary=(0,))
 
 
 def stream_frame(result: dict, traces: dict, seed: int, segment: int, stream: str = "digits", model: str = "memnet"):
@@ -107,7 +244,7 @@ def stream_frame(result: dict, traces: dict, seed: int, segment: int, stream: st
     return plots.stream_view(own, seg_task, accuracy, held, segment, T, title)
 
 
-def continual_explorer(result: dict, traces: dict, stream: str = "digits") -> W.VBox:
+def continual_explorer(result: dict, traces: dict, stream: str = "digits") -> LiveFigure:
     """Seed and model dropdowns and a slider over the support items streamed into a carried
     memory, above the redrawn :func:`stream_frame`, for a stored continual-learning run."""
     from .experiments.continual import MEMNETS
@@ -131,4 +268,4 @@ def continual_explorer(result: dict, traces: dict, stream: str = "digits") -> W.
     seed_w.observe(fit_slider, "value")
     model_w.observe(fit_slider, "value")
     return live_figure([seed_w, model_w, seg_w], lambda sd, m, seg: stream_frame(
-        result, traces, sd, min(seg, items(sd, m) - 1), stream, m))
+        result, traces, sd, min(seg, items(sd, m) - 1), stream, m), vary=(2,))  # static: items of the model shown

@@ -4,8 +4,8 @@
     python scripts/sync_notebooks.py            # every chapter
     python scripts/sync_notebooks.py book/02_memnet.py
 
-Each notebook is executed once at its default parameters; the outputs of the cells marked
-``# NBVAL_CHECK_OUTPUT`` are kept (nbval compares them, in lax mode, on every test run) and all
+Each notebook is executed once at its default parameters; the outputs of the cells tagged
+``nbval-check-output`` are kept (nbval compares them, in lax mode, on every test run) and all
 other outputs are dropped, so the committed .ipynb stays small and its diffs readable. The
 book build re-executes everything anyway.
 """
@@ -19,7 +19,7 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK = "NBVAL_CHECK_OUTPUT"
+MARK = "nbval-check-output"  # the cell tag whose outputs nbval compares
 
 
 def keep_cell_ids(nb, old_path: Path) -> None:
@@ -47,7 +47,7 @@ def sync(src: Path, timeout: int = 600) -> Path:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        if MARK not in cell.source:
+        if MARK not in cell.metadata.get("tags", []):
             cell.outputs = []
             cell.execution_count = None
         cell.metadata.pop("execution", None)

@@ -1,16 +1,17 @@
 """Build the book (warnings are errors), serve it on 127.0.0.1 and load every chapter in headless
-Chromium: figures are on the page and the ipywidgets explorer renders from the saved widget state.
+Chromium with the network cut off: figures are on the page, the maths is typeset, and each
+explorer's static player changes its picture when a control moves.
 
-The widget JavaScript (and MathJax) normally comes from a CDN; these machines cannot reach one,
-so the test server serves @jupyter-widgets/html-manager, requirejs and mathjax from .cache/npm
-(installed by scripts/env.sh from the npm registry) and rewrites the CDN URLs in the HTML it serves.
+MathJax, RequireJS and the widget manager come from the built site (``_static/vendor``, staged by
+``book/_ext/local_assets.py`` from ``.cache/npm``, which scripts/env.sh installs from the npm
+registry), so the pages need no CDN: the test checks that no page loads a script from the network,
+and opens one chapter from disk (``file://``) as a reader without a server would.
 Screenshots go to _build/screenshots/.
 """
 from __future__ import annotations
 
 import functools
 import http.server
-import mimetypes
 import os
 import re
 import shutil
@@ -25,13 +26,12 @@ import pytest
 pytest.importorskip("jupyter_book")
 
 ROOT = Path(__file__).resolve().parents[1]
-NPM = ROOT / ".cache" / "npm" / "node_modules"
 SHOTS = ROOT / "_build" / "screenshots"
 OUT = ROOT / "_build" / "test-book"  # the test's own build, next to scripts/book.sh's _build/html
 CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]_*.py"))
 BUILD_BUDGET_S = float(os.environ.get("MEMNET_BOOK_BUDGET_S", "300"))
-CDN = "https://cdn.jsdelivr.net/npm/"
-REQUIRE_CDN = re.compile(r"https://cdnjs\.cloudflare\.com/ajax/libs/require\.js/[^/\"']+/require(\.min)?\.js")
+REMOTE_SCRIPT = re.compile(r'<script[^>]+src="(https?:)?//[^"]*"')
+OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=127.0.0.1:9")  # only the test server answers
 
 
 def chromium() -> str | None:
@@ -58,13 +58,23 @@ def html_dir() -> Path:
     return html
 
 
-def test_pages_have_figures_and_widget_state(html_dir):
+def typeset_maths(dom: str) -> int:
+    """How many formulas MathJax typeset in a rendered DOM (0 when it never ran)."""
+    return len(re.findall(r"<mjx-container", dom))
+
+
+def test_pages_have_figures_and_players(html_dir):
+    vendored = (html_dir / "_static" / "vendor" / "mathjax" / "tex-mml-chtml.js").is_file()
+    for page_path in sorted(html_dir.rglob("*.html")):
+        page = page_path.read_text()
+        if vendored:  # everything a page runs comes from the site itself
+            assert not REMOTE_SCRIPT.search(page), f"{page_path.name} loads a script from the network"
     for ch in CHAPTERS:
         page = (html_dir / "book" / f"{ch}.html").read_text()
         imgs = re.findall(r'<img[^>]+src="([^"]+)"', page)
         figures = [s for s in imgs if "_images/" in s or s.startswith("data:image/png")]
         assert len(figures) >= 3, f"{ch}: only {len(figures)} figures"
-        assert "application/vnd.jupyter.widget-state+json" in page, f"{ch}: no saved widget state"
+        assert "class=\"memnet-player\"" in page, f"{ch}: no explorer player (memnet.widgets.static_player)"
         assert "{glue" not in page, f"{ch}: an unresolved glue reference"
     bib = (html_dir / "book" / "bibliography.html").read_text()
     for author in ("Graves", "Rae", "Kaiser", "Wu", "Bulatov", "Behrouz", "Lopez-Paz"):
@@ -72,24 +82,6 @@ def test_pages_have_figures_and_widget_state(html_dir):
 
 
 # ---------------------------------------------------------------------------- serving
-def rewrite_html(text: str) -> str:
-    """Point the widget JS at the local npm copies; drop SRI hashes (the local files differ)."""
-    text = REQUIRE_CDN.sub("/_npm/requirejs/require.js", text)
-    text = text.replace(CDN, "/_npm/")
-    return re.sub(r'\s(integrity|crossorigin)="[^"]*"', "", text)
-
-
-def npm_file(path: str) -> Path | None:
-    """/_npm/@scope/name@1.2.3/dist/x.js -> .cache/npm/node_modules/@scope/name/dist/x.js (versions ignored)."""
-    parts = path.removeprefix("/_npm/").split("?")[0].split("#")[0].split("/")
-    n = 2 if parts[0].startswith("@") else 1
-    if len(parts) <= n:
-        return None
-    pkg = parts[: n - 1] + [parts[n - 1].split("@")[0]]
-    f = NPM.joinpath(*pkg, *parts[n:]).resolve()
-    return f if f.is_file() and NPM.resolve() in f.parents else None
-
-
 FOCUS_JS = """<script>
 document.addEventListener("DOMContentLoaded", () => {
   let el = document.getElementById("ID");
@@ -102,28 +94,33 @@ document.addEventListener("DOMContentLoaded", () => {
 </script>"""
 
 
+MOVE_JS = """<script>
+window.addEventListener("load", function () {
+  document.querySelectorAll(".memnet-player").forEach(function (p) {
+    var img = p.querySelector("img"), before = img.src, el = p.querySelector("[data-k]");
+    if (!el) { p.dataset.moved = "no-control"; return; }
+    el.value = el.tagName === "SELECT" ? String((+el.value + 1) % el.options.length)
+                                       : String(+el.value === +el.max ? 0 : +el.max);
+    el.dispatchEvent(new Event("input"));
+    p.dataset.moved = String(img.src !== before && img.src.indexOf("data:image/png;base64,") === 0);
+  });
+});
+</script>"""  # moves the first control of every static player, as a reader would, and records whether the picture changed
+
+
 class Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
     def do_GET(self):
-        if self.path.startswith("/_npm/"):
-            f = npm_file(self.path)
-            if f is None:
-                self.send_error(404)
-                return
-            ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
-            return self._send(f.read_bytes(), "application/javascript" if f.suffix == ".js" else ctype)
+        focus = re.search(r"[?&]focus=([\w-]+)", self.path)
+        move = re.search(r"[?&]move=1", self.path)
         local = Path(self.translate_path(self.path))
-        if local.is_dir():
-            local = local / "index.html"
-        if local.suffix == ".html" and local.is_file():
-            text = rewrite_html(local.read_text())
-            focus = re.search(r"[?&]focus=([\w-]+)", self.path)
-            if focus:  # for a screenshot of one section: drop what precedes it on the page
-                text = text.replace("</body>", FOCUS_JS.replace("ID", focus.group(1)) + "</body>")
+        if (focus or move) and local.suffix == ".html" and local.is_file():
+            extra = FOCUS_JS.replace("ID", focus.group(1)) if focus else MOVE_JS  # focus: drop what precedes a section
+            text = local.read_text().replace("</body>", extra + "</body>")
             return self._send(text.encode(), "text/html; charset=utf-8")
-        return super().do_GET()
+        return super().do_GET()  # the built files as they are
 
     def _send(self, body: bytes, ctype: str):
         self.send_response(200)
@@ -146,31 +143,32 @@ def run_chromium(url: str, tmp: Path, *extra: str, budget_ms: int = 20000) -> su
     exe = chromium()
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
-           f"--user-data-dir={tmp}", f"--virtual-time-budget={budget_ms}", *extra, url]
+           f"--user-data-dir={tmp}", f"--virtual-time-budget={budget_ms}", *OFFLINE, *extra, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapter_in_browser(server, chapter, tmp_path):
+def test_chapter_in_browser(server, html_dir, chapter, tmp_path):
     if chromium() is None:
         pytest.skip("chromium is not installed (scripts/env.sh installs it on Debian as root)")
-    if not (NPM / "@jupyter-widgets" / "html-manager" / "dist" / "embed-amd.js").is_file():
-        pytest.skip("widget JS missing in .cache/npm (scripts/env.sh installs it with npm)")
+    if not (html_dir / "_static" / "vendor" / "mathjax" / "tex-mml-chtml.js").is_file():
+        pytest.skip("the book was built without .cache/npm (scripts/env.sh installs MathJax and the widget JS with npm)")
     url = f"{server}/book/{chapter}.html"
     dom = run_chromium(url, tmp_path / "profile", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     imgs = re.findall(r'<img[^>]+src="([^"]+)"', html)
     assert len([s for s in imgs if "_images/" in s or s.startswith("data:image/png")]) >= 3
-    # the widget DOM exists only once the html-manager's JS ran and rendered the saved state
-    # (the static page holds only <script type="application/vnd.jupyter.widget-view+json"> placeholders)
-    assert re.search(r'<div[^>]*class="[^"]*jupyter-widgets[^"]*widget-slider', html), \
-        f"{chapter}: the explorer's sliders did not render"
-    assert re.search(r'<div[^>]*class="[^"]*jupyter-widgets[^"]*widget-dropdown', html), \
-        f"{chapter}: the explorer's head selector did not render"
-    assert re.search(r'class="[^"]*jupyter-widgets[^"]*widget-output[^"]*">[\s\S]{0,800}?<img src="data:image/png', html), \
-        f"{chapter}: the explorer's figure did not render"
+    # every explorer is a static player (memnet.widgets.static_player): it works without a kernel
+    players = re.findall(r'<div class="memnet-player" id="[^"]+">', html)
+    assert players, f"{chapter}: no explorer player on the page"
+    moved = run_chromium(url + "?move=1", tmp_path / "profile-move", "--dump-dom").stdout
+    states = re.findall(r'<div class="memnet-player" id="[^"]+" data-moved="(\w+)"', moved)
+    assert states and set(states) == {"true"} and len(states) == len(players), \
+        f"{chapter}: moving an explorer's control did not change its picture ({states})"
+    formulas = len(re.findall(r'class="math', (html_dir / "book" / f"{chapter}.html").read_text()))
+    assert typeset_maths(html) >= formulas, f"{chapter}: MathJax typeset {typeset_maths(html)} of {formulas} formulas"
     SHOTS.mkdir(parents=True, exist_ok=True)
     section = re.search(r'<section id="(explore[\w-]*)"', html)
     assert section, f"{chapter}: no 'Explore ...' section"
@@ -179,3 +177,19 @@ def test_chapter_in_browser(server, chapter, tmp_path):
         shot.unlink(missing_ok=True)
         r = run_chromium(url + query, tmp_path / f"profile-{name}", f"--screenshot={shot}", "--window-size=1280,4000")
         assert r.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_book_opened_from_disk(html_dir, tmp_path):
+    """A reader opens _build/html from disk with no network: the maths is typeset and the explorer
+    is there (file://, no server)."""
+    if chromium() is None:
+        pytest.skip("chromium is not installed (scripts/env.sh installs it on Debian as root)")
+    if not (html_dir / "_static" / "vendor" / "mathjax" / "tex-mml-chtml.js").is_file():
+        pytest.skip("the book was built without .cache/npm (scripts/env.sh installs MathJax and the widget JS with npm)")
+    page = (html_dir / "book" / f"{CHAPTERS[0]}.html").resolve()
+    dom = run_chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert typeset_maths(dom.stdout) >= 5, "MathJax did not typeset the chapter opened from disk"
+    assert re.search(r'<div class="memnet-player"[\s\S]*?<input type="range"', dom.stdout), \
+        "the explorer's player is missing from the chapter opened from disk"

@@ -1,5 +1,5 @@
 """The book's chapters: pairs never drift, each runs through papermill at smoke within its
-budget, and nbval (lax mode) reproduces the outputs of the cells marked NBVAL_CHECK_OUTPUT."""
+budget, and nbval (lax mode) reproduces the outputs of the cells tagged nbval-check-output."""
 from __future__ import annotations
 
 import importlib.util
@@ -75,13 +75,17 @@ def test_chapter_anatomy(src):
     exec(params[0].source, ns)  # plain literals only
     assert {"profile", "device", "seed", "save"} <= set(ns)
     assert any({"remove-cell", "hide-cell"} & set(c.metadata.get("tags", [])) for c in nb.cells), "no checks cell"
-    assert any("NBVAL_CHECK_OUTPUT" in c.source for c in nb.cells if c.cell_type == "code")
+    checked = [c for c in nb.cells if c.cell_type == "code" and "nbval-check-output" in c.metadata.get("tags", [])]
+    assert checked, "no cell whose output nbval checks (tag nbval-check-output)"
+    # nbval's markers are cell tags, not comments a reader would see in the code
+    assert not any("NBVAL_" in c.source for c in nb.cells), "an NBVAL_ comment in a chapter's code: use the cell tag"
     assert any("{glue:text}" in c.source for c in nb.cells if c.cell_type == "markdown")
     for c in nb.cells:
         if c.cell_type == "code" and "widgets.explorer(" in c.source:
             assert "nbval-ignore-output" in c.metadata.get("tags", []), "explorer cells must be nbval-ignore-output"
     ipynb = json.loads(src.with_suffix(".ipynb").read_text())
-    marked = [c for c in ipynb["cells"] if c["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(c["source"])]
+    marked = [c for c in ipynb["cells"] if c["cell_type"] == "code" and "nbval-check-output" in c["metadata"].get("tags", [])]
+    assert len(marked) == len(checked)
     assert all(c["outputs"] for c in marked), f"{src.name}.ipynb lacks outputs of NBVAL cells: run scripts/sync_notebooks.py"
 
 
@@ -119,7 +123,7 @@ def test_chapter_runs_at_smoke(src, tmp_path):
 
 @pytest.mark.slow
 def test_nbval_lax():
-    """nbval re-executes the committed notebooks and compares the NBVAL_CHECK_OUTPUT cells."""
+    """nbval re-executes the committed notebooks and compares the cells tagged nbval-check-output."""
     nbs = [str(p.with_suffix(".ipynb")) for p in CHAPTERS]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "--nbval-current-env",
                            "--nbval-cell-timeout", str(int(3 * BUDGET_S)), "-p", "no:cacheprovider", "-o", "addopts=",

@@ -1,7 +1,9 @@
 """memnet.plots, memnet.widgets and memnet.book on a tiny traced model (fast: no training)."""
 from __future__ import annotations
 
+import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -140,6 +142,61 @@ def test_explorer_widget(trace):
     head.value = 1  # redraws without error
     with pytest.raises(TypeError, match="MemoryTrace"):
         widgets.explorer({"not": "a trace"})
+
+
+def test_static_views_choose_within_the_budget():
+    widgets = pytest.importorskip("memnet.widgets")
+    W = pytest.importorskip("ipywidgets")
+    seg = W.IntSlider(value=5, min=0, max=39)
+    head = W.Dropdown(options=[("all", -1), ("0", 0), ("1", 1)], value=0)
+    views = widgets.static_views([seg, head], max_frames=24)
+    assert len(views[0]) <= 24 and 5 in views[0] and views[0][0] == 0 and views[0][-1] == 39
+    assert views[1] == [1]  # no room left: the head stays as shown (index 1: value 0)
+    assert widgets.static_views([seg, head], vary=(1,), max_frames=24) == [[5], [0, 1, 2]]
+    assert widgets.static_views([W.IntSlider(value=2, min=0, max=3), head], max_frames=12) == [[0, 1, 2, 3], [0, 1, 2]]
+    with pytest.raises(TypeError, match="IntSliders or selection"):
+        widgets.static_views([W.FloatSlider(value=0.5)])
+
+
+def test_static_player_holds_the_live_views(trace):
+    """Every view of the player is the PNG the live explorer draws for the same values (agreement),
+    the first is the view shown, and the controls name what they move."""
+    widgets = pytest.importorskip("memnet.widgets")
+    box = widgets.explorer(trace, segment=1, slot=3)
+    bundle = box._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    page = bundle["text/html"]
+    spec = json.loads(re.search(r'<script type="application/json">(.*?)</script>', page, re.S).group(1))
+    assert spec["chosen"] == [list(range(trace.num_segments)), [0], [3]]  # every segment; head "all", slot 3
+    assert len(spec["frames"]) == trace.num_segments
+    for seg in (0, trace.num_segments - 1):
+        live = plots.figure_png(widgets.draw_view(trace, seg, None, 3))
+        assert base64.b64decode(spec["frames"][f"{seg}|0|3"]) == live
+    first = re.search(r'<img src="data:image/png;base64,([^"]+)"', page).group(1)
+    assert first == spec["frames"]["1|0|3"]
+    assert 'type="range"' in page and "held at head all, slot 3" in page
+    assert widgets.live_figure(box.controls, lambda *v: widgets.draw_view(trace, 0), max_frames=0) \
+        ._repr_mimebundle_().get("text/html") is None
+
+
+def test_code_changes_since_counts_commits_to_the_model_code():
+    """Agreement: git's count with pathspecs against the commits' file lists read one by one."""
+    import subprocess
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=book.DATA_DIR.parent, capture_output=True, text=True)
+    head = git("rev-parse", "HEAD").stdout.strip()
+    if not head or git("rev-parse", "HEAD~8").returncode != 0:
+        pytest.skip("needs a git checkout with history")
+    assert book.code_changes_since(head) == 0
+    assert book.code_changes_since(head + "+dirty") == 0
+    assert book.code_changes_since("unknown") is None and book.code_changes_since("0" * 40) is None
+    base = git("rev-parse", "HEAD~8").stdout.strip()
+    log = git("log", "--format=@%H", "--name-only", f"{base}..HEAD").stdout
+    touched = 0
+    for block in log.split("@")[1:]:
+        files = block.split()[1:]
+        touched += any(f.startswith("memnet/") and f not in book.PRESENTATION for f in files)
+    assert book.code_changes_since(base) == touched
 
 
 def test_setup_seeds_and_resolves(capsys):
