@@ -76,6 +76,7 @@ def test_pages_have_figures_and_players(html_dir):
         assert len(figures) >= 3, f"{ch}: only {len(figures)} figures"
         assert "class=\"memnet-player\"" in page, f"{ch}: no explorer player (memnet.widgets.static_player)"
         assert "{glue" not in page, f"{ch}: an unresolved glue reference"
+        assert "_static/memnet.css" in page, f"{ch}: the book's style sheet (long lines wrap) is not linked"
     bib = (html_dir / "book" / "bibliography.html").read_text()
     for author in ("Graves", "Rae", "Kaiser", "Wu", "Bulatov", "Behrouz", "Lopez-Paz"):
         assert author in bib, author
