@@ -239,7 +239,7 @@ with torch.no_grad():
 print("logits dtype   fp32:", ref.logits.dtype, "  autocast:", amp.logits.dtype)
 print("memory dtype   fp32:", ref.memory.keys.dtype, "  autocast:", amp.memory.keys.dtype)
 
-# %%
+# %% tags=["hide-input"]
 logit_err = float((amp.logits.float() - ref.logits).abs().max())
 same_order = float((amp.trace.write_pos == ref.trace.write_pos).float().mean())
 agree = float((amp.logits.argmax(-1) == ref.logits.argmax(-1)).float().mean())

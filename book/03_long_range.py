@@ -159,7 +159,7 @@ print(long_range.summary_table(res))
 #
 # ## Accuracy against distance
 
-# %%
+# %% tags=["hide-input"]
 L, half = p["segment_len"], p["eval_pairs"]
 curves = long_range.distance_curves(res)
 names = long_range.models_of(res)
@@ -213,7 +213,7 @@ fig
 # %%
 book.show_source(long_range.make_config)
 
-# %%
+# %% tags=["hide-input"]
 mem_runs = sorted((r for r in res["runs"] if r["model"] == "memnet"), key=lambda r: r["seed"])
 events = [r["memory"][str(half)]["slot_reuse"]["events_per_segment"] for r in mem_runs]
 for r, e in zip(mem_runs, events):
@@ -244,7 +244,7 @@ glue("ch3_memnet_state", f"{mem_runs[0]['state_bytes']:,}", display=False)
 # control must solve the task inside its training length, and the windowed Transformer must
 # answer the queries whose pair lies in the same window.
 
-# %%
+# %% tags=["hide-input"]
 verdicts = long_range.summarize(res)
 for v in verdicts:
     print(v.line())
@@ -294,7 +294,7 @@ if longer and shorter:
 # tried trained again for twice as long: {glue:text}`ch3_longer`. Still above the line in every
 # seed at the end of their budget: {glue:text}`ch3_stuck`.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.new_figure(figsize=(8.4, 4.0))
 plots.training_curves(long_range.loss_curves(res), ax=axes[0, 0], plateau=long_range.PLATEAU_EXIT,
                       budget=p["steps"], title="training loss at the chosen learning rate (mean over seeds)")
@@ -368,7 +368,7 @@ fig
 # long it stayed there (until a later write event on the slot; brightness is the product of the
 # slot's retention gates since), and which slot its query read most (stars).
 
-# %%
+# %% tags=["hide-input"]
 seed_shown = seed if seed in run.traces else min(run.traces) if run.traces else None
 if seed_shown is not None:
     stored = run.traces[seed_shown]

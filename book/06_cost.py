@@ -125,7 +125,7 @@ print(bench.summary_table(res))
 #
 # ## Time and memory against sequence length
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.new_figure(1, 2, figsize=(10, 3.4))
 plots.bench_vs_length(res, "us_per_token", ax=axes[0, 0])
 plots.bench_vs_length(res, "autograd_mb", ax=axes[0, 1])
@@ -174,7 +174,7 @@ fig
 #
 # ## The ratios
 
-# %%
+# %% tags=["hide-input"]
 ratio_rows = []
 for name, r in s["ratios"].items():
     for T, v in r.items():
@@ -206,7 +206,7 @@ glue("ch6_lstm_ratio", f"{s['ratios']['lstm'][str(Ts[-1])]:.2f}", display=False)
 # {glue:text}`ch6_win_W` writes per segment (at a window of {glue:text}`ch6_win_W` every token writes,
 # as in the table above).
 
-# %%
+# %% tags=["hide-input"]
 wins = res["windows"]
 wb = s["window_best"]
 glue("ch6_win_T", f"{wins[0]['T']:,}", display=False)
@@ -394,7 +394,7 @@ glue("ch6_step_line", step_line, display=False)
 #
 # ## Slots and top-k
 
-# %%
+# %% tags=["hide-input"]
 sl = res["slots"]
 glue("ch6_N0", f"{sl[0]['num_slots']:,}", display=False)
 glue("ch6_N1", f"{sl[-1]['num_slots']:,}", display=False)
@@ -418,7 +418,7 @@ plots.bench_vs_slots(res)
 #
 # ## Streaming inference: a constant state against a growing KV cache
 
-# %%
+# %% tags=["hide-input"]
 st_rows = res["streaming"]["memnet"]
 lat = [r["us_per_token"] for r in st_rows]
 glue("ch6_stream_T", f"{st_rows[-1]['tokens_seen']:,}", display=False)
@@ -456,7 +456,7 @@ plots.bench_streaming(res)
 #
 # ## A million slots: the read against the machine's copy bandwidth
 
-# %%
+# %% tags=["hide-input"]
 rd = res["read"]
 glue("ch6_read_N", f"{rd['num_slots']:,}", display=False)
 glue("ch6_bank_mb", f"{rd['bank_bytes'] / 2**20:.0f}", display=False)

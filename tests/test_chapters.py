@@ -80,6 +80,10 @@ def test_chapter_anatomy(src):
     # nbval's markers are cell tags, not comments a reader would see in the code
     assert not any("NBVAL_" in c.source for c in nb.cells), "an NBVAL_ comment in a chapter's code: use the cell tag"
     assert any("{glue:text}" in c.source for c in nb.cells if c.cell_type == "markdown")
+    for c in nb.cells:  # cells that mostly glue numbers into the prose are folded away on the page
+        if c.cell_type == "code" and c.source.count("glue(") > 3:
+            assert {"hide-input", "remove-input", "remove-cell"} & set(c.metadata.get("tags", [])), \
+                f"a cell with {c.source.count('glue(')} glue calls is shown: tag it hide-input"
     for c in nb.cells:
         if c.cell_type == "code" and "widgets.explorer(" in c.source:
             assert "nbval-ignore-output" in c.metadata.get("tags", []), "explorer cells must be nbval-ignore-output"
