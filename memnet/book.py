@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import inspect
 import json
-import subprocess
 import tempfile
 import textwrap
 from dataclasses import dataclass, field
@@ -167,41 +166,27 @@ class Run:
                 f"torch {p.get('torch', '?')}; commit {commit}; {p.get('date', '?')}; wall {p.get('wall_s', '?')} s")
 
 
-PRESENTATION = ("memnet/plots.py", "memnet/widgets.py", "memnet/book.py")  # draw stored runs, compute none of them
-MODEL_CODE = ("memnet",) + tuple(f":(exclude){f}" for f in PRESENTATION)  # git pathspecs: what a stored run depends on
+def note_code_changes(run: "Run") -> list[str] | None:
+    """Say whether the code a stored run depends on changed after the run was made
+    (:func:`memnet.experiments.fingerprint.stale_files`): one printed line when it did not, a
+    visible note naming the files when it did. Returns those files (None: it cannot be told)."""
+    from .experiments.fingerprint import stale_files
 
-
-def code_changes_since(commit: str, paths: tuple[str, ...] = MODEL_CODE) -> int | None:
-    """How many commits of this checkout's history since `commit` changed `paths` (relative to the
-    repository root): ``git rev-list --count <commit>..HEAD -- <paths>``. None when there is no git,
-    no repository, or `commit` is not in it (a shallow clone, an unknown commit)."""
-    sha = str(commit).split("+", 1)[0]
-    if not sha or not all(ch in "0123456789abcdef" for ch in sha.lower()):
-        return None
-    try:
-        out = subprocess.run(["git", "rev-list", "--count", f"{sha}..HEAD", "--", *paths], cwd=DATA_DIR.parent,
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
-
-
-def note_code_changes(run: "Run", experiment: str) -> int | None:
-    """A visible note when commits changed the code that made `run` (``memnet/`` but the modules
-    that only draw, :data:`PRESENTATION`) after it was made (see :func:`code_changes_since`);
-    returns their number (None: unknown)."""
     p = run.provenance
-    commit = str(p.get("git_commit", ""))
-    n = code_changes_since(commit)
-    if n:
-        note(f"This stored run was made at commit {commit[:7]} ({p.get('date', 'date unknown')}). Since then "
-             f"{n} commit{'s' if n > 1 else ''} changed the code that trains and evaluates the models (memnet/, "
-             "apart from the modules that only draw). The numbers below are those of the run as stored; a "
-             "change that alters what the "
-             f"models compute shows only once the run is made again (scripts/reproduce.py --chapter "
-             f"{EXPERIMENT_CHAPTERS[experiment]} --profile laptop, or the experiment's module).",
-             title="The stored run and the code")
-    return n
+    made = f"commit {str(p.get('git_commit', '?'))[:7]}, {p.get('date', 'date unknown')}"
+    files, how = stale_files(run.result)
+    if files is None:
+        print(f"Stored run made at {made}; whether its code changed since cannot be told here: {how}.")
+    elif not files:
+        print(f"Stored run made at {made}; the code it depends on is unchanged since (compared with {how}).")
+    else:
+        note(f"This stored run was made at {made}. Since then the code it depends on has changed in "
+             f"{len(files)} file{'s' if len(files) > 1 else ''} ({', '.join(f.removeprefix('memnet/') for f in files)}; "
+             f"compared with {how}, ignoring comments and docstrings). The numbers below are those of the run "
+             "as stored; whether the change alters them shows once the run is made again "
+             f"(scripts/reproduce.py --chapter {EXPERIMENT_CHAPTERS.get(run.result.get('experiment'), 'N')} "
+             "--profile laptop, or the experiment's module).", title="The stored run and the code")
+    return files
 
 
 def find_stored_run(experiment: str = "long_range", data_dir: Path | str | None = None,
@@ -259,7 +244,7 @@ def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, 
         found = find_stored_run(experiment, root)
         if found is not None:
             run = load_run(found)
-            note_code_changes(run, experiment)
+            note_code_changes(run)
             return run
         try:
             where = (root / experiment).relative_to(DATA_DIR.parent)

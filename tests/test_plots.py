@@ -179,26 +179,6 @@ def test_static_player_holds_the_live_views(trace):
         ._repr_mimebundle_().get("text/html") is None
 
 
-def test_code_changes_since_counts_commits_to_the_model_code():
-    """Agreement: git's count with pathspecs against the commits' file lists read one by one."""
-    import subprocess
-
-    git = lambda *a: subprocess.run(["git", *a], cwd=book.DATA_DIR.parent, capture_output=True, text=True)
-    head = git("rev-parse", "HEAD").stdout.strip()
-    if not head or git("rev-parse", "HEAD~8").returncode != 0:
-        pytest.skip("needs a git checkout with history")
-    assert book.code_changes_since(head) == 0
-    assert book.code_changes_since(head + "+dirty") == 0
-    assert book.code_changes_since("unknown") is None and book.code_changes_since("0" * 40) is None
-    base = git("rev-parse", "HEAD~8").stdout.strip()
-    log = git("log", "--format=@%H", "--name-only", f"{base}..HEAD").stdout
-    touched = 0
-    for block in log.split("@")[1:]:
-        files = block.split()[1:]
-        touched += any(f.startswith("memnet/") and f not in book.PRESENTATION for f in files)
-    assert book.code_changes_since(base) == touched
-
-
 def test_setup_seeds_and_resolves(capsys):
     s = book.setup("smoke", "cpu", seed=3)
     assert s.device == torch.device("cpu") and s.seed == 3

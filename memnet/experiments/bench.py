@@ -1009,7 +1009,7 @@ def _run(p: Profile, profile: str, dev: torch.device, dtype, seeds: list[int], o
         result["summary"] = summarize(result)
     wall = time.perf_counter() - t_all
     result["part_wall_s"] = {k: round(v, 1) for k, v in step_t.items()}
-    result["provenance"] = provenance(dev, seeds, wall, amp=str(dtype), threads=torch.get_num_threads(),
+    result["provenance"] = provenance(dev, seeds, wall, experiment="bench", amp=str(dtype), threads=torch.get_num_threads(),
                                       note="times: min over repeats after a warm-up; B=1 (the peers part: B=peers_B)"
                                       + ("; glibc malloc pinned (steady_allocator)" if malloc else ""))
     if save and parts == all_parts:  # never over another experiment's or profile's result: that goes to partial/

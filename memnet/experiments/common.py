@@ -63,11 +63,18 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def provenance(device: torch.device, seed: int | list[int], wall_s: float, **extra: Any) -> dict[str, Any]:
-    """Where a stored run came from."""
-    return {"git_commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
-            "python": platform.python_version(), "seed": seed, "wall_s": round(wall_s, 1),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+def provenance(device: torch.device, seed: int | list[int], wall_s: float, experiment: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """Where a stored run came from; for a run of ``memnet.experiments.<experiment>``, also the
+    fingerprint of the code it depends on (:func:`memnet.experiments.fingerprint.code_fingerprint`)."""
+    out = {"git_commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
+           "python": platform.python_version(), "seed": seed, "wall_s": round(wall_s, 1),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    if experiment is not None:
+        from .fingerprint import code_fingerprint, experiment_module
+
+        out["code_fingerprint"] = code_fingerprint(experiment_module(experiment))
+    return out
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> Path:

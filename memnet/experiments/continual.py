@@ -992,7 +992,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     done.update({job_key(j): r for j, r in zip(todo, _execute(p, todo, dev, amp, progress, workers, cache))})
     result, records = assemble(p, profile, done, chosen, selection, budget, seeds)
     wall = time.perf_counter() - t_all
-    result["provenance"] = provenance(dev, seeds, wall, amp=amp, workers=workers)
+    result["provenance"] = provenance(dev, seeds, wall, experiment="continual", amp=amp, workers=workers)
     if save:  # never over a stored result that holds runs this one lacks: those go to partial/
         folder = result_folder(out_dir, result, run_keys)
         for seed, rec in records.items():

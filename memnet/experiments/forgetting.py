@@ -366,7 +366,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
         "fixed_choice": chosen, "fixed_selected_on": select if chosen else None,
         "pressure": task.pressure(p.num_slots), "num_segments": p.n_windows,
         "ceilings": {str(s): replay_ceilings(p, task, s) for s in seeds}, "runs": runs,
-        "provenance": provenance(dev, seeds, wall, amp="off (float32 loop)", workers=workers),
+        "provenance": provenance(dev, seeds, wall, experiment="forgetting", amp="off (float32 loop)", workers=workers),
     }
     if save:  # never over a stored result that holds runs this one lacks: those go to partial/
         write_json(result_folder(out_dir, result, run_keys) / "results.json", result)

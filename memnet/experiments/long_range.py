@@ -468,7 +468,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
               "missing": missing,
               "run_commits": sorted({str(r.get("git_commit", "not recorded")) for r in runs}),
               "train_s_total": round(sum(r["train_s"] for r in runs), 1),
-              "provenance": provenance(dev, seeds, wall)}
+              "provenance": provenance(dev, seeds, wall, experiment="long_range")}
     if save:  # never over a stored result that holds runs this one lacks: those go to partial/
         folder = result_folder(out_dir, result, run_keys)
         for s, src in traces.items():

@@ -251,7 +251,7 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
               # runs may come from the cache, trained by earlier calls: their own commits and training time
               "run_commits": sorted({str(r.get("git_commit", "not recorded")) for r in runs}),
               "train_s_total": round(sum(r["train_s"] for r in runs), 1),
-              "provenance": provenance(dev, seeds, wall)}
+              "provenance": provenance(dev, seeds, wall, experiment="mqar")}
     if save:  # never over a stored result that holds runs this one lacks: those go to partial/
         write_json(result_folder(out_dir, result, run_keys) / "results.json", result)
     return result
