@@ -58,10 +58,15 @@ def static_views(controls: Sequence[W.Widget], vary: Sequence[int] | None = None
     The controls named by `vary` (all, in order, by default) take every option while the number of
     views stays within `max_frames`; the first of them that does not fit takes options spread
     evenly (the current one among them) and the rest keep their current value."""
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0:
+        raise ValueError(f"max_frames must be an int >= 0, got {max_frames!r}")
+    order = range(len(controls)) if vary is None else list(vary)
+    if any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(controls) for k in order) \
+            or len(set(order)) != len(order):
+        raise ValueError(f"vary must name distinct controls by index in [0, {len(controls)}), got {vary!r}")
     opts = [control_options(c) for c in controls]
     current = _current(controls, opts)
     chosen = [[i] for i in current]
-    order = range(len(controls)) if vary is None else vary
     views = 1
     for k in order:
         room = max_frames // views
@@ -159,6 +164,7 @@ def live_figure(controls: list, draw: Callable, vary: Sequence[int] | None = Non
 
     Its display also carries a player that needs no kernel (:func:`static_player`), of up to
     `max_frames` views over the controls `vary` (all by default; ``max_frames=0``: none)."""
+    static_views(controls, vary, max_frames)  # checks vary and max_frames before anything is drawn
     out = W.Output()
 
     def redraw(*_):

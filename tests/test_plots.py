@@ -156,6 +156,11 @@ def test_static_views_choose_within_the_budget():
     assert widgets.static_views([W.IntSlider(value=2, min=0, max=3), head], max_frames=12) == [[0, 1, 2, 3], [0, 1, 2]]
     with pytest.raises(TypeError, match="IntSliders or selection"):
         widgets.static_views([W.FloatSlider(value=0.5)])
+    for bad in ((2,), (0, 0), (-1,)):
+        with pytest.raises(ValueError, match="vary must name"):
+            widgets.live_figure([seg, head], lambda *v: None, vary=bad)
+    with pytest.raises(ValueError, match="max_frames"):
+        widgets.static_views([seg], max_frames=-1)
 
 
 def test_static_player_holds_the_live_views(trace):
