@@ -166,7 +166,7 @@ class Run:
                 f"torch {p.get('torch', '?')}; commit {commit}; {p.get('date', '?')}; wall {p.get('wall_s', '?')} s")
 
 
-def note_code_changes(run: "Run") -> list[str] | None:
+def note_code_changes(run: "Run", experiment: str) -> list[str] | None:
     """Say whether the code a stored run depends on changed after the run was made
     (:func:`memnet.experiments.fingerprint.stale_files`): one printed line when it did not, a
     visible note naming the files when it did. Returns those files (None: it cannot be told)."""
@@ -174,7 +174,7 @@ def note_code_changes(run: "Run") -> list[str] | None:
 
     p = run.provenance
     made = f"commit {str(p.get('git_commit', '?'))[:7]}, {p.get('date', 'date unknown')}"
-    files, how = stale_files(run.result)
+    files, how = stale_files(run.result, experiment=experiment)
     if files is None:
         print(f"Stored run made at {made}; whether its code changed since cannot be told here: {how}.")
     elif not files:
@@ -184,7 +184,7 @@ def note_code_changes(run: "Run") -> list[str] | None:
              f"{len(files)} file{'s' if len(files) > 1 else ''} ({', '.join(f.removeprefix('memnet/') for f in files)}; "
              f"compared with {how}, ignoring comments and docstrings). The numbers below are those of the run "
              "as stored; whether the change alters them shows once the run is made again "
-             f"(scripts/reproduce.py --chapter {EXPERIMENT_CHAPTERS.get(run.result.get('experiment'), 'N')} "
+             f"(scripts/reproduce.py --chapter {EXPERIMENT_CHAPTERS[experiment]} "
              "--profile laptop, or the experiment's module).", title="The stored run and the code")
     return files
 
@@ -244,7 +244,7 @@ def load_or_train(profile: str = "stored", device: str = "auto", seed: int = 0, 
         found = find_stored_run(experiment, root)
         if found is not None:
             run = load_run(found)
-            note_code_changes(run)
+            note_code_changes(run, experiment)
             return run
         try:
             where = (root / experiment).relative_to(DATA_DIR.parent)

@@ -108,6 +108,9 @@ def test_provenance_records_the_fingerprint():
     files, how = fp.stale_files({"experiment": "forgetting", "provenance": {**p, "python": "3.99.0",
                                                                              "git_commit": "unknown"}})
     assert files is None and "not in this repository's history" in how
+    with pytest.raises(ValueError, match="names no experiment"):
+        fp.stale_files({"provenance": p})
+    assert fp.stale_files({"provenance": p}, experiment="forgetting") == ([], "its recorded fingerprint")
 
 
 def test_stored_runs_match_the_code():

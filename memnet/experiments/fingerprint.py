@@ -154,14 +154,18 @@ def run_commits(result: dict) -> list[str]:
     return sorted(set(commits))
 
 
-def stale_files(result: dict, current: dict[str, str] | None = None,
-                root: Path = REPO_ROOT) -> tuple[list[str] | None, str]:
+def stale_files(result: dict, current: dict[str, str] | None = None, root: Path = REPO_ROOT,
+                experiment: str | None = None) -> tuple[list[str] | None, str]:
     """(files whose code changed since a stored run was made, how that was found), or (None, why)
     when the code that made it cannot be read. A run records its fingerprint in its provenance
     (``code_fingerprint``, hashed under its Python's ``ast``); one made before that, under another
     Python version, or assembled from trainings of several commits is compared through git with the
-    code of every commit it came from."""
-    module = experiment_module(result["experiment"])
+    code of every commit it came from. `experiment`: the run's experiment where its result does not
+    name it."""
+    experiment = result.get("experiment", experiment)
+    if not experiment:
+        raise ValueError("the result names no experiment: pass experiment=")
+    module = experiment_module(experiment)
     current = current if current is not None else code_fingerprint(module)
     prov = result.get("provenance", {})
     same_python = ".".join(str(prov.get("python", "")).split(".")[:2]) == python_tag()  # ast differs across versions
