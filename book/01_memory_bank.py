@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -121,7 +123,7 @@ print("best slot, dense :", dense.argmax(-1)[0].tolist())
 print("best slot, top-k :", sparse.argmax(-1)[0].tolist())
 print("slots with weight, dense:", (dense > 0).sum(-1)[0].tolist(), " top-k:", (sparse > 0).sum(-1)[0].tolist())
 
-# %%
+# %% mystnb={"image": {"alt": "Two heatmaps of read weights, query by slot: the dense softmax spreads weight over every slot, top-k cosine puts it on k slots per query."}}
 tail = float((dense * (sparse == 0)).sum(-1).mean())
 glue("ch1_dense_tail", f"{100 * tail:.1f}", display=False)
 fig, axes = plots.new_figure(1, 2, figsize=(9, 2.6))
@@ -154,7 +156,7 @@ print("read vectors:", tuple(r.vectors.shape), " index:", tuple(r.index.shape), 
 print("head 0 top slot per token:", r.index[0, :, 0, 0].tolist())
 print("head 1 top slot per token:", r.index[0, :, 1, 0].tolist())
 
-# %%
+# %% mystnb={"image": {"alt": "Read weights of each head, token by slot: each head reads a few slots of its own."}}
 rd = sparse_to_dense(r.index, r.weight, cfg.num_slots)[0]  # (L, H, N)
 fig, axes = plots.new_figure(1, 2, figsize=(9, 2.6))
 for h in range(cfg.mem_heads):
@@ -195,7 +197,7 @@ aged = MemoryState(keys, values, age, usage)
 print("staleness:", [round(v, 2) for v in aged.staleness()[0].tolist()])
 print("allocation order for 3 writes:", bank.allocate(aged, 3)[0].tolist())
 
-# %%
+# %% mystnb={"image": {"alt": "One row each for the age, usage and staleness of every slot, each scaled to the range 0 to 1."}}
 fig, axes = plots.new_figure(1, 1, figsize=(7, 2.0))
 plots.heatmap(torch.cat([age / age.max(), usage, aged.staleness() / aged.staleness().max()]), axes[0, 0],
               "age, usage, staleness (each scaled to [0, 1])", "slot", "", cmap="cividis")
@@ -240,7 +242,7 @@ print("write events     :", wr.events[0].nonzero().flatten().tolist())
 print("age after write  :", after.age[0].int().tolist())
 print("slots changed    :", ((after.values - aged.values * wr.retention[..., None]).abs().sum(-1) > 1e-4)[0].nonzero().flatten().tolist())
 
-# %%
+# %% mystnb={"image": {"alt": "Slot values, slot by dimension, before and after a gated write, beside each slot's write strength with the write events marked."}}
 fig, axes = plots.new_figure(1, 3, figsize=(12, 2.8), width_ratios=[1, 1, 0.5])
 plots.heatmap(aged.values[0], axes[0, 0], "values before", "dimension", "slot", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
 plots.heatmap(after.values[0], axes[0, 1], "values after", "dimension", "slot", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
@@ -266,7 +268,7 @@ fig
 # %%
 book.show_source(MultiHeadMemoryBank.retention)
 
-# %%
+# %% mystnb={"image": {"alt": "Remaining fraction of each slot's content over twelve segments without writes: slots with a fast decay fade within a few segments, slow ones keep most of it."}}
 decay_bank = MultiHeadMemoryBank(cfg)
 with torch.no_grad():
     decay_bank.decay_logit.copy_(torch.linspace(-1.0, 6.0, cfg.num_slots))
@@ -302,7 +304,7 @@ fig
 # %%
 book.show_source(book.run_bank)
 
-# %%
+# %% mystnb={"image": {"alt": "Overview of a hand-driven bank over 12 segments: reads by slot and token, write events, and the age and usage of every slot in each segment."}}
 S, L, H, W = 12, cfg.segment_len, cfg.mem_heads, 3
 gates = torch.tensor([0.9, 0.3, 0.7, 0.2]).repeat(S)[: S * W].view(1, S, W)
 seq_bank = MultiHeadMemoryBank(cfg)
@@ -332,7 +334,7 @@ plots.trace_overview(trace, title="a hand-driven bank over 12 segments")
 # %% tags=["nbval-ignore-output"]
 widgets.explorer(trace)
 
-# %%
+# %% mystnb={"image": {"alt": "The explorer's view for several segments side by side: each segment's read weights and the state of one slot over time."}}
 plots.small_multiples(trace)
 
 # %% tags=["remove-cell"]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -175,7 +177,7 @@ print("logits:", tuple(out.logits.shape), " memory keys:", tuple(out.memory.keys
 print("trace:", {k: tuple(v.shape) for k, v in tr0.as_dict().items() if k in ("read_weight", "write_strength", "age")})
 print("aux losses:", sorted(out.aux_losses))
 
-# %%
+# %% mystnb={"image": {"alt": "Overview of an untrained MemNet's memory over the segments of one sequence: reads by slot and token, write events, age and usage of every slot."}}
 plots.trace_overview(tr0, title="untrained MemNet")
 
 # %% [markdown]
@@ -198,7 +200,7 @@ glue("ch2_steps", steps, display=False)
 glue("ch2_loss_first", f"{history[0]['loss']:.2f}", display=False)
 glue("ch2_loss_last", f"{history[-1]['loss']:.2f}", display=False)
 
-# %%
+# %% mystnb={"image": {"alt": "The same overview of MemNet's memory after training."}}
 trained.eval()
 with torch.no_grad():
     tr1 = trained(batch.tokens.to(settings.device), return_trace=True).trace.to("cpu")
@@ -217,7 +219,7 @@ plots.trace_overview(tr1, title=f"MemNet after {steps} training steps")
 # %% tags=["nbval-ignore-output"]
 widgets.explorer(tr1)
 
-# %%
+# %% mystnb={"image": {"alt": "The trained model's read weights and one slot's state for several segments side by side."}}
 plots.small_multiples(tr1)
 
 # %% [markdown]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -159,7 +161,7 @@ print(long_range.summary_table(res))
 #
 # ## Accuracy against distance
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input"] mystnb={"image": {"alt": "Accuracy of every model against the delay between the pairs and the queries, in windows, with chance and the longest delay seen in training marked."}}
 L, half = p["segment_len"], p["eval_pairs"]
 curves = long_range.distance_curves(res)
 names = long_range.models_of(res)
@@ -294,7 +296,7 @@ if longer and shorter:
 # tried trained again for twice as long: {glue:text}`ch3_longer`. Still above the line in every
 # seed at the end of their budget: {glue:text}`ch3_stuck`.
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input"] mystnb={"image": {"alt": "Training loss of every model at its chosen learning rate, as a fraction of the loss of guessing a value, against training steps."}}
 fig, axes = plots.new_figure(figsize=(8.4, 4.0))
 plots.training_curves(long_range.loss_curves(res), ax=axes[0, 0], plateau=long_range.PLATEAU_EXIT,
                       budget=p["steps"], title="training loss at the chosen learning rate (mean over seeds)")
@@ -336,7 +338,7 @@ fig
 #
 # ## Capacity: more pairs than slots
 
-# %%
+# %% mystnb={"image": {"alt": "Accuracy against pairs per slot, from one sixteenth to two, for queries right after the pairs and long after them, one panel per delay."}}
 delays = p["capacity_delays"]
 fig, axes = plots.new_figure(1, len(delays), figsize=(6.4 * len(delays), 4.2))
 for ax, d in zip(axes[0], delays):
@@ -368,7 +370,7 @@ fig
 # long it stayed there (until a later write event on the slot; brightness is the product of the
 # slot's retention gates since), and which slot its query read most (stars).
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input"] mystnb={"image": {"alt": "Four test sequences: which pair each slot holds over the segments, with the reads of the queries marked."}}
 seed_shown = seed if seed in run.traces else min(run.traces) if run.traces else None
 if seed_shown is not None:
     stored = run.traces[seed_shown]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -245,7 +247,7 @@ book.table(["model", "stores", "bytes stored", "learned", "configuration chosen"
 # vectors already separates most classes, and the learned keys, trained on two new digits at a
 # time with ten old items per class for company, do not separate them better.
 
-# %%
+# %% mystnb={"image": {"alt": "Accuracy on each task of Split-Digits as later tasks are learned, one panel per method, with joint training of the same architecture as the bound."}}
 seq = [m for m in ("memnet_replay", "er_lstm", "er_windowed", "memnet", "lstm", "windowed") if m in summ]
 joints = {"memnet_replay": "memnet_joint", "memnet": "memnet_joint", "er_windowed": "windowed_joint",
           "windowed": "windowed_joint", "er_lstm": "lstm_joint", "lstm": "lstm_joint",
@@ -263,7 +265,7 @@ plots.forgetting_curves(res, S, seq, joint=joints, ncols=3)
 #
 # ## Accuracy matrices
 
-# %%
+# %% mystnb={"image": {"alt": "Accuracy matrices, task trained by task tested, of each method, averaged over seeds."}}
 fig, axes = plots.new_figure(2, 3, figsize=(9.0, 6.0))
 for ax in axes.flat[len(seq):]:
     ax.set_visible(False)
@@ -285,7 +287,7 @@ fig
 # cosine between the keys of the items stored before it, under the weights before and after its
 # training (1: they did not move).
 
-# %%
+# %% mystnb={"image": {"alt": "How far the keys MemNet stored for earlier tasks drift from their keys when written, as later tasks are trained."}}
 drift_models = [m for m in ("memnet", "memnet_replay") if m in summ]
 ax = plots.key_drift_curve(res, S, drift_models)
 ax.figure
@@ -324,7 +326,7 @@ glue("ch4_rewrite_acc_cmp", pct("memnet_rewrite", "acc"), display=False)
 # kNN vote store from ten to every training item per class, each at the configuration chosen above;
 # the x-axis is the bytes each stores (MemNet: its bank, grown to hold the buffer, and the buffer).
 
-# %%
+# %% mystnb={"image": {"alt": "Average accuracy against the bytes each method stores, at 10, 30 and every training item per class, for MemNet with replay, experience replay and the nearest-neighbour vote."}}
 points = experiment.budget_points(entry)
 ax = plots.memory_budget_curve(points, [m for m in experiment.BUDGET_MODELS if any(p["model"] == m for p in points)])
 ax.figure
@@ -382,7 +384,7 @@ glue("ch4_knn_beats_from", knn_beats[0] if knn_beats else "-", display=False)
 # The same run keeps the models of this chapter's first edition, for what they show about a
 # memory that is carried rather than rebuilt.
 
-# %%
+# %% mystnb={"image": {"alt": "Accuracy matrices of the first edition's MemNets: unaligned, realigned, rewritten, frozen and fixed-address."}}
 mems = [r for r in chosen_runs if r["model"] == "memnet"]
 with warnings.catch_warnings():  # NaN entries: tasks not written yet, or no item of the task left
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -417,7 +419,7 @@ fig
 # %% [markdown]
 # ## The synthetic stream
 
-# %%
+# %% mystnb={"image": {"alt": "Accuracy on each task of the shifting stream as later tasks are learned, one panel per method."}}
 S2 = "shift"
 SHIFT_SHOWN = ("memnet_replay", "er_windowed", "er_lstm", "knn", "memnet", "memnet_fixed", "windowed", "lstm")
 if S2 in res["streams"]:
@@ -458,7 +460,7 @@ widgets.continual_explorer(res, run.traces)
 # Without a kernel: the fixed-address MemNet's carried memory at the end of every task (seed shown
 # above the panels).
 
-# %%
+# %% mystnb={"image": {"alt": "Which task each slot of the fixed-address MemNet's carried memory holds, at the end of each task."}}
 seed_shown = seed if seed in run.traces else min(run.traces)
 rec = run.traces[seed_shown]["memnet_fixed"][S]
 n_slots = next(r["num_slots"] for r in chosen_runs if r["model"] == "memnet_fixed")

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -237,7 +239,7 @@ verdicts = fx.summarize(res, row_list)
 # allocation the same gate holds what age holds; what it gains in recall there comes from reads
 # (a read slot keeps its strength), not from keeping the right items.
 
-# %%
+# %% mystnb={"image": {"alt": "Recall of useful items for each configuration (dots: seeds, bars: means), beside the share of recalls whose item the replayed eviction rules would still hold."}}
 fig, axes = plots.new_figure(1, 2, figsize=(11, 3.6))
 replayed = {f"replayed: {pol.replace('_', ' ')}": ceil_runs[pol] / 100 for pol in fx.POLICIES}
 plots.seeds_and_references({fx.label(res, n): rows[n]["recall"] for n in names}, {}, ax=axes[0, 0],
@@ -275,7 +277,7 @@ fig
 # experiment before its first run, is out of reach of any forgetting here; the ratio to read is
 # the learned gate's against the replayed evidence rule's.
 
-# %%
+# %% mystnb={"image": {"alt": "Kaplan-Meier survival in memory of useful and of distractor items against their age in windows, and the hazard at each age."}}
 shown4 = [n for n in ("none", "fixed", "learned", "evidence") if n in names]
 fig, axes = plots.new_figure(1, 2, figsize=(11, 3.6))
 plots.survival_by_type({fx.label(res, n): fx.survival_by_type(res, n) for n in shown4}, ax=axes[0, 0],
@@ -306,7 +308,7 @@ for pol in fx.POLICIES:
 # the memory keeps for another. The left panel shows probe accuracy by age and type; the right
 # splits the probes by whether the trace shows the item still held.
 
-# %%
+# %% mystnb={"image": {"alt": "Probe accuracy against age for useful and distractor items, and for items still held against items already replaced."}}
 fig, axes = plots.new_figure(1, 2, figsize=(11, 3.6))
 show_probe = [n for n in ("fixed", "evidence") if n in names]
 plots.probe_by_age({fx.label(res, n): {t: fx.probe_accuracy(res, n, t) for t in ("useful", "distractor")}
@@ -339,7 +341,7 @@ for n in ("fixed", "evidence"):
 # What each slot holds at the end of each window, for one test sequence, with fixed and with
 # evidence decay (green: useful items, red: distractors).
 
-# %%
+# %% mystnb={"image": {"alt": "Slot-by-window maps of one test sequence under each configuration, coloured by whether a slot holds a useful item or a distractor."}}
 seq_runs = {n: next(r for r in fx.runs_of(res, n) if r["seed"] == fx.runs_of(res, n)[0]["seed"])
             for n in show_probe}
 fig, axes = plots.new_figure(1, len(show_probe), figsize=(5.6 * len(show_probe), 3.0))

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -125,7 +127,7 @@ print(bench.summary_table(res))
 #
 # ## Time and memory against sequence length
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input"] mystnb={"image": {"alt": "Training time per token and autograd memory against sequence length, on log-log axes, for MemNet and the baselines."}}
 fig, axes = plots.new_figure(1, 2, figsize=(10, 3.4))
 plots.bench_vs_length(res, "us_per_token", ax=axes[0, 0])
 plots.bench_vs_length(res, "autograd_mb", ax=axes[0, 1])
@@ -206,7 +208,7 @@ glue("ch6_lstm_ratio", f"{s['ratios']['lstm'][str(Ts[-1])]:.2f}", display=False)
 # {glue:text}`ch6_win_W` writes per segment (at a window of {glue:text}`ch6_win_W` every token writes,
 # as in the table above).
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input"] mystnb={"image": {"alt": "Time per token against the window length for MemNet and the windowed Transformer, with the FullTransformer at the same length for reference."}}
 wins = res["windows"]
 wb = s["window_best"]
 glue("ch6_win_T", f"{wins[0]['T']:,}", display=False)
@@ -394,7 +396,7 @@ glue("ch6_step_line", step_line, display=False)
 #
 # ## Slots and top-k
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input"] mystnb={"image": {"alt": "Time per token against the number of slots."}}
 sl = res["slots"]
 glue("ch6_N0", f"{sl[0]['num_slots']:,}", display=False)
 glue("ch6_N1", f"{sl[-1]['num_slots']:,}", display=False)
@@ -418,7 +420,7 @@ plots.bench_vs_slots(res)
 #
 # ## Streaming inference: a constant state against a growing KV cache
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input"] mystnb={"image": {"alt": "State kept while streaming, MemNet's fixed bank against a Transformer's growing key-value cache, against the tokens seen."}}
 st_rows = res["streaming"]["memnet"]
 lat = [r["us_per_token"] for r in st_rows]
 glue("ch6_stream_T", f"{st_rows[-1]['tokens_seen']:,}", display=False)
@@ -456,7 +458,7 @@ plots.bench_streaming(res)
 #
 # ## A million slots: the read against the machine's copy bandwidth
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input"] mystnb={"image": {"alt": "Read bandwidth of exact top-k reads of a large bank, for one token and one segment, against a plain memory copy."}}
 rd = res["read"]
 glue("ch6_read_N", f"{rd['num_slots']:,}", display=False)
 glue("ch6_bank_mb", f"{rd['bank_bytes'] / 2**20:.0f}", display=False)
@@ -592,7 +594,7 @@ glue("ch6_compile_first", f"the first pass took {span} s here, " if firsts else 
 # models beside them: forward, backward and an AdamW update on one batch, the same batch for every
 # model, in the same process and interleaved rounds as the sweeps above.
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input"] mystnb={"image": {"alt": "Training tokens per second of every model of the comparison, measured in the same run, on a log scale."}}
 if "peers" in res:
     for line in bench.peers_table(res["peers"]):
         print(line)
@@ -672,7 +674,7 @@ widgets.live_figure([metric_w, length_w], draw)
 # %% [markdown]
 # Without a kernel, the same comparison at every length:
 
-# %%
+# %% mystnb={"image": {"alt": "Time per token of every model at each sequence length, one panel per length, on a log scale."}}
 fig, axes = plots.new_figure(1, len(lengths), figsize=(2.6 * len(lengths), 2.6), sharey=True)
 for ax, T in zip(axes[0], lengths):
     rows = [r for r in res["seq_len"] if r["T"] == T]

@@ -74,6 +74,9 @@ def test_pages_have_figures_and_players(html_dir):
         imgs = re.findall(r'<img[^>]+src="([^"]+)"', page)
         figures = [s for s in imgs if "_images/" in s or s.startswith("data:image/png")]
         assert len(figures) >= 3, f"{ch}: only {len(figures)} figures"
+        alts = re.findall(r'<img alt="([^"]*)"[^>]*src="[^"]*_images/', page)
+        assert alts and not [a for a in alts if a.endswith(".png") or len(a) < 30], \
+            f"{ch}: figures whose alt text is a file name: {[a for a in alts if a.endswith('.png')][:3]}"
         assert "class=\"memnet-player\"" in page, f"{ch}: no explorer player (memnet.widgets.static_player)"
         assert "{glue" not in page, f"{ch}: an unresolved glue reference"
         assert "_static/memnet.css" in page, f"{ch}: the book's style sheet (long lines wrap) is not linked"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -80,6 +81,11 @@ def test_chapter_anatomy(src):
     # nbval's markers are cell tags, not comments a reader would see in the code
     assert not any("NBVAL_" in c.source for c in nb.cells), "an NBVAL_ comment in a chapter's code: use the cell tag"
     assert any("{glue:text}" in c.source for c in nb.cells if c.cell_type == "markdown")
+    for c in nb.cells:  # a cell that ends in a figure says what the figure shows (the image's alt text)
+        last = c.source.strip().splitlines()[-1] if c.cell_type == "code" and c.source.strip() else ""
+        if re.fullmatch(r"(fig\d?|ax\.figure|plots\.\w+\(.*)", last) and "nbval-ignore-output" not in c.metadata.get("tags", []):
+            alt = c.metadata.get("mystnb", {}).get("image", {}).get("alt", "")
+            assert len(alt) > 30, f"a figure without alt text (mystnb.image.alt): {c.source[:80]!r}"
     for c in nb.cells:  # cells that mostly glue numbers into the prose are folded away on the page
         if c.cell_type == "code" and c.source.count("glue(") > 3:
             assert {"hide-input", "remove-input", "remove-cell"} & set(c.metadata.get("tags", [])), \
