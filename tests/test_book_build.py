@@ -11,6 +11,7 @@ Screenshots go to _build/screenshots/.
 from __future__ import annotations
 
 import functools
+import html
 import http.server
 import os
 import re
@@ -83,6 +84,30 @@ def test_pages_have_figures_and_players(html_dir):
     bib = (html_dir / "book" / "bibliography.html").read_text()
     for author in ("Graves", "Rae", "Kaiser", "Wu", "Bulatov", "Behrouz", "Lopez-Paz"):
         assert author in bib, author
+
+
+CODE_BLOCK = re.compile(r'<div class="(?:cell_input[^"]*|highlight-python[^"]*|highlight-ipython3[^"]*)"[^>]*>.*?</pre>', re.S)
+NOT_FOR_READERS = re.compile(r"\b(nan|NaN|inf|NBVAL_?\w*|the bar|our bar|the issue|the seed's)\b")
+
+
+def reader_text(page: str) -> str:
+    """The text a reader reads on a page: prose, tables and printed output, without scripts, styles
+    and code (cell inputs and source listings, where nan or inf may be Python)."""
+    page = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", CODE_BLOCK.sub(" ", page)))
+
+
+def test_reader_text_check_sees_outputs_not_code():
+    page = ('<div class="cell_input docutils container"><div class="highlight"><pre>x = float("nan")</pre></div></div>'
+            '<div class="output stream"><pre>accuracy nan%</pre></div><p>fine</p>')
+    assert NOT_FOR_READERS.findall(reader_text(page)) == ["nan"]
+
+
+def test_no_nan_inf_markers_or_process_words_for_readers(html_dir):
+    for page_path in sorted((html_dir / "book").glob("*.html")):
+        text = reader_text(page_path.read_text())
+        hits = [text[max(0, m.start() - 60): m.end() + 30].replace("\n", " ") for m in NOT_FOR_READERS.finditer(text)]
+        assert not hits, f"{page_path.name}: {hits[:5]}"
 
 
 # ---------------------------------------------------------------------------- serving
