@@ -58,6 +58,12 @@ def static_views(controls: Sequence[W.Widget], vary: Sequence[int] | None = None
     The controls named by `vary` (all, in order, by default) take every option while the number of
     views stays within `max_frames`; the first of them that does not fit takes options spread
     evenly (the current one among them) and the rest keep their current value."""
+    return _plan(controls, vary, max_frames)[2]
+
+
+def _plan(controls: Sequence[W.Widget], vary: Sequence[int] | None,
+          max_frames: int) -> tuple[list[list[tuple[str, object]]], list[int], list[list[int]]]:
+    """(each control's options, the index of its current value, the indices :func:`static_views` chooses)."""
     if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 0:
         raise ValueError(f"max_frames must be an int >= 0, got {max_frames!r}")
     order = range(len(controls)) if vary is None else list(vary)
@@ -75,7 +81,7 @@ def static_views(controls: Sequence[W.Widget], vary: Sequence[int] | None = None
         elif room >= 2:
             chosen[k] = _spread(len(opts[k]), room, current[k])
         views *= len(chosen[k])
-    return chosen
+    return opts, current, chosen
 
 
 def static_player(controls: Sequence[W.Widget], draw: Callable, vary: Sequence[int] | None = None,
@@ -84,9 +90,8 @@ def static_player(controls: Sequence[W.Widget], draw: Callable, vary: Sequence[i
     (a range slider or a select) above an image that switches among views drawn in advance by
     ``draw(*values)``; a line under it names the values held fixed. The images are PNGs inlined
     as data URIs; a short script swaps them."""
-    opts = [control_options(c) for c in controls]
-    chosen = static_views(controls, vary, max_frames)
-    pos = [idx.index(i) for idx, i in zip(chosen, _current(controls, opts))]  # the first view: the current values
+    opts, current, chosen = _plan(controls, vary, max_frames)
+    pos = [idx.index(i) for idx, i in zip(chosen, current)]  # the first view: the current values
     frames = {}
     for combo in itertools.product(*chosen):
         fig = draw(*(opts[k][i][1] for k, i in enumerate(combo)))

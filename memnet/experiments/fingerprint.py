@@ -17,6 +17,7 @@ predates fingerprints is checked against the code of the commit that made it.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import io
 import subprocess
@@ -109,7 +110,7 @@ def dependencies(module: str, read: Reader | None = None) -> list[str]:
     """Repository-relative paths of every file of ``memnet`` that importing `module` (dotted, e.g.
     ``"memnet.experiments.long_range"``) runs or compiles: the module, the packages around it, what
     they import, transitively, and the C sources of the modules that compile them."""
-    read = read or working_tree_reader()
+    read = functools.lru_cache(maxsize=None)(read or working_tree_reader())  # each file is read once
     parts = module.split(".")
     if parts[0] != "memnet":
         raise ValueError(f"module must be a module of memnet, got {module!r}")
@@ -132,7 +133,7 @@ def dependencies(module: str, read: Reader | None = None) -> list[str]:
 def code_fingerprint(module: str, read: Reader | None = None) -> dict[str, str]:
     """{path: hash} of the :func:`dependencies` of `module`: :func:`source_hash` for Python
     modules, sha256 of the bytes for other files."""
-    read = read or working_tree_reader()
+    read = functools.lru_cache(maxsize=None)(read or working_tree_reader())  # shared with dependencies()
     out = {}
     for path in dependencies(module, read):
         data = read(path)
