@@ -126,7 +126,7 @@ print("slots with weight, dense:", (dense > 0).sum(-1)[0].tolist(), " top-k:", (
 # %% mystnb={"image": {"alt": "Two heatmaps of read weights, query by slot: the dense softmax spreads weight over every slot, top-k cosine puts it on k slots per query."}}
 tail = float((dense * (sparse == 0)).sum(-1).mean())
 glue("ch1_dense_tail", f"{100 * tail:.1f}", display=False)
-fig, axes = plots.new_figure(1, 2, figsize=(9, 2.6))
+fig, axes = plots.new_figure(1, 2, figsize=(plots.COLUMN_WIDTH, 2.4))
 plots.heatmap(dense[0], axes[0, 0], "dense softmax over all slots", "slot", "query", vmin=0, vmax=1)
 plots.heatmap(sparse[0], axes[0, 1], f"top-{cfg.top_k} cosine", "slot", "query", vmin=0, vmax=1)
 fig
@@ -158,7 +158,7 @@ print("head 1 top slot per token:", r.index[0, :, 1, 0].tolist())
 
 # %% mystnb={"image": {"alt": "Read weights of each head, token by slot: each head reads a few slots of its own."}}
 rd = sparse_to_dense(r.index, r.weight, cfg.num_slots)[0]  # (L, H, N)
-fig, axes = plots.new_figure(1, 2, figsize=(9, 2.6))
+fig, axes = plots.new_figure(1, 2, figsize=(plots.COLUMN_WIDTH, 2.4))
 for h in range(cfg.mem_heads):
     plots.heatmap(rd[:, h], axes[0, h], f"head {h}", "slot", "token", vmin=0, vmax=1)
 fig
@@ -198,7 +198,7 @@ print("staleness:", [round(v, 2) for v in aged.staleness()[0].tolist()])
 print("allocation order for 3 writes:", bank.allocate(aged, 3)[0].tolist())
 
 # %% mystnb={"image": {"alt": "One row each for the age, usage and staleness of every slot, each scaled to the range 0 to 1."}}
-fig, axes = plots.new_figure(1, 1, figsize=(7, 2.0))
+fig, axes = plots.new_figure(1, 1, figsize=(plots.COLUMN_WIDTH, 1.9))
 plots.heatmap(torch.cat([age / age.max(), usage, aged.staleness() / aged.staleness().max()]), axes[0, 0],
               "age, usage, staleness (each scaled to [0, 1])", "slot", "", cmap="cividis")
 axes[0, 0].set_yticks([0, 1, 2], ["age", "usage", "staleness"])
@@ -243,7 +243,7 @@ print("age after write  :", after.age[0].int().tolist())
 print("slots changed    :", ((after.values - aged.values * wr.retention[..., None]).abs().sum(-1) > 1e-4)[0].nonzero().flatten().tolist())
 
 # %% mystnb={"image": {"alt": "Slot values, slot by dimension, before and after a gated write, beside each slot's write strength with the write events marked."}}
-fig, axes = plots.new_figure(1, 3, figsize=(12, 2.8), width_ratios=[1, 1, 0.5])
+fig, axes = plots.new_figure(1, 3, figsize=(plots.COLUMN_WIDTH, 2.8), width_ratios=[1, 1, 0.45])
 plots.heatmap(aged.values[0], axes[0, 0], "values before", "dimension", "slot", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
 plots.heatmap(after.values[0], axes[0, 1], "values after", "dimension", "slot", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
 plots.heatmap(wr.strength[0][:, None], axes[0, 2], "write strength", "", "slot", cmap="Blues", vmin=0, vmax=1,
@@ -284,7 +284,7 @@ rho = torch.sigmoid(decay_bank.decay_logit.detach())
 half_life = torch.log(torch.tensor(0.5)) / torch.log(rho)
 glue("ch1_halflife_fast", f"{float(half_life[0]):.1f}", display=False)
 glue("ch1_halflife_slow", f"{float(half_life[-1]):.0f}", display=False)
-fig, axes = plots.new_figure(1, 1, figsize=(7, 2.8))
+fig, axes = plots.new_figure(1, 1, figsize=(plots.COLUMN_WIDTH, 2.6))
 plots.heatmap(norms, axes[0, 0], "remaining content |v_i(t)| / |v_i(0)| without writes", "segment", "slot", vmin=0, vmax=1)
 fig
 

@@ -297,7 +297,7 @@ if longer and shorter:
 # seed at the end of their budget: {glue:text}`ch3_stuck`.
 
 # %% tags=["hide-input"] mystnb={"image": {"alt": "Training loss of every model at its chosen learning rate, as a fraction of the loss of guessing a value, against training steps."}}
-fig, axes = plots.new_figure(figsize=(8.4, 4.0))
+fig, axes = plots.new_figure(figsize=(plots.COLUMN_WIDTH, 3.6))
 plots.training_curves(long_range.loss_curves(res), ax=axes[0, 0], plateau=long_range.PLATEAU_EXIT,
                       budget=p["steps"], title="training loss at the chosen learning rate (mean over seeds)")
 void = long_range.untrained(res)
@@ -340,11 +340,11 @@ fig
 
 # %% mystnb={"image": {"alt": "Accuracy against pairs per slot, from one sixteenth to two, for queries right after the pairs and long after them, one panel per delay."}}
 delays = p["capacity_delays"]
-fig, axes = plots.new_figure(1, len(delays), figsize=(6.4 * len(delays), 4.2))
-for ax, d in zip(axes[0], delays):
+fig, axes = plots.new_figure(1, len(delays), figsize=(plots.COLUMN_WIDTH, 3.4), sharey=True)
+for i, (ax, d) in enumerate(zip(axes[0], delays)):
     plots.accuracy_curves(long_range.capacity_curves(res, d), ax=ax, xlabel="pairs per slot (P / slots)",
                           title=f"queries {d} windows after the pairs", chance=res["chance"], mark_x=1.0,
-                          mark_label="as many pairs as slots")
+                          mark_label="P = slots", legend="below" if i == 0 else None)
 cap = long_range.capacity_curves(res, delays[0])["memnet"] if "memnet" in names else None
 for P in p["capacity_pairs"]:
     x = P / p["num_slots"]
@@ -381,11 +381,14 @@ if seed_shown is not None:
     hits = [h for o in occ for h in o["hits"]]
     glue("ch3_hits", f"{100 * np.mean(hits):.0f}", display=False)
     glue("ch3_trace_pairs", int(stored["n_pairs"]), display=False)
-    fig, axes = plots.new_figure(2, 2, figsize=(12, 8), sharey=True)
+    fig, axes = plots.new_figure(2, 2, figsize=(plots.COLUMN_WIDTH, 6.0), sharey=True)
     for i, ax in enumerate(axes.flat[:rows]):
-        plots.item_occupancy_heatmap(occ[i], L, ax=ax, title=f"sequence {i}")
+        plots.item_occupancy_heatmap(occ[i], L, ax=ax, title=f"sequence {i}",
+                                     colorbar=list(axes.flat) if i == rows - 1 else False)
+        if i % 2:
+            ax.set_ylabel("")
     fig.suptitle(f"pairs in slots: P = {int(stored['n_pairs'])} with {p['num_slots']} slots, queries "
-                 f"{int(stored['delay_windows'])} windows later (seed {seed_shown})", fontsize=11)
+                 f"{int(stored['delay_windows'])} windows later (seed {seed_shown})", fontsize=10)
 else:
     fig = None
     glue("ch3_hits", "n/a", display=False)

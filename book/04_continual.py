@@ -266,7 +266,7 @@ plots.forgetting_curves(res, S, seq, joint=joints, ncols=3)
 # ## Accuracy matrices
 
 # %% mystnb={"image": {"alt": "Accuracy matrices, task trained by task tested, of each method, averaged over seeds."}}
-fig, axes = plots.new_figure(2, 3, figsize=(9.0, 6.0))
+fig, axes = plots.new_figure(2, 3, figsize=(plots.COLUMN_WIDTH, 5.0))
 for ax in axes.flat[len(seq):]:
     ax.set_visible(False)
 for ax, m in zip(axes.flat, seq):
@@ -397,7 +397,9 @@ fixed_seeds = [100 * r["summary"]["acc"] for r in chosen_runs if r["model"] == "
 glue("ch4_fixed_seeds", " / ".join(f"{v:.1f}" for v in fixed_seeds), display=False)
 glue("ch4_knn_all", f"{budget_acc('knn', large):.1f}", display=False)
 first_views = [m for m in ("memnet_unaligned", "memnet", "memnet_rewrite", "memnet_frozen", "memnet_fixed") if m in summ]
-fig, axes = plots.new_figure(1, len(first_views), figsize=(2.9 * len(first_views), 3.0))
+fig, axes = plots.new_figure(-(-len(first_views) // 3), 3, figsize=(plots.COLUMN_WIDTH, 2.5 * -(-len(first_views) // 3)))
+for ax in axes.flat[len(first_views):]:
+    ax.set_visible(False)
 for ax, m in zip(axes.flat, first_views):
     plots.accuracy_matrix_heatmap(plots.continual_matrices(res, S, m).mean(0), ax=ax, title=plots.CONTINUAL_LABELS[m])
 fig
@@ -466,14 +468,18 @@ rec = run.traces[seed_shown]["memnet_fixed"][S]
 n_slots = next(r["num_slots"] for r in chosen_runs if r["model"] == "memnet_fixed")
 own = continual.slot_owner_over_time(experiment.slot_events(rec), rec["segment_task"], T)
 ends = [int(np.flatnonzero(rec["segment_task"].numpy() == t)[-1]) for t in range(T)]
-fig, axes = plots.new_figure(1, T, figsize=(2.6 * T, 2.8), sharey=True)
-for t, ax in enumerate(axes.flat):
-    plots.slot_owner_map(own, T, ax=ax, upto=ends[t], segment_task=rec["segment_task"], title=f"after task {t + 1}")
-    if t < T - 1:
-        ax.get_legend().remove()
-    if t:
-        ax.set_xlabel("")
-fig.suptitle(f"which task each slot of the fixed-address MemNet's carried memory holds (seed {seed_shown})",
+rows = -(-T // 3)
+fig, axes = plots.new_figure(rows, 3, figsize=(plots.COLUMN_WIDTH, 2.3 * rows + 0.9), sharex=True, sharey=True)
+for ax in axes.flat[T:]:
+    ax.set_visible(False)
+for t, ax in enumerate(axes.flat[:T]):
+    plots.slot_owner_map(own, T, ax=ax, upto=ends[t], segment_task=rec["segment_task"], title=f"after task {t + 1}",
+                         legend=False)
+    ax.set_xlabel("item streamed (segment)" if t >= T - 3 else "")
+    ax.tick_params(labelbottom=t >= T - 3)  # ticks under the lowest panel of each column
+    ax.set_ylabel("slot" if t % 3 == 0 else "")
+plots.legend_outside(axes[0, 0], "below", ncols=T, handles=plots.task_patches(T))
+fig.suptitle(f"which task each slot of the fixed-address MemNet's\ncarried memory holds (seed {seed_shown})",
              fontsize=10)
 fig
 

@@ -240,12 +240,12 @@ verdicts = fx.summarize(res, row_list)
 # (a read slot keeps its strength), not from keeping the right items.
 
 # %% mystnb={"image": {"alt": "Recall of useful items for each configuration (dots: seeds, bars: means), beside the share of recalls whose item the replayed eviction rules would still hold."}}
-fig, axes = plots.new_figure(1, 2, figsize=(11, 3.6))
+fig, axes = plots.new_figure(2, 1, figsize=(plots.COLUMN_WIDTH, 6.4))
 replayed = {f"replayed: {pol.replace('_', ' ')}": ceil_runs[pol] / 100 for pol in fx.POLICIES}
 plots.seeds_and_references({fx.label(res, n): rows[n]["recall"] for n in names}, {}, ax=axes[0, 0],
-                           title="recall of useful items (dots: seeds, bars: mean)")
-plots.seeds_and_references({fx.label(res, n): rows[n]["held_recall"] for n in names}, replayed, ax=axes[0, 1],
-                           title="recalls whose item is still held")
+                           title="recall of useful items (dots: seeds, bars: mean)", ylabel="share recalled")
+plots.seeds_and_references({fx.label(res, n): rows[n]["held_recall"] for n in names}, replayed, ax=axes[1, 0],
+                           title="recalls whose item is still held", ylabel="share of recalls")
 fig
 
 # %% [markdown]
@@ -279,10 +279,10 @@ fig
 
 # %% mystnb={"image": {"alt": "Kaplan-Meier survival in memory of useful and of distractor items against their age in windows, and the hazard at each age."}}
 shown4 = [n for n in ("none", "fixed", "learned", "evidence") if n in names]
-fig, axes = plots.new_figure(1, 2, figsize=(11, 3.6))
+fig, axes = plots.new_figure(2, 1, figsize=(plots.COLUMN_WIDTH, 6.4))
 plots.survival_by_type({fx.label(res, n): fx.survival_by_type(res, n) for n in shown4}, ax=axes[0, 0],
                        title="Kaplan-Meier: share of items still held (solid: useful, dashed: distractor)")
-plots.hazard_by_age({fx.label(res, n): fx.hazard_by_type(res, n) for n in shown4}, ax=axes[0, 1],
+plots.hazard_by_age({fx.label(res, n): fx.hazard_by_type(res, n) for n in shown4}, ax=axes[1, 0],
                     title="hazard: share of the held items let go at each age")
 fig
 
@@ -309,14 +309,14 @@ for pol in fx.POLICIES:
 # splits the probes by whether the trace shows the item still held.
 
 # %% mystnb={"image": {"alt": "Probe accuracy against age for useful and distractor items, and for items still held against items already replaced."}}
-fig, axes = plots.new_figure(1, 2, figsize=(11, 3.6))
+fig, axes = plots.new_figure(2, 1, figsize=(plots.COLUMN_WIDTH, 6.4))
 show_probe = [n for n in ("fixed", "evidence") if n in names]
 plots.probe_by_age({fx.label(res, n): {t: fx.probe_accuracy(res, n, t) for t in ("useful", "distractor")}
                     for n in show_probe}, res["chance"], ax=axes[0, 0],
                    title="probe accuracy (solid: useful, dashed: distractor)")
 split = {fx.label(res, n): {part: {t: fx.probe_totals(res, n, t, part) for t in ("useful", "distractor")}
                             for part in ("held", "gone")} for n in show_probe}
-plots.probe_held_vs_gone(split, res["chance"], ax=axes[0, 1], title="probe accuracy: item still held vs already replaced")
+plots.probe_held_vs_gone(split, res["chance"], ax=axes[1, 0], title="probe accuracy: item still held vs already replaced")
 fig
 
 # %% tags=["remove-input"]
@@ -344,10 +344,12 @@ for n in ("fixed", "evidence"):
 # %% mystnb={"image": {"alt": "Slot-by-window maps of one test sequence under each configuration, coloured by whether a slot holds a useful item or a distractor."}}
 seq_runs = {n: next(r for r in fx.runs_of(res, n) if r["seed"] == fx.runs_of(res, n)[0]["seed"])
             for n in show_probe}
-fig, axes = plots.new_figure(1, len(show_probe), figsize=(5.6 * len(show_probe), 3.0))
+fig, axes = plots.new_figure(len(show_probe), 1, figsize=(plots.COLUMN_WIDTH, 2.4 * len(show_probe)), sharex=True)
 for i, n in enumerate(show_probe):
     own = occupancy(fx.lifetimes_of(seq_runs[n]), 0, p["num_slots"], p["n_windows"])
-    plots.occupancy_map(own, res["item_types"], ax=axes[0, i], title=f"{fx.label(res, n)}, seed {seq_runs[n]['seed']}")
+    plots.occupancy_map(own, res["item_types"], ax=axes[i, 0], title=f"{fx.label(res, n)}, seed {seq_runs[n]['seed']}")
+    if i < len(show_probe) - 1:
+        axes[i, 0].set_xlabel("")
 fig
 
 # %% [markdown]

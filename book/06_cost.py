@@ -128,11 +128,11 @@ print(bench.summary_table(res))
 # ## Time and memory against sequence length
 
 # %% tags=["hide-input"] mystnb={"image": {"alt": "Training time per token and autograd memory against sequence length, on log-log axes, for MemNet and the baselines."}}
-fig, axes = plots.new_figure(1, 2, figsize=(10, 3.4))
-plots.bench_vs_length(res, "us_per_token", ax=axes[0, 0])
-plots.bench_vs_length(res, "autograd_mb", ax=axes[0, 1])
-axes[0, 0].set_title("training (forward + backward), B=1", fontsize=9)
-axes[0, 1].set_title("autograd memory (x: skipped point)", fontsize=9)
+fig, axes = plots.new_figure(1, 2, figsize=(plots.COLUMN_WIDTH, 3.3))
+plots.bench_vs_length(res, "us_per_token", ax=axes[0, 0], legend="below")
+plots.bench_vs_length(res, "autograd_mb", ax=axes[0, 1], legend=None)
+axes[0, 0].set_title("training (forward + backward), B=1", fontsize=plots.TITLE_SIZE)
+axes[0, 1].set_title("autograd memory (x: skipped)", fontsize=plots.TITLE_SIZE)
 s = res["summary"]
 Ts = s["memnet_seq_lens"]
 glue("ch6_T0", f"{Ts[0]:,}", display=False)
@@ -501,7 +501,7 @@ ax.axvline(rd["copy_gbps"] / 2, color="k", ls="--", lw=0.8, label="50% of copy")
 ax.set_xlabel("GB/s")
 ax.set_title(f"exact top-k read, N = {rd['num_slots']:,} slots, B=1 ({rd['bank_bytes'] / 2**20:.0f} MB of unit keys)",
              fontsize=9)
-ax.legend(fontsize=8)
+plots.legend_outside(ax, "below")
 fig
 
 # %% [markdown]
@@ -657,15 +657,15 @@ length_w = W.SelectionSlider(options=lengths, value=lengths[-1], description="to
 
 
 def draw(metric: str, length: int):
-    fig, axes = plots.new_figure(1, 2, figsize=(10, 3.2))
-    plots.bench_vs_length(res, metric, ax=axes[0, 0], highlight=length)
+    fig, axes = plots.new_figure(1, 2, figsize=(plots.COLUMN_WIDTH, 3.0), width_ratios=[1.2, 1])
+    plots.bench_vs_length(res, metric, ax=axes[0, 0], highlight=length, legend=None)
     rows = [r for r in res["seq_len"] if r["T"] == length]
     names = [plots.MODEL_LABELS.get(r["model"], r["model"]) for r in rows]
     vals = [r.get(metric, 0.0) if "skipped" not in r else 0.0 for r in rows]
-    axes[0, 1].bar(names, vals, color=[plots.MODEL_COLORS.get(r["model"]) for r in rows])
-    axes[0, 1].set_title(f"{length:,} tokens (0: skipped)", fontsize=9)
-    axes[0, 1].set_ylabel(plots.BENCH_METRICS[metric])
-    axes[0, 1].tick_params(axis="x", labelsize=7)
+    axes[0, 1].barh(names, vals, color=[plots.MODEL_COLORS.get(r["model"]) for r in rows])
+    axes[0, 1].invert_yaxis()
+    axes[0, 1].set_title(f"{length:,} tokens (no bar: skipped)", fontsize=plots.TITLE_SIZE)
+    axes[0, 1].set_xlabel(plots.BENCH_METRICS[metric])
     return fig
 
 
@@ -675,14 +675,15 @@ widgets.live_figure([metric_w, length_w], draw)
 # Without a kernel, the same comparison at every length:
 
 # %% mystnb={"image": {"alt": "Time per token of every model at each sequence length, one panel per length, on a log scale."}}
-fig, axes = plots.new_figure(1, len(lengths), figsize=(2.6 * len(lengths), 2.6), sharey=True)
+fig, axes = plots.new_figure(1, len(lengths), figsize=(plots.COLUMN_WIDTH, 2.8), sharey=True)
 for ax, T in zip(axes[0], lengths):
     rows = [r for r in res["seq_len"] if r["T"] == T]
     ax.bar([r["model"] for r in rows], [r.get("us_per_token", 0.0) for r in rows],
            color=[plots.MODEL_COLORS.get(r["model"]) for r in rows])
     ax.set_yscale("log")
-    ax.set_title(f"{T:,} tokens", fontsize=9)
-    ax.tick_params(axis="x", labelsize=7, rotation=45)
+    plots.plain_log_axes(ax)
+    ax.set_title(f"{T:,} tokens", fontsize=plots.TITLE_SIZE)
+    ax.tick_params(axis="x", labelsize=8, rotation=90)
 axes[0, 0].set_ylabel("us per token (no bar: skipped)")
 fig
 

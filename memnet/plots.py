@@ -11,25 +11,39 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import textwrap
 from typing import Sequence
 
 import matplotlib
+import matplotlib.ticker
+import matplotlib.pyplot as plt  # noqa: F401  (registers the notebook's inline PNG formatter)
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
-matplotlib.rcParams.setdefault("figure.dpi", 100)
-import matplotlib.pyplot as plt  # noqa: E402,F401  (registers the notebook's inline PNG formatter)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from .trace import MemoryTrace
 
-from .trace import MemoryTrace  # noqa: E402
+COLUMN_WIDTH = 6.8  # inches: the book's text column (about 680 CSS pixels); no figure is wider
+DPI = 150  # pixels per inch of every PNG: a column-wide figure is 1,020 pixels, sharp at the page's scale
+TICK_SIZE = 8.5  # points, tick labels (colour bars included)
+LEGEND_SIZE = 8  # points, legend entries
+TITLE_SIZE = 9.5  # points, panel titles
+PAD = 0.05  # inches of margin around a saved figure's tight box
 
 
-
-def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    """PNG bytes of a figure (tight bounding box)."""
+def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
+    """PNG bytes of a figure (tight bounding box plus :data:`PAD`), at `dpi` pixels per inch (written
+    into the PNG). With the environment variable ``MEMNET_CHECK_FIGURES=1`` (the chapter tests set
+    it) a figure with :func:`layout_problems` is refused with a ValueError that lists them."""
+    if os.environ.get("MEMNET_CHECK_FIGURES") == "1":
+        problems = layout_problems(fig)
+        if problems:
+            raise ValueError("figure layout: " + "; ".join(problems))
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=PAD)
     return buf.getvalue()
 
 
@@ -55,11 +69,59 @@ MODEL_COLORS = {"memnet": "C0", "windowed": "C1", "lstm": "C2", "full": "C7", "d
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kw) -> tuple[Figure, np.ndarray]:
-    """A constrained-layout Figure and a 2-D array of its axes (pyplot-free)."""
-    figsize = figsize or (4.2 * ncols, 3.0 * nrows)
-    fig = Figure(figsize=figsize, layout="constrained")
+    """A constrained-layout Figure, at most :data:`COLUMN_WIDTH` wide, and a 2-D array of its axes
+    (pyplot-free; tick labels at :data:`TICK_SIZE`). Panels that do not fit side by side go in rows."""
+    figsize = figsize or (COLUMN_WIDTH if ncols > 1 else 4.8, 2.8 * nrows)
+    w, h = float(figsize[0]), float(figsize[1])
+    if not (0 < w <= COLUMN_WIDTH + 1e-9) or not h > 0:
+        raise ValueError(f"figsize must be (width, height) in inches with 0 < width <= {COLUMN_WIDTH} (the book's "
+                         f"column) and height > 0, got {tuple(figsize)}; put panels in rows instead")
+    fig = Figure(figsize=(w, h), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    for ax in axes.flat:
+        ax.tick_params(labelsize=TICK_SIZE)
     return fig, axes
+
+
+def legend_outside(ax: Axes, where: str = "right", ncols: int = 1, **kw):
+    """A legend of `ax`'s labelled artists outside every panel: ``"right"`` of `ax`, or ``"below"`` the
+    whole figure (``fig.legend``, so use it once per figure). Constrained layout makes room for it."""
+    if where == "right":
+        return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=LEGEND_SIZE,
+                         ncols=ncols, **kw)
+    if where == "below":
+        if "handles" not in kw:
+            kw["handles"], kw["labels"] = ax.get_legend_handles_labels()
+        return ax.figure.legend(loc="outside lower center", fontsize=LEGEND_SIZE, ncols=ncols, **kw)
+    raise ValueError(f"where must be 'right' or 'below', got {where!r}")
+
+
+def layout_problems(fig: Figure) -> list[str]:
+    """What keeps `fig` from reading well in the book's column: wider than :data:`COLUMN_WIDTH`, or a
+    legend drawn over the data area of a panel (colour bars aside). Empty when there is none."""
+    problems = []
+    if fig.get_figwidth() > COLUMN_WIDTH + 1e-9:
+        problems.append(f"{fig.get_figwidth():.2f} in wide, the column is {COLUMN_WIDTH}")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    spill = fig.get_tightbbox(renderer)  # inches
+    if spill.x0 < -0.02 or spill.x1 > fig.get_figwidth() + 0.02:
+        problems.append(f"text or artists spill {max(-spill.x0, spill.x1 - fig.get_figwidth()):.2f} in outside the "
+                        "figure's width")
+    panels = [(i, ax) for i, ax in enumerate(fig.axes) if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    for leg in legends:
+        box = leg.get_window_extent(renderer)
+        for i, ax in panels:
+            inner = ax.get_window_extent(renderer)
+            overlap = Bbox.intersection(box, inner)
+            if overlap is not None and overlap.width > 1 and overlap.height > 1:
+                problems.append(f"legend ({', '.join(t.get_text() for t in leg.get_texts()[:3])}...) over the panel "
+                                f"{ax.get_title() or i!r}")
+    return problems
 
 
 def _np(x) -> np.ndarray:
@@ -80,11 +142,11 @@ def heatmap(matrix, ax: Axes | None = None, title: str = "", xlabel: str = "", y
     if events is not None:
         r, c = np.nonzero(_np(events) > 0)
         ax.scatter(c, r, s=9, marker="o", facecolors="none", edgecolors="red", linewidths=0.8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=TITLE_SIZE)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, shrink=0.85)
+        ax.figure.colorbar(im, ax=ax, shrink=0.85, pad=0.02).ax.tick_params(labelsize=TICK_SIZE)
     return ax
 
 
@@ -109,7 +171,7 @@ def read_heatmap(trace: MemoryTrace, batch: int = 0, head: int | None = None, pe
                  ax: Axes | None = None, title: str | None = None) -> Figure:
     """Read weight, slot x time (tokens; dotted lines at window borders)."""
     if ax is None:
-        fig, axes = new_figure(figsize=(7, 3.2))
+        fig, axes = new_figure(figsize=(COLUMN_WIDTH, 2.8))
         ax = axes[0, 0]
     m = read_matrix(trace, batch, head, per)
     who = "all heads" if head is None else f"head {head}"
@@ -124,7 +186,7 @@ def read_heatmap(trace: MemoryTrace, batch: int = 0, head: int | None = None, pe
 def write_heatmap(trace: MemoryTrace, batch: int = 0, ax: Axes | None = None, title: str | None = None) -> Figure:
     """Gated write strength received by each slot per segment; red circles: write events (age reset)."""
     if ax is None:
-        fig, axes = new_figure(figsize=(5, 3.2))
+        fig, axes = new_figure(figsize=(4.8, 2.8))
         ax = axes[0, 0]
     heatmap(_np(trace.write_strength[batch]).T, ax, title or "write strength (o = write event)", "segment", "slot",
             cmap="Blues", vmin=0.0, events=_np(trace.write_events[batch]).T)
@@ -132,21 +194,26 @@ def write_heatmap(trace: MemoryTrace, batch: int = 0, ax: Axes | None = None, ti
 
 
 def state_heatmaps(trace: MemoryTrace, batch: int = 0, fields: Sequence[str] = ("age", "usage", "retention")) -> Figure:
-    """One slot x segment heatmap per buffer: age, usage, retention gate."""
-    fig, axes = new_figure(1, len(fields), figsize=(4.0 * len(fields), 3.0))
+    """One slot x segment heatmap per buffer (age, usage, retention gate), stacked over a shared
+    segment axis."""
+    fig, axes = new_figure(len(fields), 1, figsize=(COLUMN_WIDTH, 1.9 * len(fields) + 0.3), sharex=True)
     cmaps = {"age": "cividis", "usage": "Greens", "retention": "Purples"}
-    for ax, f in zip(axes[0], fields):
-        heatmap(_np(getattr(trace, f)[batch]).T, ax, f, "segment", "slot", cmap=cmaps.get(f, "viridis"))
+    for i, (ax, f) in enumerate(zip(axes[:, 0], fields)):
+        heatmap(_np(getattr(trace, f)[batch]).T, ax, f, "segment" if i == len(fields) - 1 else "", "slot",
+                cmap=cmaps.get(f, "viridis"))
     return fig
 
 
 def trace_overview(trace: MemoryTrace, batch: int = 0, title: str = "") -> Figure:
-    """Reads (slot x token), writes, age and usage (slot x segment) side by side."""
-    fig, axes = new_figure(1, 4, figsize=(16, 3.2), width_ratios=[2.2, 1, 1, 1])
-    read_heatmap(trace, batch, ax=axes[0, 0])
-    write_heatmap(trace, batch, ax=axes[0, 1])
-    heatmap(_np(trace.age[batch]).T, axes[0, 2], "age", "segment", "slot", cmap="cividis")
-    heatmap(_np(trace.usage[batch]).T, axes[0, 3], "usage", "segment", "slot", cmap="Greens", vmin=0, vmax=1)
+    """Reads (slot x token) across the top; writes, age and usage (slot x segment) in a row below."""
+    fig = Figure(figsize=(COLUMN_WIDTH, 5.0), layout="constrained")
+    axes = fig.subplot_mosaic([["read", "read", "read"], ["write", "age", "usage"]], height_ratios=[1.15, 1])
+    for ax in axes.values():
+        ax.tick_params(labelsize=TICK_SIZE)
+    read_heatmap(trace, batch, ax=axes["read"])
+    write_heatmap(trace, batch, ax=axes["write"], title="write strength\n(o = write event)")
+    heatmap(_np(trace.age[batch]).T, axes["age"], "age", "segment", "", cmap="cividis")
+    heatmap(_np(trace.usage[batch]).T, axes["usage"], "usage", "segment", "", cmap="Greens", vmin=0, vmax=1)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -169,6 +236,7 @@ def segment_panel(trace: MemoryTrace, segment: int, batch: int = 0, head: int | 
     if slot is not None:
         ax.axhline(slot, color="cyan", lw=0.8, alpha=0.8)
     ax.set_xlim(-0.5, L + 0.5)
+    ax.set_xticks([t for t in ax.get_xticks() if 0 <= t <= L - 1])  # no tick over the write-event column
     return ax
 
 
@@ -180,9 +248,10 @@ def small_multiples(trace: MemoryTrace, batch: int = 0, head: int | None = None,
         n = min(S, max_panels)
         segments = sorted(set(np.linspace(0, S - 1, n).round().astype(int).tolist()))
     segments = list(segments)
-    ncols = min(ncols, len(segments))
-    nrows = math.ceil(len(segments) / ncols)
-    fig, axes = new_figure(nrows, ncols, figsize=(2.6 * ncols + 0.6, 2.4 * nrows), sharey=True)
+    nrows = math.ceil(len(segments) / max(1, min(ncols, len(segments))))
+    ncols = math.ceil(len(segments) / nrows)  # rows as even as the panels allow
+    fig, axes = new_figure(nrows, ncols, figsize=(COLUMN_WIDTH if ncols > 2 else 2.4 * ncols + 0.4, 2.0 * nrows + 0.5),
+                           sharey=True)
     dense = trace.read_weights_dense()[batch]
     vmax = float((dense.sum(2) if head is None else dense[:, :, head]).max()) or 1.0
     for i, ax in enumerate(axes.flat):
@@ -192,20 +261,23 @@ def small_multiples(trace: MemoryTrace, batch: int = 0, head: int | None = None,
         segment_panel(trace, segments[i], batch, head, ax=ax, vmax=vmax)
         if i % ncols:
             ax.set_ylabel("")
+        if i < len(segments) - ncols:  # the x label once per column, under its lowest panel
+            ax.set_xlabel("")
     who = "all heads" if head is None else f"head {head}"
-    fig.suptitle(f"read weight per token and slot over time ({who}); red arrows: write events", fontsize=10)
+    fig.suptitle(f"read weight per token and slot over time ({who});\nred arrows: write events", fontsize=10)
     return fig
 
 
 # ---------------------------------------------------------------------------- experiment results
 def accuracy_curves(curves: dict, ax: Axes | None = None, xlabel: str = "", title: str = "",
                     chance: float | None = None, logx: bool = True, mark_x: float | None = None,
-                    mark_label: str = "") -> Figure:
+                    mark_label: str = "", legend: str | None = "right") -> Figure:
     """One line per model: ``curves[model] = {"x", "mean", "ci"}`` (accuracies in [0, 1], ci the
     half-width of the interval, nan for one seed), drawn in % with error bars; a dotted chance line,
-    and a vertical mark at `mark_x` (e.g. the longest training distance)."""
+    and a vertical mark at `mark_x` (e.g. the longest training distance). `legend`: where
+    (:func:`legend_outside`), or None for none."""
     if ax is None:
-        fig, axes = new_figure(figsize=(6.4, 4.0))
+        fig, axes = new_figure(figsize=(COLUMN_WIDTH, 3.6))
         ax = axes[0, 0]
     markers = "osD^vP*X"
     for i, (name, c) in enumerate(curves.items()):
@@ -217,17 +289,18 @@ def accuracy_curves(curves: dict, ax: Axes | None = None, xlabel: str = "", titl
         ax.axhline(100 * chance, color="gray", ls=":", lw=1, label="chance")
     if mark_x is not None:
         ax.axvline(mark_x, color="k", lw=0.8, alpha=0.4)
-        ax.text(mark_x, 104, f" {mark_label}", fontsize=9, va="bottom", ha="right", alpha=0.8)
+        ax.text(mark_x, 104, f"{mark_label} ", fontsize=8, va="bottom", ha="right", alpha=0.8)
     if logx:
         ax.set_xscale("symlog", linthresh=1.0, base=2) if any(min(c["x"]) <= 0 for c in curves.values()) \
             else ax.set_xscale("log", base=2)
         xs = sorted({float(v) for c in curves.values() for v in c["x"]})
         ax.set_xticks(xs, [f"{v:g}" for v in xs])
     ax.set_ylim(-3, 112)
-    ax.set_xlabel(xlabel, fontsize=10)
-    ax.set_ylabel("accuracy (%)", fontsize=10)
-    ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8, ncol=2, loc="lower left", framealpha=0.9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    if legend:
+        legend_outside(ax, legend, ncols=1 if legend == "right" else 4)
     return ax.figure
 
 
@@ -237,7 +310,7 @@ def training_curves(curves: dict, ax: Axes | None = None, title: str = "", plate
     guessing}`` (1 on the plateau); a dotted line at 1, a dashed one at `plateau` (where a model
     counts as having left it) and a vertical mark at the shared step `budget`."""
     if ax is None:
-        fig, axes = new_figure(figsize=(6.4, 4.0))
+        fig, axes = new_figure(figsize=(COLUMN_WIDTH, 3.6))
         ax = axes[0, 0]
     styles = ("-", "--", "-.", ":")
     for i, (name, c) in enumerate(curves.items()):
@@ -248,21 +321,24 @@ def training_curves(curves: dict, ax: Axes | None = None, title: str = "", plate
         ax.axhline(plateau, color="gray", ls="--", lw=0.8, alpha=0.7, label="left the plateau")
     if budget is not None:
         ax.axvline(budget, color="k", lw=0.8, alpha=0.4)
-        ax.text(budget, 1.12, " shared budget", fontsize=9, va="top", ha="left", alpha=0.8)
+        ax.text(budget, 1.12, " shared budget", fontsize=8, va="top", ha="left", alpha=0.8)
     ax.set_ylim(-0.03, 1.15)
-    ax.set_xlabel("training step", fontsize=10)
-    ax.set_ylabel("training loss / loss of guessing", fontsize=10)
-    ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), framealpha=0.9)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss / loss of guessing")
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    legend_outside(ax, "right")
     return ax.figure
 
 
 # ---------------------------------------------------------------------------- where stored items live
-def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str | None = None) -> Figure:
+def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str | None = None,
+                           colorbar: bool | Sequence[Axes] = True) -> Figure:
     """Which slot holds which stored item over time (color = item, brightness = retained signal);
-    a star marks each item's query segment, on the slot its query read most."""
+    a star marks each item's query segment, on the slot its query read most. With more than ten
+    items a colour bar names them by order: beside `ax`, beside the panels `colorbar` lists (one bar
+    for a grid of them), or none (False)."""
     if ax is None:
-        fig, axes = new_figure(figsize=(7, 3.2))
+        fig, axes = new_figure(figsize=(COLUMN_WIDTH, 3.0))
         ax = axes[0, 0]
     owner, signal = occ["owner"], occ["signal"]
     n_items = max(len(occ["slots"]), 1)
@@ -281,21 +357,24 @@ def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str
             best = int(np.argmax(occ["query_read"][i]))
             ax.scatter([qs], [best], marker="*", s=70 if many else 90, color=color_of(i), edgecolors="k",
                        linewidths=0.6, zorder=3)
-    if many:
+    if many and colorbar is not False:
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 
-        bar = ax.figure.colorbar(ScalarMappable(Normalize(0, n_items - 1), scale), ax=ax, pad=0.01, fraction=0.04)
+        beside = ax if colorbar is True else list(colorbar)
+        bar = ax.figure.colorbar(ScalarMappable(Normalize(0, n_items - 1), scale), ax=beside, pad=0.01,
+                                 fraction=0.04 if colorbar is True else 0.03)
         bar.set_label("item (order of its query)", fontsize=8)
+        bar.ax.tick_params(labelsize=TICK_SIZE)
     else:
         from matplotlib.patches import Patch
 
         handles = [Patch(color=color_of(i), label=f"pair {i}") for i in range(len(occ["slots"]))]
         if handles:
-            ax.legend(handles=handles, fontsize=7, loc="upper left", framealpha=0.8)
+            legend_outside(ax, "right", handles=handles)
     ax.set_xlabel("segment")
     ax.set_ylabel("slot")
-    ax.set_title(title or "stored items in slots (star: where the query read)", fontsize=9)
+    ax.set_title(title or "stored items in slots (star: where the query read)", fontsize=TITLE_SIZE)
     return ax.figure
 
 
@@ -318,8 +397,8 @@ def _share_axes(ax: Axes, xlabel: str, ylabel: str, title: str) -> Figure:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    legend_outside(ax, "right")
     return ax.figure
 
 
@@ -327,7 +406,7 @@ def survival_by_type(curves: dict, ax: Axes | None = None, title: str = "") -> F
     """Kaplan-Meier survival on whole windows, one colour per configuration and one line style per item
     type. curves: {configuration label: {item type: S(t) at t = 0, 1, ..., horizon}}."""
     if ax is None:
-        _, axes = new_figure(figsize=(5.4, 3.4))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 3.0))
         ax = axes[0, 0]
     h = max(len(y) for c in curves.values() for y in c.values()) - 1
     _type_lines(ax, np.arange(h + 1), curves)
@@ -340,7 +419,7 @@ def hazard_by_age(hazards: dict, ax: Axes | None = None, title: str = "", min_at
     fewer than `min_at_risk` items still held are not drawn. hazards: {label: {item type: (hazard, held)}}
     with both arrays at ages 1..horizon."""
     if ax is None:
-        _, axes = new_figure(figsize=(5.4, 3.4))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 3.0))
         ax = axes[0, 0]
     series = {}
     for name, by_type in hazards.items():
@@ -355,7 +434,7 @@ def probe_by_age(acc: dict, chance: float, ax: Axes | None = None, title: str = 
     """Accuracy of probes by age, one colour per configuration and one line style per item type.
     acc: {label: {item type: {age: (probes, correct)}}}; ages without probes are left out."""
     if ax is None:
-        _, axes = new_figure(figsize=(5.4, 3.4))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 3.0))
         ax = axes[0, 0]
     for i, (name, by_type) in enumerate(acc.items()):
         for t, cells in by_type.items():
@@ -370,7 +449,7 @@ def occupancy_map(owner, type_names: Sequence[str], ax: Axes | None = None, titl
     """Slot x window map of what each slot holds at the end of each window, coloured by item type
     (white: empty). owner: (N, S) int type codes, -1 where empty (:func:`memnet.lifetimes.occupancy`)."""
     if ax is None:
-        _, axes = new_figure(figsize=(5.4, 3.0))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 2.8))
         ax = axes[0, 0]
     own = np.asarray(_np(owner), dtype=np.int64)
     rgb = np.ones(own.shape + (3,))
@@ -380,11 +459,10 @@ def occupancy_map(owner, type_names: Sequence[str], ax: Axes | None = None, titl
     from matplotlib.patches import Patch
 
     present = [t for c, t in enumerate(type_names) if (own == c).any()]
-    ax.legend(handles=[Patch(color=TYPE_COLORS.get(t, "C7"), label=t) for t in present], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    legend_outside(ax, "right", handles=[Patch(color=TYPE_COLORS.get(t, "C7"), label=t) for t in present])
     ax.set_xlabel("window")
     ax.set_ylabel("slot")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=TITLE_SIZE)
     return ax.figure
 
 
@@ -394,7 +472,7 @@ def seeds_and_references(values: dict, references: dict, ax: Axes | None = None,
     reference lines (a distinct style each) across all columns. values: {label: [per seed]};
     references: {label: value}."""
     if ax is None:
-        _, axes = new_figure(figsize=(5.6, 3.4))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 3.0))
         ax = axes[0, 0]
     for i, (name, v) in enumerate(values.items()):
         v = np.asarray(v, dtype=float)
@@ -402,12 +480,12 @@ def seeds_and_references(values: dict, references: dict, ax: Axes | None = None,
         ax.hlines(v.mean(), i - 0.3, i + 0.3, color=f"C{i}")
     for (name, y), ls in zip(references.items(), (":", "--", "-.", (0, (1, 4)))):
         ax.axhline(y, color="k", lw=0.8, ls=ls, label=name)
-    ax.set_xticks(np.arange(len(values)), list(values), rotation=15, fontsize=8)
+    ax.set_xticks(np.arange(len(values)), [textwrap.fill(str(v), 12) for v in values], fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=TITLE_SIZE)
     if references:
-        ax.legend(fontsize=7)
+        legend_outside(ax, "right")
     return ax.figure
 
 
@@ -416,7 +494,7 @@ def probe_held_vs_gone(acc: dict, chance: float, ax: Axes | None = None, title: 
     hatched: already replaced). acc: {label: {"held" | "gone": {item type: (probes, correct)}}}; a bar
     without probes is left out."""
     if ax is None:
-        _, axes = new_figure(figsize=(5.6, 3.4))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 3.0))
         ax = axes[0, 0]
     types = list(dict.fromkeys(t for by_part in acc.values() for cells in by_part.values() for t in cells))
     n_bars = sum(len(by_part) for by_part in acc.values())
@@ -433,8 +511,8 @@ def probe_held_vs_gone(acc: dict, chance: float, ax: Axes | None = None, title: 
     ax.set_xticks(np.arange(len(types)), types)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("probe accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    legend_outside(ax, "right")
     return ax.figure
 
 
@@ -459,9 +537,10 @@ def continual_matrices(result: dict, stream: str, model: str) -> np.ndarray:
 
 
 def accuracy_matrix_heatmap(R, ax: Axes | None = None, title: str = "", annotate: bool = True) -> Axes:
-    """R[i, j] (accuracy on task j after training on task i) as a heatmap, tasks numbered from 1."""
+    """R[i, j] (accuracy on task j after training on task i) as a heatmap, tasks numbered from 1; a
+    long title wraps to the panel."""
     R = _np(R)
-    ax = heatmap(R, ax=ax, title=title, xlabel="evaluated on task j", ylabel="after training on task i",
+    ax = heatmap(R, ax=ax, title=textwrap.fill(title, 28), xlabel="evaluated on task j", ylabel="after training on task i",
                  cmap="magma", vmin=0.0, vmax=1.0, colorbar=False)
     ax.invert_yaxis()
     T = R.shape[0]
@@ -470,24 +549,24 @@ def accuracy_matrix_heatmap(R, ax: Axes | None = None, title: str = "", annotate
     if annotate:
         for i in range(T):
             for j in range(T):
-                ax.text(j, i, f"{100 * R[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{100 * R[i, j]:.0f}", ha="center", va="center", fontsize=8,
                         color="white" if R[i, j] < 0.6 else "black")
     return ax
 
 
 def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: dict[str, str] | None = None,
                       ncols: int | None = None) -> Figure:
-    """One panel per model (``ncols`` per row, default all in one row): accuracy on each task j along
+    """One panel per model (``ncols`` per row, default as many as fit the column, at most 3): accuracy on each task j along
     the stream (R[i, j] for i >= j, mean over seeds, min-max shaded); dashed: that model's
     joint-training accuracy on the task, when given."""
     T = result["streams"][stream]["stream"]["n_tasks"]
-    ncols = len(models) if ncols is None else max(1, min(int(ncols), len(models)))
+    ncols = min(3, len(models)) if ncols is None else max(1, min(int(ncols), len(models)))
     nrows = -(-len(models) // ncols)
-    fig, axes = new_figure(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), sharey=True)
+    fig, axes = new_figure(nrows, ncols, figsize=(COLUMN_WIDTH, 2.3 * nrows + 0.5), sharey=True)
     for ax in axes.flat[len(models):]:
         ax.set_visible(False)
     runs = result["streams"][stream]["runs"]
-    for ax, m in zip(axes.flat, models):
+    for k, (ax, m) in enumerate(zip(axes.flat, models)):
         Rs = continual_matrices(result, stream, m)
         for j in range(T):
             x = np.arange(j, T)
@@ -500,13 +579,13 @@ def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: d
                 fin = [r["final"][j] for r in runs if r["model"] == jm and r.get("selected", True)]
                 if fin:
                     ax.axhline(np.mean(fin), color=f"C{j}", ls=":", lw=0.8)
-        ax.set_title(CONTINUAL_LABELS.get(m, m), fontsize=9)
-        ax.set_xlabel("after training on task")
+        ax.set_title(textwrap.fill(CONTINUAL_LABELS.get(m, m), 26), fontsize=TITLE_SIZE)
+        ax.set_xlabel("after training on task" if k + ncols >= len(models) else "")  # lowest in its column
         ax.set_xticks(range(1, T + 1))
         ax.set_ylim(-0.03, 1.03)
     for row in axes:
         row[0].set_ylabel("test accuracy")
-    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    legend_outside(axes[0, 0], "below", ncols=min(T, 6))
     return fig
 
 
@@ -516,7 +595,7 @@ def memory_budget_curve(points: Sequence[dict], models: Sequence[str] | None = N
     per_class, memory_bytes, acc); mean over seeds at each budget, min-max as error bars, each
     point labelled with its items per class."""
     if ax is None:
-        _, axes = new_figure(figsize=(6.0, 3.6))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 3.4))
         ax = axes[0, 0]
     models = list(dict.fromkeys(p["model"] for p in points)) if models is None else list(models)
     for i, m in enumerate(models):
@@ -530,11 +609,12 @@ def memory_budget_curve(points: Sequence[dict], models: Sequence[str] | None = N
         err = np.array([[a.mean() - a.min() for a in v], [a.max() - a.mean() for a in v]])
         ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, color=f"C{i}", label=CONTINUAL_LABELS.get(m, m))
         for xb, yb, b in zip(x, y, budgets):
-            ax.annotate(str(b), (xb, yb), textcoords="offset points", xytext=(4, -10), fontsize=7, color=f"C{i}")
+            ax.annotate(str(b), (xb, yb), textcoords="offset points", xytext=(4, -10), fontsize=8, color=f"C{i}")
     ax.set_xscale("log")
+    ax.margins(x=0.08)  # room for the labels of the last points
     ax.set_xlabel("bytes stored (log scale; labels: items per class)")
     ax.set_ylabel("final average accuracy (%)")
-    ax.legend(fontsize=7, loc="lower right")
+    legend_outside(ax, "right")
     return ax
 
 
@@ -542,7 +622,7 @@ def key_drift_curve(result: dict, stream: str, models: Sequence[str], ax: Axes |
     """Per task t >= 2, the cosine between the keys of earlier items before and after training on
     task t (``task_drift`` of each run; 1: the keys did not move), mean over seeds, min-max shaded."""
     if ax is None:
-        _, axes = new_figure(figsize=(5.0, 3.2))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 3.0))
         ax = axes[0, 0]
     for i, m in enumerate(models):
         rs = [r["task_drift"] for r in result["streams"][stream]["runs"]
@@ -558,16 +638,24 @@ def key_drift_curve(result: dict, stream: str, models: Sequence[str], ax: Axes |
     ax.set_xlabel("training on task")
     ax.set_ylabel("cosine, old keys before vs after")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="lower left")
+    legend_outside(ax, "right")
     return ax
 
 
+def task_patches(n_tasks: int) -> list:
+    """Legend handles naming the colour of each task (task 1 is C0)."""
+    from matplotlib.patches import Patch
+
+    return [Patch(color=f"C{t}", label=f"task {t + 1}") for t in range(n_tasks)]
+
+
 def slot_owner_map(owner: np.ndarray, n_tasks: int, ax: Axes | None = None, upto: int | None = None,
-                   title: str = "", segment_task=None) -> Axes:
+                   title: str = "", segment_task=None, legend: bool = True) -> Axes:
     """Slot x segment map coloured by the task whose item the slot holds (white: empty); segments after
-    `upto` are greyed out; task boundaries (from `segment_task`) are dashed lines."""
+    `upto` are greyed out; task boundaries (from `segment_task`) are dashed lines; the tasks' colours
+    in a legend on the right unless `legend` is False (:func:`task_patches` gives its handles)."""
     if ax is None:
-        _, axes = new_figure(figsize=(6.0, 3.2))
+        _, axes = new_figure(figsize=(COLUMN_WIDTH, 3.0))
         ax = axes[0, 0]
     own = np.asarray(owner)
     S, N = own.shape
@@ -582,12 +670,10 @@ def slot_owner_map(owner: np.ndarray, n_tasks: int, ax: Axes | None = None, upto
         st = np.asarray(_np(segment_task), dtype=np.int64)
         for s in np.flatnonzero(np.diff(st)) + 1:
             ax.axvline(s - 0.5, color="gray", ls="--", lw=0.7)
-    from matplotlib.patches import Patch
-
-    ax.legend(handles=[Patch(color=f"C{t}", label=f"task {t + 1}") for t in range(n_tasks)], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if legend:
+        legend_outside(ax, "right", handles=task_patches(n_tasks))
     used = int((own[-1 if upto is None else upto] >= 0).sum())
-    ax.set_title(title or f"which task each slot holds ({used} of {N} slots hold an item)", fontsize=9)
+    ax.set_title(title or f"which task each slot holds ({used} of {N} slots hold an item)", fontsize=TITLE_SIZE)
     ax.set_xlabel("support item streamed into memory (segment)")
     ax.set_ylabel("slot")
     return ax
@@ -602,9 +688,9 @@ def stream_view(own: np.ndarray, segment_task, accuracy: dict, held, segment: in
     own: (S, N) task of the item each slot holds after each segment (-1: none)."""
     seg_task = np.asarray(_np(segment_task), dtype=np.int64)
     stage = int(seg_task[segment])
-    fig, axes = new_figure(1, 2, figsize=(11, 3.4), width_ratios=[1.7, 1])
+    fig, axes = new_figure(2, 1, figsize=(COLUMN_WIDTH, 5.6))
     slot_owner_map(own, n_tasks, ax=axes[0, 0], upto=segment, segment_task=seg_task, title=title)
-    ax = axes[0, 1]
+    ax = axes[1, 0]
     w = 0.8 / max(1, len(accuracy))
     for k, (label, acc) in enumerate(accuracy.items()):
         ax.bar(np.arange(n_tasks) + 1 + (k - (len(accuracy) - 1) / 2) * w, acc, width=w, color=f"C{[0, 3, 2, 1][k % 4]}",
@@ -615,8 +701,8 @@ def stream_view(own: np.ndarray, segment_task, accuracy: dict, held, segment: in
     ax.set_xticks(range(1, n_tasks + 1))
     ax.set_xlabel("task")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"after training on task {stage + 1}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(f"after training on task {stage + 1}", fontsize=TITLE_SIZE)
+    legend_outside(ax, "right")
     return fig
 
 
@@ -625,10 +711,49 @@ BENCH_METRICS = {"us_per_token": "time per token (us)", "autograd_mb": "autograd
                  "tokens_per_s": "tokens per second", "peak_mb": "peak GPU memory (MB)"}
 
 
+MODEL_MARKERS = {"memnet": "o", "windowed": "s", "lstm": "^", "full": "D", "dnc": "v", "rmt": "P", "titans": "X"}
+
+
+def _count(v: float) -> str:
+    """A count as a short tick label: 64, 1k, 16k, 1M (k = 1024 for powers of two, else 1000)."""
+    v = int(round(v))
+    if v >= 1024 and v % 1024 == 0 and v < 2**20:
+        return f"{v // 1024}k"
+    if v >= 2**20 and v % 2**20 == 0:
+        return f"{v // 2**20}M"
+    if v >= 10**6:
+        return f"{v / 1e6:g}M"
+    return f"{v / 1000:g}k" if v >= 1000 else f"{v:,}"
+
+
+def plain_log_axes(ax: Axes, x_counts: Sequence[int] | None = None) -> None:
+    """Numbers as numbers on log axes: y ticks at 1, 2 and 5 per decade written out (20, 50, 100, not
+    2x10^1), and x ticks at the counts `x_counts` written short (1k, 16k, 1M), thinned from the
+    largest down so that labels never run into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = ax.get_ylim()
+    wide = lo > 0 and math.log10(hi / lo) > 2.5  # more than two decades: one tick per decade is enough
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1,) if wide else (1, 2, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    if x_counts:
+        xs = sorted({float(v) for v in x_counts if v > 0}, reverse=True)
+        gap = (math.log2(xs[0]) - math.log2(xs[-1])) / 5  # at most about six labels
+        kept = [xs[0]]
+        for v in xs[1:]:
+            if math.log2(kept[-1]) - math.log2(v) >= gap:
+                kept.append(v)
+        ax.set_xticks(kept[::-1], [_count(v) for v in kept[::-1]])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def bench_vs_length(result: dict, metric: str = "us_per_token", ax: Axes | None = None,
-                    highlight: int | None = None) -> Figure:
-    """Log-log: a training metric (forward+backward, B=1) against sequence length, one line per model;
-    skipped points are marked on the x axis. `highlight`: a length to mark with a vertical line."""
+                    highlight: int | None = None, legend: str | None = "right") -> Figure:
+    """Log-log: a training metric (forward+backward, B=1) against sequence length, one line per model
+    (a marker each; the FullTransformer dashed and on top, so lines that meet stay visible); skipped
+    points are marked on the x axis. `highlight`: a length to mark with a vertical line; `legend`:
+    where (:func:`legend_outside`), or None."""
     if metric not in BENCH_METRICS:
         raise ValueError(f"metric must be one of {sorted(BENCH_METRICS)}, got {metric!r}")
     fig, ax = (new_figure()[0], None) if ax is None else (ax.figure, ax)
@@ -638,7 +763,10 @@ def bench_vs_length(result: dict, metric: str = "us_per_token", ax: Axes | None 
         pts = [(r["T"], r[metric]) for r in rows if r["model"] == name and metric in r]
         if pts:
             x, y = zip(*pts)
-            ax.plot(x, y, "o-", color=MODEL_COLORS.get(name), label=MODEL_LABELS.get(name, name))
+            ax.plot(x, y, marker=MODEL_MARKERS.get(name, "o"), ls="--" if name == "full" else "-",
+                    ms=6 if name == "full" else 4.5, mfc="none" if name == "full" else None,
+                    zorder=4 if name == "full" else 3 if name == "memnet" else 2,
+                    color=MODEL_COLORS.get(name), label=MODEL_LABELS.get(name, name))
         for r in rows:
             if r["model"] == name and "skipped" in r:
                 ax.plot([r["T"]], [0.02], marker="x", color=MODEL_COLORS.get(name), transform=ax.get_xaxis_transform(),
@@ -647,35 +775,41 @@ def bench_vs_length(result: dict, metric: str = "us_per_token", ax: Axes | None 
         ax.axvline(highlight, color="gray", ls="--", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    plain_log_axes(ax, [r["T"] for r in rows])
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel(BENCH_METRICS[metric])
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend:
+        legend_outside(ax, legend, ncols=1 if legend == "right" else 4)
     return fig
 
 
 def bench_vs_slots(result: dict) -> Figure:
-    """Log-log: MemNet's training time per token and autograd memory against the number of slots,
-    and time per token against top_k."""
-    fig, axes = new_figure(1, 3, figsize=(12, 3.2))
+    """Log-log: MemNet's training time per token and autograd memory against the number of slots;
+    and time per token against top_k on a linear axis from zero, so a change reads in proportion."""
+    fig, axes = new_figure(1, 3, figsize=(COLUMN_WIDTH, 2.7))
     rows = result["slots"]
     n = [r["num_slots"] for r in rows]
     for ax, metric in zip(axes[0, :2], ("us_per_token", "autograd_mb")):
         ax.plot(n, [r[metric] for r in rows], "o-", color=MODEL_COLORS["memnet"])
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain_log_axes(ax, n)
         ax.set_xlabel("slots N")
         ax.set_ylabel(BENCH_METRICS[metric])
         ax.grid(True, which="both", alpha=0.3)
     T = result["profile_settings"]["slots_seq_len"]
-    axes[0, 0].set_title(f"MemNet, {T} tokens, B=1", fontsize=9)
+    axes[0, 0].set_title(f"MemNet, {T} tokens, B=1", fontsize=TITLE_SIZE)
     ax = axes[0, 2]
     tk = result["top_k"]
     ax.plot([r["top_k"] for r in tk], [r["us_per_token"] for r in tk], "o-", color=MODEL_COLORS["memnet"])
     ax.set_xscale("log", base=2)
+    ax.set_xticks([r["top_k"] for r in tk], [str(r["top_k"]) for r in tk])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylim(0, 1.15 * max(r["us_per_token"] for r in tk))
     ax.set_xlabel("top_k")
     ax.set_ylabel(BENCH_METRICS["us_per_token"])
-    ax.set_title(f"N={tk[0]['num_slots']}, {result['profile_settings']['top_k_seq_len']} tokens", fontsize=9)
+    ax.set_title(f"N={tk[0]['num_slots']:,}, {result['profile_settings']['top_k_seq_len']} tokens", fontsize=TITLE_SIZE)
     ax.grid(True, which="both", alpha=0.3)
     return fig
 
@@ -697,18 +831,19 @@ def bench_windows(result: dict, ax: Axes | None = None) -> Figure:
         ax.axhline(full["us_per_token"] / 10, color=MODEL_COLORS.get("full"), ls=":", lw=0.8, label="1/10 of it")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    plain_log_axes(ax, [r["segment_len"] for r in rows])
     ax.set_xlabel("window (segment_len)")
     ax.set_ylabel(BENCH_METRICS["us_per_token"])
-    ax.set_title(f"training at {T:,} tokens, B=1", fontsize=9)
+    ax.set_title(f"training at {T:,} tokens, B=1", fontsize=TITLE_SIZE)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax, "right")
     return fig
 
 
 def bench_streaming(result: dict) -> Figure:
     """Log-log: streaming inference latency per token and state size against tokens seen, MemNet's
     bank against the FullTransformer's KV cache."""
-    fig, axes = new_figure(1, 2, figsize=(9, 3.2))
+    fig, axes = new_figure(1, 2, figsize=(COLUMN_WIDTH, 3.0))
     mem, kv = result["streaming"]["memnet"], result["streaming"]["full_kv"]
     kv_ok = [r for r in kv if "us_per_token" in r]
     series = [("memnet", "MemNet (bank)", mem, "state_bytes"), ("full", "FullTransformer (KV cache)", kv_ok, "cache_bytes")]
@@ -719,8 +854,9 @@ def bench_streaming(result: dict) -> Figure:
     for ax, ylabel in zip(axes[0], ("latency per token (us)", "state (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        plain_log_axes(ax, [r["tokens_seen"] for r in mem])
         ax.set_xlabel("tokens seen")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    legend_outside(axes[0, 0], "below", ncols=2)
     return fig

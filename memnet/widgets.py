@@ -186,11 +186,12 @@ def live_figure(controls: list, draw: Callable, vary: Sequence[int] | None = Non
 
 def draw_view(trace: MemoryTrace, segment: int = 0, head: int | None = None, slot: int = 0, batch: int = 0):
     """The explorer's figure for one (segment, head, slot) choice."""
-    fig, axes = plots.new_figure(1, 2, figsize=(10, 3.4), width_ratios=[1.1, 1.6])
-    plots.segment_panel(trace, segment, batch, head, ax=axes[0, 0], slot=slot, colorbar=True)
+    fig, axes = plots.new_figure(2, 1, figsize=(plots.COLUMN_WIDTH, 5.4), height_ratios=[1, 0.9])
+    top, bottom = axes[:, 0]  # the segment on top, the slot's history below it
+    plots.segment_panel(trace, segment, batch, head, ax=top, slot=slot, colorbar=True)
     who = "all heads" if head is None else f"head {head}"
-    axes[0, 0].set_title(f"segment {segment}: read weight ({who})", fontsize=9)
-    ax = axes[0, 1]
+    top.set_title(f"segment {segment}: read weight ({who})", fontsize=plots.TITLE_SIZE)
+    ax = bottom
     x = np.arange(trace.num_segments)
     age = plots._np(trace.age[batch, :, slot])
     ax.plot(x, plots._np(trace.usage[batch, :, slot]), label="usage", color="C2")
@@ -204,8 +205,11 @@ def draw_view(trace: MemoryTrace, segment: int = 0, head: int | None = None, slo
     ax2.set_ylabel("age (segments)")
     ax.axvline(segment, color="gray", ls="--", lw=0.8)
     ax.set_xlabel("segment")
-    ax.set_title(f"slot {slot} over time", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_title(f"slot {slot} over time", fontsize=plots.TITLE_SIZE)
+    ax2.tick_params(labelsize=plots.TICK_SIZE)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    plots.legend_outside(ax, "below", ncols=5, handles=h1 + h2, labels=l1 + l2)
     return fig
 
 

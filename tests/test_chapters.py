@@ -2,11 +2,13 @@
 budget, and nbval (lax mode) reproduces the outputs of the cells tagged nbval-check-output."""
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
 import re
 import resource
+import struct
 import subprocess
 import sys
 import time
@@ -17,11 +19,31 @@ import pytest
 jupytext = pytest.importorskip("jupytext")
 pytest.importorskip("papermill")
 pytest.importorskip("nbval")
+from memnet import plots  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.py"))
 BUDGET_S = float(os.environ.get("MEMNET_CHAPTER_BUDGET_S", "60"))  # smoke profile: < 60 s on 2 CPU cores
+
+
+def png_size_and_dpi(png: bytes) -> tuple[int, int, float]:
+    """Width and height in pixels, and the pixels per inch of a PNG's pHYs chunk (0 without one)."""
+    w, h = struct.unpack(">II", png[16:24])
+    i = png.find(b"pHYs")
+    return w, h, (struct.unpack(">I", png[i + 4:i + 8])[0] * 0.0254 if i > 0 else 0.0)
+
+
+def chapter_pngs(outputs: list) -> list[bytes]:
+    """Every PNG a chapter shows: image outputs and the views inlined in its players."""
+    pngs = []
+    for o in outputs:
+        data = o.get("data", {})
+        if "image/png" in data:
+            pngs.append(base64.b64decode(data["image/png"]))
+        html = "".join(data.get("text/html", ""))
+        pngs += [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)]
+    return pngs
 
 
 def _default_profile(src: Path) -> str | None:
@@ -112,7 +134,8 @@ def test_chapter_runs_at_smoke(src, tmp_path):
     for k, v in params.items():
         cmd += ["-p", k, str(v)]
     t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, input=conv.stdout, capture_output=True, cwd=ROOT)
+    env = {**os.environ, "MEMNET_CHECK_FIGURES": "1"}  # figure_png refuses a figure with layout problems
+    proc = subprocess.run(cmd, input=conv.stdout, capture_output=True, cwd=ROOT, env=env)
     wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)  # papermill and its kernel
     assert proc.returncode == 0, proc.stderr.decode()[-4000:]
@@ -124,6 +147,10 @@ def test_chapter_runs_at_smoke(src, tmp_path):
     nb = json.loads(out.read_text())
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was drawn"
+    assert "figure layout:" not in json.dumps(outputs), "a figure is wider than the column or has a legend over data"
+    for png in chapter_pngs(outputs):
+        w, _, dpi = png_size_and_dpi(png)
+        assert dpi >= 150 and w <= (plots.COLUMN_WIDTH + 2 * plots.PAD) * dpi + 1, (w, dpi)
     text = "".join("".join(o.get("text", "")) for o in outputs)
     assert "checks passed" in text
     if src.stem in SMOKE_PARAMS:

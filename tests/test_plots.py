@@ -29,6 +29,62 @@ def trace() -> MemoryTrace:
         return model(rand_tokens(B, T), return_trace=True).trace
 
 
+@pytest.fixture(autouse=True)
+def every_figure_fits_the_column(monkeypatch):
+    """Every figure a test here draws through memnet.plots fits the book's column with no legend over
+    a panel's data (memnet.plots.layout_problems)."""
+    made = []
+
+    class Recorded(Figure):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(plots, "Figure", Recorded)
+    yield
+    for fig in made:
+        assert plots.layout_problems(fig) == [], [ax.get_title() for ax in fig.axes]
+
+
+def png_size_and_dpi(png: bytes) -> tuple[int, int, float]:
+    """Width and height in pixels, and the pixels per inch written in the PNG's pHYs chunk."""
+    import struct
+
+    w, h = struct.unpack(">II", png[16:24])
+    i = png.find(b"pHYs")
+    assert i > 0, "the PNG says nothing of its resolution"
+    per_m, _, unit = struct.unpack(">IIB", png[i + 4:i + 13])
+    assert unit == 1  # metres
+    return w, h, per_m * 0.0254
+
+
+def test_figures_are_column_wide_at_150_dpi_and_too_wide_ones_are_refused(trace):
+    w, h, dpi = png_size_and_dpi(plots.figure_png(plots.trace_overview(trace)))
+    assert round(dpi) == plots.DPI >= 150
+    assert w <= (plots.COLUMN_WIDTH + 2 * plots.PAD) * dpi + 1  # the tight box and its margin
+    with pytest.raises(ValueError, match="figsize"):
+        plots.new_figure(1, 3, figsize=(12, 3))
+    with pytest.raises(ValueError, match="figsize"):
+        plots.new_figure(figsize=(4, 0))
+
+
+def test_layout_problems_sees_a_legend_over_the_data_and_a_wide_figure():
+    fig = Figure(figsize=(9, 3))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], label="line")
+    ax.legend(loc="center")
+    problems = plots.layout_problems(fig)
+    assert len(problems) == 2 and "wide" in problems[0] and "legend (line" in problems[1]
+    fig, axes = plots.new_figure(1, 2)
+    for ax in axes[0]:
+        ax.plot([0, 1], [0, 1], label="line")
+    plots.legend_outside(axes[0, 0], "below")
+    plots.legend_outside(axes[0, 1], "right")
+    assert plots.layout_problems(fig) == []
+    with pytest.raises(ValueError, match="where"):
+        plots.legend_outside(axes[0, 0], "inside")
+
+
 def image_shape(ax) -> tuple[int, ...]:
     return ax.get_images()[0].get_array().shape
 
