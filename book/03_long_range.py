@@ -154,7 +154,7 @@ print(run.describe())
 if res.get("missing"):
     book.note("This stored run is not complete yet: " + "; ".join(res["missing"]) + ". The tables and figures "
               "below show the models and seeds it has.", kind="warning", title="Partial run")
-print(long_range.summary_table(res))
+book.show_report(long_range.summary_table(res))
 
 # %% [markdown]
 # Figures in this chapter come from: {glue:text}`ch3_run`.
@@ -263,7 +263,7 @@ peers_in = [f"{long_range.LABELS[n]} {100 * np.mean(long_range.in_window(res, n)
 glue("ch3_peers_in", ", ".join(peers_in) or "none in this run", display=False)
 glue("ch3_peers_absent", ", ".join(long_range.LABELS[n] for n in long_range.PEER_NAMES if n not in names) or "none",
      display=False)
-print(long_range.plateau_table(res))
+book.show_report(long_range.plateau_table(res))
 glue("ch3_steps", f"{p['steps']:,}", display=False)
 longer = long_range.longer_budgets(res)
 glue("ch3_longer", ", ".join(f"{long_range.LABELS[n]} ({k:,} steps)" for n, k in longer.items()) or "none",

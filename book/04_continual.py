@@ -145,7 +145,7 @@ run = book.load_or_train(profile, device, seed, save, experiment="continual")
 res = run.result
 glue("ch4_run", run.describe(), display=False)
 print(run.describe())
-print(experiment.summary_table(res))
+book.show_report(experiment.summary_table(res))
 print()
 print("\n".join(v.line() for v in experiment.summarize(res)))
 

@@ -188,7 +188,7 @@ if "merged" in res:
     print(f"with the stored {res['merged']['profile']} run: commit {m['git_commit'][:12]}; {m['date']}; wall {m['wall_s']} s")
 print(f"fixed decay chosen on validation: {res['fixed_choice']}")
 row_list = fx.config_rows(res)  # per configuration, with the bootstrap of its RMST ratio
-print(fx.summary_table(res, row_list))
+book.show_report(fx.summary_table(res, row_list))
 
 # %% tags=["remove-input"]
 rows = {r["config"]: r for r in row_list}

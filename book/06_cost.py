@@ -120,7 +120,7 @@ run = book.load_or_train(profile, device, seed, save, experiment="bench")
 res = run.result
 glue("ch6_run", run.describe(), display=False)
 print(run.describe())
-print(bench.summary_table(res))
+book.show_report(bench.summary_table(res))
 
 # %% [markdown]
 # Figures in this chapter come from: {glue:text}`ch6_run`.
@@ -596,14 +596,14 @@ glue("ch6_compile_first", f"the first pass took {span} s here, " if firsts else 
 
 # %% tags=["remove-input"] mystnb={"image": {"alt": "Training tokens per second of every model of the comparison, measured in the same run, on a log scale."}}
 if "peers" in res:
-    for line in bench.peers_table(res["peers"]):
-        print(line)
+    book.show_report("\n".join(bench.peers_table(res["peers"])))
     ran = [r for r in res["peers"]["rows"] if "not_run" not in r]
     fig, axes = plots.new_figure(1, 1, figsize=(6.5, 0.32 * len(ran) + 1.0))
     ax = axes[0, 0]
     ax.barh([r["name"] for r in ran][::-1], [r["tokens_per_s"] for r in ran][::-1],
             color=[plots.MODEL_COLORS.get(r["model"], "C7") for r in ran][::-1])
     ax.set_xscale("log")
+    plots.plain_log_axes(ax, log_axis="x")
     ax.set_xlabel("training tokens per second (log scale)")
     ax.set_title(f"B={pe['B']} sequences of T={pe['T']} tokens, {pe['threads']} thread(s)", fontsize=9)
     glue("ch6_peers_line", (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import inspect
 import json
+import re
 import tempfile
 import textwrap
 from dataclasses import dataclass, field
@@ -85,28 +86,100 @@ def join_words(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
 
 
+def table_html(header: list, rows: list[list], right: tuple[int, ...] = ()) -> str:
+    """An HTML table of ``header`` and ``rows`` (cells shown with str, escaped), the columns numbered
+    in ``right`` aligned right; wide tables scroll inside their own box, not the page."""
+    def cells(values, tag: str) -> str:
+        return "".join(f'<{tag} style="text-align:{"right" if j in right else "left"};padding:2px 8px">'
+                       f"{html.escape(str(v))}</{tag}>" for j, v in enumerate(values))
+    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+    return (f'<div style="overflow-x:auto"><table class="table memnet-table"><thead><tr>{cells(header, "th")}</tr>'
+            f"</thead><tbody>{body}</tbody></table></div>")
+
+
 def table(header: list[str], rows: list[list], right: tuple[int, ...] = ()) -> None:
     """Show a table (HTML, so it renders the same in JupyterLab and in the book): ``header`` and
     ``rows`` of cells (any value; shown with str), the columns numbered in ``right`` aligned right."""
     from IPython.display import HTML, display
 
-    def cells(values, tag: str) -> str:
-        return "".join(f'<{tag} style="text-align:{"right" if j in right else "left"};padding:2px 8px">'
-                       f"{html.escape(str(v))}</{tag}>" for j, v in enumerate(values))
-    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
-    display(HTML(f'<table class="table"><thead><tr>{cells(header, "th")}</tr></thead><tbody>{body}</tbody></table>'))
+    display(HTML(table_html(header, rows, right)))
+
+
+_DASHES = re.compile(r"-+(  -+)*")
+
+
+def report_blocks(text: str) -> list[tuple]:
+    """A text report (what the experiments' command lines print) cut into blocks: ``("table", header,
+    rows)`` for every table :func:`memnet.experiments.common.format_table` wrote (found by its line
+    of dashes, its columns by the dashes' spans; a blank line or a line wider than the table ends it)
+    and ``("text", line)`` for every other non-empty line."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        if i + 1 < len(lines) and lines[i].strip() and _DASHES.fullmatch(lines[i + 1]):
+            spans = [(m.start(), m.end()) for m in re.finditer(r"-+", lines[i + 1])]
+            gaps = [(a[1], b[0]) for a, b in zip(spans, spans[1:])]
+
+            def cut(line: str) -> list[str]:
+                starts = [a for a, _ in spans] + [len(line)]
+                return [line[starts[k]:starts[k + 1]].strip() for k in range(len(spans))]
+
+            def in_table(line: str) -> bool:  # as wide as the table, with blanks where its columns meet
+                return bool(line.strip()) and len(line) <= spans[-1][1] and all(not line[a:b].strip() for a, b in gaps)
+
+            header, j = cut(lines[i]), i + 2
+            rows = []
+            while j < len(lines) and in_table(lines[j]):
+                rows.append(cut(lines[j]))
+                j += 1
+            out.append(("table", header, rows))
+            i = j
+            continue
+        if lines[i].strip():
+            out.append(("text", lines[i].strip()))
+        i += 1
+    return out
+
+
+def report_html(text: str) -> str:
+    """The HTML of :func:`report_blocks`: tables as tables (the first column left-aligned, the others
+    right-aligned, as printed), every other line as a paragraph that wraps to the page."""
+    parts = []
+    for block in report_blocks(text):
+        if block[0] == "table":
+            parts.append(table_html(block[1], block[2], right=tuple(range(1, len(block[1])))))
+        else:
+            parts.append(f'<p style="margin:0.3em 0">{html.escape(block[1])}</p>')
+    return f'<div class="memnet-report">{"".join(parts)}</div>'
+
+
+def _show(text: str, page: str) -> None:
+    """Display `page` (HTML) where a notebook renders it, with `text` as its plain-text form; outside
+    IPython, print the text."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = lambda: None  # noqa: E731
+    if get_ipython() is None:
+        print(text)
+        return
+    display({"text/plain": text, "text/html": page}, raw=True)
+
+
+def show_report(text: str) -> None:
+    """Show a text report in a notebook: as HTML tables and paragraphs (:func:`report_html`) where
+    HTML renders, the text itself where only text does (papermill's log, a terminal)."""
+    _show(text, report_html(text))
 
 
 def note(text: str, kind: str = "note", title: str | None = None) -> None:
     """A visible admonition that renders in JupyterLab and in the book (HTML with Sphinx's classes);
-    the text is also printed so papermill logs show it."""
-    from IPython.display import HTML, display
-
+    where only text renders (papermill's log) its text shows, once."""
     title = title or kind.capitalize()
-    print(f"[{title}] {text}")
-    display(HTML(f'<div class="admonition {kind}" style="border-left:4px solid #e6a700;padding:0.4em 0.8em;'
-                 f'background:#fff8e1"><p class="admonition-title" style="font-weight:bold;margin:0">'
-                 f'{html.escape(title)}</p><p style="margin:0.3em 0 0 0">{html.escape(text)}</p></div>'))
+    page = (f'<div class="admonition {kind}" style="border-left:4px solid #e6a700;padding:0.4em 0.8em;'
+            f'background:#fff8e1"><p class="admonition-title" style="font-weight:bold;margin:0">'
+            f'{html.escape(title)}</p><p style="margin:0.3em 0 0 0">{html.escape(text)}</p></div>')
+    _show(f"[{title}] {text}", page)
 
 
 # ---------------------------------------------------------------------------- the bank, driven by hand

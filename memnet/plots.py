@@ -357,7 +357,7 @@ def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str
             best = int(np.argmax(occ["query_read"][i]))
             ax.scatter([qs], [best], marker="*", s=70 if many else 90, color=color_of(i), edgecolors="k",
                        linewidths=0.6, zorder=3)
-    if many and colorbar is not False:
+    if many and colorbar is not False:  # many items and no bar (False): a panel of a grid that has one
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 
@@ -366,7 +366,7 @@ def item_occupancy_heatmap(occ: dict, L: int, ax: Axes | None = None, title: str
                                  fraction=0.04 if colorbar is True else 0.03)
         bar.set_label("item (order of its query)", fontsize=8)
         bar.ax.tick_params(labelsize=TICK_SIZE)
-    else:
+    elif not many:
         from matplotlib.patches import Patch
 
         handles = [Patch(color=color_of(i), label=f"pair {i}") for i in range(len(occ["slots"]))]
@@ -726,17 +726,20 @@ def _count(v: float) -> str:
     return f"{v / 1000:g}k" if v >= 1000 else f"{v:,}"
 
 
-def plain_log_axes(ax: Axes, x_counts: Sequence[int] | None = None) -> None:
-    """Numbers as numbers on log axes: y ticks at 1, 2 and 5 per decade written out (20, 50, 100, not
-    2x10^1), and x ticks at the counts `x_counts` written short (1k, 16k, 1M), thinned from the
-    largest down so that labels never run into each other."""
+def plain_log_axes(ax: Axes, x_counts: Sequence[int] | None = None, log_axis: str = "y") -> None:
+    """Numbers as numbers on log axes: ticks of the `log_axis` ("y" or "x") at 1, 2 and 5 per decade
+    written out (20, 50, 100, not 2x10^1), and x ticks at the counts `x_counts` written short (1k,
+    16k, 1M), thinned from the largest down so that labels never run into each other."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    lo, hi = ax.get_ylim()
+    if log_axis not in ("x", "y"):
+        raise ValueError(f"log_axis must be 'x' or 'y', got {log_axis!r}")
+    axis = ax.yaxis if log_axis == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if log_axis == "y" else ax.get_xlim()
     wide = lo > 0 and math.log10(hi / lo) > 2.5  # more than two decades: one tick per decade is enough
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1,) if wide else (1, 2, 5)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    axis.set_major_locator(LogLocator(base=10, subs=(1,) if wide else (1, 2, 5)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
     if x_counts:
         xs = sorted({float(v) for v in x_counts if v > 0}, reverse=True)
         gap = (math.log2(xs[0]) - math.log2(xs[-1])) / 5  # at most about six labels

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 
 import torch
 import torch.nn.functional as F
@@ -196,3 +197,10 @@ def assert_unchanged(before: dict, after: dict) -> None:
                 assert k in after[part] and _same(before[part][k], after[part][k]), f"{part}[{k!r}] changed"
         else:
             assert _same(before[part], after[part]), f"{part} changed"
+
+
+def png_size_and_dpi(png: bytes) -> tuple[int, int, float]:
+    """Width and height of a PNG in pixels, and the pixels per inch of its pHYs chunk (0 without one)."""
+    w, h = struct.unpack(">II", png[16:24])
+    i = png.find(b"pHYs")
+    return w, h, (struct.unpack(">I", png[i + 4:i + 8])[0] * 0.0254 if i > 0 else 0.0)

@@ -10,6 +10,7 @@ Screenshots go to _build/screenshots/.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import http.server
@@ -25,6 +26,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("jupyter_book")
+from helpers import png_size_and_dpi  # noqa: E402
+from memnet import plots  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "_build" / "screenshots"
@@ -81,13 +84,22 @@ def test_pages_have_figures_and_players(html_dir):
         assert "class=\"memnet-player\"" in page, f"{ch}: no explorer player (memnet.widgets.static_player)"
         assert "{glue" not in page, f"{ch}: an unresolved glue reference"
         assert "_static/memnet.css" in page, f"{ch}: the book's style sheet (long lines wrap) is not linked"
+        printed = "".join(re.findall(r'<div class="output stream[^"]*"[^>]*>.*?</pre>', page, re.S))
+        assert not re.search(r"^-+(  -+)+$", html.unescape(re.sub(r"<[^>]+>", "", printed)), re.M), \
+            f"{ch}: a table printed as text (it wraps in the column): show it with memnet.book.show_report"
+        for src in figures:  # saved at 150 dpi or more and no wider than the column (plus the saved margin)
+            png = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else \
+                (html_dir / "book" / src).read_bytes()
+            w, _, dpi = png_size_and_dpi(png)
+            assert dpi >= 150 and w <= (plots.COLUMN_WIDTH + 2 * plots.PAD) * dpi + 1, \
+                f"{ch}: a figure {w} px wide at {dpi:.0f} dpi"
     bib = (html_dir / "book" / "bibliography.html").read_text()
     for author in ("Graves", "Rae", "Kaiser", "Wu", "Bulatov", "Behrouz", "Lopez-Paz"):
         assert author in bib, author
 
 
 CODE_BLOCK = re.compile(r'<div class="(?:cell_input[^"]*|highlight-python[^"]*|highlight-ipython3[^"]*)"[^>]*>.*?</pre>', re.S)
-NOT_FOR_READERS = re.compile(r"\b(nan|NaN|inf|NBVAL_?\w*|the bar|our bar|the issue|the seed's)\b")
+NOT_FOR_READERS = re.compile(r"\b(nan|NaN|inf|NBVAL_?\w*|the bar|our bar|the issue|the seed's)\b|\w+Warning:")
 
 
 def reader_text(page: str) -> str:
@@ -99,8 +111,9 @@ def reader_text(page: str) -> str:
 
 def test_reader_text_check_sees_outputs_not_code():
     page = ('<div class="cell_input docutils container"><div class="highlight"><pre>x = float("nan")</pre></div></div>'
-            '<div class="output stream"><pre>accuracy nan%</pre></div><p>fine</p>')
-    assert NOT_FOR_READERS.findall(reader_text(page)) == ["nan"]
+            '<div class="output stream"><pre>accuracy nan%</pre></div><p>fine</p>'
+            '<div class="output stderr"><pre>plots.py:46: UserWarning: layout not applied</pre></div>')
+    assert [m.group(0) for m in NOT_FOR_READERS.finditer(reader_text(page))] == ["nan", "UserWarning:"]
 
 
 def test_no_nan_inf_markers_or_process_words_for_readers(html_dir):

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import resource
-import struct
 import subprocess
 import sys
 import time
@@ -19,19 +18,13 @@ import pytest
 jupytext = pytest.importorskip("jupytext")
 pytest.importorskip("papermill")
 pytest.importorskip("nbval")
+from helpers import png_size_and_dpi  # noqa: E402
 from memnet import plots  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.py"))
 BUDGET_S = float(os.environ.get("MEMNET_CHAPTER_BUDGET_S", "60"))  # smoke profile: < 60 s on 2 CPU cores
-
-
-def png_size_and_dpi(png: bytes) -> tuple[int, int, float]:
-    """Width and height in pixels, and the pixels per inch of a PNG's pHYs chunk (0 without one)."""
-    w, h = struct.unpack(">II", png[16:24])
-    i = png.find(b"pHYs")
-    return w, h, (struct.unpack(">I", png[i + 4:i + 8])[0] * 0.0254 if i > 0 else 0.0)
 
 
 def chapter_pngs(outputs: list) -> list[bytes]:

@@ -8,11 +8,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("matplotlib")
 from matplotlib.figure import Figure  # noqa: E402
 
-from helpers import rand_tokens, tiny_model  # noqa: E402
+from helpers import png_size_and_dpi, rand_tokens, tiny_model  # noqa: E402
 from memnet import book, plots  # noqa: E402
 from memnet.memory import MultiHeadMemoryBank, WriteRequest  # noqa: E402
 from memnet.survival import item_occupancy  # noqa: E402
@@ -44,18 +46,6 @@ def every_figure_fits_the_column(monkeypatch):
     yield
     for fig in made:
         assert plots.layout_problems(fig) == [], [ax.get_title() for ax in fig.axes]
-
-
-def png_size_and_dpi(png: bytes) -> tuple[int, int, float]:
-    """Width and height in pixels, and the pixels per inch written in the PNG's pHYs chunk."""
-    import struct
-
-    w, h = struct.unpack(">II", png[16:24])
-    i = png.find(b"pHYs")
-    assert i > 0, "the PNG says nothing of its resolution"
-    per_m, _, unit = struct.unpack(">IIB", png[i + 4:i + 13])
-    assert unit == 1  # metres
-    return w, h, per_m * 0.0254
 
 
 def test_figures_are_column_wide_at_150_dpi_and_too_wide_ones_are_refused(trace):
@@ -429,3 +419,35 @@ def test_book_table_escapes_cells_and_aligns_the_asked_columns(monkeypatch):
     html_text = shown[0].data
     assert html_text.count("<tr>") == 3 and "a&lt;b" in html_text and "<b" not in html_text.replace("<br", "")
     assert html_text.count('text-align:right') == 3 and html_text.count('text-align:left') == 3
+
+
+CELL = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp", "Zs")), max_size=9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5).flatmap(lambda n: st.tuples(st.lists(CELL.filter(bool), min_size=n, max_size=n),
+                                                     st.lists(st.lists(CELL, min_size=n, max_size=n).filter(any), max_size=5))),
+       st.sampled_from(["", "a title line"]))
+def test_report_blocks_read_back_every_table_format_table_writes(table, title):
+    """Agreement: a report's tables, cut by the spans of their dashes, give back the cells printed
+    (every row with some text: a row of empty cells prints as a blank line, which ends a table)."""
+    from memnet.experiments.common import format_table
+
+    header, rows = table
+    text = "a line before\n\n" + format_table(header, rows, title) + "\n\nverdict: holds"
+    blocks = book.report_blocks(text)
+    tables = [b for b in blocks if b[0] == "table"]
+    assert tables == [("table", header, rows)]
+    assert ("text", "verdict: holds") in blocks and ("text", "a line before") in blocks
+    assert (("text", title) in blocks) == bool(title)
+
+
+def test_show_report_and_note_give_html_to_notebooks_and_text_elsewhere(monkeypatch, capsys):
+    from memnet.experiments.common import format_table
+
+    text = format_table(["model", "acc"], [["a<b", "1.0"]], "accuracy") + "\n  x: not run: a reason"
+    page = book.report_html(text)
+    assert page.count("<table") == 1 and "a&lt;b" in page and "<p" in page and "x: not run" in page
+    book.show_report(text)  # no IPython shell here: the text is printed as it is
+    book.note("careful", kind="warning", title="Heads up")
+    assert capsys.readouterr().out == text + "\n[Heads up] careful\n"
