@@ -37,8 +37,20 @@ import torch
 import torch.nn.functional as F
 from myst_nb import glue
 
-from memnet import MemNetConfig, MemoryState, MultiHeadMemoryBank, book, plots, widgets
-from memnet.memory import WriteRequest, cosine_top_scores, cosine_topk, sparse_to_dense
+from memnet import (
+    MemNetConfig,
+    MemoryState,
+    MultiHeadMemoryBank,
+    book,
+    plots,
+    widgets,
+)
+from memnet.memory import (
+    WriteRequest,
+    cosine_top_scores,
+    cosine_topk,
+    sparse_to_dense,
+)
 
 settings = book.setup(profile, device, seed, save)
 torch.set_printoptions(precision=2, sci_mode=False)
@@ -49,12 +61,29 @@ torch.set_printoptions(precision=2, sci_mode=False)
 # configuration throughout.
 
 # %% tags=["nbval-check-output"]
-cfg = MemNetConfig(vocab_size=16, d_model=8, num_slots=8, top_k=2, mem_heads=2, segment_len=4, n_heads=2)
-print(f"slots N={cfg.num_slots}, slot_dim D={cfg.slot_dim}, heads H={cfg.mem_heads}, top_k K={cfg.top_k}")
+cfg = MemNetConfig(
+    vocab_size=16,
+    d_model=8,
+    num_slots=8,
+    top_k=2,
+    mem_heads=2,
+    segment_len=4,
+    n_heads=2,
+)
+print(
+    f"slots N={cfg.num_slots}, slot_dim D={cfg.slot_dim}, "
+    f"heads H={cfg.mem_heads}, top_k K={cfg.top_k}"
+)
 bank = MultiHeadMemoryBank(cfg)
 print("parameters:", {n: tuple(p.shape) for n, p in bank.named_parameters()})
 state = bank.initial_state(batch_size=1)
-print("state:", {f: tuple(getattr(state, f).shape) for f in ("keys", "values", "age", "usage")})
+print(
+    "state:",
+    {
+        f: tuple(getattr(state, f).shape)
+        for f in ("keys", "values", "age", "usage")
+    },
+)
 glue("ch1_slots", cfg.num_slots, display=False)
 glue("ch1_topk", cfg.top_k, display=False)
 
@@ -111,24 +140,51 @@ book.show_source(cosine_top_scores)
 g = torch.Generator().manual_seed(seed)
 keys = torch.randn(1, cfg.num_slots, cfg.slot_dim, generator=g)  # (B, N, D)
 targets = [2, 5, 5, 7]
-queries = keys[:, targets] + 0.4 * torch.randn(1, 4, cfg.slot_dim, generator=g)  # (B, Q, D)
+queries = keys[:, targets] + 0.4 * torch.randn(
+    1, 4, cfg.slot_dim, generator=g
+)  # (B, Q, D)
 beta = torch.tensor([10.0])
 
-sim = F.cosine_similarity(queries[:, :, None], keys[:, None], dim=-1)  # (B, Q, N)
+sim = F.cosine_similarity(
+    queries[:, :, None], keys[:, None], dim=-1
+)  # (B, Q, N)
 dense = torch.softmax(beta * sim, dim=-1)  # (B, Q, N), every slot > 0
-index, weight = cosine_topk(queries[:, :, None], keys, cfg.top_k, beta, cfg.eps)  # (B, Q, 1, K)
+index, weight = cosine_topk(
+    queries[:, :, None], keys, cfg.top_k, beta, cfg.eps
+)  # (B, Q, 1, K)
 sparse = sparse_to_dense(index, weight, cfg.num_slots)[:, :, 0]  # (B, Q, N)
 
 print("best slot, dense :", dense.argmax(-1)[0].tolist())
 print("best slot, top-k :", sparse.argmax(-1)[0].tolist())
-print("slots with weight, dense:", (dense > 0).sum(-1)[0].tolist(), " top-k:", (sparse > 0).sum(-1)[0].tolist())
+print(
+    "slots with weight, dense:",
+    (dense > 0).sum(-1)[0].tolist(),
+    " top-k:",
+    (sparse > 0).sum(-1)[0].tolist(),
+)
 
 # %% mystnb={"image": {"alt": "Two heatmaps of read weights, query by slot: the dense softmax spreads weight over every slot, top-k cosine puts it on k slots per query."}}
 tail = float((dense * (sparse == 0)).sum(-1).mean())
 glue("ch1_dense_tail", f"{100 * tail:.1f}", display=False)
 fig, axes = plots.new_figure(1, 2, figsize=(plots.COLUMN_WIDTH, 2.4))
-plots.heatmap(dense[0], axes[0, 0], "dense softmax over all slots", "slot", "query", vmin=0, vmax=1)
-plots.heatmap(sparse[0], axes[0, 1], f"top-{cfg.top_k} cosine", "slot", "query", vmin=0, vmax=1)
+plots.heatmap(
+    dense[0],
+    axes[0, 0],
+    "dense softmax over all slots",
+    "slot",
+    "query",
+    vmin=0,
+    vmax=1,
+)
+plots.heatmap(
+    sparse[0],
+    axes[0, 1],
+    f"top-{cfg.top_k} cosine",
+    "slot",
+    "query",
+    vmin=0,
+    vmax=1,
+)
 fig
 
 # %% [markdown]
@@ -148,11 +204,27 @@ book.show_source(MultiHeadMemoryBank.read)
 
 # %% tags=["nbval-check-output"]
 values = torch.randn(1, cfg.num_slots, cfg.slot_dim, generator=g)
-full = MemoryState(keys, values, torch.zeros(1, cfg.num_slots), torch.zeros(1, cfg.num_slots))
+full = MemoryState(
+    keys, values, torch.zeros(1, cfg.num_slots), torch.zeros(1, cfg.num_slots)
+)
 # head 0 looks for slots 2, 5, 5, 7; head 1 for slot 0 at every token of the window
-q = torch.stack([queries, keys[:, [0, 0, 0, 0]] + 0.4 * torch.randn(1, 4, cfg.slot_dim, generator=g)], dim=2)
+q = torch.stack(
+    [
+        queries,
+        keys[:, [0, 0, 0, 0]]
+        + 0.4 * torch.randn(1, 4, cfg.slot_dim, generator=g),
+    ],
+    dim=2,
+)
 r = bank.read(full, q)  # queries (B, L, H, D)
-print("read vectors:", tuple(r.vectors.shape), " index:", tuple(r.index.shape), " weight:", tuple(r.weight.shape))
+print(
+    "read vectors:",
+    tuple(r.vectors.shape),
+    " index:",
+    tuple(r.index.shape),
+    " weight:",
+    tuple(r.weight.shape),
+)
 print("head 0 top slot per token:", r.index[0, :, 0, 0].tolist())
 print("head 1 top slot per token:", r.index[0, :, 1, 0].tolist())
 
@@ -160,7 +232,9 @@ print("head 1 top slot per token:", r.index[0, :, 1, 0].tolist())
 rd = sparse_to_dense(r.index, r.weight, cfg.num_slots)[0]  # (L, H, N)
 fig, axes = plots.new_figure(1, 2, figsize=(plots.COLUMN_WIDTH, 2.4))
 for h in range(cfg.mem_heads):
-    plots.heatmap(rd[:, h], axes[0, h], f"head {h}", "slot", "token", vmin=0, vmax=1)
+    plots.heatmap(
+        rd[:, h], axes[0, h], f"head {h}", "slot", "token", vmin=0, vmax=1
+    )
 fig
 
 # %% [markdown]
@@ -199,8 +273,16 @@ print("allocation order for 3 writes:", bank.allocate(aged, 3)[0].tolist())
 
 # %% mystnb={"image": {"alt": "One row each for the age, usage and staleness of every slot, each scaled to the range 0 to 1."}}
 fig, axes = plots.new_figure(1, 1, figsize=(plots.COLUMN_WIDTH, 1.9))
-plots.heatmap(torch.cat([age / age.max(), usage, aged.staleness() / aged.staleness().max()]), axes[0, 0],
-              "age, usage, staleness (each scaled to [0, 1])", "slot", "", cmap="cividis")
+plots.heatmap(
+    torch.cat(
+        [age / age.max(), usage, aged.staleness() / aged.staleness().max()]
+    ),
+    axes[0, 0],
+    "age, usage, staleness (each scaled to [0, 1])",
+    "slot",
+    "",
+    cmap="cividis",
+)
 axes[0, 0].set_yticks([0, 1, 2], ["age", "usage", "staleness"])
 fig
 
@@ -229,25 +311,69 @@ book.show_source(MultiHeadMemoryBank.write)
 D = cfg.slot_dim
 new = torch.randn(1, 2, D, generator=g)
 req = WriteRequest(
-    key=torch.stack([new[:, 0], keys[:, 3]], dim=1),  # write 0: new content; write 1: key of slot 3
+    key=torch.stack(
+        [new[:, 0], keys[:, 3]], dim=1
+    ),  # write 0: new content; write 1: key of slot 3
     value=torch.stack([new[:, 0], new[:, 1]], dim=1),
-    gate=torch.tensor([[0.95, 0.6]]),  # both writes happen, the second more softly
+    gate=torch.tensor(
+        [[0.95, 0.6]]
+    ),  # both writes happen, the second more softly
     erase=torch.full((1, 2, D), 0.9),
-    update=torch.tensor([[0.0, 1.0]]),  # write 0 allocates, write 1 updates slot 3 in place
+    update=torch.tensor(
+        [[0.0, 1.0]]
+    ),  # write 0 allocates, write 1 updates slot 3 in place
     decay=torch.zeros(1, D),
 )
 after, wr = bank.write(aged, req)
 print("allocated slots  :", wr.alloc[0].tolist())
 print("write events     :", wr.events[0].nonzero().flatten().tolist())
 print("age after write  :", after.age[0].int().tolist())
-print("slots changed    :", ((after.values - aged.values * wr.retention[..., None]).abs().sum(-1) > 1e-4)[0].nonzero().flatten().tolist())
+print(
+    "slots changed    :",
+    (
+        (after.values - aged.values * wr.retention[..., None]).abs().sum(-1)
+        > 1e-4
+    )[0]
+    .nonzero()
+    .flatten()
+    .tolist(),
+)
 
 # %% mystnb={"image": {"alt": "Slot values, slot by dimension, before and after a gated write, beside each slot's write strength with the write events marked."}}
-fig, axes = plots.new_figure(1, 3, figsize=(plots.COLUMN_WIDTH, 2.8), width_ratios=[1, 1, 0.45])
-plots.heatmap(aged.values[0], axes[0, 0], "values before", "dimension", "slot", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
-plots.heatmap(after.values[0], axes[0, 1], "values after", "dimension", "slot", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
-plots.heatmap(wr.strength[0][:, None], axes[0, 2], "write strength", "", "slot", cmap="Blues", vmin=0, vmax=1,
-              events=wr.events[0][:, None])
+fig, axes = plots.new_figure(
+    1, 3, figsize=(plots.COLUMN_WIDTH, 2.8), width_ratios=[1, 1, 0.45]
+)
+plots.heatmap(
+    aged.values[0],
+    axes[0, 0],
+    "values before",
+    "dimension",
+    "slot",
+    cmap="RdBu_r",
+    vmin=-2.5,
+    vmax=2.5,
+)
+plots.heatmap(
+    after.values[0],
+    axes[0, 1],
+    "values after",
+    "dimension",
+    "slot",
+    cmap="RdBu_r",
+    vmin=-2.5,
+    vmax=2.5,
+)
+plots.heatmap(
+    wr.strength[0][:, None],
+    axes[0, 2],
+    "write strength",
+    "",
+    "slot",
+    cmap="Blues",
+    vmin=0,
+    vmax=1,
+    events=wr.events[0][:, None],
+)
 axes[0, 2].set_xticks([])
 fig
 
@@ -272,20 +398,36 @@ book.show_source(MultiHeadMemoryBank.retention)
 decay_bank = MultiHeadMemoryBank(cfg)
 with torch.no_grad():
     decay_bank.decay_logit.copy_(torch.linspace(-1.0, 6.0, cfg.num_slots))
-no_write = WriteRequest(keys[:, :1], values[:, :1], torch.zeros(1, 1), torch.zeros(1, 1, D), torch.zeros(1, 1),
-                        torch.zeros(1, D))
+no_write = WriteRequest(
+    keys[:, :1],
+    values[:, :1],
+    torch.zeros(1, 1),
+    torch.zeros(1, 1, D),
+    torch.zeros(1, 1),
+    torch.zeros(1, D),
+)
 s_, norms = full, []
 with torch.no_grad():
     for t in range(12):
         s_, _ = decay_bank.write(s_, no_write)
         norms.append(s_.values.norm(dim=-1)[0] / full.values.norm(dim=-1)[0])
-norms = torch.stack(norms, dim=1)  # (N, T): remaining fraction of each slot's content
+norms = torch.stack(
+    norms, dim=1
+)  # (N, T): remaining fraction of each slot's content
 rho = torch.sigmoid(decay_bank.decay_logit.detach())
 half_life = torch.log(torch.tensor(0.5)) / torch.log(rho)
 glue("ch1_halflife_fast", f"{float(half_life[0]):.1f}", display=False)
 glue("ch1_halflife_slow", f"{float(half_life[-1]):.0f}", display=False)
 fig, axes = plots.new_figure(1, 1, figsize=(plots.COLUMN_WIDTH, 2.6))
-plots.heatmap(norms, axes[0, 0], "remaining content |v_i(t)| / |v_i(0)| without writes", "segment", "slot", vmin=0, vmax=1)
+plots.heatmap(
+    norms,
+    axes[0, 0],
+    "remaining content |v_i(t)| / |v_i(0)| without writes",
+    "segment",
+    "slot",
+    vmin=0,
+    vmax=1,
+)
 fig
 
 # %% [markdown]
@@ -311,11 +453,27 @@ seq_bank = MultiHeadMemoryBank(cfg)
 reqs = []
 for s in range(S):
     content = torch.randn(1, W, D, generator=g)
-    reqs.append(WriteRequest(content, content, gates[:, s], torch.full((1, W, D), 0.8),
-                             torch.full((1, W), 0.2), torch.zeros(1, D)))
+    reqs.append(
+        WriteRequest(
+            content,
+            content,
+            gates[:, s],
+            torch.full((1, W, D), 0.8),
+            torch.full((1, W), 0.2),
+            torch.zeros(1, D),
+        )
+    )
 # each token's queries look for the content written one or two segments ago
-qs = torch.stack([reqs[max(s - 1 - (s % 2), 0)].key[:, torch.arange(L) % W] for s in range(S)], dim=1)  # (1, S, L, D)
-qs = (qs[:, :, :, None] + 0.3 * torch.randn(1, S, L, H, D, generator=g))  # (1, S, L, H, D)
+qs = torch.stack(
+    [
+        reqs[max(s - 1 - (s % 2), 0)].key[:, torch.arange(L) % W]
+        for s in range(S)
+    ],
+    dim=1,
+)  # (1, S, L, D)
+qs = qs[:, :, :, None] + 0.3 * torch.randn(
+    1, S, L, H, D, generator=g
+)  # (1, S, L, H, D)
 final, trace = book.run_bank(seq_bank, qs, reqs)
 plots.trace_overview(trace, title="a hand-driven bank over 12 segments")
 
@@ -329,12 +487,12 @@ plots.trace_overview(trace, title="a hand-driven bank over 12 segments")
 # The explorer below shows one segment's reads (token $\times$ slot) and the life of one slot
 # (age, usage, retention, write strength). On this page its controls switch among views drawn in
 # advance (every segment); in JupyterLab every control, head and slot included, redraws the figure.
-# The small multiples under it show the same view for several segments side by side.
+# The small multiples under it show the reads of several segments side by side.
 
 # %% tags=["nbval-ignore-output"]
 widgets.explorer(trace)
 
-# %% mystnb={"image": {"alt": "The explorer's view for several segments side by side: each segment's read weights and the state of one slot over time."}}
+# %% mystnb={"image": {"alt": "The read weights of several segments side by side, token by slot, with the write events of each segment marked."}}
 plots.small_multiples(trace)
 
 # %% tags=["remove-cell"]
@@ -346,9 +504,16 @@ torch.testing.assert_close(sparse.sum(-1), torch.ones(1, 4))
 assert r.vectors.shape == (1, 4, cfg.mem_heads, cfg.slot_dim)
 assert bank.allocate(aged, 1)[0].item() == 1
 assert wr.events[0, 1] and after.age[0, 1] == 0
-assert trace.num_segments == S and trace.write_strength.shape == (1, S, cfg.num_slots)
+assert trace.num_segments == S and trace.write_strength.shape == (
+    1,
+    S,
+    cfg.num_slots,
+)
 assert bool(((trace.usage >= 0) & (trace.usage <= 1)).all())
-assert float(norms[-1, -1]) > float(norms[0, -1]) - 1e-6 and float(norms[0, -1]) < 0.01
+assert (
+    float(norms[-1, -1]) > float(norms[0, -1]) - 1e-6
+    and float(norms[0, -1]) < 0.01
+)
 print("chapter 1 checks passed")
 
 # %% [markdown]

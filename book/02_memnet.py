@@ -46,7 +46,9 @@ from memnet.losses import aux_losses, utilization_loss
 from memnet.tasks import KeyValueRecall
 from memnet.train import Trainer, TrainConfig
 
-settings = book.setup("smoke" if profile == "stored" else profile, device, seed, save)
+settings = book.setup(
+    "smoke" if profile == "stored" else profile, device, seed, save
+)
 torch.set_printoptions(precision=3, sci_mode=False)
 
 # %% [markdown]
@@ -56,13 +58,25 @@ torch.set_printoptions(precision=3, sci_mode=False)
 
 # %% tags=["nbval-check-output"]
 task = KeyValueRecall(n_pairs=2, segment_len=8)
-cfg = MemNetConfig(vocab_size=task.vocab_size, d_model=32, num_slots=32, top_k=4, mem_heads=4, segment_len=8)
+cfg = MemNetConfig(
+    vocab_size=task.vocab_size,
+    d_model=32,
+    num_slots=32,
+    top_k=4,
+    mem_heads=4,
+    segment_len=8,
+)
 torch.manual_seed(seed)
 model = MemNet(cfg)
-print(f"vocab={cfg.vocab_size} d_model={cfg.d_model} window L={cfg.segment_len} slots N={cfg.num_slots} "
-      f"heads H={cfg.mem_heads} top_k={cfg.top_k} bottleneck={cfg.bottleneck_dim}")
+print(
+    f"vocab={cfg.vocab_size} d_model={cfg.d_model} window "
+    f"L={cfg.segment_len} slots N={cfg.num_slots} "
+    f"heads H={cfg.mem_heads} top_k={cfg.top_k} bottleneck={cfg.bottleneck_dim}"
+)
 for name, child in model.named_children():
-    print(f"{name:<14}{type(child).__name__:<24}{count_params(child):>7} parameters")
+    print(
+        f"{name:<14}{type(child).__name__:<24}{count_params(child):>7} parameters"
+    )
 print(f"{'total':<38}{count_params(model):>7} parameters")
 glue("ch2_params", f"{count_params(model):,}", display=False)
 
@@ -83,10 +97,15 @@ batch = task.sample(2, 5 * cfg.segment_len, seed=seed)
 windows = batch.tokens[:, : cfg.segment_len]
 x0 = model.encoder(windows)
 changed = windows.clone()
-changed[:, 3] = (changed[:, 3] + 1) % cfg.vocab_size  # change token 3 of the window
+changed[:, 3] = (
+    changed[:, 3] + 1
+) % cfg.vocab_size  # change token 3 of the window
 x1 = model.encoder(changed)
 print("encoder:", tuple(windows.shape), "->", tuple(x0.shape))
-print("positions that see the change:", ((x1 - x0).abs().sum(-1)[0] > 1e-6).nonzero().flatten().tolist())
+print(
+    "positions that see the change:",
+    ((x1 - x0).abs().sum(-1)[0] > 1e-6).nonzero().flatten().tolist(),
+)
 
 # %% [markdown]
 # ## Controller and its memory interface
@@ -156,10 +175,16 @@ book.show_source(aux_losses)
 # %% tags=["nbval-check-output"]
 N = cfg.num_slots
 print(f"uniform use:   {float(utilization_loss(torch.ones(N))):.3f}")
-print(f"half the slots:{float(utilization_loss(torch.cat([torch.ones(N // 2), torch.zeros(N // 2)]))):.3f}"
-      f"  (log 2 = {torch.log(torch.tensor(2.0)):.3f})")
-print(f"one slot:      {float(utilization_loss(torch.nn.functional.one_hot(torch.tensor(0), N).float())):.3f}"
-      f"  (log N = {torch.log(torch.tensor(float(N))):.3f})")
+half = torch.cat([torch.ones(N // 2), torch.zeros(N // 2)])
+one = torch.nn.functional.one_hot(torch.tensor(0), N).float()
+print(
+    f"half the slots:{float(utilization_loss(half)):.3f}"
+    f"  (log 2 = {torch.log(torch.tensor(2.0)):.3f})"
+)
+print(
+    f"one slot:      {float(utilization_loss(one)):.3f}"
+    f"  (log N = {torch.log(torch.tensor(float(N))):.3f})"
+)
 
 # %% [markdown]
 # ## One traced forward pass, untrained
@@ -173,8 +198,20 @@ model.eval()
 with torch.no_grad():
     out = model(batch.tokens, return_trace=True)
 tr0 = out.trace
-print("logits:", tuple(out.logits.shape), " memory keys:", tuple(out.memory.keys.shape))
-print("trace:", {k: tuple(v.shape) for k, v in tr0.as_dict().items() if k in ("read_weight", "write_strength", "age")})
+print(
+    "logits:",
+    tuple(out.logits.shape),
+    " memory keys:",
+    tuple(out.memory.keys.shape),
+)
+print(
+    "trace:",
+    {
+        k: tuple(v.shape)
+        for k, v in tr0.as_dict().items()
+        if k in ("read_weight", "write_strength", "age")
+    },
+)
 print("aux losses:", sorted(out.aux_losses))
 
 # %% mystnb={"image": {"alt": "Overview of an untrained MemNet's memory over the segments of one sequence: reads by slot and token, write events, age and usage of every slot."}}
@@ -188,14 +225,32 @@ plots.trace_overview(tr0, title="untrained MemNet")
 # MemNet, and trace the same sequence again.
 
 # %%
-steps = {"smoke": 15, "laptop": 250, "gpu": 2000}["smoke" if profile == "stored" else profile]
+steps = {"smoke": 15, "laptop": 250, "gpu": 2000}[
+    "smoke" if profile == "stored" else profile
+]
 batch_size, seq_len = 8, 5 * cfg.segment_len
 torch.manual_seed(seed)
 trained = MemNet(cfg)
-trainer = Trainer(trained, TrainConfig(steps=steps, batch_size=batch_size, lr=2e-3, log_every=max(1, steps // 5),
-                                       progress=False), settings.device, name="memnet")
-history = trainer.fit(lambda step: (lambda b: (b.tokens, b.targets))(task.sample(batch_size, seq_len, seed=10_000 + step)))
-print(f"trained {steps} steps: loss {history[0]['loss']:.2f} -> {history[-1]['loss']:.2f}")
+trainer = Trainer(
+    trained,
+    TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=2e-3,
+        log_every=max(1, steps // 5),
+        progress=False,
+    ),
+    settings.device,
+    name="memnet",
+)
+history = trainer.fit(
+    lambda step: (lambda b: (b.tokens, b.targets))(
+        task.sample(batch_size, seq_len, seed=10_000 + step)
+    )
+)
+print(
+    f"trained {steps} steps: loss {history[0]['loss']:.2f} -> {history[-1]['loss']:.2f}"
+)
 glue("ch2_steps", steps, display=False)
 glue("ch2_loss_first", f"{history[0]['loss']:.2f}", display=False)
 glue("ch2_loss_last", f"{history[-1]['loss']:.2f}", display=False)
@@ -203,7 +258,9 @@ glue("ch2_loss_last", f"{history[-1]['loss']:.2f}", display=False)
 # %% mystnb={"image": {"alt": "The same overview of MemNet's memory after training."}}
 trained.eval()
 with torch.no_grad():
-    tr1 = trained(batch.tokens.to(settings.device), return_trace=True).trace.to("cpu")
+    tr1 = trained(
+        batch.tokens.to(settings.device), return_trace=True
+    ).trace.to("cpu")
 plots.trace_overview(tr1, title=f"MemNet after {steps} training steps")
 
 # %% [markdown]
@@ -219,7 +276,7 @@ plots.trace_overview(tr1, title=f"MemNet after {steps} training steps")
 # %% tags=["nbval-ignore-output"]
 widgets.explorer(tr1)
 
-# %% mystnb={"image": {"alt": "The trained model's read weights and one slot's state for several segments side by side."}}
+# %% mystnb={"image": {"alt": "The trained model's read weights, token by slot, for several segments side by side, with the write events marked."}}
 plots.small_multiples(tr1)
 
 # %% [markdown]
@@ -238,20 +295,33 @@ with torch.no_grad():
     ref = trained(batch.tokens, return_trace=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp = trained(batch.tokens, return_trace=True)
-print("logits dtype   fp32:", ref.logits.dtype, "  autocast:", amp.logits.dtype)
-print("memory dtype   fp32:", ref.memory.keys.dtype, "  autocast:", amp.memory.keys.dtype)
+print(
+    "logits dtype   fp32:", ref.logits.dtype, "  autocast:", amp.logits.dtype
+)
+print(
+    "memory dtype   fp32:",
+    ref.memory.keys.dtype,
+    "  autocast:",
+    amp.memory.keys.dtype,
+)
 
 # %% tags=["hide-input"]
 logit_err = float((amp.logits.float() - ref.logits).abs().max())
 same_order = float((amp.trace.write_pos == ref.trace.write_pos).float().mean())
 agree = float((amp.logits.argmax(-1) == ref.logits.argmax(-1)).float().mean())
-same_slots = float((amp.trace.read_index == ref.trace.read_index).float().mean())
+same_slots = float(
+    (amp.trace.read_index == ref.trace.read_index).float().mean()
+)
 glue("ch2_amp_logit_err", f"{logit_err:.3f}", display=False)
 glue("ch2_amp_order", f"{100 * same_order:.1f}", display=False)
 glue("ch2_amp_agree", f"{100 * agree:.1f}", display=False)
 glue("ch2_amp_slots", f"{100 * same_slots:.1f}", display=False)
-print(f"max |logit difference| {logit_err:.3f}; argmax agrees on {100 * agree:.1f}% of tokens; "
-      f"reads pick the same slots {100 * same_slots:.1f}% of the time; writes keep their order {100 * same_order:.1f}%")
+print(
+    f"max |logit difference| {logit_err:.3f}; argmax "
+    f"agrees on {100 * agree:.1f}% of tokens; "
+    f"reads pick the same slots {100 * same_slots:.1f}% of the "
+    f"time; writes keep their order {100 * same_order:.1f}%"
+)
 
 # %% [markdown]
 # Under bf16 autocast the logits differ from fp32 by at most {glue:text}`ch2_amp_logit_err`, the
@@ -267,11 +337,20 @@ print(f"max |logit difference| {logit_err:.3f}; argmax agrees on {100 * agree:.1
 B, T = batch.tokens.shape
 S = -(-T // cfg.segment_len)
 assert out.logits.shape == (B, T, cfg.vocab_size)
-assert tr0.read_weight.shape == (B, S, cfg.segment_len, cfg.mem_heads, cfg.top_k)
+assert tr0.read_weight.shape == (
+    B,
+    S,
+    cfg.segment_len,
+    cfg.mem_heads,
+    cfg.top_k,
+)
 assert tr1.write_strength.shape == (B, S, cfg.num_slots)
 assert all(torch.isfinite(v) for v in out.aux_losses.values())
 assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
-assert amp.memory.keys.dtype == torch.float32 and amp.logits.dtype == torch.bfloat16
+assert (
+    amp.memory.keys.dtype == torch.float32
+    and amp.logits.dtype == torch.bfloat16
+)
 assert agree > 0.8, agree
 print("chapter 2 checks passed")
 

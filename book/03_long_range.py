@@ -49,7 +49,9 @@ settings = book.setup(profile, device, seed, save)
 # id alone: store every value. That makes the task too easy to say much about a memory.
 
 # %% tags=["nbval-check-output"]
-demo = KeyValueRecall(n_keys=4, n_values=4, n_distractors=4, n_pairs=2, segment_len=6)
+demo = KeyValueRecall(
+    n_keys=4, n_values=4, n_distractors=4, n_pairs=2, segment_len=6
+)
 b = demo.sample_at_distance(batch=1, distance=8, seed=seed)
 print("vocabulary: keys 0-3, values 4-7, distractors 8-11")
 print("tokens  :", b.tokens[0].tolist())
@@ -80,12 +82,20 @@ task = long_range.make_task(small, n_pairs=4, delay_windows=2)
 ex = task.sample(1, seed=3, split="test")
 tok, tgt = ex.tokens[0].tolist(), ex.targets[0].tolist()
 W = small.segment_len
-print(f"vocabulary of {task.vocab_size}: keys 1-{task.value_lo - 1}, values {task.value_lo}-{task.vocab_size - 1}; "
-      f"pairs in positions 0-{task.context_len - 1}, queries from {task.query_start}")
+print(
+    f"vocabulary of {task.vocab_size}: keys 1-{task.value_lo - 1}, "
+    f"values {task.value_lo}-{task.vocab_size - 1}; "
+    f"pairs in positions 0-{task.context_len - 1}, queries from {task.query_start}"
+)
 for s in range(0, len(tok), W):
-    cells = [f"{t:>2}" + ("?" if tgt[s + i] >= 0 else " ") for i, t in enumerate(tok[s:s + W])]
+    cells = [
+        f"{t:>2}" + ("?" if tgt[s + i] >= 0 else " ")
+        for i, t in enumerate(tok[s : s + W])
+    ]
     print(f"window {s // W:>2}: " + " ".join(cells))
-print("answers (position: value):", {t: v for t, v in enumerate(tgt) if v >= 0})
+print(
+    "answers (position: value):", {t: v for t, v in enumerate(tgt) if v >= 0}
+)
 
 # %% [markdown]
 # A `?` marks a query. The first block of the sequence holds the pairs; in the query region each
@@ -152,8 +162,14 @@ p = res["profile_settings"]
 glue("ch3_run", run.describe(), display=False)
 print(run.describe())
 if res.get("missing"):
-    book.note("This stored run is not complete yet: " + "; ".join(res["missing"]) + ". The tables and figures "
-              "below show the models and seeds it has.", kind="warning", title="Partial run")
+    book.note(
+        "This stored run is not complete yet: "
+        + "; ".join(res["missing"])
+        + ". The tables and figures "
+        "below show the models and seeds it has.",
+        kind="warning",
+        title="Partial run",
+    )
 book.show_report(long_range.summary_table(res))
 
 # %% [markdown]
@@ -165,18 +181,31 @@ book.show_report(long_range.summary_table(res))
 L, half = p["segment_len"], p["eval_pairs"]
 curves = long_range.distance_curves(res)
 names = long_range.models_of(res)
-at = lambda m, d: curves[m]["mean"][curves[m]["x"].index(d)] if d in curves[m]["x"] else float("nan")
+at = lambda m, d: (
+    curves[m]["mean"][curves[m]["x"].index(d)]
+    if d in curves[m]["x"]
+    else float("nan")
+)
 for m in long_range.MODEL_NAMES:  # "n/a" for a model the run does not have
     for d in p["distances"]:
-        glue(f"ch3_{m}_{d}x", f"{100 * at(m, d):.1f}" if m in curves else "n/a", display=False)
+        glue(
+            f"ch3_{m}_{d}x",
+            f"{100 * at(m, d):.1f}" if m in curves else "n/a",
+            display=False,
+        )
 glue("ch3_pairs", half, display=False)
 glue("ch3_slots", p["num_slots"], display=False)
 glue("ch3_window", L, display=False)
 glue("ch3_train_windows", p["train_windows"], display=False)
 glue("ch3_chance", f"{100 * res['chance']:.2f}", display=False)
-fig = plots.accuracy_curves(curves, xlabel=f"delay between the pairs and the queries (windows of {L} tokens)",
-                            title=f"recall beyond the window, P = {half} pairs, {p['num_slots']} slots",
-                            chance=res["chance"], mark_x=p["train_windows"], mark_label="longest in training")
+fig = plots.accuracy_curves(
+    curves,
+    xlabel=f"delay between the pairs and the queries (windows of {L} tokens)",
+    title=f"recall beyond the window, P = {half} pairs, {p['num_slots']} slots",
+    chance=res["chance"],
+    mark_x=p["train_windows"],
+    mark_label="longest in training",
+)
 fig
 
 # %% [markdown]
@@ -216,16 +245,26 @@ fig
 book.show_source(long_range.make_config)
 
 # %% tags=["hide-input"]
-mem_runs = sorted((r for r in res["runs"] if r["model"] == "memnet"), key=lambda r: r["seed"])
-events = [r["memory"][str(half)]["slot_reuse"]["events_per_segment"] for r in mem_runs]
+mem_runs = sorted(
+    (r for r in res["runs"] if r["model"] == "memnet"), key=lambda r: r["seed"]
+)
+events = [
+    r["memory"][str(half)]["slot_reuse"]["events_per_segment"]
+    for r in mem_runs
+]
 for r, e in zip(mem_runs, events):
-    print(f"seed {r['seed']}: {e:.2f} write events per window, "
-          f"{100 * r['distance'].get('16', {}).get('beyond', float('nan')):.1f}% at 16 windows, "
-          f"{100 * r['distance'].get('64', {}).get('beyond', float('nan')):.1f}% at 64, "
-          f"{100 * r['distance'].get('256', {}).get('beyond', float('nan')):.1f}% at 256")
+    print(
+        f"seed {r['seed']}: {e:.2f} write events per window, "
+        f"{100 * r['distance'].get('16', {}).get('beyond', float('nan')):.1f}% "
+        "at 16 windows, "
+        f"{100 * r['distance'].get('64', {}).get('beyond', float('nan')):.1f}% at 64, "
+        f"{100 * r['distance'].get('256', {}).get('beyond', float('nan')):.1f}% at 256"
+    )
 glue("ch3_events_lo", f"{min(events):.1f}", display=False)
 glue("ch3_events_hi", f"{max(events):.1f}", display=False)
-reuse = [100 * r["memory"][str(half)]["slot_reuse"]["reuse_rate"] for r in mem_runs]
+reuse = [
+    100 * r["memory"][str(half)]["slot_reuse"]["reuse_rate"] for r in mem_runs
+]
 glue("ch3_reuse_lo", f"{min(reuse):.0f}", display=False)
 glue("ch3_reuse_hi", f"{max(reuse):.0f}", display=False)
 glue("ch3_free", p["num_slots"] - half, display=False)
@@ -251,31 +290,73 @@ verdicts = long_range.summarize(res)
 for v in verdicts:
     print(v.line())
 win = long_range.in_window(res, "windowed") if "windowed" in names else []
-glue("ch3_windowed_in", f"{100 * np.mean(win):.1f}" if win else "n/a", display=False)
-full_in = [r["test_train_distribution"] for r in res["runs"] if r["model"] == "full"]
-glue("ch3_full_in", f"{100 * np.mean(full_in):.1f}" if full_in else "n/a", display=False)
+glue(
+    "ch3_windowed_in",
+    f"{100 * np.mean(win):.1f}" if win else "n/a",
+    display=False,
+)
+full_in = [
+    r["test_train_distribution"] for r in res["runs"] if r["model"] == "full"
+]
+glue(
+    "ch3_full_in",
+    f"{100 * np.mean(full_in):.1f}" if full_in else "n/a",
+    display=False,
+)
 mem_in = long_range.in_window(res, "memnet")
-glue("ch3_memnet_in", " / ".join(f"{100 * v:.0f}" for v in mem_in), display=False)
+glue(
+    "ch3_memnet_in",
+    " / ".join(f"{100 * v:.0f}" for v in mem_in),
+    display=False,
+)
 lstm_in = long_range.in_window(res, "lstm") if "lstm" in names else []
-glue("ch3_lstm_in", f"{100 * np.mean(lstm_in):.1f}" if lstm_in else "n/a", display=False)
-peers_in = [f"{long_range.LABELS[n]} {100 * np.mean(long_range.in_window(res, n)):.1f}%"
-            for n in long_range.PEER_NAMES if n in names]
+glue(
+    "ch3_lstm_in",
+    f"{100 * np.mean(lstm_in):.1f}" if lstm_in else "n/a",
+    display=False,
+)
+peers_in = [
+    f"{long_range.LABELS[n]} {100 * np.mean(long_range.in_window(res, n)):.1f}%"
+    for n in long_range.PEER_NAMES
+    if n in names
+]
 glue("ch3_peers_in", ", ".join(peers_in) or "none in this run", display=False)
-glue("ch3_peers_absent", ", ".join(long_range.LABELS[n] for n in long_range.PEER_NAMES if n not in names) or "none",
-     display=False)
+glue(
+    "ch3_peers_absent",
+    ", ".join(
+        long_range.LABELS[n] for n in long_range.PEER_NAMES if n not in names
+    )
+    or "none",
+    display=False,
+)
 book.show_report(long_range.plateau_table(res))
 glue("ch3_steps", f"{p['steps']:,}", display=False)
 longer = long_range.longer_budgets(res)
-glue("ch3_longer", ", ".join(f"{long_range.LABELS[n]} ({k:,} steps)" for n, k in longer.items()) or "none",
-     display=False)
+glue(
+    "ch3_longer",
+    ", ".join(
+        f"{long_range.LABELS[n]} ({k:,} steps)" for n, k in longer.items()
+    )
+    or "none",
+    display=False,
+)
 stuck = long_range.on_plateau(res)
-glue("ch3_stuck", ", ".join(long_range.LABELS[n] for n in stuck) or "none", display=False)
+glue(
+    "ch3_stuck",
+    ", ".join(long_range.LABELS[n] for n in stuck) or "none",
+    display=False,
+)
 glue("ch3_guess_loss", f"{long_range.guess_loss(res):.2f}", display=False)
 shorter = [long_range.LABELS[n] for n in stuck if n not in longer]
 if longer and shorter:
-    book.note(f"{' and '.join(shorter)} stayed on the plateau through the shared budget as well, but this stored "
-              f"run has {'them' if len(shorter) > 1 else 'it'} at the shared budget only, not at the longer one.",
-              kind="warning", title="Budget")
+    book.note(
+        f"{' and '.join(shorter)} stayed on the plateau "
+        "through the shared budget as well, but this stored "
+        f"run has {'them' if len(shorter) > 1 else 'it'} at "
+        "the shared budget only, not at the longer one.",
+        kind="warning",
+        title="Budget",
+    )
 
 # %% [markdown]
 # The windowed Transformer answers {glue:text}`ch3_windowed_in`% of in-window queries and the
@@ -298,22 +379,56 @@ if longer and shorter:
 
 # %% tags=["hide-input"] mystnb={"image": {"alt": "Training loss of every model at its chosen learning rate, as a fraction of the loss of guessing a value, against training steps."}}
 fig, axes = plots.new_figure(figsize=(plots.COLUMN_WIDTH, 3.6))
-plots.training_curves(long_range.loss_curves(res), ax=axes[0, 0], plateau=long_range.PLATEAU_EXIT,
-                      budget=p["steps"], title="training loss at the chosen learning rate (mean over seeds)")
+plots.training_curves(
+    long_range.loss_curves(res),
+    ax=axes[0, 0],
+    plateau=long_range.PLATEAU_EXIT,
+    budget=p["steps"],
+    title="training loss at the chosen learning rate (mean over seeds)",
+)
 void = long_range.untrained(res)
-learners = [n for n in names if n not in ("memnet", "full", "windowed") and n not in void]
-glue("ch3_learners", ", ".join(long_range.LABELS[n] for n in learners) or "none", display=False)
-glue("ch3_untrained", ", ".join(long_range.LABELS[n] for n in void) or "none", display=False)
-glue("ch3_untrained_in", ", ".join(f"{long_range.LABELS[n]} {100 * np.mean(long_range.in_window(res, n)):.1f}%"
-                                   for n in void) or "n/a", display=False)
+learners = [
+    n
+    for n in names
+    if n not in ("memnet", "full", "windowed") and n not in void
+]
+glue(
+    "ch3_learners",
+    ", ".join(long_range.LABELS[n] for n in learners) or "none",
+    display=False,
+)
+glue(
+    "ch3_untrained",
+    ", ".join(long_range.LABELS[n] for n in void) or "none",
+    display=False,
+)
+glue(
+    "ch3_untrained_in",
+    ", ".join(
+        f"{long_range.LABELS[n]} {100 * np.mean(long_range.in_window(res, n)):.1f}%"
+        for n in void
+    )
+    or "n/a",
+    display=False,
+)
 tps = res.get("throughput_tokens_per_s", {})
-glue("ch3_memnet_tps", f"{tps['memnet']:,.0f}" if "memnet" in tps else "n/a", display=False)
-glue("ch3_dnc_tps", f"{tps['dnc']:,.0f}" if "dnc" in tps else "n/a", display=False)
+glue(
+    "ch3_memnet_tps",
+    f"{tps['memnet']:,.0f}" if "memnet" in tps else "n/a",
+    display=False,
+)
+glue(
+    "ch3_dnc_tps",
+    f"{tps['dnc']:,.0f}" if "dnc" in tps else "n/a",
+    display=False,
+)
 dnc_runs = [r for r in res["runs"] if r["model"] == "dnc"]
 tried = len(res["chosen"].get("dnc", {}).get("validation", {}))
-# the longer budget for the DNC: twice the steps for every rate of its sweep and the other seeds, at its runs' speed
-glue("ch3_dnc_hours", f"{2 * np.mean([r['train_s'] for r in dnc_runs]) * (tried + len(dnc_runs) - 1) / 3600:.0f}"
-     if dnc_runs else "n/a", display=False)
+# the longer budget for the DNC: twice the steps for every rate of its sweep
+# and the other seeds, at its runs' speed
+dnc_s = np.mean([r["train_s"] for r in dnc_runs]) if dnc_runs else 0.0
+dnc_hours = 2 * dnc_s * (tried + len(dnc_runs) - 1) / 3600
+glue("ch3_dnc_hours", f"{dnc_hours:.0f}" if dnc_runs else "n/a", display=False)
 fig
 
 # %% [markdown]
@@ -340,16 +455,36 @@ fig
 
 # %% mystnb={"image": {"alt": "Accuracy against pairs per slot, from one sixteenth to two, for queries right after the pairs and long after them, one panel per delay."}}
 delays = p["capacity_delays"]
-fig, axes = plots.new_figure(1, len(delays), figsize=(plots.COLUMN_WIDTH, 3.4), sharey=True)
+fig, axes = plots.new_figure(
+    1, len(delays), figsize=(plots.COLUMN_WIDTH, 3.4), sharey=True
+)
 for i, (ax, d) in enumerate(zip(axes[0], delays)):
-    plots.accuracy_curves(long_range.capacity_curves(res, d), ax=ax, xlabel="pairs per slot (P / slots)",
-                          title=f"queries {d} windows after the pairs", chance=res["chance"], mark_x=1.0,
-                          mark_label="P = slots", legend="below" if i == 0 else None)
-cap = long_range.capacity_curves(res, delays[0])["memnet"] if "memnet" in names else None
+    plots.accuracy_curves(
+        long_range.capacity_curves(res, d),
+        ax=ax,
+        xlabel="pairs per slot (P / slots)",
+        title=f"queries {d} windows after the pairs",
+        chance=res["chance"],
+        mark_x=1.0,
+        mark_label="P = slots",
+        legend="below" if i == 0 else None,
+    )
+cap = (
+    long_range.capacity_curves(res, delays[0])["memnet"]
+    if "memnet" in names
+    else None
+)
 for P in p["capacity_pairs"]:
     x = P / p["num_slots"]
-    glue(f"ch3_cap_{P}", f"{100 * cap['mean'][cap['x'].index(x)]:.1f}" if cap and x in cap["x"] else "n/a",
-         display=False)
+    glue(
+        f"ch3_cap_{P}",
+        (
+            f"{100 * cap['mean'][cap['x'].index(x)]:.1f}"
+            if cap and x in cap["x"]
+            else "n/a"
+        ),
+        display=False,
+    )
 glue("ch3_cap_delay", delays[0], display=False)
 fig
 
@@ -371,24 +506,45 @@ fig
 # slot's retention gates since), and which slot its query read most (stars).
 
 # %% tags=["hide-input"] mystnb={"image": {"alt": "Four test sequences: which pair each slot holds over the segments, with the reads of the queries marked."}}
-seed_shown = seed if seed in run.traces else min(run.traces) if run.traces else None
+seed_shown = (
+    seed if seed in run.traces else min(run.traces) if run.traces else None
+)
 if seed_shown is not None:
     stored = run.traces[seed_shown]
     trace = stored["trace"]
     rows = stored["tokens"].shape[0]
-    occ = [survival.item_occupancy(trace, stored["tokens"], stored["targets"], stored["distance"], batch=i)
-           for i in range(rows)]
+    occ = [
+        survival.item_occupancy(
+            trace,
+            stored["tokens"],
+            stored["targets"],
+            stored["distance"],
+            batch=i,
+        )
+        for i in range(rows)
+    ]
     hits = [h for o in occ for h in o["hits"]]
     glue("ch3_hits", f"{100 * np.mean(hits):.0f}", display=False)
     glue("ch3_trace_pairs", int(stored["n_pairs"]), display=False)
-    fig, axes = plots.new_figure(2, 2, figsize=(plots.COLUMN_WIDTH, 6.0), sharey=True)
+    fig, axes = plots.new_figure(
+        2, 2, figsize=(plots.COLUMN_WIDTH, 6.0), sharey=True
+    )
     for i, ax in enumerate(axes.flat[:rows]):
-        plots.item_occupancy_heatmap(occ[i], L, ax=ax, title=f"sequence {i}",
-                                     colorbar=list(axes.flat) if i == rows - 1 else False)
+        plots.item_occupancy_heatmap(
+            occ[i],
+            L,
+            ax=ax,
+            title=f"sequence {i}",
+            colorbar=list(axes.flat) if i == rows - 1 else False,
+        )
         if i % 2:
             ax.set_ylabel("")
-    fig.suptitle(f"pairs in slots: P = {int(stored['n_pairs'])} with {p['num_slots']} slots, queries "
-                 f"{int(stored['delay_windows'])} windows later (seed {seed_shown})", fontsize=10)
+    fig.suptitle(
+        f"pairs in slots: P = {int(stored['n_pairs'])} "
+        f"with {p['num_slots']} slots, queries "
+        f"{int(stored['delay_windows'])} windows later (seed {seed_shown})",
+        fontsize=10,
+    )
 else:
     fig = None
     glue("ch3_hits", "n/a", display=False)
@@ -423,22 +579,46 @@ if seed_shown is not None:
     assert trace.write_strength.shape[-1] == p["num_slots"]
     assert len(hits) > 0
 if run.profile in ("full", "gpu") and not res.get("missing"):
-    failed = [v.claim for v in verdicts if not v.passed and "every other model" not in v.claim]
+    failed = [
+        v.claim
+        for v in verdicts
+        if not v.passed and "every other model" not in v.claim
+    ]
     print("claims that miss:", failed or "none")
-if run.profile == "full":  # what the prose says of the recurrent models and the peers
-    assert set(void) <= {"dnc"}, void  # the prose names the DNC as the one the protocol did not train
+if (
+    run.profile == "full"
+):  # what the prose says of the recurrent models and the peers
+    assert set(void) <= {
+        "dnc"
+    }, void  # the prose names the DNC as the one the protocol did not train
     for n in ("lstm", "rmt", "titans", "dnc"):
         if n in names:
             exits = long_range.plateau_exit(res, n)
-            assert all(e is None or e > 0.6 * long_range.budget(res, n) for e in exits), (n, exits)
-            assert (np.mean(long_range.in_window(res, n)) >= 10 * res["chance"]) == (n not in void), n
+            assert all(
+                e is None or e > 0.6 * long_range.budget(res, n) for e in exits
+            ), (n, exits)
+            assert (
+                np.mean(long_range.in_window(res, n)) >= 10 * res["chance"]
+            ) == (n not in void), n
             assert at(n, 16) < 0.05 and at(n, 16) < at("memnet", 16), n
-    assert set(long_range.longer_budgets(res)) <= {"lstm", "titans", "rmt", "dnc"}
-    assert all(e is not None and e <= p["steps"] for n in ("memnet", "full", "windowed")
-               for e in long_range.plateau_exit(res, n))
-if run.profile in ("full", "gpu"):  # what the prose says of the positive control against MemNet
-    assert at("full", 0) >= at("memnet", 0) and at("memnet", 64) > at("full", 64), \
-        (at("full", 0), at("memnet", 0), at("memnet", 64), at("full", 64))
+    assert set(long_range.longer_budgets(res)) <= {
+        "lstm",
+        "titans",
+        "rmt",
+        "dnc",
+    }
+    assert all(
+        e is not None and e <= p["steps"]
+        for n in ("memnet", "full", "windowed")
+        for e in long_range.plateau_exit(res, n)
+    )
+if run.profile in (
+    "full",
+    "gpu",
+):  # what the prose says of the positive control against MemNet
+    assert at("full", 0) >= at("memnet", 0) and at("memnet", 64) > at(
+        "full", 64
+    ), (at("full", 0), at("memnet", 0), at("memnet", 64), at("full", 64))
 print(f"chapter 3 checks passed ({run.profile} run)")
 
 # %% [markdown]

@@ -159,8 +159,12 @@ entry = res["streams"][S]
 chosen_runs = [r for r in entry["runs"] if r.get("selected", True)]
 nbytes = {r["model"]: r.get("memory_bytes") for r in chosen_runs}
 T = entry["stream"]["n_tasks"]
-pct = lambda m, k, s=summ: f"{100 * s[m][k][0]:.1f}" if m in s and k in s[m] else "n/a"
-ci = lambda m, k, s=summ: f"{100 * s[m][k][1]:.1f}" if m in s and k in s[m] else "n/a"
+pct = lambda m, k, s=summ: (
+    f"{100 * s[m][k][0]:.1f}" if m in s and k in s[m] else "n/a"
+)
+ci = lambda m, k, s=summ: (
+    f"{100 * s[m][k][1]:.1f}" if m in s and k in s[m] else "n/a"
+)
 for m in summ:
     for k in ("acc", "bwt", "forgetting"):
         if k in summ[m]:
@@ -171,12 +175,21 @@ for m, b in nbytes.items():
         glue(f"ch4_{m}_bytes", f"{b:,}", display=False)
 glue("ch4_seeds", int(summ["memnet_replay"]["n_seeds"]), display=False)
 glue("ch4_chance", f"{100 * entry['chance']:.0f}", display=False)
-diag = {m: float(np.mean(plots.continual_matrices(res, S, m)[:, np.arange(T), np.arange(T)]))
-        for m in ("memnet", "memnet_frozen", "memnet_replay", "windowed", "lstm") if m in summ}
+diag = {
+    m: float(
+        np.mean(
+            plots.continual_matrices(res, S, m)[:, np.arange(T), np.arange(T)]
+        )
+    )
+    for m in ("memnet", "memnet_frozen", "memnet_replay", "windowed", "lstm")
+    if m in summ
+}
 for m, v in diag.items():
     glue(f"ch4_{m}_diag", f"{100 * v:.1f}", display=False)
 # the headline: MemNet with replay against the best ER model (its buffer: as many items as MemNet's bytes pay for)
-er_best = max((m for m in summ if m.startswith("er_")), key=lambda m: summ[m]["acc"][0])
+er_best = max(
+    (m for m in summ if m.startswith("er_")), key=lambda m: summ[m]["acc"][0]
+)
 lead = 100 * (summ["memnet_replay"]["acc"][0] - summ[er_best]["acc"][0])
 er_all = next(r for r in chosen_runs if r["model"] == er_best)
 every = sum(n[0] for n in entry["stream"]["train_val_test_per_task"])
@@ -185,20 +198,51 @@ glue("ch4_er_best_acc", pct(er_best, "acc"), display=False)
 glue("ch4_er_best_bwt", pct(er_best, "bwt"), display=False)
 glue("ch4_er_best_bytes", f"{er_all['memory_bytes']:,}", display=False)
 glue("ch4_er_items", f"{er_all['buffer_items']:,}", display=False)
-glue("ch4_er_holds", "every training item of the stream" if er_all["buffer_items"] == every
-     else f"{er_all['buffer_items']:,} of the {every:,} training items", display=False)
+glue(
+    "ch4_er_holds",
+    (
+        "every training item of the stream"
+        if er_all["buffer_items"] == every
+        else f"{er_all['buffer_items']:,} of the {every:,} training items"
+    ),
+    display=False,
+)
 glue("ch4_lead", f"{abs(lead):.1f}", display=False)
 glue("ch4_lead_word", "ahead of" if lead > 0 else "behind", display=False)
 bwt_mr = 100 * summ["memnet_replay"]["bwt"][0]
-bwt_lo, bwt_hi = bwt_mr - 100 * summ["memnet_replay"]["bwt"][1], bwt_mr + 100 * summ["memnet_replay"]["bwt"][1]
-glue("ch4_bwt_interval_side", "inside" if bwt_lo <= experiment.REPLAY_BWT_POINTS <= bwt_hi else "outside", display=False)
-glue("ch4_bwt_side", "above" if bwt_mr >= experiment.REPLAY_BWT_POINTS else "below", display=False)
+bwt_lo, bwt_hi = (
+    bwt_mr - 100 * summ["memnet_replay"]["bwt"][1],
+    bwt_mr + 100 * summ["memnet_replay"]["bwt"][1],
+)
+glue(
+    "ch4_bwt_interval_side",
+    (
+        "inside"
+        if bwt_lo <= experiment.REPLAY_BWT_POINTS <= bwt_hi
+        else "outside"
+    ),
+    display=False,
+)
+glue(
+    "ch4_bwt_side",
+    "above" if bwt_mr >= experiment.REPLAY_BWT_POINTS else "below",
+    display=False,
+)
 knn_gap = 100 * (summ["knn"]["acc"][0] - summ["memnet_replay"]["acc"][0])
 glue("ch4_knn_gap", f"{abs(knn_gap):.1f}", display=False)
 glue("ch4_knn_word", "above" if knn_gap > 0 else "below", display=False)
 sel = entry["selection"]
-fmt_cfg = lambda c: ", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
-                              for k, v in c.items()) or "-"
+fmt_cfg = (
+    lambda c: ", ".join(
+        (
+            f"{k.replace('_', ' ')} {v:g}"
+            if isinstance(v, float)
+            else f"{k.replace('_', ' ')} {v}"
+        )
+        for k, v in c.items()
+    )
+    or "-"
+)
 glue("ch4_mr_config", fmt_cfg(sel["memnet_replay"]["chosen"]), display=False)
 glue("ch4_knn_k", sel["knn"]["chosen"].get("knn_k", "-"), display=False)
 
@@ -210,19 +254,46 @@ glue("ch4_knn_k", sel["knn"]["chosen"].get("knn_k", "-"), display=False)
 
 # %%
 STORES = {
-    "memnet_replay": ("slot bank + raw buffer, 10 items per class", "every weight, every task"),
-    "er_windowed": ("raw buffer (replayed in every batch)", "every weight, every task"),
-    "er_lstm": ("raw buffer (replayed in every batch)", "every weight, every task"),
+    "memnet_replay": (
+        "slot bank + raw buffer, 10 items per class",
+        "every weight, every task",
+    ),
+    "er_windowed": (
+        "raw buffer (replayed in every batch)",
+        "every weight, every task",
+    ),
+    "er_lstm": (
+        "raw buffer (replayed in every batch)",
+        "every weight, every task",
+    ),
     "knn": ("raw buffer, 10 items per class", "nothing"),
     "ncm": ("raw buffer, 10 items per class", "nothing"),
     "windowed": ("nothing but weights", "every weight, every task"),
     "lstm": ("nothing but weights", "every weight, every task"),
-    "memnet": ("slot bank, 10 items per class, carried and realigned", "every weight, every task"),
-    "memnet_fixed": ("slot bank, every training item", "read and write maps, task 1 only"),
+    "memnet": (
+        "slot bank, 10 items per class, carried and realigned",
+        "every weight, every task",
+    ),
+    "memnet_fixed": (
+        "slot bank, every training item",
+        "read and write maps, task 1 only",
+    ),
 }
-book.table(["model", "stores", "bytes stored", "learned", "configuration chosen"],
-           [[plots.CONTINUAL_LABELS[m], what, f"{nbytes[m]:,}", learned, fmt_cfg(sel[m]["chosen"])]
-            for m, (what, learned) in STORES.items() if m in summ], right=(2,))
+book.table(
+    ["model", "stores", "bytes stored", "learned", "configuration chosen"],
+    [
+        [
+            plots.CONTINUAL_LABELS[m],
+            what,
+            f"{nbytes[m]:,}",
+            learned,
+            fmt_cfg(sel[m]["chosen"]),
+        ]
+        for m, (what, learned) in STORES.items()
+        if m in summ
+    ],
+    right=(2,),
+)
 
 # %% [markdown]
 # ## Replay at the same bytes
@@ -248,10 +319,27 @@ book.table(["model", "stores", "bytes stored", "learned", "configuration chosen"
 # time with ten old items per class for company, do not separate them better.
 
 # %% mystnb={"image": {"alt": "Accuracy on each task of Split-Digits as later tasks are learned, one panel per method, with joint training of the same architecture as the bound."}}
-seq = [m for m in ("memnet_replay", "er_lstm", "er_windowed", "memnet", "lstm", "windowed") if m in summ]
-joints = {"memnet_replay": "memnet_joint", "memnet": "memnet_joint", "er_windowed": "windowed_joint",
-          "windowed": "windowed_joint", "er_lstm": "lstm_joint", "lstm": "lstm_joint",
-          "memnet_fixed": "memnet_fixed_joint"}
+seq = [
+    m
+    for m in (
+        "memnet_replay",
+        "er_lstm",
+        "er_windowed",
+        "memnet",
+        "lstm",
+        "windowed",
+    )
+    if m in summ
+]
+joints = {
+    "memnet_replay": "memnet_joint",
+    "memnet": "memnet_joint",
+    "er_windowed": "windowed_joint",
+    "windowed": "windowed_joint",
+    "er_lstm": "lstm_joint",
+    "lstm": "lstm_joint",
+    "memnet_fixed": "memnet_fixed_joint",
+}
 plots.forgetting_curves(res, S, seq, joint=joints, ncols=3)
 
 # %% [markdown]
@@ -267,11 +355,14 @@ plots.forgetting_curves(res, S, seq, joint=joints, ncols=3)
 
 # %% mystnb={"image": {"alt": "Accuracy matrices, task trained by task tested, of each method, averaged over seeds."}}
 fig, axes = plots.new_figure(2, 3, figsize=(plots.COLUMN_WIDTH, 5.0))
-for ax in axes.flat[len(seq):]:
+for ax in axes.flat[len(seq) :]:
     ax.set_visible(False)
 for ax, m in zip(axes.flat, seq):
-    plots.accuracy_matrix_heatmap(plots.continual_matrices(res, S, m).mean(0), ax=ax,
-                                  title=plots.CONTINUAL_LABELS[m])
+    plots.accuracy_matrix_heatmap(
+        plots.continual_matrices(res, S, m).mean(0),
+        ax=ax,
+        title=plots.CONTINUAL_LABELS[m],
+    )
 fig
 
 # %% [markdown]
@@ -292,21 +383,45 @@ drift_models = [m for m in ("memnet", "memnet_replay") if m in summ]
 ax = plots.key_drift_curve(res, S, drift_models)
 ax.figure
 
+
 # %% tags=["remove-cell"]
 def task_drift(model: str) -> np.ndarray:
     """(seeds, T - 1) the stored per-task key cosines of a model's chosen runs."""
-    return np.array([r["task_drift"][1:] for r in chosen_runs if r["model"] == model], dtype=float)
+    return np.array(
+        [r["task_drift"][1:] for r in chosen_runs if r["model"] == model],
+        dtype=float,
+    )
 
 
 drift_mn, drift_mr = task_drift("memnet"), task_drift("memnet_replay")
-glue("ch4_drift_memnet", f"{drift_mn.min():.2f} to {drift_mn.max():.2f}", display=False)
-glue("ch4_drift_replay", f"{drift_mr.min():.2f} to {drift_mr.max():.2f}", display=False)
-glue("ch4_anchor", f"{sel['memnet_replay']['chosen'].get('key_anchor', 0):g}", display=False)
+glue(
+    "ch4_drift_memnet",
+    f"{drift_mn.min():.2f} to {drift_mn.max():.2f}",
+    display=False,
+)
+glue(
+    "ch4_drift_replay",
+    f"{drift_mr.min():.2f} to {drift_mr.max():.2f}",
+    display=False,
+)
+glue(
+    "ch4_anchor",
+    f"{sel['memnet_replay']['chosen'].get('key_anchor', 0):g}",
+    display=False,
+)
 anchor_on = sel["memnet_replay"]["chosen"].get("key_anchor", 0) > 0
 further = drift_mr.mean() < drift_mn.mean()
-glue("ch4_anchor_words", "the key anchor that validation chose holds the buffer's keys in place" if anchor_on else
-     "validation chose no key anchor, and the buffer's keys move " + ("further than" if further else "about as far as")
-     + " the first edition's: re-keying makes that harmless", display=False)
+glue(
+    "ch4_anchor_words",
+    (
+        "the key anchor that validation chose holds the buffer's keys in place"
+        if anchor_on
+        else "validation chose no key anchor, and the buffer's keys move "
+        + ("further than" if further else "about as far as")
+        + " the first edition's: re-keying makes that harmless"
+    ),
+    display=False,
+)
 glue("ch4_rewrite_acc_cmp", pct("memnet_rewrite", "acc"), display=False)
 
 # %% [markdown]
@@ -328,39 +443,96 @@ glue("ch4_rewrite_acc_cmp", pct("memnet_rewrite", "acc"), display=False)
 
 # %% mystnb={"image": {"alt": "Average accuracy against the bytes each method stores, at 10, 30 and every training item per class, for MemNet with replay, experience replay and the nearest-neighbour vote."}}
 points = experiment.budget_points(entry)
-ax = plots.memory_budget_curve(points, [m for m in experiment.BUDGET_MODELS if any(p["model"] == m for p in points)])
+ax = plots.memory_budget_curve(
+    points,
+    [
+        m
+        for m in experiment.BUDGET_MODELS
+        if any(p["model"] == m for p in points)
+    ],
+)
 ax.figure
+
 
 # %% tags=["remove-cell"]
 def budget_acc(model: str, per_class: int) -> float:
-    return 100 * float(np.mean([p["acc"] for p in points if p["model"] == model and p["per_class"] == per_class]))
+    return 100 * float(
+        np.mean(
+            [
+                p["acc"]
+                for p in points
+                if p["model"] == model and p["per_class"] == per_class
+            ]
+        )
+    )
 
 
 budgets = sorted({p["per_class"] for p in points})
 small, large = budgets[0], budgets[-1]
 for m in experiment.BUDGET_MODELS:
     if any(p["model"] == m for p in points):
-        glue(f"ch4_budget_{m}_small", f"{budget_acc(m, small):.1f}", display=False)
-        glue(f"ch4_budget_{m}_large", f"{budget_acc(m, large):.1f}", display=False)
+        glue(
+            f"ch4_budget_{m}_small",
+            f"{budget_acc(m, small):.1f}",
+            display=False,
+        )
+        glue(
+            f"ch4_budget_{m}_large",
+            f"{budget_acc(m, large):.1f}",
+            display=False,
+        )
 glue("ch4_budget_small", small, display=False)
 glue("ch4_budget_large", large, display=False)
-per_item = entry["stream"]["item_len"] + 1  # bytes of a raw item: a byte per token and one for its label
-all_items = any(p["model"] == "er_lstm" and p["per_class"] == large and p["memory_bytes"] == every * per_item
-                for p in points)
-glue("ch4_budget_large_words", "every training item" if all_items else "the largest budget run", display=False)
+per_item = (
+    entry["stream"]["item_len"] + 1
+)  # bytes of a raw item: a byte per token and one for its label
+all_items = any(
+    p["model"] == "er_lstm"
+    and p["per_class"] == large
+    and p["memory_bytes"] == every * per_item
+    for p in points
+)
+glue(
+    "ch4_budget_large_words",
+    "every training item" if all_items else "the largest budget run",
+    display=False,
+)
 
-slot_bytes = next(p["memory_bytes"] for p in points if p["model"] == "memnet_replay" and p["per_class"] == small)
-raw_bytes = next(p["memory_bytes"] for p in points if p["model"] == "er_lstm" and p["per_class"] == small)
+slot_bytes = next(
+    p["memory_bytes"]
+    for p in points
+    if p["model"] == "memnet_replay" and p["per_class"] == small
+)
+raw_bytes = next(
+    p["memory_bytes"]
+    for p in points
+    if p["model"] == "er_lstm" and p["per_class"] == small
+)
 glue("ch4_bytes_ratio", f"{slot_bytes / raw_bytes:.0f}", display=False)
 mid = budgets[len(budgets) // 2]
 glue("ch4_budget_mid", mid, display=False)
-glue("ch4_budget_memnet_replay_mid", f"{budget_acc('memnet_replay', mid):.1f}", display=False)
-mr_gain = budget_acc("memnet_replay", large) - budget_acc("memnet_replay", small)
+glue(
+    "ch4_budget_memnet_replay_mid",
+    f"{budget_acc('memnet_replay', mid):.1f}",
+    display=False,
+)
+mr_gain = budget_acc("memnet_replay", large) - budget_acc(
+    "memnet_replay", small
+)
 knn_gain = budget_acc("knn", large) - budget_acc("knn", small)
 glue("ch4_mr_gain", f"{mr_gain:+.1f}", display=False)
 glue("ch4_knn_gain", f"{knn_gain:+.1f}", display=False)
-glue("ch4_bytes_knn_ratio", f"{nbytes['memnet_replay'] / nbytes['knn']:.0f}", display=False)
-knn_beats = [b for b in budgets if budget_acc("knn", b) > max(budget_acc("memnet_replay", c) for c in budgets)]
+glue(
+    "ch4_bytes_knn_ratio",
+    f"{nbytes['memnet_replay'] / nbytes['knn']:.0f}",
+    display=False,
+)
+knn_beats = [
+    b
+    for b in budgets
+    if budget_acc("knn", b)
+    > max(budget_acc("memnet_replay", c) for c in budgets)
+]
 glue("ch4_knn_beats_from", knn_beats[0] if knn_beats else "-", display=False)
 
 # %% [markdown]
@@ -386,22 +558,60 @@ glue("ch4_knn_beats_from", knn_beats[0] if knn_beats else "-", display=False)
 
 # %% mystnb={"image": {"alt": "Accuracy matrices of the first edition's MemNets: unaligned, realigned, rewritten, frozen and fixed-address."}}
 mems = [r for r in chosen_runs if r["model"] == "memnet"]
-with warnings.catch_warnings():  # NaN entries: tasks not written yet, or no item of the task left
+with (
+    warnings.catch_warnings()
+):  # NaN entries: tasks not written yet, or no item of the task left
     warnings.simplefilter("ignore", RuntimeWarning)
-    kept = np.nanmean(np.array([r["retained"] for r in mems], dtype=float), axis=0)
+    kept = np.nanmean(
+        np.array([r["retained"] for r in mems], dtype=float), axis=0
+    )
 np.set_printoptions(precision=2, suppress=True)
-print("share of task j's support items still in a slot after task i (rows i, columns j; -: not written yet):")
-print("\n".join(" ".join("   -" if np.isnan(v) else f"{v:4.2f}" for v in row) for row in kept))
+print(
+    "share of task j's support items still in a slot "
+    "after task i (rows i, columns j; -: not written yet):"
+)
+print(
+    "\n".join(
+        " ".join("   -" if np.isnan(v) else f"{v:4.2f}" for v in row)
+        for row in kept
+    )
+)
 glue("ch4_kept_first", f"{100 * kept[-1, 0]:.0f}", display=False)
-fixed_seeds = [100 * r["summary"]["acc"] for r in chosen_runs if r["model"] == "memnet_fixed"]
-glue("ch4_fixed_seeds", " / ".join(f"{v:.1f}" for v in fixed_seeds), display=False)
+fixed_seeds = [
+    100 * r["summary"]["acc"]
+    for r in chosen_runs
+    if r["model"] == "memnet_fixed"
+]
+glue(
+    "ch4_fixed_seeds",
+    " / ".join(f"{v:.1f}" for v in fixed_seeds),
+    display=False,
+)
 glue("ch4_knn_all", f"{budget_acc('knn', large):.1f}", display=False)
-first_views = [m for m in ("memnet_unaligned", "memnet", "memnet_rewrite", "memnet_frozen", "memnet_fixed") if m in summ]
-fig, axes = plots.new_figure(-(-len(first_views) // 3), 3, figsize=(plots.COLUMN_WIDTH, 2.5 * -(-len(first_views) // 3)))
-for ax in axes.flat[len(first_views):]:
+first_views = [
+    m
+    for m in (
+        "memnet_unaligned",
+        "memnet",
+        "memnet_rewrite",
+        "memnet_frozen",
+        "memnet_fixed",
+    )
+    if m in summ
+]
+fig, axes = plots.new_figure(
+    -(-len(first_views) // 3),
+    3,
+    figsize=(plots.COLUMN_WIDTH, 2.5 * -(-len(first_views) // 3)),
+)
+for ax in axes.flat[len(first_views) :]:
     ax.set_visible(False)
 for ax, m in zip(axes.flat, first_views):
-    plots.accuracy_matrix_heatmap(plots.continual_matrices(res, S, m).mean(0), ax=ax, title=plots.CONTINUAL_LABELS[m])
+    plots.accuracy_matrix_heatmap(
+        plots.continual_matrices(res, S, m).mean(0),
+        ax=ax,
+        title=plots.CONTINUAL_LABELS[m],
+    )
 fig
 
 # %% [markdown]
@@ -423,13 +633,24 @@ fig
 
 # %% mystnb={"image": {"alt": "Accuracy on each task of the shifting stream as later tasks are learned, one panel per method."}}
 S2 = "shift"
-SHIFT_SHOWN = ("memnet_replay", "er_windowed", "er_lstm", "knn", "memnet", "memnet_fixed", "windowed", "lstm")
+SHIFT_SHOWN = (
+    "memnet_replay",
+    "er_windowed",
+    "er_lstm",
+    "knn",
+    "memnet",
+    "memnet_fixed",
+    "windowed",
+    "lstm",
+)
 if S2 in res["streams"]:
     s2 = experiment.model_summary(res, S2)
     for m in SHIFT_SHOWN:
         for k in ("acc", "bwt"):
             glue(f"ch4_shift_{m}_{k}", pct(m, k, s2), display=False)
-    fig2 = plots.forgetting_curves(res, S2, [m for m in seq if m in s2], joint=joints, ncols=3)
+    fig2 = plots.forgetting_curves(
+        res, S2, [m for m in seq if m in s2], joint=joints, ncols=3
+    )
 else:
     fig2 = None
     for m in SHIFT_SHOWN:
@@ -451,8 +672,8 @@ fig2
 #
 # Scrub through the stream of support items written into the carried memory of the first
 # edition's MemNets (on this page, among items drawn in advance for the model shown; in JupyterLab,
-# any seed, model and item): the left panel colours each slot by the task whose item it holds after that
-# item; the right one shows that MemNet's accuracy on every task after the task being written,
+# any seed, model and item): the upper panel colours each slot by the task whose item it holds after
+# that item; the lower one shows that MemNet's accuracy on every task after the task being written,
 # with the memory carried and with the memory reset per task.
 
 # %% tags=["nbval-ignore-output"]
@@ -465,61 +686,158 @@ widgets.continual_explorer(res, run.traces)
 # %% mystnb={"image": {"alt": "Which task each slot of the fixed-address MemNet's carried memory holds, at the end of each task."}}
 seed_shown = seed if seed in run.traces else min(run.traces)
 rec = run.traces[seed_shown]["memnet_fixed"][S]
-n_slots = next(r["num_slots"] for r in chosen_runs if r["model"] == "memnet_fixed")
-own = continual.slot_owner_over_time(experiment.slot_events(rec), rec["segment_task"], T)
-ends = [int(np.flatnonzero(rec["segment_task"].numpy() == t)[-1]) for t in range(T)]
+n_slots = next(
+    r["num_slots"] for r in chosen_runs if r["model"] == "memnet_fixed"
+)
+own = continual.slot_owner_over_time(
+    experiment.slot_events(rec), rec["segment_task"], T
+)
+ends = [
+    int(np.flatnonzero(rec["segment_task"].numpy() == t)[-1]) for t in range(T)
+]
 rows = -(-T // 3)
-fig, axes = plots.new_figure(rows, 3, figsize=(plots.COLUMN_WIDTH, 2.3 * rows + 0.9), sharex=True, sharey=True)
+fig, axes = plots.new_figure(
+    rows,
+    3,
+    figsize=(plots.COLUMN_WIDTH, 2.3 * rows + 0.9),
+    sharex=True,
+    sharey=True,
+)
 for ax in axes.flat[T:]:
     ax.set_visible(False)
 for t, ax in enumerate(axes.flat[:T]):
-    plots.slot_owner_map(own, T, ax=ax, upto=ends[t], segment_task=rec["segment_task"], title=f"after task {t + 1}",
-                         legend=False)
+    plots.slot_owner_map(
+        own,
+        T,
+        ax=ax,
+        upto=ends[t],
+        segment_task=rec["segment_task"],
+        title=f"after task {t + 1}",
+        legend=False,
+    )
     ax.set_xlabel("item streamed (segment)" if t >= T - 3 else "")
-    ax.tick_params(labelbottom=t >= T - 3)  # ticks under the lowest panel of each column
+    ax.tick_params(
+        labelbottom=t >= T - 3
+    )  # ticks under the lowest panel of each column
     ax.set_ylabel("slot" if t % 3 == 0 else "")
-plots.legend_outside(axes[0, 0], "below", ncols=T, handles=plots.task_patches(T))
-fig.suptitle(f"which task each slot of the fixed-address MemNet's\ncarried memory holds (seed {seed_shown})",
-             fontsize=10)
+plots.legend_outside(
+    axes[0, 0], "below", ncols=T, handles=plots.task_patches(T)
+)
+fig.suptitle(
+    "which task each slot of the fixed-address MemNet's\n"
+    f"carried memory holds (seed {seed_shown})",
+    fontsize=10,
+)
 fig
 
 # %% tags=["remove-cell"]
 # checks: the stored numbers agree with the analysis layer, every reported configuration is the
 # one validation chose, and the comparisons are at the stated budgets
 for stream in res["streams"].values():
-    for r in (r for r in stream["runs"] if "R" in r):  # joint training has one accuracy, no matrix
+    for r in (
+        r for r in stream["runs"] if "R" in r
+    ):  # joint training has one accuracy, no matrix
         R, got = np.asarray(r["R"], dtype=float), r["summary"]
-        want = {"acc": continual.average_accuracy(R), "bwt": continual.backward_transfer(R),
-                "forgetting": float(np.mean(continual.forgetting(R)))}
-        assert all(np.isclose(got[k], v) for k, v in want.items()), (r["model"], r["seed"], got, want)
-    for m, choice in stream["selection"].items():  # chosen = argmax of the stored validation accuracies
+        want = {
+            "acc": continual.average_accuracy(R),
+            "bwt": continual.backward_transfer(R),
+            "forgetting": float(np.mean(continual.forgetting(R))),
+        }
+        assert all(np.isclose(got[k], v) for k, v in want.items()), (
+            r["model"],
+            r["seed"],
+            got,
+            want,
+        )
+    for m, choice in stream[
+        "selection"
+    ].items():  # chosen = argmax of the stored validation accuracies
         if len(choice["grid"]) > 1:
-            runs_m = [r for r in stream["runs"] if r["model"] == m and r["seed"] in choice["sweep_seeds"]]
-            val = [np.mean([np.mean(r["R_val"][-1]) if "R_val" in r else r["acc_val"]
-                            for r in runs_m if r["config"] == c]) for c in choice["grid"]]
+            runs_m = [
+                r
+                for r in stream["runs"]
+                if r["model"] == m and r["seed"] in choice["sweep_seeds"]
+            ]
+            val = [
+                np.mean(
+                    [
+                        (
+                            np.mean(r["R_val"][-1])
+                            if "R_val" in r
+                            else r["acc_val"]
+                        )
+                        for r in runs_m
+                        if r["config"] == c
+                    ]
+                )
+                for c in choice["grid"]
+            ]
             assert choice["chosen"] == choice["grid"][int(np.argmax(val))], m
-        assert all(r["config"] == choice["chosen"] for r in stream["runs"] if r["model"] == m and r["selected"]), m
-    mine = next(r["memory_bytes"] for r in stream["runs"] if r["model"] == "memnet_replay" and r["selected"])
+        assert all(
+            r["config"] == choice["chosen"]
+            for r in stream["runs"]
+            if r["model"] == m and r["selected"]
+        ), m
+    mine = next(
+        r["memory_bytes"]
+        for r in stream["runs"]
+        if r["model"] == "memnet_replay" and r["selected"]
+    )
     n_train = sum(n[0] for n in stream["stream"]["train_val_test_per_task"])
-    for r in (r for r in stream["runs"] if r["model"].startswith("er_") and r["selected"]):
-        item = stream["stream"]["item_len"] + 1  # as many whole items as MemNet's bytes pay for, or every item
-        assert r["memory_bytes"] > mine - item or r["buffer_items"] == n_train, "an ER buffer below MemNet's bytes"
+    for r in (
+        r
+        for r in stream["runs"]
+        if r["model"].startswith("er_") and r["selected"]
+    ):
+        item = (
+            stream["stream"]["item_len"] + 1
+        )  # as many whole items as MemNet's bytes pay for, or every item
+        assert (
+            r["memory_bytes"] > mine - item or r["buffer_items"] == n_train
+        ), "an ER buffer below MemNet's bytes"
 for m in experiment.BUDGET_MODELS:  # a larger budget stores more bytes
-    b = sorted({(p["per_class"], p["memory_bytes"]) for p in points if p["model"] == m})
+    b = sorted(
+        {
+            (p["per_class"], p["memory_bytes"])
+            for p in points
+            if p["model"] == m
+        }
+    )
     assert all(x[1] < y[1] for x, y in zip(b, b[1:])), m
 assert slot_bytes > raw_bytes  # a slot costs more bytes than a raw item
-assert own.shape == (rec["segment_task"].shape[0], n_slots) and kept.shape == (T, T)
+assert own.shape == (rec["segment_task"].shape[0], n_slots) and kept.shape == (
+    T,
+    T,
+)
 if run.profile in ("laptop", "full", "gpu"):
     # hypotheses the prose reads: fine-tuning forgets, replay keeps more, MemNet's keys move without an anchor
-    assert summ["windowed"]["bwt"][0] < -0.3 and summ["lstm"]["bwt"][0] < -0.3, "fine-tuning no longer forgets"
-    assert summ["er_lstm"]["acc"][0] > summ["lstm"]["acc"][0] and summ["er_windowed"]["acc"][0] > summ["windowed"]["acc"][0]
-    assert drift_mn.mean() < 0.95, "the carried MemNet's keys no longer move over a task"
-    assert summ["memnet_replay"]["acc"][0] > summ["memnet"]["acc"][0], "replay and re-keying no longer help"
-    assert knn_beats, "the vote over raw items no longer passes MemNet at a larger budget"
+    assert (
+        summ["windowed"]["bwt"][0] < -0.3 and summ["lstm"]["bwt"][0] < -0.3
+    ), "fine-tuning no longer forgets"
+    assert (
+        summ["er_lstm"]["acc"][0] > summ["lstm"]["acc"][0]
+        and summ["er_windowed"]["acc"][0] > summ["windowed"]["acc"][0]
+    )
+    assert (
+        drift_mn.mean() < 0.95
+    ), "the carried MemNet's keys no longer move over a task"
+    assert (
+        summ["memnet_replay"]["acc"][0] > summ["memnet"]["acc"][0]
+    ), "replay and re-keying no longer help"
+    assert (
+        knn_beats
+    ), "the vote over raw items no longer passes MemNet at a larger budget"
     # the budget prose: memories that are read beat replay at the smallest budget
-    assert min(budget_acc("memnet_replay", small), budget_acc("knn", small)) > budget_acc("er_lstm", small)
-    if S2 in res["streams"]:  # on the synthetic stream every model that keeps items is far above fine-tuning
-        keep = min(s2[m]["acc"][0] for m in ("memnet_replay", "er_lstm", "er_windowed", "knn"))
+    assert min(
+        budget_acc("memnet_replay", small), budget_acc("knn", small)
+    ) > budget_acc("er_lstm", small)
+    if (
+        S2 in res["streams"]
+    ):  # on the synthetic stream every model that keeps items is far above fine-tuning
+        keep = min(
+            s2[m]["acc"][0]
+            for m in ("memnet_replay", "er_lstm", "er_windowed", "knn")
+        )
         assert keep > max(s2["windowed"]["acc"][0], s2["lstm"]["acc"][0]) + 0.3
 print(f"chapter 4 checks passed ({run.profile} run)")
 

@@ -65,15 +65,30 @@ settings = book.setup(profile, device, seed, save)
 # stream shows the layout:
 
 # %% tags=["nbval-check-output"]
-demo = ReuseStream(n_keys=8, n_values=4, n_filler=2, segment_len=8, items_per_window=2, n_windows=5,
-                   p_useful=0.5, cue_gap=(1, 1), min_gap=2)
+demo = ReuseStream(
+    n_keys=8,
+    n_values=4,
+    n_filler=2,
+    segment_len=8,
+    items_per_window=2,
+    n_windows=5,
+    p_useful=0.5,
+    cue_gap=(1, 1),
+    min_gap=2,
+)
 b = demo.sample(batch=1, seed=3)
 kinds = {0: ".", 1: "cue", 2: "recall"}
 print("keys 0-7, values 8-11, filler 12-13; one row per window")
 for w in range(demo.n_windows):
     sl = slice(w * demo.segment_len, (w + 1) * demo.segment_len)
-    print(f"window {w}: tokens {b.tokens[0, sl].tolist()}  queries {[kinds[k] for k in b.kind[0, sl].tolist()]}")
-print("item types:", [("useful", "distractor", "once")[t] for t in b.item_type[0].tolist()])
+    print(
+        f"window {w}: tokens {b.tokens[0, sl].tolist()}  "
+        f"queries {[kinds[k] for k in b.kind[0, sl].tolist()]}"
+    )
+print(
+    "item types:",
+    [("useful", "distractor", "once")[t] for t in b.item_type[0].tolist()],
+)
 
 # %% [markdown]
 # ## What any memory could hold
@@ -92,26 +107,56 @@ print("item types:", [("useful", "distractor", "once")[t] for t in b.item_type[0
 # %%
 run = book.load_or_train(profile, device, seed, save, experiment="forgetting")
 res = run.result
-# the stored sweep shares the laptop run's task, model, budget and draws: read the two as one
+# the stored sweep shares the laptop run's task, model, budget and draws:
+# read the two as one
 sweep_path = book.DATA_DIR / "forgetting" / "sweep"
 if run.profile == "laptop" and (sweep_path / "results.json").is_file():
     res = fx.merge_runs(res, book.load_run(sweep_path).result)
 p = res["profile_settings"]
-task = ReuseStream(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["task"].items()})
-sizes = sorted({max(task.items_per_window, p["num_slots"] * f // 3) for f in (2, 3, 4)})
+task = ReuseStream(
+    **{
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in res["task"].items()
+    }
+)
+sizes = sorted(
+    {max(task.items_per_window, p["num_slots"] * f // 3) for f in (2, 3, 4)}
+)
 replay = task.sample(256, seed=12345)
-held = {n: {pol: 100 * held_fraction(replay, held_at_queries(replay, task.segment_len, n, pol, p["grace"]))["recall"]
-            for pol in fx.POLICIES} for n in sizes}
-print(f"{task.n_items} items per sequence, {round(100 * task.p_useful)}% of them useful; share of recalls held (%)")
+held = {
+    n: {
+        pol: 100
+        * held_fraction(
+            replay,
+            held_at_queries(replay, task.segment_len, n, pol, p["grace"]),
+        )["recall"]
+        for pol in fx.POLICIES
+    }
+    for n in sizes
+}
+print(
+    f"{task.n_items} items per sequence, {round(100 * task.p_useful)}% "
+    "of them useful; share of recalls held (%)"
+)
 print("slots  " + "  ".join(f"{pol:>17}" for pol in fx.POLICIES))
 for n in sizes:
-    print(f"{n:5d}  " + "  ".join(f"{held[n][pol]:17.1f}" for pol in fx.POLICIES))
+    print(
+        f"{n:5d}  " + "  ".join(f"{held[n][pol]:17.1f}" for pol in fx.POLICIES)
+    )
 
 # %% tags=["remove-input"]
 n0 = p["num_slots"]
-glue("ch5_run", run.describe() + (f"; with the stored {res['merged']['profile']} run, commit "
-                                  f"{res['merged']['provenance']['git_commit'][:12]}" if "merged" in res else ""),
-     display=False)
+glue(
+    "ch5_run",
+    run.describe()
+    + (
+        f"; with the stored {res['merged']['profile']} run, commit "
+        f"{res['merged']['provenance']['git_commit'][:12]}"
+        if "merged" in res
+        else ""
+    ),
+    display=False,
+)
 glue("ch5_items", task.n_items, display=False)
 glue("ch5_slots", n0, display=False)
 glue("ch5_pressure", f"{res['pressure']:.1f}", display=False)
@@ -185,9 +230,14 @@ book.show_source(read_hits)
 print(run.describe())
 if "merged" in res:
     m = res["merged"]["provenance"]
-    print(f"with the stored {res['merged']['profile']} run: commit {m['git_commit'][:12]}; {m['date']}; wall {m['wall_s']} s")
+    print(
+        f"with the stored {res['merged']['profile']} run: commit "
+        f"{m['git_commit'][:12]}; {m['date']}; wall {m['wall_s']} s"
+    )
 print(f"fixed decay chosen on validation: {res['fixed_choice']}")
-row_list = fx.config_rows(res)  # per configuration, with the bootstrap of its RMST ratio
+row_list = fx.config_rows(
+    res
+)  # per configuration, with the bootstrap of its RMST ratio
 book.show_report(fx.summary_table(res, row_list))
 
 # %% tags=["remove-input"]
@@ -196,13 +246,44 @@ names = fx.shown(res)
 mean = lambda v: float(np.mean(v))
 for n in ("none", "fixed", "learned", "evidence", "evidence_faded"):
     r = rows.get(n)
-    glue(f"ch5_{n}_recall", f"{100 * mean(r['recall']):.1f}" if r else "not run", display=False)
-    glue(f"ch5_{n}_held", f"{100 * mean(r['held_recall']):.1f}" if r else "not run", display=False)
-    glue(f"ch5_{n}_ratio", f"{r['ratio']['ratio']:.2f}" if r else "not run", display=False)
-    glue(f"ch5_{n}_ci", f"{r['ratio']['lo']:.2f} to {r['ratio']['hi']:.2f}" if r else "not run", display=False)
-    glue(f"ch5_{n}_ru", f"{r['rmst_useful']:.1f}" if r else "not run", display=False)
-    glue(f"ch5_{n}_rd", f"{r['rmst_distractor']:.1f}" if r else "not run", display=False)
-gaps = [100 * (e - f) for e, f in zip(fx.recall(res, "evidence"), fx.recall(res, "fixed"))]
+    glue(
+        f"ch5_{n}_recall",
+        f"{100 * mean(r['recall']):.1f}" if r else "not run",
+        display=False,
+    )
+    glue(
+        f"ch5_{n}_held",
+        f"{100 * mean(r['held_recall']):.1f}" if r else "not run",
+        display=False,
+    )
+    glue(
+        f"ch5_{n}_ratio",
+        f"{r['ratio']['ratio']:.2f}" if r else "not run",
+        display=False,
+    )
+    glue(
+        f"ch5_{n}_ci",
+        (
+            f"{r['ratio']['lo']:.2f} to {r['ratio']['hi']:.2f}"
+            if r
+            else "not run"
+        ),
+        display=False,
+    )
+    glue(
+        f"ch5_{n}_ru",
+        f"{r['rmst_useful']:.1f}" if r else "not run",
+        display=False,
+    )
+    glue(
+        f"ch5_{n}_rd",
+        f"{r['rmst_distractor']:.1f}" if r else "not run",
+        display=False,
+    )
+gaps = [
+    100 * (e - f)
+    for e, f in zip(fx.recall(res, "evidence"), fx.recall(res, "fixed"))
+]
 glue("ch5_gaps", ", ".join(f"{g:+.1f}" for g in gaps), display=False)
 glue("ch5_fixed_choice", res["fixed_choice"] or "none", display=False)
 glue("ch5_chance", f"{100 * res['chance']:.1f}", display=False)
@@ -239,13 +320,26 @@ verdicts = fx.summarize(res, row_list)
 # allocation the same gate holds what age holds; what it gains in recall there comes from reads
 # (a read slot keeps its strength), not from keeping the right items.
 
-# %% mystnb={"image": {"alt": "Recall of useful items for each configuration (dots: seeds, bars: means), beside the share of recalls whose item the replayed eviction rules would still hold."}}
+# %% mystnb={"image": {"alt": "Recall of useful items for each configuration (dots: seeds, bars: means), and below it the share of recalls whose item the replayed eviction rules would still hold."}}
 fig, axes = plots.new_figure(2, 1, figsize=(plots.COLUMN_WIDTH, 6.4))
-replayed = {f"replayed: {pol.replace('_', ' ')}": ceil_runs[pol] / 100 for pol in fx.POLICIES}
-plots.seeds_and_references({fx.label(res, n): rows[n]["recall"] for n in names}, {}, ax=axes[0, 0],
-                           title="recall of useful items (dots: seeds, bars: mean)", ylabel="share recalled")
-plots.seeds_and_references({fx.label(res, n): rows[n]["held_recall"] for n in names}, replayed, ax=axes[1, 0],
-                           title="recalls whose item is still held", ylabel="share of recalls")
+replayed = {
+    f"replayed: {pol.replace('_', ' ')}": ceil_runs[pol] / 100
+    for pol in fx.POLICIES
+}
+plots.seeds_and_references(
+    {fx.label(res, n): rows[n]["recall"] for n in names},
+    {},
+    ax=axes[0, 0],
+    title="recall of useful items (dots: seeds, bars: mean)",
+    ylabel="share recalled",
+)
+plots.seeds_and_references(
+    {fx.label(res, n): rows[n]["held_recall"] for n in names},
+    replayed,
+    ax=axes[1, 0],
+    title="recalls whose item is still held",
+    ylabel="share of recalls",
+)
 fig
 
 # %% [markdown]
@@ -280,10 +374,16 @@ fig
 # %% mystnb={"image": {"alt": "Kaplan-Meier survival in memory of useful and of distractor items against their age in windows, and the hazard at each age."}}
 shown4 = [n for n in ("none", "fixed", "learned", "evidence") if n in names]
 fig, axes = plots.new_figure(2, 1, figsize=(plots.COLUMN_WIDTH, 6.4))
-plots.survival_by_type({fx.label(res, n): fx.survival_by_type(res, n) for n in shown4}, ax=axes[0, 0],
-                       title="Kaplan-Meier: share of items still held (solid: useful, dashed: distractor)")
-plots.hazard_by_age({fx.label(res, n): fx.hazard_by_type(res, n) for n in shown4}, ax=axes[1, 0],
-                    title="hazard: share of the held items let go at each age")
+plots.survival_by_type(
+    {fx.label(res, n): fx.survival_by_type(res, n) for n in shown4},
+    ax=axes[0, 0],
+    title="Kaplan-Meier: share of items still held (solid: useful, dashed: distractor)",
+)
+plots.hazard_by_age(
+    {fx.label(res, n): fx.hazard_by_type(res, n) for n in shown4},
+    ax=axes[1, 0],
+    title="hazard: share of the held items let go at each age",
+)
 fig
 
 # %% tags=["remove-input"]
@@ -305,27 +405,59 @@ for pol in fx.POLICIES:
 # Retention and slot bookkeeping describe the memory; behaviour is the test. Every item of
 # {glue:text}`ch5_probe_rows` test sequences per seed is asked for at several ages, each probe
 # in a copy of its sequence that is cut after the probe's window, so no probe can change what
-# the memory keeps for another. The left panel shows probe accuracy by age and type; the right
+# the memory keeps for another. The upper panel shows probe accuracy by age and type; the lower
 # splits the probes by whether the trace shows the item still held.
 
 # %% mystnb={"image": {"alt": "Probe accuracy against age for useful and distractor items, and for items still held against items already replaced."}}
 fig, axes = plots.new_figure(2, 1, figsize=(plots.COLUMN_WIDTH, 6.4))
 show_probe = [n for n in ("fixed", "evidence") if n in names]
-plots.probe_by_age({fx.label(res, n): {t: fx.probe_accuracy(res, n, t) for t in ("useful", "distractor")}
-                    for n in show_probe}, res["chance"], ax=axes[0, 0],
-                   title="probe accuracy (solid: useful, dashed: distractor)")
-split = {fx.label(res, n): {part: {t: fx.probe_totals(res, n, t, part) for t in ("useful", "distractor")}
-                            for part in ("held", "gone")} for n in show_probe}
-plots.probe_held_vs_gone(split, res["chance"], ax=axes[1, 0], title="probe accuracy: item still held vs already replaced")
+plots.probe_by_age(
+    {
+        fx.label(res, n): {
+            t: fx.probe_accuracy(res, n, t) for t in ("useful", "distractor")
+        }
+        for n in show_probe
+    },
+    res["chance"],
+    ax=axes[0, 0],
+    title="probe accuracy (solid: useful, dashed: distractor)",
+)
+split = {
+    fx.label(res, n): {
+        part: {
+            t: fx.probe_totals(res, n, t, part)
+            for t in ("useful", "distractor")
+        }
+        for part in ("held", "gone")
+    }
+    for n in show_probe
+}
+plots.probe_held_vs_gone(
+    split,
+    res["chance"],
+    ax=axes[1, 0],
+    title="probe accuracy: item still held vs already replaced",
+)
 fig
 
 # %% tags=["remove-input"]
 glue("ch5_probe_rows", p["probe_rows"], display=False)
 for n in ("fixed", "evidence"):
     for part in ("held", "gone"):
-        totals = [fx.probe_totals(res, n, t, part) for t in ("useful", "distractor")] if n in names else []
+        totals = (
+            [
+                fx.probe_totals(res, n, t, part)
+                for t in ("useful", "distractor")
+            ]
+            if n in names
+            else []
+        )
         tot, ok = sum(c[0] for c in totals), sum(c[1] for c in totals)
-        glue(f"ch5_probe_{n}_{part}", f"{100 * ok / tot:.0f}% of {tot:,}" if tot else "no probe", display=False)
+        glue(
+            f"ch5_probe_{n}_{part}",
+            f"{100 * ok / tot:.0f}% of {tot:,}" if tot else "no probe",
+            display=False,
+        )
 
 # %% [markdown]
 # A replaced item is mostly gone: probes of items the trace shows replaced are answered in
@@ -342,12 +474,30 @@ for n in ("fixed", "evidence"):
 # evidence decay (green: useful items, red: distractors).
 
 # %% mystnb={"image": {"alt": "Slot-by-window maps of one test sequence under each configuration, coloured by whether a slot holds a useful item or a distractor."}}
-seq_runs = {n: next(r for r in fx.runs_of(res, n) if r["seed"] == fx.runs_of(res, n)[0]["seed"])
-            for n in show_probe}
-fig, axes = plots.new_figure(len(show_probe), 1, figsize=(plots.COLUMN_WIDTH, 2.4 * len(show_probe)), sharex=True)
+seq_runs = {
+    n: next(
+        r
+        for r in fx.runs_of(res, n)
+        if r["seed"] == fx.runs_of(res, n)[0]["seed"]
+    )
+    for n in show_probe
+}
+fig, axes = plots.new_figure(
+    len(show_probe),
+    1,
+    figsize=(plots.COLUMN_WIDTH, 2.4 * len(show_probe)),
+    sharex=True,
+)
 for i, n in enumerate(show_probe):
-    own = occupancy(fx.lifetimes_of(seq_runs[n]), 0, p["num_slots"], p["n_windows"])
-    plots.occupancy_map(own, res["item_types"], ax=axes[i, 0], title=f"{fx.label(res, n)}, seed {seq_runs[n]['seed']}")
+    own = occupancy(
+        fx.lifetimes_of(seq_runs[n]), 0, p["num_slots"], p["n_windows"]
+    )
+    plots.occupancy_map(
+        own,
+        res["item_types"],
+        ax=axes[i, 0],
+        title=f"{fx.label(res, n)}, seed {seq_runs[n]['seed']}",
+    )
     if i < len(show_probe) - 1:
         axes[i, 0].set_xlabel("")
 fig
@@ -359,20 +509,41 @@ fig
 # switch among views drawn in advance (every configuration, a few sequences, the first seed); in
 # JupyterLab every control redraws the figure.
 
+
 # %% tags=["nbval-ignore-output"]
 def show_sequence(config: str, seed_shown: int, sequence: int):
     rs = {r["seed"]: r for r in fx.runs_of(res, config)}
     r = rs.get(seed_shown, next(iter(rs.values())))
-    own = occupancy(fx.lifetimes_of(r), sequence, p["num_slots"], p["n_windows"])
-    return plots.occupancy_map(own, res["item_types"],
-                               title=f"{fx.label(res, config)}, seed {r['seed']}, sequence {sequence}")
+    own = occupancy(
+        fx.lifetimes_of(r), sequence, p["num_slots"], p["n_windows"]
+    )
+    return plots.occupancy_map(
+        own,
+        res["item_types"],
+        title=f"{fx.label(res, config)}, seed {r['seed']}, sequence {sequence}",
+    )
 
 
-widgets.live_figure([W.Dropdown(options=names, value=names[-1], description="configuration"),
-                     W.Dropdown(options=sorted({r["seed"] for r in res["runs"]}), description="seed"),
-                     W.IntSlider(min=0, max=p["test_batch"] - 1, value=0, description="sequence",
-                                 continuous_update=False)],
-                    show_sequence, vary=(0, 2))
+widgets.live_figure(
+    [
+        W.Dropdown(
+            options=names, value=names[-1], description="configuration"
+        ),
+        W.Dropdown(
+            options=sorted({r["seed"] for r in res["runs"]}),
+            description="seed",
+        ),
+        W.IntSlider(
+            min=0,
+            max=p["test_batch"] - 1,
+            value=0,
+            description="sequence",
+            continuous_update=False,
+        ),
+    ],
+    show_sequence,
+    vary=(0, 2),
+)
 
 # %% [markdown]
 # ## What the gate learned
@@ -384,8 +555,11 @@ widgets.live_figure([W.Dropdown(options=names, value=names[-1], description="con
 # %%
 for r in fx.runs_of(res, "evidence"):
     w = r["weights"]
-    print(f"seed {r['seed']}: evidence weight {w['evidence']:+.2f}, age weight {w['age']:+.2f}, "
-          f"slot logit (mean) {w['decay_logit']:+.2f}")
+    print(
+        f"seed {r['seed']}: evidence weight "
+        f"{w['evidence']:+.2f}, age weight {w['age']:+.2f}, "
+        f"slot logit (mean) {w['decay_logit']:+.2f}"
+    )
 
 # %% [markdown]
 # ## Memory pressure
@@ -396,21 +570,36 @@ for r in fx.runs_of(res, "evidence"):
 
 # %%
 weights = sorted({p["pressure"], *fx.PROFILES["sweep"].pressure_sweep})
-by_weight = {w: fx.runs_of(res, "evidence" if w == p["pressure"] else f"evidence@{w:g}") for w in weights}
+by_weight = {
+    w: fx.runs_of(res, "evidence" if w == p["pressure"] else f"evidence@{w:g}")
+    for w in weights
+}
 print("pressure weight   recall %        held at recall %   seeds")
 for w, rs in by_weight.items():
     if not rs:
         print(f"{w:15g}   not run")
         continue
-    print(f"{w:15g}   {mean_ci([r['test']['recall'] for r in rs], 100):14s}  "
-          f"{mean_ci([r['held_recall'] for r in rs], 100):17s}  {len(rs)}")
+    print(
+        f"{w:15g}   {mean_ci([r['test']['recall'] for r in rs], 100):14s}  "
+        f"{mean_ci([r['held_recall'] for r in rs], 100):17s}  {len(rs)}"
+    )
 
 # %% tags=["remove-input"]
-lo, hi = min(fx.PROFILES["sweep"].pressure_sweep), max(fx.PROFILES["sweep"].pressure_sweep)
+lo, hi = min(fx.PROFILES["sweep"].pressure_sweep), max(
+    fx.PROFILES["sweep"].pressure_sweep
+)
 for key, w in (("lo", lo), ("main", p["pressure"]), ("hi", hi)):
     glue(f"ch5_w_{key}", f"{w:g}", display=False)
     rs = by_weight.get(w, [])
-    glue(f"ch5_sweep_{key}", f"{100 * mean([r['test']['recall'] for r in rs]):.1f}%" if rs else "not run", display=False)
+    glue(
+        f"ch5_sweep_{key}",
+        (
+            f"{100 * mean([r['test']['recall'] for r in rs]):.1f}%"
+            if rs
+            else "not run"
+        ),
+        display=False,
+    )
 
 # %% [markdown]
 # Recall of useful items at pressure weight {glue:text}`ch5_w_lo`: {glue:text}`ch5_sweep_lo`; at
@@ -424,7 +613,11 @@ for key, w in (("lo", lo), ("main", p["pressure"]), ("hi", hi)):
 # (`memnet.experiments.forgetting.summarize`):
 
 # %%
-print("\n\n".join(textwrap.fill(v.line(), 76, subsequent_indent="    ") for v in verdicts))
+print(
+    "\n\n".join(
+        textwrap.fill(v.line(), 76, subsequent_indent="    ") for v in verdicts
+    )
+)
 
 # %% tags=["remove-cell"]
 # Checks: two computation paths agree on the stored run, and the run is what the text says it is.
@@ -436,41 +629,105 @@ for n in names:
             d, o = life.duration[life.type == t], life.observed[life.type == t]
             if len(d) and o.any():
                 km = kaplan_meier(d, o)
-                assert np.allclose(survival_steps(d, o, p["horizon"]), km(np.arange(p["horizon"] + 1)))
-                assert abs(rmst_steps(d, o, p["horizon"]) - rmst(km, p["horizon"])) < 1e-9
+                assert np.allclose(
+                    survival_steps(d, o, p["horizon"]),
+                    km(np.arange(p["horizon"] + 1)),
+                )
+                assert (
+                    abs(
+                        rmst_steps(d, o, p["horizon"]) - rmst(km, p["horizon"])
+                    )
+                    < 1e-9
+                )
 # 2. the trace's lifetimes and the replayed age rule agree: with no decay every slot looks alike
 for r in fx.runs_of(res, "none"):
-    assert abs(r["held_recall"] - res["ceilings"][str(r["seed"])]["lru"]["recall"]) < 1e-6, r["seed"]
+    assert (
+        abs(
+            r["held_recall"] - res["ceilings"][str(r["seed"])]["lru"]["recall"]
+        )
+        < 1e-6
+    ), r["seed"]
 # 3. recall split by held / gone adds up to recall; probes add up per type
 for r in res["runs"]:
     h, g = r["recall_if_held"]["held"], r["recall_if_held"]["gone"]
-    assert abs((h[1] + g[1]) / (h[0] + g[0]) - r["test"]["recall"]) < 1e-6, r["config"]
+    assert abs((h[1] + g[1]) / (h[0] + g[0]) - r["test"]["recall"]) < 1e-6, r[
+        "config"
+    ]
     for t, by_age in r["probes"].items():
-        assert all(0 <= c["held_correct"] <= min(c["held"], c["correct"]) <= c["n"] for c in by_age.values())
+        assert all(
+            0 <= c["held_correct"] <= min(c["held"], c["correct"]) <= c["n"]
+            for c in by_age.values()
+        )
 # 4. every configuration of the run was declared in the profile, and every seed ran each shown one
-made_by = [res["profile"]] + ([res["merged"]["profile"]] if "merged" in res else [])
-assert set(res["configurations"]) <= {n for prof in made_by for n in fx.configurations(fx.PROFILES[prof])}
+made_by = [res["profile"]] + (
+    [res["merged"]["profile"]] if "merged" in res else []
+)
+assert set(res["configurations"]) <= {
+    n for prof in made_by for n in fx.configurations(fx.PROFILES[prof])
+}
 assert all(len(fx.runs_of(res, n)) == len(p["seeds"]) for n in names)
 # 5. what the prose says of a real run (not of a smoke run, which trains for a few steps)
 if run.profile != "smoke":
     for n in ("none", "fixed", "learned"):
-        assert abs(mean(rows[n]["held_recall"]) - ceil_runs["lru"] / 100) < 0.05, n
-    assert mean(rows["evidence"]["held_recall"]) > mean(rows["fixed"]["held_recall"]) + 0.05
+        assert (
+            abs(mean(rows[n]["held_recall"]) - ceil_runs["lru"] / 100) < 0.05
+        ), n
+    assert (
+        mean(rows["evidence"]["held_recall"])
+        > mean(rows["fixed"]["held_recall"]) + 0.05
+    )
     assert mean(rows["evidence"]["held_recall"]) < ceil_runs["evidence"] / 100
     assert rows["evidence"]["ratio"]["ratio"] > rows["fixed"]["ratio"]["ratio"]
-    for n in ("fixed", "evidence"):  # a replaced item is mostly gone, yet a trace of it stays
-        acc = {part: [fx.probe_totals(res, n, t, part) for t in ("useful", "distractor")] for part in ("held", "gone")}
-        held_acc, gone_acc = (sum(c[1] for c in acc[k]) / sum(c[0] for c in acc[k]) for k in ("held", "gone"))
-        assert res["chance"] < gone_acc < 0.5 * held_acc, (n, gone_acc, held_acc)
+    for n in (
+        "fixed",
+        "evidence",
+    ):  # a replaced item is mostly gone, yet a trace of it stays
+        acc = {
+            part: [
+                fx.probe_totals(res, n, t, part)
+                for t in ("useful", "distractor")
+            ]
+            for part in ("held", "gone")
+        }
+        held_acc, gone_acc = (
+            sum(c[1] for c in acc[k]) / sum(c[0] for c in acc[k])
+            for k in ("held", "gone")
+        )
+        assert res["chance"] < gone_acc < 0.5 * held_acc, (
+            n,
+            gone_acc,
+            held_acc,
+        )
     # faded-first allocation: the evidence gate holds what age holds, and still gains recall on its seed
-    assert abs(mean(rows["evidence_faded"]["held_recall"]) - ceil_runs["lru"] / 100) < 0.05
-    assert mean(rows["evidence_faded"]["recall"]) > mean(rows["fixed"]["recall"])
-    rec = {w: mean([r["test"]["recall"] for r in rs]) for w, rs in by_weight.items()}
-    held_w = {w: mean([r["held_recall"] for r in rs]) for w, rs in by_weight.items()}
-    assert abs(rec[lo] - rec[p["pressure"]]) < 0.02 and rec[hi] < rec[p["pressure"]] - 0.02, rec
+    assert (
+        abs(
+            mean(rows["evidence_faded"]["held_recall"])
+            - ceil_runs["lru"] / 100
+        )
+        < 0.05
+    )
+    assert mean(rows["evidence_faded"]["recall"]) > mean(
+        rows["fixed"]["recall"]
+    )
+    rec = {
+        w: mean([r["test"]["recall"] for r in rs])
+        for w, rs in by_weight.items()
+    }
+    held_w = {
+        w: mean([r["held_recall"] for r in rs]) for w, rs in by_weight.items()
+    }
+    assert (
+        abs(rec[lo] - rec[p["pressure"]]) < 0.02
+        and rec[hi] < rec[p["pressure"]] - 0.02
+    ), rec
     assert held_w[hi] < held_w[p["pressure"]], held_w
-    assert fx.replay_rmst(res, "distractors_first")["ratio"] < fx.RATIO  # the oracle's ratio, as the text says
-    assert all(r["weights"]["evidence"] > 0 and r["weights"]["age"] < 0 for r in fx.runs_of(res, "evidence"))
+    assert (
+        fx.replay_rmst(res, "distractors_first")["ratio"] < fx.RATIO
+    )  # the oracle's ratio, as the text says
+    assert all(
+        r["weights"]["evidence"] > 0 and r["weights"]["age"] < 0
+        for r in fx.runs_of(res, "evidence")
+    )
 print(f"chapter 5 checks passed ({run.profile} run)")
 
 # %% [markdown]

@@ -87,22 +87,34 @@ book.show_source(torch_stable_topk)
 # ties (as empty slots give), and the constant size of a streaming state.
 
 # %% tags=["nbval-check-output"]
-scores = torch.tensor([[0.0, 0.5, 0.0, 0.5, -0.0, 0.9, 0.0, 0.5] * 40])  # 320 slots, many exact ties
+scores = torch.tensor(
+    [[0.0, 0.5, 0.0, 0.5, -0.0, 0.9, 0.0, 0.5] * 40]
+)  # 320 slots, many exact ties
 top, index = stable_topk(scores, 4)
 top_t, index_t = torch_stable_topk(scores, 4)
 ref = scores.sort(dim=-1, descending=True, stable=True)
 print("stable_topk       :", index[0].tolist(), top[0].tolist())
 print("torch_stable_topk :", index_t[0].tolist(), top_t[0].tolist())
-print("stable sort       :", ref.indices[0, :4].tolist(), ref.values[0, :4].tolist())
+print(
+    "stable sort       :",
+    ref.indices[0, :4].tolist(),
+    ref.values[0, :4].tolist(),
+)
 cfg_demo = bench.make_config(bench.PROFILES["smoke"])
 torch.manual_seed(seed)
 demo = MemNet(cfg_demo).eval()
 mem = StreamingMemory(demo.memory)
 sizes = []
 for i in range(3):
-    demo.stream(torch.randint(0, cfg_demo.vocab_size, (1, 4 * cfg_demo.segment_len)), mem)
+    demo.stream(
+        torch.randint(0, cfg_demo.vocab_size, (1, 4 * cfg_demo.segment_len)),
+        mem,
+    )
     sizes.append(mem.nbytes())
-print(f"streaming state after 4, 8, 12 segments: {sizes} bytes (N={cfg_demo.num_slots}, D={cfg_demo.slot_dim})")
+print(
+    f"streaming state after 4, 8, 12 segments: {sizes} "
+    f"bytes (N={cfg_demo.num_slots}, D={cfg_demo.slot_dim})"
+)
 
 # %% [markdown]
 # ## The run
@@ -131,7 +143,9 @@ book.show_report(bench.summary_table(res))
 fig, axes = plots.new_figure(1, 2, figsize=(plots.COLUMN_WIDTH, 3.3))
 plots.bench_vs_length(res, "us_per_token", ax=axes[0, 0], legend="below")
 plots.bench_vs_length(res, "autograd_mb", ax=axes[0, 1], legend=None)
-axes[0, 0].set_title("training (forward + backward), B=1", fontsize=plots.TITLE_SIZE)
+axes[0, 0].set_title(
+    "training (forward + backward), B=1", fontsize=plots.TITLE_SIZE
+)
 axes[0, 1].set_title("autograd memory (x: skipped)", fontsize=plots.TITLE_SIZE)
 s = res["summary"]
 Ts = s["memnet_seq_lens"]
@@ -142,10 +156,22 @@ glue("ch6_flat_med", f"{100 * s['memnet_median_dev']:.0f}", display=False)
 glue("ch6_us_lo", f"{s['memnet_us_per_token_range'][0]:.0f}", display=False)
 glue("ch6_us_hi", f"{s['memnet_us_per_token_range'][1]:.0f}", display=False)
 mem_rows = {r["T"]: r for r in res["seq_len"] if r["model"] == "memnet"}
-glue("ch6_mem_mb_per_ktok", f"{mem_rows[Ts[-1]]['autograd_mb'] / (Ts[-1] / 1024):.0f}", display=False)
+glue(
+    "ch6_mem_mb_per_ktok",
+    f"{mem_rows[Ts[-1]]['autograd_mb'] / (Ts[-1] / 1024):.0f}",
+    display=False,
+)
 tb = res.get("tbptt", {})
-glue("ch6_tbptt_mb", f"{tb.get('autograd_mb_per_chunk', float('nan')):.0f}", display=False)
-glue("ch6_tbptt_us", f"{tb.get('us_per_token', float('nan')):.0f}", display=False)
+glue(
+    "ch6_tbptt_mb",
+    f"{tb.get('autograd_mb_per_chunk', float('nan')):.0f}",
+    display=False,
+)
+glue(
+    "ch6_tbptt_us",
+    f"{tb.get('us_per_token', float('nan')):.0f}",
+    display=False,
+)
 fig
 
 # %% [markdown]
@@ -187,9 +213,19 @@ for name, T, v in ratio_rows:
 full16 = s["ratios"].get("full", {})
 Tmax_full = max((int(T) for T in full16), default=None)
 glue("ch6_full_T", f"{Tmax_full:,}" if Tmax_full else "n/a", display=False)
-glue("ch6_full_ratio", f"{full16[str(Tmax_full)]:.2f}" if Tmax_full else "n/a", display=False)
-glue("ch6_win_ratio", f"{s['ratios']['windowed'][str(Ts[-1])]:.2f}", display=False)
-glue("ch6_lstm_ratio", f"{s['ratios']['lstm'][str(Ts[-1])]:.2f}", display=False)
+glue(
+    "ch6_full_ratio",
+    f"{full16[str(Tmax_full)]:.2f}" if Tmax_full else "n/a",
+    display=False,
+)
+glue(
+    "ch6_win_ratio",
+    f"{s['ratios']['windowed'][str(Ts[-1])]:.2f}",
+    display=False,
+)
+glue(
+    "ch6_lstm_ratio", f"{s['ratios']['lstm'][str(Ts[-1])]:.2f}", display=False
+)
 
 # %% [markdown]
 # A ratio above 1 means the other model is slower than MemNet at that length. At
@@ -215,47 +251,105 @@ glue("ch6_win_T", f"{wins[0]['T']:,}", display=False)
 glue("ch6_win_W", wins[-1]["writes_per_segment"], display=False)
 glue("ch6_win_best_L", wb["segment_len"], display=False)
 glue("ch6_win_best_us", f"{wb['us_per_token']:.0f}", display=False)
-glue("ch6_win_best_ratio", f"{wb.get('full_ratio', float('nan')):.1f}", display=False)
-glue("ch6_win_verdict", "at least" if wb.get("full_ratio", 0) >= 10 else "short of", display=False)
+glue(
+    "ch6_win_best_ratio",
+    f"{wb.get('full_ratio', float('nan')):.1f}",
+    display=False,
+)
+glue(
+    "ch6_win_verdict",
+    "at least" if wb.get("full_ratio", 0) >= 10 else "short of",
+    display=False,
+)
 ceiling = ""
 if "windowed_full_ratio" in wb:
     wf = wb["windowed_full_ratio"]
-    ceiling = (f"The windowed Transformer, MemNet's controller without memory and with a wider feed-forward layer "
-               f"to match the parameter budget, is {wf:.1f} times faster than the FullTransformer at that window")
-    ceiling += (": MemNet is faster still, because the windowed model spends the parameters of MemNet's memory "
-                "interface on that wider layer, which at this window costs more per token than the memory does."
-                if wf < wb["full_ratio"] else
-                ": the ratio a memory of zero cost would reach with the same parameter budget.")
+    ceiling = (
+        "The windowed Transformer, MemNet's controller "
+        "without memory and with a wider feed-forward layer "
+        f"to match the parameter budget, is {wf:.1f} times "
+        "faster than the FullTransformer at that window"
+    )
+    ceiling += (
+        ": MemNet is faster still, because the windowed "
+        "model spends the parameters of MemNet's memory "
+        "interface on that wider layer, which at this "
+        "window costs more per token than the memory does."
+        if wf < wb["full_ratio"]
+        else ": the ratio a memory of zero cost would reach with the same "
+        "parameter budget."
+    )
 glue("ch6_win_ceiling", ceiling, display=False)
-mem_w = {r["segment_len"]: r["us_per_token"] for r in wins if r["model"] == "memnet"}
-win_w = {r["segment_len"]: r["us_per_token"] for r in wins if r["model"] == "windowed"}
+mem_w = {
+    r["segment_len"]: r["us_per_token"] for r in wins if r["model"] == "memnet"
+}
+win_w = {
+    r["segment_len"]: r["us_per_token"]
+    for r in wins
+    if r["model"] == "windowed"
+}
 L0, L1 = min(mem_w), max(mem_w)
-gaps = {L: (mem_w[L] - win_w[L]) * L / 1000 for L in sorted(mem_w)}  # ms per segment above the windowed model
+gaps = {
+    L: (mem_w[L] - win_w[L]) * L / 1000 for L in sorted(mem_w)
+}  # ms per segment above the windowed model
 
 
 def gap_phrase(L: int) -> str:
     g = gaps[L]
     if g > 0:
         return f"{g:.2f} ms per segment at a window of {L}"
-    return (f"nothing at a window of {L}, where MemNet was {-g:.2f} ms per segment faster than the windowed model "
-            "(its controller is smaller: the memory's parameters come out of the same budget)")
+    return (
+        f"nothing at a window of {L}, where MemNet was {-g:.2f} "
+        "ms per segment faster than the windowed model "
+        "(its controller is smaller: the memory's "
+        "parameters come out of the same budget)"
+    )
 
 
-glue("ch6_win_gap_line", "MemNet's memory overhead per segment (its time per token above the windowed model's, times the window) is "
-     + " and ".join(gap_phrase(L) for L in (L0, L1)) + ".", display=False)
-full_T = next((r["us_per_token"] for r in res["seq_len"] if r["model"] == "full" and r["T"] == wins[0]["T"]
-               and "skipped" not in r), None)
-if full_T is not None:  # the memory's budget per segment for 10x: (full / 10 - windowed) * L
+glue(
+    "ch6_win_gap_line",
+    "MemNet's memory overhead per segment (its time per "
+    "token above the windowed model's, times the window) is "
+    + " and ".join(gap_phrase(L) for L in (L0, L1))
+    + ".",
+    display=False,
+)
+full_T = next(
+    (
+        r["us_per_token"]
+        for r in res["seq_len"]
+        if r["model"] == "full"
+        and r["T"] == wins[0]["T"]
+        and "skipped" not in r
+    ),
+    None,
+)
+if (
+    full_T is not None
+):  # the memory's budget per segment for 10x: (full / 10 - windowed) * L
     budget = {L: (full_T / 10 - win_w[L]) * L / 1000 for L in sorted(win_w)}
     room = {L: b for L, b in budget.items() if b > 0}
     none = [L for L, b in budget.items() if b <= 0]
-    budget_line = "To be ten times faster than the FullTransformer here, MemNet's memory may cost a tenth of the " \
-                  "FullTransformer's time per token, less the windowed model's, times the window: "
+    budget_line = (
+        "To be ten times faster than the FullTransformer "
+        "here, MemNet's memory may cost a tenth of the "
+        "FullTransformer's time per token, less "
+        "the windowed model's, times the window: "
+    )
     if room:
-        budget_line += "at most " + book.join_words([f"{b:.2f} ms per segment at a window of {L}" for L, b in room.items()])
+        budget_line += "at most " + book.join_words(
+            [
+                f"{b:.2f} ms per segment at a window of {L}"
+                for L, b in room.items()
+            ]
+        )
     if none:
-        budget_line += ((", and nothing at all" if room else "nothing at all") + " at a window of "
-                        + " or ".join(str(L) for L in none) + ", where the controller alone is already too slow")
+        budget_line += (
+            (", and nothing at all" if room else "nothing at all")
+            + " at a window of "
+            + " or ".join(str(L) for L in none)
+            + ", where the controller alone is already too slow"
+        )
     budget_line += "."
 else:
     budget_line = ""
@@ -263,7 +357,8 @@ glue("ch6_win_budget", budget_line, display=False)
 
 
 class CountCalls(TorchDispatchMode):
-    """Counts the operator calls that reach a kernel (below autograd, views included)."""
+    """Counts the operator calls that reach a kernel (below autograd, views
+    included)."""
 
     def __init__(self):
         super().__init__()
@@ -274,44 +369,79 @@ class CountCalls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def calls_per_segment(L: int, W: int, use_fused: bool, segments: tuple = (2, 6)) -> tuple[float, float]:
-    """Operator calls that one more segment adds to MemNet's forward and to its backward: the
-    difference between two lengths over their segments; the memory step as torch operations
-    (use_fused False) or by the compiled kernel of memnet.fused (where it is available)."""
-    cfg = MemNetConfig.from_dict({**res["config"], "segment_len": L, "writes_per_segment": min(W, L)})
+def calls_per_segment(
+    L: int, W: int, use_fused: bool, segments: tuple = (2, 6)
+) -> tuple[float, float]:
+    """Operator calls that one more segment adds to MemNet's forward and to its
+    backward: the difference between two lengths over their segments; the memory
+    step as torch operations (use_fused False) or by the compiled kernel of
+    memnet.fused (where it is available)."""
+    cfg = MemNetConfig.from_dict(
+        {**res["config"], "segment_len": L, "writes_per_segment": min(W, L)}
+    )
     model = MemNet(cfg)
     model.memory.fused = use_fused
     counts = []
     for S in segments:
-        x = torch.randint(0, cfg.vocab_size, (1, S * L), generator=torch.Generator().manual_seed(S))
+        x = torch.randint(
+            0,
+            cfg.vocab_size,
+            (1, S * L),
+            generator=torch.Generator().manual_seed(S),
+        )
         with CountCalls() as fwd:
             loss = model(x).logits.logsumexp(-1).mean()
         with CountCalls() as bwd:
             loss.backward()
         counts.append((fwd.n, bwd.n))
     dS = segments[1] - segments[0]
-    return (counts[1][0] - counts[0][0]) / dS, (counts[1][1] - counts[0][1]) / dS
+    return (counts[1][0] - counts[0][0]) / dS, (
+        counts[1][1] - counts[0][1]
+    ) / dS
 
 
 count_L = L0
-calls_f, calls_b = calls_per_segment(count_L, wins[-1]["writes_per_segment"], use_fused=False)
-fused_f, fused_b = calls_per_segment(count_L, wins[-1]["writes_per_segment"], use_fused=True)
+calls_f, calls_b = calls_per_segment(
+    count_L, wins[-1]["writes_per_segment"], use_fused=False
+)
+fused_f, fused_b = calls_per_segment(
+    count_L, wins[-1]["writes_per_segment"], use_fused=True
+)
 glue("ch6_calls_L", count_L, display=False)
 glue("ch6_calls_f", f"{calls_f:.0f}", display=False)
 glue("ch6_calls_b", f"{calls_b:.0f}", display=False)
-glue("ch6_fused_calls", "no operator call at all, forward or backward" if fused_f == fused_b == 0 else
-     f"{fused_f:.0f} operator calls forward and {fused_b:.0f} backward", display=False)
+glue(
+    "ch6_fused_calls",
+    (
+        "no operator call at all, forward or backward"
+        if fused_f == fused_b == 0
+        else f"{fused_f:.0f} operator calls forward and {fused_b:.0f} backward"
+    ),
+    display=False,
+)
 cores = res.get("cores")  # absent where the run already used every core
 if cores:
-    full_c = next(r["us_per_token"] for r in cores["rows"] if r["model"] == "full")
-    cores_line = (f"With every core in use ({cores['threads']} threads) the FullTransformer's fused attention uses the "
-                  "extra cores well "
-                  f"({full_c:.0f} microseconds per token at this length) and MemNet's less: "
-                  "the FullTransformer then takes " + " and ".join(
-                      f"{v:.1f} (window {L})" for L, v in s["cores"]["full_ratio"].items()) + " times MemNet's time.")
+    full_c = next(
+        r["us_per_token"] for r in cores["rows"] if r["model"] == "full"
+    )
+    cores_line = (
+        f"With every core in use ({cores['threads']} threads) "
+        "the FullTransformer's fused attention uses the "
+        "extra cores well "
+        f"({full_c:.0f} microseconds per token at this length) and MemNet's less: "
+        "the FullTransformer then takes "
+        + " and ".join(
+            f"{v:.1f} (window {L})"
+            for L, v in s["cores"]["full_ratio"].items()
+        )
+        + " times MemNet's time."
+    )
 else:
-    cores_line = ("The every-core check is not in this run: it already ran with torch's default thread count, "
-                  "or on a GPU.")
+    cores_line = (
+        "The every-core check is not in this run: it "
+        "already ran with torch's default thread count, "
+        "or on a GPU."
+    )
 glue("ch6_cores_line", cores_line, display=False)
 plots.bench_windows(res)
 
@@ -361,29 +491,62 @@ plots.bench_windows(res)
 
 # %% tags=["remove-input"]
 step = (res.get("compile") or {}).get("memory_step", {})
-win32 = 1.0 / s["ratios"]["windowed"][str(Ts[-1])]  # MemNet's time over the windowed model's, B=1
+win32 = (
+    1.0 / s["ratios"]["windowed"][str(Ts[-1])]
+)  # MemNet's time over the windowed model's, B=1
 pe = s.get("peers", {})
 win16 = pe.get("memnet_vs_windowed_time_per_token")
-print(f"MemNet / WindowedTransformer, time per token at window {res['config']['segment_len']}: "
-      f"{win32:.2f}x at B=1 (T={Ts[-1]:,})" + (f", {win16:.2f}x at B={pe['B']} (T={pe['T']})" if win16 else ""))
+print(
+    "MemNet / WindowedTransformer, time per token "
+    f"at window {res['config']['segment_len']}: "
+    f"{win32:.2f}x at B=1 (T={Ts[-1]:,})"
+    + (f", {win16:.2f}x at B={pe['B']} (T={pe['T']})" if win16 else "")
+)
 if "torch_step_us_per_token" in step:
-    print(f"at T={step['T']:,}, window {step['segment_len']}: the step as torch operations "
-          f"{step['torch_step_us_per_token']:.0f} us/token, the C step {step['eager_us_per_token']:.0f}"
-          + (f", the compiled torch step {step['compiled_us_per_token']:.0f}" if "compiled_us_per_token" in step else ""))
+    print(
+        f"at T={step['T']:,}, window {step['segment_len']}: "
+        "the step as torch operations "
+        f"{step['torch_step_us_per_token']:.0f} us/token, "
+        f"the C step {step['eager_us_per_token']:.0f}"
+        + (
+            f", the compiled torch step {step['compiled_us_per_token']:.0f}"
+            if "compiled_us_per_token" in step
+            else ""
+        )
+    )
 glue("ch6_vs_win_1", f"{win32:.2f}", display=False)
 glue("ch6_vs_win_T", f"{Ts[-1]:,}", display=False)
 glue("ch6_seg_L", res["config"]["segment_len"], display=False)
-glue("ch6_vs_win_B", (f" and {win16:.2f} times at a batch of {pe['B']} sequences of {pe['T']} tokens (the training "
-                      "throughput below)") if win16 else "", display=False)
+glue(
+    "ch6_vs_win_B",
+    (
+        (
+            f" and {win16:.2f} times at a batch of {pe['B']} "
+            f"sequences of {pe['T']} tokens (the training "
+            "throughput below)"
+        )
+        if win16
+        else ""
+    ),
+    display=False,
+)
 step_line = ""
 if "torch_step_us_per_token" in step and step.get("fused_step"):
-    step_line = (f"At {step['T']:,} tokens and a window of {step['segment_len']}, MemNet trains at "
-                 f"{step['torch_step_us_per_token']:.0f} microseconds per token with the step as torch operations "
-                 f"and {step['eager_us_per_token']:.0f} with the C step, "
-                 f"{step['torch_step_us_per_token'] / step['eager_us_per_token']:.1f} times faster")
+    step_line = (
+        f"At {step['T']:,} tokens and a window of "
+        f"{step['segment_len']}, MemNet trains at "
+        f"{step['torch_step_us_per_token']:.0f} microseconds "
+        "per token with the step as torch operations "
+        f"and {step['eager_us_per_token']:.0f} with the C step, "
+        f"{step['torch_step_us_per_token'] / step['eager_us_per_token']:.1f} "
+        "times faster"
+    )
     if "compiled_us_per_token" in step:
-        step_line += (f"; torch.compile of the torch step ({step['compiled_us_per_token']:.0f} microseconds per "
-                      "token, after its compilation) is the path for a GPU")
+        step_line += (
+            "; torch.compile of the torch step "
+            f"({step['compiled_us_per_token']:.0f} microseconds per "
+            "token, after its compilation) is the path for a GPU"
+        )
     step_line += "."
 glue("ch6_step_line", step_line, display=False)
 
@@ -400,11 +563,19 @@ glue("ch6_step_line", step_line, display=False)
 sl = res["slots"]
 glue("ch6_N0", f"{sl[0]['num_slots']:,}", display=False)
 glue("ch6_N1", f"{sl[-1]['num_slots']:,}", display=False)
-glue("ch6_slot_growth", f"{sl[-1]['us_per_token'] / sl[0]['us_per_token']:.0f}", display=False)
+glue(
+    "ch6_slot_growth",
+    f"{sl[-1]['us_per_token'] / sl[0]['us_per_token']:.0f}",
+    display=False,
+)
 tk = res["top_k"]
 glue("ch6_k0", tk[0]["top_k"], display=False)
 glue("ch6_k1", tk[-1]["top_k"], display=False)
-glue("ch6_k_change", f"{100 * (tk[-1]['us_per_token'] / tk[0]['us_per_token'] - 1):+.0f}", display=False)
+glue(
+    "ch6_k_change",
+    f"{100 * (tk[-1]['us_per_token'] / tk[0]['us_per_token'] - 1):+.0f}",
+    display=False,
+)
 glue("ch6_k_N", f"{tk[0]['num_slots']:,}", display=False)
 plots.bench_vs_slots(res)
 
@@ -424,16 +595,41 @@ plots.bench_vs_slots(res)
 st_rows = res["streaming"]["memnet"]
 lat = [r["us_per_token"] for r in st_rows]
 glue("ch6_stream_T", f"{st_rows[-1]['tokens_seen']:,}", display=False)
-glue("ch6_stream_spread", f"{100 * s['stream_latency_spread']:.0f}", display=False)
-glue("ch6_stream_dev", f"{100 * s['stream_vs_start_max_dev']:.0f}", display=False)
-same = st_rows[0]["tokens_seen"] == res["profile_settings"]["stream_call"]  # the first checkpoint: the start state itself
-glue("ch6_stream_self", (f"The first checkpoint compares the start state with itself, so its ratio, "
-                         f"{st_rows[0]['vs_start']:.2f}, is the measurement's own noise on this machine."
-                         if same else ""), display=False)
+glue(
+    "ch6_stream_spread",
+    f"{100 * s['stream_latency_spread']:.0f}",
+    display=False,
+)
+glue(
+    "ch6_stream_dev",
+    f"{100 * s['stream_vs_start_max_dev']:.0f}",
+    display=False,
+)
+same = (
+    st_rows[0]["tokens_seen"] == res["profile_settings"]["stream_call"]
+)  # the first checkpoint: the start state itself
+glue(
+    "ch6_stream_self",
+    (
+        f"The first checkpoint compares the start state with itself, so its ratio, "
+        f"{st_rows[0]['vs_start']:.2f}, is the measurement's own noise on this machine."
+        if same
+        else ""
+    ),
+    display=False,
+)
 glue("ch6_state_kb", f"{st_rows[0]['state_bytes'] / 1024:.0f}", display=False)
 kvg = s.get("kv_growth", {})
-glue("ch6_kv_ratio", f"{kvg.get('cache_ratio', float('nan')):.0f}", display=False)
-glue("ch6_kv_lat_ratio", f"{kvg.get('latency_ratio', float('nan')):.0f}", display=False)
+glue(
+    "ch6_kv_ratio",
+    f"{kvg.get('cache_ratio', float('nan')):.0f}",
+    display=False,
+)
+glue(
+    "ch6_kv_lat_ratio",
+    f"{kvg.get('latency_ratio', float('nan')):.0f}",
+    display=False,
+)
 kv_last = [r for r in res["streaming"]["full_kv"] if "us_per_token" in r][-1]
 glue("ch6_kv_mb", f"{kv_last['cache_bytes'] / 2**20:.0f}", display=False)
 plots.bench_streaming(res)
@@ -464,43 +660,110 @@ glue("ch6_read_N", f"{rd['num_slots']:,}", display=False)
 glue("ch6_bank_mb", f"{rd['bank_bytes'] / 2**20:.0f}", display=False)
 glue("ch6_copy", f"{rd['copy_gbps']:.1f}", display=False)
 glue("ch6_read_tok", f"{rd['read_token_gbps']:.1f}", display=False)
-glue("ch6_read_tok_pct", f"{100 * rd['read_token_vs_copy']:.0f}", display=False)
+glue(
+    "ch6_read_tok_pct", f"{100 * rd['read_token_vs_copy']:.0f}", display=False
+)
 glue("ch6_copy_read", f"{rd['copy_read_gbps']:.1f}", display=False)
-glue("ch6_read_tok_pct_read", f"{100 * rd['read_token_vs_copy_read']:.0f}", display=False)
+glue(
+    "ch6_read_tok_pct_read",
+    f"{100 * rd['read_token_vs_copy_read']:.0f}",
+    display=False,
+)
 glue("ch6_read_seg", f"{rd['read_segment_gbps']:.2f}", display=False)
-glue("ch6_read_seg_pct", f"{100 * rd['read_segment_vs_copy']:.0f}", display=False)
+glue(
+    "ch6_read_seg_pct",
+    f"{100 * rd['read_segment_vs_copy']:.0f}",
+    display=False,
+)
 glue("ch6_read_seg_q", rd["read_segment_queries"], display=False)
 glue("ch6_stream_seg_s", f"{rd['stream_segment_s']:.2f}", display=False)
 path = rd.get("read_path", "torch")
-has_torch = "read_torch_token_gbps" in rd  # the torch path measured beside the kernel
-glue("ch6_read_path", "the compiled kernel" if path == "native" else f"the torch path (kernel {path})", display=False)
-glue("ch6_read_verdict", "above" if rd["read_token_vs_copy"] >= 0.5 else "below", display=False)
-glue("ch6_read_torch_line", (f"The torch path on the same queries, a chunked matrix product then a top-k of each chunk's "
-                             f"scores, reaches {rd['read_torch_token_gbps']:.1f} GB/s "
-                             f"({100 * rd['read_torch_token_vs_copy']:.0f}% of copy) for one token and "
-                             f"{rd['read_torch_segment_gbps']:.2f} GB/s for a segment: the matrix library's kernel "
-                             "for a tall bank times four queries does not stream memory at full speed."
-                             if has_torch else ""), display=False)
+has_torch = (
+    "read_torch_token_gbps" in rd
+)  # the torch path measured beside the kernel
+glue(
+    "ch6_read_path",
+    (
+        "the compiled kernel"
+        if path == "native"
+        else f"the torch path (kernel {path})"
+    ),
+    display=False,
+)
+glue(
+    "ch6_read_verdict",
+    "above" if rd["read_token_vs_copy"] >= 0.5 else "below",
+    display=False,
+)
+glue(
+    "ch6_read_torch_line",
+    (
+        "The torch path on the same queries, a chunked "
+        "matrix product then a top-k of each chunk's "
+        f"scores, reaches {rd['read_torch_token_gbps']:.1f} GB/s "
+        f"({100 * rd['read_torch_token_vs_copy']:.0f}% of copy) for one token and "
+        f"{rd['read_torch_segment_gbps']:.2f} GB/s "
+        "for a segment: the matrix library's kernel "
+        "for a tall bank times four queries does not stream memory at full speed."
+        if has_torch
+        else ""
+    ),
+    display=False,
+)
 rc = rd.get("cores")
-glue("ch6_read_cores_line", (f"With every core in use ({rc['threads']} threads) the copy reaches {rc['copy_gbps']:.1f} GB/s "
-                             "and one token's "
-                             f"read {rc['read_token_gbps']:.1f} GB/s, {100 * rc['read_token_vs_copy']:.0f}% of it"
-                             + (f" (the torch path {100 * rc['read_torch_token_vs_copy']:.0f}%)." if "read_torch_token_vs_copy" in rc else ".")
-                             if rc else ""), display=False)
+glue(
+    "ch6_read_cores_line",
+    (
+        f"With every core in use ({rc['threads']} threads) "
+        f"the copy reaches {rc['copy_gbps']:.1f} GB/s "
+        "and one token's "
+        f"read {rc['read_token_gbps']:.1f} GB/s, "
+        f"{100 * rc['read_token_vs_copy']:.0f}% of it"
+        + (
+            f" (the torch path {100 * rc['read_torch_token_vs_copy']:.0f}%)."
+            if "read_torch_token_vs_copy" in rc
+            else "."
+        )
+        if rc
+        else ""
+    ),
+    display=False,
+)
 what = "kernel" if path == "native" else "top-k read"
-bars = [("copy (read + write)", rd["copy_gbps"], "C7"),
-        (f"{what}, one token ({rd['read_token_queries']} queries)", rd["read_token_gbps"], "C0"),
-        (f"{what}, one segment ({rd['read_segment_queries']} queries)", rd["read_segment_gbps"], "C0")]
+bars = [
+    ("copy (read + write)", rd["copy_gbps"], "C7"),
+    (
+        f"{what}, one token ({rd['read_token_queries']} queries)",
+        rd["read_token_gbps"],
+        "C0",
+    ),
+    (
+        f"{what}, one segment ({rd['read_segment_queries']} queries)",
+        rd["read_segment_gbps"],
+        "C0",
+    ),
+]
 if has_torch:
     bars[2:2] = [("torch path, one token", rd["read_torch_token_gbps"], "C1")]
-    bars.append(("torch path, one segment", rd["read_torch_segment_gbps"], "C1"))
+    bars.append(
+        ("torch path, one segment", rd["read_torch_segment_gbps"], "C1")
+    )
 fig, axes = plots.new_figure(1, 1, figsize=(6.5, 0.5 * len(bars) + 1.0))
 ax = axes[0, 0]
-ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color=[b[2] for b in bars][::-1])
-ax.axvline(rd["copy_gbps"] / 2, color="k", ls="--", lw=0.8, label="50% of copy")
+ax.barh(
+    [b[0] for b in bars][::-1],
+    [b[1] for b in bars][::-1],
+    color=[b[2] for b in bars][::-1],
+)
+ax.axvline(
+    rd["copy_gbps"] / 2, color="k", ls="--", lw=0.8, label="50% of copy"
+)
 ax.set_xlabel("GB/s")
-ax.set_title(f"exact top-k read, N = {rd['num_slots']:,} slots, B=1 ({rd['bank_bytes'] / 2**20:.0f} MB of unit keys)",
-             fontsize=9)
+ax.set_title(
+    f"exact top-k read, N = {rd['num_slots']:,} slots, "
+    f"B=1 ({rd['bank_bytes'] / 2**20:.0f} MB of unit keys)",
+    fontsize=9,
+)
 plots.legend_outside(ax, "below")
 fig
 
@@ -538,8 +801,11 @@ for name, c in comp.items():
     if "error" in c:
         print(f"{c['what']} ({where}): not compiled here: {c['error']}")
     else:
-        print(f"{c['what']} ({where}): {c['eager_us_per_token']:.0f} -> {c['compiled_us_per_token']:.0f} us/token "
-              f"({c['speedup']:.2f}x), first pass {c['compile_s']:.0f} s")
+        print(
+            f"{c['what']} ({where}): {c['eager_us_per_token']:.0f} "
+            f"-> {c['compiled_us_per_token']:.0f} us/token "
+            f"({c['speedup']:.2f}x), first pass {c['compile_s']:.0f} s"
+        )
 if not comp:
     print("torch.compile was not measured in this run")
 ok = {k: c for k, c in comp.items() if "speedup" in c}
@@ -547,29 +813,56 @@ compile_line = ""
 if "memory_step" in ok:
     c = ok["memory_step"]
     eager = "the C step" if c.get("fused_step") else "the eager torch step"
-    compile_line = (f"At a window of {c['segment_len']} the compiled torch step trains at "
-                    f"{c['compiled_us_per_token']:.0f} microseconds per token, against {c['eager_us_per_token']:.0f} "
-                    f"with {eager}")
+    compile_line = (
+        f"At a window of {c['segment_len']} the compiled torch step trains at "
+        f"{c['compiled_us_per_token']:.0f} microseconds "
+        f"per token, against {c['eager_us_per_token']:.0f} "
+        f"with {eager}"
+    )
     if "torch_step_us_per_token" in c:
-        compile_line += f" and {c['torch_step_us_per_token']:.0f} with the torch step uncompiled"
+        compile_line += (
+            f" and {c['torch_step_us_per_token']:.0f} with the torch step uncompiled"
+        )
     if "memory_step_best_window" in ok:
         b = ok["memory_step_best_window"]
-        compile_line += (f"; at the fastest window ({b['segment_len']}) {b['compiled_us_per_token']:.0f} against "
-                         f"{b['eager_us_per_token']:.0f}")
+        compile_line += (
+            f"; at the fastest window ({b['segment_len']}) "
+            f"{b['compiled_us_per_token']:.0f} against "
+            f"{b['eager_us_per_token']:.0f}"
+        )
         if "compiled_step_full_ratio" in s:
-            compile_line += (f", where the FullTransformer takes {s['compiled_step_full_ratio']:.1f} times MemNet's "
-                             "compiled time")
+            compile_line += (
+                ", where the FullTransformer takes "
+                f"{s['compiled_step_full_ratio']:.1f} times MemNet's "
+                "compiled time"
+            )
     compile_line += "."
 if "controller" in ok:
     x = ok["controller"]["speedup"]
-    compile_line += (f" Compiling the controller instead makes the whole step {x:.2f} times faster"
-                     + (": its few large operations were fused kernels already." if x < 1.2 else
-                        " in this run."))
+    compile_line += (
+        f" Compiling the controller instead makes the whole step {x:.2f} times faster"
+        + (
+            ": its few large operations were fused kernels already."
+            if x < 1.2
+            else " in this run."
+        )
+    )
 glue("ch6_compile_line", compile_line, display=False)
 firsts = sorted(c["compile_s"] for c in ok.values())
-span = (f"{firsts[0]:.0f}" if round(firsts[0]) == round(firsts[-1]) else f"{firsts[0]:.0f} to {firsts[-1]:.0f}"
-        ) if firsts else ""
-glue("ch6_compile_first", f"the first pass took {span} s here, " if firsts else "", display=False)
+span = (
+    (
+        f"{firsts[0]:.0f}"
+        if round(firsts[0]) == round(firsts[-1])
+        else f"{firsts[0]:.0f} to {firsts[-1]:.0f}"
+    )
+    if firsts
+    else ""
+)
+glue(
+    "ch6_compile_first",
+    f"the first pass took {span} s here, " if firsts else "",
+    display=False,
+)
 
 # %% [markdown]
 # `torch.compile` is optional and nothing depends on it. `model.compile_memory()` compiles the
@@ -600,38 +893,98 @@ if "peers" in res:
     ran = [r for r in res["peers"]["rows"] if "not_run" not in r]
     fig, axes = plots.new_figure(1, 1, figsize=(6.5, 0.32 * len(ran) + 1.0))
     ax = axes[0, 0]
-    ax.barh([r["name"] for r in ran][::-1], [r["tokens_per_s"] for r in ran][::-1],
-            color=[plots.MODEL_COLORS.get(r["model"], "C7") for r in ran][::-1])
+    ax.barh(
+        [r["name"] for r in ran][::-1],
+        [r["tokens_per_s"] for r in ran][::-1],
+        color=[plots.MODEL_COLORS.get(r["model"], "C7") for r in ran][::-1],
+    )
     ax.set_xscale("log")
     plots.plain_log_axes(ax, log_axis="x")
     ax.set_xlabel("training tokens per second (log scale)")
-    ax.set_title(f"B={pe['B']} sequences of T={pe['T']} tokens, {pe['threads']} thread(s)", fontsize=9)
-    glue("ch6_peers_line", (
-        f"MemNet with {pe['memnet'].split('_')[1]} slots trains at {pe['tokens_per_s'][pe['memnet']]:,.0f} tokens per "
-        "second" + (f", {pe['memnet_vs_dnc_tokens_per_s']:.1f} times the DNC's {pe['tokens_per_s']['dnc']:,.0f} with "
-                    "as many memory cells" if "memnet_vs_dnc_tokens_per_s" in pe else "")
-        + "; with " + " and ".join(f"{int(N):,} slots its step takes {v:.2f} times as long"
-                                   for N, v in pe["memnet_slots_time_ratio"].items()) + "."), display=False)
+    ax.set_title(
+        f"B={pe['B']} sequences of T={pe['T']} tokens, {pe['threads']} thread(s)",
+        fontsize=9,
+    )
+    glue(
+        "ch6_peers_line",
+        (
+            f"MemNet with {pe['memnet'].split('_')[1]} slots trains "
+            f"at {pe['tokens_per_s'][pe['memnet']]:,.0f} tokens per "
+            "second"
+            + (
+                f", {pe['memnet_vs_dnc_tokens_per_s']:.1f} times "
+                f"the DNC's {pe['tokens_per_s']['dnc']:,.0f} with "
+                "as many memory cells"
+                if "memnet_vs_dnc_tokens_per_s" in pe
+                else ""
+            )
+            + "; with "
+            + " and ".join(
+                f"{int(N):,} slots its step takes {v:.2f} times as long"
+                for N, v in pe["memnet_slots_time_ratio"].items()
+            )
+            + "."
+        ),
+        display=False,
+    )
     pc = s.get("peers_cores")
-    glue("ch6_peers_cores_line", (
-        f"With every core ({pc['threads']} threads) MemNet trains at {pc['tokens_per_s'][pc['memnet']]:,.0f} tokens "
-        "per second" + (f", {pc['memnet_vs_dnc_tokens_per_s']:.1f} times the DNC's {pc['tokens_per_s']['dnc']:,.0f}"
-                        if "memnet_vs_dnc_tokens_per_s" in pc else "")
-        + (f" (the windowed model: {pc['tokens_per_s']['windowed'] / pc['tokens_per_s']['dnc']:.1f} times)"
-           if {"windowed", "dnc"} <= set(pc["tokens_per_s"]) else "")
-        + f"; from {pe['threads']} to {pc['threads']} threads the throughput grows "
-        + book.join_words([f"{pc['tokens_per_s'][n] / pe['tokens_per_s'][n]:.2f}-fold ({label})"
-                           for n, label in ((pc["memnet"], "MemNet"), ("windowed", "the windowed model"),
-                                            ("dnc", "the DNC")) if n in pc["tokens_per_s"] and n in pe["tokens_per_s"]])
-        + "." if pc else ""), display=False)
+    glue(
+        "ch6_peers_cores_line",
+        (
+            f"With every core ({pc['threads']} threads) MemNet trains "
+            f"at {pc['tokens_per_s'][pc['memnet']]:,.0f} tokens "
+            "per second"
+            + (
+                f", {pc['memnet_vs_dnc_tokens_per_s']:.1f} times "
+                f"the DNC's {pc['tokens_per_s']['dnc']:,.0f}"
+                if "memnet_vs_dnc_tokens_per_s" in pc
+                else ""
+            )
+            + (
+                " (the windowed model: "
+                f"{pc['tokens_per_s']['windowed'] / pc['tokens_per_s']['dnc']:.1f}"
+                " times)"
+                if {"windowed", "dnc"} <= set(pc["tokens_per_s"])
+                else ""
+            )
+            + f"; from {pe['threads']} to {pc['threads']} threads the throughput grows "
+            + book.join_words(
+                [
+                    f"{pc['tokens_per_s'][n] / pe['tokens_per_s'][n]:.2f}-fold "
+                    f"({label})"
+                    for n, label in (
+                        (pc["memnet"], "MemNet"),
+                        ("windowed", "the windowed model"),
+                        ("dnc", "the DNC"),
+                    )
+                    if n in pc["tokens_per_s"] and n in pe["tokens_per_s"]
+                ]
+            )
+            + "."
+            if pc
+            else ""
+        ),
+        display=False,
+    )
     by_reason: dict = {}  # the models not run, grouped by why
     for name, why in pe["not_run"].items():
         by_reason.setdefault(why, []).append(name.upper())
-    glue("ch6_peers_not_run", " ".join(f"{' and '.join(names)}: {why}" + ("" if why.endswith((".", "?")) else ".")
-                                       for why, names in by_reason.items()), display=False)
+    glue(
+        "ch6_peers_not_run",
+        " ".join(
+            f"{' and '.join(names)}: {why}"
+            + ("" if why.endswith((".", "?")) else ".")
+            for why, names in by_reason.items()
+        ),
+        display=False,
+    )
 else:
     print("the training-throughput part is not in this run")
-    glue("ch6_peers_line", "The training-throughput part is not in this run.", display=False)
+    glue(
+        "ch6_peers_line",
+        "The training-throughput part is not in this run.",
+        display=False,
+    )
     glue("ch6_peers_not_run", "", display=False)
     glue("ch6_peers_cores_line", "", display=False)
     fig = None
@@ -645,26 +998,43 @@ fig
 #
 # ## Explore the costs
 #
-# Pick a metric and slide over the sequence lengths: the left panel marks the length on the
-# log-log curves, the right compares the models at that length. Every view is drawn in advance, so
+# Pick a metric and slide over the sequence lengths: the left panel marks the length on
+# the log-log curves, the right compares the models at that length. Every view is drawn in advance, so
 # the controls work on this page as in JupyterLab.
 
 # %% tags=["nbval-ignore-output"]
 lengths = sorted({r["T"] for r in res["seq_len"]})
-metric_w = W.Dropdown(options=[(v, k) for k, v in plots.BENCH_METRICS.items()
-                               if any(k in r for r in res["seq_len"])], value="us_per_token", description="metric")
-length_w = W.SelectionSlider(options=lengths, value=lengths[-1], description="tokens")
+metric_w = W.Dropdown(
+    options=[
+        (v, k)
+        for k, v in plots.BENCH_METRICS.items()
+        if any(k in r for r in res["seq_len"])
+    ],
+    value="us_per_token",
+    description="metric",
+)
+length_w = W.SelectionSlider(
+    options=lengths, value=lengths[-1], description="tokens"
+)
 
 
 def draw(metric: str, length: int):
-    fig, axes = plots.new_figure(1, 2, figsize=(plots.COLUMN_WIDTH, 3.0), width_ratios=[1.2, 1])
-    plots.bench_vs_length(res, metric, ax=axes[0, 0], highlight=length, legend=None)
+    fig, axes = plots.new_figure(
+        1, 2, figsize=(plots.COLUMN_WIDTH, 3.0), width_ratios=[1.2, 1]
+    )
+    plots.bench_vs_length(
+        res, metric, ax=axes[0, 0], highlight=length, legend=None
+    )
     rows = [r for r in res["seq_len"] if r["T"] == length]
     names = [plots.MODEL_LABELS.get(r["model"], r["model"]) for r in rows]
     vals = [r.get(metric, 0.0) if "skipped" not in r else 0.0 for r in rows]
-    axes[0, 1].barh(names, vals, color=[plots.MODEL_COLORS.get(r["model"]) for r in rows])
+    axes[0, 1].barh(
+        names, vals, color=[plots.MODEL_COLORS.get(r["model"]) for r in rows]
+    )
     axes[0, 1].invert_yaxis()
-    axes[0, 1].set_title(f"{length:,} tokens (no bar: skipped)", fontsize=plots.TITLE_SIZE)
+    axes[0, 1].set_title(
+        f"{length:,} tokens (no bar: skipped)", fontsize=plots.TITLE_SIZE
+    )
     axes[0, 1].set_xlabel(plots.BENCH_METRICS[metric])
     return fig
 
@@ -675,11 +1045,16 @@ widgets.live_figure([metric_w, length_w], draw)
 # Without a kernel, the same comparison at every length:
 
 # %% mystnb={"image": {"alt": "Time per token of every model at each sequence length, one panel per length, on a log scale."}}
-fig, axes = plots.new_figure(1, len(lengths), figsize=(plots.COLUMN_WIDTH, 2.8), sharey=True)
+fig, axes = plots.new_figure(
+    1, len(lengths), figsize=(plots.COLUMN_WIDTH, 2.8), sharey=True
+)
 for ax, T in zip(axes[0], lengths):
     rows = [r for r in res["seq_len"] if r["T"] == T]
-    ax.bar([r["model"] for r in rows], [r.get("us_per_token", 0.0) for r in rows],
-           color=[plots.MODEL_COLORS.get(r["model"]) for r in rows])
+    ax.bar(
+        [r["model"] for r in rows],
+        [r.get("us_per_token", 0.0) for r in rows],
+        color=[plots.MODEL_COLORS.get(r["model"]) for r in rows],
+    )
     ax.set_yscale("log")
     plots.plain_log_axes(ax)
     ax.set_title(f"{T:,} tokens", fontsize=plots.TITLE_SIZE)
@@ -692,16 +1067,31 @@ fig
 p = res["profile_settings"]
 assert {r["model"] for r in res["seq_len"]} == set(p["models"])
 assert all("skipped" in r or r["us_per_token"] > 0 for r in res["seq_len"])
-assert len({r["state_bytes"] for r in res["streaming"]["memnet"]}) == 1, "the streaming state must not grow"
+assert (
+    len({r["state_bytes"] for r in res["streaming"]["memnet"]}) == 1
+), "the streaming state must not grow"
 kv_sizes = [r["cache_bytes"] for r in res["streaming"]["full_kv"]]
-assert kv_sizes == sorted(kv_sizes) and kv_sizes[-1] > kv_sizes[0], "the KV cache must grow"
+assert (
+    kv_sizes == sorted(kv_sizes) and kv_sizes[-1] > kv_sizes[0]
+), "the KV cache must grow"
 assert [r["num_slots"] for r in res["slots"]] == list(p["slots"])
 assert 0 < rd["read_token_gbps"] and 0 < rd["copy_gbps"]
 mem_mb = [mem_rows[T]["autograd_mb"] for T in Ts]
-assert all(b > a for a, b in zip(mem_mb, mem_mb[1:])), "autograd memory grows with length"
-if fused.status() == "native":  # the C step replaces the per-segment loop of calls (counted above, this machine)
-    assert fused_f + fused_b < (calls_f + calls_b) / 5, (fused_f, fused_b, calls_f, calls_b)
-if step.get("fused_step"):  # the sentence says the C step is faster than the torch step
+assert all(
+    b > a for a, b in zip(mem_mb, mem_mb[1:])
+), "autograd memory grows with length"
+if (
+    fused.status() == "native"
+):  # the C step replaces the per-segment loop of calls (counted above, this machine)
+    assert fused_f + fused_b < (calls_f + calls_b) / 5, (
+        fused_f,
+        fused_b,
+        calls_f,
+        calls_b,
+    )
+if step.get(
+    "fused_step"
+):  # the sentence says the C step is faster than the torch step
     assert step["eager_us_per_token"] < step["torch_step_us_per_token"]
 print(f"chapter 6 checks passed ({run.profile} run)")
 

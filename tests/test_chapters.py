@@ -68,6 +68,19 @@ def test_every_chapter_is_paired():
         assert nb.with_suffix(".py").is_file(), f"{nb.name} has no .py source"
 
 
+CODE_COLUMNS = 88  # _static/memnet.css sizes the code so that this many characters fit the column
+
+
+@pytest.mark.parametrize("src", CHAPTERS, ids=lambda p: p.stem)
+def test_code_readers_see_fits_the_column(src):
+    """Every line of code a reader can see (cells not removed from the page, folded ones included)
+    is at most CODE_COLUMNS characters, so it fits the text column without wrapping."""
+    long = [(i, line) for i, c in enumerate(jupytext.read(src).cells)
+            if c.cell_type == "code" and not {"remove-cell", "remove-input"} & set(c.metadata.get("tags", []))
+            for line in c.source.split("\n") if len(line) > CODE_COLUMNS]
+    assert not long, f"{src.name}: {len(long)} lines over {CODE_COLUMNS} characters, e.g. cell {long[0]}"
+
+
 @pytest.mark.parametrize("src", CHAPTERS, ids=lambda p: p.stem)
 def test_pair_in_sync(src):
     """jupytext.read of the .py and the .ipynb give the same cells (type, source, tags)."""
