@@ -363,6 +363,7 @@ for ax, m in zip(axes.flat, seq):
         ax=ax,
         title=plots.CONTINUAL_LABELS[m],
     )
+plots.label_outer(axes, len(seq))
 fig
 
 # %% [markdown]
@@ -612,6 +613,7 @@ for ax, m in zip(axes.flat, first_views):
         ax=ax,
         title=plots.CONTINUAL_LABELS[m],
     )
+plots.label_outer(axes, len(first_views))
 fig
 
 # %% [markdown]

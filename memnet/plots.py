@@ -83,6 +83,18 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | No
     return fig, axes
 
 
+def label_outer(axes: np.ndarray, n: int | None = None) -> None:
+    """In a grid of panels of which the first `n` (all by default) are used, keep each axis label
+    once: the x label under the lowest used panel of each column, the y label on the first column."""
+    nrows, ncols = axes.shape
+    n = nrows * ncols if n is None else n
+    for k, ax in enumerate(axes.flat[:n]):
+        if k + ncols < n:
+            ax.set_xlabel("")
+        if k % ncols:
+            ax.set_ylabel("")
+
+
 def legend_outside(ax: Axes, where: str = "right", ncols: int = 1, **kw):
     """A legend of `ax`'s labelled artists outside every panel: ``"right"`` of `ax`, or ``"below"`` the
     whole figure (``fig.legend``, so use it once per figure). Constrained layout makes room for it."""

@@ -451,3 +451,13 @@ def test_show_report_and_note_give_html_to_notebooks_and_text_elsewhere(monkeypa
     book.show_report(text)  # no IPython shell here: the text is printed as it is
     book.note("careful", kind="warning", title="Heads up")
     assert capsys.readouterr().out == text + "\n[Heads up] careful\n"
+
+
+def test_label_outer_keeps_each_axis_label_once_per_row_and_column():
+    fig, axes = plots.new_figure(2, 3)
+    for ax in axes.flat:
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+    plots.label_outer(axes, 5)  # the sixth panel is unused (left as it is): the third column keeps its first x label
+    assert [ax.get_xlabel() for ax in axes.flat] == ["", "", "x", "x", "x", "x"]
+    assert [ax.get_ylabel() for ax in axes.flat] == ["y", "", "", "y", "", "y"]
