@@ -188,7 +188,10 @@ def draw_view(trace: MemoryTrace, segment: int = 0, head: int | None = None, slo
     """The explorer's figure for one (segment, head, slot) choice."""
     fig, axes = plots.new_figure(2, 1, figsize=(plots.COLUMN_WIDTH, 5.4), height_ratios=[1, 0.9])
     top, bottom = axes[:, 0]  # the segment on top, the slot's history below it
-    plots.segment_panel(trace, segment, batch, head, ax=top, slot=slot, colorbar=True)
+    plots.segment_panel(trace, segment, batch, head, ax=top, slot=slot)
+    # the colour bar right at the panel's edge, in the margin the lower panel's age axis needs anyway
+    bar = fig.colorbar(top.get_images()[0], cax=top.inset_axes([1.015, 0.05, 0.02, 0.9]))
+    bar.ax.tick_params(labelsize=plots.TICK_SIZE)
     who = "all heads" if head is None else f"head {head}"
     top.set_title(f"segment {segment}: read weight ({who})", fontsize=plots.TITLE_SIZE)
     ax = bottom
