@@ -682,7 +682,7 @@ fig2
 widgets.continual_explorer(res, run.traces)
 
 # %% [markdown]
-# Without a kernel: the fixed-address MemNet's carried memory at the end of every task (seed shown
+# At a glance: the fixed-address MemNet's carried memory at the end of every task (seed shown
 # above the panels).
 
 # %% mystnb={"image": {"alt": "Which task each slot of the fixed-address MemNet's carried memory holds, at the end of each task."}}

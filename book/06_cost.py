@@ -1042,7 +1042,7 @@ def draw(metric: str, length: int):
 widgets.live_figure([metric_w, length_w], draw)
 
 # %% [markdown]
-# Without a kernel, the same comparison at every length:
+# The same comparison at every length at once:
 
 # %% mystnb={"image": {"alt": "Time per token of every model at each sequence length, one panel per length, on a log scale."}}
 fig, axes = plots.new_figure(
