@@ -120,7 +120,7 @@ PROFILES = {
                       distances=(0, 4, 16, 64), capacity_pairs=(4, 16, 32, 64), capacity_delays=(16,)),
     # the stored run: every model, three learning rates on seed 0, three seeds; the LSTM, Titans and
     # the RMT, whose loss stayed on the plateau through 1,500 steps at every rate of their sweep, train 3,000
-    "full": Profile(steps_of=(("lstm", 3000), ("titans", 3000), ("rmt", 3000))),
+    "full": Profile(steps_of=(("lstm", 3000), ("titans", 3000), ("rmt", 3000), ("dnc", 3000))),
     "gpu": Profile(batch_size=64, steps=3000, eval_batch=128),
 }
 
