@@ -422,6 +422,12 @@ def said(models: list[str]) -> str:
     return ", ".join(long_range.LABELS[n] for n in models)
 
 
+def seeds_of(k: int, n: int) -> str:
+    if k == n:
+        return f"all {n} seeds"
+    return "none of its seeds" if k == 0 else f"{k} of its {n} seeds"
+
+
 if void:  # models that never showed in-window recall: out of every comparison
     one = len(void) == 1
     void_text = (
@@ -451,8 +457,8 @@ else:
         "plateau through the shared budget at every learning rate of their "
         "sweep; at the longer budget "
         + "; ".join(
-            f"{long_range.LABELS[n]} left it in {len(e)} of its "
-            f"{len(long_range.plateau_exit(res, n))} seeds"
+            f"{long_range.LABELS[n]} left it in "
+            + seeds_of(len(e), len(long_range.plateau_exit(res, n)))
             + (f", at step {min(e):,} at the earliest" if e else "")
             for n, e in late.items()
         )
