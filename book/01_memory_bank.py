@@ -343,26 +343,11 @@ print(
 fig, axes = plots.new_figure(
     1, 3, figsize=(plots.COLUMN_WIDTH, 2.8), width_ratios=[1, 1, 0.45]
 )
-plots.heatmap(
-    aged.values[0],
-    axes[0, 0],
-    "values before",
-    "dimension",
-    "slot",
-    cmap="RdBu_r",
-    vmin=-2.5,
-    vmax=2.5,
-)
-plots.heatmap(
-    after.values[0],
-    axes[0, 1],
-    "values after",
-    "dimension",
-    "slot",
-    cmap="RdBu_r",
-    vmin=-2.5,
-    vmax=2.5,
-)
+for ax, state, when in zip(axes[0], (aged, after), ("before", "after")):
+    plots.heatmap(
+        state.values[0], ax, f"values {when}", "dimension", "slot",
+        cmap="RdBu_r", vmin=-2.5, vmax=2.5,
+    )
 plots.heatmap(
     wr.strength[0][:, None],
     axes[0, 2],

@@ -717,11 +717,9 @@ for t, ax in enumerate(axes.flat[:T]):
         title=f"after task {t + 1}",
         legend=False,
     )
-    ax.set_xlabel("item streamed (segment)" if t >= T - 3 else "")
-    ax.tick_params(
-        labelbottom=t >= T - 3
-    )  # ticks under the lowest panel of each column
-    ax.set_ylabel("slot" if t % 3 == 0 else "")
+    ax.set_xlabel("item streamed (segment)")
+    ax.tick_params(labelbottom=t >= T - 3)  # under the lowest panel of each column
+plots.label_outer(axes, T)
 plots.legend_outside(
     axes[0, 0], "below", ncols=T, handles=plots.task_patches(T)
 )

@@ -246,40 +246,16 @@ names = fx.shown(res)
 mean = lambda v: float(np.mean(v))
 for n in ("none", "fixed", "learned", "evidence", "evidence_faded"):
     r = rows.get(n)
-    glue(
-        f"ch5_{n}_recall",
-        f"{100 * mean(r['recall']):.1f}" if r else "not run",
-        display=False,
-    )
-    glue(
-        f"ch5_{n}_held",
-        f"{100 * mean(r['held_recall']):.1f}" if r else "not run",
-        display=False,
-    )
-    glue(
-        f"ch5_{n}_ratio",
-        f"{r['ratio']['ratio']:.2f}" if r else "not run",
-        display=False,
-    )
-    glue(
-        f"ch5_{n}_ci",
-        (
-            f"{r['ratio']['lo']:.2f} to {r['ratio']['hi']:.2f}"
-            if r
-            else "not run"
-        ),
-        display=False,
-    )
-    glue(
-        f"ch5_{n}_ru",
-        f"{r['rmst_useful']:.1f}" if r else "not run",
-        display=False,
-    )
-    glue(
-        f"ch5_{n}_rd",
-        f"{r['rmst_distractor']:.1f}" if r else "not run",
-        display=False,
-    )
+    texts = {  # each configuration's numbers for the prose, "not run" without its row
+        "recall": lambda: f"{100 * mean(r['recall']):.1f}",
+        "held": lambda: f"{100 * mean(r['held_recall']):.1f}",
+        "ratio": lambda: f"{r['ratio']['ratio']:.2f}",
+        "ci": lambda: f"{r['ratio']['lo']:.2f} to {r['ratio']['hi']:.2f}",
+        "ru": lambda: f"{r['rmst_useful']:.1f}",
+        "rd": lambda: f"{r['rmst_distractor']:.1f}",
+    }
+    for key, text in texts.items():
+        glue(f"ch5_{n}_{key}", text() if r else "not run", display=False)
 gaps = [
     100 * (e - f)
     for e, f in zip(fx.recall(res, "evidence"), fx.recall(res, "fixed"))

@@ -95,9 +95,12 @@ def label_outer(axes: np.ndarray, n: int | None = None) -> None:
             ax.set_ylabel("")
 
 
-def legend_outside(ax: Axes, where: str = "right", ncols: int = 1, **kw):
-    """A legend of `ax`'s labelled artists outside every panel: ``"right"`` of `ax`, or ``"below"`` the
-    whole figure (``fig.legend``, so use it once per figure). Constrained layout makes room for it."""
+def legend_outside(ax: Axes, where: str = "right", ncols: int | None = None, **kw):
+    """A legend of `ax`'s labelled artists outside every panel: ``"right"`` of `ax` (one column by
+    default), or ``"below"`` the whole figure (``fig.legend``, so use it once per figure; four columns
+    by default). Constrained layout makes room for it."""
+    if ncols is None:
+        ncols = 1 if where == "right" else 4
     if where == "right":
         return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=LEGEND_SIZE,
                          ncols=ncols, **kw)
@@ -271,10 +274,7 @@ def small_multiples(trace: MemoryTrace, batch: int = 0, head: int | None = None,
             ax.set_axis_off()
             continue
         segment_panel(trace, segments[i], batch, head, ax=ax, vmax=vmax)
-        if i % ncols:
-            ax.set_ylabel("")
-        if i < len(segments) - ncols:  # the x label once per column, under its lowest panel
-            ax.set_xlabel("")
+    label_outer(axes, len(segments))
     who = "all heads" if head is None else f"head {head}"
     fig.suptitle(f"read weight per token and slot over time ({who});\nred arrows: write events", fontsize=10)
     return fig
@@ -312,7 +312,7 @@ def accuracy_curves(curves: dict, ax: Axes | None = None, xlabel: str = "", titl
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=TITLE_SIZE)
     if legend:
-        legend_outside(ax, legend, ncols=1 if legend == "right" else 4)
+        legend_outside(ax, legend)
     return ax.figure
 
 
@@ -578,7 +578,7 @@ def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: d
     for ax in axes.flat[len(models):]:
         ax.set_visible(False)
     runs = result["streams"][stream]["runs"]
-    for k, (ax, m) in enumerate(zip(axes.flat, models)):
+    for ax, m in zip(axes.flat, models):
         Rs = continual_matrices(result, stream, m)
         for j in range(T):
             x = np.arange(j, T)
@@ -592,11 +592,11 @@ def forgetting_curves(result: dict, stream: str, models: Sequence[str], joint: d
                 if fin:
                     ax.axhline(np.mean(fin), color=f"C{j}", ls=":", lw=0.8)
         ax.set_title(textwrap.fill(CONTINUAL_LABELS.get(m, m), 26), fontsize=TITLE_SIZE)
-        ax.set_xlabel("after training on task" if k + ncols >= len(models) else "")  # lowest in its column
+        ax.set_xlabel("after training on task")
+        ax.set_ylabel("test accuracy")
         ax.set_xticks(range(1, T + 1))
         ax.set_ylim(-0.03, 1.03)
-    for row in axes:
-        row[0].set_ylabel("test accuracy")
+    label_outer(axes, len(models))
     legend_outside(axes[0, 0], "below", ncols=min(T, 6))
     return fig
 
@@ -795,7 +795,7 @@ def bench_vs_length(result: dict, metric: str = "us_per_token", ax: Axes | None 
     ax.set_ylabel(BENCH_METRICS[metric])
     ax.grid(True, which="both", alpha=0.3)
     if legend:
-        legend_outside(ax, legend, ncols=1 if legend == "right" else 4)
+        legend_outside(ax, legend)
     return fig
 
 
