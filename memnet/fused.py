@@ -35,7 +35,11 @@ from __future__ import annotations
 
 import ctypes
 import math
+import sys
+import threading
 from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -276,6 +280,55 @@ def step(bank, state, queries: Tensor, req, valid: Tensor):
 
 
 # ---------------------------------------------------------------------------- the scan over segments
+class BufferPool:
+    """Float32 buffers of the scan's (B, S+1, N, D) state chains and (B, 2, N, D) gradient turns,
+    kept between calls and handed out again once nothing holds them.
+
+    A fresh buffer of that size is fresh pages from the system each call: at 1,024 slots, B=16 and
+    16 segments the two chains are 140 MB, and faulting them in and clearing them took about as long
+    as the scan's arithmetic. Each buffer is a numpy array whose memory a tensor shares
+    (``torch.from_numpy``); the tensor's storage holds a reference to the array until the last tensor
+    on it (a view, a tensor autograd saved) is gone, so an array with no reference but the pool's is
+    free. Free arrays beyond `keep_bytes` in all are let go, least recently used first."""
+
+    def __init__(self, keep_bytes: int = 1 << 30):
+        self.keep_bytes = keep_bytes
+        self._arrays: list[np.ndarray] = []  # most recently handed out last
+        self._lock = threading.Lock()
+        # the count sys.getrefcount gives for an array nothing but the pool's list holds, as read by
+        # _free (measured here, in the same way, rather than assumed of the interpreter)
+        probe = [np.empty(0, dtype=np.float32)]
+        self._alone = sys.getrefcount(probe[0])
+
+    def _free(self, i: int) -> bool:
+        """Whether nothing but the pool holds array i."""
+        return sys.getrefcount(self._arrays[i]) <= self._alone
+
+    def take(self, shape: tuple[int, ...]) -> Tensor:
+        """A float32 tensor of `shape` (contents undefined)."""
+        shape = tuple(int(x) for x in shape)
+        with self._lock:
+            at = next((i for i in range(len(self._arrays)) if self._arrays[i].shape == shape and self._free(i)), None)
+            found = np.empty(shape, dtype=np.float32) if at is None else self._arrays.pop(at)
+            self._arrays.append(found)
+            # let go of the least recently used free arrays while the free ones exceed keep_bytes
+            excess = sum(self._arrays[i].nbytes for i in range(len(self._arrays)) if self._free(i)) - self.keep_bytes
+            i = 0
+            while excess > 0 and i < len(self._arrays) - 1:
+                if self._free(i):
+                    excess -= self._arrays.pop(i).nbytes
+                else:
+                    i += 1
+            return torch.from_numpy(found)
+
+    def held_bytes(self) -> int:
+        """Bytes of every array the pool keeps, free or in use."""
+        return sum(a.nbytes for a in self._arrays)
+
+
+_POOL = BufferPool()
+
+
 def _bytes(t: Tensor) -> int:
     """How many bytes a (B, S, ...) tensor's segment s+1 lies after its segment s."""
     return t.stride(1) * t.element_size()
@@ -321,7 +374,7 @@ class FusedScan(torch.autograd.Function):
         N, D = keys.shape[2:]
         final = [None if t is None else _rows(t) for t in (g_keys, g_values)]
         upstream = [None if t is None else _blocks(t) for t in (g_vectors, g_read_weight, g_mass, g_retention)]
-        turns = [torch.empty(B, 2, N, D) for _ in range(2)]  # the state's gradient, passed segment to segment
+        turns = [_POOL.take((B, 2, N, D)) for _ in range(2)]  # the state's gradient, passed segment to segment
         grads = [torch.empty((B, S, *shape)) for shape in consts.grads[2:]]
         ins, tops = saved[:17], saved[17:]
         per_row = slot_logit.dim() == 3  # "evidence": a logit per row and segment; else the bank's, shared
@@ -370,7 +423,8 @@ def scan(bank, state, queries: Tensor, req, valid: Tensor, detach_every: int | N
     lrs, lws = bank.log_read_sharpness, bank.log_write_sharpness
     base = bank.decay_logit  # (N,): the slot-wise logit of every row and segment, unless "evidence"
     # the state as a chain (B, S+1, ...): segment s reads entry s and writes entry s+1
-    chain = [torch.empty((B, S + 1, *shape), dtype=dtype) for shape, dtype in consts.outputs[:6]]
+    chain = [_POOL.take((B, S + 1, *shape)) if i < 2 else torch.empty((B, S + 1, *shape), dtype=dtype)
+             for i, (shape, dtype) in enumerate(consts.outputs[:6])]  # keys and values from the pool
     with torch.no_grad():
         for buf, t in zip(chain, (state.keys, state.values, state.age, state.usage, state.retained, state.segments)):
             buf[:, 0].copy_(t)

@@ -311,3 +311,51 @@ def test_a_copied_or_pickled_model_takes_the_same_step():
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
     assert torch.equal(twin(x).logits, want) and torch.equal(loaded(x).logits, want)
+
+
+def test_the_buffer_pool_hands_out_only_what_nothing_holds():
+    """fused.BufferPool gives a buffer back out only when no tensor (nor a view of one) holds it,
+    and lets go of free buffers beyond the bytes it keeps."""
+    pool = fused.BufferPool(keep_bytes=2 * 12 * 4)
+    a, b = pool.take((3, 4)), pool.take((3, 4))
+    assert a.data_ptr() != b.data_ptr() and a.shape == (3, 4) and a.dtype == torch.float32
+    at = a.data_ptr()
+    del a
+    c = pool.take((3, 4))
+    assert c.data_ptr() == at  # a's buffer, free again
+    view = c[1:]
+    del c
+    d = pool.take((3, 4))
+    assert d.data_ptr() not in (at, b.data_ptr())  # the view still holds c's
+    del view, b, d
+    for shape in ((5,), (6,), (7,)):  # more free buffers than 96 bytes: the oldest free ones go
+        pool.take(shape)
+    assert pool.held_bytes() <= 2 * 12 * 4 + 7 * 4
+
+
+def test_two_forwards_before_a_backward_keep_their_own_buffers():
+    """The scan's state chains come from the pool: a second forward of the same shapes, taken
+    while autograd still holds the first one's chains, gets buffers of its own, so each backward
+    gives what it gives alone (and what the torch loop gives)."""
+    cfg = MemNetConfig(vocab_size=30, d_model=16, num_slots=12, top_k=2, mem_heads=2, segment_len=4)
+    model = perturbed(cfg, 0)
+    x1, x2 = rand_tokens(2, 13, vocab=30, seed=1), rand_tokens(2, 13, vocab=30, seed=2)
+
+    def grads(loss):
+        return torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+
+    def loss_of(x):
+        out = model(x)
+        return out.logits.square().mean() + out.memory.keys.sum() + out.memory.values.square().sum()
+
+    alone = [grads(loss_of(x)) for x in (x1, x2)]
+    first, second = loss_of(x1), loss_of(x2)  # both graphs alive at once
+    together = [grads(second), grads(first)][::-1]
+    model.memory.fused = False
+    reference = [grads(loss_of(x)) for x in (x1, x2)]
+    for got, want, ref in zip(together, alone, reference):
+        for a, b, r in zip(got, want, ref):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert torch.equal(a, b)
+                close_grads(a, r, "a parameter")

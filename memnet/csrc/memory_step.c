@@ -55,27 +55,30 @@ static float dot(const float *a, const float *b, int64_t D) {
 typedef float vec16 __attribute__((vector_size(64)));
 static int64_t padded(int64_t C) { return (C + SCORE_BLOCK - 1) / SCORE_BLOCK * SCORE_BLOCK; }
 
-/* the scores (QB, C) of QB queries (QB, D) at once, 32 candidates at a time in eight registers:
+/* the scores (QB, C) of QB queries (QB, D) at once, 32 candidates at a time in sixteen registers:
    each column block of ct (rows of `ld` floats, the first C scored) is read once for QB queries, not
    once per query (a large bank's ct is beyond the first-level cache, and reading it per query would
    bound the step). Products and sums fuse (one rounding each): these scores only rank and weigh, as
    a matrix product's would, and the clamps and allocation scores elsewhere keep torch's order */
-#define QB 4
+#ifdef __AVX512F__
+#define QB 8  /* 16 accumulators of the 32 registers */
+#else
+#define QB 4  /* 8 accumulators, 16 registers of AVX */
+#endif
 __attribute__((optimize("fp-contract=fast")))
 static void scores_block(float *s, const float *q, const float *ct, int64_t C, int64_t ld, int64_t D) {
-    for (int64_t c0 = 0; c0 < C; c0 += 32) {
-        vec16 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0}, x0, x1;
+    for (int64_t c0 = 0; c0 < C; c0 += 32) {  /* C is a multiple of SCORE_BLOCK (64) */
+        vec16 a[QB][2] = {{{0}}}, x[2];
         for (int64_t i = 0; i < D; i++) {
             const float *col = ct + i * ld + c0;
-            memcpy(&x0, col, sizeof x0); memcpy(&x1, col + 16, sizeof x1);
-            const float q0 = q[i], q1 = q[D + i], q2 = q[2 * D + i], q3 = q[3 * D + i];
-            a00 += q0 * x0; a01 += q0 * x1; a10 += q1 * x0; a11 += q1 * x1;
-            a20 += q2 * x0; a21 += q2 * x1; a30 += q3 * x0; a31 += q3 * x1;
+            for (int j = 0; j < 2; j++) memcpy(&x[j], col + 16 * j, sizeof x[j]);
+            for (int r = 0; r < QB; r++) {
+                const float qr = q[r * D + i];
+                for (int j = 0; j < 2; j++) a[r][j] += qr * x[j];
+            }
         }
-        memcpy(s + c0, &a00, sizeof a00); memcpy(s + c0 + 16, &a01, sizeof a01);
-        memcpy(s + C + c0, &a10, sizeof a10); memcpy(s + C + c0 + 16, &a11, sizeof a11);
-        memcpy(s + 2 * C + c0, &a20, sizeof a20); memcpy(s + 2 * C + c0 + 16, &a21, sizeof a21);
-        memcpy(s + 3 * C + c0, &a30, sizeof a30); memcpy(s + 3 * C + c0 + 16, &a31, sizeof a31);
+        for (int r = 0; r < QB; r++)
+            for (int j = 0; j < 2; j++) memcpy(s + r * C + c0 + 16 * j, &a[r][j], sizeof a[r][j]);
     }
 }
 
@@ -268,25 +271,29 @@ static void softmax_backward(float *gtop, float *gscale, const float *w, const f
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
-/* per slot of the bank K_ (N, D): the key's norm (N,), its product with d (N,; "learned"), the retention gate (N,) and, "learned", the
-   clamped logit's pass mask (N,). The logit is dl[n] (the row's slot-wise logit: the bank's decay
-   logit, with "evidence" plus the row's evidence term; the caller passes a batch stride of 0 when
-   every row shares it) plus, "learned", the cosine of the key (normalised with eps) and the decay
-   direction d. One pass over the keys. */
+/* slot n of the bank K_ (N, D): the key's norm nrm[n], its product with d kd[n] ("learned"), the
+   retention gate ret[n] and, "learned", the clamped logit's pass mask pass[n]. The logit is dl[n]
+   (the row's slot-wise logit: the bank's decay logit, with "evidence" plus the row's evidence term;
+   the caller passes a batch stride of 0 when every row shares it) plus, "learned", the cosine of the
+   key (normalised with eps) and the decay direction d. */
+static inline void slot_gate(int64_t n, float *nrm, float *kd, float *ret, uint8_t *pass, const float *K_,
+                             const float *d, const float *dl, const int64_t *dm, const float *fl) {
+    const int64_t D = dm[DM_D];
+    const float lim = fl[FL_LOGIT_MAX], eps = fl[FL_EPS];
+    const float *k = K_ + n * D;
+    nrm[n] = sqrtf(dot(k, k, D));
+    if (dm[DM_DECAY] == DECAY_NONE) { ret[n] = 1.0f; pass[n] = 0; return; }
+    float logit = dl[n];
+    kd[n] = dm[DM_DECAY] == DECAY_LEARNED ? dot(k, d, D) : 0.0f;
+    if (dm[DM_DECAY] == DECAY_LEARNED) logit += kd[n] / (nrm[n] > eps ? nrm[n] : eps);
+    pass[n] = dm[DM_DECAY] == DECAY_LEARNED && logit >= -lim && logit <= lim;
+    ret[n] = sigmoid(clampf(logit, -lim, lim));
+}
+
+/* slot_gate of every slot: one pass over the keys */
 static void slot_gates(float *nrm, float *kd, float *ret, uint8_t *pass, const float *K_, const float *d,
                        const float *dl, const int64_t *dm, const float *fl) {
-    const int64_t N = dm[DM_N], D = dm[DM_D];
-    const float lim = fl[FL_LOGIT_MAX], eps = fl[FL_EPS];
-    for (int64_t n = 0; n < N; n++) {
-        const float *k = K_ + n * D;
-        nrm[n] = sqrtf(dot(k, k, D));
-        if (dm[DM_DECAY] == DECAY_NONE) { ret[n] = 1.0f; pass[n] = 0; continue; }
-        float logit = dl[n];
-        kd[n] = dm[DM_DECAY] == DECAY_LEARNED ? dot(k, d, D) : 0.0f;
-        if (dm[DM_DECAY] == DECAY_LEARNED) logit += kd[n] / (nrm[n] > eps ? nrm[n] : eps);
-        pass[n] = dm[DM_DECAY] == DECAY_LEARNED && logit >= -lim && logit <= lim;
-        ret[n] = sigmoid(clampf(logit, -lim, lim));
-    }
+    for (int64_t n = 0; n < dm[DM_N]; n++) slot_gate(n, nrm, kd, ret, pass, K_, d, dl, dm, fl);
 }
 
 /* the W slots of highest allocation score, highest first, ties to the lowest index */
@@ -546,8 +553,9 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
         memset(gdl, 0, (size_t)N * sizeof(float));
         float gws = 0.0f;
 
-        /* recompute what the forward kept in registers */
-        slot_gates(nrm, kd, ret, pass, Km, d, dl + b * st[B_DL], dm, fl);
+        /* recompute what the forward kept in registers (the slots' gates: those a write reached
+           below, every other slot in the last pass over the bank, while its key is in cache) */
+        const float *dlb = dl + b * st[B_DL];
         for (int64_t w = 0; w < W; w++) {
             unit_key(ku + w * D, k + w * D, D, eps);
             normalize(ku2 + w * D, ku + w * D, D, eps);
@@ -564,7 +572,11 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
             softmax(wsm, ctop + w * K, K, ws);
             for (int64_t j = 0; j <= K; j++) {
                 int64_t n = j < K ? ci[j] : alloc[w];
-                if (!touched[n]) { touched[n] = 1; memset(E + n * D, 0, (size_t)D * sizeof(float)); }
+                if (!touched[n]) {
+                    touched[n] = 1;
+                    memset(E + n * D, 0, (size_t)D * sizeof(float));
+                    slot_gate(n, nrm, kd, ret, pass, Km, d, dlb, dm, fl);
+                }
                 axpy(E + n * D, (j < K ? u[w] * wsm[j] : 1.0f - u[w]) * g[w], e + w * D, D);
             }
         }
@@ -628,6 +640,7 @@ int memnet_step_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
             const float *gkr = wrote && touched[n] ? gKr + n * D : (gnK ? gnK + n * D : NULL);
             const float *gvr = wrote && touched[n] ? gVr + n * D : (gnV ? gnV + n * D : NULL);
             float *gkn = gK + n * D, *gvn = gV + n * D;
+            if (!touched[n]) slot_gate(n, nrm, kd, ret, pass, Km, d, dlb, dm, fl);
             const float r = ret[n];
             float gr = gret_out ? gret_out[n] : 0.0f;
             if (gkr) {
@@ -737,6 +750,8 @@ int memnet_scan_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
     void *ps[B_PTR_COUNT];
     int64_t sts[B_PTR_COUNT];
     int flag = 0;
+    /* row by row, so that the gradient passed between a row's segments stays in cache */
+    for (int64_t b = b0; b < b1; b++)
     for (int64_t s = S - 1; s >= 0; s--) {
         for (int i = 0; i < B_PTR_COUNT; i++) {
             ps[i] = p[i] ? (char *)p[i] + s * sst[i] : NULL;
@@ -757,7 +772,7 @@ int memnet_scan_backward(const int64_t *dm, const float *fl, int64_t b0, int64_t
             sts[B_GNKEYS] = st[B_GKEYS];
             sts[B_GNVALUES] = st[B_GVALUES];
         }
-        int f = memnet_step_backward(dm, fl, b0, b1, ps, sts);
+        int f = memnet_step_backward(dm, fl, b, b + 1, ps, sts);
         flag = f > flag ? f : flag;
     }
     return flag;
@@ -789,18 +804,20 @@ int memnet_scan_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         if (!acc) return 2;
         hits = acc + N;
     }
+    /* row by row, so that the state a segment writes is still in cache when the next reads it */
+    for (int64_t r = b0; r < b1 && flag < 2; r++)
     for (int64_t s = 0; s < S && flag < 2; s++) {
         for (int i = 0; i < F_PTR_COUNT; i++) {
             ps[i] = p[i] ? (char *)p[i] + s * sst[i] : NULL;
             sts[i] = st[i];
         }
         if (!evidence) {
-            int f = memnet_step_forward(dm, fl, b0, b1, ps, sts);
+            int f = memnet_step_forward(dm, fl, r, r + 1, ps, sts);
             flag = f > flag ? f : flag;
             continue;
         }
         const float ew = ew_aw[0], aw = ew_aw[1], scale = ew_aw[2], cap = ew_aw[3];
-        for (int64_t b = b0; b < b1; b++) {
+        for (int64_t b = r; b < r + 1; b++) {
             const float *age = (const float *)ps[F_AGE] + b * st[F_AGE], *ev = evidence + b * ev_bst + s * N;
             float *d = dls + b * dl_bst + s * N;
             for (int64_t n = 0; n < N; n++) {
@@ -810,9 +827,9 @@ int memnet_scan_forward(const int64_t *dm, const float *fl, int64_t b0, int64_t 
         }
         ps[F_DL] = dls + s * N;
         sts[F_DL] = dl_bst;
-        int f = memnet_step_forward(dm, fl, b0, b1, ps, sts);
+        int f = memnet_step_forward(dm, fl, r, r + 1, ps, sts);
         flag = f > flag ? f : flag;
-        for (int64_t b = b0; b < b1; b++) {
+        for (int64_t b = r; b < r + 1; b++) {
             const int64_t *rindex = (const int64_t *)ps[F_RINDEX] + b * st[F_RINDEX];
             const float *rw = (const float *)ps[F_RWEIGHT] + b * st[F_RWEIGHT];
             const float *rtop = (const float *)ps[F_RTOP] + b * st[F_RTOP];
