@@ -481,13 +481,22 @@ plots.bench_windows(res)
 # segment and makes the retention logit of it before every segment.)
 #
 # Inside, the kernel normalises the bank's keys once per segment and holds them transposed, so
-# that the scores of four queries are sums in vector lanes from one pass over the keys; the
+# that the scores of eight queries (four without AVX-512) are sums in vector lanes from one pass
+# over the keys; the
 # content writes score the same columns, each slot's score scaled by what its retention leaves of
 # it. It keeps each query's top k in a short sorted list, testing sixteen candidates at once
 # against the list's last entry, and erases and adds only in the rows a write reaches. The
 # backward takes the few scores each read and write kept (k per query, saved by the forward),
 # never the segment's whole score matrix, and touches the rest of the bank once, for its
-# retention and the gradient the state carries.
+# retention and the gradient the state carries. Each sequence of the batch runs all its segments
+# in turn, so the state one segment writes is still in cache when the next reads it.
+#
+# The buffers of the call's length are large: at 1,024 slots, 16 sequences and 16 segments the
+# keys and values of every segment's state take about 140 MB. Allocated afresh each step, they
+# would be fresh pages from the operating system every step, each faulted in and cleared before
+# the scan writes it. `memnet.fused.BufferPool` keeps them between calls and hands one
+# out again only once no tensor holds it any more (autograd lets go of the saved state after the
+# backward), so a training loop reuses the same memory every step.
 
 # %% tags=["remove-input"]
 step = (res.get("compile") or {}).get("memory_step", {})

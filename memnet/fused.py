@@ -16,7 +16,8 @@ selections agree exactly wherever scores are not within rounding of a tie.
 
 :func:`scan` runs a whole call's segments (the loop of :func:`memnet.memory.run_segments`) as one C
 call forward and one backward (:class:`FusedScan`), the same step on each segment: what
-:meth:`memnet.memory.MultiHeadMemoryBank.scan`, so ``MemNet.forward``, takes on the CPU.
+:meth:`memnet.memory.MultiHeadMemoryBank.scan`, so ``MemNet.forward``, takes on the CPU. Its
+state chains and gradient buffers come from :class:`BufferPool`, reused from call to call.
 
 The bank takes this path (:meth:`MultiHeadMemoryBank.step`) when every tensor is on the CPU, the
 kernel is available and the step is not being traced by ``torch.compile``; elsewhere (GPU, no C
