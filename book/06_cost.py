@@ -492,7 +492,7 @@ plots.bench_windows(res)
 # in turn, so the state one segment writes is still in cache when the next reads it.
 #
 # The buffers of the call's length are large: at 1,024 slots, 16 sequences and 16 segments the
-# keys and values of every segment's state take about 140 MB. Allocated afresh each step, they
+# keys and values of every segment's state take about 140 MB. Allocated afresh, they
 # would be fresh pages from the operating system every step, each faulted in and cleared before
 # the scan writes it. `memnet.fused.BufferPool` keeps them between calls and hands one
 # out again only once no tensor holds it any more (autograd lets go of the saved state after the
