@@ -56,6 +56,31 @@ def test_cached_runs_are_reused_not_retrained(tmp_path, monkeypatch):
         lr_exp.run("smoke", device="cpu", models=["windowed"], out_dir=tmp_path, progress=False, fresh=True)
 
 
+def test_workers_train_the_runs_one_process_trains_and_choose_the_same(tmp_path, monkeypatch):
+    """Two paths to one result: the protocol on two worker processes (in rounds: the sweep, its
+    extension past the edge, the other seeds) and in this process, both on one thread."""
+    smoke = lr_exp.PROFILES["smoke"]
+    monkeypatch.setitem(lr_exp.PROFILES, "two", replace(smoke, lrs=(3e-4, 1e-3), lrs_more=(1e-2,), seeds=(0, 1)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = lr_exp.run("two", device="cpu", models=["windowed", "lstm"], out_dir=tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    both = lr_exp.run("two", device="cpu", models=["windowed", "lstm"], out_dir=tmp_path / "two", progress=False,
+                      workers=2)
+    assert both["chosen"] == alone["chosen"] and not both["missing"]
+    assert sorted(p.name for p in (tmp_path / "two" / "runs").glob("*.json")) == \
+        sorted(p.name for p in (tmp_path / "one" / "runs").glob("*.json"))
+    keys = ("model", "lr", "seed", "steps", "validation", "test_train_distribution", "distance", "capacity")
+    assert [{k: r[k] for k in keys} for r in both["runs"]] == [{k: r[k] for k in keys} for r in alone["runs"]]
+    assert [[c[2] for c in r["curve"]] for r in both["runs"]] == [[c[2] for c in r["curve"]] for r in alone["runs"]]
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
+        lr_exp.run("two", device="cpu", out_dir=tmp_path / "x", progress=False, workers=0)
+    with pytest.raises(ValueError, match="workers > 1 needs save=True"):
+        lr_exp.run("two", device="cpu", save=False, progress=False, workers=2)
+
+
 def fake_record(name, lr, seed, validation, test):
     cell = {"beyond": test, "in_window": test, "n_beyond": 10, "n_in_window": 2, "mean_distance_windows": 1.0}
     return {"model": name, "lr": lr, "seed": seed, "params": 1, "state_bytes": 1, "steps": 1, "train_s": 1.0,

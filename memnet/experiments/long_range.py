@@ -32,8 +32,11 @@ once the record is written. A result that lacks
 runs of the stored results.json (a subset of the models or seeds, or ``--cached-only`` with runs
 missing from the cache) does not replace it: it is stored in ``partial/`` of the run folder, and
 ``--cached-only`` with every model and seed assembles the complete results.json again.
+``--workers N`` trains N runs side by side on a CPU (one thread each), in rounds of what the
+protocol needs next; the choices are the same as with one process.
 
     python -m memnet.experiments.long_range --profile laptop
+    python -m memnet.experiments.long_range --profile full --workers 2
     python -m memnet.experiments.long_range --profile full --models memnet full --seeds 0
 """
 from __future__ import annotations
@@ -54,8 +57,9 @@ from ..model import MemNet
 from ..tasks.mqar import MQAR
 from ..train import resolve_device
 from .common import (DATA_DIR, DistinctList, Verdict, cached_record, check_out, check_seeds, done_line,
-                     experiment_parser, format_table, git_commit, mean_ci, provenance, result_folder, seed_everything,
-                     t_interval, train_steps, writable_folder, write_atomically, write_json)
+                     experiment_parser, format_table, git_commit, mean_ci, positive_int, provenance, result_folder,
+                     seed_everything, t_interval, train_steps, worker_pool, writable_folder, write_atomically,
+                     write_json)
 
 CORE = {"memnet": MemNet, "full": FullTransformer, "windowed": WindowedTransformer, "lstm": LSTMBaseline}
 PEER_NAMES = ("dnc", "rmt", "titans")
@@ -399,14 +403,38 @@ def sweep_lrs(p: Profile, name: str, train: Callable[[float], list]) -> dict | N
         tried[lr] = train(lr)
 
 
+def train_cached(name: str, lr: float, seed: int, p: Profile, device: torch.device | str, record: Path | None,
+                 trace: Path | None, checkpoint: Path | None, fresh: bool, progress: bool, threads: int = 0) -> dict:
+    """One (model, lr, seed): the record cached at `record`, or trained and tested
+    (:func:`train_and_test`) and cached there; a checkpoint left by a killed training is resumed,
+    and removed once the record is kept. `threads` > 0 sets torch's threads first (a worker process)."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    if fresh and checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    rec = cached_record(record, lambda: train_and_test(name, lr, seed, p, device, trace, progress, checkpoint), fresh,
+                        run_settings(p, name), legacy=() if name == "memnet" else ("config",))
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the record is kept: its training is done
+    return rec
+
+
+LONGEST_FIRST = ("dnc", "rmt", "titans", "memnet", "full", "lstm", "windowed")  # order of jobs on the workers
+
+
 def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None = None,
         models: list[str] | None = None, out_dir: Path | None = None, save: bool = True, fresh: bool = False,
-        progress: bool = True, cached_only: bool = False) -> dict:
+        progress: bool = True, cached_only: bool = False, workers: int = 1) -> dict:
     """Train and test every (model, seed) of the profile (the learning rate chosen on validation),
     reusing cached runs; store results.json and MemNet's traces (trace_seed<k>.pt).
 
     cached_only: train nothing; assemble the result from the cached runs, leaving out the models
-    whose learning-rate sweep is incomplete and the seeds not trained yet (listed under "missing")."""
+    whose learning-rate sweep is incomplete and the seeds not trained yet (listed under "missing").
+    workers: processes of one thread each that train (model, lr, seed) runs side by side on a CPU,
+    in rounds: every run the protocol needs next (the sweep's rates, the next of ``lrs_more``, the
+    other seeds at the chosen rate) is trained in one round, and the choices are made from the
+    cache, as with one process. Needs save (the workers hand their records over through the cache)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
@@ -417,49 +445,77 @@ def run(profile: str = "laptop", device: str = "auto", seeds: list[int] | None =
     if not models:
         raise ValueError("models must name at least one model")
     seeds = check_seeds(seeds if seeds is not None else p.seeds)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if workers > 1 and not save:
+        raise ValueError("workers > 1 needs save=True (the workers hand their records over through the run folder)")
+    if cached_only and not save:
+        raise ValueError("cached_only needs save=True (the cache is the run folder)")
     out_dir = Path(out_dir) if out_dir is not None else DATA_DIR / "long_range" / profile
     if save:  # fail now, not after the training, when the folder cannot be written
         writable_folder(out_dir / "runs", "out_dir")
     dev = resolve_device(device)
+    if workers > 1 and dev.type != "cpu":
+        raise ValueError(f"workers > 1 runs on a CPU, got device {str(dev)!r}")
     t_all = time.perf_counter()
     runs_dir = out_dir / "runs" if save else None
     longer = {n: f"_steps{p.steps_for(n)}" for n in models if p.steps_for(n) != p.steps}  # beside the shared runs
     path = lambda n, lr, s, ext="json": runs_dir / f"{n}_lr{lr:g}_seed{s}{longer.get(n, '')}.{ext}" if runs_dir else None
+    made: set = set()  # records trained by this call: with fresh, the only cached ones reused
 
-    if cached_only and not save:
-        raise ValueError("cached_only needs save=True (the cache is the run folder)")
+    def cached(n, lr, s):  # the cached record, or None where it is to be trained
+        f = path(n, lr, s)
+        if f is None or not f.exists() or (fresh and f not in made):
+            return None
+        return train_cached(n, lr, s, p, dev, f, None, None, False, False)  # reads it (and checks its settings)
 
     def one(n, lr, s):
-        if cached_only and not path(n, lr, s).exists():
-            return None
-        ckpt = path(n, lr, s, "ckpt")  # a training killed part-way goes on from here (not kept in git)
-        if fresh and ckpt is not None:
-            ckpt.unlink(missing_ok=True)
-        rec = cached_record(path(n, lr, s), lambda: train_and_test(n, lr, s, p, dev, path(n, lr, s, "pt"), progress,
-                                                                   ckpt), fresh, run_settings(p, n),
-                            legacy=() if n == "memnet" else ("config",))
-        if ckpt is not None:
-            ckpt.unlink(missing_ok=True)  # the record is kept: its training is done
+        rec = cached(n, lr, s)
+        if rec is not None or cached_only:
+            return rec
+        rec = train_cached(n, lr, s, p, dev, path(n, lr, s), path(n, lr, s, "pt"), path(n, lr, s, "ckpt"),
+                           fresh, progress)
+        made.add(path(n, lr, s))
         return rec
+
+    def protocol(name, get):  # (chosen, {seed: record or None}), or (None, None) while the sweep is incomplete
+        sweep = [s for s in p.sweep_seeds if s in seeds] or seeds[:1]
+        tried = sweep_lrs(p, name, lambda lr: [get(name, lr, s) for s in sweep])
+        if tried is None:
+            return None, None
+        val = validation_of(tried)
+        lr = max(val, key=lambda x: val[x])  # chosen on validation, never on test
+        recs = {s: next((r for r in tried[lr] if r["seed"] == s), None) or get(name, lr, s) for s in seeds}
+        return {"lr": lr, "validation": {f"{k:g}": v for k, v in val.items()}, "sweep_seeds": sweep}, recs
+
+    while workers > 1 and not cached_only:  # rounds of the runs needed next, on the workers
+        needed = []
+        for name in models:
+            protocol(name, lambda n, lr, s: cached(n, lr, s) or needed.append((n, lr, s)))
+        if not needed:
+            break
+        needed.sort(key=lambda j: LONGEST_FIRST.index(j[0]))
+        with worker_pool(min(workers, len(needed))) as pool:  # workers end when this process dies
+            futures = [pool.submit(train_cached, n, lr, s, p, "cpu", path(n, lr, s), path(n, lr, s, "pt"),
+                                   path(n, lr, s, "ckpt"), fresh, progress, 1) for n, lr, s in needed]
+            for fut in futures:
+                fut.result()
+        made.update(path(n, lr, s) for n, lr, s in needed)
 
     runs, chosen, missing, traces = [], {}, [], {}
     for name in models:
-        sweep = [s for s in p.sweep_seeds if s in seeds] or seeds[:1]
-        tried = sweep_lrs(p, name, lambda lr: [one(name, lr, s) for s in sweep])
-        if tried is None:
+        entry, recs = protocol(name, one)
+        if entry is None:
             missing.append(f"{name}: learning-rate sweep incomplete")
             continue
-        val = validation_of(tried)
-        lr = max(val, key=lambda x: val[x])  # chosen on validation, never on test
-        chosen[name] = {"lr": lr, "validation": {f"{k:g}": v for k, v in val.items()}, "sweep_seeds": sweep}
-        for s in seeds:
-            rec = next((r for r in tried[lr] if r["seed"] == s), None) or one(name, lr, s)
+        chosen[name] = entry
+        for s, rec in recs.items():
             if rec is None:
                 missing.append(f"{name}: seed {s}")
                 continue
             runs.append(rec)
-            if save and name == "memnet" and path(name, lr, s, "pt").exists():
-                traces[s] = path(name, lr, s, "pt")  # copied beside results.json once its folder is known
+            if save and name == "memnet" and path(name, entry["lr"], s, "pt").exists():
+                traces[s] = path(name, entry["lr"], s, "pt")  # copied beside results.json once its folder is known
     speed = throughput(models_of({"runs": runs}), p, dev)
     wall = time.perf_counter() - t_all
     cfg = make_config(p)
@@ -719,12 +775,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fresh", action="store_true", help="retrain even where a cached run exists")
     ap.add_argument("--cached-only", action="store_true",
                     help="train nothing: assemble results.json from the cached runs (what is missing is listed)")
+    ap.add_argument("--workers", type=positive_int, default=1,
+                    help="processes of one thread each that train runs side by side on a CPU (default 1)")
     a = ap.parse_args(argv)
     if a.cached_only and a.no_save:
         ap.error("--cached-only reads the cache of the run folder: it cannot go with --no-save")
     check_out(ap, a, "long_range")
+    if a.workers > 1 and a.no_save:
+        ap.error("--workers above 1 hands records over through the run folder: it cannot go with --no-save")
     res = run(a.profile, a.device, a.seeds, a.models, a.out, not a.no_save, a.fresh, not a.no_progress,
-              a.cached_only)
+              a.cached_only, a.workers)
     print(summary_table(res))
     if res["missing"]:
         print("\nnot in this result (not trained yet): " + "; ".join(res["missing"]))
