@@ -239,10 +239,38 @@ class Run:
                 f"torch {p.get('torch', '?')}; commit {commit}; {p.get('date', '?')}; wall {p.get('wall_s', '?')} s")
 
 
+def stale_models(result: dict, experiment: str) -> dict[str, list[str] | None]:
+    """For a stored run assembled from cached trainings: per model, the files whose code changed
+    since the commits that made that model's runs (and the one that assembled them), compared as
+    :func:`memnet.experiments.fingerprint.stale_files` compares them; None where a commit's code
+    cannot be read."""
+    from .experiments import fingerprint as fp
+
+    module = fp.experiment_module(experiment)
+    current = fp.code_fingerprint(module)
+    changed: dict[str, set[str] | None] = {}
+
+    def since(commit: str) -> set[str] | None:
+        if commit not in changed:
+            read = None if commit.endswith("+dirty") else fp.git_reader(commit)
+            changed[commit] = None if read is None else set(fp.changed_files(fp.code_fingerprint(module, read), current))
+        return changed[commit]
+
+    assembled = str(result.get("provenance", {}).get("git_commit", "unknown"))
+    out: dict[str, list[str] | None] = {}
+    for model in dict.fromkeys(r["model"] for r in result.get("runs", [])):
+        commits = {assembled} | {str(r.get("git_commit", "unknown")) for r in result["runs"] if r["model"] == model}
+        found = [since(c) for c in sorted(commits)]
+        out[model] = None if any(f is None for f in found) else sorted(set().union(*found))
+    return out
+
+
 def note_code_changes(run: "Run", experiment: str) -> list[str] | None:
     """Say whether the code a stored run depends on changed after the run was made
     (:func:`memnet.experiments.fingerprint.stale_files`): one printed line when it did not, a
-    visible note naming the files when it did. Returns those files (None: it cannot be told)."""
+    visible note naming the files when it did (and, for a run assembled from trainings of several
+    commits, which models' runs are on the current code: :func:`stale_models`). Returns those
+    files (None: it cannot be told)."""
     from .experiments.fingerprint import stale_files
 
     p = run.provenance
@@ -253,10 +281,19 @@ def note_code_changes(run: "Run", experiment: str) -> list[str] | None:
     elif not files:
         print(f"Stored run made at {made}; the code it depends on is unchanged since (compared with {how}).")
     else:
+        by_model = ""
+        if run.result.get("run_commits") and run.result.get("runs"):
+            labels = getattr(experiment_module(experiment), "LABELS", {})
+            per = stale_models(run.result, experiment)
+            name = lambda m: labels.get(m, m)
+            current = [name(m) for m, f in per.items() if f == []]
+            older = [name(m) for m, f in per.items() if f != []]
+            by_model = (f" The runs of {', '.join(current)} were made by the code as it is now; those of "
+                        f"{', '.join(older)} by code that has changed since." if current and older else "")
         note(f"This stored run was made at {made}. Since then the code it depends on has changed in "
              f"{len(files)} file{'s' if len(files) > 1 else ''} ({', '.join(f.removeprefix('memnet/') for f in files)}; "
-             f"compared with {how}, ignoring comments and docstrings). The numbers below are those of the run "
-             "as stored; whether the change alters them shows once the run is made again "
+             f"compared with {how}, ignoring comments and docstrings).{by_model} The numbers below are those of "
+             "the run as stored; whether the change alters them shows once the run is made again "
              f"(scripts/reproduce.py --chapter {EXPERIMENT_CHAPTERS[experiment]} "
              "--profile laptop, or the experiment's module).", title="The stored run and the code")
     return files

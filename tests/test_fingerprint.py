@@ -112,6 +112,26 @@ def test_provenance_records_the_fingerprint():
     assert fp.stale_files({"provenance": p}, experiment="forgetting") == ([], "its recorded fingerprint")
 
 
+def test_a_run_of_several_commits_tells_which_models_runs_are_on_the_current_code():
+    """memnet.book.stale_models, per model, agrees with stale_files over the same commits."""
+    from memnet.book import stale_models
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+    head = git("rev-parse", "HEAD").stdout.strip()
+    if not head or git("status", "--porcelain", "--", "memnet").stdout.strip():
+        pytest.skip("needs a git checkout whose memnet/ has no uncommitted changes")
+    old = "234a15c3b8406e12bd4fd27da4e13fe099c3448e"  # trained experiment 1's MemNet runs before the fused step
+    if fp.git_reader(old) is None:
+        pytest.skip(f"commit {old[:7]} is not in this clone's history")
+    runs = [{"model": "memnet", "git_commit": head}, {"model": "dnc", "git_commit": old},
+            {"model": "dnc", "git_commit": head}, {"model": "lstm", "git_commit": f"{head}+dirty"}]
+    result = {"experiment": "long_range", "provenance": {"git_commit": head}, "runs": runs}
+    per = stale_models(result, "long_range")
+    assert per["memnet"] == [] and per["lstm"] is None
+    files, _ = fp.stale_files({**result, "run_commits": [old, head]})
+    assert per["dnc"] == files and "memnet/csrc/memory_step.c" in files
+
+
 def test_stored_runs_match_the_code():
     """Every stored run whose code is unchanged is current; the others are exactly KNOWN_STALE."""
     if not STORED:
