@@ -288,8 +288,9 @@ def note_code_changes(run: "Run", experiment: str) -> list[str] | None:
             name = lambda m: labels.get(m, m)
             current = [name(m) for m, f in per.items() if f == []]
             older = [name(m) for m, f in per.items() if f != []]
-            by_model = (f" The runs of {', '.join(current)} were made by the code as it is now; those of "
-                        f"{', '.join(older)} by code that has changed since." if current and older else "")
+            listed = lambda xs: ", ".join(xs[:-1]) + " and " + xs[-1] if len(xs) > 1 else xs[0]
+            by_model = (f" The runs of {listed(current)} were made by the code as it is now; those of "
+                        f"{listed(older)} by code that has changed since." if current and older else "")
         note(f"This stored run was made at {made}. Since then the code it depends on has changed in "
              f"{len(files)} file{'s' if len(files) > 1 else ''} ({', '.join(f.removeprefix('memnet/') for f in files)}; "
              f"compared with {how}, ignoring comments and docstrings).{by_model} The numbers below are those of "
